@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create (or reuse) .venv, install the CPU torch wheel first so nothing pulls CUDA torch,
+# then this package with its dev extra.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+PROFILE ?= toy
+
+.PHONY: setup test demo bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --user --name python3 >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/orion run --profile $(PROFILE)
+
+bench: setup
+	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+lint: setup
+	$(BIN)/ruff check orion_utils tests bench
+
+clean:
+	rm -rf $(VENV) outputs/*/

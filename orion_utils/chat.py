@@ -1,0 +1,52 @@
+"""How a question becomes a prompt, and how a (question, response) pair becomes training tokens.
+
+One place for this so that generation, SFT, EDIT and Tailored Learning all see the same text:
+the student's own chat template, with loss on the assistant turn only.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+DEFAULT_PROMPT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
+
+def build_messages(question: str, template: str = "{question}", system: Optional[str] = None) -> list[dict]:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": template.format(question=question)})
+    return messages
+
+
+def prompt_text(tokenizer, question: str, template: str = "{question}", system: Optional[str] = None) -> str:
+    """The exact text the model sees before it starts its answer."""
+    return tokenizer.apply_chat_template(
+        build_messages(question, template, system), tokenize=False, add_generation_prompt=True
+    )
+
+
+def encode_for_training(
+    tokenizer,
+    question: str,
+    response: str,
+    template: str = "{question}",
+    max_seq_len: Optional[int] = None,
+    system: Optional[str] = None,
+) -> dict:
+    """Token ids of prompt + assistant turn, with labels -100 on the prompt (loss on the answer only).
+
+    The assistant turn is rendered by the chat template, so it ends the way the model should
+    stop (its end-of-turn token), and generation's EOS matches training.
+    """
+    messages = build_messages(question, template, system)
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": response}], tokenize=False
+    )
+    if not full.startswith(prompt):
+        raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    input_ids = prompt_ids + answer_ids
+    labels = [-100] * len(prompt_ids) + list(answer_ids)
+    if max_seq_len is not None and len(input_ids) > max_seq_len:
+        input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
+    return {"input_ids": input_ids, "labels": labels, "prompt_len": len(prompt_ids)}

@@ -1,0 +1,121 @@
+"""Records: the contracts between pipeline stages.
+
+Every stage reads and writes these dataclasses as JSONL in the run directory (see ``jsonl``),
+so nothing passes between notebooks in memory. Keep them flat and JSON-friendly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class Problem:
+    """A question with a gold answer (training question or benchmark item)."""
+
+    id: str
+    question: str
+    answer: str
+    source: str = ""
+    meta: dict = field(default_factory=dict)  # e.g. {"n_steps": 3, "split": "hard"}
+
+
+@dataclass
+class TeacherTrace:
+    """One long chain of thought from the teacher for one problem."""
+
+    problem_id: str
+    thinking: str  # the content of <think>...</think> (or the API's reasoning_content)
+    solution: str  # the final solution after the thinking, ending in \boxed{...}
+    answer: Optional[str]  # the final answer extracted from the solution
+    correct: bool  # does `answer` verify against the problem's gold answer
+    teacher: str  # which teacher produced it (e.g. "toy", "deepseek-reasoner")
+    sample_index: int = 0
+    usage: dict = field(default_factory=dict)  # prompt_tokens, completion_tokens, ...
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def cot(self) -> str:
+        """The full assistant turn the student is trained on."""
+        return format_cot(self.thinking, self.solution)
+
+
+def format_cot(thinking: str, solution: str) -> str:
+    return f"<think>\n{thinking.strip()}\n</think>\n\n{solution.strip()}"
+
+
+@dataclass
+class StudentAttempt:
+    """One sampled solution of the student for one problem, graded."""
+
+    problem_id: str
+    sample_index: int
+    response: str
+    answer: Optional[str]
+    correct: bool
+    model: str  # which student produced it ("base", "warmup", a checkpoint path ...)
+    reason: str = ""  # grading reason: correct / wrong / no answer / timeout / error
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Refinement:
+    """ORION's training target for one problem: the teacher CoT rewritten around an error."""
+
+    problem_id: str
+    teacher_cot: str
+    refined_cot: str  # the chosen training target; equals teacher_cot on fallback
+    wrong_attempt: str  # the student's wrong solution that was reflected on ("" if none)
+    accepted: bool  # False: no candidate verified, fell back to the teacher CoT
+    n_candidates: int
+    n_accepted: int
+    selection_rule: str  # how one accepted candidate was picked
+    reflector: str  # "rule" (toy domain) or "llm"
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class SFTExample:
+    """One supervised example: the prompt is the question, the completion the assistant turn."""
+
+    problem_id: str
+    question: str
+    response: str
+    source: str  # "teacher", "refined", "rectified", "tailored" ...
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalSample:
+    """One evaluation generation, graded."""
+
+    method: str  # base / sft / orion / edit / tailored
+    benchmark: str
+    problem_id: str
+    decoding: str  # "greedy" or "sample"
+    sample_index: int
+    response: str
+    answer: Optional[str]
+    gold: str
+    correct: bool
+    reason: str
+    n_tokens: int
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class DualPair:
+    """EDIT: a correct and a wrong CoT for the same question."""
+
+    problem_id: str
+    question: str
+    chosen: str  # the correct CoT (CoT+ or CoT-+)
+    rejected: str  # the wrong CoT (CoT+- or CoT-)
+    source: str  # "teacher_prompts" or "error_exposure"
+    meta: dict = field(default_factory=dict)
+
+
+RECORD_TYPES: dict[str, Any] = {
+    cls.__name__: cls
+    for cls in (Problem, TeacherTrace, StudentAttempt, Refinement, SFTExample, EvalSample, DualPair)
+}
