@@ -1,0 +1,93 @@
+"""Stage 01, teacher CoT collection: long chains of thought from the teacher, kept if they verify.
+
+One interface for every teacher (toy, API, trace dataset, local model). Every trace is saved in
+``teacher_traces.jsonl``; the first correct trace per question becomes the plain long-CoT SFT
+training set ``sft_sft.jsonl``, which ORION's reflection stage starts from.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .config import DataConfig, TeacherConfig
+from .jsonl import read_jsonl, write_jsonl
+from .records import Problem, SFTExample, TeacherTrace
+from .rundir import RunDir
+
+TEACHER_KINDS = ("toy", "api", "dataset", "local")
+
+
+def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_dir: Optional[str] = None):
+    """Build the teacher a profile names."""
+    if cfg.kind == "toy":
+        from .teachers.toy import ToyTeacher
+
+        return ToyTeacher(error_rate=cfg.error_rate, seed=cfg.seed)
+    if cfg.kind == "api":
+        from .teachers.api import APITeacher
+
+        if not cfg.base_url or not cfg.model:
+            raise ValueError("teacher.kind='api' needs teacher.base_url and teacher.model")
+        return APITeacher(
+            base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env or None,
+            concurrency=cfg.concurrency, cache_dir=cache_dir, timeout_s=cfg.timeout_s,
+            max_retries=cfg.max_retries, temperature=cfg.temperature, top_p=cfg.top_p,
+            max_tokens=cfg.max_tokens, price_input_per_m=cfg.price_input_per_m,
+            price_output_per_m=cfg.price_output_per_m,
+        )
+    if cfg.kind == "dataset":
+        from .teachers.datasets import DatasetTeacher
+
+        data = data or DataConfig()
+        return DatasetTeacher.from_dataset(data.train_source, data_dir=data.train_dir or None)
+    if cfg.kind == "local":
+        from .teachers.local import LocalTeacher
+
+        return LocalTeacher(cfg.model, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                            seed=cfg.seed)
+    raise ValueError(f"teacher.kind must be one of {TEACHER_KINDS}, got {cfg.kind!r}")
+
+
+def first_correct(problems: list[Problem], traces: list[TeacherTrace]) -> list[SFTExample]:
+    """The long-CoT SFT set: one verified teacher CoT per question (questions without one drop out)."""
+    chosen: dict[str, TeacherTrace] = {}
+    for t in traces:
+        if t.correct and t.problem_id not in chosen:
+            chosen[t.problem_id] = t
+    return [SFTExample(p.id, p.question, chosen[p.id].cot, "teacher", {"teacher": chosen[p.id].teacher})
+            for p in problems if p.id in chosen]
+
+
+def filter_stats(problems: list[Problem], traces: list[TeacherTrace], kept: list[SFTExample]) -> dict:
+    return {
+        "questions": len(problems),
+        "traces": len(traces),
+        "correct_traces": sum(t.correct for t in traces),
+        "questions_kept": len(kept),
+        "kept_rate": len(kept) / len(problems) if problems else 0.0,
+    }
+
+
+def run_collection(run: RunDir, teacher_cfg: TeacherConfig, data: Optional[DataConfig] = None,
+                   force: bool = False) -> dict:
+    """Write ``teacher_traces.jsonl`` (all) and ``sft_sft.jsonl`` (verified, one per question)."""
+    problems_path = run.data("train_problems.jsonl")
+    traces_path, sft_path = run.data("teacher_traces.jsonl"), run.data("sft_sft.jsonl")
+
+    def work() -> dict:
+        problems = read_jsonl(problems_path, Problem)
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.path("cache", "teacher")))
+        print(f"[teacher] {teacher_cfg.kind} teacher: {getattr(teacher, 'name', type(teacher).__name__)}")
+        traces = teacher.collect(problems, n=teacher_cfg.n_per_question)
+        kept = first_correct(problems, traces)
+        if not kept:
+            raise ValueError("no teacher CoT verified against its gold answer: the training set would be empty")
+        write_jsonl(traces_path, traces)
+        write_jsonl(sft_path, kept)
+        extra = {"filter": filter_stats(problems, traces, kept)}
+        if hasattr(teacher, "usage_summary"):
+            extra["teacher_usage"] = teacher.usage_summary()
+        return extra
+
+    params = {"teacher": teacher_cfg, "data": data}
+    return run.run_stage("teacher_cots", params, [problems_path], [traces_path, sft_path], work, force=force,
+                         stage_hint="00_setup_and_data")

@@ -1,0 +1,203 @@
+"""Profiles: one YAML file per setting (smoke, toy, colab, paper) in ``configs/``.
+
+A profile is a set of sections; each section is a flat dataclass owned by the stage that uses it
+(``exposure`` → ``orion_utils.exposure.ExposureConfig`` ...). A profile may start from another
+(``base: toy``) and override some keys. Unknown sections, unknown keys and wrong types are
+rejected with a message naming the key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from .jsonl import _type_ok
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A profile names an unknown key or gives a value of the wrong type."""
+
+
+@dataclass
+class StudentConfig:
+    model: str = "toy"  # "toy": build the local toy student; else a local path or a hub id
+    prompt_template: str = "{question}"  # how a question becomes the user turn
+    system_prompt: str = ""
+    dtype: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    train_source: str = "toy"  # toy | s1k-1.1 | openr1-math-220k | limo | r1-samples
+    train_dir: str = ""  # local copy of the trace dataset ("" → the hub)
+    n_train: int = 200
+    benchmarks: list = field(default_factory=lambda: ["toy_test", "toy_hard"])
+    benchmark_dir: str = ""  # local benchmark JSONL files ("" → the hub)
+    benchmark_limit: int = 0  # 0 → every item
+    toy_test_size: int = 100
+    toy_hard_size: int = 100
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = "toy"  # toy | api | dataset | local
+    n_per_question: int = 1
+    error_rate: float = 0.1  # toy teacher only
+    base_url: str = ""  # api
+    model: str = ""  # api model name, or local model path
+    api_key_env: str = ""  # name of the environment variable holding the key (never the key)
+    concurrency: int = 8
+    timeout_s: float = 600.0
+    max_retries: int = 6
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int = 16384
+    price_input_per_m: float = 0.0
+    price_output_per_m: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class GenerationConfig:
+    backend: str = "auto"  # auto | transformers | vllm
+    batch_size: int = 64
+    dtype: str = "auto"
+
+
+SECTIONS: dict[str, str] = {
+    "student": "orion_utils.config:StudentConfig",
+    "toy_student": "orion_utils.toy.student:ToyStudentConfig",
+    "toy_domain": "orion_utils.toy.domain:ToyDomainConfig",
+    "warmup": "orion_utils.toy.warmup:WarmupConfig",
+    "data": "orion_utils.config:DataConfig",
+    "teacher": "orion_utils.config:TeacherConfig",
+    "generation": "orion_utils.config:GenerationConfig",
+    "exposure": "orion_utils.exposure:ExposureConfig",
+    "reflection": "orion_utils.reflection:ReflectionConfig",
+    "sft": "orion_utils.training:TrainingConfig",
+    "edit": "orion_utils.edit:EditConfig",
+    "tailored": "orion_utils.tailored:TailoredConfig",
+    "evaluation": "orion_utils.evaluation:EvaluationConfig",
+}
+TOP_LEVEL = {"profile": str, "description": str, "base": str, "seeds": list}
+
+
+def section_class(name: str) -> type:
+    module, cls = SECTIONS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_section(cls: type, values: dict, where: str) -> Any:
+    """Make a section dataclass from a dict, naming any unknown key or wrongly typed value."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} should be a mapping of keys to values, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key '{where}.{key}' (known keys: {', '.join(known)})")
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(
+                f"'{where}.{key}' should be {getattr(hints[key], '__name__', hints[key])}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+    return cls(**values)
+
+
+@dataclass
+class Profile:
+    name: str
+    description: str
+    seeds: list
+    sections: dict  # section name → dataclass instance
+
+    def __getattr__(self, item: str) -> Any:
+        sections = self.__dict__.get("sections", {})
+        if item in sections:
+            return sections[item]
+        raise AttributeError(item)
+
+    def section_dict(self, name: str) -> dict:
+        return dataclasses.asdict(self.sections[name])
+
+    def to_dict(self) -> dict:
+        return {
+            "profile": self.name,
+            "description": self.description,
+            "seeds": list(self.seeds),
+            **{name: dataclasses.asdict(sec) for name, sec in self.sections.items()},
+        }
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _profile_path(name_or_path: Union[str, Path]) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"no profile {str(name_or_path)!r}; known profiles: {', '.join(known)}")
+
+
+def _raw_profile(name_or_path: Union[str, Path], seen: tuple = ()) -> dict:
+    path = _profile_path(name_or_path)
+    if path in seen:
+        raise ConfigError(f"profile {path.name} inherits from itself")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path.name} should be a mapping of sections")
+    base = raw.pop("base", None)
+    if base:
+        raw = _deep_merge(_raw_profile(base, seen + (path,)), raw)
+    raw.setdefault("profile", path.stem)
+    return raw
+
+
+def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = None) -> Profile:
+    """Load a profile by name (``configs/<name>.yaml``) or path, apply overrides, validate."""
+    raw = _raw_profile(name_or_path)
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    sections = {}
+    for key, value in raw.items():
+        if key in TOP_LEVEL:
+            if not isinstance(value, TOP_LEVEL[key]):
+                raise ConfigError(f"'{key}' should be {TOP_LEVEL[key].__name__}, got {type(value).__name__}")
+            continue
+        if key not in SECTIONS:
+            raise ConfigError(
+                f"unknown section '{key}' (known: {', '.join(sorted(set(SECTIONS) | set(TOP_LEVEL)))})"
+            )
+        sections[key] = build_section(section_class(key), value or {}, key)
+    for name in SECTIONS:  # sections a profile leaves out take their defaults
+        if name not in sections:
+            try:
+                sections[name] = section_class(name)()
+            except (ImportError, AttributeError):
+                continue
+    return Profile(
+        name=str(raw.get("profile")),
+        description=str(raw.get("description", "")),
+        seeds=list(raw.get("seeds", [0])),
+        sections=sections,
+    )

@@ -1,0 +1,74 @@
+"""Small helpers that show a stage's results in a notebook (tables, samples, side-by-side CoTs)."""
+from __future__ import annotations
+
+import html
+from dataclasses import asdict, is_dataclass
+from typing import Any, Iterable, Optional, Sequence
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
+    except Exception:
+        return False
+
+
+def _show(html_text: str, plain: str) -> None:
+    if _in_notebook():
+        from IPython.display import HTML, display
+
+        display(HTML(html_text))
+    else:
+        print(plain)
+
+
+def _clip(value: Any, max_chars: int) -> str:
+    text = str(value)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def table(rows: Iterable[Any], columns: Optional[Sequence[str]] = None, max_chars: int = 120, title: str = "") -> None:
+    """Records or dicts as a table (HTML in Jupyter, text elsewhere)."""
+    rows = [asdict(r) if is_dataclass(r) else dict(r) for r in rows]
+    if not rows:
+        _show(f"<i>{html.escape(title)}: no rows</i>", f"{title}: no rows")
+        return
+    columns = list(columns or rows[0].keys())
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(
+            f"<td style='text-align:left;white-space:pre-wrap'>{html.escape(_clip(r.get(c, ''), max_chars))}</td>"
+            for c in columns) + "</tr>"
+        for r in rows
+    )
+    caption = f"<caption>{html.escape(title)}</caption>" if title else ""
+    plain = "\n".join(
+        [title] * bool(title) + [" | ".join(columns)]
+        + [" | ".join(_clip(r.get(c, ""), max_chars).replace("\n", " ") for c in columns) for r in rows]
+    )
+    _show(f"<table>{caption}<tr>{head}</tr>{body}</table>", plain)
+
+
+def key_values(mapping: dict, title: str = "") -> None:
+    """A dict as a two-column table."""
+    table([{"key": k, "value": v} for k, v in mapping.items()], ["key", "value"], max_chars=200, title=title)
+
+
+def side_by_side(left: str, right: str, left_title: str = "teacher", right_title: str = "refined") -> None:
+    """Two texts next to each other (e.g. a teacher CoT and its refinement)."""
+    cell = "<td style='vertical-align:top;text-align:left'><b>{}</b><pre style='white-space:pre-wrap'>{}</pre></td>"
+    html_text = "<table><tr>" + cell.format(html.escape(left_title), html.escape(left)) + \
+        cell.format(html.escape(right_title), html.escape(right)) + "</tr></table>"
+    plain = f"--- {left_title} ---\n{left}\n--- {right_title} ---\n{right}"
+    _show(html_text, plain)
+
+
+def markdown(text: str) -> None:
+    if _in_notebook():
+        from IPython.display import Markdown, display
+
+        display(Markdown(text))
+    else:
+        print(text)

@@ -1,0 +1,166 @@
+"""Stage 07, evaluation: every method, the same benchmarks, the same decoding, every sample kept.
+
+pass@1 is the mean over n sampled solutions per problem (temperature 0.6, top_p 0.95 by
+default), averaged over problems; greedy accuracy comes from one greedy solution per problem.
+Each generation is graded and saved as an ``EvalSample`` in ``eval/<method>/<benchmark>.jsonl``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean
+from typing import Optional, Sequence
+
+from .config import GenerationConfig, StudentConfig
+from .grading import grade
+from .jsonl import read_jsonl, write_json, write_jsonl
+from .records import EvalSample, Problem
+from .rundir import RunDir
+
+METHODS = ("base", "sft", "orion", "edit", "tailored")
+
+
+@dataclass
+class EvaluationConfig:
+    methods: list = field(default_factory=lambda: list(METHODS))
+    n_samples: int = 4  # samples per problem for pass@1
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    greedy: bool = True  # also decode greedily once per problem
+    seed: int = 0
+
+
+def grade_generations(method: str, benchmark: str, problems: Sequence[Problem], outputs, decoding: str) -> list[EvalSample]:
+    samples = []
+    for problem, generations in zip(problems, outputs):
+        rel_tol = problem.meta.get("rel_tol") if isinstance(problem.meta, dict) else None
+        for i, g in enumerate(generations):
+            result = grade(g.text, problem.answer, rel_tol=rel_tol)
+            samples.append(EvalSample(method, benchmark, problem.id, decoding, i, g.text, result.predicted,
+                                      problem.answer, result.correct, result.reason, g.n_tokens,
+                                      {"finish_reason": g.finish_reason}))
+    return samples
+
+
+def summarise(samples: Sequence[EvalSample]) -> dict:
+    """pass@1 (mean over samples, then problems), greedy accuracy, counts and response lengths."""
+    sampled = [s for s in samples if s.decoding == "sample"]
+    greedy = [s for s in samples if s.decoding == "greedy"]
+    summary: dict = {}
+    if sampled:
+        per_problem: dict = {}
+        for s in sampled:
+            per_problem.setdefault(s.problem_id, []).append(s.correct)
+        summary["pass@1"] = mean(mean(v) for v in per_problem.values())
+        summary["n_problems"] = len(per_problem)
+        summary["n_samples"] = len(sampled) // max(len(per_problem), 1)
+    if greedy:
+        summary["greedy"] = mean(s.correct for s in greedy)
+        summary.setdefault("n_problems", len(greedy))
+    summary["response_tokens_mean"] = mean(s.n_tokens for s in samples) if samples else 0.0
+    summary["no_answer_rate"] = mean(s.reason == "no answer" for s in samples) if samples else 0.0
+    return summary
+
+
+def evaluate_model(
+    model_path: str,
+    method: str,
+    benchmarks: dict,
+    cfg: EvaluationConfig,
+    generation: GenerationConfig,
+    student: StudentConfig,
+) -> dict:
+    """Generate, grade and return {benchmark: [EvalSample, ...]} for one model."""
+    from .generation import SamplingConfig, load_generator
+
+    generator = load_generator(model_path, backend=generation.backend, batch_size=generation.batch_size,
+                               dtype=generation.dtype, seed=cfg.seed)
+    template, system = student.prompt_template, student.system_prompt or None
+    results = {}
+    try:
+        for name, problems in benchmarks.items():
+            questions = [p.question for p in problems]
+            samples: list = []
+            if cfg.greedy:
+                greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+                outputs = generator.generate(questions, greedy, prompt_template=template, system=system,
+                                             desc=f"{method}/{name} greedy")
+                samples += grade_generations(method, name, problems, outputs, "greedy")
+            if cfg.n_samples > 0:
+                sampling = SamplingConfig(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+                outputs = generator.generate(questions, sampling, prompt_template=template, system=system,
+                                             desc=f"{method}/{name} sampled")
+                samples += grade_generations(method, name, problems, outputs, "sample")
+            results[name] = samples
+    finally:
+        generator.close()
+    return results
+
+
+def load_benchmarks(run: RunDir) -> dict:
+    """The benchmark problems stage 00 wrote, by name."""
+    directory = run.path("data", "benchmarks")
+    run.require(directory, stage_hint="00_setup_and_data")
+    return {p.stem: read_jsonl(p, Problem) for p in sorted(directory.glob("*.jsonl"))}
+
+
+def run_evaluation(
+    run: RunDir,
+    cfg: EvaluationConfig,
+    generation: Optional[GenerationConfig] = None,
+    student: Optional[StudentConfig] = None,
+    force: bool = False,
+) -> dict:
+    """Evaluate each method (one stage per method, so a new method does not re-run the others).
+
+    Writes ``eval/<method>/<benchmark>.jsonl`` and ``metrics.json`` shaped
+    ``{method: {benchmark: {"pass@1": x, "greedy": y, ...}}}``.
+    """
+    generation, student = generation or GenerationConfig(), student or StudentConfig()
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"evaluation.methods has unknown method(s) {unknown}; known: {list(METHODS)}")
+    benchmarks = load_benchmarks(run)
+    bench_files = sorted(run.path("data", "benchmarks").glob("*.jsonl"))
+    metrics = {}
+    for method in cfg.methods:
+        model_path = run.method_model(method)
+        if not Path(model_path).exists() and method != "base":
+            raise FileNotFoundError(
+                f"no trained model for method '{method}' at {model_path}: run its training notebook first, "
+                f"or leave it out of evaluation.methods")
+        out_dir = run.eval_dir() / method
+        outputs = [out_dir / f"{name}.jsonl" for name in benchmarks] + [out_dir / "summary.json"]
+        inputs = bench_files + ([Path(model_path)] if Path(model_path).exists() else [])
+
+        def work(method=method, model_path=model_path, out_dir=out_dir) -> dict:
+            results = evaluate_model(model_path, method, benchmarks, cfg, generation, student)
+            for name, samples in results.items():
+                write_jsonl(out_dir / f"{name}.jsonl", samples)
+            write_json(out_dir / "summary.json", {name: summarise(s) for name, s in results.items()})
+            return {}
+
+        params = {"evaluation": {**cfg.__dict__, "methods": None}, "generation": generation, "student": student,
+                  "model": model_path if method == "base" else method}
+        run.run_stage(f"evaluation/{method}", params, inputs, outputs, work, force=force)
+        metrics[method] = _read_summary(out_dir / "summary.json")
+    write_json(run.path("metrics.json"), metrics)
+    return metrics
+
+
+def _read_summary(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def results_table(metrics: dict, key: str = "pass@1") -> str:
+    """A Markdown table: one row per method, one column per benchmark."""
+    benchmarks = sorted({b for per in metrics.values() for b in per})
+    lines = ["| method | " + " | ".join(benchmarks) + " |", "|---|" + "---|" * len(benchmarks)]
+    for method, per in metrics.items():
+        cells = [f"{100 * per[b][key]:.1f}" if b in per and key in per[b] else "–" for b in benchmarks]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

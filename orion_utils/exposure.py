@@ -1,0 +1,161 @@
+"""Stage 02, error exposure: let the student show where it goes wrong.
+
+The student samples k solutions per training question; each is graded against the gold
+answer. Wrong ones are kept (deduplicated) together with the student's pass rate per question.
+These are the mistakes ORION's reflection rewrites the teacher's CoTs around.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from tqdm.auto import tqdm
+
+from .config import GenerationConfig, StudentConfig
+from .grading import grade
+from .jsonl import JsonlAppender, read_jsonl, write_json, write_jsonl
+from .records import Problem, SFTExample, StudentAttempt
+from .rundir import RunDir
+
+
+@dataclass
+class ExposureConfig:
+    source: str = "base"  # base: the student as it is | warmup: after a short SFT on the teacher CoTs
+    k: int = 4  # samples per question
+    temperature: float = 0.8
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    warmup_epochs: float = 1.0  # source=warmup only: length of the warm-up SFT
+    chunk_questions: int = 32  # questions per generation call; progress is saved after each
+    seed: int = 0
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def dedupe_errors(attempts: list[StudentAttempt]) -> list[StudentAttempt]:
+    """Wrong attempts, one per distinct (whitespace-normalised) text per question."""
+    seen, unique = set(), []
+    for a in attempts:
+        key = (a.problem_id, _normalise(a.response))
+        if not a.correct and key not in seen:
+            seen.add(key)
+            unique.append(a)
+    return unique
+
+
+def pass_rates(attempts: list[StudentAttempt]) -> dict[str, float]:
+    by_problem = defaultdict(list)
+    for a in attempts:
+        by_problem[a.problem_id].append(a.correct)
+    return {pid: sum(v) / len(v) for pid, v in by_problem.items()}
+
+
+def sample_and_grade(
+    model_path: str,
+    problems: list[Problem],
+    cfg: ExposureConfig,
+    generation: GenerationConfig,
+    student: StudentConfig,
+    partial_path: Path,
+    model_name: str,
+) -> list[StudentAttempt]:
+    """Sample k solutions per problem, grade them, append each graded chunk to ``partial_path``.
+
+    Problems already in ``partial_path`` (from a crashed run) are not sampled again.
+    """
+    from .generation import SamplingConfig, load_generator
+
+    done = read_jsonl(partial_path, StudentAttempt, tolerate_torn_tail=True) if partial_path.exists() else []
+    done_ids = {a.problem_id for a in done}
+    todo = [p for p in problems if p.id not in done_ids]
+    if not todo:
+        return done
+    generator = load_generator(model_path, backend=generation.backend, batch_size=generation.batch_size,
+                               dtype=generation.dtype, seed=cfg.seed)
+    sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    attempts = list(done)
+    try:
+        with JsonlAppender(partial_path) as out:
+            chunks = range(0, len(todo), cfg.chunk_questions)
+            for start in tqdm(chunks, desc="error exposure", unit="chunk"):
+                chunk = todo[start : start + cfg.chunk_questions]
+                outputs = generator.generate([p.question for p in chunk], sampling,
+                                             prompt_template=student.prompt_template,
+                                             system=student.system_prompt or None, desc="sampling")
+                for problem, generations in zip(chunk, outputs):
+                    for i, g in enumerate(generations):
+                        result = grade(g.text, problem.answer)
+                        attempt = StudentAttempt(
+                            problem_id=problem.id, sample_index=i, response=g.text, answer=result.predicted,
+                            correct=result.correct, model=model_name, reason=result.reason,
+                            meta={"n_tokens": g.n_tokens, "finish_reason": g.finish_reason},
+                        )
+                        out.append(attempt)
+                        attempts.append(attempt)
+    finally:
+        generator.close()
+    return attempts
+
+
+def run_error_exposure(
+    run: RunDir,
+    cfg: ExposureConfig,
+    generation: Optional[GenerationConfig] = None,
+    student: Optional[StudentConfig] = None,
+    sft=None,
+    force: bool = False,
+) -> dict:
+    """Write ``student_attempts.jsonl``, ``error_attempts.jsonl`` and ``pass_rates.json``."""
+    generation = generation or GenerationConfig()
+    student = student or StudentConfig()
+    if cfg.source not in ("base", "warmup"):
+        raise ValueError(f"exposure.source must be 'base' or 'warmup', got {cfg.source!r}")
+    problems_path, cots_path = run.data("train_problems.jsonl"), run.data("sft_sft.jsonl")
+    attempts_path, errors_path = run.data("student_attempts.jsonl"), run.data("error_attempts.jsonl")
+    rates_path = run.data("pass_rates.json")
+    params = {"exposure": cfg, "generation": generation, "student": student,
+              "sft": sft if cfg.source == "warmup" else None}
+
+    def work() -> dict:
+        problems = read_jsonl(problems_path, Problem)
+        model_path, model_name = run.student_model(), "base"
+        if cfg.source == "warmup":
+            model_path, model_name = _warmup_student(run, cfg, sft, student, cots_path), "warmup"
+        partial = run.data("student_attempts.partial.jsonl")
+        attempts = sample_and_grade(model_path, problems, cfg, generation, student, partial, model_name)
+        write_jsonl(attempts_path, attempts)
+        write_jsonl(errors_path, dedupe_errors(attempts))
+        write_json(rates_path, pass_rates(attempts))
+        partial.unlink(missing_ok=True)
+        return {"n_attempts": len(attempts), "model": model_name}
+
+    return run.run_stage("error_exposure", params, [problems_path, cots_path], [attempts_path, errors_path, rates_path],
+                         work, force=force, stage_hint="01_teacher_cots")
+
+
+def _warmup_student(run: RunDir, cfg: ExposureConfig, sft, student: StudentConfig, cots_path: Path) -> str:
+    """One reading of the paper's two-stage strategy: expose the errors of a briefly fine-tuned student."""
+    from dataclasses import replace
+
+    from .training import TrainingConfig, train_sft
+
+    train_cfg = replace(sft or TrainingConfig(), num_epochs=cfg.warmup_epochs)
+    result = train_sft(run.student_model(), read_jsonl(cots_path, SFTExample), run.model("exposure_warmup"),
+                       train_cfg, prompt_template=student.prompt_template, system=student.system_prompt or None)
+    return result.model_dir
+
+
+def load_exposure(run: RunDir) -> tuple[list[StudentAttempt], list[StudentAttempt], dict]:
+    """(all attempts, unique wrong attempts, pass rate per question) of a finished exposure stage."""
+    run.require(run.data("student_attempts.jsonl"), stage_hint="02_error_exposure")
+    return (
+        read_jsonl(run.data("student_attempts.jsonl"), StudentAttempt),
+        read_jsonl(run.data("error_attempts.jsonl"), StudentAttempt),
+        json.loads(run.data("pass_rates.json").read_text()),
+    )

@@ -1,0 +1,154 @@
+"""Stage 00, setup: the training questions, the benchmarks and the base student.
+
+Toy profile: synthetic arithmetic word problems (a training split, an in-distribution test split
+and a harder split) and a tiny student built and warmed up locally. Real profiles: training
+questions from a trace dataset, benchmarks from the hub or a local directory, the student a hub
+id or a local path (loaded later by the generation and training backends).
+"""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Optional
+
+from .config import DataConfig, GenerationConfig, StudentConfig
+from .jsonl import read_jsonl, write_json, write_jsonl
+from .records import Problem
+from .rundir import RunDir, package_versions
+
+TOY_BENCHMARKS = {"toy_test": "test", "toy_hard": "hard"}
+
+
+def environment_report(generation: Optional[GenerationConfig] = None) -> dict:
+    """Versions, device and the backends that `auto` would choose here."""
+    import torch
+
+    from .generation import select_backend
+    from .training import select_training_backend
+
+    gen_name, gen_reason = select_backend((generation or GenerationConfig()).backend)
+    train_name, train_reason = select_training_backend("auto")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {
+        "python": platform.python_version(),
+        "device": device,
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "generation_backend": f"{gen_name} ({gen_reason})",
+        "training_backend": f"{train_name} ({train_reason})",
+        **{k: v for k, v in package_versions().items() if k != "python"},
+    }
+
+
+def load_training_problems(data: DataConfig, toy_domain=None) -> list[Problem]:
+    if data.train_source == "toy":
+        from .toy.domain import ToyDomainConfig, generate_problems
+
+        return generate_problems(data.n_train, toy_domain or ToyDomainConfig(), seed=data.seed, split="train")
+    from .teachers.datasets import load_trace_dataset
+
+    problems, _ = load_trace_dataset(data.train_source, data_dir=data.train_dir or None, limit=data.n_train)
+    return problems
+
+
+def load_benchmark_problems(data: DataConfig, toy_domain=None) -> dict:
+    from .data import load_benchmark
+
+    out = {}
+    for name in data.benchmarks:
+        if name in TOY_BENCHMARKS:
+            from .toy.domain import ToyDomainConfig, generate_problems
+
+            size = data.toy_test_size if name == "toy_test" else data.toy_hard_size
+            out[name] = generate_problems(size, toy_domain or ToyDomainConfig(), seed=data.seed, split=TOY_BENCHMARKS[name])
+        else:
+            out[name] = load_benchmark(name, data_dir=data.benchmark_dir or None, limit=data.benchmark_limit or None)
+    return out
+
+
+def run_prepare_data(run: RunDir, data: DataConfig, toy_domain=None, force: bool = False) -> dict:
+    """Write ``data/train_problems.jsonl`` and ``data/benchmarks/<name>.jsonl``."""
+    train_path = run.data("train_problems.jsonl")
+    bench_dir = run.path("data", "benchmarks")
+
+    def work() -> dict:
+        problems = load_training_problems(data, toy_domain)
+        if not problems:
+            raise ValueError(f"the training set is empty (data.train_source={data.train_source!r}, "
+                             f"data.n_train={data.n_train}); nothing to distil")
+        benchmarks = load_benchmark_problems(data, toy_domain)
+        for stale in bench_dir.glob("*.jsonl") if bench_dir.exists() else []:
+            if stale.stem not in benchmarks:
+                stale.unlink()
+        for name, items in benchmarks.items():
+            write_jsonl(bench_dir / f"{name}.jsonl", items)
+        write_jsonl(train_path, problems)
+        return {"n_train": len(problems), "benchmarks": {k: len(v) for k, v in benchmarks.items()}}
+
+    params = {"data": data, "toy_domain": toy_domain if data.train_source == "toy" else None}
+    return run.run_stage("prepare_data", params, [], [train_path, bench_dir], work, force=force)
+
+
+def run_prepare_student(
+    run: RunDir,
+    student: StudentConfig,
+    toy_student=None,
+    warmup=None,
+    toy_domain=None,
+    data: Optional[DataConfig] = None,
+    force: bool = False,
+) -> dict:
+    """Record the base student in ``data/student.json``; for the toy profile build and warm it up."""
+    info_path = run.data("student.json")
+    if student.model != "toy":
+        def work_real() -> dict:
+            _check_model_reference(student.model)
+            write_json(info_path, {"model": student.model, "in_run_dir": False, "kind": "pretrained"})
+            return {}
+
+        return run.run_stage("prepare_student", {"student": student}, [], [info_path], work_real, force=force)
+
+    from .teachers.toy import ToyTeacher
+    from .toy.domain import ToyDomainConfig, generate_problems
+    from .toy.student import ToyStudentConfig, build_toy_student
+    from .toy.warmup import WarmupConfig, warmup_student
+
+    toy_student, warmup = toy_student or ToyStudentConfig(), warmup or WarmupConfig()
+    toy_domain, data = toy_domain or ToyDomainConfig(), data or DataConfig()
+    base_dir = run.model("base")
+
+    def work_toy() -> dict:
+        scratch = run.model("base_init")
+        build_toy_student(scratch, toy_student, seed=data.seed)
+        # Warm-up questions come from their own seed, apart from the training questions.
+        problems = generate_problems(warmup.n_problems, toy_domain, seed=data.seed + 1, split="train")
+        stats = warmup_student(scratch, base_dir, problems, ToyTeacher(error_rate=0.0, seed=data.seed), warmup)
+        _rmtree(scratch)
+        write_json(info_path, {"model": "models/base", "in_run_dir": True, "kind": "toy", "warmup": stats})
+        return {"warmup": stats}
+
+    params = {"student": student, "toy_student": toy_student, "warmup": warmup, "toy_domain": toy_domain,
+              "seed": data.seed}
+    return run.run_stage("prepare_student", params, [], [info_path, base_dir], work_toy, force=force)
+
+
+def _check_model_reference(model: str) -> None:
+    """A local-looking path must exist; a hub id is checked when it is loaded."""
+    looks_local = model.startswith((".", "/", "~")) or Path(model).expanduser().exists() or model.count("/") > 1
+    if looks_local and not Path(model).expanduser().exists():
+        raise FileNotFoundError(f"student.model points at {model!r}, which does not exist")
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def load_student_info(run: RunDir) -> dict:
+    run.require(run.data("student.json"), stage_hint="00_setup_and_data")
+    return json.loads(run.data("student.json").read_text(encoding="utf-8"))
+
+
+def load_training_set(run: RunDir) -> list[Problem]:
+    return read_jsonl(run.data("train_problems.jsonl"), Problem)

@@ -1,0 +1,136 @@
+"""`orion run --profile NAME`: execute the numbered notebooks in order with papermill.
+
+Each notebook gets the profile's sections it uses as parameters (dicts named after the
+sections), plus ``run_dir``, ``profile`` and ``force``. Executed notebooks are saved in
+``<run_dir>/notebooks/``. Stages inside the notebooks skip work whose inputs and parameters are
+unchanged, so a re-run is cheap. On failure the runner stops and names the notebook and cell.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .config import ConfigError, Profile, load_profile
+from .jsonl import write_json
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+# notebook → the profile sections it takes as parameters
+NOTEBOOKS: dict[str, list[str]] = {
+    "00_setup_and_data": ["student", "data", "toy_domain", "toy_student", "warmup", "generation"],
+    "01_teacher_cots": ["teacher", "data"],
+    "02_error_exposure": ["exposure", "generation", "student", "sft"],
+    "03_error_aware_reflection": ["reflection", "generation", "student"],
+    "04_sft": ["sft", "student"],
+    "05_edit": ["edit", "sft", "teacher", "data", "generation", "student"],
+    "06_tailored_learning": ["tailored", "sft", "teacher", "data", "generation", "student"],
+    "07_evaluation": ["evaluation", "generation", "student"],
+    "08_analysis": ["evaluation", "student"],
+}
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def notebook_parameters(profile: Profile, notebook: str, run_dir: Path, force: bool) -> dict:
+    params = {"run_dir": str(run_dir), "profile": profile.name, "force": force}
+    for section in NOTEBOOKS[notebook]:
+        params[section] = profile.section_dict(section)
+    return params
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict:
+    """``section.key=value`` pairs (values as Python literals, else strings) → nested dict."""
+    overrides: dict = {}
+    for pair in pairs:
+        if "=" not in pair or "." not in pair.split("=", 1)[0]:
+            raise ConfigError(f"--set takes section.key=value, got {pair!r}")
+        dotted, raw = pair.split("=", 1)
+        section, key = dotted.split(".", 1)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def selected_notebooks(only: Optional[Sequence[str]] = None) -> list[Path]:
+    paths = []
+    for name in NOTEBOOKS:
+        path = NOTEBOOK_DIR / f"{name}.ipynb"
+        if only and not any(name.startswith(o) for o in only):
+            continue
+        if path.exists():
+            paths.append(path)
+    if not paths:
+        raise FileNotFoundError(f"no notebooks to run in {NOTEBOOK_DIR} (only={only})")
+    return paths
+
+
+def run_pipeline(
+    profile_name: str,
+    run_dir: Optional[str] = None,
+    force: bool = False,
+    overrides: Optional[dict] = None,
+    only: Optional[Sequence[str]] = None,
+    log_output: bool = False,
+) -> Path:
+    """Execute the notebooks of the pipeline for a profile; returns the run directory."""
+    import papermill as pm
+
+    profile = load_profile(profile_name, overrides)
+    run_path = Path(run_dir or Path("outputs") / profile.name)
+    (run_path / "notebooks").mkdir(parents=True, exist_ok=True)
+    write_json(run_path / "config.json", profile.to_dict())
+    notebooks = selected_notebooks(only)
+    print(f"[orion] profile={profile.name} run_dir={run_path} notebooks={len(notebooks)}", flush=True)
+    started = time.time()
+    for i, nb in enumerate(notebooks, start=1):
+        out = run_path / "notebooks" / nb.name
+        t0 = time.time()
+        print(f"[orion] ({i}/{len(notebooks)}) {nb.stem} ...", flush=True)
+        try:
+            pm.execute_notebook(
+                str(nb), str(out), parameters=notebook_parameters(profile, nb.stem, run_path.resolve(), force),
+                kernel_name="python3", progress_bar=False, log_output=log_output, cwd=str(nb.parent),
+            )
+        except pm.PapermillExecutionError as exc:
+            raise NotebookFailed(
+                f"{nb.name} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
+                f"{exc.ename}: {exc.evalue}\nthe executed notebook with the traceback is {out}"
+            ) from None
+        print(f"[orion] ({i}/{len(notebooks)}) {nb.stem} done in {time.time() - t0:.0f}s", flush=True)
+    print(f"[orion] finished in {time.time() - started:.0f}s; report: {run_path / 'report.md'}", flush=True)
+    return run_path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="orion", description="Reasoning-distillation pipeline runner")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute the numbered notebooks for a profile with papermill")
+    run.add_argument("--profile", default="toy", help="smoke | toy | colab | paper | path to a YAML profile")
+    run.add_argument("--run-dir", default=None, help="default: outputs/<profile>")
+    run.add_argument("--force", action="store_true", help="re-run every stage even if it is up to date")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override a profile value, e.g. --set evaluation.n_samples=8")
+    run.add_argument("--only", action="append", default=None, metavar="PREFIX",
+                     help="run only the notebooks whose names start with PREFIX (repeatable), e.g. --only 07")
+    run.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    args = parser.parse_args(argv)
+    try:
+        run_pipeline(args.profile, args.run_dir, args.force, parse_overrides(args.overrides), args.only,
+                     args.log_output)
+    except (ConfigError, NotebookFailed, FileNotFoundError) as exc:
+        print(f"[orion] error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
