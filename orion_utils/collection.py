@@ -38,7 +38,7 @@ def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_di
         from .teachers.datasets import DatasetTeacher
 
         data = data or DataConfig()
-        return DatasetTeacher.from_dataset(data.train_source, data_dir=data.train_dir or None)
+        return DatasetTeacher.from_dataset(data.train_source, data_dir=data.train_dir or None, limit=data.n_train)
     if cfg.kind == "local":
         from .teachers.local import LocalTeacher
 

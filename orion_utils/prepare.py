@@ -45,10 +45,10 @@ def load_training_problems(data: DataConfig, toy_domain=None) -> list[Problem]:
         from .toy.domain import ToyDomainConfig, generate_problems
 
         return generate_problems(data.n_train, toy_domain or ToyDomainConfig(), seed=data.seed, split="train")
-    from .teachers.datasets import load_trace_dataset
+    from .teachers.datasets import load_trace_entries
 
-    problems, _ = load_trace_dataset(data.train_source, data_dir=data.train_dir or None, limit=data.n_train)
-    return problems
+    entries = load_trace_entries(data.train_source, data_dir=data.train_dir or None, limit=data.n_train)
+    return [e.problem for e in entries]
 
 
 def load_benchmark_problems(data: DataConfig, toy_domain=None) -> dict:

@@ -1,0 +1,109 @@
+"""Stages 05 and 06: the EDIT and Tailored Learning baselines on the run's data.
+
+Both start from the same base student and the same training questions and teacher CoTs as
+`sft` and `orion`; their final models land in ``models/edit/model`` and ``models/tailored/model``
+so that evaluation treats every method alike.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Optional
+
+from .config import DataConfig, GenerationConfig, StudentConfig, TeacherConfig
+from .jsonl import read_jsonl, write_jsonl
+from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
+from .rundir import RunDir
+
+
+def _join_loss_histories(parts, dst) -> None:
+    """One loss curve across phases (EDIT's two stages, Tailored Learning's rounds), steps running on."""
+    history, offset = [], 0
+    for label, path in parts:
+        if not path.exists():
+            continue
+        for h in json.loads(path.read_text()):
+            history.append({**h, "step": h.get("step", 0) + offset, "phase": label})
+        offset = history[-1]["step"] if history else offset
+    dst.write_text(json.dumps(history, indent=1))
+
+
+def run_edit_stage(
+    run: RunDir,
+    cfg,
+    sft_cfg,
+    teacher_cfg: Optional[TeacherConfig] = None,
+    data: Optional[DataConfig] = None,
+    student: Optional[StudentConfig] = None,
+    force: bool = False,
+) -> dict:
+    """EDIT: dual CoT pairs → stage-1 SFT on correct + rectified CoTs → key-reasoning-step learning."""
+    from .collection import make_teacher
+    from .edit import run_edit
+
+    student, teacher_cfg = student or StudentConfig(), teacher_cfg or TeacherConfig()
+    out_dir = run.model("edit")
+    inputs = [run.data("train_problems.jsonl"), run.data("teacher_traces.jsonl")]
+    if cfg.pair_source == "exposure":
+        inputs.append(run.data("error_attempts.jsonl"))
+
+    def work() -> dict:
+        if force and out_dir.exists():
+            shutil.rmtree(out_dir)  # run_edit resumes from what it finds; a forced run starts clean
+        problems = read_jsonl(inputs[0], Problem)
+        traces = read_jsonl(inputs[1], TeacherTrace)
+        attempts = read_jsonl(inputs[2], StudentAttempt) if cfg.pair_source == "exposure" else None
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.path("cache", "teacher")))
+        result = run_edit(run.student_model(), problems, traces, out_dir, cfg, sft_cfg, teacher=teacher,
+                          attempts=attempts, prompt_template=student.prompt_template,
+                          system=student.system_prompt or None)
+        _join_loss_histories([("stage1", out_dir / "stage1" / "loss_history.json"),
+                              ("stage2", out_dir / "stage2" / "loss_history.json")], out_dir / "loss_history.json")
+        stage1 = out_dir / "stage1_examples.jsonl"
+        if stage1.exists():
+            write_jsonl(run.data("sft_edit.jsonl"), read_jsonl(stage1, SFTExample))
+        return {"edit": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
+
+    params = {"edit": cfg, "sft": sft_cfg, "teacher": teacher_cfg, "student": student}
+    return run.run_stage("edit", params, inputs, [out_dir / "model"], work, force=force,
+                         stage_hint="02_error_exposure")
+
+
+def run_tailored_stage(
+    run: RunDir,
+    cfg,
+    teacher_cfg: Optional[TeacherConfig] = None,
+    data: Optional[DataConfig] = None,
+    generation: Optional[GenerationConfig] = None,
+    student: Optional[StudentConfig] = None,
+    force: bool = False,
+) -> dict:
+    """Tailored Learning: exam → teacher feedback on the student's mistakes → training, for several rounds."""
+    from .collection import make_teacher
+    from .tailored import default_generator_factory, run_tailored
+
+    student, teacher_cfg = student or StudentConfig(), teacher_cfg or TeacherConfig()
+    generation = generation or GenerationConfig()
+    out_dir = run.model("tailored")
+    inputs = [run.data("train_problems.jsonl")]
+
+    def work() -> dict:
+        if force and out_dir.exists():
+            shutil.rmtree(out_dir)
+        problems = read_jsonl(inputs[0], Problem)
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.path("cache", "teacher")))
+        rounds = run_tailored(run.student_model(), problems, teacher,
+                              default_generator_factory(generation.backend, generation.batch_size), cfg.rounds,
+                              cfg, out_dir, prompt_template=student.prompt_template,
+                              system=student.system_prompt or None)
+        _join_loss_histories([(p.parent.name, p) for p in sorted(out_dir.glob("round_*/loss_history.json"))],
+                             out_dir / "loss_history.json")
+        train_sets = sorted(out_dir.glob("round_*/train.jsonl"))
+        if train_sets:
+            examples = [e for path in train_sets for e in read_jsonl(path, SFTExample)]
+            write_jsonl(run.data("sft_tailored.jsonl"), examples)
+        return {"rounds": len(rounds)}
+
+    params = {"tailored": cfg, "teacher": teacher_cfg, "student": student, "generation": generation}
+    return run.run_stage("tailored", params, inputs, [out_dir / "model"], work, force=force,
+                         stage_hint="00_setup_and_data")

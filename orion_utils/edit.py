@@ -1,0 +1,933 @@
+"""EDIT baseline (Dai et al., ACL 2025): learn the *key* tokens of a reasoning chain.
+
+The idea in plain words: a correct chain of thought and a wrong one for the same question are
+mostly the same text. The few tokens where they differ are the reasoning steps that decide the
+answer. EDIT finds those tokens with an edit-distance alignment and trains the student to make
+them likelier in the correct chain and less likely in the wrong one.
+
+Pipeline (DESIGN.md §1.2):
+
+1. **Dual pairs** (``build_dual_pairs``), from one of two sources:
+
+   - ``"teacher"``: the teacher interface. Wrong teacher CoTs are *rectified* (answer-hint
+     prompt → D−+), correct ones are *corrupted* (contrastive prompt → D+−). Pairs:
+     (CoT+, CoT+−) and (CoT−+, CoT−).
+   - ``"exposure"``: ORION's error exposure already gives natural pairs, the teacher's correct
+     CoT against the student's own wrong attempts.
+
+2. **Key tokens** (``key_token_ops`` / ``weights_from_ops`` / ``key_token_weights``): a
+   token-level Levenshtein alignment of the two responses *in the student's tokenizer*, after
+   stripping their common prefix. The edit operations are stored (``DualPair.meta["key_ops"]``),
+   not the weights, so α and β can change without re-aligning.
+
+3. **Stage 1** SFT on D+ ∪ D−+ (``stage1_examples`` → ``training.train_sft``).
+
+4. **Stage 2** key-reasoning-step learning from the stage-1 model (``train_edit_stage2``):
+   α-weighted NLL of the chosen CoT's key tokens minus β-weighted NLL of the rejected CoT's key
+   tokens, each normalised by its response length, with a guard on the unlikelihood term; both
+   sequences of a pair go through one forward pass (``EditTrainer``, ``edit_loss``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from .chat import encode_for_training
+from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
+
+PathLike = Union[str, Path]
+
+PAIR_SOURCES = ("exposure", "teacher")
+SOURCE_LABELS = {"exposure": "error_exposure", "teacher": "teacher_prompts"}  # DualPair.source
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EditConfig:
+    """EDIT's knobs (the ``edit`` section of a profile). Stage 1 uses the ``sft`` section."""
+
+    pair_source: str = (
+        "exposure"  # "exposure" (teacher correct vs student wrong) | "teacher" (rectify/corrupt)
+    )
+    max_pairs_per_problem: int = 4  # 0 → no limit
+    alpha: float = 1.0  # weight of the chosen CoT's key tokens (paper: 1.0)
+    beta: float = 0.025  # weight of the rejected CoT's key tokens (paper: 0.025)
+    nll_guard: Optional[float] = (
+        5.0  # skip rejected key tokens whose NLL is already above this; None: no guard
+    )
+    # stage 2 training
+    learning_rate: float = 1e-5
+    num_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_epochs
+    batch_size: int = 2  # pairs per step (2× sequences in the forward pass)
+    grad_accum: int = 1
+    max_seq_len: int = 4096
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    use_lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"
+    bf16: Optional[bool] = None  # None: on when a CUDA GPU supports it
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    progress_bar: bool = False  # the Trainer's progress bar and per-log printout (False: quiet)
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Key tokens: Levenshtein alignment on token ids
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KeyOps:
+    """The edit operations that turn the chosen (correct) token sequence into the rejected one.
+
+    ``ops`` holds the non-equal spans as ``[tag, chosen_start, chosen_end, rejected_start,
+    rejected_end]`` in coordinates of the *full* sequences (the common prefix already added
+    back), with ``tag`` one of ``"replace"``, ``"delete"`` (chosen tokens absent from the
+    rejected sequence) and ``"insert"`` (rejected tokens absent from the chosen sequence).
+    JSON-serialisable: this, not the weights, is what gets stored.
+    """
+
+    prefix_len: int
+    len_chosen: int
+    len_rejected: int
+    ops: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "prefix_len": self.prefix_len,
+            "len_chosen": self.len_chosen,
+            "len_rejected": self.len_rejected,
+            "ops": [list(op) for op in self.ops],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "KeyOps":
+        return cls(
+            int(d["prefix_len"]),
+            int(d["len_chosen"]),
+            int(d["len_rejected"]),
+            [[str(t), int(a), int(b), int(c), int(e)] for t, a, b, c, e in d["ops"]],
+        )
+
+    @property
+    def n_key_chosen(self) -> int:
+        return sum(e - s for tag, s, e, _, _ in self.ops if tag in ("replace", "delete"))
+
+    @property
+    def n_key_rejected(self) -> int:
+        return sum(e - s for tag, _, _, s, e in self.ops if tag in ("replace", "insert"))
+
+
+def _as_int_list(ids) -> list[int]:
+    if hasattr(ids, "tolist"):  # numpy array / torch tensor
+        ids = ids.tolist()
+    return [int(i) for i in ids]
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def key_token_ops(chosen_ids, rejected_ids) -> KeyOps:
+    """Align two token sequences and return their edit operations (see ``KeyOps``).
+
+    The common prefix is stripped first, so everything before the first divergence is never
+    marked. The rest is a minimal Levenshtein alignment (unit costs for insert, delete and
+    replace) computed by rapidfuzz in C; where several minimal alignments exist, rapidfuzz's
+    deterministic choice is used. Two 4,000-token sequences take a few milliseconds.
+    """
+    from rapidfuzz.distance import Levenshtein
+
+    chosen, rejected = _as_int_list(chosen_ids), _as_int_list(rejected_ids)
+    p = common_prefix_len(chosen, rejected)
+    ops = [
+        [op.tag, op.src_start + p, op.src_end + p, op.dest_start + p, op.dest_end + p]
+        for op in Levenshtein.opcodes(chosen[p:], rejected[p:])
+        if op.tag != "equal"
+    ]
+    return KeyOps(prefix_len=p, len_chosen=len(chosen), len_rejected=len(rejected), ops=ops)
+
+
+def weights_from_ops(
+    ops: Union[KeyOps, dict],
+    len_chosen: Optional[int] = None,
+    len_rejected: Optional[int] = None,
+    alpha: float = 1.0,
+    beta: float = 0.025,
+) -> tuple[list[float], list[float]]:
+    """Per-token weights of both sequences from stored edit operations.
+
+    Chosen tokens that are replaced or deleted (relative to the rejected sequence) get α;
+    rejected tokens that are replaced or inserted (i.e. replaced or deleted relative to the
+    chosen sequence) get β; every other token, the common prefix included, gets 0.
+    Lengths default to the ones stored in ``ops``.
+    """
+    if isinstance(ops, dict):
+        ops = KeyOps.from_dict(ops)
+    len_chosen = ops.len_chosen if len_chosen is None else len_chosen
+    len_rejected = ops.len_rejected if len_rejected is None else len_rejected
+    w_chosen, w_rejected = [0.0] * len_chosen, [0.0] * len_rejected
+    for tag, c0, c1, r0, r1 in ops.ops:
+        if tag in ("replace", "delete"):
+            w_chosen[c0:c1] = [float(alpha)] * (c1 - c0)
+        if tag in ("replace", "insert"):
+            w_rejected[r0:r1] = [float(beta)] * (r1 - r0)
+    return w_chosen[:len_chosen], w_rejected[:len_rejected]
+
+
+def key_token_weights(
+    chosen_ids, rejected_ids, alpha: float = 1.0, beta: float = 0.025
+) -> tuple[list[float], list[float]]:
+    """EDIT's key-token weights of a (correct, wrong) pair of token sequences; see ``key_token_ops``."""
+    return weights_from_ops(key_token_ops(chosen_ids, rejected_ids), alpha=alpha, beta=beta)
+
+
+# --------------------------------------------------------------------------------------------
+# Dual pairs
+# --------------------------------------------------------------------------------------------
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _by_problem(items) -> dict[str, list]:
+    grouped = defaultdict(list)
+    for item in items:
+        grouped[item.problem_id].append(item)
+    return grouped
+
+
+def pairs_from_teacher(
+    problems: Sequence[Problem], traces: Sequence[TeacherTrace], teacher, max_pairs_per_problem: int = 0
+) -> list[DualPair]:
+    """EDIT's own data: rectify the teacher's wrong CoTs and corrupt its correct ones.
+
+    A correct trace CoT+ is sent through ``teacher.corrupt`` (contrastive prompt) → pair
+    (CoT+, CoT+−), kept only if the corruption is really wrong. A wrong trace CoT− goes through
+    ``teacher.rectify`` (answer-hint prompt) → pair (CoT−+, CoT−), kept only if the rectified CoT
+    verifies. ``meta["kind"]`` says which ("corrupted" / "rectified"); the rectified CoTs are
+    D−+ for stage 1.
+    """
+    problem_of = {p.id: p for p in problems}
+    pairs: list[DualPair] = []
+    for pid, group in _by_problem(traces).items():
+        problem = problem_of.get(pid)
+        if problem is None:
+            continue
+        kept = 0
+        for trace in group:
+            if max_pairs_per_problem and kept >= max_pairs_per_problem:
+                break
+            if trace.correct:
+                other = teacher.corrupt(problem, trace)
+                if other.correct:
+                    continue
+                chosen, rejected, kind = trace, other, "corrupted"
+            else:
+                other = teacher.rectify(problem, trace)
+                if not other.correct:
+                    continue
+                chosen, rejected, kind = other, trace, "rectified"
+            pairs.append(
+                DualPair(
+                    problem_id=pid,
+                    question=problem.question,
+                    chosen=chosen.cot,
+                    rejected=rejected.cot,
+                    source=SOURCE_LABELS["teacher"],
+                    meta={
+                        "kind": kind,
+                        "trace_sample": trace.sample_index,
+                        "teacher": other.teacher,
+                        "chosen_answer": chosen.answer,
+                        "rejected_answer": rejected.answer,
+                    },
+                )
+            )
+            kept += 1
+    return pairs
+
+
+def pairs_from_exposure(
+    problems: Sequence[Problem],
+    teacher_traces: Sequence[TeacherTrace],
+    attempts: Sequence[StudentAttempt],
+    max_pairs_per_problem: int = 0,
+) -> list[DualPair]:
+    """Natural pairs from error exposure: the teacher's correct CoT vs the student's wrong attempt.
+
+    Each distinct wrong attempt of a question is paired with one of the question's correct
+    teacher CoTs (round-robin over them); questions without both are skipped.
+    """
+    problem_of = {p.id: p for p in problems}
+    correct = _by_problem(t for t in teacher_traces if t.correct)
+    pairs: list[DualPair] = []
+    for pid, wrong in _by_problem(a for a in attempts if not a.correct).items():
+        problem, good = problem_of.get(pid), correct.get(pid, [])
+        if problem is None or not good:
+            continue
+        seen: set[str] = set()
+        for attempt in wrong:
+            key = _normalise(attempt.response)
+            if key in seen:
+                continue
+            if max_pairs_per_problem and len(seen) >= max_pairs_per_problem:
+                break
+            trace = good[len(seen) % len(good)]
+            seen.add(key)
+            pairs.append(
+                DualPair(
+                    problem_id=pid,
+                    question=problem.question,
+                    chosen=trace.cot,
+                    rejected=attempt.response,
+                    source=SOURCE_LABELS["exposure"],
+                    meta={
+                        "kind": "exposure",
+                        "trace_sample": trace.sample_index,
+                        "attempt_sample": attempt.sample_index,
+                        "chosen_answer": trace.answer,
+                        "rejected_answer": attempt.answer,
+                    },
+                )
+            )
+    return pairs
+
+
+def build_dual_pairs(
+    source: str,
+    problems: Sequence[Problem],
+    traces: Sequence[TeacherTrace],
+    *,
+    teacher=None,
+    attempts: Optional[Sequence[StudentAttempt]] = None,
+    max_pairs_per_problem: int = 0,
+) -> list[DualPair]:
+    """Dual pairs from ``source``: ``"teacher"`` (needs ``teacher``) or ``"exposure"``
+    (needs ``attempts``)."""
+    if source == "teacher":
+        if teacher is None or not all(hasattr(teacher, m) for m in ("rectify", "corrupt")):
+            raise ValueError(
+                "pair_source='teacher' needs a teacher with rectify() and corrupt() (a FeedbackTeacher)"
+            )
+        return pairs_from_teacher(problems, traces, teacher, max_pairs_per_problem)
+    if source == "exposure":
+        if attempts is None:
+            raise ValueError("pair_source='exposure' needs the student's graded attempts (error exposure)")
+        return pairs_from_exposure(problems, traces, attempts, max_pairs_per_problem)
+    raise ValueError(f"pair_source must be one of {PAIR_SOURCES}, got {source!r}")
+
+
+def stage1_examples(
+    problems: Sequence[Problem], traces: Sequence[TeacherTrace], pairs: Sequence[DualPair] = ()
+) -> list[SFTExample]:
+    """Stage-1 SFT data: D+ (correct teacher CoTs) ∪ D−+ (rectified CoTs from the pairs), deduplicated.
+
+    With ``pair_source="exposure"`` there is no D−+, and stage 1 is plain SFT on the teacher's
+    correct CoTs (the ``sft`` baseline).
+    """
+    question_of = {p.id: p.question for p in problems}
+    examples, seen = [], set()
+
+    def add(pid: str, response: str, source: str, meta: dict) -> None:
+        key = (pid, _normalise(response))
+        if pid in question_of and key not in seen:
+            seen.add(key)
+            examples.append(
+                SFTExample(
+                    problem_id=pid, question=question_of[pid], response=response, source=source, meta=meta
+                )
+            )
+
+    for t in traces:
+        if t.correct:
+            add(t.problem_id, t.cot, "teacher", {"sample_index": t.sample_index})
+    for pair in pairs:
+        if pair.meta.get("kind") == "rectified":
+            add(pair.problem_id, pair.chosen, "rectified", {"trace_sample": pair.meta.get("trace_sample")})
+    return examples
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenising pairs and storing their key operations
+# --------------------------------------------------------------------------------------------
+
+
+def _encode(tokenizer, question: str, response: str, template: str, system: Optional[str]) -> dict:
+    return encode_for_training(tokenizer, question, response, template, max_seq_len=None, system=system)
+
+
+def encode_pair(
+    tokenizer, pair: DualPair, prompt_template: str = "{question}", system: Optional[str] = None
+) -> dict:
+    """Token ids of both sides with the key operations of their *responses*.
+
+    Operations stored in ``pair.meta["key_ops"]`` are reused when their lengths fit these responses."""
+    chosen = _encode(tokenizer, pair.question, pair.chosen, prompt_template, system)
+    rejected = _encode(tokenizer, pair.question, pair.rejected, prompt_template, system)
+    resp_c = chosen["input_ids"][chosen["prompt_len"] :]
+    resp_r = rejected["input_ids"][rejected["prompt_len"] :]
+    stored = pair.meta.get("key_ops")
+    ops = KeyOps.from_dict(stored) if stored else None
+    if ops is None or (ops.len_chosen, ops.len_rejected) != (len(resp_c), len(resp_r)):
+        ops = key_token_ops(resp_c, resp_r)  # missing, or aligned with another tokenizer/template
+    return {"chosen": chosen, "rejected": rejected, "key_ops": ops.to_dict()}
+
+
+def annotate_pairs(
+    pairs: Sequence[DualPair], tokenizer, prompt_template: str = "{question}", system: Optional[str] = None
+) -> list[DualPair]:
+    """Copies of the pairs with ``meta["key_ops"]`` (the responses' alignment in this tokenizer)
+    and ``meta["n_key_chosen"]`` / ``meta["n_key_rejected"]`` for inspection."""
+    out = []
+    for pair in pairs:
+        ops = KeyOps.from_dict(encode_pair(tokenizer, pair, prompt_template, system)["key_ops"])
+        meta = {
+            **pair.meta,
+            "key_ops": ops.to_dict(),
+            "n_key_chosen": ops.n_key_chosen,
+            "n_key_rejected": ops.n_key_rejected,
+        }
+        out.append(replace(pair, meta=meta))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: the loss, the collator and the Trainer
+# --------------------------------------------------------------------------------------------
+
+
+def token_nll(logits, labels):
+    """Per-token NLL (float32) of ``labels[:, 1:]`` under ``logits[:, :-1]``; 0 where the label is -100."""
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    )
+    return nll.view(shift_labels.shape)
+
+
+def edit_loss(
+    logits, labels, weights_chosen, weights_rejected, nll_guard: Optional[float] = 5.0
+) -> tuple[Any, dict]:
+    """EDIT's stage-2 loss for B pairs in one batch of 2B sequences.
+
+    Rows ``0..B-1`` of ``logits``/``labels`` are the chosen CoTs, rows ``B..2B-1`` the rejected
+    ones (same pair order). ``weights_*`` are ``[B, T]`` per-token weights aligned with
+    ``labels`` (already α/β-scaled: ``weights_from_ops``), 0 on the prompt and on padding.
+
+        loss = mean_pairs[ Σ_t w⁺_t·NLL⁺_t / |resp⁺|  −  Σ_t w⁻_t·NLL⁻_t·g_t / |resp⁻| ]
+
+    with |resp| the number of label tokens of the sequence and the guard g_t = [NLL⁻_t ≤
+    nll_guard] (detached): a rejected token that is already unlikely gets no further push, so the
+    unlikelihood term cannot run away. ``nll_guard=None`` disables the guard.
+    Returns ``(loss, stats)``; ``stats`` holds detached floats for logging.
+    """
+    import torch
+
+    n_pairs = weights_chosen.shape[0]
+    nll = token_nll(logits, labels)
+    resp_len = (labels[:, 1:] != -100).sum(dim=1).clamp(min=1).to(nll.dtype)
+    w_c = weights_chosen[:, 1:].to(nll.dtype)
+    w_r = weights_rejected[:, 1:].to(nll.dtype)
+    nll_c, nll_r = nll[:n_pairs], nll[n_pairs:]
+    guard = torch.ones_like(nll_r) if nll_guard is None else (nll_r.detach() <= nll_guard).to(nll.dtype)
+    chosen_term = (w_c * nll_c).sum(dim=1) / resp_len[:n_pairs]
+    rejected_term = (w_r * nll_r * guard).sum(dim=1) / resp_len[n_pairs:]
+    loss = (chosen_term - rejected_term).mean()
+    with torch.no_grad():
+        key_c, key_r = (w_c > 0), (w_r > 0)
+        stats = {
+            "chosen_term": chosen_term.mean().item(),
+            "rejected_term": rejected_term.mean().item(),
+            "chosen_key_nll": (nll_c[key_c].mean().item() if key_c.any() else float("nan")),
+            "rejected_key_nll": (nll_r[key_r].mean().item() if key_r.any() else float("nan")),
+            "guard_kept": (guard[key_r].mean().item() if key_r.any() else float("nan")),
+        }
+    return loss, stats
+
+
+class PairDataset:
+    """Encoded pairs (a map-style dataset: ``len`` and indexing)."""
+
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def _pad(rows: list[list], value, length: int) -> list[list]:
+    return [list(r) + [value] * (length - len(r)) for r in rows]
+
+
+class EditCollator:
+    """B encoded pairs → one padded batch of 2B sequences (chosen first, then rejected).
+
+    Key-token weights are made here from the stored operations, so α and β are a collator
+    setting. Sequences are cut at ``max_seq_len`` (weights and labels with them).
+    """
+
+    def __init__(self, pad_token_id: int, alpha: float, beta: float, max_seq_len: Optional[int] = None):
+        self.pad_token_id, self.alpha, self.beta, self.max_seq_len = pad_token_id, alpha, beta, max_seq_len
+
+    def _side(self, enc: dict, resp_weights: list[float]) -> tuple[list, list, list]:
+        ids, labels = list(enc["input_ids"]), list(enc["labels"])
+        weights = [0.0] * enc["prompt_len"] + list(resp_weights)
+        if self.max_seq_len:
+            ids, labels, weights = (
+                ids[: self.max_seq_len],
+                labels[: self.max_seq_len],
+                weights[: self.max_seq_len],
+            )
+        return ids, labels, weights
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        rows = {"chosen": [], "rejected": []}
+        for f in features:
+            w_c, w_r = weights_from_ops(f["key_ops"], alpha=self.alpha, beta=self.beta)
+            rows["chosen"].append(self._side(f["chosen"], w_c))
+            rows["rejected"].append(self._side(f["rejected"], w_r))
+        seqs = rows["chosen"] + rows["rejected"]
+        length = max(len(ids) for ids, _, _ in seqs)
+        ids = _pad([s[0] for s in seqs], self.pad_token_id, length)
+        mask = _pad([[1] * len(s[0]) for s in seqs], 0, length)
+        labels = _pad([s[1] for s in seqs], -100, length)
+        weights = _pad([s[2] for s in seqs], 0.0, length)
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "key_weights": torch.tensor(weights, dtype=torch.float32),
+        }
+
+
+def _trainer_base():
+    from transformers import Trainer
+
+    return Trainer
+
+
+class _StatsMixin:
+    """Averages the per-step loss components since the last log into the Trainer's log line."""
+
+    def _record(self, stats: dict) -> None:
+        buf = self.__dict__.setdefault("_stat_buffer", defaultdict(list))
+        for k, v in stats.items():
+            if not (isinstance(v, float) and math.isnan(v)):
+                buf[k].append(v)
+
+    def log(self, logs: dict, start_time: Optional[float] = None) -> None:
+        buf = self.__dict__.get("_stat_buffer")
+        if buf and "loss" in logs:
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in buf.items() if v}}
+            buf.clear()
+        super().log(logs, start_time)
+
+
+@functools.cache
+def make_edit_trainer_class():
+    """The ``EditTrainer`` class: a ``transformers.Trainer`` subclass, built on first use so that
+    importing this module (e.g. for ``EditConfig`` when a profile loads) does not import transformers."""
+    Trainer = _trainer_base()
+
+    class EditTrainer(_StatsMixin, Trainer):
+        """A Trainer whose loss is ``edit_loss`` over batches from ``EditCollator``.
+
+        The loss is already a per-batch mean, so the Trainer divides it by the number of
+        gradient-accumulation steps (``loss_is_scaled_for_ga = False``).
+        """
+
+        loss_is_scaled_for_ga = False
+
+        def __init__(self, *args, nll_guard: Optional[float] = 5.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.nll_guard = nll_guard
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels, key_weights = inputs["labels"], inputs["key_weights"]
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            n_pairs = labels.shape[0] // 2
+            loss, stats = edit_loss(
+                outputs.logits, labels, key_weights[:n_pairs], key_weights[n_pairs:], nll_guard=self.nll_guard
+            )
+            self._record(stats)
+            return (loss, outputs) if return_outputs else loss
+
+    return EditTrainer
+
+
+def __getattr__(name: str):  # EditTrainer on first access
+    if name == "EditTrainer":
+        return make_edit_trainer_class()
+    raise AttributeError(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer plumbing shared with ``tailored`` (loading, arguments, saving a full model)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CustomTrainResult:
+    """What a custom-loss training run leaves: a full model in ``model_dir`` and its loss curve."""
+
+    model_dir: str
+    backend: str
+    loss_history: list
+    train_seconds: float
+    n_examples: int
+    n_steps: int
+    meta: dict = field(default_factory=dict)
+
+
+def use_bf16(cfg) -> bool:
+    import torch
+
+    if cfg.bf16 is not None:
+        return bool(cfg.bf16) and torch.cuda.is_available()
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def load_model_and_tokenizer(model_dir: PathLike, cfg):
+    """The student to train (float32, or bf16 on a GPU that supports it), LoRA-wrapped if asked."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if use_bf16(cfg) else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        if cfg.use_lora:
+            model.enable_input_require_grads()
+    if cfg.use_lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = cfg.lora_target_modules
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model, tokenizer
+
+
+def training_arguments(output_dir: PathLike, cfg, **overrides):
+    """``TrainingArguments`` from a flat config (no checkpoints, no reporting, our own columns kept)."""
+    import torch
+    from transformers import TrainingArguments
+
+    if not 0.0 <= cfg.warmup_ratio < 1.0:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    args = dict(
+        output_dir=str(Path(output_dir) / "trainer"),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else -1,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        warmup_steps=float(cfg.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio of the steps
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=cfg.optim,
+        logging_steps=cfg.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        bf16=use_bf16(cfg),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=not getattr(cfg, "progress_bar", False),
+        use_cpu=not torch.cuda.is_available(),
+    )
+    args.update(overrides)
+    return TrainingArguments(**args)
+
+
+def save_full_model(trainer, tokenizer, model_dir: PathLike) -> str:
+    """Save a full model (LoRA merged in) and its tokenizer, as ``train_sft`` does.
+
+    Written next to ``model_dir`` and renamed into place, so a crash never leaves a half-written
+    model that a resumed run would take for a finished one.
+    """
+    import os
+    import shutil
+
+    model_dir = Path(model_dir)
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):  # peft
+        model = model.merge_and_unload()
+    tmp = model_dir.with_name(model_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(tmp, model_dir)
+    return str(model_dir)
+
+
+def loss_history(trainer) -> list[dict]:
+    """The Trainer's training log lines (one per ``logging_steps``), without the final summary."""
+    return [dict(h) for h in trainer.state.log_history if "loss" in h]
+
+
+def backend_name(cfg) -> str:
+    return "transformers+peft" if cfg.use_lora else "transformers"
+
+
+def run_trainer(trainer, label: str, cfg, n_examples: int) -> float:
+    """Train, printing one line that says what runs where; returns the wall time in seconds."""
+    import shutil
+
+    args = trainer.args
+    if not getattr(cfg, "progress_bar", False):
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    print(
+        f"[{label}] backend={backend_name(cfg)} device={args.device} bf16={args.bf16} examples={n_examples} "
+        f"batch={args.per_device_train_batch_size}x{args.gradient_accumulation_steps}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    out = Path(args.output_dir)
+    if out.is_dir() and not any(out.iterdir()):  # no checkpoints are saved: drop the empty folder
+        shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def train_edit_stage2(
+    stage1_model_dir: PathLike,
+    pairs: Sequence[DualPair],
+    output_dir: PathLike,
+    cfg: EditConfig,
+    prompt_template: str = "{question}",
+    system: Optional[str] = None,
+) -> CustomTrainResult:
+    """Stage 2: key-reasoning-step learning from the stage-1 model; full model saved to ``output_dir/model``.
+
+    Writes ``output_dir/loss_history.json`` and ``output_dir/pairs_with_ops.jsonl`` (the pairs
+    with their stored key operations in this tokenizer).
+    """
+    from transformers import set_seed
+
+    from .jsonl import write_json, write_jsonl
+
+    if not pairs:
+        raise ValueError("EDIT stage 2 needs at least one dual pair")
+    output_dir = Path(output_dir)
+    set_seed(cfg.seed)
+    model, tokenizer = load_model_and_tokenizer(stage1_model_dir, cfg)
+    items = [encode_pair(tokenizer, p, prompt_template, system) for p in pairs]
+    annotated = [replace(p, meta={**p.meta, "key_ops": it["key_ops"]}) for p, it in zip(pairs, items)]
+    write_jsonl(output_dir / "pairs_with_ops.jsonl", annotated)
+    trainer = make_edit_trainer_class()(
+        model=model,
+        args=training_arguments(output_dir, cfg),
+        train_dataset=PairDataset(items),
+        data_collator=EditCollator(tokenizer.pad_token_id, cfg.alpha, cfg.beta, cfg.max_seq_len),
+        nll_guard=cfg.nll_guard,
+    )
+    seconds = run_trainer(trainer, "edit stage 2", cfg, len(items))
+    model_dir = save_full_model(trainer, tokenizer, output_dir / "model")
+    history = loss_history(trainer)
+    write_json(output_dir / "loss_history.json", history)
+    result = CustomTrainResult(
+        model_dir=model_dir,
+        backend=backend_name(cfg),
+        loss_history=history,
+        train_seconds=seconds,
+        n_examples=len(items),
+        n_steps=trainer.state.global_step,
+        meta={"edit": asdict(cfg)},
+    )
+    write_json(
+        output_dir / "train_result.json", {k: v for k, v in asdict(result).items() if k != "loss_history"}
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# The whole method
+# --------------------------------------------------------------------------------------------
+
+
+def run_edit(
+    student_dir: PathLike,
+    problems: Sequence[Problem],
+    traces: Sequence[TeacherTrace],
+    out_dir: PathLike,
+    cfg: EditConfig,
+    sft_cfg=None,
+    *,
+    teacher=None,
+    attempts: Optional[Sequence[StudentAttempt]] = None,
+    prompt_template: str = "{question}",
+    system: Optional[str] = None,
+    stage1_model_dir: Optional[PathLike] = None,
+) -> dict:
+    """Dual pairs → stage 1 (``training.train_sft`` on D+ ∪ D−+) → stage 2; final model at ``out_dir/model``.
+
+    Resumable: pairs are read back from ``out_dir/pairs.jsonl`` when present, stage 1 is skipped
+    when ``out_dir/stage1/model`` exists (or ``stage1_model_dir`` is given, e.g. the ``sft``
+    baseline's model when the pairs come from error exposure), stage 2 when ``out_dir/model`` exists.
+    """
+    from .jsonl import read_jsonl, write_jsonl
+
+    out_dir = Path(out_dir)
+    pairs_path = out_dir / "pairs.jsonl"
+    if pairs_path.exists():
+        pairs = read_jsonl(pairs_path, DualPair)
+    else:
+        pairs = build_dual_pairs(
+            cfg.pair_source,
+            problems,
+            traces,
+            teacher=teacher,
+            attempts=attempts,
+            max_pairs_per_problem=cfg.max_pairs_per_problem,
+        )
+        write_jsonl(pairs_path, pairs)
+    summary: dict[str, Any] = {
+        "n_pairs": len(pairs),
+        "pair_source": cfg.pair_source,
+        "pair_kinds": dict(_count(p.meta.get("kind", "") for p in pairs)),
+    }
+
+    if stage1_model_dir is None:
+        stage1_model_dir = out_dir / "stage1" / "model"
+        if not (stage1_model_dir / "config.json").exists():
+            from .training import TrainingConfig, train_sft
+
+            examples = stage1_examples(problems, traces, pairs)
+            write_jsonl(out_dir / "stage1_examples.jsonl", examples)
+            train_sft(
+                student_dir,
+                examples,
+                out_dir / "stage1",
+                sft_cfg or TrainingConfig(),
+                prompt_template=prompt_template,
+                system=system,
+            )
+            summary["n_stage1_examples"] = len(examples)
+    summary["stage1_model_dir"] = str(stage1_model_dir)
+
+    final = out_dir / "model"
+    if not (final / "config.json").exists():
+        stage2 = train_edit_stage2(stage1_model_dir, pairs, out_dir / "stage2", cfg, prompt_template, system)
+        _link_or_copy_tree(Path(stage2.model_dir), final)
+    summary["model_dir"] = str(final)
+    return summary
+
+
+def show_key_tokens(student_dir: PathLike, pair: DualPair, alpha: float = 1.0, beta: float = 0.025) -> str:
+    """Print both CoTs of a pair with their key tokens [bracketed]; returns the text."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
+    chosen = tokenizer(pair.chosen, add_special_tokens=False)["input_ids"]
+    rejected = tokenizer(pair.rejected, add_special_tokens=False)["input_ids"]
+    w_chosen, w_rejected = key_token_weights(chosen, rejected, alpha, beta)
+
+    def render(ids, weights):
+        pieces = [tokenizer.decode([t]) for t in ids]
+        return "".join(f"[{p}]" if w > 0 else p for p, w in zip(pieces, weights))
+
+    text = (f"correct CoT ({sum(w > 0 for w in w_chosen)} key tokens, weight {alpha}):\n{render(chosen, w_chosen)}\n\n"
+            f"wrong CoT ({sum(w > 0 for w in w_rejected)} key tokens, weight {beta}):\n{render(rejected, w_rejected)}")
+    print(text)
+    return text
+
+
+def _count(values) -> dict:
+    counts: dict = defaultdict(int)
+    for v in values:
+        counts[v] += 1
+    return counts
+
+
+def _link_or_copy_tree(src: Path, dst: Path) -> None:
+    """Place a saved model at ``dst`` (hard links where possible: no second copy on disk)."""
+    import os
+    import shutil
+
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=link)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+__all__ = [
+    "EditConfig",
+    "KeyOps",
+    "key_token_ops",
+    "weights_from_ops",
+    "key_token_weights",
+    "show_key_tokens",
+    "common_prefix_len",
+    "pairs_from_teacher",
+    "pairs_from_exposure",
+    "build_dual_pairs",
+    "stage1_examples",
+    "encode_pair",
+    "annotate_pairs",
+    "token_nll",
+    "edit_loss",
+    "EditCollator",
+    "PairDataset",
+    "make_edit_trainer_class",
+    "train_edit_stage2",
+    "run_edit",
+    "CustomTrainResult",
+]

@@ -1,0 +1,723 @@
+"""Generation backends behind one interface: transformers (everywhere) and vLLM (CUDA, when installed).
+
+    gen = load_generator("outputs/toy/models/student")   # prints the one line saying which backend ran
+    outs = gen.generate(questions, SamplingConfig(n=4, temperature=0.8, top_p=0.9, max_new_tokens=512),
+                        prompt_template=DEFAULT_PROMPT_TEMPLATE)
+    outs[i][j].text, outs[i][j].n_tokens, outs[i][j].finish_reason
+    gen.close()
+
+Prompts: a ``str`` is a question, rendered with ``orion_utils.chat.build_messages`` and the tokenizer's
+chat template (``add_generation_prompt=True``), exactly as ``chat.prompt_text`` does; a ``list[dict]``
+is a ready message list. The rendered text is tokenized with ``add_special_tokens=False`` (the chat
+template already carries any BOS), the same way ``chat.encode_for_training`` does, so generation
+sees the very tokens training saw.
+
+Both backends honour the same ``SamplingConfig``: ``temperature == 0`` is greedy (one generation per
+prompt, copied ``n`` times: n identical greedy runs would be wasted work); otherwise nucleus sampling
+with ``temperature``/``top_p`` and no top-k or repetition penalty, whatever the checkpoint's
+``generation_config.json`` suggests (so the two backends sample from the same distribution).
+Generation stops at any end-of-turn token: the tokenizer's EOS, the model's generation-config EOS and
+the token that ends an assistant turn in the chat template (``end_of_turn_token_ids``).
+
+Reproducibility: the transformers backend seeds a forked torch RNG with ``sampling.seed`` on each
+call (the caller's global RNG is left untouched); a rerun with the same prompts, ``batch_size`` and
+device gives the same samples. Samples are drawn batch-wise, so changing ``batch_size`` or the prompt
+set changes which sample a prompt gets (greedy output does not change). vLLM seeds each request with
+``sampling.seed`` (its n samples with seed, seed+1, ...), so a prompt's samples there do not depend on
+the batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.util
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .chat import build_messages
+
+Prompt = str | list  # a question, or a list of {"role", "content"} messages
+
+__all__ = [
+    "Generation",
+    "GenerationBackend",
+    "SamplingConfig",
+    "TransformersBackend",
+    "VLLMBackend",
+    "auto_cpu_threads",
+    "completion_nll",
+    "end_of_turn_token_ids",
+    "load_generator",
+    "render_prompt",
+    "resolve_device",
+    "resolve_dtype",
+    "select_backend",
+]
+
+
+@dataclass
+class SamplingConfig:
+    n: int = 1  # samples per prompt
+    temperature: float = 0.0  # 0 -> greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingConfig.n must be >= 1, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Generation:
+    text: str  # decoded completion only, special tokens skipped
+    n_tokens: int  # completion tokens generated (up to and including EOS)
+    finish_reason: str  # "stop" (EOS) or "length"
+
+
+# --------------------------------------------------------------------------------------------------
+# prompts and stop tokens (shared by both backends)
+
+
+def render_prompt(tokenizer, prompt: Prompt, prompt_template: str = "{question}", system: str | None = None) -> str:
+    """The exact text the model sees before its answer (see the module docstring)."""
+    if isinstance(prompt, str):
+        messages = build_messages(prompt, prompt_template, system)
+    elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
+        messages = list(prompt)
+    else:
+        raise TypeError(
+            f"a prompt must be a question (str) or a list of message dicts, got {type(prompt).__name__}"
+        )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _encode_prompts(tokenizer, prompts, prompt_template, system) -> list[list[int]]:
+    if isinstance(prompts, (str, dict)):
+        raise TypeError("prompts must be a sequence of prompts (wrap a single prompt in a list)")
+    texts = [render_prompt(tokenizer, p, prompt_template, system) for p in prompts]
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _as_id_list(value) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+def end_of_turn_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Token ids that end the assistant's turn: generation-config EOS, tokenizer EOS, chat-template end-of-turn.
+
+    The last one is found by rendering a one-turn conversation and taking the first special token
+    after the assistant's content (``<|im_end|>`` for Qwen, ``<|eot_id|>`` for Llama 3, ...), so a base
+    tokenizer whose EOS is ``<|endoftext|>`` still stops at the end of a chat turn.
+    """
+    ids: list[int] = []
+    ids += _as_id_list(getattr(generation_config, "eos_token_id", None))
+    ids += _as_id_list(getattr(tokenizer, "eos_token_id", None))
+    ids += _as_id_list(_template_end_of_turn(tokenizer))
+    out: list[int] = []
+    for i in ids:
+        if i not in out:
+            out.append(i)
+    if not out:
+        raise ValueError("cannot tell when to stop: the tokenizer and generation config define no EOS token")
+    return out
+
+
+def _template_end_of_turn(tokenizer) -> int | None:
+    sentinel = "ORION_SENTINEL_REPLY"
+    try:
+        full = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False
+        )
+        tail = full[full.rindex(sentinel) + len(sentinel):]
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+        return next((int(t) for t in tokenizer(tail, add_special_tokens=False)["input_ids"] if t in special), None)
+    except Exception:  # noqa: BLE001 - no chat template, or one that rejects this conversation: EOS ids will do
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# backend selection
+
+
+def _vllm_status() -> tuple[bool, str]:
+    """(installed, words) without importing vLLM (importing it takes seconds)."""
+    try:
+        found = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        found = False
+    return found, ("installed" if found else "not installed")
+
+
+def _try_import_vllm() -> str | None:
+    """None if ``import vllm`` works, else why not."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a broken install must not break the pipeline: fall back
+        return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    return None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[str, str]:
+    """Pick a generation backend: ``(name, reason)``.
+
+    ``"auto"`` picks vLLM iff it is importable AND CUDA is available (and ``device`` is auto or CUDA),
+    else transformers. ``"transformers"`` (alias ``"hf"``) is always honoured; ``"vllm"`` raises a clear
+    error when vLLM is not installed.
+    """
+    req = (requested or "auto").strip().lower()
+    if req == "hf":
+        req = "transformers"
+    if req not in ("auto", "transformers", "vllm"):
+        raise ValueError(f"unknown generation backend {requested!r}: use 'auto', 'transformers' or 'vllm'")
+    installed, words = _vllm_status()
+    if req == "transformers":
+        return "transformers", f"requested; vllm: {words}"
+    if req == "vllm":
+        if not installed:
+            raise RuntimeError(
+                "generation backend 'vllm' was requested but vLLM is not installed "
+                "(pip install vllm, on a machine with a CUDA GPU); "
+                "use backend='auto' or backend='transformers' to run with transformers instead"
+            )
+        problem = _try_import_vllm()
+        if problem:
+            raise RuntimeError(f"generation backend 'vllm' was requested but `import vllm` fails: {problem}")
+        cuda = _cuda_available()
+        return "vllm", "requested" + ("; CUDA available" if cuda else "; WARNING: no CUDA device")
+    # auto
+    if not installed:
+        return "transformers", "vllm: not installed"
+    if device not in (None, "auto") and not str(device).startswith("cuda"):
+        return "transformers", f"vllm: installed, but device={device} was requested"
+    if not _cuda_available():
+        return "transformers", "vllm: installed, but no CUDA device"
+    problem = _try_import_vllm()
+    if problem:
+        return "transformers", f"vllm: installed but import failed ({problem})"
+    return "vllm", "vllm: installed and CUDA available"
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """``"auto"``: cuda if available, else cpu; anything else is passed through."""
+    if device in (None, "auto"):
+        return "cuda" if _cuda_available() else "cpu"
+    return str(device)
+
+
+_DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}
+
+
+def resolve_dtype(dtype: Any = "auto", device: str = "cpu"):
+    """``"auto"``: bf16 on a CUDA device that supports it, else fp16 on CUDA, float32 elsewhere."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if str(device).startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    name = _DTYPE_NAMES.get(str(dtype).lower().replace("torch.", ""))
+    if name is None:
+        raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return getattr(torch, name)
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+SMALL_MODEL_PARAMS = 5_000_000
+
+
+def auto_cpu_threads(model, device: str, num_threads: int | str | None = "auto") -> int | None:
+    """Intra-op threads to use while this model runs; None leaves torch's setting alone.
+
+    ``"auto"``: 1 thread for a small model (< ``SMALL_MODEL_PARAMS``) on CPU. Its matrix products are
+    too small to split across cores, and OpenMP's synchronisation per operation then dominates: on 2
+    busy cores a 0.1 M-parameter Llama decodes 10-50x faster with 1 thread than with 2. Bigger models
+    and GPUs keep the default.
+    """
+    if num_threads is None or isinstance(num_threads, int):
+        return num_threads
+    if num_threads != "auto":
+        raise ValueError(f"num_threads must be an int, None or 'auto', got {num_threads!r}")
+    if str(device).startswith("cpu") and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
+        return 1
+    return None
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    import torch
+
+    if not n or n == torch.get_num_threads():
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------------
+# the interface
+
+
+class GenerationBackend(ABC):
+    name: str
+    model_path: str
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        sampling: SamplingConfig,
+        *,
+        prompt_template: str = "{question}",
+        system: str | None = None,
+        desc: str = "generating",
+    ) -> list[list[Generation]]:
+        """Per prompt (input order), ``sampling.n`` generations."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model (and GPU memory). The backend cannot generate afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if getattr(self, "_closed", False):
+            raise RuntimeError(f"this {self.name} generator was closed")
+
+
+def _finish(token_ids: Sequence[int], stop_ids: set, tokenizer) -> Generation:
+    """Cut a generated row at its first stop token (kept in the count); the rest is padding."""
+    for k, tid in enumerate(token_ids):
+        if tid in stop_ids:
+            kept, reason = token_ids[: k + 1], "stop"
+            break
+    else:
+        kept, reason = token_ids, "length"
+    return Generation(text=tokenizer.decode(kept, skip_special_tokens=True), n_tokens=len(kept), finish_reason=reason)
+
+
+def _expand_greedy(rows: list[list[Generation]], n: int) -> list[list[Generation]]:
+    return [[replace(r[0]) for _ in range(n)] for r in rows]
+
+
+class TransformersBackend(GenerationBackend):
+    """Batched ``model.generate`` with left padding and the KV cache.
+
+    Prompts are sorted by length (longest first, so an out-of-memory shows up in the first batch)
+    and cut into batches of at most ``batch_size`` sequences (a prompt with n samples takes n rows);
+    results come back in input order. ``num_threads`` (default ``"auto"``, see ``auto_cpu_threads``)
+    sets torch's intra-op threads for the duration of each ``generate`` call only.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        batch_size: int = 32,
+        dtype: Any = "auto",
+        device: str = "auto",
+        progress: bool = True,
+        num_threads: int | str | None = "auto",
+        attn_implementation: str | None = None,
+        model=None,
+        tokenizer=None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_path = os.fspath(model_path) if model_path is not None else getattr(model, "name_or_path", "")
+        self.batch_size = int(batch_size)
+        self.progress = progress
+        if model is None:
+            self.device = resolve_device(device)
+            self.dtype = resolve_dtype(dtype, self.device)
+            kwargs = {"dtype": self.dtype}
+            if attn_implementation:
+                kwargs["attn_implementation"] = attn_implementation
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs).to(self.device)
+        else:  # an already loaded model (e.g. right after training)
+            self.device, self.dtype = str(next(model.parameters()).device), model.dtype
+        self.model = model.eval()
+        self.num_threads = auto_cpu_threads(self.model, self.device, num_threads)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(self.model_path, padding_side="left")
+        # a tokenizer passed in (maybe the training one) is not modified: padding is done here, on the left
+        self.tokenizer = tokenizer
+        self.eos_token_ids = end_of_turn_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
+        self._torch = torch
+        self._closed = False
+
+    # -- generation -------------------------------------------------------------------------------
+    def _generate_kwargs(self, sampling: SamplingConfig) -> dict:
+        # every knob explicit: the checkpoint's generation_config.json (e.g. Qwen's top_k=20,
+        # repetition_penalty=1.05) must not change what SamplingConfig asks for.
+        kw: dict[str, Any] = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "eos_token_id": self.eos_token_ids,
+            "pad_token_id": self.pad_token_id,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "repetition_penalty": 1.0,
+            "use_cache": True,
+        }
+        if sampling.greedy:
+            kw.update(do_sample=False)
+        else:
+            kw.update(do_sample=True, temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=0)
+        return kw
+
+    def _left_pad(self, rows: list[list[int]]):
+        torch = self._torch
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            if r:
+                ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+                mask[b, width - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        sampling: SamplingConfig,
+        *,
+        prompt_template: str = "{question}",
+        system: str | None = None,
+        desc: str = "generating",
+    ) -> list[list[Generation]]:
+        from tqdm.auto import tqdm
+
+        self._check_open()
+        sampling.validate()
+        torch = self._torch
+        encoded = _encode_prompts(self.tokenizer, prompts, prompt_template, system)
+        if not encoded:
+            return []
+        if any(len(e) == 0 for e in encoded):
+            raise ValueError("a prompt rendered to zero tokens")
+        per_prompt = 1 if sampling.greedy else sampling.n
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: ties keep input order
+        rows = [(i, j) for i in order for j in range(per_prompt)]
+        batches = [rows[k: k + self.batch_size] for k in range(0, len(rows), max(1, self.batch_size))]
+        results: list[list[Generation | None]] = [[None] * per_prompt for _ in encoded]
+        stop_ids = set(self.eos_token_ids)
+        gen_kwargs = self._generate_kwargs(sampling)
+        devices = []
+        if str(self.device).startswith("cuda"):
+            index = torch.device(self.device).index
+            devices = [index if index is not None else torch.cuda.current_device()]
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(), _torch_threads(self.num_threads):
+            torch.manual_seed(sampling.seed)
+            for batch in tqdm(batches, desc=desc, unit="batch", disable=not self.progress):
+                input_ids, attention_mask = self._left_pad([encoded[i] for i, _ in batch])
+                out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
+                new_tokens = out[:, input_ids.shape[1]:].tolist()
+                for (i, j), toks in zip(batch, new_tokens):
+                    results[i][j] = _finish(toks, stop_ids, self.tokenizer)
+        if sampling.greedy:
+            return _expand_greedy(results, sampling.n)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        cuda = str(self.device).startswith("cuda")
+        self.model = None
+        self._closed = True
+        gc.collect()
+        if cuda:
+            self._torch.cuda.empty_cache()
+
+
+class VLLMBackend(GenerationBackend):
+    """vLLM offline engine (``vllm.LLM``); imported lazily, chosen when installed and CUDA is present.
+
+    Prompts are rendered and tokenized here with the model's own tokenizer (as in the transformers
+    backend) and passed as token ids, so both backends see identical inputs. vLLM schedules batches
+    itself (continuous batching); ``batch_size`` is not used. Extra keyword arguments go to
+    ``vllm.LLM`` (``tensor_parallel_size``, ``gpu_memory_utilization``, ``max_model_len`` ...).
+    """
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, *, dtype: str = "auto", seed: int = 0, progress: bool = True, **llm_kwargs):
+        import vllm
+        from transformers import AutoTokenizer, GenerationConfig
+
+        self.model_path = os.fspath(model_path)
+        self.progress = progress
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        try:
+            gen_config = GenerationConfig.from_pretrained(self.model_path)
+        except OSError:  # no generation_config.json
+            gen_config = None
+        self.eos_token_ids = end_of_turn_token_ids(self.tokenizer, gen_config)
+        self._SamplingParams = vllm.SamplingParams
+        self.dtype = dtype
+        self.device = "cuda"
+        self.llm = vllm.LLM(model=self.model_path, dtype=dtype, seed=seed, **llm_kwargs)
+        self._closed = False
+
+    def sampling_params(self, sampling: SamplingConfig):
+        if sampling.greedy:  # n identical greedy runs would be wasted: one, copied n times
+            return self._SamplingParams(
+                n=1, temperature=0.0, top_p=1.0, max_tokens=sampling.max_new_tokens, seed=sampling.seed,
+                stop_token_ids=list(self.eos_token_ids),
+            )
+        return self._SamplingParams(
+            n=sampling.n, temperature=float(sampling.temperature), top_p=float(sampling.top_p),
+            max_tokens=sampling.max_new_tokens, seed=sampling.seed, stop_token_ids=list(self.eos_token_ids),
+        )
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        sampling: SamplingConfig,
+        *,
+        prompt_template: str = "{question}",
+        system: str | None = None,
+        desc: str = "generating",
+    ) -> list[list[Generation]]:
+        self._check_open()
+        sampling.validate()
+        encoded = _encode_prompts(self.tokenizer, prompts, prompt_template, system)
+        if not encoded:
+            return []
+        use_tqdm: Any = False
+        if self.progress:  # vLLM calls this with its own desc=...: ours wins (versions wanting a bool see True)
+            from tqdm.auto import tqdm
+
+            def use_tqdm(*args, **kwargs):
+                return tqdm(*args, **{**kwargs, "desc": desc})
+
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": ids} for ids in encoded], self.sampling_params(sampling), use_tqdm=use_tqdm
+        )
+        results = []
+        for request in outputs:
+            gens = [
+                Generation(
+                    text=c.text,
+                    n_tokens=len(c.token_ids),
+                    finish_reason="stop" if c.finish_reason == "stop" else "length",
+                )
+                for c in sorted(request.outputs, key=lambda c: getattr(c, "index", 0))
+            ]
+            results.append(gens)
+        if sampling.greedy:
+            return _expand_greedy(results, sampling.n)
+        return results
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        llm, self.llm = self.llm, None
+        with contextlib.suppress(Exception):  # vLLM V1: stop the engine-core process
+            llm.llm_engine.engine_core.shutdown()
+        del llm
+        with contextlib.suppress(Exception):
+            from vllm.distributed.parallel_state import (
+                destroy_distributed_environment,
+                destroy_model_parallel,
+            )
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        import torch
+
+        with contextlib.suppress(Exception):
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def load_generator(
+    model_path: str,
+    backend: str = "auto",
+    *,
+    batch_size: int = 32,
+    dtype: str = "auto",
+    device: str = "auto",
+    seed: int = 0,
+    **backend_kwargs,
+) -> GenerationBackend:
+    """Load a generator and print one line saying which backend runs, where, and why.
+
+    ``seed`` seeds the vLLM engine; sampling itself is seeded per call by ``SamplingConfig.seed`` in
+    both backends. ``backend_kwargs`` go to the backend: ``progress=False`` silences the progress bar;
+    ``num_threads`` and ``attn_implementation`` are for transformers; anything else is for
+    ``vllm.LLM`` (``gpu_memory_utilization``, ``max_model_len``, ``tensor_parallel_size`` ...).
+    Keyword arguments the chosen backend does not take are dropped and named at the end of the line,
+    so one call works whichever backend "auto" picks.
+    """
+    model_path = os.fspath(model_path)
+    name, reason = select_backend(backend, device=device)
+    if name == "vllm":
+        kwargs = {k: v for k, v in backend_kwargs.items() if k not in _TRANSFORMERS_ONLY_KWARGS}
+    else:
+        kwargs = {k: v for k, v in backend_kwargs.items() if k in _TRANSFORMERS_KWARGS}
+    ignored = sorted(set(backend_kwargs) - set(kwargs))
+    if name == "vllm":
+        dev = "cuda"
+        if dtype in (None, "auto") and not _cuda_available():
+            dt = "auto"  # let vLLM decide (a CPU build)
+        else:  # same policy as transformers: bf16 where supported, else fp16
+            dt = _dtype_name(resolve_dtype(dtype, dev))
+        gen: GenerationBackend = VLLMBackend(model_path, dtype=dt, seed=seed, **kwargs)
+    else:
+        gen = TransformersBackend(model_path, batch_size=batch_size, dtype=dtype, device=device, **kwargs)
+        dev, dt = gen.device, _dtype_name(gen.dtype)
+    note = f" [ignored by {name}: {', '.join(ignored)}]" if ignored else ""
+    print(f"[generation] backend={name} device={dev} dtype={dt} model={model_path} ({reason}){note}", flush=True)
+    return gen
+
+
+_TRANSFORMERS_KWARGS = {"progress", "num_threads", "attn_implementation", "model", "tokenizer"}
+_TRANSFORMERS_ONLY_KWARGS = _TRANSFORMERS_KWARGS - {"progress"}
+
+
+# --------------------------------------------------------------------------------------------------
+# scoring
+
+
+def completion_nll(
+    model_path_or_model,
+    tokenizer,
+    questions: Sequence[str],
+    completions: Sequence[str],
+    *,
+    prompt_template: str = "{question}",
+    batch_size: int = 16,
+    device: str = "auto",
+    system: str | None = None,
+    max_batch_tokens: int = 32768,
+    num_threads: int | str | None = "auto",
+) -> list[float]:
+    """Mean per-token negative log-likelihood of each completion given its question (perplexity = exp(nll)).
+
+    The (question, completion) pair is tokenized by ``chat.encode_for_training``, so the scored tokens
+    are exactly the ones SFT trains on (the assistant turn, end-of-turn token included). Batched,
+    right-padded, no grad; sequences are sorted by length and a batch holds at most ``batch_size``
+    sequences and ``max_batch_tokens`` padded tokens (the logits are batch x length x vocab).
+
+    ``model_path_or_model``: a checkpoint path (loaded on ``device``; ``tokenizer`` may then be None),
+    a loaded causal LM (used where it is; ``tokenizer`` required), or a ``TransformersBackend``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .chat import encode_for_training
+
+    if len(questions) != len(completions):
+        raise ValueError(f"{len(questions)} questions but {len(completions)} completions")
+    if isinstance(model_path_or_model, TransformersBackend):
+        model = model_path_or_model.model
+        tokenizer = tokenizer or model_path_or_model.tokenizer
+    elif isinstance(model_path_or_model, (str, os.PathLike)):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        dev = resolve_device(device)
+        model = AutoModelForCausalLM.from_pretrained(
+            os.fspath(model_path_or_model), dtype=resolve_dtype("auto", dev)
+        ).to(dev)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(os.fspath(model_path_or_model))
+    else:
+        model = model_path_or_model
+        if tokenizer is None:
+            raise ValueError("pass the tokenizer with a loaded model")
+    if not questions:
+        return []
+    dev = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    encoded = [
+        encode_for_training(tokenizer, q, c, prompt_template, system=system) for q, c in zip(questions, completions)
+    ]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]["input_ids"]))
+    batches: list[list[int]] = []
+    for i in order:
+        cur = batches[-1] if batches else None
+        width = len(encoded[cur[0]]["input_ids"]) if cur else 0  # longest first: the first row sets the width
+        if cur and len(cur) < batch_size and (len(cur) + 1) * width <= max_batch_tokens:
+            cur.append(i)
+        else:
+            batches.append([i])
+
+    nll = [math.nan] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _torch_threads(auto_cpu_threads(model, str(dev), num_threads)):
+            for batch in batches:
+                width = max(len(encoded[i]["input_ids"]) for i in batch)
+                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                labels = torch.full((len(batch), width), -100, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for b, i in enumerate(batch):
+                    n = len(encoded[i]["input_ids"])
+                    ids[b, :n] = torch.tensor(encoded[i]["input_ids"])
+                    labels[b, :n] = torch.tensor(encoded[i]["labels"])
+                    mask[b, :n] = 1
+                logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+                for b, i in enumerate(batch):  # one row at a time: a float32 copy of one row only
+                    target = labels[b, 1:].to(dev)
+                    keep = target != -100
+                    if keep.any():
+                        row = logits[b, :-1][keep].float()
+                        nll[i] = F.cross_entropy(row, target[keep], reduction="mean").item()
+                del logits
+    finally:
+        model.train(was_training)
+    return nll

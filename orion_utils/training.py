@@ -1,0 +1,793 @@
+"""Supervised fine-tuning of the student (stage 04_sft; also the warm-up SFT and EDIT's stage 1).
+
+One entry point, :func:`train_sft`, trains a causal LM on :class:`~orion_utils.records.SFTExample`
+records with the loss on the assistant turn only, in the student's own chat template, and writes a
+full model (LoRA merged) that loads with ``AutoModelForCausalLM.from_pretrained``.
+
+Backends (:func:`select_training_backend`):
+
+* ``trl``: TRL ``SFTTrainer`` (+ PEFT ``LoraConfig`` when ``use_lora``). Works everywhere (CPU too).
+* ``unsloth``: Unsloth ``FastLanguageModel`` + the same TRL trainer; chosen by ``backend="auto"``
+  only when unsloth is installed *and* a CUDA GPU is present. Imported lazily.
+
+Tokenisation has one source of truth: :func:`orion_utils.chat.encode_for_training` (prompt rendered
+by the chat template with ``add_generation_prompt=True``, labels -100 on the prompt, the assistant
+turn including its end-of-turn token supervised). The pre-tokenised rows go to TRL as is
+(``skip_prepare_dataset``), so generation and training see exactly the same token ids.
+
+Batching (``TrainingConfig.batching``): long CoTs vary wildly in length, so random padded batches
+waste most of the compute on padding.
+
+* ``padding_free``: the batch is flattened into one row with ``position_ids`` restarting at 0 per
+  sequence (TRL ``padding_free=True``). With a varlen kernel (FlashAttention 2/3) there is no
+  wasted work at all. transformers 5's sdpa/eager also accept it (``masking_utils`` detects the
+  packed ``position_ids`` and builds a block-diagonal mask), but that mask is dense over the whole
+  flattened batch, so attention costs ``(sum of lengths)^2`` instead of ``sum(length^2)``.
+* ``length_grouped``: sequences of similar length share a batch (sorted within windows of
+  ``length_group_window`` batches, batch order shuffled each epoch), padded to the batch maximum.
+* ``padded``: random batches padded to their longest sequence (the naive baseline).
+* ``auto``: ``padding_free`` with a varlen attention kernel, ``length_grouped`` otherwise.
+
+Every mode computes the same loss on the same data: the loss is the sum of the per-token NLL over
+the supervised tokens of an optimizer step divided by their number (see ``bench/bench_training.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import shutil
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from .chat import encode_for_training
+from .records import SFTExample
+
+__all__ = [
+    "LengthGroupedSampler",
+    "TrainResult",
+    "TrainingConfig",
+    "TrainingWarning",
+    "build_sft_rows",
+    "length_grouped_batches",
+    "resolve_batching",
+    "select_training_backend",
+    "train_sft",
+]
+
+BACKENDS = ("auto", "trl", "unsloth")
+BATCHING_MODES = ("auto", "padding_free", "length_grouped", "padded")
+# attention kernels that run a flattened (padding-free) batch as separate sequences without a dense mask
+VARLEN_ATTENTION = (
+    "flash_attention_2",
+    "flash_attention_3",
+    "kernels-community/flash-attn",
+    "kernels-community/vllm-flash-attn3",
+)
+# Unsloth's own LoRA targets (its FastLanguageModel.get_peft_model does not take "all-linear")
+_UNSLOTH_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainingConfig:
+    """Hyper-parameters of one SFT run. Flat and simple-typed: it is a profile section and a set of
+    notebook parameters. ``sft`` and ``orion`` are trained with the same instance."""
+
+    backend: str = "auto"  # auto | trl | unsloth
+    use_lora: bool = False  # the toy student is tiny: full fine-tuning by default; real profiles set True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"  # or a comma-separated list: "q_proj,k_proj,v_proj,o_proj"
+    load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes; needs use_lora)
+    learning_rate: float = 5e-4
+    num_epochs: float = 2.0
+    max_steps: int = -1  # > 0 overrides num_epochs
+    batch_size: int = 16  # per device
+    grad_accum: int = 1
+    max_seq_len: int = 512  # prompt + assistant turn; longer examples are cut (and lose their end-of-turn token)
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    batching: str = "auto"  # auto | padding_free | length_grouped | padded  (auto: see resolve_batching)
+    gradient_checkpointing: bool = False
+    logging_steps: int = 5
+    seed: int = 0
+    # --- additions (flat as well) ---
+    attn_implementation: str = "auto"  # auto (flash_attention_2 on CUDA when installed, else sdpa) | sdpa | eager | ...
+    length_group_window: int = 64  # length_grouped: sort within windows of this many batches
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    save_steps: int = 0  # checkpoint every N optimizer steps; 0: at the end of every epoch; < 0: never
+    keep_checkpoints: bool = False  # keep output_dir/checkpoints after the final model is written
+    progress_bar: bool = False  # show the Trainer's progress bar / log table
+    cpu_threads: int = 0  # CPU only: torch intra-op threads while training (0: leave torch's setting);
+    #                       1 is often fastest for a tiny student on a busy machine
+
+
+@dataclass
+class TrainResult:
+    model_dir: str  # a full model (LoRA merged) + tokenizer, loadable with from_pretrained
+    backend: str  # "trl" or "unsloth"
+    loss_history: list[dict]  # [{"step":..,"epoch":..,"loss":..,"learning_rate":..,"grad_norm":..}, ...]
+    train_seconds: float
+    n_examples: int
+    n_tokens: int  # supervised (assistant) tokens seen
+    batching: str = ""
+    device: str = ""
+    dtype: str = ""
+    resumed_from: Optional[str] = None
+
+    @classmethod
+    def load(cls, output_dir: Union[str, Path]) -> "TrainResult":
+        """Read ``output_dir/train_result.json`` written by :func:`train_sft`."""
+        data = json.loads((Path(output_dir) / "train_result.json").read_text())
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# ----------------------------------------------------------------------------------------------
+# backend, device, attention and batching selection
+
+
+def _unsloth_installed() -> bool:
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def select_training_backend(requested: str = "auto") -> tuple[str, str]:
+    """Return ``(backend, reason)``: ``auto`` picks unsloth iff it is installed and CUDA is available,
+    otherwise trl; ``unsloth`` without either raises a clear error."""
+    requested = (requested or "auto").lower()
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown training backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    if requested == "trl":
+        return "trl", "requested"
+    installed, cuda = _unsloth_installed(), _cuda_available()
+    if requested == "unsloth":
+        if not installed:
+            raise RuntimeError(
+                "backend='unsloth' was requested but unsloth is not installed "
+                "(pip install unsloth, on a CUDA machine); use backend='auto' or 'trl' to train with TRL"
+            )
+        if not cuda:
+            raise RuntimeError(
+                "backend='unsloth' was requested but no CUDA GPU is available (Unsloth needs one); "
+                "use backend='auto' or 'trl' to train with TRL"
+            )
+        return "unsloth", "requested"
+    if not installed:
+        return "trl", "unsloth: not installed"
+    if not cuda:
+        return "trl", "unsloth: no CUDA GPU"
+    return "unsloth", "installed, CUDA available"
+
+
+def _device_and_dtype() -> tuple[str, str]:
+    """CPU: float32. CUDA: bfloat16 where supported, else float16."""
+    if _cuda_available():
+        return "cuda", ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    return "cpu", "float32"
+
+
+def _resolve_attn(requested: str, device: str) -> str:
+    if requested and requested != "auto":
+        return requested
+    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def resolve_batching(requested: str, attn_implementation: str, backend: str = "trl") -> tuple[str, str]:
+    """Return ``(mode, reason)``. ``auto``: padding-free where the attention kernel runs packed
+    sequences natively (FlashAttention varlen, or Unsloth's own kernels), length-grouped batches
+    otherwise (sdpa/eager would need a dense mask over the whole flattened batch)."""
+    requested = (requested or "auto").lower()
+    if requested not in BATCHING_MODES:
+        raise ValueError(f"unknown batching mode {requested!r}; choose one of {', '.join(BATCHING_MODES)}")
+    if requested != "auto":
+        return requested, "requested"
+    if backend == "unsloth" or attn_implementation in VARLEN_ATTENTION:
+        return "padding_free", f"attn={attn_implementation} runs packed sequences"
+    return "length_grouped", f"attn={attn_implementation}"
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def build_sft_rows(
+    tokenizer,
+    examples: Sequence[SFTExample],
+    *,
+    prompt_template: str = "{question}",
+    system: Optional[str] = None,
+    max_seq_len: Optional[int] = None,
+) -> tuple[list[dict], dict]:
+    """Tokenise examples with :func:`encode_for_training` (the one source of token ids).
+
+    Returns ``(rows, stats)``: rows ``{"input_ids", "labels"}`` (labels -100 on the prompt) and
+    ``{"dropped": n_without_supervised_tokens, "truncated": n_cut_at_max_seq_len}``."""
+    rows, dropped, truncated = [], 0, 0
+    for ex in examples:
+        full = encode_for_training(tokenizer, ex.question, ex.response, template=prompt_template, system=system)
+        enc = full
+        if max_seq_len is not None and len(full["input_ids"]) > max_seq_len:
+            truncated += 1
+            enc = encode_for_training(
+                tokenizer, ex.question, ex.response, template=prompt_template, max_seq_len=max_seq_len, system=system
+            )
+        if all(t == -100 for t in enc["labels"][1:]):
+            dropped += 1
+            continue
+        rows.append({"input_ids": list(enc["input_ids"]), "labels": list(enc["labels"])})
+    return rows, {"dropped": dropped, "truncated": truncated}
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int = 0, window: int = 64) -> list[list[int]]:
+    """Batches of indices with similar lengths: shuffle, sort by length (descending) within windows of
+    ``window`` batches, cut into batches, shuffle the full batches; the (at most one) partial batch
+    comes last so that a DataLoader re-cutting the flat order sees the same batches."""
+    n = len(lengths)
+    rng = random.Random(seed)
+    order = list(range(n))
+    rng.shuffle(order)  # random tie-breaking
+    span = batch_size * max(1, window)
+    full, partial = [], []
+    for start in range(0, n, span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i], reverse=True)
+        for b in range(0, len(chunk), batch_size):
+            batch = chunk[b : b + batch_size]
+            (full if len(batch) == batch_size else partial).append(batch)
+    rng.shuffle(full)
+    return full + partial
+
+
+class TrainingWarning(UserWarning):
+    """Something about a training run worth knowing (examples cut at max_seq_len, a slow batching mode)."""
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Index sampler yielding :func:`length_grouped_batches` flattened; reshuffled per epoch
+    (``set_epoch`` is called by the Trainer/accelerate, which keeps resume deterministic)."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0, window: int = 64):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.window = window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        batches = length_grouped_batches(self.lengths, self.batch_size, seed=self.seed + self.epoch, window=self.window)
+        return iter([i for b in batches for i in b])
+
+
+# ----------------------------------------------------------------------------------------------
+# trainer
+
+
+_TRAINER_CLASSES: dict = {}
+_COUNTERS_FILE = "orion_counters.json"
+
+
+def _trainer_class():
+    """An SFTTrainer subclass (built lazily, on whatever SFTTrainer is current: Unsloth patches TRL)."""
+    import trl
+
+    base = trl.SFTTrainer
+    if base in _TRAINER_CLASSES:
+        return _TRAINER_CLASSES[base]
+
+    class OrionSFTTrainer(base):
+        """TRL SFTTrainer + length-grouped sampling + exact counts of supervised tokens and their NLL."""
+
+        def __init__(self, *args, batching: str = "padded", lengths=None, length_group_window: int = 64, **kwargs):
+            self.batching = batching
+            self.lengths = lengths
+            self.length_group_window = length_group_window
+            self.nll_sum = 0.0  # sum of per-token NLL of the supervised tokens seen in training
+            self.n_supervised = 0
+            super().__init__(*args, **kwargs)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.batching == "length_grouped":
+                lengths = self.lengths
+                if lengths is None:
+                    lengths = [len(ids) for ids in (train_dataset or self.train_dataset)["input_ids"]]
+                return LengthGroupedSampler(
+                    lengths, self.args.per_device_train_batch_size, seed=self.args.seed, window=self.length_group_window
+                )
+            return super()._get_train_sampler(train_dataset)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            n = int((inputs["labels"][:, 1:] != -100).sum())
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            if model.training:
+                loss = out[0] if return_outputs else out
+                denom = n if num_items_in_batch is None else float(num_items_in_batch)
+                self.nll_sum += float(loss.detach()) * float(denom)
+                self.n_supervised += n
+            return out
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            if folder.is_dir():
+                _write_json(folder / _COUNTERS_FILE, {"nll_sum": self.nll_sum, "n_supervised": self.n_supervised})
+
+    _TRAINER_CLASSES[base] = OrionSFTTrainer
+    return OrionSFTTrainer
+
+
+def _sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, dtype: str):
+    from trl import SFTConfig
+
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    return SFTConfig(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        optim=cfg.optim,
+        max_grad_norm=cfg.max_grad_norm,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if cfg.save_steps > 0 else ("epoch" if cfg.save_steps == 0 else "no"),
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        save_total_limit=1,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=(device == "cuda" and dtype == "bfloat16"),
+        fp16=(device == "cuda" and dtype == "float16"),
+        use_cpu=(device == "cpu"),
+        report_to="none",
+        disable_tqdm=not cfg.progress_bar,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=(device == "cuda"),
+        # the dataset is pre-tokenised (and pre-truncated) with encode_for_training
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+        padding_free=(batching == "padding_free"),
+        completion_only_loss=None,
+    )
+
+
+def _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config=None):
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    args = _sft_args(cfg, ckpt_dir, batching, device, dtype)
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        batching=batching,
+        lengths=[len(r["input_ids"]) for r in rows],
+        length_group_window=cfg.length_group_window,
+    )
+    if not cfg.progress_bar:
+        for cb in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(cb)
+        with contextlib.suppress(Exception):
+            from transformers.utils.notebook import NotebookProgressCallback
+
+            trainer.remove_callback(NotebookProgressCallback)
+    return trainer
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool = True):
+    """Silence library info/warnings and loading progress bars (the one [training] line is ours)."""
+    if not enabled:
+        yield
+        return
+    import transformers
+
+    tlog = transformers.utils.logging
+    old = tlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            warnings.simplefilter("default", TrainingWarning)  # ours stay visible
+            yield
+    finally:
+        tlog.set_verbosity(old)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _cpu_threads(n: int):
+    if not n or n <= 0:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _epoch_nll(trainer) -> tuple[float, int]:
+    """Sum of per-token NLL and number of supervised tokens over one pass of the training dataloader
+    at the current weights (no update), batched exactly as training batches them."""
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    nll, n_tok = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in trainer.get_train_dataloader():
+                batch = trainer._prepare_inputs(batch)
+                n = int((batch["labels"][:, 1:] != -100).sum())
+                loss = trainer.compute_loss(model, batch, num_items_in_batch=n)
+                nll += float(loss) * n
+                n_tok += n
+    finally:
+        model.train(was_training)
+    return nll, n_tok
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _publish_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Replace ``final_dir`` by the fully written ``tmp_dir`` (rename: never half-written)."""
+    old = None
+    if final_dir.exists():
+        old = final_dir.with_name(f".{final_dir.name}.old-{os.getpid()}")
+        os.replace(final_dir, old)
+    os.replace(tmp_dir, final_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is ``name`` or ``org/name``; anything else path-like is a local path."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _check_base_model(base_model: Union[str, Path]) -> str:
+    name = str(base_model)
+    if not name.strip():
+        raise ValueError("train_sft: base_model is empty")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"train_sft: base model directory {name!r} has no config.json (not a saved model)")
+        return str(path)
+    if isinstance(base_model, Path) or _looks_like_path(name):
+        raise FileNotFoundError(f"train_sft: base model {name!r} does not exist (expected a directory saved with save_pretrained)")
+    return name  # a Hugging Face Hub id
+
+
+def _fingerprint(base_model: str, cfg: TrainingConfig, rows: list, prompt_template: str, system: Optional[str]) -> str:
+    # what changes the optimisation; bookkeeping fields may differ between a run and its resume
+    bookkeeping = ("progress_bar", "keep_checkpoints", "cpu_threads", "save_steps", "logging_steps")
+    semantic = {k: v for k, v in asdict(cfg).items() if k not in bookkeeping}
+    h = hashlib.sha256()
+    h.update(json.dumps({"base_model": base_model, "cfg": semantic, "template": prompt_template, "system": system}, sort_keys=True).encode())
+    for r in rows:
+        h.update(json.dumps([r["input_ids"], r["labels"]]).encode())
+    return h.hexdigest()
+
+
+def _find_resumable(ckpt_dir: Path, fingerprint: str) -> Optional[Path]:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not ckpt_dir.is_dir():
+        return None
+    fp_file = ckpt_dir / "fingerprint.json"
+    saved = json.loads(fp_file.read_text()).get("fingerprint") if fp_file.is_file() else None
+    last = get_last_checkpoint(str(ckpt_dir))
+    if last is None or saved != fingerprint:
+        return None
+    return Path(last)
+
+
+def _loss_history(log_history: list) -> list:
+    out = []
+    for entry in log_history:
+        if "loss" not in entry:
+            continue
+        item = {"step": entry.get("step"), "epoch": entry.get("epoch"), "loss": entry.get("loss"), "learning_rate": entry.get("learning_rate")}
+        if "grad_norm" in entry:
+            item["grad_norm"] = entry["grad_norm"]
+        out.append(item)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# backends
+
+
+def _lora_targets(spec: str, unsloth: bool = False):
+    spec = (spec or "all-linear").strip()
+    if spec.lower() == "all-linear":
+        return list(_UNSLOTH_ALL_LINEAR) if unsloth else "all-linear"
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp):
+    from transformers import AutoModelForCausalLM
+
+    load_kwargs: dict = {"attn_implementation": attn}
+    compute = getattr(torch, dtype)
+    if cfg.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        )
+        load_kwargs["dtype"] = compute
+    elif device == "cuda" and cfg.use_lora:
+        load_kwargs["dtype"] = compute  # frozen base in 16 bit; adapters are kept in float32 by PEFT
+    else:
+        load_kwargs["dtype"] = torch.float32  # full fine-tuning: float32 master weights (+ autocast on CUDA)
+    if device == "cuda":
+        load_kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(base_model, **load_kwargs)
+
+    peft_config = None
+    if cfg.use_lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=_lora_targets(cfg.lora_target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+    trainer = _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config)
+    seconds = _run(trainer, resume_from)
+
+    trained = trainer.model
+    from accelerate.utils import is_peft_model
+
+    if is_peft_model(trained):
+        if cfg.load_in_4bit:
+            # merging into 4-bit weights loses precision: reload the base in 16 bit and merge the adapter there
+            from peft import PeftModel
+
+            adapter_dir = ckpt_dir / "final_adapter"
+            trained.save_pretrained(str(adapter_dir))
+            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=compute)
+            trained = PeftModel.from_pretrained(base, str(adapter_dir))
+        trained = trained.merge_and_unload()
+    if device == "cuda":
+        trained = trained.to(compute)  # save 16-bit weights, like the base checkpoints
+    trained.save_pretrained(str(model_tmp))
+    tokenizer.save_pretrained(str(model_tmp))
+    return trainer, seconds
+
+
+def _train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp):
+    """Unsloth: FastLanguageModel (4-bit/16-bit LoRA or full fine-tuning) + the same TRL trainer,
+    saved merged with ``save_pretrained_merged(..., save_method="merged_16bit")``."""
+    # Unsloth patches transformers/TRL and asks to be imported before them; a notebook on a GPU can
+    # `import unsloth` in its first cell. Imported here lazily, it still works (with a warning).
+    import unsloth  # noqa: F401
+    from unsloth import FastLanguageModel
+
+    compute = getattr(torch, dtype)
+    model, u_tokenizer = FastLanguageModel.from_pretrained(
+        model_name=base_model,
+        max_seq_length=cfg.max_seq_len,
+        dtype=compute,
+        load_in_4bit=cfg.load_in_4bit,
+        full_finetuning=not cfg.use_lora,
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+        random_state=cfg.seed,
+    )
+    if cfg.use_lora:
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=cfg.lora_r,
+            target_modules=_lora_targets(cfg.lora_target_modules, unsloth=True),
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            bias="none",
+            use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+            random_state=cfg.seed,
+        )
+    # token ids come from `tokenizer` (encode_for_training); Unsloth's tokenizer only pads/collates.
+    # Gradient checkpointing is Unsloth's own (set above), not the Trainer's on top of it.
+    trainer = _build_trainer(model, u_tokenizer, rows, dataclasses.replace(cfg, gradient_checkpointing=False), ckpt_dir, batching, device, dtype)
+    seconds = _run(trainer, resume_from)
+    if cfg.use_lora:
+        model.save_pretrained_merged(str(model_tmp), tokenizer, save_method="merged_16bit")
+    else:
+        model.save_pretrained(str(model_tmp))
+        tokenizer.save_pretrained(str(model_tmp))
+    return trainer, seconds
+
+
+def _run(trainer, resume_from: Optional[Path]) -> float:
+    if resume_from is not None:
+        counters = resume_from / _COUNTERS_FILE
+        if counters.is_file():
+            c = json.loads(counters.read_text())
+            trainer.nll_sum, trainer.n_supervised = float(c["nll_sum"]), int(c["n_supervised"])
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------------------------
+# entry point
+
+
+def train_sft(
+    base_model: Union[str, Path],
+    examples: Sequence[SFTExample],
+    output_dir: Union[str, Path],
+    cfg: Optional[TrainingConfig] = None,
+    *,
+    prompt_template: str = "{question}",
+    system: Optional[str] = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Fine-tune ``base_model`` on ``examples`` (loss on the assistant turn only) and write
+
+    * ``output_dir/model``: the full model (LoRA merged) + tokenizer, published by an atomic rename,
+    * ``output_dir/loss_history.json`` and ``output_dir/train_result.json`` (written last),
+    * ``output_dir/checkpoints`` while training (removed at the end unless ``keep_checkpoints``).
+
+    ``resume=True`` continues from the last checkpoint in ``output_dir/checkpoints`` when it was made
+    by the same base model, data and config (a fingerprint is stored next to the checkpoints).
+    Prints one line: ``[training] backend=... (reason) device=... dtype=... lora=... examples=N batching=...``.
+    """
+    cfg = cfg or TrainingConfig()
+    examples = list(examples)
+    if not examples:
+        raise ValueError("train_sft: no training examples were given (empty list); check the stage that builds them")
+    bad = [i for i, ex in enumerate(examples) if not isinstance(ex, SFTExample)]
+    if bad:
+        raise TypeError(f"train_sft: examples must be SFTExample records; item {bad[0]} is {type(examples[bad[0]]).__name__}")
+    base_model = _check_base_model(base_model)
+    backend, reason = select_training_backend(cfg.backend)
+    device, dtype = _device_and_dtype()
+    if cfg.load_in_4bit and not cfg.use_lora:
+        raise ValueError("load_in_4bit=True needs use_lora=True (4-bit weights cannot be fine-tuned directly)")
+    if cfg.load_in_4bit and device != "cuda":
+        raise ValueError("load_in_4bit=True needs a CUDA GPU (bitsandbytes); set load_in_4bit=False on CPU")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = output_dir / "checkpoints"
+
+    with _quiet(not cfg.progress_bar), _cpu_threads(cfg.cpu_threads if device == "cpu" else 0):
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(base_model)
+        except OSError as e:
+            raise FileNotFoundError(
+                f"train_sft: cannot load the tokenizer of base model {base_model!r}: not a local model directory "
+                f"and not available from the Hugging Face Hub ({e})"
+            ) from e
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"train_sft: the tokenizer of {base_model!r} has no chat template")
+
+        rows, stats = build_sft_rows(tokenizer, examples, prompt_template=prompt_template, system=system, max_seq_len=cfg.max_seq_len)
+        if not rows:
+            raise ValueError(
+                f"train_sft: none of the {len(examples)} examples has an assistant token within max_seq_len={cfg.max_seq_len}"
+            )
+        if stats["truncated"]:
+            warnings.warn(
+                f"train_sft: {stats['truncated']} of {len(examples)} examples are longer than max_seq_len={cfg.max_seq_len} "
+                "and were cut (they lose their end-of-turn token)",
+                TrainingWarning,
+                stacklevel=3,
+            )
+        attn = "unsloth" if backend == "unsloth" and cfg.attn_implementation == "auto" else _resolve_attn(cfg.attn_implementation, device)
+        batching, _why = resolve_batching(cfg.batching, attn, backend)
+        if batching == "padding_free" and backend != "unsloth" and attn not in VARLEN_ATTENTION:
+            warnings.warn(
+                f"train_sft: batching='padding_free' with attn={attn} is correct but builds a dense mask over the "
+                "whole flattened batch (slower than 'length_grouped' there; see bench/bench_training.py)",
+                TrainingWarning,
+                stacklevel=3,
+            )
+
+        fingerprint = _fingerprint(base_model, cfg, rows, prompt_template, system)
+        resume_from = _find_resumable(ckpt_dir, fingerprint) if resume else None
+        if resume_from is None and ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)  # stale (other data/config) or resume=False
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(ckpt_dir / "fingerprint.json", {"fingerprint": fingerprint})
+
+        line = (
+            f"[training] backend={backend} ({reason}) device={device} dtype={dtype} lora={cfg.use_lora} "
+            f"examples={len(rows)} batching={batching} (attn={attn})"
+        )
+        if stats["truncated"]:
+            line += f" truncated={stats['truncated']}"
+        if stats["dropped"]:
+            line += f" dropped={stats['dropped']}"
+        if resume_from is not None:
+            line += f" resume={resume_from.name}"
+        print(line, flush=True)
+
+        for stale in [*output_dir.glob(".model.tmp-*"), *output_dir.glob(".model.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # left by a crashed run
+        model_tmp = output_dir / f".model.tmp-{os.getpid()}"
+        train_fn = _train_unsloth if backend == "unsloth" else _train_trl
+        try:
+            trainer, seconds = train_fn(
+                base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp
+            )
+            model_dir = output_dir / "model"
+            _publish_dir(model_tmp, model_dir)
+        finally:
+            if model_tmp.exists():
+                shutil.rmtree(model_tmp, ignore_errors=True)
+
+    history = _loss_history(trainer.state.log_history)
+    _write_json(output_dir / "loss_history.json", history)
+    result = TrainResult(
+        model_dir=str(model_dir),
+        backend=backend,
+        loss_history=history,
+        train_seconds=round(seconds, 3),
+        n_examples=len(rows),
+        n_tokens=int(trainer.n_supervised),
+        batching=batching,
+        device=device,
+        dtype=dtype,
+        resumed_from=resume_from.name if resume_from is not None else None,
+    )
+    _write_json(
+        output_dir / "train_result.json",
+        {**asdict(result), "base_model": base_model, "prompt_template": prompt_template, "system": system,
+         "config": asdict(cfg), "attn_implementation": attn, "truncated": stats["truncated"], "dropped": stats["dropped"]},
+    )
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return result

@@ -1,0 +1,379 @@
+"""Tailored Learning: the two losses, the batch sampler's guarantee, and a multi-round run on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orion_utils.records import Problem, SFTExample, StudentAttempt, TeacherTrace
+from orion_utils.tailored import (
+    NoSameQuestionBatchSampler,
+    TailoredCollator,
+    TailoredConfig,
+    encode_triplet_example,
+    last_token_hidden,
+    make_tailored_trainer_class,
+    run_tailored,
+    tailored_loss,
+    triplet_examples,
+    triplet_loss,
+    unique_wrong_rationales,
+    weighted_mle_loss,
+)
+
+# ------------------------------------------------------------------ losses against hand computation
+
+
+def _log_softmax(row):
+    m = max(row)
+    z = math.log(sum(math.exp(x - m) for x in row)) + m
+    return [x - z for x in row]
+
+
+def test_weighted_mle_loss_matches_hand_computation():
+    import torch
+
+    logits = torch.tensor([[[0.5, -0.2, 1.0], [2.0, 0.0, -1.0], [0.1, 0.1, 0.1], [9.0, 9.0, 9.0]]])
+    labels = torch.tensor([[0, 2, 1, -100]])  # positions 0-1 prompt ("prefix"), 2 rationale, 3 padding
+    weights = torch.tensor([[0.1, 0.1, 1.0, 0.0]])
+    lp = [_log_softmax(r) for r in logits[0].tolist()]
+    nll_1, nll_2 = -lp[0][2], -lp[1][1]  # the label at t is predicted by the logits at t-1
+    expected = (0.1 * nll_1 + 1.0 * nll_2) / 2  # divided by the number of predicted tokens
+    assert weighted_mle_loss(logits, labels, weights).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_triplet_loss_matches_hand_computation():
+    import torch
+
+    anchor = torch.tensor([[1.0, 0.0], [1.0, 0.0], [3.0, 4.0]])
+    positive = torch.tensor([[1.0, 1.0], [-1.0, 0.0], [0.0, 1.0]])
+    negative = torch.tensor([[0.0, 1.0], [1.0, 0.0], [5.0, 5.0]])
+    mask = torch.tensor([1, 1, 0])  # the third question lacks a positive or negative
+    # d = −cos: row 1: d(a,p) = −1/√2, d(a,n) = 0; row 2: d(a,p) = 1, d(a,n) = −1
+    row1, row2 = max(0.0, -1 / math.sqrt(2) - 0 + 1.0), max(0.0, 1 + 1 + 1.0)
+    assert triplet_loss(anchor, positive, negative, mask, margin=1.0).item() == pytest.approx(
+        (row1 + row2) / 2
+    )
+    assert triplet_loss(anchor, positive, negative, mask, margin=0.1).item() == pytest.approx((0.0 + 2.1) / 2)
+    # all masked: zero, but still differentiable
+    anchor.requires_grad_(True)
+    none = triplet_loss(anchor, positive, negative, torch.zeros(3), margin=1.0)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_last_token_hidden_skips_padding_on_either_side():
+    import torch
+
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]])
+    assert last_token_hidden(hidden, right).squeeze(-1).tolist() == [1.0, 7.0]
+    assert last_token_hidden(hidden, left).squeeze(-1).tolist() == [3.0, 7.0]
+
+
+# ------------------------------------------------------------------ the batch sampler's guarantee
+
+
+def _check_batches(question_ids, batches, batch_size):
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(question_ids)))  # every item exactly once
+    for b in batches:
+        assert 1 <= len(b) <= batch_size
+        qs = [question_ids[i] for i in b]
+        assert len(set(qs)) == len(qs), f"two rationales of one question in a batch: {qs}"
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 4, 8, 64])
+def test_sampler_never_puts_two_rationales_of_one_question_in_a_batch(batch_size):
+    rng = random.Random(batch_size)
+    question_ids = [f"q{rng.randrange(12)}" for _ in range(50)] + ["big"] * 9
+    rng.shuffle(question_ids)
+    sampler = NoSameQuestionBatchSampler(question_ids, batch_size, seed=3)
+    orders = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        _check_batches(question_ids, batches, batch_size)
+        orders.append(batches)
+    if batch_size > 1:
+        assert orders[0] != orders[1]  # reshuffled each epoch
+    sampler.set_epoch(1)
+    assert list(sampler) == orders[1]  # deterministic for a seed and an epoch
+
+
+def test_sampler_with_one_dominant_question_makes_more_smaller_batches():
+    question_ids = ["a"] * 5 + ["b", "c"]
+    sampler = NoSameQuestionBatchSampler(question_ids, batch_size=4)
+    batches = list(sampler)
+    assert len(batches) == 5  # "a" needs five batches
+    _check_batches(question_ids, batches, 4)
+
+
+# ------------------------------------------------------------------ data and the combined loss
+
+
+def test_unique_wrong_rationales_and_triplet_examples():
+    attempts = [
+        StudentAttempt("p1", 0, "1+1=3", "3", False, "s"),
+        StudentAttempt("p1", 1, "1+1=3 ", "3", False, "s"),
+        StudentAttempt("p1", 2, "1+1=2", "2", True, "s"),
+        StudentAttempt("p2", 0, "x", None, False, "s"),
+    ]
+    wrong = unique_wrong_rationales(attempts)
+    assert wrong == {"p1": ["1+1=3"], "p2": ["x"]}
+    problems = [Problem("p1", "1+1", "2"), Problem("p2", "2+2", "4"), Problem("p3", "3+3", "6")]
+    anchors = [
+        _trace("p1", "A", "2", True),
+        _trace("p1", "B", "2", True, 1),
+        _trace("p2", "C", "4", True),
+        _trace("p3", "D", "6", True),
+        _trace("p3", "E", "7", False),
+    ]
+    pool = {"p1": [anchors[0].cot, anchors[1].cot], "p2": [anchors[2].cot], "p3": [anchors[3].cot]}
+    examples = triplet_examples(problems, anchors, pool, wrong, "teacher")
+    assert [e.problem_id for e in examples] == ["p1", "p1", "p2", "p3"]  # the wrong teacher trace is dropped
+    assert examples[0].meta["positive"] == anchors[1].cot and examples[1].meta["positive"] == anchors[0].cot
+    assert examples[0].meta["negative"] == "1+1=3"
+    assert examples[2].meta["positive"] is None and examples[2].meta["negative"] == "x"  # masked: no positive
+    assert examples[3].meta["negative"] is None  # masked: no negative
+
+
+def test_tailored_loss_equals_mle_plus_lambda_triplet_from_separate_forwards(tiny_model_dir, tiny_tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    examples = [
+        SFTExample(
+            "p1",
+            "What is 1+1?",
+            "1+1=2, so \\boxed{2}",
+            "teacher",
+            meta={"positive": "one plus one is two: \\boxed{2}", "negative": "1+1=3 \\boxed{3}"},
+        ),
+        SFTExample(
+            "p2",
+            "What is 20+22?",
+            "20+22=42 \\boxed{42}",
+            "teacher",
+            meta={"positive": None, "negative": "x"},
+        ),
+    ]
+    items = [encode_triplet_example(tiny_tokenizer, ex) for ex in examples]
+    batch = TailoredCollator(tiny_tokenizer.pad_token_id, prefix_weight=0.1)(items)
+    assert batch["input_ids"].shape[0] == 4 and batch["triplet_index"].tolist() == [0]
+    plen = items[0]["anchor"]["prompt_len"]
+    assert (
+        batch["mle_weights"][0, :plen].eq(0.1).all()
+        and batch["mle_weights"][0, plen : len(items[0]["anchor"]["input_ids"])].eq(1).all()
+    )
+    with torch.no_grad():
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        )
+        loss, stats = tailored_loss(out.logits, out.hidden_states[-1], batch, lam=0.5, margin=1.0)
+
+        def last_state(ids):
+            o = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+            return o.hidden_states[-1][0, -1]
+
+        a, p, n = (last_state(items[0][k]["input_ids"]) for k in ("anchor", "positive", "negative"))
+        cos = torch.nn.functional.cosine_similarity
+        expected_triplet = max(0.0, -cos(a, p, dim=0).item() + cos(a, n, dim=0).item() + 1.0)
+        mle = weighted_mle_loss(out.logits[:2], batch["labels"][:2], batch["mle_weights"][:2]).item()
+    assert stats["triplet"] == pytest.approx(expected_triplet, abs=1e-4)
+    assert loss.item() == pytest.approx(mle + 0.5 * expected_triplet, abs=1e-4)
+
+
+def test_trainer_dataloader_uses_the_no_same_question_sampler(tiny_model_dir, tiny_tokenizer, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from orion_utils.edit import training_arguments
+    from orion_utils.tailored import _ListDataset
+
+    seen = []
+
+    class RecordingCollator(TailoredCollator):
+        def __call__(self, features):
+            seen.append([f["problem_id"] for f in features])
+            return super().__call__(features)
+
+    examples = [SFTExample(f"q{i % 3}", f"Q{i % 3}", f"answer {i}", "teacher") for i in range(9)]
+    items = [encode_triplet_example(tiny_tokenizer, ex) for ex in examples]
+    cfg = TailoredConfig(batch_size=3, max_steps=1)
+    trainer = make_tailored_trainer_class()(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+        args=training_arguments(tmp_path, cfg),
+        train_dataset=_ListDataset(items),
+        data_collator=RecordingCollator(tiny_tokenizer.pad_token_id),
+    )
+    batches = list(trainer.get_train_dataloader())
+    assert len(batches) == 3 and len(seen) == 3
+    assert all(sorted(b) == ["q0", "q1", "q2"] for b in seen)
+
+
+# ------------------------------------------------------------------ a multi-round run
+
+
+def _trace(pid, text, answer, correct, i=0):
+    return TeacherTrace(
+        problem_id=pid,
+        thinking=text,
+        solution=f"So the answer is \\boxed{{{answer}}}.",
+        answer=answer,
+        correct=correct,
+        teacher="fake",
+        sample_index=i,
+    )
+
+
+class FakeTeacher:
+    """collect: n correct rationales (a wrong one for 'p3'); tailor: a correct one naming the mistake."""
+
+    name = "fake"
+
+    def __init__(self):
+        self.tailor_calls = []
+
+    def collect(self, problems, n=1):
+        out = []
+        for p in problems:
+            for i in range(n):
+                ok = not (p.id == "p3" and i == 0)
+                out.append(_trace(p.id, f"step {i}: compute {p.question}", p.answer if ok else "0", ok, i))
+        return out
+
+    def tailor(self, problem, wrong_attempts):
+        self.tailor_calls.append((problem.id, list(wrong_attempts)))
+        return _trace(
+            problem.id, f"Careful, not '{wrong_attempts[0][:12]}': {problem.question}", problem.answer, True
+        )
+
+
+@dataclass
+class FakeGeneration:
+    text: str
+    n_tokens: int
+    finish_reason: str = "stop"
+
+
+class FakeGenerator:
+    """Per question: half the samples right, half wrong (two distinct wrong texts)."""
+
+    def __init__(self, model_dir, log):
+        self.model_dir = model_dir
+        log.append(str(model_dir))
+
+    def generate(self, questions, sampling, prompt_template="{question}", system=None):
+        out = []
+        for q in questions:
+            gold = str(eval(q))  # the questions are sums
+            rows = [
+                f"{q} = {gold}, \\boxed{{{gold}}}"
+                if i % 2 == 0
+                else f"{q} = {int(gold) + i}, \\boxed{{{int(gold) + i}}}"
+                for i in range(sampling.n)
+            ]
+            out.append([FakeGeneration(t, len(t)) for t in rows])
+        return out
+
+    def close(self):
+        pass
+
+
+@dataclass
+class FakeGrade:
+    correct: bool
+    reason: str
+    predicted: str
+
+
+def boxed_grader(response, gold):
+    m = re.findall(r"\\boxed\{([^}]*)\}", response)
+    predicted = m[-1] if m else None
+    return FakeGrade(predicted == gold, "correct" if predicted == gold else "wrong", predicted)
+
+
+def test_multi_round_run_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    problems = [Problem("p1", "1+1", "2"), Problem("p2", "20+22", "42"), Problem("p3", "3+4", "7")]
+    teacher, factory_log = FakeTeacher(), []
+    cfg = TailoredConfig(
+        rounds=2,
+        exam_samples=4,
+        teacher_samples=2,
+        batch_size=2,
+        max_steps=2,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+        max_seq_len=256,
+        exam_max_new_tokens=16,
+    )
+    out = tmp_path / "tailored"
+    results = run_tailored(
+        tiny_model_dir,
+        problems,
+        teacher,
+        lambda d: FakeGenerator(d, factory_log),
+        None,
+        cfg,
+        out,
+        grader=boxed_grader,
+    )
+
+    assert [r.round for r in results] == [0, 1, 2]
+    r0, r1, r2 = results
+    assert r0.exam_accuracy == 0.5 and r0.n_wrong_rationales == 6 and not r0.trained
+    # round 1: teacher rationales for all questions, the wrong one dropped; negatives from the round-0 exam
+    assert (r1.n_teacher_rationales, r1.n_teacher_dropped, r1.n_train) == (5, 1, 5)
+    assert r1.trained and r1.n_triplets == 4  # p3 has a single correct rationale: no positive
+    # round 2: the round-1 student sits the exam, the teacher tailors to its mistakes, training continues
+    assert factory_log == [str(tiny_model_dir), r1.model_dir]
+    assert sorted(pid for pid, _ in teacher.tailor_calls) == ["p1", "p2", "p3"]
+    assert all(len(w) == 2 for _, w in teacher.tailor_calls)  # two distinct wrong rationales each
+    assert r2.trained and r2.meta["init_model"] == r1.model_dir and r2.n_train == 3
+    train2 = [json.loads(x) for x in (out / "round_2" / "train.jsonl").read_text().splitlines()]
+    assert {row["source"] for row in train2} == {"tailored"}
+    assert all(
+        row["meta"]["positive"] and row["meta"]["negative"] for row in train2
+    )  # round-1 rationales as positives
+    for r in (1, 2):
+        for name in (
+            "exam.jsonl" if r == 2 else "teacher.jsonl",
+            "train.jsonl",
+            "loss_history.json",
+            "result.json",
+        ):
+            assert (out / f"round_{r}" / name).exists()
+        history = json.loads((out / f"round_{r}" / "loss_history.json").read_text())
+        assert len(history) == 2 and all("triplet" in h and "mle" in h for h in history)
+    AutoModelForCausalLM.from_pretrained(out / "model")
+
+    # resumable: a second run reads everything back and trains nothing
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished round was trained again")
+
+    monkeypatch.setattr("orion_utils.tailored.train_tailored_round", no_training)
+    again = run_tailored(
+        tiny_model_dir,
+        problems,
+        teacher,
+        lambda d: pytest.fail("exam sat again"),
+        None,
+        cfg,
+        out,
+        grader=boxed_grader,
+    )
+    assert [r.model_dir for r in again] == [r.model_dir for r in results]
+    assert Counter(pid for pid, _ in teacher.tailor_calls) == Counter({"p1": 1, "p2": 1, "p3": 1})
+    assert Path(results[-1].model_dir).parent == out / "round_2"

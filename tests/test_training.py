@@ -1,0 +1,363 @@
+"""SFT training (orion_utils.training): loss mask, batching, backends, outputs, resume, errors.
+
+Uses the session's random tiny Llama (``tiny_model_dir`` from conftest) on CPU with one thread.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from orion_utils import training
+from orion_utils.chat import build_messages, encode_for_training, prompt_text
+from orion_utils.records import SFTExample
+from orion_utils.training import (
+    LengthGroupedSampler,
+    TrainingConfig,
+    TrainResult,
+    build_sft_rows,
+    length_grouped_batches,
+    resolve_batching,
+    select_training_backend,
+    train_sft,
+)
+
+TEMPLATE = "Q: {question}"
+SYSTEM = "You are a careful solver."
+
+
+def _examples(n: int, long: bool = False) -> list[SFTExample]:
+    out = []
+    for i in range(n):
+        a, b = 3 + i, 4 + 2 * i
+        body = f"{a}+{b}={a + b}" + (f" check {a + b}-{b}={a}" * (1 + i % 3) if long else "")
+        out.append(SFTExample(problem_id=f"p{i}", question=f"{a}+{b}?", response=f"<think>{body}</think> \\boxed{{{a + b}}}",
+                              source="teacher"))
+    return out
+
+
+def _cfg(**kw) -> TrainingConfig:
+    base = {"num_epochs": 1, "batch_size": 4, "learning_rate": 1e-2, "warmup_ratio": 0.0, "logging_steps": 1,
+            "save_steps": 10**6, "cpu_threads": 1, "seed": 0}
+    base.update(kw)
+    return TrainingConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# data: one truth for token ids, loss on exactly the assistant turn
+
+
+def test_rows_equal_encode_for_training_and_mask_is_the_assistant_turn(tok):
+    examples = _examples(3)
+    rows, stats = build_sft_rows(tok, examples, prompt_template=TEMPLATE, system=SYSTEM, max_seq_len=512)
+    assert stats == {"dropped": 0, "truncated": 0}
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    for ex, row in zip(examples, rows):
+        enc = encode_for_training(tok, ex.question, ex.response, template=TEMPLATE, system=SYSTEM)
+        assert row["input_ids"] == enc["input_ids"] and row["labels"] == enc["labels"]
+        prompt = prompt_text(tok, ex.question, TEMPLATE, SYSTEM)
+        full = tok.apply_chat_template(build_messages(ex.question, TEMPLATE, SYSTEM)
+                                       + [{"role": "assistant", "content": ex.response}], tokenize=False)
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        turn_ids = tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        n_prompt = len(prompt_ids)
+        assert row["input_ids"][:n_prompt] == prompt_ids  # generation sees exactly this prefix
+        assert row["labels"][:n_prompt] == [-100] * n_prompt
+        assert row["labels"][n_prompt:] == turn_ids  # the whole assistant turn and nothing else
+        assert eos in row["labels"][n_prompt:]  # ... including its end-of-turn token: the model learns to stop
+        assert tok.decode(row["labels"][n_prompt:]).startswith(ex.response + "<|im_end|>")
+
+
+def test_truncation_and_dropping(tok):
+    examples = _examples(2, long=True)
+    rows, stats = build_sft_rows(tok, examples, prompt_template=TEMPLATE, max_seq_len=30)
+    enc = encode_for_training(tok, examples[0].question, examples[0].response, template=TEMPLATE, max_seq_len=30)
+    assert stats["truncated"] == 2 and rows[0]["input_ids"] == enc["input_ids"] and len(rows[0]["input_ids"]) == 30
+    rows, stats = build_sft_rows(tok, examples, prompt_template=TEMPLATE, max_seq_len=5)  # prompt alone is longer
+    assert rows == [] and stats["dropped"] == 2
+
+
+def test_cut_examples_are_reported(tiny_model_dir, tmp_path, capsys):
+    examples = _examples(3, long=True)
+    with pytest.warns(training.TrainingWarning, match="3 of 3 examples are longer than max_seq_len=60"):
+        result = train_sft(tiny_model_dir, examples, tmp_path / "cut", _cfg(max_seq_len=60, max_steps=1),
+                           prompt_template=TEMPLATE)
+    assert capsys.readouterr().out.strip().endswith("truncated=3")
+    assert result.n_examples == 3 and json.loads((tmp_path / "cut" / "train_result.json").read_text())["truncated"] == 3
+
+
+def _segments(batch) -> list[tuple[list, list]]:
+    """(input_ids, labels) of each real sequence in a collated batch (padded or padding-free)."""
+    out = []
+    if "attention_mask" in batch:
+        for ids, lab, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
+            n = int(mask.sum())
+            assert mask[:n].all() and not mask[n:].any() and (lab[n:] == -100).all()
+            out.append((ids[:n].tolist(), lab[:n].tolist()))
+    else:
+        ids, lab, pos = batch["input_ids"][0], batch["labels"][0], batch["position_ids"][0]
+        starts = (pos == 0).nonzero().flatten().tolist() + [len(pos)]
+        for s, e in itertools.pairwise(starts):
+            assert pos[s:e].tolist() == list(range(e - s))
+            out.append((ids[s:e].tolist(), lab[s:e].tolist()))
+    return out
+
+
+def _trainer(model_dir, tok, rows, cfg, batching, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    with training._quiet():
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+        return training._build_trainer(model, tok, rows, cfg, tmp_path / batching, batching, "cpu", "float32")
+
+
+@pytest.mark.parametrize("batching", ["padded", "length_grouped", "padding_free"])
+def test_trainer_batches_carry_exactly_the_encoded_rows(tiny_model_dir, tok, tmp_path, batching):
+    examples = _examples(10, long=True)
+    rows, _ = build_sft_rows(tok, examples, prompt_template=TEMPLATE, system=SYSTEM, max_seq_len=512)
+    trainer = _trainer(tiny_model_dir, tok, rows, _cfg(batch_size=4), batching, tmp_path)
+    seen = [seg for batch in trainer.get_train_dataloader() for seg in _segments(batch)]
+    assert sorted(map(str, seen)) == sorted(str((r["input_ids"], r["labels"])) for r in rows)
+
+
+def test_batching_modes_give_the_same_loss_at_fixed_weights(tiny_model_dir, tok, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    examples = _examples(11, long=True)
+    rows, _ = build_sft_rows(tok, examples, prompt_template=TEMPLATE, max_seq_len=512)
+    # reference: every example alone, unpadded
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ref_nll, ref_n = 0.0, 0
+    with torch.no_grad():
+        for r in rows:
+            n = sum(1 for t in r["labels"][1:] if t != -100)
+            out = model(input_ids=torch.tensor([r["input_ids"]]), labels=torch.tensor([r["labels"]]))
+            ref_nll += float(out.loss) * n
+            ref_n += n
+    for batching in ("padded", "length_grouped", "padding_free"):
+        nll, n = training._epoch_nll(_trainer(tiny_model_dir, tok, rows, _cfg(batch_size=4), batching, tmp_path))
+        assert n == ref_n
+        assert nll == pytest.approx(ref_nll, rel=1e-5), batching
+
+
+def test_length_grouped_batches():
+    lengths = [((i * 37) % 101) + 1 for i in range(70)]
+    batches = length_grouped_batches(lengths, 8, seed=1, window=64)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(70))
+    assert all(len(b) == 8 for b in batches[:-1]) and len(batches[-1]) == 70 % 8  # partial batch last
+    # within a window the batches are contiguous in sorted length: spreads are small
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    assert spread < 0.25 * sum(max(lengths) - min(lengths) for _ in batches)
+    # reshuffled per epoch, deterministic per (seed, epoch)
+    sampler = LengthGroupedSampler(lengths, 8, seed=1)
+    e0 = list(sampler)
+    sampler.set_epoch(1)
+    e1 = list(sampler)
+    sampler.set_epoch(0)
+    assert list(sampler) == e0 and e1 != e0 and len(sampler) == 70
+
+
+# ---------------------------------------------------------------------------------------------
+# backend and batching selection
+
+
+def test_backend_selection(monkeypatch):
+    if training._unsloth_installed() is False:
+        assert select_training_backend() == ("trl", "unsloth: not installed")
+    monkeypatch.setattr(training, "_unsloth_installed", lambda: False)
+    assert select_training_backend("auto") == ("trl", "unsloth: not installed")
+    assert select_training_backend("trl") == ("trl", "requested")
+    with pytest.raises(RuntimeError, match="unsloth is not installed"):
+        select_training_backend("unsloth")
+    monkeypatch.setattr(training, "_unsloth_installed", lambda: True)
+    monkeypatch.setattr(training, "_cuda_available", lambda: False)
+    assert select_training_backend("auto") == ("trl", "unsloth: no CUDA GPU")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        select_training_backend("unsloth")
+    monkeypatch.setattr(training, "_cuda_available", lambda: True)
+    assert select_training_backend("auto")[0] == "unsloth"
+    assert select_training_backend("unsloth") == ("unsloth", "requested")
+    with pytest.raises(ValueError, match="unknown training backend"):
+        select_training_backend("deepspeed")
+
+
+def test_batching_selection():
+    assert resolve_batching("auto", "sdpa")[0] == "length_grouped"
+    assert resolve_batching("auto", "eager")[0] == "length_grouped"
+    assert resolve_batching("auto", "flash_attention_2")[0] == "padding_free"
+    assert resolve_batching("auto", "sdpa", backend="unsloth")[0] == "padding_free"
+    assert resolve_batching("padded", "flash_attention_2") == ("padded", "requested")
+    with pytest.raises(ValueError, match="unknown batching"):
+        resolve_batching("packed", "sdpa")
+
+
+def test_auto_dispatches_to_unsloth_when_available(monkeypatch, tiny_model_dir, tmp_path, capsys):
+    """With unsloth 'installed' and CUDA 'present', train_sft takes the Unsloth path (faked here)."""
+    monkeypatch.setattr(training, "_unsloth_installed", lambda: True)
+    monkeypatch.setattr(training, "_cuda_available", lambda: True)
+    monkeypatch.setattr(training, "_device_and_dtype", lambda: ("cuda", "bfloat16"))
+    called = {}
+
+    def fake_unsloth(base_model, tokenizer, rows, cfg, *rest):
+        called["rows"] = len(rows)
+        raise KeyboardInterrupt("stop here")
+
+    monkeypatch.setattr(training, "_train_unsloth", fake_unsloth)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(tiny_model_dir, _examples(3), tmp_path / "out", _cfg())
+    assert called == {"rows": 3}
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[training] backend=unsloth (installed, CUDA available) device=cuda dtype=bfloat16")
+    assert "batching=padding_free (attn=unsloth)" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end
+
+
+def test_full_finetune_memorises_saves_and_generates(tiny_model_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    examples = _examples(4)
+    out = tmp_path / "sft"
+    cfg = _cfg(num_epochs=120, batch_size=4, learning_rate=1e-2, logging_steps=10)
+    result = train_sft(tiny_model_dir, examples, out, cfg, prompt_template=TEMPLATE)
+
+    backend, reason = select_training_backend("auto")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [(f"[training] backend={backend} ({reason}) device=cpu dtype=float32 lora=False examples=4 "
+                      "batching=length_grouped (attn=sdpa)")]
+    assert result.backend == "trl" and result.n_examples == 4 and result.batching == "length_grouped"
+    assert Path(result.model_dir) == out / "model"
+    losses = [h["loss"] for h in result.loss_history]
+    assert losses[0] > 3 * losses[-1] and losses[-1] < 0.5
+    assert set(result.loss_history[0]) >= {"step", "epoch", "loss", "learning_rate"}
+    assert json.loads((out / "loss_history.json").read_text()) == result.loss_history
+    saved = TrainResult.load(out)
+    assert saved.n_tokens == result.n_tokens > 0 and saved.loss_history == result.loss_history
+    rows, _ = build_sft_rows(AutoTokenizer.from_pretrained(tiny_model_dir), examples, prompt_template=TEMPLATE)
+    assert result.n_tokens == 120 * sum(sum(t != -100 for t in r["labels"][1:]) for r in rows)
+    assert not (out / "checkpoints").exists() and not list(out.glob(".model.tmp-*"))
+
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    hits = 0
+    for ex in examples:
+        ids = tok(prompt_text(tok, ex.question, TEMPLATE), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        gen = model.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+        new = gen[0, ids.shape[1]:].tolist()
+        hits += new[-1] == tok.eos_token_id and tok.decode(new[:-1]) == ex.response  # says it, then stops
+    assert hits >= 1
+
+
+def test_lora_trains_and_merges(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    cfg = _cfg(use_lora=True, lora_r=4, lora_alpha=8, max_steps=4, learning_rate=5e-2, batching="padding_free")
+    with pytest.warns(training.TrainingWarning, match="dense mask"):  # correct on sdpa, just not faster
+        result = train_sft(tiny_model_dir, _examples(8), out, cfg, prompt_template=TEMPLATE)
+    assert result.batching == "padding_free"
+    files = {p.name for p in (out / "model").iterdir()}
+    assert "config.json" in files and not any(f.startswith("adapter_") for f in files)
+    keys = load_file(str(out / "model" / "model.safetensors")).keys()
+    assert not any("lora" in k or "base_layer" in k for k in keys)
+    merged = AutoModelForCausalLM.from_pretrained(out / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    assert set(merged.state_dict()) == set(base.state_dict())
+    w, w0 = merged.model.layers[0].self_attn.q_proj.weight, base.model.layers[0].self_attn.q_proj.weight
+    assert not torch.allclose(w, w0)  # the adapter was merged in
+    assert torch.equal(merged.model.embed_tokens.weight, base.model.embed_tokens.weight)  # frozen outside LoRA
+    assert len(result.loss_history) == 4
+
+
+def test_resume_after_crash_and_atomic_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "resume"
+    cfg = _cfg(max_steps=6, save_steps=2, keep_checkpoints=True, batch_size=2)
+    examples = _examples(6)
+    cls = training._trainer_class()
+    original_step = cls.training_step
+
+    def crashing_step(self, *args, **kwargs):
+        if self.state.global_step == 4:
+            raise RuntimeError("simulated crash")
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "training_step", crashing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_sft(tiny_model_dir, examples, out, cfg, prompt_template=TEMPLATE)
+    assert not (out / "model").exists() and not list(out.glob(".model.tmp-*"))
+    assert (out / "checkpoints" / "checkpoint-4").is_dir()
+    monkeypatch.setattr(cls, "training_step", original_step)
+    capsys.readouterr()
+
+    result = train_sft(tiny_model_dir, examples, out, cfg, prompt_template=TEMPLATE)
+    assert capsys.readouterr().out.strip().endswith("resume=checkpoint-4")
+    assert result.resumed_from == "checkpoint-4"
+    assert [h["step"] for h in result.loss_history] == [1, 2, 3, 4, 5, 6]  # the curve survives the crash
+    assert result.n_tokens > 0
+
+    # a different config does not resume from these checkpoints
+    other = train_sft(tiny_model_dir, examples, out, _cfg(max_steps=2, keep_checkpoints=True, batch_size=2),
+                      prompt_template=TEMPLATE, resume=True)
+    assert other.resumed_from is None and [h["step"] for h in other.loss_history] == [1, 2]
+
+    # a crash while training leaves the previous model in place, whole
+    before = {p.name: p.read_bytes() for p in (out / "model").iterdir()}
+
+    def boom(trainer, resume_from):
+        raise RuntimeError("crash mid-training")
+
+    monkeypatch.setattr(training, "_run", boom)
+    with pytest.raises(RuntimeError, match="crash mid-training"):
+        train_sft(tiny_model_dir, examples, out, cfg, prompt_template=TEMPLATE, resume=False)
+    assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == before
+    assert not list(out.glob(".model.tmp-*"))
+    AutoModelForCausalLM.from_pretrained(out / "model")
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+
+
+def test_clear_errors(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="no training examples"):
+        train_sft(tiny_model_dir, [], tmp_path / "a", _cfg())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train_sft(tmp_path / "no_such_model", _examples(2), tmp_path / "b", _cfg())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train_sft(str(tmp_path / "no" / "such" / "model"), _examples(2), tmp_path / "b", _cfg())
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        train_sft(tmp_path / "empty_dir", _examples(2), tmp_path / "c", _cfg())
+    if not (training._unsloth_installed() and training._cuda_available()):
+        with pytest.raises(RuntimeError, match="backend='unsloth' was requested"):
+            train_sft(tiny_model_dir, _examples(2), tmp_path / "d", _cfg(backend="unsloth"))
+    with pytest.raises(ValueError, match="load_in_4bit"):
+        train_sft(tiny_model_dir, _examples(2), tmp_path / "e", _cfg(load_in_4bit=True))
+    with pytest.raises(ValueError, match="none of the 2 examples"):
+        train_sft(tiny_model_dir, _examples(2), tmp_path / "f", _cfg(max_seq_len=4))
