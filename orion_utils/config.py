@@ -87,6 +87,7 @@ SECTIONS: dict[str, str] = {
     "edit": "orion_utils.edit:EditConfig",
     "tailored": "orion_utils.tailored:TailoredConfig",
     "evaluation": "orion_utils.evaluation:EvaluationConfig",
+    "analysis": "orion_utils.analysis:AnalysisConfig",
 }
 TOP_LEVEL = {"profile": str, "description": str, "base": str, "seeds": list}
 
@@ -166,10 +167,11 @@ def _raw_profile(name_or_path: Union[str, Path], seen: tuple = ()) -> dict:
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path.name} should be a mapping of sections")
+    name = raw.get("profile", path.stem)
     base = raw.pop("base", None)
     if base:
         raw = _deep_merge(_raw_profile(base, seen + (path,)), raw)
-    raw.setdefault("profile", path.stem)
+    raw["profile"] = name
     return raw
 
 
@@ -191,10 +193,7 @@ def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = Non
         sections[key] = build_section(section_class(key), value or {}, key)
     for name in SECTIONS:  # sections a profile leaves out take their defaults
         if name not in sections:
-            try:
-                sections[name] = section_class(name)()
-            except (ImportError, AttributeError):
-                continue
+            sections[name] = section_class(name)()
     return Profile(
         name=str(raw.get("profile")),
         description=str(raw.get("description", "")),

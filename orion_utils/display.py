@@ -72,3 +72,23 @@ def markdown(text: str) -> None:
         display(Markdown(text))
     else:
         print(text)
+
+
+def report(path) -> None:
+    """Show a Markdown report with its linked figures embedded (links are relative to the report)."""
+    import re
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    pieces = re.split(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            if piece.strip():
+                markdown(piece)
+        elif _in_notebook():
+            from IPython.display import Image, display
+
+            display(Image(filename=str(path.parent / piece)))
+        else:
+            print(f"[figure: {path.parent / piece}]")

@@ -71,7 +71,7 @@ def evaluate_model(
     generation: GenerationConfig,
     student: StudentConfig,
 ) -> dict:
-    """Generate, grade and return {benchmark: [EvalSample, ...]} for one model."""
+    """Generate, grade and return ({benchmark: [EvalSample, ...]}, backend name) for one model."""
     from .generation import SamplingConfig, load_generator
 
     generator = load_generator(model_path, backend=generation.backend, batch_size=generation.batch_size,
@@ -96,7 +96,7 @@ def evaluate_model(
             results[name] = samples
     finally:
         generator.close()
-    return results
+    return results, generator.name
 
 
 def load_benchmarks(run: RunDir) -> dict:
@@ -136,11 +136,11 @@ def run_evaluation(
         inputs = bench_files + ([Path(model_path)] if Path(model_path).exists() else [])
 
         def work(method=method, model_path=model_path, out_dir=out_dir) -> dict:
-            results = evaluate_model(model_path, method, benchmarks, cfg, generation, student)
+            results, backend = evaluate_model(model_path, method, benchmarks, cfg, generation, student)
             for name, samples in results.items():
                 write_jsonl(out_dir / f"{name}.jsonl", samples)
             write_json(out_dir / "summary.json", {name: summarise(s) for name, s in results.items()})
-            return {}
+            return {"backend": backend}
 
         params = {"evaluation": {**cfg.__dict__, "methods": None}, "generation": generation, "student": student,
                   "model": model_path if method == "base" else method}

@@ -1,53 +1,230 @@
-"""`report.md`: run metadata, the results table of every method, and the figures."""
+"""`report.md`: run metadata, the results table of every method, the figures, and the paper's claims.
+
+``write_report(run)`` works from ``metrics.json`` alone (tables and the accuracy/loss figures);
+with the analysis (``analysis.analyse_run`` passes it, or ``analysis.json`` is read when present)
+it adds the analysis table, accuracy by difficulty, one paragraph per paper claim, the definitions,
+and mean ± std over seeds in every cell when several seeds were analysed.
+"""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Optional
 
-from .evaluation import results_table
 from .rundir import RunDir
 from .sft import load_loss_history
 
+TOY_CAVEAT = ("Toy profile: synthetic arithmetic word problems, a programmatic teacher, a tiny student, and a "
+              "rule-based reflector in place of the student's own reflection (a tiny student cannot follow the "
+              "reflection prompt). Results here check the pipeline; they are not evidence for or against the paper.")
 
-def _metadata(run: RunDir) -> list[str]:
-    config = json.loads(run.path("config.json").read_text()) if run.path("config.json").exists() else {}
-    stages = run.manifest().get("stages", {})
-    student = json.loads(run.data("student.json").read_text()) if run.data("student.json").exists() else {}
-    versions = next((s.get("package_versions") for s in stages.values() if s.get("package_versions")), {})
+FIGURE_CAPTIONS = {
+    "accuracy_pass1": "pass@1 per method and benchmark",
+    "accuracy_greedy": "greedy accuracy per method and benchmark",
+    "loss_curves": "training loss curves",
+    "cot_lengths": "length distributions of training CoTs and evaluation outputs",
+    "accuracy_by_difficulty": "accuracy by difficulty",
+    "perplexity": "base-student perplexity of each method's training CoTs",
+    "step_consistency": "step-level consistency",
+    "pass_rates": "base student's pass rate per training question (error exposure)",
+}
+
+
+def _read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return default
+
+
+def _metadata(run: RunDir, analysis: Optional[dict] = None) -> list[str]:
+    config = _read_json(run.path("config.json"), {})
+    manifest = run.manifest()
+    stages = manifest.get("stages", {})
+    student = _read_json(run.data("student.json"), {})
+    versions = {}
+    for s in stages.values():  # the latest stage's versions win
+        versions.update(s.get("package_versions") or {})
     backends = sorted({f"{name}: {s['backend']}" for name, s in stages.items() if s.get("backend")})
+    done = {k: v for k, v in stages.items() if v.get("status") == "done"}
+    total = sum(float(v.get("wall_seconds") or 0) for v in done.values())
+    finished = sorted(v.get("finished_at") for v in done.values() if v.get("finished_at"))
+    teacher = config.get("teacher", {}) or {}
+    teacher_desc = teacher.get("kind", "?") + (f" `{teacher['model']}`" if teacher.get("model") else "")
+    seeds_line = f"- seeds in the profile: {config.get('seeds', '?')}"
+    if analysis and (analysis.get("seeds") or {}).get("n", 1) > 1:
+        seeds_line += f"; analysed: {analysis['seeds']['n']} runs ({', '.join(analysis['seeds']['runs'])})"
     lines = [
-        f"- profile: `{config.get('profile', '?')}`, seeds: {config.get('seeds', '?')}",
-        f"- student: `{student.get('model', '?')}` ({student.get('kind', '?')})",
-        f"- teacher: `{config.get('teacher', {}).get('kind', '?')}`",
-        f"- training backends: {', '.join(backends) or 'n/a'}",
-        f"- stage wall times (s): " + ", ".join(f"{k} {v.get('wall_seconds', 0):.0f}" for k, v in stages.items()
-                                                  if v.get("status") == "done"),
-        f"- packages: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"- run: `{run.root.name}`, profile: `{config.get('profile', '?')}`"
+        + (f" — {config['description']}" if config.get("description") else ""),
+        seeds_line,
+        f"- student: `{student.get('model', (config.get('student') or {}).get('model', '?'))}`"
+        + (f" ({student['kind']})" if student.get("kind") else ""),
+        f"- teacher: {teacher_desc}",
+        f"- backends used: {', '.join(backends) or 'n/a (not recorded by the stages)'}; requested: generation "
+        f"`{(config.get('generation') or {}).get('backend', '?')}`, training `{(config.get('sft') or {}).get('backend', '?')}`",
+        f"- time: {total:.0f} s of stage wall time"
+        + (f", finished {finished[-1]}" if finished else "") + (
+            "; per stage (s): " + ", ".join(f"{k} {float(v.get('wall_seconds') or 0):.0f}" for k, v in done.items())
+            if done else ""),
+        "- packages: " + (", ".join(f"{k} {v}" for k, v in versions.items()) or "n/a"),
     ]
-    if config.get("student", {}).get("model") == "toy":
-        lines.append("- toy profile: synthetic arithmetic problems, a programmatic teacher, and a rule-based "
-                     "reflector in place of the student's own reflection (a tiny student cannot follow the prompt).")
     return lines
 
 
-def write_report(run: RunDir) -> Path:
-    """Write figures and ``report.md`` from ``metrics.json`` and the training logs."""
+def _cell(cell, scale: float = 100.0, digits: int = 1) -> str:
+    """A table cell: a number, or a {"mean","std","n"} dict rendered 'mean ± std' when n > 1."""
+    if cell is None:
+        return "–"
+    if isinstance(cell, dict):
+        if cell.get("mean") is None:
+            return "–"
+        text = f"{scale * cell['mean']:.{digits}f}"
+        if cell.get("n", 1) > 1:
+            text += f" ± {scale * cell['std']:.{digits}f}"
+        return text
+    if isinstance(cell, (int, float)) and math.isfinite(cell):
+        return f"{scale * cell:.{digits}f}"
+    return "–"
+
+
+def metrics_table(metrics: dict, key: str = "pass@1") -> str:
+    """Markdown table, one row per method, one column per benchmark. ``metrics``: ``metrics.json``
+    (numbers) or ``analysis.aggregate_metrics`` output (cells rendered 'mean ± std' over seeds)."""
+    benchmarks = sorted({b for per in metrics.values() for b in per})
+    lines = ["| method | " + " | ".join(benchmarks) + " |", "|---|" + "---:|" * len(benchmarks)]
+    for method, per in metrics.items():
+        lines.append(f"| {method} | " + " | ".join(_cell((per.get(b) or {}).get(key)) for b in benchmarks) + " |")
+    return "\n".join(lines)
+
+
+def _has_key(metrics: dict, key: str) -> bool:
+    return any(key in (cells or {}) for per in metrics.values() for cells in per.values())
+
+
+def analysis_table(analysis: dict) -> str:
+    """Per method: training-CoT perplexity, lengths, step consistency, loss stability (seed cells)."""
+    agg = (analysis.get("seeds") or {}).get("methods") or {}
+    rows = analysis.get("methods") or {}
+    lines = ["| method | training CoTs | CoT perplexity ↓ | CoT tokens | output tokens ↓ | "
+             "step consistency, CoTs (%) | step consistency, outputs (%) | loss Δ std ↓ |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in rows:
+        a = agg.get(m, {})
+        n = rows[m].get("n_training_cots")
+        lines.append(
+            f"| {m} | {n if n is not None else '–'} | {_cell(a.get('cot_perplexity'), 1, 3)} | "
+            f"{_cell(a.get('cot_tokens_mean'), 1, 1)} | {_cell(a.get('response_tokens_mean'), 1, 1)} | "
+            f"{_cell(a.get('step_consistency_training'))} | {_cell(a.get('step_consistency_evaluation'))} | "
+            f"{_cell(a.get('loss_delta_std'), 1, 4)} |")
+    return "\n".join(lines)
+
+
+def difficulty_table(analysis: dict) -> str:
+    """Rows: methods; columns: difficulty buckets (with problem counts), pooled over benchmarks."""
+    difficulty = analysis.get("difficulty") or {}
+    buckets = [b[0] for b in difficulty.get("buckets") or []]
+    counts = (difficulty.get("counts") or {})
+    agg = (analysis.get("seeds") or {}).get("methods") or {}
+    benches = sorted({b for a in agg.values() for b in (a.get("accuracy_by_difficulty") or {})} - {"all"})
+    out = []
+    for bench in benches + ["all"]:
+        rows = [(m, (a.get("accuracy_by_difficulty") or {}).get(bench)) for m, a in agg.items()]
+        rows = [(m, r) for m, r in rows if r]
+        if not rows:
+            continue
+        c = counts.get(bench, {})
+        header = [f"{b} [{lo:g}, {hi:g}{']' if i == len(buckets) - 1 else ')'} (n={c.get(b, '?')})"
+                  for i, (b, lo, hi) in enumerate(difficulty["buckets"])]
+        out += [f"**{bench if bench != 'all' else 'all benchmarks pooled'}**", "",
+                "| method | " + " | ".join(header) + " |", "|---|" + "---:|" * len(buckets)]
+        for m, r in rows:
+            out.append(f"| {m} | " + " | ".join(_cell(r.get(b)) for b in buckets) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _figure(name: str, figures: dict, run: RunDir) -> list[str]:
+    rel = figures.get(name)
+    if not rel or not run.path(rel).exists():
+        return []
+    return [f"![{FIGURE_CAPTIONS.get(name, name)}]({rel})", ""]
+
+
+def _basic_figures(run: RunDir, metrics: dict) -> dict:
+    """The figures ``metrics.json`` and the loss logs alone give (report without analysis)."""
+    import matplotlib.pyplot as plt
+
     from .plots import accuracy_bars, loss_curves
 
-    run.require(run.path("metrics.json"), stage_hint="07_evaluation")
-    metrics = json.loads(run.path("metrics.json").read_text())
     figures = run.figures()
-    accuracy_bars(metrics, "pass@1", figures / "accuracy_pass1.png")
-    accuracy_bars(metrics, "greedy", figures / "accuracy_greedy.png")
-    trained = [m for m in metrics if m != "base" and run.model(m).exists()]
-    loss_curves({m: load_loss_history(run, m) for m in trained}, figures / "loss_curves.png")
-    text = "\n".join([
-        "# Run report", "", *_metadata(run), "",
-        "## pass@1 (%)", "", results_table(metrics, "pass@1"), "",
-        "## greedy accuracy (%)", "", results_table(metrics, "greedy"), "",
-        "![pass@1](figures/accuracy_pass1.png)", "", "![greedy](figures/accuracy_greedy.png)", "",
-        "## Training loss", "", "![loss](figures/loss_curves.png)", "",
-    ])
+    made = {}
+    for key, name in (("pass@1", "accuracy_pass1"), ("greedy", "accuracy_greedy")):
+        if _has_key(metrics, key):
+            plt.close(accuracy_bars(metrics, key, figures / f"{name}.png"))
+            made[name] = f"figures/{name}.png"
+    histories = {m: load_loss_history(run, m) for m in metrics if m != "base"}
+    histories = {m: h for m, h in histories.items() if h}
+    if histories:
+        plt.close(loss_curves(histories, figures / "loss_curves.png"))
+        made["loss_curves"] = "figures/loss_curves.png"
+    return made
+
+
+def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
+    """Write ``report.md`` (and, without an analysis, the accuracy and loss figures); returns its path.
+
+    ``analysis``: the dict ``analysis.analyse_run`` builds; None reads ``analysis.json`` when present.
+    """
+    run.require(run.path("metrics.json"), stage_hint="07_evaluation")
+    metrics = json.loads(run.path("metrics.json").read_text(encoding="utf-8"))
+    if analysis is None and run.path("analysis.json").exists():
+        analysis = _read_json(run.path("analysis.json"), None)
+    figures = dict((analysis or {}).get("figures") or {}) or _basic_figures(run, metrics)
+    table_metrics = (analysis or {}).get("metrics") or metrics
+    n_seeds = ((analysis or {}).get("seeds") or {}).get("n", 1)
+    config = _read_json(run.path("config.json"), {})
+    toy = (analysis or {}).get("toy", (config.get("student") or {}).get("model") == "toy")
+    seeds_note = f" — mean ± std over {n_seeds} seeds" if n_seeds > 1 else ""
+
+    text = ["# Run report", ""]
+    if toy:
+        text += [f"> {TOY_CAVEAT}", ""]
+    text += ["## Run", "", *_metadata(run, analysis), ""]
+    text += ["## Results", "", f"### pass@1 (%){seeds_note}", "",
+             "pass@1: mean over the sampled solutions of a problem, averaged over problems.", "",
+             metrics_table(table_metrics, "pass@1"), ""]
+    if _has_key(table_metrics, "greedy"):
+        text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy"), ""]
+    text += _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
+    text += ["## Training", ""] + _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
+
+    if analysis:
+        text += ["## Analysis", "", f"Per method{seeds_note}; ↓ marks lower-is-better.", "",
+                 analysis_table(analysis), ""]
+        errors = {m: r["cot_perplexity_error"] for m, r in (analysis.get("methods") or {}).items()
+                  if r.get("cot_perplexity_error")}
+        if errors:
+            text += ["No CoT perplexity for " + ", ".join(f"{m} ({e})" for m, e in errors.items()) + ".", ""]
+        text += _figure("perplexity", figures, run) + _figure("cot_lengths", figures, run)
+        text += _figure("step_consistency", figures, run)
+        diff_table = difficulty_table(analysis)
+        if diff_table:
+            text += ["### Accuracy by difficulty", "",
+                     "Difficulty of a benchmark problem = the base student's pass rate on it (its sampled "
+                     "evaluation solutions, eval/base); n: problems per bucket in this run. Cells: pass@1 (%) averaged over "
+                     "the bucket's problems. "
+                     "base's own row is circular (its results define the buckets).", "", diff_table]
+            text += _figure("accuracy_by_difficulty", figures, run)
+        text += ["## Paper claims", ""]
+        if toy:
+            text += ["Toy run: the verdicts below say whether the pipeline's numbers point the paper's way on a "
+                     "synthetic task with a tiny student and a rule-based reflector; they do not test the paper.", ""]
+        for i, claim in enumerate(analysis.get("claims") or [], start=1):
+            text += [f"### Claim {i}: {claim['claim']} — {claim['verdict']}", "", claim["text"], ""]
+        text += ["## Definitions", ""]
+        text += [f"- **{k}**: {v}" for k, v in (analysis.get("definitions") or {}).items()] + [""]
     path = run.path("report.md")
-    path.write_text(text, encoding="utf-8")
+    path.write_text("\n".join(text), encoding="utf-8")
     return path

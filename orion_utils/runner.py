@@ -29,7 +29,7 @@ NOTEBOOKS: dict[str, list[str]] = {
     "05_edit": ["edit", "sft", "teacher", "data", "generation", "student"],
     "06_tailored_learning": ["tailored", "sft", "teacher", "data", "generation", "student"],
     "07_evaluation": ["evaluation", "generation", "student"],
-    "08_analysis": ["evaluation", "student"],
+    "08_analysis": ["analysis"],
 }
 
 

@@ -1,0 +1,960 @@
+"""Stage 08, analysis: measure the paper's claims on a finished run, plot them, write the report.
+
+The paper (ORION, section 1.1 step 6 of the design) claims that ORION's CoTs are more coherent and
+logically consistent, that training on them is more stable, that the trained student is less
+verbose, and that ORION beats every baseline by more than 2 points. This module turns each claim
+into numbers computed from the run directory alone:
+
+``cot_perplexity``
+    How "tailored" a method's training CoTs are to the student: the **base** student's perplexity of
+    them, ``exp(mean over CoTs of the per-token mean NLL of the assistant turn)`` (the geometric
+    mean of the per-CoT perplexities), scored exactly on the tokens SFT trains on
+    (``generation.completion_nll``). At most ``max_cots`` CoTs per method, chosen by a stable hash
+    of the question so that the methods are scored on (mostly) the same questions.
+``cot_tokens_mean`` / ``response_tokens_mean``
+    Mean length in student tokens of the training CoTs, and of the trained model's evaluation
+    outputs (``EvalSample.n_tokens``, all benchmarks, sampled and greedy decodings).
+``loss_delta_std``
+    Stability of the training loss curve: the population standard deviation of the successive
+    differences ``loss[t+1] - loss[t]`` of the logged training losses, ordered by step (within each
+    training stage, for methods trained in several stages).
+``accuracy_by_difficulty``
+    Benchmarks are not training questions, so ``data/pass_rates.json`` does not cover them. The
+    difficulty of a benchmark problem is the **base** student's pass rate on it: the share of its
+    sampled evaluation solutions (``eval/base/<benchmark>.jsonl``, decoding ``sample``; greedy 0/1
+    when there are no samples) that are correct. Problems are bucketed by that rate, by default
+    ``hard`` [0, 0.25), ``medium`` [0.25, 0.75), ``easy`` [0.75, 1] (the last bucket is closed).
+    A method's accuracy in a bucket is its per-problem pass@1 (mean over its samples; greedy
+    when it has no samples) averaged over the bucket's problems. For ``base`` itself the buckets
+    are defined by its own results, so its row is circular (0-ish in ``hard``, high in ``easy``
+    by construction): it is shown for reference only.
+``step_consistency`` (toy domain)
+    The share of written computation steps ``a op b = c`` (``toy.domain.parse_steps``, kinds
+    ``compute`` and ``check``; ``reflect`` lines quote wrong computations on purpose and are left
+    out) whose arithmetic is right, checked with sympy on integers and operators built as sympy
+    objects (never by evaluating text). Reported pooled over steps (``score``) and as the mean of
+    per-text shares (``mean_per_text``), for (a) the method's training CoTs and (b) its
+    evaluation responses. Real runs: the regular-expression parser is not reliable on free-form
+    mathematics (``x^2 - 1 = 0`` reads as ``2 - 1 = 0``), so it is off there; no LLM judge is
+    implemented (the teacher interface has no judging call).
+
+Seeds: a profile may list several seeds. The runner's multi-seed layout is not fixed yet, so
+``analyse_run(run, seeds_run_dirs=[...])`` takes the run directories of the *other* seeds (complete
+runs of the same profile with another seed) explicitly; every table cell is then ``mean ± std``
+over the seeds (sample standard deviation, n−1; 0 for one seed) and the figures draw error bars
+or one line per seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from statistics import mean, median
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+from .jsonl import read_jsonl, write_json
+from .records import EvalSample
+from .rundir import RunDir
+
+PathLike = Union[str, Path]
+Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+"""``scorer(questions, completions) -> per-completion mean token NLL`` under the base student."""
+
+Bucket = tuple  # (label, lo, hi): lo <= p < hi; the bucket with the largest hi also takes p == hi
+
+DEFAULT_BUCKETS: tuple = (("hard", 0.0, 0.25), ("medium", 0.25, 0.75), ("easy", 0.75, 1.0))
+TOKEN_KEYS = ("cot_perplexity", "cot_tokens_mean", "response_tokens_mean", "loss_delta_std")
+CONSISTENCY_KINDS = ("compute", "check")
+CLAIM_MARGIN_POINTS = 2.0
+ANALYSIS_VERSION = 1
+
+DEFINITIONS = {
+    "cot_perplexity": "base student's perplexity of the method's training CoTs: exp(mean over CoTs of the "
+                      "per-token mean NLL of the assistant turn); lower = more tailored to the student",
+    "cot_tokens_mean": "mean length of the training CoTs in student tokens",
+    "response_tokens_mean": "mean length in tokens of the trained model's evaluation outputs (all benchmarks, "
+                            "sampled and greedy)",
+    "loss_delta_std": "population std of successive differences of the logged training loss (per training stage, "
+                      "pooled); lower = smoother training",
+    "accuracy_by_difficulty": "per-problem pass@1 averaged within buckets of the base student's sampled pass rate "
+                              "on the benchmark problem (eval/base); base's own row is circular",
+    "step_consistency": "toy domain: share of written computation steps 'a op b = c' (compute and check lines; "
+                        "reflection lines excluded) whose arithmetic is right, checked with sympy; "
+                        "'score' pools steps, 'mean_per_text' averages per text",
+    "seeds": "mean ± sample std (n-1) over seeds; std 0 for one seed",
+}
+
+
+# =============================================================================================
+# Pure metrics
+# =============================================================================================
+
+
+def _losses(history: Sequence) -> list[float]:
+    """Loss values of one history (dicts with "loss", ordered by "step" when present; or numbers)."""
+    if not history:
+        return []
+    if all(isinstance(h, dict) for h in history):
+        rows = [h for h in history if isinstance(h.get("loss"), (int, float)) and math.isfinite(h["loss"])]
+        if all("step" in h and h["step"] is not None for h in rows):
+            rows = sorted(rows, key=lambda h: h["step"])
+        return [float(h["loss"]) for h in rows]
+    return [float(x) for x in history if isinstance(x, (int, float)) and math.isfinite(x)]
+
+
+def _is_segmented(history: Sequence) -> bool:
+    return bool(history) and all(isinstance(h, (list, tuple)) for h in history)
+
+
+def loss_deltas(history: Sequence) -> list[float]:
+    """Successive differences ``loss[t+1] - loss[t]``.
+
+    ``history``: a loss history (``[{"step", "loss", ...}, ...]`` as in ``loss_history.json``, or
+    plain numbers), or a list of such histories (training stages): differences are taken within
+    each stage and pooled, never across a stage boundary.
+    """
+    segments = history if _is_segmented(history) else [history]
+    out: list[float] = []
+    for seg in segments:
+        losses = _losses(seg)
+        out += [b - a for a, b in zip(losses, losses[1:])]
+    return out
+
+
+def loss_delta_std(history: Sequence) -> Optional[float]:
+    """Population standard deviation of the successive loss differences; None with < 2 losses."""
+    deltas = loss_deltas(history)
+    if not deltas:
+        return None
+    m = sum(deltas) / len(deltas)
+    return math.sqrt(sum((d - m) ** 2 for d in deltas) / len(deltas))
+
+
+def length_stats(lengths: Sequence[float]) -> Optional[dict]:
+    """n, mean, population std, median, 90th percentile (nearest rank), min, max; None if empty."""
+    values = sorted(float(x) for x in lengths)
+    if not values:
+        return None
+    m = sum(values) / len(values)
+    p90 = values[max(0, math.ceil(0.9 * len(values)) - 1)]
+    return {
+        "n": len(values),
+        "mean": m,
+        "std": math.sqrt(sum((v - m) ** 2 for v in values) / len(values)),
+        "median": median(values),
+        "p90": p90,
+        "min": values[0],
+        "max": values[-1],
+    }
+
+
+def token_lengths(texts: Iterable[str], tokenizer: Any = None) -> list[int]:
+    """Length of each text in tokens.
+
+    ``tokenizer``: a Hugging Face tokenizer (``encode(text, add_special_tokens=False)``), any
+    callable ``text -> list of tokens``, or None for whitespace-separated words.
+    """
+    if tokenizer is None:
+        return [len(t.split()) for t in texts]
+    if hasattr(tokenizer, "encode"):
+        return [len(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+    return [len(tokenizer(t)) for t in texts]
+
+
+def token_stats(texts: Iterable[str], tokenizer: Any = None) -> Optional[dict]:
+    """``length_stats`` of ``token_lengths(texts, tokenizer)``."""
+    return length_stats(token_lengths(texts, tokenizer))
+
+
+def cot_perplexity(nlls: Iterable[float]) -> Optional[float]:
+    """exp(mean of the finite per-CoT mean NLLs): the geometric mean of per-CoT perplexities."""
+    finite = [float(x) for x in nlls if x is not None and math.isfinite(x)]
+    return math.exp(sum(finite) / len(finite)) if finite else None
+
+
+# --- step-level consistency (toy domain) ---------------------------------------------------------
+
+
+def arithmetic_ok(a: int, op: str, b: int, result: int) -> bool:
+    """Is ``a op b = result`` right? Exact, with sympy objects built from the parsed integers.
+
+    Division is exact (``7 / 2`` is 7/2, so ``7 / 2 = 3`` is wrong); division by zero is wrong.
+    """
+    import sympy
+
+    A, B, R = sympy.Integer(int(a)), sympy.Integer(int(b)), sympy.Integer(int(result))
+    if op == "+":
+        value = sympy.Add(A, B)
+    elif op in ("-", "−"):
+        value = sympy.Add(A, sympy.Mul(sympy.Integer(-1), B))
+    elif op in ("*", "x", "×"):
+        value = sympy.Mul(A, B)
+    elif op in ("/", "÷"):
+        if B == 0:
+            return False
+        value = sympy.Mul(A, sympy.Pow(B, sympy.Integer(-1)))
+    else:
+        raise ValueError(f"unknown operation {op!r}")
+    return bool(sympy.Eq(value, R))
+
+
+def step_check(text: str, kinds: Sequence[str] = CONSISTENCY_KINDS) -> tuple[int, int]:
+    """(right, total) over the computation steps of ``kinds`` written in ``text``."""
+    from .toy.domain import parse_steps
+
+    steps = [s for s in parse_steps(text or "") if s.kind in kinds]
+    right = sum(arithmetic_ok(s.a, s.op, s.b, s.result) for s in steps)
+    return right, len(steps)
+
+
+def step_consistency(cot: str, kinds: Sequence[str] = CONSISTENCY_KINDS) -> Optional[float]:
+    """Share of the written computation steps of ``cot`` whose arithmetic is right; None without steps."""
+    right, total = step_check(cot, kinds)
+    return right / total if total else None
+
+
+def consistency_summary(texts: Iterable[str], kinds: Sequence[str] = CONSISTENCY_KINDS) -> Optional[dict]:
+    """Step consistency over many texts: ``score`` (right steps / all steps, pooled),
+    ``mean_per_text`` (mean of per-text shares over texts with steps), step and text counts."""
+    right_total = total_total = n_texts = 0
+    shares = []
+    for text in texts:
+        n_texts += 1
+        right, total = step_check(text, kinds)
+        right_total += right
+        total_total += total
+        if total:
+            shares.append(right / total)
+    if n_texts == 0:
+        return None
+    return {
+        "score": right_total / total_total if total_total else None,
+        "mean_per_text": sum(shares) / len(shares) if shares else None,
+        "n_steps": total_total,
+        "n_right": right_total,
+        "n_texts": n_texts,
+        "n_texts_with_steps": len(shares),
+    }
+
+
+# --- difficulty ---------------------------------------------------------------------------------
+
+
+def _by_problem(samples: Iterable[EvalSample], key: Callable[[EvalSample], str]) -> dict:
+    """{problem key: [correct, ...]} from sampled decodings, or from greedy ones when none is sampled."""
+    samples = list(samples)
+    chosen = [s for s in samples if s.decoding == "sample"] or [s for s in samples if s.decoding == "greedy"]
+    out: dict = {}
+    for s in chosen:
+        out.setdefault(key(s), []).append(bool(s.correct))
+    return out
+
+
+def _pid(s: EvalSample) -> str:
+    return s.problem_id
+
+
+def _bench_pid(s: EvalSample) -> str:
+    return f"{s.benchmark}/{s.problem_id}"
+
+
+def per_problem_accuracy(samples: Iterable[EvalSample], key: Callable[[EvalSample], str] = _pid) -> dict:
+    """{problem: pass@1} — the mean correctness of its sampled solutions (greedy if none sampled)."""
+    return {k: sum(v) / len(v) for k, v in _by_problem(samples, key).items()}
+
+
+def difficulty_from_samples(base_samples: Iterable[EvalSample], key: Callable[[EvalSample], str] = _pid) -> dict:
+    """The base student's pass rate per benchmark problem (its sampled eval results): the difficulty map."""
+    return per_problem_accuracy(base_samples, key)
+
+
+def bucket_of(p: float, buckets: Sequence[Bucket] = DEFAULT_BUCKETS) -> Optional[str]:
+    """Label of the bucket ``lo <= p < hi``; the bucket with the largest ``hi`` also takes ``p == hi``."""
+    top = max(hi for _, _, hi in buckets)
+    for label, lo, hi in buckets:
+        if lo <= p < hi or (p == hi == top):
+            return label
+    return None
+
+
+def accuracy_by_difficulty(
+    samples: Iterable[EvalSample],
+    difficulty: dict,
+    buckets: Sequence[Bucket] = DEFAULT_BUCKETS,
+    key: Callable[[EvalSample], str] = _pid,
+) -> dict:
+    """{bucket label: {"accuracy", "n_problems", "range"}} for one method's evaluation samples.
+
+    ``difficulty``: {problem key: pass rate in [0, 1]} — for benchmarks the base student's
+    per-problem pass@1 (``difficulty_from_samples``); ``data/pass_rates.json`` has the same shape
+    for training questions. A problem's accuracy is its pass@1 (mean over sampled solutions, greedy
+    if none); a bucket's accuracy is the mean over its problems (None when it has none). Problems
+    missing from ``difficulty`` are left out.
+    """
+    acc = per_problem_accuracy(samples, key)
+    grouped: dict = {label: [] for label, _, _ in buckets}
+    for pid, a in acc.items():
+        if pid not in difficulty:
+            continue
+        label = bucket_of(float(difficulty[pid]), buckets)
+        if label is not None:
+            grouped[label].append(a)
+    return {
+        label: {
+            "accuracy": sum(grouped[label]) / len(grouped[label]) if grouped[label] else None,
+            "n_problems": len(grouped[label]),
+            "range": [lo, hi],
+        }
+        for label, lo, hi in buckets
+    }
+
+
+# --- seeds --------------------------------------------------------------------------------------
+
+
+def aggregate_values(values: Iterable[Optional[float]]) -> Optional[dict]:
+    """{"mean", "std", "n"} over the non-missing values; std is the sample std (n−1), 0 for one value."""
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not vals:
+        return None
+    m = sum(vals) / len(vals)
+    std = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return {"mean": m, "std": std, "n": len(vals)}
+
+
+def aggregate_metrics(metrics_list: Sequence[dict]) -> dict:
+    """Seeds' ``metrics.json`` dicts → ``{method: {bench: {metric: {"mean", "std", "n"}}}}``.
+
+    Every numeric metric present in any seed is aggregated over the seeds that have it (order of
+    methods and benchmarks: first appearance).
+    """
+    out: dict = {}
+    for metrics in metrics_list:
+        for method, per in metrics.items():
+            for bench, values in per.items():
+                for name, value in values.items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        out.setdefault(method, {}).setdefault(bench, {}).setdefault(name, []).append(value)
+    return {m: {b: {k: aggregate_values(v) for k, v in per.items()} for b, per in benches.items()}
+            for m, benches in out.items()}
+
+
+def _aggregate_method_scalars(per_seed: Sequence[dict]) -> dict:
+    """Per method: mean/std/n over seeds of the scalar analysis numbers (and consistency scores)."""
+    methods: list = []
+    for seed in per_seed:
+        methods += [m for m in seed if m not in methods]
+    out = {}
+    for m in methods:
+        rows = [seed.get(m) or {} for seed in per_seed]
+        agg = {k: aggregate_values(r.get(k) for r in rows) for k in TOKEN_KEYS}
+        for part in ("training", "evaluation"):
+            agg[f"step_consistency_{part}"] = aggregate_values(
+                ((r.get("step_consistency") or {}).get(part) or {}).get("score") for r in rows)
+        abd: dict = {}
+        for r in rows:
+            for bench, buckets in (r.get("accuracy_by_difficulty") or {}).items():
+                for label, cell in buckets.items():
+                    abd.setdefault(bench, {}).setdefault(label, []).append(cell.get("accuracy"))
+        agg["accuracy_by_difficulty"] = {b: {lab: aggregate_values(v) for lab, v in per.items()}
+                                         for b, per in abd.items()}
+        out[m] = agg
+    return out
+
+
+# =============================================================================================
+# Reading a run
+# =============================================================================================
+
+
+def _rel(run: RunDir, path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(run.root.resolve()))
+    except ValueError:
+        return Path(path).name
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return read_jsonl(path, None, tolerate_torn_tail=True)
+
+
+def training_cots(run: RunDir, method: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """A method's training CoTs as (question, response) pairs, and the files they came from.
+
+    Looked up in order: ``data/sft_<method>.jsonl``; ``data/sft_<method>_*.jsonl``; then the
+    method's model folder: ``stage1_examples.jsonl`` (EDIT stage 1), ``round_*/train.jsonl``
+    (Tailored Learning rounds), ``pairs.jsonl`` (EDIT dual pairs: the correct CoT). ``base`` has none.
+    """
+    if method == "base":
+        return [], []
+    candidates = [[run.data(f"sft_{method}.jsonl")],
+                  sorted(p for p in run.path("data").glob(f"sft_{method}_*.jsonl") if ".partial." not in p.name)]
+    mdir = run.model(method)
+    candidates += [[mdir / "stage1_examples.jsonl"], sorted(mdir.glob("round_*/train.jsonl")), [mdir / "pairs.jsonl"]]
+    for group in candidates:
+        files = [p for p in group if p.is_file()]
+        if not files:
+            continue
+        pairs = []
+        for path in files:
+            for row in _read_rows(path):
+                text = row.get("response", row.get("chosen"))
+                if isinstance(text, str):
+                    pairs.append((str(row.get("question", "")), text))
+        return pairs, [_rel(run, p) for p in files]
+    return [], []
+
+
+def loss_segments(run: RunDir, method: str) -> list[list[dict]]:
+    """A method's training loss histories, one per training stage.
+
+    ``models/<method>/loss_history.json`` when present; otherwise the stage histories
+    ``models/<method>/stage*/loss_history.json`` and ``round_*/loss_history.json`` in name order.
+    """
+    mdir = run.model(method)
+    top = mdir / "loss_history.json"
+    files = [top] if top.is_file() else sorted(list(mdir.glob("stage*/loss_history.json"))
+                                                + list(mdir.glob("round_*/loss_history.json")))
+    segments = []
+    for f in files:
+        try:
+            hist = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(hist, list) and hist:
+            segments.append(hist)
+    return segments
+
+
+def concat_segments(segments: Sequence[Sequence[dict]]) -> list[dict]:
+    """One history from stage histories, steps offset so that stages follow each other."""
+    out, offset = [], 0
+    for seg in segments:
+        rows = [h for h in seg if isinstance(h, dict) and "loss" in h]
+        steps = [h.get("step") or i + 1 for i, h in enumerate(rows)]
+        for h, s in zip(rows, steps):
+            out.append({**h, "step": s + offset, "stage_step": s})
+        offset += max(steps, default=0)
+    return out
+
+
+def load_eval_samples(run: RunDir, method: str) -> dict:
+    """{benchmark: [EvalSample, ...]} from ``eval/<method>/<benchmark>.jsonl``."""
+    d = run.eval_dir() / method
+    if not d.is_dir():
+        return {}
+    return {p.stem: read_jsonl(p, EvalSample) for p in sorted(d.glob("*.jsonl")) if ".partial." not in p.name}
+
+
+def _config(run: RunDir) -> dict:
+    path = run.path("config.json")
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def is_toy_run(run: RunDir) -> bool:
+    """A toy-domain run: the toy student, or training/benchmark problems whose source is ``toy``."""
+    cfg = _config(run)
+    if (cfg.get("student") or {}).get("model") == "toy" or (cfg.get("data") or {}).get("train_source") == "toy":
+        return True
+    for path in [run.data("train_problems.jsonl"), *sorted(run.path("data", "benchmarks").glob("*.jsonl"))]:
+        if path.is_file():
+            rows = _read_rows(path)
+            if rows:
+                return all(r.get("source") == "toy" for r in rows[:20])
+    return False
+
+
+def _stable_order(pid: str) -> str:
+    return hashlib.sha256(pid.encode()).hexdigest()
+
+
+def student_scorer(run: RunDir, batch_size: int = 16, device: str = "auto") -> Scorer:
+    """The default ``scorer``: mean token NLL under the run's base student (loaded once, on first use),
+    with the run's prompt template and system prompt (``config.json``'s ``student`` section)."""
+    cfg = (_config(run).get("student") or {})
+    template = cfg.get("prompt_template") or "{question}"
+    system = cfg.get("system_prompt") or None
+    state: dict = {}
+
+    def score(questions: Sequence[str], completions: Sequence[str]) -> list[float]:
+        from .generation import completion_nll, resolve_device, resolve_dtype
+
+        if "model" not in state:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            path = run.student_model()
+            dev = resolve_device(device)
+            state["model"] = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype("auto", dev)).to(dev)
+            state["tokenizer"] = AutoTokenizer.from_pretrained(path)
+        return completion_nll(state["model"], state["tokenizer"], list(questions), list(completions),
+                              prompt_template=template, system=system, batch_size=batch_size)
+
+    return score
+
+
+def student_tokenizer(run: RunDir):
+    """The base student's tokenizer, or None (whitespace words) when it cannot be loaded."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(run.student_model())
+    except Exception as exc:  # offline without a cached hub tokenizer, a broken student folder ...
+        print(f"[analysis] student tokenizer unavailable ({type(exc).__name__}: {exc}); counting words instead")
+        return None
+
+
+# =============================================================================================
+# One run
+# =============================================================================================
+
+
+@dataclass
+class AnalysisConfig:
+    """Parameters of the analysis stage (named, so a notebook can show and change them)."""
+
+    max_cots: Optional[int] = 512  # training CoTs scored per method for cot_perplexity (None: all)
+    batch_size: int = 16  # completion_nll batch size
+    buckets: list = field(default_factory=lambda: [list(b) for b in DEFAULT_BUCKETS])
+    step_consistency: str = "auto"  # auto (toy runs only) | on | off
+    consistency_kinds: list = field(default_factory=lambda: list(CONSISTENCY_KINDS))
+    margin_points: float = CLAIM_MARGIN_POINTS  # the headline claim's margin, in points
+
+
+def analyse_methods(
+    run: RunDir,
+    cfg: AnalysisConfig,
+    scorer: Optional[Scorer] = None,
+    tokenizer: Any = "auto",
+    methods: Optional[Sequence[str]] = None,
+) -> tuple[dict, dict, dict]:
+    """Per-method analysis of one run: (methods dict, difficulty dict, raw data for the figures).
+
+    ``scorer``: see ``Scorer``; None loads the base student (``student_scorer``); ``False`` skips
+    cot_perplexity. ``tokenizer``: "auto" loads the student's, None counts whitespace words.
+    """
+    metrics = json.loads(run.path("metrics.json").read_text(encoding="utf-8"))
+    methods = list(methods or metrics)
+    buckets = [tuple(b) for b in cfg.buckets]
+    consistency = cfg.step_consistency == "on" or (cfg.step_consistency == "auto" and is_toy_run(run))
+    kinds = tuple(cfg.consistency_kinds)
+    if tokenizer == "auto":
+        tokenizer = student_tokenizer(run)
+    default_scorer = scorer is None
+    if default_scorer:
+        scorer = student_scorer(run, batch_size=cfg.batch_size)
+
+    evals = {m: load_eval_samples(run, m) for m in methods}
+    base = evals.get("base") or {}
+    difficulty_maps = {b: difficulty_from_samples(s) for b, s in base.items()}
+    difficulty = {
+        "source": "eval/base (sampled pass rate per benchmark problem)" if base else None,
+        "buckets": [list(b) for b in buckets],
+        "counts": {b: {label: sum(bucket_of(p, buckets) == label for p in dmap.values()) for label, _, _ in buckets}
+                   for b, dmap in difficulty_maps.items()},
+    }
+    pooled_difficulty = {f"{b}/{pid}": p for b, dmap in difficulty_maps.items() for pid, p in dmap.items()}
+    if difficulty_maps:
+        difficulty["counts"]["all"] = {label: sum(bucket_of(p, buckets) == label for p in pooled_difficulty.values())
+                                       for label, _, _ in buckets}
+
+    out, raw = {}, {"cot_lengths": {}, "response_lengths": {}, "loss": {}}
+    for m in methods:
+        row: dict = {}
+        # training CoTs
+        cots, files = training_cots(run, m)
+        row["training_set"] = files or None
+        row["n_training_cots"] = len(cots) if files else None
+        if cots:
+            lengths = token_lengths([c for _, c in cots], tokenizer)
+            raw["cot_lengths"][m] = lengths
+            stats = length_stats(lengths)
+            row["cot_tokens_mean"] = stats["mean"]
+            row["cot_tokens"] = stats
+            chosen = cots
+            if cfg.max_cots is not None and len(cots) > cfg.max_cots:
+                order = sorted(range(len(cots)), key=lambda i: (_stable_order(cots[i][0]), i))
+                chosen = [cots[i] for i in sorted(order[: cfg.max_cots])]
+            nlls = None
+            if scorer is not False:
+                try:
+                    nlls = list(scorer([q for q, _ in chosen], [c for _, c in chosen]))
+                except Exception as exc:  # the default student cannot be loaded (offline hub id ...)
+                    if not default_scorer:
+                        raise
+                    row["cot_perplexity_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                    print(f"[analysis] {m}: no cot_perplexity ({row['cot_perplexity_error']})")
+            if nlls is not None:
+                finite = [x for x in nlls if x is not None and math.isfinite(x)]
+                row["cot_nll_mean"] = sum(finite) / len(finite) if finite else None
+                row["cot_perplexity"] = cot_perplexity(finite)
+                row["cot_perplexity_n"] = len(finite)
+            else:
+                row["cot_nll_mean"] = row["cot_perplexity"] = row["cot_perplexity_n"] = None
+        else:
+            row.update(cot_tokens_mean=None, cot_tokens=None, cot_nll_mean=None, cot_perplexity=None,
+                       cot_perplexity_n=None)
+        # evaluation outputs
+        per_bench = evals.get(m) or {}
+        all_samples = [s for ss in per_bench.values() for s in ss]
+        if all_samples:
+            lengths = [s.n_tokens for s in all_samples]
+            raw["response_lengths"][m] = lengths
+            row["response_tokens"] = length_stats(lengths)
+            row["response_tokens_mean"] = row["response_tokens"]["mean"]
+            row["response_tokens_by_benchmark"] = {b: mean(s.n_tokens for s in ss) for b, ss in per_bench.items() if ss}
+            correct = [s.n_tokens for s in all_samples if s.correct]
+            row["response_tokens_mean_correct"] = mean(correct) if correct else None
+        else:
+            row.update(response_tokens=None, response_tokens_mean=None, response_tokens_by_benchmark=None,
+                       response_tokens_mean_correct=None)
+        # training loss
+        segments = loss_segments(run, m) if m != "base" else []
+        raw["loss"][m] = segments
+        losses = [x for seg in segments for x in _losses(seg)]
+        row["loss_delta_std"] = loss_delta_std(segments) if segments else None
+        row["n_loss_points"] = len(losses) if segments else None
+        row["loss_first"] = losses[0] if losses else None
+        row["loss_last"] = losses[-1] if losses else None
+        # accuracy by difficulty
+        if difficulty_maps and per_bench:
+            abd = {b: accuracy_by_difficulty(ss, difficulty_maps[b], buckets) for b, ss in per_bench.items()
+                   if b in difficulty_maps}
+            abd["all"] = accuracy_by_difficulty(all_samples, pooled_difficulty, buckets, key=_bench_pid)
+            row["accuracy_by_difficulty"] = abd
+        else:
+            row["accuracy_by_difficulty"] = None
+        # step-level consistency
+        if consistency:
+            row["step_consistency"] = {
+                "training": consistency_summary((c for _, c in cots), kinds) if cots else None,
+                "evaluation": consistency_summary((s.response for s in all_samples), kinds) if all_samples else None,
+            }
+        else:
+            row["step_consistency"] = None
+        out[m] = row
+    return out, difficulty, raw
+
+
+# =============================================================================================
+# Claims
+# =============================================================================================
+
+
+def _fmt_cell(cell: Optional[dict], scale: float = 1.0, digits: int = 1) -> str:
+    if not cell:
+        return "–"
+    text = f"{scale * cell['mean']:.{digits}f}"
+    if cell.get("n", 1) > 1:
+        text += f" ± {scale * cell['std']:.{digits}f}"
+    return text
+
+
+def _verdict(outcomes: Sequence[int]) -> str:
+    favour = sum(o > 0 for o in outcomes)
+    against = sum(o < 0 for o in outcomes)
+    if not outcomes:
+        return "cannot be assessed"
+    if favour and not against:
+        return "supported"
+    if not favour:
+        return "not supported"
+    return "mixed"
+
+
+def _compare(orion: Optional[float], other: Optional[float], lower_is_better: bool, tol: float = 1e-12) -> Optional[int]:
+    if orion is None or other is None:
+        return None
+    if abs(orion - other) <= tol:
+        return 0
+    better = orion < other if lower_is_better else orion > other
+    return 1 if better else -1
+
+
+def assess_claims(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MARGIN_POINTS, toy: bool = False,
+                  n_seeds: int = 1) -> list[dict]:
+    """One entry per paper claim: {"id", "claim", "verdict", "text", "numbers"}.
+
+    ``agg_metrics``: ``aggregate_metrics`` output; ``agg_methods``: per-method scalars aggregated over
+    seeds (``{"mean","std","n"}`` cells). Comparisons use seed means. Verdicts: "supported" (every
+    comparison favours ORION), "not supported" (none does), "mixed", or "cannot be assessed".
+    """
+    claims = []
+    seeds_note = f" Numbers are means over {n_seeds} seeds (± sample std)." if n_seeds > 1 else ""
+    toy_note = (" Toy run: a rule-based reflector stands in for the student's own reflection, and the student is "
+                "a tiny model, so this is a check of the pipeline, not of the paper.") if toy else ""
+    has_orion = "orion" in agg_metrics or "orion" in agg_methods
+    baselines = [m for m in agg_metrics if m != "orion"]
+    trained = [m for m in agg_methods if m not in ("orion", "base")]
+
+    # (1) headline: ORION beats every baseline by more than `margin` points, per benchmark
+    numbers, outcomes, parts = {}, [], []
+    if has_orion and baselines:
+        for bench in sorted({b for per in agg_metrics.values() for b in per}):
+            o = (agg_metrics.get("orion", {}).get(bench) or {}).get("pass@1")
+            others = {m: (agg_metrics[m].get(bench) or {}).get("pass@1") for m in baselines}
+            others = {m: c for m, c in others.items() if c}
+            if not o or not others:
+                continue
+            best = max(others, key=lambda m: others[m]["mean"])
+            diff = 100 * (o["mean"] - others[best]["mean"])
+            outcomes.append(1 if diff > margin else -1)
+            numbers[bench] = {"orion": 100 * o["mean"], "best_baseline": best, "best": 100 * others[best]["mean"],
+                              "margin_points": diff}
+            parts.append(f"{bench}: ORION {_fmt_cell(o, 100)} vs best baseline {best} {_fmt_cell(others[best], 100)} "
+                         f"({diff:+.1f} points)")
+    verdict = _verdict(outcomes)
+    text = (f"**{verdict.capitalize()} by this run.** pass@1 (%), ORION against the strongest of "
+            f"{', '.join(baselines) or 'no baseline'} per benchmark (needs > {margin:g} points on each): "
+            + ("; ".join(parts) if parts else "no comparable numbers") + "." + seeds_note + toy_note)
+    claims.append({"id": "headline", "claim": f"ORION beats every baseline by more than {margin:g} points",
+                   "verdict": verdict, "text": text, "numbers": numbers})
+
+    def scalar(method: str, key: str) -> Optional[dict]:
+        return (agg_methods.get(method) or {}).get(key)
+
+    def compare_block(key: str, lower: bool, label: str, fmt_scale: float = 1.0, digits: int = 2,
+                      against: Sequence[str] = ()) -> tuple[list, list, dict]:
+        o = scalar("orion", key)
+        outs, texts, nums = [], [], {}
+        if not o:
+            return outs, texts, nums
+        nums["orion"] = o["mean"]
+        for m in against:
+            c = scalar(m, key)
+            r = _compare(o["mean"], c["mean"] if c else None, lower)
+            if r is None:
+                continue
+            outs.append(r)
+            nums[m] = c["mean"]
+            texts.append(f"{m} {_fmt_cell(c, fmt_scale, digits)}")
+        if texts:
+            head = f"{label}: ORION {_fmt_cell(o, fmt_scale, digits)} vs " + ", ".join(texts)
+            texts = [head + (" (lower is better)" if lower else " (higher is better)")]
+        return outs, texts, nums
+
+    # (2) coherence / consistency
+    with_cots = [m for m in trained if scalar(m, "cot_perplexity")]
+    o1, t1, n1 = compare_block("cot_perplexity", True, "base-student perplexity of the training CoTs", against=with_cots)
+    o2, t2, n2 = compare_block("step_consistency_training", False, "step consistency of the training CoTs (%)", 100, 1,
+                               against=trained)
+    o3, t3, n3 = compare_block("step_consistency_evaluation", False, "step consistency of the evaluation outputs (%)",
+                               100, 1, against=trained)
+    verdict = _verdict(o1 + o2 + o3)
+    base_note = ""
+    if scalar("base", "step_consistency_evaluation"):
+        base_note = f" For reference, base's outputs: {_fmt_cell(scalar('base', 'step_consistency_evaluation'), 100)}%."
+    text = (f"**{verdict.capitalize()} by this run.** " + ("; ".join(t1 + t2 + t3) or "no comparable numbers")
+            + "." + base_note + (" Ties count for neither side." if 0 in o1 + o2 + o3 else "")
+            + (" Step consistency is measured on the toy domain's written computations only; reflection lines are "
+               "excluded because they quote the wrong computation on purpose." if (t2 or t3) else "")
+            + seeds_note)
+    claims.append({"id": "coherence", "claim": "ORION's CoTs are more coherent and logically consistent",
+                   "verdict": verdict, "text": text,
+                   "numbers": {"cot_perplexity": n1, "step_consistency_training": n2, "step_consistency_evaluation": n3}})
+
+    # (3) stability
+    o, t, n = compare_block("loss_delta_std", True, "std of successive training-loss differences", digits=4,
+                            against=trained)
+    verdict = _verdict(o)
+    text = (f"**{verdict.capitalize()} by this run.** " + ("; ".join(t) or "no comparable numbers") + "."
+            + " The methods train on different texts, so their loss scales differ; read this as a rough indicator."
+            + seeds_note)
+    claims.append({"id": "stability", "claim": "Training on ORION's CoTs is more stable", "verdict": verdict,
+                   "text": text, "numbers": {"loss_delta_std": n}})
+
+    # (4) verbosity
+    o, t, n = compare_block("response_tokens_mean", True, "mean tokens per evaluation output", digits=1,
+                            against=trained)
+    verdict = _verdict(o)
+    base_note = ""
+    if scalar("base", "response_tokens_mean"):
+        base_note = f" For reference, base: {_fmt_cell(scalar('base', 'response_tokens_mean'))} tokens."
+    text = (f"**{verdict.capitalize()} by this run.** " + ("; ".join(t) or "no comparable numbers") + "."
+            + base_note + seeds_note)
+    claims.append({"id": "verbosity", "claim": "ORION's outputs are less verbose", "verdict": verdict,
+                   "text": text, "numbers": {"response_tokens_mean": n}})
+    return claims
+
+
+# =============================================================================================
+# Figures
+# =============================================================================================
+
+
+def write_figures(run: RunDir, agg_metrics: dict, agg_methods: dict, raws: Sequence[dict],
+                  buckets: Sequence[Bucket] = DEFAULT_BUCKETS, difficulty_counts: Optional[dict] = None) -> dict:
+    """All analysis figures in ``figures/``; returns {name: path relative to the run}."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    figs = run.figures()
+    made = {}
+
+    def keep(name: str, fig) -> None:
+        plt.close(fig)
+        made[name] = f"figures/{name}.png"
+
+    keep("accuracy_pass1", plots.accuracy_bars(_means(agg_metrics), "pass@1", figs / "accuracy_pass1.png",
+                                               errors=_stds(agg_metrics)))
+    if any("greedy" in per for benches in agg_metrics.values() for per in benches.values()):
+        keep("accuracy_greedy", plots.accuracy_bars(_means(agg_metrics), "greedy", figs / "accuracy_greedy.png",
+                                                    errors=_stds(agg_metrics)))
+    per_seed_loss = [{m: concat_segments(segs) for m, segs in r["loss"].items() if segs} for r in raws]
+    if any(per_seed_loss):
+        keep("loss_curves", plots.loss_curves(per_seed_loss[0], figs / "loss_curves.png",
+                                              extra_seeds=per_seed_loss[1:]))
+    cot = _pool([r["cot_lengths"] for r in raws])
+    resp = _pool([r["response_lengths"] for r in raws])
+    if cot or resp:
+        keep("cot_lengths", plots.length_distributions(cot, resp, figs / "cot_lengths.png", n_seeds=len(raws)))
+    panels: dict = {}
+    for m, a in agg_methods.items():
+        for bench, cells in (a.get("accuracy_by_difficulty") or {}).items():
+            panels.setdefault(bench, {})[m] = cells
+    if panels:
+        order = sorted(b for b in panels if b != "all") + (["all"] if "all" in panels else [])
+        keep("accuracy_by_difficulty", plots.difficulty_bars({b: panels[b] for b in order}, [b[0] for b in buckets],
+                                                             figs / "accuracy_by_difficulty.png",
+                                                             counts=difficulty_counts))
+    ppl = {m: a["cot_perplexity"] for m, a in agg_methods.items() if a.get("cot_perplexity")}
+    if ppl:
+        keep("perplexity", plots.metric_bars(ppl, "perplexity (lower = more tailored)",
+                                             "Base student's perplexity of each method's training CoTs",
+                                             figs / "perplexity.png"))
+    cons = {m: {"training CoTs": a.get("step_consistency_training"), "evaluation outputs": a.get("step_consistency_evaluation")}
+            for m, a in agg_methods.items()
+            if a.get("step_consistency_training") or a.get("step_consistency_evaluation")}
+    if cons:
+        keep("step_consistency", plots.grouped_metric_bars(cons, "steps with right arithmetic (%)",
+                                                           "Step-level consistency", figs / "step_consistency.png",
+                                                           scale=100))
+    if run.data("pass_rates.json").exists():
+        rates = json.loads(run.data("pass_rates.json").read_text(encoding="utf-8"))
+        if rates:
+            keep("pass_rates", plots.pass_rate_histogram(rates, figs / "pass_rates.png"))
+    return made
+
+
+def _means(agg: dict) -> dict:
+    return {m: {b: {k: c["mean"] for k, c in per.items() if c} for b, per in benches.items()} for m, benches in agg.items()}
+
+
+def _stds(agg: dict) -> dict:
+    return {m: {b: {k: c["std"] for k, c in per.items() if c and c["n"] > 1} for b, per in benches.items()}
+            for m, benches in agg.items()}
+
+
+def _pool(dicts: Sequence[dict]) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out.setdefault(k, []).extend(v)
+    return out
+
+
+# =============================================================================================
+# The stage
+# =============================================================================================
+
+
+def analyse_run(
+    run: Union[RunDir, PathLike],
+    seeds_run_dirs: Optional[Sequence[Union[RunDir, PathLike]]] = None,
+    cfg: Optional[AnalysisConfig] = None,
+    *,
+    scorer: Optional[Scorer] = None,
+    tokenizer: Any = "auto",
+    force: bool = False,
+) -> dict:
+    """Analyse a finished run: writes ``analysis.json``, the figures and ``report.md``; returns the analysis.
+
+    ``seeds_run_dirs``: run directories of the other seeds of the same profile (complete runs with
+    ``metrics.json``), or None. The run's own numbers are in ``analysis["methods"]``; the results
+    table, the claims and the figures use all seeds (mean ± std, error bars).
+    ``scorer``: ``scorer(questions, completions) -> mean token NLLs`` under the base student, used
+    for every seed (None: each run's own base student, loaded once; ``False``: no perplexity).
+    ``tokenizer``: for token counts ("auto": the student's; None: whitespace words).
+
+    A stage in the manifest (``analysis``): skipped when ``metrics.json``, the eval outputs, the
+    training sets and loss logs and the parameters are unchanged (``force=True`` redoes it).
+
+    ``analysis.json``::
+
+        {"run", "generated_at", "definitions", "config",
+         "methods": {method: {"cot_perplexity", "cot_tokens_mean", "response_tokens_mean",
+                              "loss_delta_std", "accuracy_by_difficulty": {bench|"all": {bucket: {...}}},
+                              "step_consistency": {"training": {...}, "evaluation": {...}} | null, ...}},
+         "difficulty": {"source", "buckets", "counts"},
+         "metrics": {method: {bench: {metric: {"mean", "std", "n"}}}},
+         "seeds": {"n", "runs", "methods": {method: {key: {"mean", "std", "n"}}}, "per_seed": [...]},
+         "claims": [{"id", "claim", "verdict", "text", "numbers"}], "figures": {name: path}}
+    """
+    from .report import write_report
+
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    cfg = cfg or AnalysisConfig()
+    others = [r if isinstance(r, RunDir) else RunDir(r) for r in (seeds_run_dirs or [])]
+    run.require(run.path("metrics.json"), stage_hint="07_evaluation")
+    for o in others:
+        o.require(o.path("metrics.json"), stage_hint="07_evaluation (of that seed)")
+    out_json, out_report = run.path("analysis.json"), run.path("report.md")
+
+    def inputs_of(r: RunDir) -> list[Path]:
+        paths = [r.path("metrics.json")]
+        metrics = json.loads(r.path("metrics.json").read_text(encoding="utf-8"))
+        for m in metrics:
+            if (r.eval_dir() / m).is_dir():
+                paths.append(r.eval_dir() / m)
+            _, files = training_cots(r, m)
+            paths += [r.path(f) for f in files]
+            mdir = r.model(m)
+            paths += sorted(p for p in mdir.glob("**/loss_history.json")) if mdir.is_dir() else []
+        return paths
+
+    inputs = [p for r in [run, *others] for p in inputs_of(r)]
+    params = {"analysis": asdict(cfg), "version": ANALYSIS_VERSION, "seeds": [o.root.name for o in others],
+              "scorer": "student" if scorer is None else ("none" if scorer is False else getattr(scorer, "__name__", "custom")),
+              "tokenizer": tokenizer if isinstance(tokenizer, str) or tokenizer is None else type(tokenizer).__name__}
+    result: dict = {}
+
+    def work() -> dict:
+        per_seed, raws, metrics_list = [], [], []
+        difficulty = None
+        for r in [run, *others]:
+            methods, diff, raw = analyse_methods(r, cfg, scorer=scorer, tokenizer=tokenizer)
+            per_seed.append(methods)
+            raws.append(raw)
+            metrics_list.append(json.loads(r.path("metrics.json").read_text(encoding="utf-8")))
+            difficulty = difficulty or diff
+        agg_metrics = aggregate_metrics(metrics_list)
+        agg_methods = _aggregate_method_scalars(per_seed)
+        toy = is_toy_run(run)
+        analysis = {
+            "version": ANALYSIS_VERSION,
+            "run": run.root.name,
+            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "definitions": DEFINITIONS,
+            "config": asdict(cfg),
+            "toy": toy,
+            "methods": per_seed[0],
+            "difficulty": difficulty,
+            "metrics": agg_metrics,
+            "seeds": {"n": len(per_seed), "runs": [r.root.name for r in [run, *others]], "methods": agg_methods,
+                      "per_seed": [{"run": r.root.name, "methods": s} for r, s in zip([run, *others], per_seed)]},
+            "claims": assess_claims(agg_metrics, agg_methods, cfg.margin_points, toy=toy, n_seeds=len(per_seed)),
+        }
+        analysis["figures"] = write_figures(run, agg_metrics, agg_methods, raws, [tuple(b) for b in cfg.buckets],
+                                            (difficulty or {}).get("counts"))
+        write_json(out_json, analysis)
+        write_report(run, analysis=analysis)
+        result.update(analysis)
+        return {"n_seeds": len(per_seed)}
+
+    run.run_stage("analysis", params, inputs, [out_json, out_report], work, force=force, stage_hint="07_evaluation")
+    if not result:
+        result.update(json.loads(out_json.read_text(encoding="utf-8")))
+    return result

@@ -1,0 +1,409 @@
+"""Teacher prompts, and ``PromptedTeacher``: every prompt-driven teacher built on one batched call.
+
+The prompts are ours (the papers publish their ideas, not always their exact wording); each is a
+named template that a notebook can show and override:
+
+- ``COLLECT_TEMPLATE``: the question plus "Please reason step by step, and put your final answer
+  within \\boxed{}." (the same text the student sees, ``chat.DEFAULT_PROMPT_TEMPLATE``).
+- ``RECTIFY_TEMPLATE``: EDIT's answer-hint prompt (D- -> D-+). The teacher is given the correct
+  final answer and its own earlier wrong solution and reasons again to the correct answer, keeping
+  what was right and changing the step that was wrong, so the dual pair differs at its key steps.
+- ``CORRUPT_TEMPLATE``: EDIT's contrastive prompt (D+ -> D+-). A few right/wrong demonstration
+  pairs, then the teacher's correct solution; the teacher writes the most likely wrong rationale
+  and answer, kept as close to the correct one as possible apart from the key mistake.
+- ``TAILOR_TEMPLATE``: Tailored Learning's feedback prompt: the question and the student's wrong
+  rationales; the teacher writes a correct rationale that addresses those mistakes.
+
+``PromptedTeacher`` implements ``collect``/``rectify``/``corrupt``/``tailor`` (and batched
+``*_many`` forms) on top of one abstract ``_complete(requests)``; ``APITeacher`` implements it with
+an OpenAI-compatible server, and a local (vLLM/transformers) teacher can implement it with a
+model in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence
+
+from ..chat import DEFAULT_PROMPT_TEMPLATE, build_messages
+from ..records import Problem, TeacherTrace
+from .base import make_trace
+
+COLLECT_TEMPLATE = DEFAULT_PROMPT_TEMPLATE
+
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+_BOXED = BOXED_INSTRUCTION.replace("{", "{{").replace("}", "}}")  # inside str.format templates
+
+RECTIFY_TEMPLATE = (
+    """\
+Question:
+{question}
+
+The correct final answer to this question is: {answer}
+
+An earlier solution reached a wrong answer:
+<earlier_solution>
+{wrong_solution}
+</earlier_solution>
+
+Solve the question again and reach the correct final answer {answer}. Keep every part of the \
+earlier reasoning that was right, and at the step where it went wrong, do that step correctly. \
+Write a complete, self-contained solution: do not mention that an answer or an earlier solution \
+was given to you.
+"""
+    + _BOXED
+)
+
+RECTIFY_TEMPLATE_NO_WRONG = (
+    """\
+Question:
+{question}
+
+The correct final answer to this question is: {answer}
+
+Solve the question and reach the correct final answer {answer}. Write a complete, self-contained \
+solution: do not mention that the answer was given to you.
+"""
+    + _BOXED
+)
+
+CORRUPT_TEMPLATE = """\
+You help build contrastive training data for a student model. For a question and its correct \
+solution, write the most likely WRONG solution: the one a capable but careless student would \
+most plausibly write. Keep it as close to the correct solution as possible, word for word where \
+you can, and introduce exactly one key mistake (a misread quantity, a wrong operation, an \
+arithmetic slip, a missed case) that leads to a wrong final answer. Do not point out or \
+correct the mistake. End with the wrong final answer within \\boxed{{}}.
+
+{demonstrations}Question:
+{question}
+
+Correct solution:
+{correct_solution}
+
+Most likely wrong solution:"""
+
+DEMONSTRATION_TEMPLATE = """\
+Question:
+{question}
+
+Correct solution:
+{correct}
+
+Most likely wrong solution:
+{wrong}
+
+"""
+
+DEFAULT_CONTRASTIVE_DEMOS: tuple[dict, ...] = (
+    {
+        "question": "A shop sells pencils at 3 for $1. How much do 18 pencils cost?",
+        "correct": "18 pencils are 18 / 3 = 6 groups of 3 pencils. Each group costs $1, so the "
+        "total is 6 * 1 = 6 dollars. The answer is \\boxed{6}.",
+        "wrong": "18 pencils are 18 * 3 = 54 groups of 3 pencils. Each group costs $1, so the "
+        "total is 54 * 1 = 54 dollars. The answer is \\boxed{54}.",
+    },
+    {
+        "question": "Tom has 12 apples. He gives a quarter of them to Ann and then buys 5 more. "
+        "How many apples does Tom have now?",
+        "correct": "A quarter of 12 is 12 / 4 = 3, so after giving them away Tom has 12 - 3 = 9. "
+        "He buys 5 more: 9 + 5 = 14. The answer is \\boxed{14}.",
+        "wrong": "A quarter of 12 is 12 / 4 = 3, so Tom has 3 left. He buys 5 more: 3 + 5 = 8. "
+        "The answer is \\boxed{8}.",
+    },
+)
+
+TAILOR_TEMPLATE = (
+    """\
+A student tried to answer the question below and got it wrong. Here are the student's attempts:
+
+{attempts}
+Question:
+{question}
+
+First work out where and why the student's reasoning went wrong. Then write a correct, \
+complete, step-by-step solution tailored to this student: follow the reasoning the student can \
+follow, and at the step where the student went wrong, explain briefly why that step is a \
+mistake and do it correctly.
+"""
+    + _BOXED
+)
+
+ATTEMPT_TEMPLATE = """\
+<attempt {index}>
+{attempt}
+</attempt {index}>
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# prompt builders (plain chat messages; any backend can render them with its own chat template)
+
+
+def collect_messages(
+    problem: Problem, template: str = COLLECT_TEMPLATE, system: Optional[str] = None
+) -> list[dict]:
+    """The collection prompt: the question and the step-by-step/\\boxed{} instruction."""
+    return build_messages(problem.question, template, system)
+
+
+def _user(content: str, system: Optional[str]) -> list[dict]:
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def rectify_messages(
+    problem: Problem,
+    wrong: Optional[TeacherTrace],
+    template: str = RECTIFY_TEMPLATE,
+    include_wrong: bool = True,
+    include_wrong_thinking: bool = False,
+    system: Optional[str] = None,
+) -> list[dict]:
+    """EDIT's answer-hint prompt. The wrong trace's solution (not its long thinking, unless asked:
+    it can be tens of thousands of tokens) is shown so the rectified CoT stays close to it."""
+    if not include_wrong or wrong is None:
+        return _user(
+            RECTIFY_TEMPLATE_NO_WRONG.format(question=problem.question, answer=problem.answer), system
+        )
+    shown = wrong.solution.strip()
+    if include_wrong_thinking and wrong.thinking.strip():
+        shown = f"{wrong.thinking.strip()}\n\n{shown}"
+    return _user(
+        template.format(question=problem.question, answer=problem.answer, wrong_solution=shown), system
+    )
+
+
+def format_demonstrations(demos: Sequence[dict]) -> str:
+    return "".join(
+        DEMONSTRATION_TEMPLATE.format(question=d["question"], correct=d["correct"], wrong=d["wrong"])
+        for d in demos
+    )
+
+
+def corrupt_messages(
+    problem: Problem,
+    correct: TeacherTrace,
+    demos: Sequence[dict] = DEFAULT_CONTRASTIVE_DEMOS,
+    template: str = CORRUPT_TEMPLATE,
+    system: Optional[str] = None,
+) -> list[dict]:
+    """EDIT's contrastive prompt: right/wrong demonstrations, then the correct solution to corrupt."""
+    return _user(
+        template.format(
+            demonstrations=format_demonstrations(demos),
+            question=problem.question,
+            correct_solution=correct.solution.strip(),
+        ),
+        system,
+    )
+
+
+def tailor_messages(
+    problem: Problem,
+    wrong_attempts: Sequence[str],
+    template: str = TAILOR_TEMPLATE,
+    max_attempts: int = 4,
+    system: Optional[str] = None,
+) -> list[dict]:
+    """Tailored Learning's feedback prompt: the student's (unique) wrong rationales and the question."""
+    unique: list[str] = []
+    for attempt in wrong_attempts:
+        text = attempt.strip()
+        if text and text not in unique:
+            unique.append(text)
+    attempts = "".join(
+        ATTEMPT_TEMPLATE.format(index=i + 1, attempt=a) for i, a in enumerate(unique[:max_attempts])
+    )
+    return _user(template.format(attempts=attempts, question=problem.question), system)
+
+
+# ---------------------------------------------------------------------------------------------
+# PromptedTeacher
+
+
+@dataclass
+class CompletionRequest:
+    """One chat request; ``sample_index`` makes the n samples of one prompt distinct requests."""
+
+    messages: list[dict]
+    sample_index: int = 0
+    kind: str = "collect"  # collect | rectify | corrupt | tailor
+    problem_id: str = ""
+
+
+@dataclass
+class Completion:
+    """A teacher's reply, split into its thinking and its final solution."""
+
+    thinking: str
+    solution: str
+    usage: dict = field(default_factory=dict)
+    finish_reason: Optional[str] = None
+    meta: dict = field(default_factory=dict)
+
+
+class TeacherRequestFailed(RuntimeError):
+    """A single rectify/corrupt/tailor request failed after every retry (it will be retried next time)."""
+
+
+class PromptedTeacher:
+    """Teacher built on one batched completion call.
+
+    Subclasses implement ``_complete(requests)`` returning one ``Completion`` per request, in order,
+    or ``None`` where a request failed (the subclass reports and records why). Everything else —
+    the prompts, n samples per problem, grading, the order of the returned traces — lives here, so
+    the API teacher and a local-model teacher behave the same.
+    """
+
+    name: str = "prompted"
+    prompt_template: str = COLLECT_TEMPLATE
+    system_prompt: Optional[str] = None
+    contrastive_demos: Sequence[dict] = DEFAULT_CONTRASTIVE_DEMOS
+    rectify_include_wrong: bool = True
+
+    def _complete(self, requests: Sequence[CompletionRequest]) -> list[Optional[Completion]]:
+        """One Completion per request, in order; None where a request failed."""
+        raise NotImplementedError
+
+    def _iter_complete(
+        self, requests: Sequence[CompletionRequest]
+    ) -> Iterator[tuple[int, Optional[Completion]]]:
+        """(index, completion) pairs as they become available, in any order, each index once.
+
+        The default waits for ``_complete``; a backend that streams (the API teacher) overrides it
+        so that grading, done here in the caller's thread, overlaps the requests still in flight.
+        """
+        completions = self._complete(list(requests))
+        if len(completions) != len(requests):
+            raise RuntimeError(
+                f"_complete returned {len(completions)} completions for {len(requests)} requests"
+            )
+        yield from enumerate(completions)
+
+    # -- building blocks ---------------------------------------------------------------------
+
+    def _traces(
+        self, problems: Sequence[Problem], requests: Sequence[CompletionRequest], extra_meta: Sequence[dict]
+    ) -> list[Optional[TeacherTrace]]:
+        out: list[Optional[TeacherTrace]] = [None] * len(requests)
+        for i, completion in self._iter_complete(list(requests)):
+            if completion is None:
+                continue
+            request = requests[i]
+            out[i] = make_trace(
+                problems[i],
+                completion.thinking,
+                completion.solution,
+                teacher=self.name,
+                sample_index=request.sample_index,
+                usage=completion.usage,
+                meta={
+                    "kind": request.kind,
+                    "finish_reason": completion.finish_reason,
+                    **completion.meta,
+                    **extra_meta[i],
+                },
+            )
+        return out
+
+    # -- Teacher -------------------------------------------------------------------------------
+
+    def collect(self, problems: Sequence[Problem], n: int = 1) -> list[TeacherTrace]:
+        """n traces per problem (correct or not), problem-major then sample index.
+
+        Requests that failed after every retry are left out (and reported by the subclass); run
+        ``collect`` again to retry them: everything that succeeded comes from the cache.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        pairs = [(p, i) for p in problems for i in range(n)]
+        requests = [
+            CompletionRequest(
+                collect_messages(p, self.prompt_template, self.system_prompt), i, "collect", p.id
+            )
+            for p, i in pairs
+        ]
+        traces = self._traces([p for p, _ in pairs], requests, [{} for _ in pairs])
+        return [t for t in traces if t is not None]
+
+    # -- FeedbackTeacher -----------------------------------------------------------------------
+
+    def rectify_many(
+        self, items: Sequence[tuple[Problem, TeacherTrace]], sample_index: int = 0
+    ) -> list[Optional[TeacherTrace]]:
+        """EDIT's D-+ for many (problem, wrong trace) pairs; ``None`` where the request failed."""
+        requests = [
+            CompletionRequest(
+                rectify_messages(p, w, include_wrong=self.rectify_include_wrong, system=self.system_prompt),
+                sample_index,
+                "rectify",
+                p.id,
+            )
+            for p, w in items
+        ]
+        metas = [{"source_sample_index": w.sample_index} for _, w in items]
+        return self._traces([p for p, _ in items], requests, metas)
+
+    def corrupt_many(
+        self, items: Sequence[tuple[Problem, TeacherTrace]], sample_index: int = 0
+    ) -> list[Optional[TeacherTrace]]:
+        """EDIT's D+- for many (problem, correct trace) pairs; a good corruption grades ``correct=False``."""
+        requests = [
+            CompletionRequest(
+                corrupt_messages(p, c, self.contrastive_demos, system=self.system_prompt),
+                sample_index,
+                "corrupt",
+                p.id,
+            )
+            for p, c in items
+        ]
+        metas = [{"source_sample_index": c.sample_index} for _, c in items]
+        return self._traces([p for p, _ in items], requests, metas)
+
+    def tailor_many(
+        self, items: Sequence[tuple[Problem, Sequence[str]]], n: int = 1
+    ) -> list[list[TeacherTrace]]:
+        """Tailored Learning: n tailored rationales per (problem, wrong attempts); failed ones left out.
+
+        n >= 2 gives the anchor/positive pair that the self-reflection triplet loss needs.
+        """
+        flat = [(p, list(w), i) for p, w in items for i in range(n)]
+        requests = [
+            CompletionRequest(tailor_messages(p, w, system=self.system_prompt), i, "tailor", p.id)
+            for p, w, i in flat
+        ]
+        metas = [{"n_wrong_attempts": len(w)} for _, w, _ in flat]
+        traces = self._traces([p for p, _, _ in flat], requests, metas)
+        out: list[list[TeacherTrace]] = [[] for _ in items]
+        for k, trace in enumerate(traces):
+            if trace is not None:
+                out[k // n].append(trace)
+        return out
+
+    def _one(self, traces: list[Optional[TeacherTrace]], what: str, problem: Problem) -> TeacherTrace:
+        if traces and traces[0] is not None:
+            return traces[0]
+        raise TeacherRequestFailed(
+            f"{what} request for problem {problem.id!r} failed after every retry; it is recorded and "
+            "will be retried on the next call"
+        )
+
+    def rectify(self, problem: Problem, wrong: TeacherTrace, sample_index: int = 0) -> TeacherTrace:
+        return self._one(self.rectify_many([(problem, wrong)], sample_index), "rectify", problem)
+
+    def corrupt(self, problem: Problem, correct: TeacherTrace, sample_index: int = 0) -> TeacherTrace:
+        return self._one(self.corrupt_many([(problem, correct)], sample_index), "corrupt", problem)
+
+    def tailor(self, problem: Problem, wrong_attempts: Sequence[str], sample_index: int = 0) -> TeacherTrace:
+        requests = [
+            CompletionRequest(
+                tailor_messages(problem, list(wrong_attempts), system=self.system_prompt),
+                sample_index,
+                "tailor",
+                problem.id,
+            )
+        ]
+        traces = self._traces([problem], requests, [{"n_wrong_attempts": len(wrong_attempts)}])
+        return self._one(traces, "tailor", problem)
