@@ -761,6 +761,13 @@ def train_edit_stage2(
         raise ValueError("EDIT stage 2 needs at least one dual pair")
     output_dir = Path(output_dir)
     set_seed(cfg.seed)
+    import torch
+
+    from .training import threads_for_model_dir
+
+    threads = threads_for_model_dir(stage1_model_dir) if not torch.cuda.is_available() else 0
+    if threads:  # tiny model on CPU: one thread (see training.threads_for_model_dir); kept for this process
+        torch.set_num_threads(threads)
     model, tokenizer = load_model_and_tokenizer(stage1_model_dir, cfg)
     items = [encode_pair(tokenizer, p, prompt_template, system) for p in pairs]
     annotated = [replace(p, meta={**p.meta, "key_ops": it["key_ops"]}) for p, it in zip(pairs, items)]

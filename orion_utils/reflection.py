@@ -79,8 +79,8 @@ class RuleReflector:
 
         out = []
         for item in items:
-            candidate = rule_reflect(item.problem, item.teacher_cot, item.wrong_attempt)
-            out.append([candidate] if candidate else [])
+            candidates = (rule_reflect(item.problem, item.teacher_cot, item.wrong_attempt, variant=v) for v in range(m))
+            out.append([c for c in candidates if c])
         return out
 
 

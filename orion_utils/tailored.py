@@ -427,6 +427,13 @@ def train_tailored_round(
         raise ValueError("Tailored Learning needs at least one training example in a round")
     output_dir = Path(output_dir)
     set_seed(cfg.seed)
+    import torch
+
+    from .training import threads_for_model_dir
+
+    threads = threads_for_model_dir(init_model_dir) if not torch.cuda.is_available() else 0
+    if threads:  # tiny model on CPU: one thread (see training.threads_for_model_dir); kept for this process
+        torch.set_num_threads(threads)
     model, tokenizer = load_model_and_tokenizer(init_model_dir, cfg)
     items = [encode_triplet_example(tokenizer, ex, prompt_template, system) for ex in examples]
     trainer = make_tailored_trainer_class()(

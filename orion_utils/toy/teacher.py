@@ -1,0 +1,165 @@
+"""The toy domain's programmatic R1-style teacher: long CoTs with step computations and self-checks.
+
+A ``full`` CoT (what the pipeline distils)::
+
+    <think>
+    Mia starts with 12 apples.
+    On Monday, she buys 7 more: 12 + 7 = 19.
+    Check: 19 - 7 = 12. Correct.
+    On Tuesday, she gives away 5: 19 - 5 = 14.
+    Check: 14 + 5 = 19. Correct.
+    So Mia has 14 apples now.
+    </think>
+
+    Mia has 14 apples now. The answer is \\boxed{14}.
+
+``terse`` drops the check lines (a shorter style, e.g. for warm-up experiments). ``variant``
+changes the wording a little (intro, connective, check phrasing) so several samples of one problem
+differ; sample 0 always uses variant 0. A "slip" is a plausible arithmetic mistake at one step whose
+wrong result is carried through to a wrong boxed answer (the teacher believes it, so its check
+line confirms it).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+from ..records import Problem
+from .domain import apply_op, gold_steps
+
+STYLES = ("full", "terse")
+N_VARIANTS = 4
+
+_INTROS = ("{name} starts with {start} {item}.", "At first {name} has {start} {item}.")
+_CONNECTIVES = (": ", ", so ")
+_CHECKS = ("Check: {eq}. Correct.", "Let me check: {eq}. Yes.")
+
+
+@dataclass(frozen=True)
+class Computation:
+    """One step as written (its result may be a slip): a op b = result."""
+
+    a: int
+    op: str
+    b: int
+    result: int
+    phrase: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.a} {self.op} {self.b} = {self.result}"
+
+
+def _rng(*parts) -> random.Random:
+    return random.Random("|".join(str(p) for p in parts))
+
+
+def correct_computations(problem: Problem) -> list[Computation]:
+    phrases = [row.get("phrase", "") for row in problem.meta["steps"]]
+    return [Computation(s.a, s.op, s.b, s.result, p) for s, p in zip(gold_steps(problem), phrases)]
+
+
+def slipped_result(a: int, op: str, b: int, rng: random.Random) -> int:
+    """A plausible wrong result for ``a op b`` (carry/borrow slips, off by one or ten), never the
+    right one and never negative."""
+    right = apply_op(a, op, b)
+    cands = []
+    if op == "+":
+        cands.append((a % 10 + b % 10) % 10 + (a // 10 + b // 10) * 10)  # forgot the carry
+        cands.append(right + 10)  # carried twice
+    elif op == "-":
+        cands.append(abs(a % 10 - b % 10) + (a // 10 - b // 10) * 10)  # subtracted the small digit
+        cands.append(right - 10)
+    else:
+        cands.append((a % 10) * b % 10 + (a // 10) * b * 10)  # forgot the carry
+        cands.append(right + b)  # one group too many
+        cands.append(right - b)
+    cands += [right + 1, right - 1, right + 10]
+    cands = [c for c in cands if c != right and c >= 0]
+    weights = [3 if i < 2 else 1 for i in range(len(cands))]
+    return rng.choices(cands, weights=weights, k=1)[0]
+
+
+def computations_with_slip(problem: Problem, at: int, rng: random.Random) -> list[Computation]:
+    """The problem's steps with a plausible slip at step ``at``, carried through to the end.
+
+    Later operands stay those of the question; a later subtraction that would go negative is
+    avoided by re-drawing the slip (an upward slip always keeps later values non-negative)."""
+    gold = correct_computations(problem)
+    for attempt in range(8):
+        a0 = gold[at].a
+        wrong = slipped_result(a0, gold[at].op, gold[at].b, rng) if attempt < 7 else gold[at].result + 1
+        out = list(gold[:at]) + [Computation(a0, gold[at].op, gold[at].b, wrong, gold[at].phrase)]
+        cur = wrong
+        ok = True
+        for g in gold[at + 1:]:
+            r = apply_op(cur, g.op, g.b)
+            if r < 0:
+                ok = False
+                break
+            out.append(Computation(cur, g.op, g.b, r, g.phrase))
+            cur = r
+        if ok:
+            return out
+    raise AssertionError("unreachable: an upward slip keeps every later value non-negative")
+
+
+def check_equation(c: Computation) -> str:
+    """The self-check of one step: the inverse operation (or the multiplication commuted). It is
+    written from the step as the teacher believes it, so a slipped step gets a (wrong) check too."""
+    if c.op == "*":
+        return f"{c.b} * {c.a} = {c.result}"
+    return f"{c.result} {'-' if c.op == '+' else '+'} {c.b} = {c.a}"
+
+
+def step_line(problem: Problem, c: Computation, index: int, variant: int = 0) -> str:
+    """The step restates the question's sentence for it ("On Monday, she buys 7 more") and computes."""
+    clause = problem.meta["steps"][index].get("clause") or f"{problem.meta['pronoun']} {c.phrase}"
+    return f"{clause}{_CONNECTIVES[(variant >> 1) % 2]}{c.text}."
+
+
+def render_cot(problem: Problem, comps: list[Computation], variant: int = 0, style: str = "full") -> tuple[str, str]:
+    """(thinking, solution) for a list of computations (correct or slipped)."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    m = problem.meta
+    final = comps[-1].result if comps else m["start"]
+    lines = [_INTROS[variant % 2].format(name=m["name"], start=m["start"], item=m["item"])]
+    for i, c in enumerate(comps):
+        lines.append(step_line(problem, c, i, variant))
+        if style == "full":
+            lines.append(_CHECKS[(variant >> 1) % 2].format(eq=check_equation(c)))
+    lines.append(f"So {m['name']} has {final} {m['item']} now.")
+    solution = f"{m['name']} has {final} {m['item']} now. The answer is \\boxed{{{final}}}."
+    return "\n".join(lines), solution
+
+
+def write_cot(
+    problem: Problem,
+    variant: int = 0,
+    style: str = "full",
+    slip_at: Optional[int] = None,
+    rng: Optional[random.Random] = None,
+) -> tuple[str, str]:
+    """The teacher's (thinking, solution) for a toy problem; ``slip_at``: make a slip at that step."""
+    if slip_at is None:
+        comps = correct_computations(problem)
+    else:
+        comps = computations_with_slip(problem, slip_at, rng or _rng("slip", problem.id, slip_at))
+    return render_cot(problem, comps, variant, style)
+
+
+def teacher_sample(
+    problem: Problem, sample_index: int = 0, error_rate: float = 0.0, seed: int = 0, style: str = "full"
+) -> tuple[str, str, dict]:
+    """One teacher sample, deterministic in (seed, problem id, sample index): (thinking, solution, meta).
+
+    With probability ``error_rate`` the sample has a slip at a random step (``meta["slip_step"]``)."""
+    rng = _rng("toy-teacher", seed, problem.id, sample_index)
+    variant = 0 if sample_index == 0 else rng.randrange(N_VARIANTS)
+    slip_at = None
+    if rng.random() < error_rate:
+        slip_at = rng.randrange(len(problem.meta["steps"]))
+    thinking, solution = write_cot(problem, variant, style, slip_at, rng)
+    return thinking, solution, {"variant": variant, "style": style, "slip_step": slip_at}

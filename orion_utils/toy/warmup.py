@@ -1,0 +1,251 @@
+"""Warm-up of the toy student: from random weights to "competent but error-prone" in minutes on CPU.
+
+This builds the toy *base model* (the stand-in for a pretrained student), it is not the
+distillation SFT: a plain, fast torch loop (AdamW, length-grouped padded batches, loss on the
+assistant turn only via ``chat.encode_for_training``) on the toy teacher's CoTs for in-distribution
+training problems.
+
+Why it leaves room for SFT (the design): by default the warm-up runs a fixed number of optimizer
+steps at a *constant* learning rate (after a short linear ramp) and stops there, without annealing.
+Such a checkpoint sits mid-training: it reads the format and does most steps right but still slips
+on individual computations (errors at diverse steps, which is what error exposure needs). Any later
+fine-tuning on teacher CoTs with a decaying learning rate (the distillation SFT) then both adds
+training and anneals, which lifts accuracy within a couple of minutes. A fixed step count (not a
+time budget) keeps the base model the same on a fast or a busy machine; ``time_budget_s`` is only
+a safety cap.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from ..records import Problem, format_cot
+
+
+@dataclass
+class WarmupConfig:
+    """Warm-up of the toy student (simple types: a profile section)."""
+
+    max_steps: int = 300  # optimizer steps (the stopping rule; deterministic)
+    time_budget_s: float = 900.0  # safety cap: stop early if a step would start after this many seconds
+    batch_size: int = 32
+    lr: float = 3e-3
+    lr_schedule: str = "wsd"  # "wsd" (ramp, constant, linear decay), "constant" or "cosine"
+    ramp_steps: int = 30  # linear learning-rate ramp from 0
+    decay_frac: float = 0.3  # wsd: the last this fraction of the steps decays the learning rate ...
+    final_lr_frac: float = 0.0  # ... (wsd, cosine) down to this fraction of lr
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    n_problems: int = 4000  # how many training problems the caller should generate for it
+    style: str = "full"  # teacher CoT style to warm up on: "full" (with self-checks) or "terse"
+    max_seq_len: int = 384
+    seed: int = 0
+    threads: int = 1  # torch intra-op threads; 1 is fastest for a ~1 M-parameter model on a busy 2-core box
+    prompt_template: str = "{question}"
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("wsd", "constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'wsd', 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.decay_frac <= 1.0 or not 0.0 <= self.final_lr_frac <= 1.0:
+            raise ValueError("decay_frac and final_lr_frac must be in [0, 1]")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _teacher_responses(problems: Sequence[Problem], teacher, style: str) -> list[tuple[str, str]]:
+    """(question, correct CoT) pairs. A toy teacher is asked directly (no grading needed: it knows
+    where it slipped); any other teacher goes through ``collect`` and its graded ``correct`` flag."""
+    pairs = []
+    if hasattr(teacher, "sample"):
+        for p in problems:
+            thinking, solution, meta = teacher.sample(p, 0, style=style)
+            if meta.get("slip_step") is None:
+                pairs.append((p.question, format_cot(thinking, solution)))
+        return pairs
+    by_id = {p.id: p for p in problems}
+    for trace in teacher.collect(list(problems), n=1):
+        if trace.correct:
+            pairs.append((by_id[trace.problem_id].question, trace.cot))
+    return pairs
+
+
+def _lr_at(step: int, cfg: WarmupConfig) -> float:
+    if step < cfg.ramp_steps:
+        return cfg.lr * (step + 1) / cfg.ramp_steps
+    lo = cfg.lr * cfg.final_lr_frac
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule == "wsd":
+        decay_start = cfg.max_steps - int(round(cfg.decay_frac * cfg.max_steps))
+        if step < decay_start:
+            return cfg.lr
+        progress = (step - decay_start + 1) / max(1, cfg.max_steps - decay_start)
+        return cfg.lr - (cfg.lr - lo) * min(1.0, progress)
+    span = max(1, cfg.max_steps - cfg.ramp_steps)
+    progress = min(1.0, (step - cfg.ramp_steps) / span)
+    return lo + (cfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _batches(lengths: list[int], batch_size: int, rng: random.Random, window: int = 16) -> list[list[int]]:
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * window
+    out = []
+    for s in range(0, len(order), span):
+        chunk = sorted(order[s:s + span], key=lambda i: lengths[i])
+        out += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def warmup_student(
+    model_dir: Union[str, Path],
+    out_dir: Union[str, Path],
+    problems: Sequence[Problem],
+    teacher,
+    cfg: Optional[WarmupConfig] = None,
+) -> dict:
+    """Train the (randomly initialised) toy student in ``model_dir`` on the teacher's CoTs for
+    ``problems`` and ``save_pretrained`` model + tokenizer into ``out_dir``.
+
+    ``teacher``: a ``ToyTeacher`` (its CoTs in ``cfg.style``; slipped samples skipped) or any
+    ``Teacher`` (``collect``, correct traces kept). Returns stats: steps, seconds, final_loss
+    (mean of the last 20 steps), loss_history, params, n_examples, tokens_seen, threads, config.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..chat import encode_for_training
+    from .student import count_parameters
+
+    cfg = cfg or WarmupConfig()
+    out_dir = Path(out_dir)
+    pairs = _teacher_responses(problems, teacher, cfg.style)
+    if not pairs:
+        raise ValueError("warmup_student: the teacher gave no correct CoT for the given problems")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    rows = [
+        encode_for_training(tokenizer, q, r, template=cfg.prompt_template, max_seq_len=cfg.max_seq_len)
+        for q, r in pairs
+    ]
+    lengths = [len(r["input_ids"]) for r in rows]
+    pad_id = tokenizer.pad_token_id
+
+    threads_before = torch.get_num_threads()
+    if cfg.threads and cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
+    )
+    history: list[dict] = []
+    queue: list[list[int]] = []
+    tokens_seen = 0
+    step = 0
+    t0 = time.time()
+    stopped = "max_steps"
+    try:
+        while step < cfg.max_steps:
+            if time.time() - t0 > cfg.time_budget_s:
+                stopped = "time_budget"
+                break
+            if not queue:
+                queue = _batches(lengths, cfg.batch_size, rng)
+            batch = queue.pop()
+            width = max(lengths[i] for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, i in enumerate(batch):
+                n = lengths[i]
+                ids[b, :n] = torch.tensor(rows[i]["input_ids"])
+                labels[b, :n] = torch.tensor(rows[i]["labels"])
+                mask[b, :n] = 1
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, cfg)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            opt.step()
+            tokens_seen += int((labels != -100).sum())
+            history.append({"step": step + 1, "loss": float(loss.detach()), "lr": _lr_at(step, cfg),
+                            "seconds": round(time.time() - t0, 2)})
+            step += 1
+            if cfg.log_every and step % cfg.log_every == 0:
+                recent = [h["loss"] for h in history[-cfg.log_every:]]
+                print(f"[warmup] step {step}/{cfg.max_steps} loss {sum(recent) / len(recent):.4f} "
+                      f"{time.time() - t0:.0f}s", flush=True)
+        seconds = time.time() - t0
+        model.eval()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
+    finally:
+        torch.set_num_threads(threads_before)
+    tail = [h["loss"] for h in history[-20:]]
+    return {
+        "steps": step,
+        "stopped_by": stopped,
+        "seconds": round(seconds, 1),
+        "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
+        "loss_history": history,
+        "params": count_parameters(model),
+        "n_examples": len(rows),
+        "tokens_seen": tokens_seen,
+        "threads": torch.get_num_threads() if not cfg.threads else cfg.threads,
+        "config": cfg.to_dict(),
+    }
+
+
+def greedy_responses(
+    model_dir: Union[str, Path],
+    problems: Sequence[Problem],
+    max_new_tokens: int = 256,
+    batch_size: int = 64,
+    prompt_template: str = "{question}",
+) -> list[str]:
+    """Greedy responses (left-padded batched ``model.generate``, via the generation backend)."""
+    from ..generation import SamplingConfig, TransformersBackend
+
+    gen = TransformersBackend(str(model_dir), batch_size=batch_size, device="cpu", progress=False)
+    try:
+        outs = gen.generate(
+            [p.question for p in problems],
+            SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens),
+            prompt_template=prompt_template,
+        )
+    finally:
+        gen.close()
+    return [o[0].text for o in outs]
+
+
+def quick_accuracy(
+    model_dir: Union[str, Path],
+    problems: Sequence[Problem],
+    max_new_tokens: int = 256,
+    batch_size: int = 64,
+    prompt_template: str = "{question}",
+) -> float:
+    """Greedy accuracy of the model in ``model_dir`` on ``problems`` (graded by ``grading.grade``)."""
+    from ..grading import grade
+
+    problems = list(problems)
+    if not problems:
+        return float("nan")
+    responses = greedy_responses(model_dir, problems, max_new_tokens, batch_size, prompt_template)
+    return sum(bool(grade(r, p.answer).correct) for r, p in zip(responses, problems)) / len(problems)
