@@ -82,8 +82,12 @@ def run_pipeline(
     log_output: bool = False,
 ) -> Path:
     """Execute the notebooks of the pipeline for a profile; returns the run directory."""
+    import logging
+
     import papermill as pm
 
+    if log_output:  # papermill streams cell output through its logger
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     profile = load_profile(profile_name, overrides)
     run_path = Path(run_dir or Path("outputs") / profile.name)
     (run_path / "notebooks").mkdir(parents=True, exist_ok=True)

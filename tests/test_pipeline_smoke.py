@@ -1,0 +1,75 @@
+"""The whole notebook pipeline under papermill on the `smoke` profile, then a re-run that skips."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from orion_utils.evaluation import METHODS
+from orion_utils.jsonl import read_jsonl
+from orion_utils.records import EvalSample, Refinement, StudentAttempt, TeacherTrace
+from orion_utils.runner import NOTEBOOKS, run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    return run_pipeline("smoke", str(tmp_path_factory.mktemp("runs") / "smoke"))
+
+
+def test_every_notebook_executed_and_saved(smoke_run):
+    for name in NOTEBOOKS:
+        nb = nbformat.read(smoke_run / "notebooks" / f"{name}.ipynb", as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.get("execution_count") for c in code), f"{name}: a cell did not run"
+        errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{name}: {errors[0]}"
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and 'profile = "smoke"' in injected[0].source
+
+
+def test_artifacts_are_well_formed(smoke_run):
+    data = smoke_run / "data"
+    assert read_jsonl(data / "teacher_traces.jsonl", TeacherTrace)
+    assert read_jsonl(data / "student_attempts.jsonl", StudentAttempt)
+    refinements = read_jsonl(data / "refinements.jsonl", Refinement)
+    assert refinements and all(r.refined_cot for r in refinements)
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    assert all(s["status"] == "done" for s in manifest["stages"].values())
+    assert {"prepare_data", "prepare_student", "teacher_cots", "error_exposure", "reflection", "sft/sft",
+            "sft/orion", "edit", "tailored", "analysis"} <= set(manifest["stages"])
+    assert json.loads((smoke_run / "config.json").read_text())["profile"] == "smoke"
+
+
+def test_metrics_cover_every_method_and_benchmark(smoke_run):
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    assert list(metrics) == list(METHODS)
+    for method, per_benchmark in metrics.items():
+        assert set(per_benchmark) == {"toy_test", "toy_hard"}
+        for bench, m in per_benchmark.items():
+            assert 0.0 <= m["pass@1"] <= 1.0 and 0.0 <= m["greedy"] <= 1.0
+            samples = read_jsonl(smoke_run / "eval" / method / f"{bench}.jsonl", EvalSample)
+            assert len(samples) == m["n_problems"] * (1 + m["n_samples"])
+
+
+def test_report_analysis_and_figures(smoke_run):
+    report = (smoke_run / "report.md").read_text()
+    for method in METHODS:
+        assert f"| {method} |" in report
+    for link in [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]:
+        png = smoke_run / link
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000, link
+    analysis = json.loads((smoke_run / "analysis.json").read_text())
+    assert {"cot_perplexity", "loss_delta_std", "response_tokens_mean"} <= set(analysis["methods"]["orion"])
+
+
+def test_rerun_skips_unchanged_stages(smoke_run):
+    proc = subprocess.run([sys.executable, "-m", "orion_utils.runner", "run", "--profile", "smoke",
+                           "--run-dir", str(smoke_run), "--only", "04"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    nb = nbformat.read(smoke_run / "notebooks" / "04_sft.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert printed.count("up to date: skipped") == 2  # sft/sft and sft/orion
