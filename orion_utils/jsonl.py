@@ -20,15 +20,14 @@ def to_dict(record: Any) -> dict:
     return dataclasses.asdict(record) if dataclasses.is_dataclass(record) else dict(record)
 
 
-def write_jsonl(path: Union[str, Path], records: Iterable[Any]) -> Path:
-    """Write all records at once; readers see the old file or the new one, never half of one."""
+def _atomic_write(path: Union[str, Path], write) -> Path:
+    """Write through ``write(file)`` to a temp file, then rename: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(to_dict(record), ensure_ascii=False) + "\n")
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -36,24 +35,24 @@ def write_jsonl(path: Union[str, Path], records: Iterable[Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_jsonl(path: Union[str, Path], records: Iterable[Any]) -> Path:
+    """Write all records at once, atomically."""
+    def write(f):
+        for record in records:
+            f.write(json.dumps(to_dict(record), ensure_ascii=False) + "\n")
+
+    return _atomic_write(path, write)
 
 
 def write_json(path: Union[str, Path], obj: Any) -> Path:
     """Atomic JSON write (configs, manifests, metrics)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    def write(f):
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+
+    return _atomic_write(path, write)
 
 
 class JsonlAppender:
