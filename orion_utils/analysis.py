@@ -861,6 +861,11 @@ def _pool(dicts: Sequence[dict]) -> dict:
 # =============================================================================================
 
 
+def seed_run_dirs(run: RunDir) -> list:
+    """The other seeds' run directories that ``orion run`` writes under ``<run>/seeds/seed_<k>``."""
+    return sorted(p for p in run.path("seeds").glob("seed_*") if (p / "metrics.json").exists())
+
+
 def analyse_run(
     run: Union[RunDir, PathLike],
     seeds_run_dirs: Optional[Sequence[Union[RunDir, PathLike]]] = None,
@@ -873,7 +878,7 @@ def analyse_run(
     """Analyse a finished run: writes ``analysis.json``, the figures and ``report.md``; returns the analysis.
 
     ``seeds_run_dirs``: run directories of the other seeds of the same profile (complete runs with
-    ``metrics.json``), or None. The run's own numbers are in ``analysis["methods"]``; the results
+    ``metrics.json``); None: those the runner made under ``<run>/seeds/`` (see ``seed_run_dirs``). The run's own numbers are in ``analysis["methods"]``; the results
     table, the claims and the figures use all seeds (mean ± std, error bars).
     ``scorer``: ``scorer(questions, completions) -> mean token NLLs`` under the base student, used
     for every seed (None: each run's own base student, loaded once; ``False``: no perplexity).
@@ -897,7 +902,9 @@ def analyse_run(
 
     run = run if isinstance(run, RunDir) else RunDir(run)
     cfg = cfg or AnalysisConfig()
-    others = [r if isinstance(r, RunDir) else RunDir(r) for r in (seeds_run_dirs or [])]
+    if seeds_run_dirs is None:
+        seeds_run_dirs = seed_run_dirs(run)
+    others = [r if isinstance(r, RunDir) else RunDir(r) for r in seeds_run_dirs]
     run.require(run.path("metrics.json"), stage_hint="07_evaluation")
     for o in others:
         o.require(o.path("metrics.json"), stage_hint="07_evaluation (of that seed)")

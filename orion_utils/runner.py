@@ -60,6 +60,14 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
     return overrides
 
 
+def seed_overrides(profile: Profile, seed: int) -> dict:
+    """Set every section's ``seed`` to ``seed``, except ``data``: all seeds see the same questions."""
+    import dataclasses
+
+    return {name: {"seed": seed} for name, section in profile.sections.items()
+            if name != "data" and any(f.name == "seed" for f in dataclasses.fields(section))}
+
+
 def selected_notebooks(only: Optional[Sequence[str]] = None) -> list[Path]:
     paths = []
     for name in NOTEBOOKS:
@@ -84,17 +92,41 @@ def run_pipeline(
     """Execute the notebooks of the pipeline for a profile; returns the run directory."""
     import logging
 
-    import papermill as pm
-
     if log_output:  # papermill streams cell output through its logger
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     profile = load_profile(profile_name, overrides)
     run_path = Path(run_dir or Path("outputs") / profile.name)
+    notebooks = selected_notebooks(only)
+    analysis = [nb for nb in notebooks if nb.stem == "08_analysis"]
+    pipeline = [nb for nb in notebooks if nb.stem != "08_analysis"]
+    started = time.time()
+    # Seed 0's run is the main one; further seeds go to <run>/seeds/seed_<k>, and the analysis of
+    # the main run, which comes last, reports mean ± std over all of them.
+    for index, seed in enumerate(profile.seeds):
+        seed_profile = load_profile(profile_name, _merge(overrides or {}, seed_overrides(profile, seed)))
+        seed_path = run_path if index == 0 else run_path / "seeds" / f"seed_{seed}"
+        label = f" seed {seed} ({index + 1}/{len(profile.seeds)})" if len(profile.seeds) > 1 else ""
+        _execute(seed_profile, seed_path, pipeline, force, log_output, label)
+    if analysis:
+        _execute(load_profile(profile_name, _merge(overrides or {}, seed_overrides(profile, profile.seeds[0]))),
+                 run_path, analysis, force, log_output, "")
+    print(f"[orion] finished in {time.time() - started:.0f}s; report: {run_path / 'report.md'}", flush=True)
+    return run_path
+
+
+def _merge(a: dict, b: dict) -> dict:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in a.items()}
+    for key, value in b.items():
+        merged[key] = {**merged.get(key, {}), **value}
+    return merged
+
+
+def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log_output: bool, label: str) -> None:
+    import papermill as pm
+
     (run_path / "notebooks").mkdir(parents=True, exist_ok=True)
     write_json(run_path / "config.json", profile.to_dict())
-    notebooks = selected_notebooks(only)
-    print(f"[orion] profile={profile.name} run_dir={run_path} notebooks={len(notebooks)}", flush=True)
-    started = time.time()
+    print(f"[orion] profile={profile.name}{label} run_dir={run_path} notebooks={len(notebooks)}", flush=True)
     for i, nb in enumerate(notebooks, start=1):
         out = run_path / "notebooks" / nb.name
         t0 = time.time()
@@ -110,8 +142,6 @@ def run_pipeline(
                 f"{exc.ename}: {exc.evalue}\nthe executed notebook with the traceback is {out}"
             ) from None
         print(f"[orion] ({i}/{len(notebooks)}) {nb.stem} done in {time.time() - t0:.0f}s", flush=True)
-    print(f"[orion] finished in {time.time() - started:.0f}s; report: {run_path / 'report.md'}", flush=True)
-    return run_path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

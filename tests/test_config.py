@@ -52,3 +52,14 @@ def test_overrides_from_the_command_line():
     assert load_profile("toy", overrides).evaluation.n_samples == 8
     with pytest.raises(ConfigError):
         parse_overrides(["n_samples=8"])
+
+
+def test_seed_overrides_touch_every_seeded_section_but_data():
+    from orion_utils.runner import _merge, seed_overrides
+
+    profile = load_profile("toy")
+    overrides = seed_overrides(profile, 3)
+    assert "data" not in overrides and {"exposure", "sft", "evaluation", "warmup"} <= set(overrides)
+    seeded = load_profile("toy", _merge({"evaluation": {"n_samples": 2}}, overrides))
+    assert seeded.exposure.seed == 3 and seeded.sft.seed == 3 and seeded.evaluation.n_samples == 2
+    assert seeded.data.seed == profile.data.seed
