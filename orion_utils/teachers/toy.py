@@ -86,7 +86,7 @@ class ToyTeacher:
     def tailor(self, problem: Problem, wrong_attempts: Sequence[str]) -> TeacherTrace:
         """A correct rationale that addresses the student's mistake: at the step where the first
         usable wrong attempt diverges, a line in the teacher's voice ("Note: a common mistake is to
-        say 12 + 7 = 18, but 12 + 7 = 19."). Without a usable attempt: the plain correct rationale
+        say 8 + 7 = 14, but 8 + 7 = 15."). Without a usable attempt: the plain correct rationale
         (``meta["tailored"]`` says which)."""
         from ..toy.reflect import reflect_cot
 

@@ -2,7 +2,7 @@
 
 Each problem is a starting quantity followed by a few actions, one operation each::
 
-    Mia has 12 apples. On Monday, she buys 7 more. On Tuesday, she gives away 5.
+    Mia has 8 apples. On Monday, she buys 7 more. On Tuesday, she gives away 5.
     How many apples does Mia have now?
 
 Ground truth lives in ``Problem.meta["steps"]`` (one dict per action: ``a op b = result``), so the
@@ -33,8 +33,9 @@ NAMES = (
 )
 ITEMS = ("apples", "coins", "stickers", "marbles", "books", "pencils", "cards", "shells")
 
-# One sentence per action, one day of the week each ("On Tuesday, she gives away 5."): the day names
-# tell the actions apart, so a small model can find "the next action" by matching the day.
+# One sentence per action, on consecutive days of the week from a random one ("On Tuesday, she gives
+# away 5."): the day names tell the actions apart, so a small model can find "the next action" by
+# matching the day, and every day occurs in training whatever the number of steps.
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 # The phrase (without pronoun) is what the teacher restates in its CoT.
 PLUS_PHRASES = ("buys {b} more", "finds {b} more", "gets {b} more from a friend", "wins {b} more")
@@ -75,16 +76,16 @@ class ToyDomainConfig:
 
     min_steps: int = 2
     max_steps: int = 4
-    max_operand: int = 20
-    max_value: int = 99
+    max_operand: int = 9  # the start and every added/removed amount: 1..max_operand
+    max_value: int = 20  # every running total stays within 2..max_value
     max_multiplier: int = 3
     ops: str = "+-*"
     seed: int = 0
     test_buckets: int = 25  # of 100 hash buckets reserved for test/hard problems
-    hard_min_steps: int = 5
-    hard_max_steps: int = 6
-    hard_max_operand: int = 50
-    hard_max_value: int = 199
+    hard_min_steps: int = 4
+    hard_max_steps: int = 5
+    hard_max_operand: int = 12
+    hard_max_value: int = 30
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.max_steps:
@@ -155,6 +156,7 @@ def _sample_math(rng: random.Random, cfg: ToyDomainConfig) -> tuple[int, list[tu
 def _render(pid: str, split: str, start: int, steps: list[tuple[str, int]], rng: random.Random) -> Problem:
     name, pron, poss = rng.choice(NAMES)
     item = rng.choice(ITEMS)
+    first_day = rng.randrange(len(DAYS) - len(steps) + 1)  # consecutive days from a random one
     sentences = [f"{name} has {start} {item}."]
     gold = []
     cur = start
@@ -166,7 +168,7 @@ def _render(pid: str, split: str, start: int, steps: list[tuple[str, int]], rng:
         else:
             phrase = times_phrase(b, poss, item)
         result = apply_op(cur, op, b)
-        day = DAYS[len(gold)]
+        day = DAYS[first_day + len(gold)]
         gold.append({"a": cur, "op": op, "b": b, "result": result, "phrase": phrase, "day": day,
                      "clause": f"On {day}, {pron.lower()} {phrase}"})
         sentences.append(f"On {day}, {pron.lower()} {phrase}.")

@@ -5,9 +5,9 @@ by rule: find the first step where the student's wrong attempt diverges from the
 write into the teacher's CoT, right after that step, an explicit reflection on the student's
 mistake and its correction, e.g.::
 
-    On Monday, she buys 7 more: 12 + 7 = 19.
-    Wait, I might be tempted to say 12 + 7 = 18, but 12 + 7 = 19.
-    Check: 19 - 7 = 12. Correct.
+    On Monday, she buys 7 more: 8 + 7 = 15.
+    Wait, I might be tempted to say 8 + 7 = 14, but 8 + 7 = 15.
+    Check: 15 - 7 = 8. Correct.
 
 The rest of the teacher's (correct) reasoning and its final answer are kept. Toy results that use
 it must say that the reflector is rule-based. The same machinery writes the toy teacher's
@@ -210,7 +210,7 @@ def rule_reflect(problem: Problem, teacher_cot: str, wrong_attempt: str, variant
     Finds the first step where ``wrong_attempt`` diverges from ``teacher_cot`` (wrong start,
     carried value, operation, operand, arithmetic, a skipped step, an extra step, or a wrong final
     answer after right steps) and inserts an explicit reflection there ("Wait, I might be tempted
-    to say 12 + 7 = 18, but 12 + 7 = 19."), keeping the rest of the teacher's CoT and its boxed
+    to say 8 + 7 = 14, but 8 + 7 = 15."), keeping the rest of the teacher's CoT and its boxed
     answer. ``variant`` picks among a few phrasings, so several candidates can differ. Returns
     None when there is nothing to reflect on: the attempt has no parseable step, agrees with the
     teacher, or the teacher CoT itself is off the gold path.

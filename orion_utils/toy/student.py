@@ -13,11 +13,11 @@ ARCHITECTURES = ("llama", "qwen2")
 
 @dataclass
 class ToyStudentConfig:
-    """Size of the toy student (the default is about 1 M parameters)."""
+    """Size of the toy student (the default has about 0.7 M parameters)."""
 
     architecture: str = "llama"  # "llama" or "qwen2"
     hidden_size: int = 128
-    num_layers: int = 4
+    num_layers: int = 3
     num_heads: int = 4
     num_kv_heads: int = 4
     intermediate_size: int = 384

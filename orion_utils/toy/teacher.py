@@ -3,15 +3,15 @@
 A ``full`` CoT (what the pipeline distils)::
 
     <think>
-    Mia starts with 12 apples.
-    On Monday, she buys 7 more: 12 + 7 = 19.
-    Check: 19 - 7 = 12. Correct.
-    On Tuesday, she gives away 5: 19 - 5 = 14.
-    Check: 14 + 5 = 19. Correct.
-    So Mia has 14 apples now.
+    Mia starts with 8 apples.
+    On Monday, she buys 7 more: 8 + 7 = 15.
+    Check: 15 - 7 = 8. Correct.
+    On Tuesday, she gives away 5: 15 - 5 = 10.
+    Check: 10 + 5 = 15. Correct.
+    So Mia has 10 apples now.
     </think>
 
-    Mia has 14 apples now. The answer is \\boxed{14}.
+    Mia has 10 apples now. The answer is \\boxed{10}.
 
 ``terse`` drops the check lines (a shorter style, e.g. for warm-up experiments). ``variant``
 changes the wording a little (intro, connective, check phrasing) so several samples of one problem
@@ -64,21 +64,20 @@ def slipped_result(a: int, op: str, b: int, rng: random.Random) -> int:
     """A plausible wrong result for ``a op b`` (carry/borrow slips, off by one or ten), never the
     right one and never negative."""
     right = apply_op(a, op, b)
-    cands = []
+    typical = []  # the classic slips, three times as likely as the generic ones
     if op == "+":
-        cands.append((a % 10 + b % 10) % 10 + (a // 10 + b // 10) * 10)  # forgot the carry
-        cands.append(right + 10)  # carried twice
+        typical.append((a % 10 + b % 10) % 10 + (a // 10 + b // 10) * 10)  # forgot the carry
+        typical.append(right + 10)  # carried twice
     elif op == "-":
-        cands.append(abs(a % 10 - b % 10) + (a // 10 - b // 10) * 10)  # subtracted the small digit
-        cands.append(right - 10)
+        typical.append(abs(a % 10 - b % 10) + (a // 10 - b // 10) * 10)  # subtracted the small digit
+        typical.append(right - 10)
     else:
-        cands.append((a % 10) * b % 10 + (a // 10) * b * 10)  # forgot the carry
-        cands.append(right + b)  # one group too many
-        cands.append(right - b)
-    cands += [right + 1, right - 1, right + 10]
-    cands = [c for c in cands if c != right and c >= 0]
-    weights = [3 if i < 2 else 1 for i in range(len(cands))]
-    return rng.choices(cands, weights=weights, k=1)[0]
+        typical.append((a % 10) * b % 10 + (a // 10) * b * 10)  # forgot the carry
+        typical.append(right + b)  # one group too many
+        typical.append(right - b)
+    weighted = [(c, 3) for c in typical] + [(right + 1, 1), (right - 1, 1), (right + 10, 1)]
+    weighted = [(c, w) for c, w in weighted if c != right and c >= 0]
+    return rng.choices([c for c, _ in weighted], weights=[w for _, w in weighted], k=1)[0]
 
 
 def computations_with_slip(problem: Problem, at: int, rng: random.Random) -> list[Computation]:

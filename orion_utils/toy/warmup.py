@@ -5,14 +5,15 @@ distillation SFT: a plain, fast torch loop (AdamW, length-grouped padded batches
 assistant turn only via ``chat.encode_for_training``) on the toy teacher's CoTs for in-distribution
 training problems.
 
-Why it leaves room for SFT (the design): by default the warm-up runs a fixed number of optimizer
-steps at a *constant* learning rate (after a short linear ramp) and stops there, without annealing.
-Such a checkpoint sits mid-training: it reads the format and does most steps right but still slips
-on individual computations (errors at diverse steps, which is what error exposure needs). Any later
-fine-tuning on teacher CoTs with a decaying learning rate (the distillation SFT) then both adds
-training and anneals, which lifts accuracy within a couple of minutes. A fixed step count (not a
-time budget) keeps the base model the same on a fast or a busy machine; ``time_budget_s`` is only
-a safety cap.
+How it leaves room for the distillation SFT (the design): the learning rate ramps up, stays
+constant, and over the last ``decay_frac`` of the steps decays linearly to ``final_lr_frac`` of its
+peak, not to zero. The student stops part-way through this anneal: it reads the format, copies
+most operands and does most small sums right, but still slips (a wrong operand, a wrong sum, a
+wrong carried value) at various steps, which is what error exposure needs. Any later fine-tuning on
+teacher CoTs with a decaying learning rate (the distillation SFT) continues the anneal and lifts
+accuracy within a minute or two. Small batches and many steps work far better than large batches
+here (the copy mechanism needs optimizer steps to form). A fixed step count, not a time budget,
+keeps the base model the same on a fast or a busy machine; ``time_budget_s`` is only a safety cap.
 """
 from __future__ import annotations
 
@@ -31,14 +32,14 @@ from ..records import Problem, format_cot
 class WarmupConfig:
     """Warm-up of the toy student (simple types: a profile section)."""
 
-    max_steps: int = 300  # optimizer steps (the stopping rule; deterministic)
+    max_steps: int = 850  # optimizer steps (the stopping rule; deterministic)
     time_budget_s: float = 900.0  # safety cap: stop early if a step would start after this many seconds
-    batch_size: int = 32
+    batch_size: int = 12
     lr: float = 3e-3
     lr_schedule: str = "wsd"  # "wsd" (ramp, constant, linear decay), "constant" or "cosine"
-    ramp_steps: int = 30  # linear learning-rate ramp from 0
+    ramp_steps: int = 50  # linear learning-rate ramp from 0
     decay_frac: float = 0.3  # wsd: the last this fraction of the steps decays the learning rate ...
-    final_lr_frac: float = 0.0  # ... (wsd, cosine) down to this fraction of lr
+    final_lr_frac: float = 0.25  # ... (wsd, cosine) down to this fraction of lr (not 0: see above)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     n_problems: int = 4000  # how many training problems the caller should generate for it
@@ -83,7 +84,7 @@ def _lr_at(step: int, cfg: WarmupConfig) -> float:
     if cfg.lr_schedule == "constant":
         return cfg.lr
     if cfg.lr_schedule == "wsd":
-        decay_start = cfg.max_steps - int(round(cfg.decay_frac * cfg.max_steps))
+        decay_start = cfg.max_steps - round(cfg.decay_frac * cfg.max_steps)
         if step < decay_start:
             return cfg.lr
         progress = (step - decay_start + 1) / max(1, cfg.max_steps - decay_start)
@@ -116,8 +117,9 @@ def warmup_student(
     ``problems`` and ``save_pretrained`` model + tokenizer into ``out_dir``.
 
     ``teacher``: a ``ToyTeacher`` (its CoTs in ``cfg.style``; slipped samples skipped) or any
-    ``Teacher`` (``collect``, correct traces kept). Returns stats: steps, seconds, final_loss
-    (mean of the last 20 steps), loss_history, params, n_examples, tokens_seen, threads, config.
+    ``Teacher`` (``collect``, correct traces kept). Returns stats: steps, stopped_by, seconds (wall),
+    cpu_seconds, final_loss (mean of the last 20 steps), loss_history, params, n_examples,
+    tokens_seen, threads, config.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -155,7 +157,7 @@ def warmup_student(
     queue: list[list[int]] = []
     tokens_seen = 0
     step = 0
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     stopped = "max_steps"
     try:
         while step < cfg.max_steps:
@@ -190,7 +192,7 @@ def warmup_student(
                 recent = [h["loss"] for h in history[-cfg.log_every:]]
                 print(f"[warmup] step {step}/{cfg.max_steps} loss {sum(recent) / len(recent):.4f} "
                       f"{time.time() - t0:.0f}s", flush=True)
-        seconds = time.time() - t0
+        seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
         model.eval()
         out_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out_dir))
@@ -202,6 +204,7 @@ def warmup_student(
         "steps": step,
         "stopped_by": stopped,
         "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu_seconds, 1),  # process CPU time: what a busy machine does not inflate
         "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
         "loss_history": history,
         "params": count_parameters(model),
@@ -222,7 +225,7 @@ def greedy_responses(
     """Greedy responses (left-padded batched ``model.generate``, via the generation backend)."""
     from ..generation import SamplingConfig, TransformersBackend
 
-    gen = TransformersBackend(str(model_dir), batch_size=batch_size, device="cpu", progress=False)
+    gen = TransformersBackend(str(model_dir), batch_size=batch_size, progress=False)
     try:
         outs = gen.generate(
             [p.question for p in problems],

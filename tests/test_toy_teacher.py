@@ -1,0 +1,213 @@
+"""Toy teacher (CoT format, error rate, rectify/corrupt/tailor) and the rule-based reflector."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+import types
+
+import pytest
+
+from orion_utils.records import Problem, TeacherTrace, format_cot
+from orion_utils.teachers.base import FeedbackTeacher, Teacher, split_thinking
+from orion_utils.teachers.toy import ToyTeacher
+from orion_utils.toy.domain import ToyDomainConfig, generate_problems, gold_steps, parse_steps, solution_steps
+from orion_utils.toy.reflect import find_divergence, rule_reflect
+from orion_utils.toy.teacher import N_VARIANTS, teacher_sample, write_cot
+
+_BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
+
+
+def _boxed(text: str):
+    found = _BOXED.findall(text)
+    return found[-1] if found else None
+
+
+@pytest.fixture
+def grading(monkeypatch):
+    """``orion_utils.grading`` is written in parallel; until it exists, a boxed-integer stand-in."""
+    if importlib.util.find_spec("orion_utils.grading") is None:
+        stub = types.ModuleType("orion_utils.grading")
+
+        class GradeResult:
+            def __init__(self, correct, reason, predicted):
+                self.correct, self.reason, self.predicted = correct, reason, predicted
+
+        def grade(response, gold):
+            pred = _boxed(response or "")
+            if pred is None:
+                return GradeResult(False, "no answer", None)
+            ok = pred == str(gold).strip()
+            return GradeResult(ok, "correct" if ok else "wrong", pred)
+
+        stub.GradeResult, stub.grade = GradeResult, grade
+        monkeypatch.setitem(sys.modules, "orion_utils.grading", stub)
+
+
+@pytest.fixture(scope="module")
+def problems() -> list[Problem]:
+    cfg = ToyDomainConfig()
+    return generate_problems(60, cfg, seed=0, split="train") + generate_problems(20, cfg, seed=0, split="hard")
+
+
+def _computations(cot: str) -> list[str]:
+    return [s.text for s in solution_steps(cot)]
+
+
+def test_teacher_cot_format_and_correctness(problems):
+    for p in problems:
+        for variant in range(N_VARIANTS):
+            thinking, solution = write_cot(p, variant)
+            cot = format_cot(thinking, solution)
+            assert cot.startswith("<think>\n") and "\n</think>\n\n" in cot
+            assert split_thinking(cot) == (thinking, solution)
+            assert _boxed(solution) == p.answer and solution.endswith(f"\\boxed{{{p.answer}}}.")
+            steps = parse_steps(cot)
+            assert all(s.correct for s in steps)
+            assert _computations(cot) == [s.text for s in gold_steps(p)]
+            checks = [s for s in steps if s.kind == "check"]
+            assert len(checks) == p.meta["n_steps"]  # one self-check per step
+            assert thinking.splitlines()[-1].startswith("So ")  # the recap
+            terse = format_cot(*write_cot(p, variant, style="terse"))
+            assert not [s for s in parse_steps(terse) if s.kind == "check"]
+            assert _computations(terse) == _computations(cot)
+    example = problems[0]
+    th, _ = write_cot(example)
+    assert th.splitlines()[0] == f"{example.meta['name']} starts with {example.meta['start']} {example.meta['item']}."
+
+
+def test_slipped_cot_carries_the_error(problems):
+    for i, p in enumerate(problems):
+        at = i % p.meta["n_steps"]
+        cot = format_cot(*write_cot(p, 0, slip_at=at))
+        comp = solution_steps(cot)
+        gold = gold_steps(p)
+        assert [s.text for s in comp[:at]] == [s.text for s in gold[:at]]
+        assert not comp[at].correct  # the slip itself
+        assert all(s.correct for s in comp[at + 1:])  # later steps are right, from the wrong value
+        for k in range(1, len(comp)):
+            assert comp[k].a == comp[k - 1].result  # carried through
+        assert _boxed(cot) == str(comp[-1].result) != p.answer
+        assert all(s.result >= 0 for s in comp)
+
+
+def test_error_rate_is_controllable(problems):
+    many = generate_problems(400, ToyDomainConfig(), seed=1, split="train")
+    assert all(teacher_sample(p, 0, error_rate=0.0)[2]["slip_step"] is None for p in many)
+    assert all(teacher_sample(p, 0, error_rate=1.0)[2]["slip_step"] is not None for p in many[:50])
+    rate = sum(teacher_sample(p, 0, error_rate=0.25, seed=5)[2]["slip_step"] is not None for p in many) / len(many)
+    assert 0.17 < rate < 0.33
+    # deterministic per (seed, problem, sample)
+    assert teacher_sample(many[0], 2, 0.5, seed=1) == teacher_sample(many[0], 2, 0.5, seed=1)
+
+
+def test_toy_teacher_collect(problems, grading):
+    teacher = ToyTeacher(error_rate=0.3, seed=0)
+    assert isinstance(teacher, Teacher) and isinstance(teacher, FeedbackTeacher)
+    traces = teacher.collect(problems[:40], n=2)
+    assert len(traces) == 80 and [t.sample_index for t in traces[:2]] == [0, 1]
+    for t in traces:
+        assert isinstance(t, TeacherTrace) and t.teacher == "toy"
+        assert t.correct == (t.meta["slip_step"] is None)
+        assert t.answer == _boxed(t.solution)
+    assert 0 < sum(not t.correct for t in traces) < 50
+    assert traces == ToyTeacher(error_rate=0.3, seed=0).collect(problems[:40], n=2)
+    with pytest.raises(ValueError, match="toy-domain"):
+        teacher.collect([Problem(id="x", question="1+1?", answer="2")])
+
+
+def test_rectify_corrupt_tailor(problems, grading):
+    teacher = ToyTeacher(error_rate=1.0, seed=0)
+    for p in problems[:30]:
+        wrong = teacher.collect([p], n=2)[1]
+        assert not wrong.correct
+        fixed = teacher.rectify(p, wrong)
+        assert fixed.correct and fixed.answer == p.answer and fixed.meta["rectified"]
+        # same wording as the wrong trace: the pair differs from the slipped step on
+        assert fixed.thinking.splitlines()[0] == wrong.thinking.splitlines()[0]
+
+        bad = teacher.corrupt(p, fixed)
+        assert not bad.correct and bad.answer != p.answer
+        slip = bad.meta["slip_step"]
+        assert [s.text for s in solution_steps(bad.cot)][:slip] == [s.text for s in gold_steps(p)][:slip]
+
+        tailored = teacher.tailor(p, ["no steps at all", wrong.cot])
+        assert tailored.correct and tailored.meta["tailored"] and tailored.meta["attempt_index"] == 1
+        assert tailored.meta["divergence_step"] == wrong.meta["slip_step"]
+        notes = [ln for ln in tailored.thinking.splitlines() if ln.startswith("Note:")]
+        assert len(notes) == 1
+        assert _computations(tailored.cot) == [s.text for s in gold_steps(p)]
+
+    plain = teacher.tailor(problems[0], [])
+    assert plain.correct and not plain.meta["tailored"]
+
+
+def _attempt(p: Problem, replace_step: int, new_text: str) -> str:
+    """The teacher's CoT for p with the computation of one step replaced (and nothing carried)."""
+    cot = format_cot(*write_cot(p))
+    step = solution_steps(cot)[replace_step]
+    return cot[: step.start] + new_text + cot[step.end:]
+
+
+def test_rule_reflect_inserts_at_the_diverging_step(problems):
+    p = next(q for q in problems if q.meta["n_steps"] >= 3 and q.meta["steps"][1]["op"] == "+")
+    teacher_cot = format_cot(*write_cot(p))
+    g = gold_steps(p)[1]
+    wrong = _attempt(p, 1, f"{g.a} + {g.b} = {g.result + 1}")
+    out = rule_reflect(p, teacher_cot, wrong)
+    assert out is not None
+    lines = out.splitlines()
+    k = next(i for i, ln in enumerate(lines) if ln.startswith("Wait"))
+    assert g.text in lines[k - 1] and not lines[k - 1].startswith("Wait")  # right after step 2
+    assert lines[k] == f"Wait, I might be tempted to say {g.a} + {g.b} = {g.result + 1}, but {g.text}."
+    assert lines[k + 1].startswith("Check")
+    # the rest of the teacher's reasoning and its answer are kept
+    assert out.replace(lines[k] + "\n", "") == teacher_cot
+    assert _boxed(out) == p.answer
+    assert _computations(out) == [s.text for s in gold_steps(p)]
+    wrong_lines = [s for s in parse_steps(out) if not s.correct]
+    assert len(wrong_lines) == 1 and wrong_lines[0].kind == "reflect"
+    # other phrasings differ but say the same
+    variants = {rule_reflect(p, teacher_cot, wrong, variant=v) for v in range(4)}
+    assert len(variants) == 4 and all(_boxed(v) == p.answer for v in variants)
+
+
+def test_rule_reflect_kinds_and_none(problems):
+    p = next(q for q in problems if q.meta["n_steps"] >= 3)
+    teacher_cot = format_cot(*write_cot(p))
+    gold = gold_steps(p)
+    g0, g1 = gold[0], gold[1]
+    other = "+" if g1.op != "+" else "-"
+    cases = {
+        "operation": _attempt(p, 1, f"{g1.a} {other} {g1.b} = 0"),
+        "operand": _attempt(p, 1, f"{g1.a} {g1.op} {g1.b + 1} = 0"),
+        "start": _attempt(p, 0, f"{g0.a + 1} {g0.op} {g0.b} = {g0.result}"),
+        "carry": _attempt(p, 1, f"{g1.a + 2} {g1.op} {g1.b} = {g1.result}"),
+    }
+    for kind, attempt in cases.items():
+        ref = solution_steps(teacher_cot)
+        div = find_divergence(ref, attempt)
+        assert div is not None and div.kind == kind, kind
+        out = rule_reflect(p, teacher_cot, attempt)
+        assert out is not None and _boxed(out) == p.answer
+        assert _computations(out) == [s.text for s in gold]
+    # stopped after the first step: reflection before the step it left out
+    short = f"<think>\n{g0.text}\n</think>\n\n\\boxed{{{g0.result}}}"
+    out = rule_reflect(p, teacher_cot, short)
+    lines = out.splitlines()
+    k = next(i for i, ln in enumerate(lines) if ln.startswith("Wait"))
+    assert g1.text in lines[k + 1]
+    # all steps right but a wrong final answer
+    bad_answer = teacher_cot.replace(f"\\boxed{{{p.answer}}}", "\\boxed{1234}")
+    out = rule_reflect(p, teacher_cot, bad_answer)
+    assert "1234" in out and _boxed(out) == p.answer
+    # one step too many
+    extra = teacher_cot.replace("\n</think>", f"\n{p.answer} + 1 = {int(p.answer) + 1}\n</think>")
+    out = rule_reflect(p, teacher_cot, extra)
+    assert out is not None and _boxed(out) == p.answer
+    # nothing to reflect on
+    assert rule_reflect(p, teacher_cot, "I do not know. \\boxed{3}") is None
+    assert rule_reflect(p, teacher_cot, teacher_cot) is None
+    # a slipped teacher CoT is not edited
+    slipped = format_cot(*write_cot(p, slip_at=0))
+    assert rule_reflect(p, slipped, cases["operand"]) is None
