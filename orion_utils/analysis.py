@@ -521,6 +521,27 @@ class AnalysisConfig:
     step_consistency: str = "auto"  # auto (toy runs only) | on | off
     consistency_kinds: list = field(default_factory=lambda: list(CONSISTENCY_KINDS))
     margin_points: float = CLAIM_MARGIN_POINTS  # the headline claim's margin, in points
+    judge: bool = False  # real runs: the teacher judges the step consistency of training CoTs (costs calls)
+    judge_max_cots: int = 64  # training CoTs judged per method
+
+
+def judge_consistency(judge, cots: Sequence[tuple[str, str]]) -> dict:
+    """Mean share of steps the teacher judges consistent over (question, CoT) pairs, and counts."""
+    scores = judge.judge_many(list(cots))
+    valid = [x for x in scores if x is not None]
+    return {"score": sum(valid) / len(valid) if valid else None, "n": len(valid), "failed": len(scores) - len(valid)}
+
+
+def make_judge(cfg: AnalysisConfig, teacher_cfg, data_cfg, run: RunDir):
+    """The profile's teacher as a step-consistency judge, when ``analysis.judge`` is on (else None)."""
+    if not cfg.judge:
+        return None
+    from .collection import make_teacher
+
+    teacher = make_teacher(teacher_cfg, data_cfg, cache_dir=str(run.path("cache", "teacher")))
+    if not hasattr(teacher, "judge_many"):
+        raise ValueError(f"analysis.judge needs a prompted teacher (api or local), not teacher.kind={teacher_cfg.kind!r}")
+    return teacher
 
 
 def analyse_methods(
@@ -529,11 +550,13 @@ def analyse_methods(
     scorer: Optional[Scorer] = None,
     tokenizer: Any = "auto",
     methods: Optional[Sequence[str]] = None,
+    judge=None,
 ) -> tuple[dict, dict, dict]:
     """Per-method analysis of one run: (methods dict, difficulty dict, raw data for the figures).
 
     ``scorer``: see ``Scorer``; None loads the base student (``student_scorer``); ``False`` skips
     cot_perplexity. ``tokenizer``: "auto" loads the student's, None counts whitespace words.
+    ``judge``: a teacher with ``judge_many`` (see ``teachers.prompts``) for ``judge_consistency``.
     """
     metrics = json.loads(run.path("metrics.json").read_text(encoding="utf-8"))
     methods = list(methods or metrics)
@@ -593,6 +616,8 @@ def analyse_methods(
                 row["cot_perplexity_n"] = len(finite)
             else:
                 row["cot_nll_mean"] = row["cot_perplexity"] = row["cot_perplexity_n"] = None
+            if judge is not None:
+                row["judge_consistency"] = judge_consistency(judge, chosen[: cfg.judge_max_cots])
         else:
             row.update(cot_tokens_mean=None, cot_tokens=None, cot_nll_mean=None, cot_perplexity=None,
                        cot_perplexity_n=None)
@@ -873,6 +898,7 @@ def analyse_run(
     *,
     scorer: Optional[Scorer] = None,
     tokenizer: Any = "auto",
+    judge=None,
     force: bool = False,
 ) -> dict:
     """Analyse a finished run: writes ``analysis.json``, the figures and ``report.md``; returns the analysis.
@@ -883,6 +909,8 @@ def analyse_run(
     ``scorer``: ``scorer(questions, completions) -> mean token NLLs`` under the base student, used
     for every seed (None: each run's own base student, loaded once; ``False``: no perplexity).
     ``tokenizer``: for token counts ("auto": the student's; None: whitespace words).
+    ``judge``: a teacher with ``judge_many`` to score the step consistency of training CoTs (real
+    runs; see ``make_judge``), or None.
 
     A stage in the manifest (``analysis``): skipped when ``metrics.json``, the eval outputs, the
     training sets and loss logs and the parameters are unchanged (``force=True`` redoes it).
@@ -932,7 +960,7 @@ def analyse_run(
         per_seed, raws, metrics_list = [], [], []
         difficulty = None
         for r in [run, *others]:
-            methods, diff, raw = analyse_methods(r, cfg, scorer=scorer, tokenizer=tokenizer)
+            methods, diff, raw = analyse_methods(r, cfg, scorer=scorer, tokenizer=tokenizer, judge=judge)
             per_seed.append(methods)
             raws.append(raw)
             metrics_list.append(json.loads(r.path("metrics.json").read_text(encoding="utf-8")))

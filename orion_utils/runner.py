@@ -29,7 +29,7 @@ NOTEBOOKS: dict[str, list[str]] = {
     "05_edit": ["edit", "sft", "teacher", "data", "generation", "student"],
     "06_tailored_learning": ["tailored", "sft", "teacher", "data", "generation", "student"],
     "07_evaluation": ["evaluation", "generation", "student"],
-    "08_analysis": ["analysis"],
+    "08_analysis": ["analysis", "teacher", "data"],
 }
 
 
@@ -102,7 +102,7 @@ def run_pipeline(
     started = time.time()
     # Seed 0's run is the main one; further seeds go to <run>/seeds/seed_<k>, and the analysis of
     # the main run, which comes last, reports mean ± std over all of them.
-    for index, seed in enumerate(profile.seeds):
+    for index, seed in enumerate(profile.seeds if pipeline else []):
         seed_profile = load_profile(profile_name, _merge(overrides or {}, seed_overrides(profile, seed)))
         seed_path = run_path if index == 0 else run_path / "seeds" / f"seed_{seed}"
         label = f" seed {seed} ({index + 1}/{len(profile.seeds)})" if len(profile.seeds) > 1 else ""

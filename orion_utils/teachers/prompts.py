@@ -23,6 +23,7 @@ model in memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import re
 from typing import Iterator, Optional, Sequence
 
 from ..chat import DEFAULT_PROMPT_TEMPLATE, build_messages
@@ -223,6 +224,36 @@ def tailor_messages(
 # PromptedTeacher
 
 
+JUDGE_TEMPLATE = """You are checking a worked solution for logical consistency.
+
+## Problem
+{question}
+
+## Solution to check
+{cot}
+
+Go through the solution step by step. For each step decide whether it follows correctly from the problem and the steps before it: right arithmetic, no contradiction with an earlier step, no unjustified jump. Then, on the last line, write exactly:
+Consistent steps: K of N
+where N is the number of steps you checked and K how many of them were consistent."""
+
+_JUDGE_SCORE = re.compile(r"consistent steps:\s*(\d+)\s*(?:of|/|out of)\s*(\d+)", re.IGNORECASE)
+
+
+def judge_messages(question: str, cot: str, system: Optional[str] = None) -> list[dict]:
+    """The step-consistency judge: the teacher checks a CoT and counts its consistent steps."""
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": JUDGE_TEMPLATE.format(question=question, cot=cot)}]
+
+
+def parse_judge_score(text: str) -> Optional[float]:
+    """K/N from the judge's last "Consistent steps: K of N" line; None if absent or N is 0."""
+    matches = _JUDGE_SCORE.findall(text or "")
+    if not matches:
+        return None
+    k, n = (int(x) for x in matches[-1])
+    return min(k, n) / n if n else None
+
+
 @dataclass
 class CompletionRequest:
     """One chat request; ``sample_index`` makes the n samples of one prompt distinct requests."""
@@ -381,6 +412,17 @@ class PromptedTeacher:
             if trace is not None:
                 out[k // n].append(trace)
         return out
+
+    def judge_many(self, items: Sequence[tuple[str, str]]) -> list[Optional[float]]:
+        """Step-level consistency of (question, CoT) pairs as judged by the teacher: the share of
+        steps it finds consistent, in [0, 1]; None where the request failed or gave no score."""
+        requests = [CompletionRequest(judge_messages(q, cot, self.system_prompt), 0, "judge") for q, cot in items]
+        scores: list[Optional[float]] = [None] * len(requests)
+        for i, completion in self._iter_complete(requests):
+            if completion is not None:
+                score = parse_judge_score(completion.solution)
+                scores[i] = score if score is not None else parse_judge_score(completion.thinking)
+        return scores
 
     def _one(self, traces: list[Optional[TeacherTrace]], what: str, problem: Problem) -> TeacherTrace:
         if traces and traces[0] is not None:
