@@ -763,39 +763,38 @@ def train_edit_stage2(
     set_seed(cfg.seed)
     import torch
 
-    from .training import threads_for_model_dir
+    from .training import cpu_threads, threads_for_model_dir
 
     threads = threads_for_model_dir(stage1_model_dir) if not torch.cuda.is_available() else 0
-    if threads:  # tiny model on CPU: one thread (see training.threads_for_model_dir); kept for this process
-        torch.set_num_threads(threads)
-    model, tokenizer = load_model_and_tokenizer(stage1_model_dir, cfg)
-    items = [encode_pair(tokenizer, p, prompt_template, system) for p in pairs]
-    annotated = [replace(p, meta={**p.meta, "key_ops": it["key_ops"]}) for p, it in zip(pairs, items)]
-    write_jsonl(output_dir / "pairs_with_ops.jsonl", annotated)
-    trainer = make_edit_trainer_class()(
-        model=model,
-        args=training_arguments(output_dir, cfg),
-        train_dataset=PairDataset(items),
-        data_collator=EditCollator(tokenizer.pad_token_id, cfg.alpha, cfg.beta, cfg.max_seq_len),
-        nll_guard=cfg.nll_guard,
-    )
-    seconds = run_trainer(trainer, "edit stage 2", cfg, len(items))
-    model_dir = save_full_model(trainer, tokenizer, output_dir / "model")
-    history = loss_history(trainer)
-    write_json(output_dir / "loss_history.json", history)
-    result = CustomTrainResult(
-        model_dir=model_dir,
-        backend=backend_name(cfg),
-        loss_history=history,
-        train_seconds=seconds,
-        n_examples=len(items),
-        n_steps=trainer.state.global_step,
-        meta={"edit": asdict(cfg)},
-    )
-    write_json(
-        output_dir / "train_result.json", {k: v for k, v in asdict(result).items() if k != "loss_history"}
-    )
-    return result
+    with cpu_threads(threads):  # a tiny model on CPU trains fastest on one thread
+        model, tokenizer = load_model_and_tokenizer(stage1_model_dir, cfg)
+        items = [encode_pair(tokenizer, p, prompt_template, system) for p in pairs]
+        annotated = [replace(p, meta={**p.meta, "key_ops": it["key_ops"]}) for p, it in zip(pairs, items)]
+        write_jsonl(output_dir / "pairs_with_ops.jsonl", annotated)
+        trainer = make_edit_trainer_class()(
+            model=model,
+            args=training_arguments(output_dir, cfg),
+            train_dataset=PairDataset(items),
+            data_collator=EditCollator(tokenizer.pad_token_id, cfg.alpha, cfg.beta, cfg.max_seq_len),
+            nll_guard=cfg.nll_guard,
+        )
+        seconds = run_trainer(trainer, "edit stage 2", cfg, len(items))
+        model_dir = save_full_model(trainer, tokenizer, output_dir / "model")
+        history = loss_history(trainer)
+        write_json(output_dir / "loss_history.json", history)
+        result = CustomTrainResult(
+            model_dir=model_dir,
+            backend=backend_name(cfg),
+            loss_history=history,
+            train_seconds=seconds,
+            n_examples=len(items),
+            n_steps=trainer.state.global_step,
+            meta={"edit": asdict(cfg)},
+        )
+        write_json(
+            output_dir / "train_result.json", {k: v for k, v in asdict(result).items() if k != "loss_history"}
+        )
+        return result
 
 
 # --------------------------------------------------------------------------------------------

@@ -134,8 +134,9 @@ def run_prepare_student(
 
 def _check_model_reference(model: str) -> None:
     """A local-looking path must exist; a hub id is checked when it is loaded."""
-    looks_local = model.startswith((".", "/", "~")) or Path(model).expanduser().exists() or model.count("/") > 1
-    if looks_local and not Path(model).expanduser().exists():
+    from .training import looks_like_local_path
+
+    if looks_like_local_path(model) and not Path(model).expanduser().exists():
         raise FileNotFoundError(f"student.model points at {model!r}, which does not exist")
 
 

@@ -429,37 +429,36 @@ def train_tailored_round(
     set_seed(cfg.seed)
     import torch
 
-    from .training import threads_for_model_dir
+    from .training import cpu_threads, threads_for_model_dir
 
     threads = threads_for_model_dir(init_model_dir) if not torch.cuda.is_available() else 0
-    if threads:  # tiny model on CPU: one thread (see training.threads_for_model_dir); kept for this process
-        torch.set_num_threads(threads)
-    model, tokenizer = load_model_and_tokenizer(init_model_dir, cfg)
-    items = [encode_triplet_example(tokenizer, ex, prompt_template, system) for ex in examples]
-    trainer = make_tailored_trainer_class()(
-        model=model,
-        args=training_arguments(output_dir, cfg),
-        train_dataset=_ListDataset(items),
-        data_collator=TailoredCollator(
-            tokenizer.pad_token_id, cfg.prefix_weight, cfg.max_seq_len, use_triplet=cfg.lam > 0
-        ),
-        lam=cfg.lam,
-        margin=cfg.margin,
-    )
-    seconds = run_trainer(trainer, "tailored", cfg, len(items))
-    model_dir = save_full_model(trainer, tokenizer, output_dir / "model")
-    history = loss_history(trainer)
-    write_json(output_dir / "loss_history.json", history)
-    n_triplets = sum(1 for it in items if it["positive"] and it["negative"])
-    return CustomTrainResult(
-        model_dir=model_dir,
-        backend=backend_name(cfg),
-        loss_history=history,
-        train_seconds=seconds,
-        n_examples=len(items),
-        n_steps=trainer.state.global_step,
-        meta={"init_model": str(init_model_dir), "n_triplets": n_triplets},
-    )
+    with cpu_threads(threads):  # a tiny model on CPU trains fastest on one thread
+        model, tokenizer = load_model_and_tokenizer(init_model_dir, cfg)
+        items = [encode_triplet_example(tokenizer, ex, prompt_template, system) for ex in examples]
+        trainer = make_tailored_trainer_class()(
+            model=model,
+            args=training_arguments(output_dir, cfg),
+            train_dataset=_ListDataset(items),
+            data_collator=TailoredCollator(
+                tokenizer.pad_token_id, cfg.prefix_weight, cfg.max_seq_len, use_triplet=cfg.lam > 0
+            ),
+            lam=cfg.lam,
+            margin=cfg.margin,
+        )
+        seconds = run_trainer(trainer, "tailored", cfg, len(items))
+        model_dir = save_full_model(trainer, tokenizer, output_dir / "model")
+        history = loss_history(trainer)
+        write_json(output_dir / "loss_history.json", history)
+        n_triplets = sum(1 for it in items if it["positive"] and it["negative"])
+        return CustomTrainResult(
+            model_dir=model_dir,
+            backend=backend_name(cfg),
+            loss_history=history,
+            train_seconds=seconds,
+            n_examples=len(items),
+            n_steps=trainer.state.global_step,
+            meta={"init_model": str(init_model_dir), "n_triplets": n_triplets},
+        )
 
 
 # --------------------------------------------------------------------------------------------

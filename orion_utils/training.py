@@ -45,11 +45,12 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
 from .chat import encode_for_training
+from .jsonl import write_json
 from .records import SFTExample
 
 __all__ = [
@@ -334,7 +335,7 @@ def _trainer_class():
 
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             if folder.is_dir():
-                _write_json(folder / _COUNTERS_FILE, {"nll_sum": self.nll_sum, "n_supervised": self.n_supervised})
+                write_json(folder / _COUNTERS_FILE, {"nll_sum": self.nll_sum, "n_supervised": self.n_supervised})
 
     _TRAINER_CLASSES[base] = OrionSFTTrainer
     return OrionSFTTrainer
@@ -483,13 +484,6 @@ def _epoch_nll(trainer) -> tuple[float, int]:
 # files
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def _publish_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Replace ``final_dir`` by the fully written ``tmp_dir`` (rename: never half-written)."""
     old = None
@@ -501,7 +495,7 @@ def _publish_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_local_path(name: str) -> bool:
     """A Hub id is ``name`` or ``org/name``; anything else path-like is a local path."""
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
 
@@ -515,7 +509,7 @@ def _check_base_model(base_model: Union[str, Path]) -> str:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"train_sft: base model directory {name!r} has no config.json (not a saved model)")
         return str(path)
-    if isinstance(base_model, Path) or _looks_like_path(name):
+    if isinstance(base_model, Path) or looks_like_local_path(name):
         raise FileNotFoundError(f"train_sft: base model {name!r} does not exist (expected a directory saved with save_pretrained)")
     return name  # a Hugging Face Hub id
 
@@ -759,7 +753,7 @@ def train_sft(
         if resume_from is None and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)  # stale (other data/config) or resume=False
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(ckpt_dir / "fingerprint.json", {"fingerprint": fingerprint})
+        write_json(ckpt_dir / "fingerprint.json", {"fingerprint": fingerprint})
 
         line = (
             f"[training] backend={backend} ({reason}) device={device} dtype={dtype} lora={cfg.use_lora} "
@@ -788,7 +782,7 @@ def train_sft(
                 shutil.rmtree(model_tmp, ignore_errors=True)
 
     history = _loss_history(trainer.state.log_history)
-    _write_json(output_dir / "loss_history.json", history)
+    write_json(output_dir / "loss_history.json", history)
     result = TrainResult(
         model_dir=str(model_dir),
         backend=backend,
@@ -801,7 +795,7 @@ def train_sft(
         dtype=dtype,
         resumed_from=resume_from.name if resume_from is not None else None,
     )
-    _write_json(
+    write_json(
         output_dir / "train_result.json",
         {**asdict(result), "base_model": base_model, "prompt_template": prompt_template, "system": system,
          "config": asdict(cfg), "attn_implementation": attn, "truncated": stats["truncated"], "dropped": stats["dropped"]},
