@@ -93,7 +93,7 @@ def run_tailored_stage(
         problems = read_jsonl(inputs[0], Problem)
         teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.path("cache", "teacher")))
         rounds = run_tailored(run.student_model(), problems, teacher,
-                              default_generator_factory(generation.backend, generation.batch_size), cfg.rounds,
+                              default_generator_factory(generation), cfg.rounds,
                               cfg, out_dir, prompt_template=student.prompt_template,
                               system=student.system_prompt or None)
         _join_loss_histories([(p.parent.name, p) for p in sorted(out_dir.glob("round_*/loss_history.json"))],

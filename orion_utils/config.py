@@ -69,8 +69,10 @@ class TeacherConfig:
 @dataclass
 class GenerationConfig:
     backend: str = "auto"  # auto | transformers | vllm
-    batch_size: int = 64
+    batch_size: int = 64  # transformers: prompts per batch (vLLM schedules its own batches)
     dtype: str = "auto"
+    gpu_memory_utilization: float = 0.0  # vLLM: share of GPU memory it may take; 0: vLLM's default
+    max_model_len: int = 0  # vLLM: context length (prompt + completion); 0: the model's own
 
 
 SECTIONS: dict[str, str] = {

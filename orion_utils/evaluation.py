@@ -72,10 +72,9 @@ def evaluate_model(
     student: StudentConfig,
 ) -> dict:
     """Generate, grade and return ({benchmark: [EvalSample, ...]}, backend name) for one model."""
-    from .generation import SamplingConfig, load_generator
+    from .generation import SamplingConfig, open_generator
 
-    generator = load_generator(model_path, backend=generation.backend, batch_size=generation.batch_size,
-                               dtype=generation.dtype, seed=cfg.seed)
+    generator = open_generator(model_path, generation, seed=cfg.seed)
     template, system = student.prompt_template, student.system_prompt or None
     results = {}
     try:

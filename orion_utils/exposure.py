@@ -68,15 +68,14 @@ def sample_and_grade(
 
     Problems already in ``partial_path`` (from a crashed run) are not sampled again.
     """
-    from .generation import SamplingConfig, load_generator
+    from .generation import SamplingConfig, open_generator
 
     done = read_jsonl(partial_path, StudentAttempt, tolerate_torn_tail=True) if partial_path.exists() else []
     done_ids = {a.problem_id for a in done}
     todo = [p for p in problems if p.id not in done_ids]
     if not todo:
         return done
-    generator = load_generator(model_path, backend=generation.backend, batch_size=generation.batch_size,
-                               dtype=generation.dtype, seed=cfg.seed)
+    generator = open_generator(model_path, generation, seed=cfg.seed)
     sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                               max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     attempts = list(done)

@@ -624,6 +624,17 @@ def load_generator(
     return gen
 
 
+def open_generator(model_path: str, generation, *, seed: int = 0, **backend_kwargs) -> GenerationBackend:
+    """``load_generator`` with the settings of a profile's ``generation`` section (a GenerationConfig)."""
+    vllm_kwargs = {}
+    if generation.gpu_memory_utilization:
+        vllm_kwargs["gpu_memory_utilization"] = float(generation.gpu_memory_utilization)
+    if generation.max_model_len:
+        vllm_kwargs["max_model_len"] = int(generation.max_model_len)
+    return load_generator(model_path, backend=generation.backend, batch_size=generation.batch_size,
+                          dtype=generation.dtype, seed=seed, **vllm_kwargs, **backend_kwargs)
+
+
 _TRANSFORMERS_KWARGS = {"progress", "num_threads", "attn_implementation", "model", "tokenizer"}
 _TRANSFORMERS_ONLY_KWARGS = _TRANSFORMERS_KWARGS - {"progress"}
 

@@ -5,6 +5,8 @@ so nothing passes between notebooks in memory. Keep them flat and JSON-friendly.
 """
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -38,6 +40,37 @@ class TeacherTrace:
     def cot(self) -> str:
         """The full assistant turn the student is trained on."""
         return format_cot(self.thinking, self.solution)
+
+
+_ID_KEYS = ("id", "problem_id", "unique_id")
+_QUESTION_KEYS = ("question", "problem", "prompt")
+_ANSWER_KEYS = ("answer", "gold", "gold_answer", "target")
+
+
+def as_problem(item: Any) -> Problem:
+    """A Problem from a Problem or a plain dict (``{"id", "question", "answer"}``; also the common
+    spellings ``problem``/``prompt`` and ``gold``/``target``). Without an id, one is made from the
+    question's hash, so the same question always gets the same id."""
+    if isinstance(item, Problem):
+        return item
+    if not isinstance(item, Mapping):
+        raise TypeError(f"a problem must be a Problem or a dict with 'question' and 'answer', got {type(item).__name__}")
+
+    def first(keys: tuple) -> Any:
+        return next((item[k] for k in keys if item.get(k) is not None), None)
+
+    question, answer = first(_QUESTION_KEYS), first(_ANSWER_KEYS)
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"a problem dict needs a non-empty text 'question' (keys given: {sorted(map(str, item))})")
+    if answer is None or isinstance(answer, (dict, list)):
+        raise ValueError(f"a problem dict needs an 'answer' (keys given: {sorted(map(str, item))})")
+    pid = first(_ID_KEYS)
+    if pid is None:
+        pid = "q-" + hashlib.sha1(question.encode("utf-8")).hexdigest()[:12]
+    known = {*_ID_KEYS, *_QUESTION_KEYS, *_ANSWER_KEYS, "source", "meta"}
+    meta = dict(item.get("meta") or {}) if isinstance(item.get("meta"), Mapping) else {}
+    meta.update({str(k): v for k, v in item.items() if k not in known})
+    return Problem(id=str(pid), question=question, answer=str(answer), source=str(item.get("source") or ""), meta=meta)
 
 
 def format_cot(thinking: str, solution: str) -> str:

@@ -224,7 +224,7 @@ def run_reflection(
     outputs = [run.data("refinements.jsonl"), run.data("sft_orion.jsonl")]
 
     def work() -> dict:
-        from .generation import completion_nll, load_generator
+        from .generation import completion_nll, open_generator
 
         problems = read_jsonl(inputs[0], Problem)
         teacher_examples = read_jsonl(inputs[1], SFTExample)
@@ -236,8 +236,7 @@ def run_reflection(
         template, system = student.prompt_template, student.system_prompt or None
         generator = None
         if kind == "llm":
-            generator = load_generator(model_path, backend=generation.backend, batch_size=generation.batch_size,
-                                       dtype=generation.dtype, seed=cfg.seed)
+            generator = open_generator(model_path, generation, seed=cfg.seed)
             reflector: Reflector = LLMReflector(generator, cfg, system)
         else:
             reflector = RuleReflector(cfg.seed)

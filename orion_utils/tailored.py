@@ -484,13 +484,15 @@ class RoundResult:
     meta: dict = field(default_factory=dict)
 
 
-def default_generator_factory(backend: str = "auto", batch_size: int = 64):
-    """``model_dir → generator`` through ``generation.load_generator``."""
+def default_generator_factory(generation=None):
+    """``model_dir → generator`` through ``generation.open_generator`` with a profile's
+    ``generation`` section (a ``config.GenerationConfig``; None: its defaults)."""
 
     def factory(model_dir: PathLike):
-        from .generation import load_generator
+        from .config import GenerationConfig
+        from .generation import open_generator
 
-        return load_generator(str(model_dir), backend=backend, batch_size=batch_size)
+        return open_generator(str(model_dir), generation or GenerationConfig())
 
     return factory
 

@@ -43,7 +43,7 @@ import random
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -67,6 +67,7 @@ __all__ = [
 
 BACKENDS = ("auto", "trl", "unsloth")
 BATCHING_MODES = ("auto", "padding_free", "length_grouped", "padded")
+OVERLONG_MODES = ("truncate", "drop")
 # attention kernels that run a flattened (padding-free) batch as separate sequences without a dense mask
 VARLEN_ATTENTION = (
     "flash_attention_2",
@@ -95,7 +96,9 @@ class TrainingConfig:
     max_steps: int = -1  # > 0 overrides num_epochs
     batch_size: int = 16  # per device
     grad_accum: int = 1
-    max_seq_len: int = 512  # prompt + assistant turn; longer examples are cut (and lose their end-of-turn token)
+    max_seq_len: int = 512  # prompt + assistant turn
+    overlong: str = "truncate"  # examples longer than max_seq_len: truncate (they lose their end of
+    #                             turn) | drop (real long-CoT runs: a cut CoT teaches never finishing)
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     lr_scheduler: str = "cosine"
@@ -216,16 +219,23 @@ def build_sft_rows(
     prompt_template: str = "{question}",
     system: Optional[str] = None,
     max_seq_len: Optional[int] = None,
+    overlong: str = "truncate",
 ) -> tuple[list[dict], dict]:
     """Tokenise examples with :func:`encode_for_training` (the one source of token ids).
 
     Returns ``(rows, stats)``: rows ``{"input_ids", "labels"}`` (labels -100 on the prompt) and
-    ``{"dropped": n_without_supervised_tokens, "truncated": n_cut_at_max_seq_len}``."""
-    rows, dropped, truncated = [], 0, 0
+    ``{"dropped": n_without_supervised_tokens, "truncated": n_cut_at_max_seq_len,
+    "overlong_dropped": n_longer_than_max_seq_len_left_out}`` (``overlong="drop"``)."""
+    if overlong not in OVERLONG_MODES:
+        raise ValueError(f"overlong must be one of {OVERLONG_MODES}, got {overlong!r}")
+    rows, dropped, truncated, overlong_dropped = [], 0, 0, 0
     for ex in examples:
         full = encode_for_training(tokenizer, ex.question, ex.response, template=prompt_template, system=system)
         enc = full
         if max_seq_len is not None and len(full["input_ids"]) > max_seq_len:
+            if overlong == "drop":
+                overlong_dropped += 1
+                continue
             truncated += 1
             enc = encode_for_training(
                 tokenizer, ex.question, ex.response, template=prompt_template, max_seq_len=max_seq_len, system=system
@@ -234,7 +244,7 @@ def build_sft_rows(
             dropped += 1
             continue
         rows.append({"input_ids": list(enc["input_ids"]), "labels": list(enc["labels"])})
-    return rows, {"dropped": dropped, "truncated": truncated}
+    return rows, {"dropped": dropped, "truncated": truncated, "overlong_dropped": overlong_dropped}
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int = 0, window: int = 64) -> list[list[int]]:
@@ -705,7 +715,9 @@ def train_sft(
     if cfg.load_in_4bit and not cfg.use_lora:
         raise ValueError("load_in_4bit=True needs use_lora=True (4-bit weights cannot be fine-tuned directly)")
     if cfg.load_in_4bit and device != "cuda":
-        raise ValueError("load_in_4bit=True needs a CUDA GPU (bitsandbytes); set load_in_4bit=False on CPU")
+        # a GPU profile run where there is none (a CPU rehearsal, a Colab CPU runtime): same LoRA, full precision
+        print("[training] load_in_4bit needs a CUDA GPU (bitsandbytes); none here, so LoRA trains on full-precision weights", flush=True)
+        cfg = replace(cfg, load_in_4bit=False)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = output_dir / "checkpoints"
@@ -726,10 +738,21 @@ def train_sft(
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"train_sft: the tokenizer of {base_model!r} has no chat template")
 
-        rows, stats = build_sft_rows(tokenizer, examples, prompt_template=prompt_template, system=system, max_seq_len=cfg.max_seq_len)
+        rows, stats = build_sft_rows(
+            tokenizer, examples, prompt_template=prompt_template, system=system, max_seq_len=cfg.max_seq_len,
+            overlong=cfg.overlong,
+        )
         if not rows:
             raise ValueError(
                 f"train_sft: none of the {len(examples)} examples has an assistant token within max_seq_len={cfg.max_seq_len}"
+                + (f" ({stats['overlong_dropped']} longer ones were left out: overlong='drop')" if stats["overlong_dropped"] else "")
+            )
+        if stats["overlong_dropped"]:
+            warnings.warn(
+                f"train_sft: {stats['overlong_dropped']} of {len(examples)} examples are longer than "
+                f"max_seq_len={cfg.max_seq_len} and were left out (overlong='drop')",
+                TrainingWarning,
+                stacklevel=3,
             )
         if stats["truncated"]:
             warnings.warn(
@@ -763,6 +786,8 @@ def train_sft(
             line += f" truncated={stats['truncated']}"
         if stats["dropped"]:
             line += f" dropped={stats['dropped']}"
+        if stats["overlong_dropped"]:
+            line += f" overlong_dropped={stats['overlong_dropped']}"
         if resume_from is not None:
             line += f" resume={resume_from.name}"
         print(line, flush=True)
@@ -798,7 +823,8 @@ def train_sft(
     write_json(
         output_dir / "train_result.json",
         {**asdict(result), "base_model": base_model, "prompt_template": prompt_template, "system": system,
-         "config": asdict(cfg), "attn_implementation": attn, "truncated": stats["truncated"], "dropped": stats["dropped"]},
+         "config": asdict(cfg), "attn_implementation": attn, "truncated": stats["truncated"], "dropped": stats["dropped"],
+         "overlong_dropped": stats["overlong_dropped"]},
     )
     if not cfg.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)

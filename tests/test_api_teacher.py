@@ -527,3 +527,17 @@ def test_server_runs_from_the_command_line():
         proc.terminate()
         proc.wait(timeout=10)
     assert "RuntimeWarning" not in proc.stderr.read()
+
+
+def test_problems_may_be_plain_dicts(tmp_path):
+    problems = arithmetic_problems(3)
+    as_dicts = [{"id": p.id, "question": p.question, "answer": p.answer} for p in problems]
+    with FakeOpenAIServer() as server:
+        teacher = make_teacher(server, tmp_path / "cache")
+        traces = teacher.collect(as_dicts, n=2)
+        assert_valid(traces, problems, 2)
+        assert teacher.collect(problems, n=2) == traces and server.request_count == 6  # same cache keys
+        with pytest.raises(ValueError, match="needs an 'answer'"):
+            teacher.collect([{"question": "1+1?"}])
+        with pytest.raises(ValueError, match="integer >= 1"):
+            teacher.collect(problems, n=0)

@@ -82,3 +82,19 @@ with JsonlAppender({str(path)!r}) as out:
 def test_teacher_trace_cot_format():
     t = TeacherTrace("p", "step 1", "so \\boxed{2}", "2", True, "toy")
     assert t.cot == "<think>\nstep 1\n</think>\n\nso \\boxed{2}"
+
+
+def test_as_problem_accepts_records_and_common_dict_spellings():
+    from orion_utils.records import Problem, as_problem
+
+    p = Problem(id="a", question="q?", answer="1")
+    assert as_problem(p) is p
+    assert as_problem({"problem": "What is 2+2?", "answer": 4, "unique_id": "x/1", "level": 2}) == Problem(
+        id="x/1", question="What is 2+2?", answer="4", meta={"level": 2}
+    )
+    made = as_problem({"question": "What is 2+2?", "gold": "4"})
+    assert made.id.startswith("q-") and made.id == as_problem({"question": "What is 2+2?", "answer": "4"}).id
+    with pytest.raises(TypeError, match="a problem must be"):
+        as_problem("What is 2+2?")
+    with pytest.raises(ValueError, match="non-empty text 'question'"):
+        as_problem({"answer": "4"})

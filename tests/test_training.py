@@ -68,7 +68,7 @@ def _one_thread():
 def test_rows_equal_encode_for_training_and_mask_is_the_assistant_turn(tok):
     examples = _examples(3)
     rows, stats = build_sft_rows(tok, examples, prompt_template=TEMPLATE, system=SYSTEM, max_seq_len=512)
-    assert stats == {"dropped": 0, "truncated": 0}
+    assert stats == {"dropped": 0, "truncated": 0, "overlong_dropped": 0}
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     for ex, row in zip(examples, rows):
         enc = encode_for_training(tok, ex.question, ex.response, template=TEMPLATE, system=SYSTEM)
@@ -93,6 +93,24 @@ def test_truncation_and_dropping(tok):
     assert stats["truncated"] == 2 and rows[0]["input_ids"] == enc["input_ids"] and len(rows[0]["input_ids"]) == 30
     rows, stats = build_sft_rows(tok, examples, prompt_template=TEMPLATE, max_seq_len=5)  # prompt alone is longer
     assert rows == [] and stats["dropped"] == 2
+    mixed = examples + _examples(1)
+    rows, stats = build_sft_rows(tok, mixed, prompt_template=TEMPLATE, max_seq_len=60, overlong="drop")
+    assert stats == {"dropped": 0, "truncated": 0, "overlong_dropped": 2} and len(rows) == 1
+    assert rows[0]["input_ids"] == encode_for_training(tok, mixed[2].question, mixed[2].response, template=TEMPLATE)["input_ids"]
+    with pytest.raises(ValueError, match="overlong must be one of"):
+        build_sft_rows(tok, examples, prompt_template=TEMPLATE, max_seq_len=60, overlong="skip")
+
+
+def test_overlong_drop_in_training_and_4bit_falls_back_on_cpu(tiny_model_dir, tmp_path, capsys):
+    examples = _examples(3, long=True) + _examples(2)
+    cfg = _cfg(max_seq_len=60, max_steps=1, overlong="drop", use_lora=True, lora_r=4, lora_alpha=8, load_in_4bit=True)
+    with pytest.warns(training.TrainingWarning, match="3 of 5 examples are longer than max_seq_len=60 and were left out"):
+        result = train_sft(tiny_model_dir, examples, tmp_path / "drop", cfg, prompt_template=TEMPLATE)
+    out = capsys.readouterr().out
+    assert "load_in_4bit needs a CUDA GPU" in out and "lora=True" in out and "overlong_dropped=3" in out
+    assert result.n_examples == 2
+    with pytest.raises(ValueError, match="3 longer ones were left out"):
+        train_sft(tiny_model_dir, _examples(3, long=True), tmp_path / "none", cfg, prompt_template=TEMPLATE)
 
 
 def test_cut_examples_are_reported(tiny_model_dir, tmp_path, capsys):
@@ -357,7 +375,7 @@ def test_clear_errors(tiny_model_dir, tmp_path):
     if not (training._unsloth_installed() and training._cuda_available()):
         with pytest.raises(RuntimeError, match="backend='unsloth' was requested"):
             train_sft(tiny_model_dir, _examples(2), tmp_path / "d", _cfg(backend="unsloth"))
-    with pytest.raises(ValueError, match="load_in_4bit"):
+    with pytest.raises(ValueError, match="load_in_4bit=True needs use_lora=True"):
         train_sft(tiny_model_dir, _examples(2), tmp_path / "e", _cfg(load_in_4bit=True))
     with pytest.raises(ValueError, match="none of the 2 examples"):
         train_sft(tiny_model_dir, _examples(2), tmp_path / "f", _cfg(max_seq_len=4))

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from ..jsonl import RecordError
-from ..records import Problem, TeacherTrace
+from ..records import Problem, TeacherTrace, as_problem
 from .base import make_trace, split_thinking
 
 PathLike = Union[str, Path]
@@ -595,7 +595,7 @@ class DatasetTeacher:
             raise ValueError(f"n should be a positive integer, got {n!r}")
         traces: list[TeacherTrace] = []
         missing: list[str] = []
-        for problem in problems:
+        for problem in map(as_problem, problems):
             entry = self.lookup(problem)
             if entry is None:
                 missing.append(problem.id)

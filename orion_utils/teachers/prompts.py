@@ -27,7 +27,7 @@ import re
 from typing import Iterator, Optional, Sequence
 
 from ..chat import DEFAULT_PROMPT_TEMPLATE, build_messages
-from ..records import Problem, TeacherTrace
+from ..records import Problem, TeacherTrace, as_problem
 from .base import make_trace
 
 COLLECT_TEMPLATE = DEFAULT_PROMPT_TEMPLATE
@@ -347,8 +347,9 @@ class PromptedTeacher:
         Requests that failed after every retry are left out (and reported by the subclass); run
         ``collect`` again to retry them: everything that succeeded comes from the cache.
         """
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        problems = [as_problem(p) for p in problems]
         pairs = [(p, i) for p in problems for i in range(n)]
         requests = [
             CompletionRequest(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..records import Problem, TeacherTrace
+from ..records import Problem, TeacherTrace, as_problem
 from ..toy.teacher import N_VARIANTS, _rng, render_cot, teacher_sample, write_cot, computations_with_slip
 from .base import make_trace
 
@@ -51,7 +51,7 @@ class ToyTeacher:
     def collect(self, problems: Sequence[Problem], n: int = 1) -> list[TeacherTrace]:
         """n graded traces per problem (sample 0 in the canonical wording, others varied)."""
         out = []
-        for p in problems:
+        for p in map(as_problem, problems):
             for j in range(n):
                 thinking, solution, meta = self.sample(p, j)
                 out.append(self._trace(p, thinking, solution, j, meta))
