@@ -14,6 +14,7 @@ from .config import DataConfig, GenerationConfig, StudentConfig, TeacherConfig
 from .jsonl import read_jsonl, write_jsonl
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
 from .rundir import RunDir
+from .teachers.base import FeedbackTeacher
 
 
 def _join_loss_histories(parts, dst) -> None:
@@ -92,6 +93,12 @@ def run_tailored_stage(
             shutil.rmtree(out_dir)
         problems = read_jsonl(inputs[0], Problem)
         teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.path("cache", "teacher")))
+        if not isinstance(teacher, FeedbackTeacher):
+            raise ValueError(
+                f"Tailored Learning asks the teacher to explain the student's wrong answers, which a "
+                f"teacher.kind={teacher_cfg.kind!r} teacher cannot do; use kind 'api', 'local' or 'toy', "
+                f"or leave 'tailored' out of evaluation.methods"
+            )
         rounds = run_tailored(run.student_model(), problems, teacher,
                               default_generator_factory(generation), cfg.rounds,
                               cfg, out_dir, prompt_template=student.prompt_template,

@@ -5,14 +5,27 @@ the student's own chat template, with loss on the assistant turn only.
 """
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 DEFAULT_PROMPT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 
 
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{question\}")
+
+
+def fill_template(template: str, question: str) -> str:
+    """The user turn: ``{question}`` replaced by the question. Every other brace is literal, so a
+    profile can write ``\\boxed{}`` as it is; ``{{``/``}}`` still read as one brace (``str.format``'s
+    escapes), so templates written for ``str.format`` give the same text."""
+    if "{question}" not in template.replace("{{", "").replace("}}", ""):
+        raise ValueError(f"the prompt template must contain {{question}}, got {template!r}")
+    return _TEMPLATE_TOKEN.sub(lambda m: question if m.group() == "{question}" else m.group()[0], template)
+
+
 def build_messages(question: str, template: str = "{question}", system: Optional[str] = None) -> list[dict]:
     messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": template.format(question=question)})
+    messages.append({"role": "user", "content": fill_template(template, question)})
     return messages
 
 

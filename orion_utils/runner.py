@@ -33,6 +33,10 @@ NOTEBOOKS: dict[str, list[str]] = {
 }
 
 
+# notebooks that only train a baseline: run when their method is among evaluation.methods
+BASELINE_NOTEBOOKS = {"05_edit": "edit", "06_tailored_learning": "tailored"}
+
+
 class NotebookFailed(RuntimeError):
     pass
 
@@ -127,9 +131,14 @@ def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log
     (run_path / "notebooks").mkdir(parents=True, exist_ok=True)
     write_json(run_path / "config.json", profile.to_dict())
     print(f"[orion] profile={profile.name}{label} run_dir={run_path} notebooks={len(notebooks)}", flush=True)
+    methods = profile.section_dict("evaluation")["methods"]
     for i, nb in enumerate(notebooks, start=1):
         out = run_path / "notebooks" / nb.name
         t0 = time.time()
+        method = BASELINE_NOTEBOOKS.get(nb.stem)
+        if method and method not in methods:
+            print(f"[orion] ({i}/{len(notebooks)}) {nb.stem} skipped: '{method}' is not in evaluation.methods", flush=True)
+            continue
         print(f"[orion] ({i}/{len(notebooks)}) {nb.stem} ...", flush=True)
         try:
             pm.execute_notebook(

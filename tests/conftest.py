@@ -60,10 +60,16 @@ def build_tiny_tokenizer():
     )
 
 
-def build_tiny_model_dir(path, seed: int = 0, **config_overrides) -> str:
-    """Save a random tiny Llama + the tiny tokenizer under ``path``; return the path as a string."""
+def build_tiny_model_dir(path, seed: int = 0, architecture: str = "llama", **config_overrides) -> str:
+    """Save a random tiny Llama (or Qwen2: ``architecture="qwen2"``) + the tiny tokenizer under
+    ``path``; return the path as a string."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    LlamaConfig, LlamaForCausalLM = {  # noqa: N806 - the architecture's classes
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[architecture]
 
     tokenizer = build_tiny_tokenizer()
     eos_id = tokenizer.convert_tokens_to_ids(IM_END)

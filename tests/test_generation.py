@@ -299,3 +299,18 @@ def test_completion_nll_matches_hand_computation(tiny_model_dir, gen):
     assert completion_nll(tiny_model_dir, None, qs, cs, batch_size=16) == pytest.approx(expected, abs=1e-5)
     assert completion_nll(gen, None, qs[:1], cs[:1], max_batch_tokens=1) == pytest.approx(expected[:1], abs=1e-5)
     assert completion_nll(model, tok, [], []) == []
+
+
+def test_prompt_templates_take_braces_literally_except_the_question():
+    from orion_utils.chat import DEFAULT_PROMPT_TEMPLATE, build_messages, fill_template
+    from orion_utils.config import load_profile
+
+    boxed = "Please reason step by step, and put your final answer within \\boxed{}."
+    for profile in ("colab", "paper"):  # YAML-written templates with a bare \boxed{}
+        template = load_profile(profile).student.prompt_template
+        assert fill_template(template, "What is {x} if x=2?") == "What is {x} if x=2?\n" + boxed
+    assert fill_template(DEFAULT_PROMPT_TEMPLATE, "Q") == "Q\n" + boxed  # str.format escapes still read
+    assert build_messages("Q", "Solve: {question}", "sys") == [
+        {"role": "system", "content": "sys"}, {"role": "user", "content": "Solve: Q"}]
+    with pytest.raises(ValueError, match="must contain \\{question\\}"):
+        fill_template("Solve it.", "Q")
