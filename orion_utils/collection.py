@@ -42,8 +42,10 @@ def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_di
     if cfg.kind == "local":
         from .teachers.local import LocalTeacher
 
+        vllm_kwargs = {k: v for k, v in (("gpu_memory_utilization", cfg.gpu_memory_utilization),
+                                         ("max_model_len", cfg.max_model_len)) if v}
         return LocalTeacher(cfg.model, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                            seed=cfg.seed)
+                            seed=cfg.seed, **vllm_kwargs)
     raise ValueError(f"teacher.kind must be one of {TEACHER_KINDS}, got {cfg.kind!r}")
 
 

@@ -64,6 +64,8 @@ class TeacherConfig:
     price_input_per_m: float = 0.0
     price_output_per_m: float = 0.0
     seed: int = 0
+    gpu_memory_utilization: float = 0.0  # local teacher on vLLM: share of GPU memory; 0: vLLM's default
+    max_model_len: int = 0  # local teacher on vLLM: context length; 0: the model's own (may not fit the GPU)
 
 
 @dataclass

@@ -38,6 +38,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import random
 import shutil
@@ -351,24 +352,38 @@ def _trainer_class():
     return OrionSFTTrainer
 
 
-def _sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, dtype: str):
+def optimizer_steps(cfg: TrainingConfig, n_rows: int) -> int:
+    """Optimizer steps of a run, counted as the Trainer counts them."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = max(1, math.ceil(n_rows / cfg.batch_size) // cfg.grad_accum)
+    return math.ceil(cfg.num_epochs * per_epoch)
+
+
+def _sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, dtype: str, n_rows: int):
+    import dataclasses as dc
+
     from trl import SFTConfig
 
     if not 0 <= cfg.warmup_ratio < 1:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    # transformers renamed gradient_checkpointing (a deprecated alias since 5.x, gone in 6)
+    fields = {f.name for f in dc.fields(SFTConfig)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
     return SFTConfig(
+        **{checkpointing: cfg.gradient_checkpointing},
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        # whole steps: a float < 1 reads as a ratio only in transformers >= 5
+        warmup_steps=math.ceil(cfg.warmup_ratio * optimizer_steps(cfg, n_rows)),
         weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler,
         optim=cfg.optim,
         max_grad_norm=cfg.max_grad_norm,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         save_strategy="steps" if cfg.save_steps > 0 else ("epoch" if cfg.save_steps == 0 else "no"),
@@ -395,7 +410,7 @@ def _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtyp
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    args = _sft_args(cfg, ckpt_dir, batching, device, dtype)
+    args = _sft_args(cfg, ckpt_dir, batching, device, dtype, len(rows))
     trainer = _trainer_class()(
         model=model,
         args=args,
@@ -406,6 +421,7 @@ def _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtyp
         lengths=[len(r["input_ids"]) for r in rows],
         length_group_window=cfg.length_group_window,
     )
+    _check_collated_labels(trainer, rows[0])
     if not cfg.progress_bar:
         for cb in (PrinterCallback, ProgressCallback):
             trainer.remove_callback(cb)
@@ -414,6 +430,21 @@ def _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtyp
 
             trainer.remove_callback(NotebookProgressCallback)
     return trainer
+
+
+def _check_collated_labels(trainer, row: dict) -> None:
+    """The loss must fall on exactly the assistant tokens we labelled. Some TRL versions rebuild
+    labels from input_ids in their collator (training on the prompt too, silently): stop loudly."""
+    batch = trainer.data_collator([dict(row)])
+    expected = sum(1 for t in row["labels"][1:] if t != -100)
+    got = int((batch["labels"] != -100).sum())
+    if got != expected:
+        import trl
+
+        raise RuntimeError(
+            f"the installed TRL {trl.__version__} does not keep the pre-tokenised labels (its collator supervises "
+            f"{got} tokens of an example where {expected} are the assistant turn); upgrade TRL: pip install -U trl"
+        )
 
 
 @contextlib.contextmanager

@@ -14,3 +14,16 @@ def test_local_teacher_collects_graded_traces(tiny_model_dir):
     for t in traces:
         assert t.teacher.startswith("local:") and t.correct is False  # a random model does not box 5
         assert t.meta["finish_reason"] in ("stop", "length") and t.usage["completion_tokens"] <= 12
+
+
+def test_vllm_settings_reach_the_backend_and_are_named_when_it_ignores_them(tiny_model_dir, capsys):
+    from orion_utils.collection import make_teacher
+    from orion_utils.config import TeacherConfig
+
+    teacher = make_teacher(TeacherConfig(kind="local", model=str(tiny_model_dir), max_tokens=4, max_model_len=2048,
+                                         gpu_memory_utilization=0.5))
+    assert teacher.backend_kwargs == {"gpu_memory_utilization": 0.5, "max_model_len": 2048}
+    teacher.collect([Problem("a", "What is 2 + 3?", "5")])
+    teacher.close()
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[generation]")][0]
+    assert "backend=transformers" in line and "[ignored by transformers: gpu_memory_utilization, max_model_len]" in line

@@ -379,3 +379,23 @@ def test_clear_errors(tiny_model_dir, tmp_path):
         train_sft(tiny_model_dir, _examples(2), tmp_path / "e", _cfg(load_in_4bit=True))
     with pytest.raises(ValueError, match="none of the 2 examples"):
         train_sft(tiny_model_dir, _examples(2), tmp_path / "f", _cfg(max_seq_len=4))
+
+
+def test_warmup_is_whole_steps_and_a_label_rebuilding_collator_is_refused(tok):
+    from types import SimpleNamespace
+
+    assert training.optimizer_steps(_cfg(num_epochs=2, batch_size=4, grad_accum=2), 10) == 2
+    assert training.optimizer_steps(_cfg(num_epochs=1.5, batch_size=4, grad_accum=1), 40) == 15
+    assert training.optimizer_steps(_cfg(max_steps=7), 10) == 7
+    args = training._sft_args(_cfg(num_epochs=3, batch_size=2, warmup_ratio=0.1), Path("unused"), "padded", "cpu",
+                              "float32", 40)
+    assert args.warmup_steps == 6  # ceil(0.1 * 60): the same in every transformers version
+
+    rows, _ = build_sft_rows(tok, _examples(1), prompt_template=TEMPLATE)
+
+    def rebuilds_labels(features):  # what older TRL collators did: supervise every token
+        ids = torch.tensor([f["input_ids"] for f in features])
+        return {"input_ids": ids, "labels": ids.clone()}
+
+    with pytest.raises(RuntimeError, match="does not keep the pre-tokenised labels"):
+        training._check_collated_labels(SimpleNamespace(data_collator=rebuilds_labels), rows[0])
