@@ -52,7 +52,7 @@ def as_problem(item: Any) -> Problem:
     spellings ``problem``/``prompt`` and ``gold``/``target``). Without an id, one is made from the
     question's hash, so the same question always gets the same id."""
     if isinstance(item, Problem):
-        return item
+        return item if isinstance(item.id, str) else Problem(str(item.id), item.question, item.answer, item.source, item.meta)
     if not isinstance(item, Mapping):
         raise TypeError(f"a problem must be a Problem or a dict with 'question' and 'answer', got {type(item).__name__}")
 

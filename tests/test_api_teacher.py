@@ -326,6 +326,12 @@ def test_auth_failure_stops_the_run_without_showing_the_key(tmp_path, monkeypatc
         assert server.request_count <= 2  # stopped at once, not 20 x retries
     assert "ORION_TEST_KEY" in str(info.value) and SECRET not in str(info.value)
     assert SECRET not in json.dumps(teacher.failures())
+    # no chained error (the client's, whose request headers hold the key) and no frame local holds it
+    assert info.value.__context__ is None and info.value.__cause__ is None
+    import traceback
+
+    shown = "".join(traceback.TracebackException.from_exception(info.value, capture_locals=True).format())
+    assert SECRET not in shown
 
 
 def test_missing_key_is_a_clear_error_and_cached_reruns_need_no_key(tmp_path, monkeypatch):
@@ -537,7 +543,42 @@ def test_problems_may_be_plain_dicts(tmp_path):
         traces = teacher.collect(as_dicts, n=2)
         assert_valid(traces, problems, 2)
         assert teacher.collect(problems, n=2) == traces and server.request_count == 6  # same cache keys
+        with pytest.warns(UserWarning, match="1 problem id\\(s\\) name different questions"):
+            teacher.collect([as_dicts[0], {**as_dicts[1], "id": as_dicts[0]["id"]}])
         with pytest.raises(ValueError, match="needs an 'answer'"):
             teacher.collect([{"question": "1+1?"}])
         with pytest.raises(ValueError, match="integer >= 1"):
             teacher.collect(problems, n=0)
+
+
+def test_pieces_of_the_key_are_redacted_too():
+    from orion_utils.teachers.api import REDACTED, _Redactor
+
+    redact = _Redactor(SECRET)
+    assert redact(f"auth: Bearer {SECRET}!") == f"auth: Bearer {REDACTED}!"
+    cut = f"reply is not valid JSON (90 chars: '{{\"error\": \"bad key Bearer {SECRET[:17]}')"
+    assert SECRET[:11] not in redact(cut) and redact(cut).endswith(f"Bearer {REDACTED}')")
+    assert redact(f"tail {SECRET[-13:]} and head {SECRET[:12]}.") == f"tail {REDACTED} and head {REDACTED}."
+    assert redact(f"x = 7 and {SECRET[3:10]} is text") == f"x = 7 and {SECRET[3:10]} is text"  # short: left
+    big = "The answer is 42. " * 100_000 + SECRET[3:20]
+    t0 = time.monotonic()
+    assert redact(big).endswith(REDACTED) and time.monotonic() - t0 < 1.0
+
+
+def test_unusable_usage_numbers_do_not_discard_a_good_reply():
+    reply = json.loads('{"choices": [{"message": {"content": "\\\\boxed{5}"}, "finish_reason": "stop"}],'
+                       ' "usage": {"prompt_tokens": 1e999, "completion_tokens": 7, "total_tokens": -1}}')
+    completion = parse_reply(reply)
+    assert completion.solution.endswith("{5}") and completion.usage == {"completion_tokens": 7}
+
+
+def test_a_longer_retry_after_than_allowed_fails_now_and_is_retried_next_run(tmp_path):
+    problems = arithmetic_problems(2)
+    with FakeOpenAIServer(fault_fn=lambda body, attempt: "429" if attempt == 0 else None,
+                          retry_after_s=3600) as server:
+        teacher = make_teacher(server, tmp_path / "cache", max_retry_after_s=5)
+        t0 = time.monotonic()
+        assert teacher.collect(problems) == [] and time.monotonic() - t0 < 3.0
+        reasons = {f["reason"] for f in teacher.failures()}
+        assert reasons == {"http 429 with Retry-After 3600s > max_retry_after_s"}
+        assert len(teacher.collect(problems)) == 2 and teacher.failures() == []

@@ -26,13 +26,13 @@ import functools
 import importlib
 import json
 import logging
+import math
 import os
 import queue
 import random
 import re
 import threading
 import time
-import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,15 +80,54 @@ class MalformedResponse(Exception):
 
 
 class _Redactor:
-    """Replaces the secret with ``[REDACTED]`` in any text; holds the secret only for one run."""
+    """Replaces the secret with ``[REDACTED]`` in any text; holds the secret only for one run.
+
+    Pieces of the secret are redacted too (a server may echo the key into a reply it then cuts
+    off): any run of at least ``2 * _BLOCK - 1`` characters of the key contains one of its aligned
+    ``_BLOCK``-character blocks, which ``str.find`` spots quickly even in megabytes of text, and is
+    then widened to the whole piece."""
+
+    _BLOCK = 6
 
     def __init__(self, secret: Optional[str]):
         self._secret = secret if secret and secret != DUMMY_KEY and len(secret) >= 6 else None
+        self._blocks: list[str] = []
+        if self._secret is not None and len(self._secret) >= 2 * self._BLOCK:
+            b = self._BLOCK
+            self._blocks = [self._secret[i : i + b] for i in range(0, len(self._secret) - b + 1, b)]
 
     def __call__(self, text: Any) -> Any:
         if self._secret is None or not isinstance(text, str):
             return text
-        return text.replace(self._secret, REDACTED)
+        text = text.replace(self._secret, REDACTED)
+        return self._redact_pieces(text) if self._blocks else text
+
+    def _redact_pieces(self, text: str) -> str:
+        secret, spans = self._secret, []
+        for block in self._blocks:
+            start = text.find(block)
+            while start != -1:
+                lo, hi = start, start + len(block)
+                while lo > 0 and text[lo - 1 : hi] in secret:
+                    lo -= 1
+                while hi < len(text) and text[lo : hi + 1] in secret:
+                    hi += 1
+                spans.append((lo, hi))
+                start = text.find(block, hi)
+        if not spans:
+            return text
+        merged: list[list[int]] = []
+        for lo, hi in sorted(spans):
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        out, pos = [], 0
+        for lo, hi in merged:
+            out += [text[pos:lo], REDACTED]
+            pos = hi
+        out.append(text[pos:])
+        return "".join(out)
 
     def json(self, obj: Any) -> Any:
         """Redact every string (keys included) inside a JSON-like structure."""
@@ -165,7 +204,7 @@ def _text_of(content: Any) -> str:
 
 
 def _count(value: Any) -> Optional[int]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         return None
     return int(value)
 
@@ -207,7 +246,7 @@ def parse_reply(data: Any) -> Completion:
         err = data.get("error")
         if err:
             msg = err.get("message") if isinstance(err, dict) else err
-            raise MalformedResponse(f"error in a 200 reply: {str(msg)[:300]}")
+            raise MalformedResponse(f"error in a 200 reply: {msg}")  # cut after redaction, by the caller
         raise MalformedResponse("reply has no choices")
     choice = choices[0]
     if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
@@ -344,7 +383,8 @@ class APITeacher(PromptedTeacher):
     price_input_per_m, price_output_per_m, price_cached_input_per_m: USD per million tokens
         (cached input defaults to the input price) for ``usage_summary()['cost_usd']``.
     backoff_base_s, backoff_max_s: exponential backoff with full jitter between attempts.
-    max_retry_after_s: longest ``Retry-After`` honoured (longer ones are clipped to it).
+    max_retry_after_s: longest ``Retry-After`` waited for; a request asked to wait longer is recorded
+        as failed (never sent earlier than the server asked) and sent again on the next run.
     prompt_template, system_prompt: the collection prompt (default: question + step by step/\\boxed{}).
     progress: show a tqdm bar (rate and ETA).
     name: recorded as ``TeacherTrace.teacher`` (default: the model name).
@@ -729,7 +769,9 @@ class APITeacher(PromptedTeacher):
             except Exception:  # pragma: no cover - closing must not mask the real outcome
                 pass
         if run.fatal is not None:
-            raise run.fatal
+            fatal, run.fatal = run.fatal, None
+            fatal.__context__ = fatal.__cause__ = None
+            raise fatal
 
     async def _request(
         self, run: _Run, key: str, body: dict, request: CompletionRequest
@@ -772,7 +814,11 @@ class APITeacher(PromptedTeacher):
                 if completion is not None:
                     raise  # the reply arrived but could not be stored (disk full?): stop loudly
                 reason, retryable, retry_after, detail = _classify(exc)
-                last_error = run.redact(detail)
+                # redact the whole text, then cut (a cut first could leave a piece of the key)
+                last_error = run.redact(detail)[:500]
+                detail = None  # noqa: F841 - no unredacted text left in this frame for debuggers/tracebacks
+                if reason.startswith("unexpected"):
+                    log.warning("unexpected error while handling a reply: %s: %s", reason, last_error)
                 if isinstance(exc, MalformedResponse) and exc.usage:
                     self._account(exc.usage, discarded=True)  # a provider may bill for an unusable reply
                 if reason in ("http 401", "http 403") and run.succeeded:
@@ -787,7 +833,12 @@ class APITeacher(PromptedTeacher):
                         else f"{self.name}: the server requires a key ({reason}); set api_key_env"
                     )
                     self._record_failure(key, request, reason, attempts, last_error)
-                    raise run.fatal from None
+                    return None  # raised by _send_all, outside any handler: no error chain holding the key
+                if retryable and retry_after is not None and retry_after > self.max_retry_after_s:
+                    # the server asks for a longer pause than we may wait: never send earlier than
+                    # asked; recorded, and sent again next run
+                    retryable = False
+                    reason = f"{reason} with Retry-After {retry_after:.0f}s > max_retry_after_s"
                 if not retryable or attempts > self.max_retries:
                     self._record_failure(key, request, reason, attempts, last_error)
                     return None
@@ -824,15 +875,16 @@ class APITeacher(PromptedTeacher):
         try:
             data = json.loads(text)
         except ValueError:
-            raise MalformedResponse(f"reply is not valid JSON ({len(text)} chars: {text[:80]!r})") from None
+            raise MalformedResponse(
+                f"reply is not valid JSON ({len(text)} chars: {run.redact(text)[:80]!r})"
+            ) from None
         return parse_reply(data)
 
     # -- accounting and policy ---------------------------------------------------------------
 
     def _delay(self, attempt: int, retry_after: Optional[float]) -> float:
-        if retry_after is not None:
-            wait = min(retry_after, self.max_retry_after_s)
-            return wait + self._rng.uniform(0, 0.1 * wait + 0.01)  # never earlier than asked
+        if retry_after is not None:  # at most max_retry_after_s (longer ones are not retried)
+            return retry_after + self._rng.uniform(0, 0.1 * retry_after + 0.01)  # never earlier than asked
         cap = min(self.backoff_max_s, self.backoff_base_s * (2 ** (attempt - 1)))
         return self._rng.uniform(0, cap)  # full jitter
 
@@ -923,7 +975,7 @@ def _classify(exc: BaseException) -> tuple[str, bool, Optional[float], str]:
         status = exc.status_code
         retry_after = parse_retry_after(getattr(exc.response, "headers", None))
         retryable = status in (408, 409, 425, 429) or status >= 500
-        return f"http {status}", retryable, retry_after if retryable else None, str(exc.message)[:500]
+        return f"http {status}", retryable, retry_after if retryable else None, str(exc.message)
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc.__context__
         return (
@@ -933,15 +985,11 @@ def _classify(exc: BaseException) -> tuple[str, bool, Optional[float], str]:
             f"{exc.message} ({type(cause).__name__ if cause else 'no cause'})",
         )
     if isinstance(exc, openai.APIResponseValidationError):
-        return "malformed reply", True, None, str(exc)[:500]
+        return "malformed reply", True, None, str(exc)
     if isinstance(exc, (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError)):
         # unexpected: most likely a reply we do not understand; do not pay for it again and again
-        log.warning(
-            "unexpected error while handling a reply: %s",
-            "".join(traceback.format_exception_only(type(exc), exc)).strip()[:500],
-        )
-        return f"unexpected {type(exc).__name__}", False, None, str(exc)[:500]
-    return f"unexpected {type(exc).__name__}", True, None, str(exc)[:500]
+        return f"unexpected {type(exc).__name__}", False, None, str(exc)
+    return f"unexpected {type(exc).__name__}", True, None, str(exc)
 
 
 @functools.lru_cache(maxsize=1)

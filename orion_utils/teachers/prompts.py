@@ -22,8 +22,9 @@ model in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import re
+import warnings
+from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
 from ..chat import DEFAULT_PROMPT_TEMPLATE, build_messages
@@ -139,6 +140,17 @@ ATTEMPT_TEMPLATE = """\
 
 # ---------------------------------------------------------------------------------------------
 # prompt builders (plain chat messages; any backend can render them with its own chat template)
+
+
+def _warn_on_reused_ids(problems: Sequence[Problem]) -> None:
+    questions: dict[str, str] = {}
+    clashes = sorted({p.id for p in problems if questions.setdefault(p.id, p.question) != p.question})
+    if clashes:
+        warnings.warn(
+            f"{len(clashes)} problem id(s) name different questions (first: {clashes[0]!r}); their traces "
+            f"share a problem_id, so give every question its own id",
+            stacklevel=3,
+        )
 
 
 def collect_messages(
@@ -350,6 +362,7 @@ class PromptedTeacher:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         problems = [as_problem(p) for p in problems]
+        _warn_on_reused_ids(problems)
         pairs = [(p, i) for p in problems for i in range(n)]
         requests = [
             CompletionRequest(
