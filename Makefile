@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PROFILE ?= toy
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench lint colab-links clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: setup
 
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# REPO=OWNER/NAME: the GitHub repository (or fork) the Colab links and install cells point at
+colab-links: setup
+	$(BIN)/orion colab-links $(if $(REPO),--repo $(REPO),)
 
 lint: setup
 	$(BIN)/ruff check orion_utils tests bench

@@ -85,6 +85,17 @@ def selected_notebooks(only: Optional[Sequence[str]] = None) -> list[Path]:
     return paths
 
 
+def parameters_cell(profile_name: str, notebook_prefix: str, run_dir: Optional[str] = None) -> str:
+    """The parameters cell of a notebook with a profile's values, as Python source to paste."""
+    names = [name for name in NOTEBOOKS if name.startswith(notebook_prefix)]
+    if len(names) != 1:
+        raise ValueError(f"--notebook {notebook_prefix!r} matches {names or 'no notebook'}; give a unique prefix")
+    profile = load_profile(profile_name)
+    lines = [f"run_dir = {run_dir or f'../outputs/{profile.name}'!r}", f"profile = {profile.name!r}", "force = False"]
+    lines += [f"{section} = {profile.section_dict(section)!r}" for section in NOTEBOOKS[names[0]]]
+    return "\n".join(lines)
+
+
 def run_pipeline(
     profile_name: str,
     run_dir: Optional[str] = None,
@@ -99,7 +110,7 @@ def run_pipeline(
     if log_output:  # papermill streams cell output through its logger
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     profile = load_profile(profile_name, overrides)
-    run_path = Path(run_dir or Path("outputs") / profile.name)
+    run_path = Path(run_dir) if run_dir else NOTEBOOK_DIR.parent / "outputs" / profile.name  # whatever the cwd
     notebooks = selected_notebooks(only)
     analysis = [nb for nb in notebooks if nb.stem == "08_analysis"]
     pipeline = [nb for nb in notebooks if nb.stem != "08_analysis"]
@@ -158,14 +169,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the numbered notebooks for a profile with papermill")
     run.add_argument("--profile", default="toy", help="smoke | toy | colab | paper | path to a YAML profile")
-    run.add_argument("--run-dir", default=None, help="default: outputs/<profile>")
+    run.add_argument("--run-dir", default=None, help="default: outputs/<profile> in the checkout")
     run.add_argument("--force", action="store_true", help="re-run every stage even if it is up to date")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override a profile value, e.g. --set evaluation.n_samples=8")
     run.add_argument("--only", action="append", default=None, metavar="PREFIX",
                      help="run only the notebooks whose names start with PREFIX (repeatable), e.g. --only 07")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    params = sub.add_parser("params", help="print a notebook's parameters cell for a profile (to paste in Jupyter/Colab)")
+    params.add_argument("--profile", default="toy", help="smoke | toy | colab | paper | path to a YAML profile")
+    params.add_argument("--notebook", required=True, metavar="PREFIX", help="e.g. 03")
+    params.add_argument("--run-dir", default=None, help="default: ../outputs/<profile>")
+    links = sub.add_parser("colab-links", help="write the README's Colab links and the notebooks' ORION_REPO")
+    links.add_argument("--repo", default=None, help="OWNER/NAME on GitHub (default: [project.urls] Repository)")
+    links.add_argument("--branch", default="main")
     args = parser.parse_args(argv)
+    if args.command == "params":
+        try:
+            print(parameters_cell(args.profile, args.notebook, args.run_dir))
+        except (ConfigError, ValueError) as exc:
+            print(f"[orion] error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "colab-links":
+        from .colab import write_colab_links
+
+        try:
+            repo = write_colab_links(args.repo, args.branch)
+        except ValueError as exc:
+            print(f"[orion] error: {exc}", file=sys.stderr)
+            return 1
+        print(f"[orion] Colab links written for github.com/{repo} ({args.branch})")
+        return 0
     try:
         run_pipeline(args.profile, args.run_dir, args.force, parse_overrides(args.overrides), args.only,
                      args.log_output)

@@ -1,0 +1,92 @@
+"""Colab links for the notebooks, made from the repository's GitHub name in one place.
+
+The README's "Open in Colab" table and each notebook's install cell (``ORION_REPO``) both depend on
+where the repository lives, so they are written by ``orion colab-links --repo OWNER/NAME`` (for the
+project's repository or a fork) rather than by hand. The repository is read from
+``[project.urls] Repository`` in ``pyproject.toml`` when ``--repo`` is not given.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+from .runner import NOTEBOOK_DIR, NOTEBOOKS
+
+ROOT = NOTEBOOK_DIR.parent
+README = ROOT / "README.md"
+START, END = "<!-- colab-links:start -->", "<!-- colab-links:end -->"
+BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+_REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_ORION_REPO_LINE = re.compile(r'^(\s*ORION_REPO = )"[^"\n]*"', re.MULTILINE)
+
+
+def parse_repo(repo: str) -> str:
+    """``OWNER/NAME`` from ``OWNER/NAME``, ``https://github.com/OWNER/NAME(.git)`` or ``git@github.com:OWNER/NAME.git``."""
+    text = repo.strip()
+    text = re.sub(r"^(https?://github\.com/|git@github\.com:)", "", text)
+    text = re.sub(r"(\.git)?/?$", "", text)
+    if not _REPO_RE.match(text):
+        raise ValueError(f"expected a GitHub repository as OWNER/NAME (or its URL), got {repo!r}")
+    return text
+
+
+def repo_from_pyproject(pyproject: Path = ROOT / "pyproject.toml") -> Optional[str]:
+    """``[project.urls] Repository`` as OWNER/NAME, or None where it is not set."""
+    text = pyproject.read_text(encoding="utf-8")
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        match = re.search(r'^\s*[Rr]epository\s*=\s*"([^"]+)"', text, re.MULTILINE)
+        return parse_repo(match.group(1)) if match else None
+    urls = tomllib.loads(text).get("project", {}).get("urls", {})
+    url = urls.get("Repository") or urls.get("repository")
+    return parse_repo(url) if url else None
+
+
+def colab_url(repo: str, notebook: str, branch: str = "main") -> str:
+    return f"https://colab.research.google.com/github/{parse_repo(repo)}/blob/{branch}/notebooks/{notebook}.ipynb"
+
+
+def links_table(repo: str, branch: str = "main") -> str:
+    rows = [f"| `{name}` | [![Open In Colab]({BADGE})]({colab_url(repo, name, branch)}) |" for name in NOTEBOOKS]
+    return "\n".join(["| notebook | Colab |", "|---|---|", *rows])
+
+
+def update_readme(repo: str, branch: str = "main", readme: Path = README) -> None:
+    text = readme.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} has no {START} ... {END} block to fill")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{links_table(repo, branch)}\n{END}{tail}", encoding="utf-8")
+
+
+def set_notebook_repo(repo: str, notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
+    """Write the repository's git URL into each notebook's Colab install cell; returns the notebooks changed."""
+    import nbformat
+
+    url = f"https://github.com/{parse_repo(repo)}.git"
+    changed = []
+    for name in NOTEBOOKS:
+        path = notebook_dir / f"{name}.ipynb"
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code" and _ORION_REPO_LINE.search(cell.source):
+                new = _ORION_REPO_LINE.sub(lambda m: f'{m.group(1)}"{url}"', cell.source)
+                if new != cell.source:
+                    cell.source = new
+                    nbformat.write(nb, path)
+                    changed.append(name)
+                break
+    return changed
+
+
+def write_colab_links(repo: Optional[str] = None, branch: str = "main") -> str:
+    """Fill the README's Colab table and the notebooks' ``ORION_REPO``; returns OWNER/NAME used."""
+    repo = parse_repo(repo) if repo else repo_from_pyproject()
+    if not repo:
+        raise ValueError("give --repo OWNER/NAME, or set [project.urls] Repository in pyproject.toml")
+    update_readme(repo, branch)
+    set_notebook_repo(repo)
+    return repo

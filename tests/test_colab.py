@@ -1,0 +1,63 @@
+"""Colab links and pasteable parameter cells: written from one place, for any repository or fork."""
+import shutil
+
+import nbformat
+import pytest
+
+from orion_utils import colab
+from orion_utils.config import load_profile
+from orion_utils.runner import NOTEBOOK_DIR, NOTEBOOKS, main, parameters_cell
+
+
+def test_repository_names_in_every_usual_spelling():
+    for spelling in ("me/orion", "https://github.com/me/orion", "https://github.com/me/orion.git", "git@github.com:me/orion.git"):
+        assert colab.parse_repo(spelling) == "me/orion"
+    with pytest.raises(ValueError, match="OWNER/NAME"):
+        colab.parse_repo("orion")
+
+
+def test_readme_table_and_install_cells_point_at_the_repository(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(colab.README.read_text())
+    colab.update_readme("me/orion", "dev", readme)
+    text = readme.read_text()
+    for name in NOTEBOOKS:
+        assert f"](https://colab.research.google.com/github/me/orion/blob/dev/notebooks/{name}.ipynb)" in text
+    colab.update_readme("you/fork", "main", readme)  # rewritten in place, not appended
+    assert "me/orion" not in readme.read_text() and readme.read_text().count(colab.START) == 1
+
+    notebooks = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOK_DIR, notebooks)
+    assert colab.set_notebook_repo("me/orion", notebooks) == list(NOTEBOOKS)
+    for name in NOTEBOOKS:
+        nb = nbformat.read(notebooks / f"{name}.ipynb", as_version=4)
+        install = [c for c in nb.cells if "ORION_REPO = " in c.source]
+        assert len(install) == 1 and 'ORION_REPO = "https://github.com/me/orion.git"' in install[0].source
+        assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_the_repository_can_come_from_pyproject(tmp_path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "x"\n')
+    assert colab.repo_from_pyproject(pyproject) is None
+    pyproject.write_text('[project]\nname = "x"\n[project.urls]\nRepository = "https://github.com/me/orion"\n')
+    assert colab.repo_from_pyproject(pyproject) == "me/orion"
+
+
+def test_shipped_readme_and_notebooks_have_the_slots():
+    assert colab.START in colab.README.read_text() and colab.END in colab.README.read_text()
+    for name in NOTEBOOKS:
+        nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+        assert sum(bool(colab._ORION_REPO_LINE.search(c.source)) for c in nb.cells) == 1, name
+
+
+def test_parameters_cell_for_a_profile(capsys):
+    values: dict = {}
+    exec(parameters_cell("colab", "04"), {}, values)
+    assert values["profile"] == "colab" and values["run_dir"] == "../outputs/colab"
+    assert values["sft"] == load_profile("colab").section_dict("sft") and values["sft"]["load_in_4bit"] is True
+    assert set(values) == {"run_dir", "profile", "force", *NOTEBOOKS["04_sft"]}
+    assert main(["params", "--profile", "paper", "--notebook", "01"]) == 0
+    assert "'kind': 'api'" in capsys.readouterr().out
+    assert main(["params", "--profile", "paper", "--notebook", "0"]) == 1
+    assert "give a unique prefix" in capsys.readouterr().err
