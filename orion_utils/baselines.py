@@ -7,7 +7,6 @@ so that evaluation treats every method alike.
 from __future__ import annotations
 
 import json
-import shutil
 from typing import Optional
 
 from .config import DataConfig, GenerationConfig, StudentConfig, TeacherConfig
@@ -49,8 +48,6 @@ def run_edit_stage(
         inputs.append(run.data("error_attempts.jsonl"))
 
     def work() -> dict:
-        if force and out_dir.exists():
-            shutil.rmtree(out_dir)  # run_edit resumes from what it finds; a forced run starts clean
         problems = read_jsonl(inputs[0], Problem)
         traces = read_jsonl(inputs[1], TeacherTrace)
         attempts = read_jsonl(inputs[2], StudentAttempt) if cfg.pair_source == "exposure" else None
@@ -66,7 +63,8 @@ def run_edit_stage(
         return {"edit": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
 
     params = {"edit": cfg, "sft": sft_cfg, "teacher": teacher_cfg, "student": student}
-    return run.run_stage("edit", params, inputs, [out_dir / "model"], work, force=force,
+    # run_edit resumes from what it finds in out_dir: kept only for a re-run with the same settings
+    return run.run_stage("edit", params, inputs, [out_dir / "model"], work, force=force, scratch=[out_dir],
                          stage_hint="02_error_exposure")
 
 
@@ -89,8 +87,6 @@ def run_tailored_stage(
     inputs = [run.data("train_problems.jsonl")]
 
     def work() -> dict:
-        if force and out_dir.exists():
-            shutil.rmtree(out_dir)
         problems = read_jsonl(inputs[0], Problem)
         teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.path("cache", "teacher")))
         if not isinstance(teacher, FeedbackTeacher):
@@ -112,5 +108,5 @@ def run_tailored_stage(
         return {"rounds": len(rounds)}
 
     params = {"tailored": cfg, "teacher": teacher_cfg, "student": student, "generation": generation}
-    return run.run_stage("tailored", params, inputs, [out_dir / "model"], work, force=force,
+    return run.run_stage("tailored", params, inputs, [out_dir / "model"], work, force=force, scratch=[out_dir],
                          stage_hint="00_setup_and_data")

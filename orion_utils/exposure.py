@@ -121,12 +121,13 @@ def run_error_exposure(
     params = {"exposure": cfg, "generation": generation, "student": student,
               "sft": sft if cfg.source == "warmup" else None}
 
+    partial = run.data("student_attempts.partial.jsonl")  # attempts saved so far: resumed after a crash
+
     def work() -> dict:
         problems = read_jsonl(problems_path, Problem)
         model_path, model_name = run.student_model(), "base"
         if cfg.source == "warmup":
             model_path, model_name = _warmup_student(run, cfg, sft, student, cots_path), "warmup"
-        partial = run.data("student_attempts.partial.jsonl")
         attempts = sample_and_grade(model_path, problems, cfg, generation, student, partial, model_name)
         write_jsonl(attempts_path, attempts)
         write_jsonl(errors_path, dedupe_errors(attempts))
@@ -135,7 +136,7 @@ def run_error_exposure(
         return {"n_attempts": len(attempts), "model": model_name}
 
     return run.run_stage("error_exposure", params, [problems_path, cots_path], [attempts_path, errors_path, rates_path],
-                         work, force=force, stage_hint="01_teacher_cots")
+                         work, force=force, stage_hint="01_teacher_cots", scratch=[partial])
 
 
 def _warmup_student(run: RunDir, cfg: ExposureConfig, sft, student: StudentConfig, cots_path: Path) -> str:

@@ -161,18 +161,29 @@ class RunDir:
         *,
         force: bool = False,
         stage_hint: str = "",
+        scratch: Iterable[PathLike] = (),
     ) -> dict:
         """Run ``work`` unless the stage is up to date; record it in the manifest either way.
 
         ``work`` writes the outputs and returns extra facts for the manifest (e.g. the backend).
         On failure the stage is marked failed and outputs it had written are removed, so nothing
-        half-finished looks finished; ``*.partial.jsonl`` progress is kept for the next attempt.
+        half-finished looks finished. ``scratch``: paths where ``work`` keeps progress to resume
+        from (``*.partial.jsonl``, finished rounds); they are kept for the next attempt with the
+        same parameters and inputs, and removed when those changed or ``force`` is set, so a
+        changed run never resumes from work done under other settings.
         """
         inputs, outputs = [Path(p) for p in inputs], [Path(p) for p in outputs]
         self.require(*inputs, stage_hint=stage_hint)
         if not force and self.is_up_to_date(name, params, inputs, outputs):
             print(f"[{name}] up to date: skipped (parameters and inputs unchanged; force=True reruns it)")
             return self.stage_info(name)
+        attempt = {"param_hash": stable_hash(params), "inputs": self._digests(inputs)}
+        previous = self.stage_info(name) or {}
+        if force or any(previous.get(k) != v for k, v in attempt.items()):
+            for path in map(Path, scratch):
+                if path.exists():
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self._update_manifest(name, {"status": "running", **attempt})
         existed = {o for o in outputs if o.exists()}
         started = time.time()
         try:
@@ -181,16 +192,16 @@ class RunDir:
             for o in outputs:
                 if o.exists() and o not in existed:
                     shutil.rmtree(o) if o.is_dir() else o.unlink()
-            self._update_manifest(name, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500]})
+            self._update_manifest(name, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500], **attempt})
             raise
         missing = [str(o) for o in outputs if not o.exists()]
         if missing:
             raise RuntimeError(f"[{name}] finished without writing {missing}")
         entry = {
             "status": "done",
-            "param_hash": stable_hash(params),
+            "param_hash": attempt["param_hash"],
             "params": asdict(params) if is_dataclass(params) else params,
-            "inputs": self._digests(inputs),
+            "inputs": attempt["inputs"],
             "outputs": [str(o) for o in outputs],
             "wall_seconds": round(time.time() - started, 2),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

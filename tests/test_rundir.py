@@ -65,3 +65,38 @@ def test_student_model_resolution(tmp_path):
     run.data("student.json").write_text(json.dumps({"model": "models/base", "in_run_dir": True}))
     assert run.student_model() == str(run.root / "models/base")
     assert run.method_model("sft").endswith("models/sft/model")
+
+
+def test_progress_is_resumed_only_under_the_same_settings(tmp_path):
+    """A crashed attempt's progress (scratch) is kept for a re-run with the same parameters and
+    inputs, and removed when they changed or on force: never resumed from other settings."""
+    run = RunDir(tmp_path / "run")
+    write_jsonl(run.data("in.jsonl"), [Problem("a", "q", "1")])
+    progress, out = run.path("scratch", "rounds"), run.data("out.jsonl")
+    seen = []
+
+    def stage(params, crash=False, force=False):
+        def work():
+            seen.append(sorted(p.name for p in progress.glob("*")) if progress.exists() else [])
+            progress.mkdir(parents=True, exist_ok=True)
+            (progress / f"round_{len(seen)}").write_text(json.dumps(params))
+            if crash:
+                raise KeyboardInterrupt
+            write_jsonl(out, [Problem("p", "q", "1")])
+
+        run.run_stage("rounds", params, [run.data("in.jsonl")], [out], work, force=force, scratch=[progress])
+
+    with pytest.raises(KeyboardInterrupt):
+        stage({"lam": 0.5}, crash=True)
+    assert run.stage_info("rounds")["status"] == "failed"
+    stage({"lam": 0.5})  # same settings: resumes from round_1
+    assert seen[-1] == ["round_1"]
+    stage({"lam": 0.0})  # changed: starts clean
+    assert seen[-1] == []
+    stage({"lam": 0.0}, force=True)  # forced: starts clean too
+    assert seen[-1] == []
+    with pytest.raises(KeyboardInterrupt):
+        stage({"lam": 0.1}, crash=True)
+    write_jsonl(run.data("in.jsonl"), [Problem("b", "q", "1")])  # the input changed after the crash
+    stage({"lam": 0.1})
+    assert seen[-1] == []
