@@ -652,13 +652,14 @@ def load_model_and_tokenizer(model_dir: PathLike, cfg):
     return model, tokenizer
 
 
-def training_arguments(output_dir: PathLike, cfg, **overrides):
-    """``TrainingArguments`` from a flat config (no checkpoints, no reporting, our own columns kept)."""
+def training_arguments(output_dir: PathLike, cfg, n_rows: int, **overrides):
+    """``TrainingArguments`` from a flat config (no checkpoints, no reporting, our own columns kept)
+    for ``n_rows`` training rows (warmup is given in whole steps, as ``train_sft`` does)."""
     import torch
     from transformers import TrainingArguments
 
-    if not 0.0 <= cfg.warmup_ratio < 1.0:
-        raise ValueError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    from .training import warmup_steps
+
     args = dict(
         output_dir=str(Path(output_dir) / "trainer"),
         learning_rate=cfg.learning_rate,
@@ -666,7 +667,7 @@ def training_arguments(output_dir: PathLike, cfg, **overrides):
         max_steps=cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else -1,
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
-        warmup_steps=float(cfg.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio of the steps
+        warmup_steps=warmup_steps(cfg, n_rows),
         weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler,
         max_grad_norm=cfg.max_grad_norm,
@@ -773,7 +774,7 @@ def train_edit_stage2(
         write_jsonl(output_dir / "pairs_with_ops.jsonl", annotated)
         trainer = make_edit_trainer_class()(
             model=model,
-            args=training_arguments(output_dir, cfg),
+            args=training_arguments(output_dir, cfg, len(items)),
             train_dataset=PairDataset(items),
             data_collator=EditCollator(tokenizer.pad_token_id, cfg.alpha, cfg.beta, cfg.max_seq_len),
             nll_guard=cfg.nll_guard,

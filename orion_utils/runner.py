@@ -91,9 +91,8 @@ def parameters_cell(profile_name: str, notebook_prefix: str, run_dir: Optional[s
     if len(names) != 1:
         raise ValueError(f"--notebook {notebook_prefix!r} matches {names or 'no notebook'}; give a unique prefix")
     profile = load_profile(profile_name)
-    lines = [f"run_dir = {run_dir or f'../outputs/{profile.name}'!r}", f"profile = {profile.name!r}", "force = False"]
-    lines += [f"{section} = {profile.section_dict(section)!r}" for section in NOTEBOOKS[names[0]]]
-    return "\n".join(lines)
+    params = notebook_parameters(profile, names[0], run_dir or f"../outputs/{profile.name}", force=False)
+    return "\n".join(f"{name} = {value!r}" for name, value in params.items())
 
 
 def run_pipeline(

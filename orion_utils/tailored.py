@@ -437,7 +437,7 @@ def train_tailored_round(
         items = [encode_triplet_example(tokenizer, ex, prompt_template, system) for ex in examples]
         trainer = make_tailored_trainer_class()(
             model=model,
-            args=training_arguments(output_dir, cfg),
+            args=training_arguments(output_dir, cfg, len(items)),
             train_dataset=_ListDataset(items),
             data_collator=TailoredCollator(
                 tokenizer.pad_token_id, cfg.prefix_weight, cfg.max_seq_len, use_triplet=cfg.lam > 0

@@ -352,34 +352,43 @@ def _trainer_class():
     return OrionSFTTrainer
 
 
-def optimizer_steps(cfg: TrainingConfig, n_rows: int) -> int:
-    """Optimizer steps of a run, counted as the Trainer counts them."""
-    if cfg.max_steps > 0:
+def optimizer_steps(cfg, n_rows: int) -> int:
+    """Optimizer steps of a run, counted as the Trainer counts them (any flat training config:
+    ``TrainingConfig``, ``EditConfig``, ``TailoredConfig``)."""
+    if cfg.max_steps and cfg.max_steps > 0:
         return cfg.max_steps
     per_epoch = max(1, math.ceil(n_rows / cfg.batch_size) // cfg.grad_accum)
     return math.ceil(cfg.num_epochs * per_epoch)
 
 
-def _sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, dtype: str, n_rows: int):
-    import dataclasses as dc
-
-    from trl import SFTConfig
-
+def warmup_steps(cfg, n_rows: int) -> int:
+    """``warmup_ratio`` as whole steps: a float < 1 reads as a ratio only in transformers >= 5."""
     if not 0 <= cfg.warmup_ratio < 1:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    # transformers renamed gradient_checkpointing (a deprecated alias since 5.x, gone in 6)
-    fields = {f.name for f in dc.fields(SFTConfig)}
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    return math.ceil(cfg.warmup_ratio * optimizer_steps(cfg, n_rows))
+
+
+def checkpointing_argument(args_class) -> str:
+    """The TrainingArguments field that turns on activation checkpointing: transformers renamed
+    ``gradient_checkpointing`` (a deprecated alias since 5.x, gone in 6)."""
+    import dataclasses as dc
+
+    fields = {f.name for f in dc.fields(args_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+
+
+def _sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, dtype: str, n_rows: int):
+    from trl import SFTConfig
+
     return SFTConfig(
-        **{checkpointing: cfg.gradient_checkpointing},
+        **{checkpointing_argument(SFTConfig): cfg.gradient_checkpointing},
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
-        # whole steps: a float < 1 reads as a ratio only in transformers >= 5
-        warmup_steps=math.ceil(cfg.warmup_ratio * optimizer_steps(cfg, n_rows)),
+        warmup_steps=warmup_steps(cfg, n_rows),
         weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler,
         optim=cfg.optim,

@@ -212,7 +212,7 @@ def test_trainer_dataloader_uses_the_no_same_question_sampler(tiny_model_dir, ti
     cfg = TailoredConfig(batch_size=3, max_steps=1)
     trainer = make_tailored_trainer_class()(
         model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
-        args=training_arguments(tmp_path, cfg),
+        args=training_arguments(tmp_path, cfg, len(items)),
         train_dataset=_ListDataset(items),
         data_collator=RecordingCollator(tiny_tokenizer.pad_token_id),
     )
