@@ -92,6 +92,7 @@ SECTIONS: dict[str, str] = {
     "tailored": "orion_utils.tailored:TailoredConfig",
     "evaluation": "orion_utils.evaluation:EvaluationConfig",
     "analysis": "orion_utils.analysis:AnalysisConfig",
+    "long_cots": "orion_utils.lengths:LongCotsConfig",
 }
 TOP_LEVEL = {"profile": str, "description": str, "base": str, "seeds": list}
 
@@ -179,6 +180,26 @@ def _raw_profile(name_or_path: Union[str, Path], seen: tuple = ()) -> dict:
     return raw
 
 
+# Local paths a profile may give relative to the checkout (e.g. ``../shared/data/...``): resolved here,
+# so that they mean the same from the repository root, from notebooks/ (papermill's cwd) and from tests.
+PATH_KEYS = (("data", "train_dir"), ("data", "benchmark_dir"), ("long_cots", "data_dir"))
+CHECKOUT_DIR = CONFIG_DIR.parent
+
+
+def _resolve_paths(sections: dict) -> None:
+    keys = list(PATH_KEYS)
+    student = sections.get("student")
+    if student is not None and str(getattr(student, "model", "")).lower().endswith(".gguf"):
+        keys.append(("student", "model"))
+    for section, key in keys:
+        obj = sections.get(section)
+        value = getattr(obj, key, "") if obj is not None else ""
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            candidate = CHECKOUT_DIR / value
+            if candidate.exists() or value.startswith(("./", "../")):
+                setattr(obj, key, str(candidate.resolve()))
+
+
 def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = None) -> Profile:
     """Load a profile by name (``configs/<name>.yaml``) or path, apply overrides, validate."""
     raw = _raw_profile(name_or_path)
@@ -198,6 +219,7 @@ def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = Non
     for name in SECTIONS:  # sections a profile leaves out take their defaults
         if name not in sections:
             sections[name] = section_class(name)()
+    _resolve_paths(sections)
     return Profile(
         name=str(raw.get("profile")),
         description=str(raw.get("description", "")),

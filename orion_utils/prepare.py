@@ -101,11 +101,22 @@ def run_prepare_student(
     """Record the base student in ``data/student.json``; for the toy profile build and warm it up."""
     info_path = run.data("student.json")
     if student.model != "toy":
+        from .students import needs_conversion, resolve_student
+
         def work_real() -> dict:
+            if needs_conversion(student.model):  # a packaged GGUF student or a .gguf file: converted once
+                model = resolve_student(student.model)
+                write_json(info_path, {"model": model, "in_run_dir": False, "kind": "converted",
+                                       "reference": student.model})
+                print(f"[student] {student.model} -> {model}")
+                return {"converted": model}
             _check_model_reference(student.model)
             write_json(info_path, {"model": student.model, "in_run_dir": False, "kind": "pretrained"})
             return {}
 
+        if needs_conversion(student.model) and info_path.exists() and not force:
+            recorded = json.loads(info_path.read_text(encoding="utf-8")).get("model", "")
+            force = not Path(recorded).exists()  # the converted checkpoint was removed from the cache
         return run.run_stage("prepare_student", {"student": student}, [], [info_path], work_real, force=force)
 
     from .teachers.toy import ToyTeacher

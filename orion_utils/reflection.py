@@ -243,7 +243,7 @@ def run_reflection(
         print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection}")
 
         def scorer(questions, completions):
-            return completion_nll(model_path, None, questions, completions, prompt_template=template)
+            return completion_nll(model_path, None, questions, completions, prompt_template=template, system=system)
 
         try:
             refinements = refine(problems, teacher_cots, errors, reflector, cfg, scorer)

@@ -22,7 +22,7 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 # notebook → the profile sections it takes as parameters
 NOTEBOOKS: dict[str, list[str]] = {
     "00_setup_and_data": ["student", "data", "toy_domain", "toy_student", "warmup", "generation"],
-    "01_teacher_cots": ["teacher", "data"],
+    "01_teacher_cots": ["teacher", "data", "long_cots", "student", "sft"],
     "02_error_exposure": ["exposure", "generation", "student", "sft"],
     "03_error_aware_reflection": ["reflection", "generation", "student"],
     "04_sft": ["sft", "student"],

@@ -27,7 +27,13 @@ Datasets (``TRACE_DATASETS``; the hub schemas were checked against the dataset c
     thinking: we put the reasoning before the last "**Final Answer**" marker (or, failing that,
     before the last paragraph holding a ``\\boxed{}``) into ``thinking`` and the rest into
     ``solution`` (``meta["split_rule"]`` says which rule applied). A solution with ``<think>``
-    tags is split on them instead.
+    tags is split on them instead. The same schema with ``gold_answer`` for ``answer`` (and an ``id``)
+    is read too: e.g. DeepSeek-R1-Distill-Qwen-32B's long CoTs on LIMO's problems, which have no
+    ``<think>`` tags and end their thinking at "**Final Answer**".
+``gsm8k`` — ``openai/gsm8k`` (config ``main``, train, 7,473 rows). Columns: ``question``, ``answer``
+    (a human worked solution with ``<<48/2=24>>`` calculator annotations, ending "#### N"). Not a
+    reasoning model's trace: the steps, annotations removed, become the thinking and the solution is
+    "The answer is \\boxed{N}." (short CoTs a small student can learn from).
 ``r1-samples`` — local JSON only (a list of objects ``problem``, ``gtruth_answer``,
     ``message_thinking``, ``message_content``, as in ``deepseek_r1_math_samples.json``):
     DeepSeek-R1 replies collected through an API, ``message_thinking`` being the reasoning content.
@@ -309,13 +315,52 @@ def _convert_openr1(row: dict, index: int, where: str) -> TraceEntry:
 def _convert_limo(row: dict, index: int, where: str) -> TraceEntry:
     question = _req_str(row, "question", where)
     text = _req_str(row, "solution", where)
-    answer = _answer_text(row, "answer", where)
+    # GAIR/LIMO names the gold answer ``answer``; re-generated LIMO traces (e.g. a distilled model's
+    # long CoTs on LIMO's problems) name it ``gold_answer`` and carry their own ``id``.
+    key = "answer" if row.get("answer") is not None or "gold_answer" not in row else "gold_answer"
+    answer = _answer_text(row, key, where)
     if not answer:
-        raise _wrong(where, "answer", "a non-empty string or a number", row["answer"])
+        raise _wrong(where, key, "a non-empty string or a number", row[key])
     thinking, solution, rule = split_reasoning_solution(text)
-    problem = Problem(id=f"limo/{index}", question=question, answer=answer, source="limo",
-                      meta={"index": index})
+    ident = _opt(row, "id", where, (int, str), "an integer or a string")
+    meta: dict = {"index": index}
+    if ident is not None:
+        meta["row_id"] = ident
+    score = _opt(row, "similarity_score", where, (int, float), "a number")
+    if score is not None:
+        meta["similarity_score"] = score
+    problem = Problem(id=f"limo/{ident if ident is not None else index}", question=question, answer=answer,
+                      source="limo", meta=meta)
     return TraceEntry(problem, [TraceSample(thinking, solution, 0, {"split_rule": rule})])
+
+
+_CALC_RE = re.compile(r"<<[^<>]*>>")
+
+
+def gsm8k_solution_to_cot(worked: str) -> tuple[str, str, str]:
+    """A GSM8K worked solution as (thinking, solution, final answer).
+
+    The ``<<48/2=24>>`` calculator annotations are removed, the steps become the thinking, and the
+    ``#### N`` line becomes a final solution ending in ``\\boxed{N}``.
+    """
+    body, sep, final = worked.rpartition("####")
+    if not sep or not final.strip():
+        raise ValueError("no '#### <answer>' line")
+    answer = final.strip().replace(",", "")
+    steps = "\n".join(line.strip() for line in _CALC_RE.sub("", body).strip().splitlines() if line.strip())
+    return steps, f"The answer is \\boxed{{{answer}}}.", answer
+
+
+def _convert_gsm8k(row: dict, index: int, where: str) -> TraceEntry:
+    question = _req_str(row, "question", where)
+    worked = _req_str(row, "answer", where)
+    try:
+        thinking, solution, answer = gsm8k_solution_to_cot(worked)
+    except ValueError as exc:
+        raise _wrong(where, "answer", f"a worked solution ending in '#### N' ({exc})", worked) from None
+    problem = Problem(id=f"gsm8k-train/{index}", question=question, answer=answer, source="gsm8k-train",
+                      meta={"index": index})
+    return TraceEntry(problem, [TraceSample(thinking, solution, 0, {"model": "gsm8k-worked-solution"})])
 
 
 def _convert_r1_samples(row: dict, index: int, where: str) -> TraceEntry:
@@ -345,6 +390,11 @@ TRACE_DATASETS: dict[str, TraceDatasetSpec] = {
         name="limo", hub_id="GAIR/LIMO", hub_config=None, convert=_convert_limo,
         local_names=("limo.jsonl",), description="817 curated long reasoning solutions",
     ),
+    "gsm8k": TraceDatasetSpec(
+        name="gsm8k", hub_id="openai/gsm8k", hub_config="main", convert=_convert_gsm8k,
+        local_names=("gsm8k_train.jsonl",),
+        description="GSM8K train: human worked solutions (<<calc>> removed) as short CoTs ending in \\boxed{}",
+    ),
     "r1-samples": TraceDatasetSpec(
         name="r1-samples", hub_id=None, hub_config=None, convert=_convert_r1_samples,
         local_names=("deepseek_r1_math_samples.json",),
@@ -358,6 +408,7 @@ _ALIASES = {
     "openr1": "openr1-math-220k", "openr1-math": "openr1-math-220k", "openr1_math_220k": "openr1-math-220k",
     "open-r1/openr1-math-220k": "openr1-math-220k",
     "gair/limo": "limo",
+    "gsm8k-train": "gsm8k", "openai/gsm8k": "gsm8k",
     "r1_samples": "r1-samples", "deepseek-r1-samples": "r1-samples",
 }
 
