@@ -153,23 +153,25 @@ def refine(
         items.append(ReflectionItem(p, teacher_cots[p.id], wrong.response))
         item_problems.append(p)
     proposals = []  # (item, distinct candidates, accepted candidates)
+    verdicts = []  # per proposal: every candidate with its extracted answer and whether it verified
     for start in tqdm(range(0, len(items), batch_size), desc="reflection", unit="batch"):
         batch = items[start : start + batch_size]
         for item, candidates in zip(batch, reflector.propose(batch, cfg.m)):
             candidates = list(dict.fromkeys(candidates))  # identical rewrites count once
-            accepted = [c for c in candidates if grade(c, item.problem.answer).correct]
-            proposals.append((item, candidates, accepted))
+            graded = [(c, grade(c, item.problem.answer)) for c in candidates]
+            proposals.append((item, candidates, [c for c, g in graded if g.correct]))
+            verdicts.append([{"answer": g.predicted, "verified": g.correct, "text": c} for c, g in graded])
     nll_by_item = _score_all(proposals, scorer) if cfg.selection == "perplexity" else {}
     for index, (item, candidates, accepted) in enumerate(proposals):
         pid = item.problem.id
         if not accepted:
             refinements[pid] = Refinement(pid, item.teacher_cot, item.teacher_cot, item.wrong_attempt, False,
                                           len(candidates), 0, cfg.selection, reflector.name,
-                                          {"reason": "no candidate verified"})
+                                          {"reason": "no candidate verified", "candidates": verdicts[index]})
             continue
         nll = nll_by_item.get(index)
         pick = select_candidate(accepted, cfg.selection, nll)
-        meta = {"reason": "accepted"}
+        meta = {"reason": "accepted", "candidates": verdicts[index]}
         if nll is not None:
             meta["nll"] = float(nll[pick])
         refinements[pid] = Refinement(pid, item.teacher_cot, accepted[pick], item.wrong_attempt, True,

@@ -31,6 +31,49 @@ FIGURE_CAPTIONS = {
 }
 
 
+def _short(text: str, n: int = 160) -> str:
+    one_line = " ".join((text or "").split()).replace("|", "\\|")
+    return one_line if len(one_line) <= n else one_line[: n - 1] + "…"
+
+
+def reflection_section(run: RunDir, max_rows: int = 12) -> list[str]:
+    """ORION's reflections: per question the student's wrong attempt, every candidate (its answer,
+    verified or not), the acceptance rate, and one accepted rewrite in full."""
+    from .jsonl import read_jsonl
+    from .records import Problem, Refinement
+    from .reflection import acceptance_rate
+
+    path = run.data("refinements.jsonl")
+    if not path.exists():
+        return []
+    refinements = read_jsonl(path, Refinement)
+    reflected = [r for r in refinements if r.wrong_attempt]
+    gold = {p.id: p.answer for p in read_jsonl(run.data("train_problems.jsonl"), Problem)} \
+        if run.data("train_problems.jsonl").exists() else {}
+    kind = refinements[0].reflector if refinements else "?"
+    n_cand = sum(r.n_candidates for r in reflected)
+    lines = ["## Reflection", "",
+             f"Reflector: `{kind}`. {len(reflected)} of {len(refinements)} training questions had a wrong student "
+             f"attempt to reflect on; {n_cand} distinct finished candidates, {sum(r.n_accepted for r in reflected)} "
+             f"verified; acceptance rate (questions with a verified rewrite) "
+             f"**{100 * acceptance_rate(refinements):.1f}%**. Without one, the teacher's CoT is kept.", "",
+             "| question | gold | wrong attempt (student's own) | candidates: answer (✓ verified) | accepted |",
+             "|---|---|---|---|---|"]
+    for r in reflected[:max_rows]:
+        cands = r.meta.get("candidates")
+        shown = ", ".join(f"{c.get('answer')}{' ✓' if c.get('verified') else ''}" for c in cands) if cands \
+            else f"{r.n_candidates} ({r.n_accepted} verified)"
+        lines.append(f"| {r.problem_id} | {gold.get(r.problem_id, '')} | {_short(r.wrong_attempt)} | "
+                     f"{shown or 'none finished'} | {'yes' if r.accepted else 'no'} |")
+    if len(reflected) > max_rows:
+        lines.append(f"\n({len(reflected) - max_rows} more in `data/refinements.jsonl`)")
+    example = next((r for r in reflected if r.accepted), None)
+    if example is not None:
+        lines += ["", f"An accepted rewrite ({example.problem_id}, selection `{example.selection_rule}`):", "",
+                  "```", example.refined_cot.strip()[:3000], "```"]
+    return lines + [""]
+
+
 def _read_json(path: Path, default):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -198,6 +241,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     if _has_key(table_metrics, "greedy"):
         text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy"), ""]
     text += _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
+    text += reflection_section(run)
     text += ["## Training", ""] + _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
 
     if analysis:
