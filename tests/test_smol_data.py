@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from orion_utils.config import load_profile
-from orion_utils.grading import grade
 from orion_utils.students import (
     PACKAGED_STUDENTS,
     PackagedStudent,
