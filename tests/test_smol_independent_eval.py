@@ -67,7 +67,7 @@ def test_base_greedy_verdicts_match_an_independent_evaluation(tmp_path):
 
     texts = independent_greedy(run.student_model(), [r["question"] for r in rows], MAX_NEW_TOKENS)
     theirs = [bool(verify(parse(g), parse(t))) for g, t in zip(golds, texts)]
-    report = [(i, s.correct, v, s.predicted, s.response == t) for i, (s, v, t) in enumerate(zip(ours, theirs, texts))]
+    report = [(i, s.correct, v, s.answer, s.response == t) for i, (s, v, t) in enumerate(zip(ours, theirs, texts))]
     print("question, ours, independent, our extracted answer, same text:", *report, sep="\n")
     assert [s.gold for s in ours] == golds
     assert [s.correct for s in ours] == theirs, [r for r in report if r[1] != r[2]]
