@@ -5,7 +5,7 @@ import pytest
 from orion_utils.config import ConfigError, load_profile
 from orion_utils.runner import NOTEBOOKS, parse_overrides
 
-PROFILES = ["smoke", "toy", "colab", "paper"]
+PROFILES = ["smoke", "toy", "smol", "colab", "paper"]
 
 
 @pytest.mark.parametrize("name", PROFILES)
