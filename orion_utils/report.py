@@ -61,8 +61,8 @@ def reflection_section(run: RunDir, max_rows: int = 12) -> list[str]:
              "|---|---|---|---|---|"]
     for r in reflected[:max_rows]:
         cands = r.meta.get("candidates")
-        shown = ", ".join(f"{c.get('answer')}{' ✓' if c.get('verified') else ''}" for c in cands) if cands \
-            else f"{r.n_candidates} ({r.n_accepted} verified)"
+        shown = ", ".join(f"{_short(str(c.get('answer')), 40)}{' ✓' if c.get('verified') else ''}" for c in cands) \
+            if cands is not None else f"{r.n_candidates} ({r.n_accepted} verified)"
         lines.append(f"| {r.problem_id} | {gold.get(r.problem_id, '')} | {_short(r.wrong_attempt)} | "
                      f"{shown or 'none finished'} | {'yes' if r.accepted else 'no'} |")
     if len(reflected) > max_rows:
