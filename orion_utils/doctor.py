@@ -32,9 +32,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
-__all__ = ["DoctorReport", "gpu_peak_flops", "model_flops_per_token", "mfu", "run_doctor"]
+__all__ = ["DoctorReport", "gpu_peak_flops", "mfu", "model_flops_per_token", "run_doctor"]
 
 # dense (no sparsity) tensor-core peak in FLOP/s for bf16 (fp16 where the GPU has no bf16), from
 # NVIDIA's data sheets; matched against torch.cuda.get_device_name() in this order (first match wins)
@@ -60,7 +59,7 @@ GPU_PEAK_FLOPS: list[tuple[str, float]] = [
 ]
 
 
-def gpu_peak_flops(device_name: Optional[str]) -> Optional[float]:
+def gpu_peak_flops(device_name: str | None) -> float | None:
     """The dense bf16/fp16 peak of a GPU named like ``torch.cuda.get_device_name()``, None if unknown."""
     if not device_name:
         return None
@@ -76,7 +75,7 @@ def model_flops_per_token(n_params: int, lora: bool) -> float:
     return (4.0 if lora else 6.0) * n_params
 
 
-def mfu(tokens_per_s: float, n_params: int, lora: bool, peak_flops: Optional[float]) -> Optional[float]:
+def mfu(tokens_per_s: float, n_params: int, lora: bool, peak_flops: float | None) -> float | None:
     """Model FLOPs utilisation, a share in [0, 1]; None without a peak figure."""
     if not peak_flops or tokens_per_s <= 0:
         return None
@@ -109,7 +108,7 @@ class DoctorReport:
 # what loads
 
 
-def _version(name: str) -> Optional[str]:
+def _version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -118,7 +117,7 @@ def _version(name: str) -> Optional[str]:
         return None
 
 
-def _machine(report: DoctorReport, dtype_request: str) -> tuple[str, str, Optional[str]]:
+def _machine(report: DoctorReport, dtype_request: str) -> tuple[str, str, str | None]:
     import os
 
     import torch
@@ -181,7 +180,7 @@ def _backends(report: DoctorReport, gen_request: str, train_request: str, use_lo
 # measured
 
 
-def _benchmark_model(profile, model: Optional[str], work: Path) -> tuple[str, str]:
+def _benchmark_model(profile, model: str | None, work: Path) -> tuple[str, str]:
     """(path or hub id, description) of the model to measure."""
     if model:
         return model, model
@@ -267,14 +266,14 @@ def _n_params(model_path: str) -> int:
 def run_doctor(
     profile: str = "toy",
     *,
-    model: Optional[str] = None,
-    generation_backend: Optional[str] = None,
-    peak_tflops: Optional[float] = None,
+    model: str | None = None,
+    generation_backend: str | None = None,
+    peak_tflops: float | None = None,
     benchmark: bool = True,
-    n_prompts: Optional[int] = None,
-    max_new_tokens: Optional[int] = None,
-    train_steps: Optional[int] = None,
-    seq_tokens: Optional[int] = None,
+    n_prompts: int | None = None,
+    max_new_tokens: int | None = None,
+    train_steps: int | None = None,
+    seq_tokens: int | None = None,
     print_table: bool = True,
 ) -> DoctorReport:
     """Check the machine, pick the backends as the pipeline would, measure them; print the table.

