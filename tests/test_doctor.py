@@ -21,12 +21,13 @@ def test_peak_flops_table_and_mfu():
     assert doctor.mfu(1000, 10, False, None) is None
 
 
-def test_doctor_on_cpu_measures_both_paths(tiny_model_dir, tmp_path, capsys):
-    rc = main(["doctor", "--model", tiny_model_dir, "--json", str(tmp_path / "d.json")])
+def test_doctor_on_cpu_measures_both_paths(tiny_model_dir, capsys):
+    report = doctor.run_doctor("toy", model=tiny_model_dir, n_prompts=4, max_new_tokens=16, train_steps=2,
+                               seq_tokens=64)  # `orion doctor` measures 16 x 64 and 6 steps of 256 on a CPU
     out = capsys.readouterr().out
-    assert rc == 0, out
-    data = json.loads((tmp_path / "d.json").read_text())
+    data = json.loads(json.dumps(report.to_dict(), default=str))
     rows = {r[0]: r for r in data["rows"]}
+    assert not [r for r in data["rows"] if r[1] == "FAILED"], out
     assert rows["device"][1] == "cpu" and rows["dtype"][1] == "float32"
     assert rows["generation backend"][1] == "transformers"
     assert rows["training backend"][1] == "trl (full fine-tuning)"  # the toy profile trains the whole model
@@ -57,8 +58,10 @@ def test_doctor_names_what_loads_with_cuda_stood_in(monkeypatch, capsys):
     assert rows["liger kernels"][1] == "off" and "own kernels" in rows["liger kernels"][2]
 
 
-def test_doctor_without_benchmark_and_bad_profile(capsys):
-    assert main(["doctor", "--no-benchmark"]) == 0
+def test_doctor_command_without_benchmark_and_bad_profile(tmp_path, capsys):
+    assert main(["doctor", "--no-benchmark", "--json", str(tmp_path / "d.json")]) == 0
     assert "training backend" in capsys.readouterr().out
+    rows = {r[0]: r[1] for r in json.loads((tmp_path / "d.json").read_text())["rows"]}
+    assert rows["device"] == "cpu" and rows["generation backend"] == "transformers"
     assert main(["doctor", "--profile", "no_such_profile", "--no-benchmark"]) == 1
     assert "[orion] error:" in capsys.readouterr().err
