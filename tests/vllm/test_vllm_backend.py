@@ -81,8 +81,7 @@ def hf(model):
 def test_one_line_says_what_runs(engine, model):
     assert isinstance(engine, VLLMBackend)
     assert engine.test_line == [
-        f"[generation] backend=vllm device=cpu dtype=float32 model={model[0]} "
-        "(requested; no CUDA device: vLLM's CPU build)"
+        f"[generation] backend=vllm device=cpu dtype=float32 model={model[0]} (requested; no CUDA device: vLLM's CPU build)"
     ]
     assert (engine.device, engine.dtype) == ("cpu", "float32")
     assert engine.llm.llm_engine.model_config.dtype == torch.float32  # vLLM's own "auto" would be bf16

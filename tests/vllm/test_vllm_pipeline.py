@@ -42,7 +42,7 @@ def test_every_notebook_ran_and_generation_was_vllm(vllm_run):
         errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, f"{name}: {errors[0]}"
         assert all(c.get("execution_count") for c in code), f"{name}: a cell did not run"
-        lines = re.findall(r"^\[generation\] .*$", _printed(nb), re.M)
+        lines = re.findall(r"^\[generation\] .*$", _printed(nb), re.MULTILINE)
         if lines:
             seen.add(name)
         for line in lines:
