@@ -330,7 +330,7 @@ def run_doctor(
         report.numbers["generation"] = gen_results
 
         base_cfg = replace(sft, max_steps=train_steps, save_steps=-1, logging_steps=max(1, train_steps),
-                           max_seq_len=seq_tokens + 64, overlong="truncate", gradient_checkpointing=False,
+                           max_seq_len=2 * seq_tokens, overlong="truncate", gradient_checkpointing=False,
                            progress_bar=False, learning_rate=1e-5, batch_size=min(sft.batch_size, 8), grad_accum=1)
         trainers = {"chosen": base_cfg}
         reference = replace(base_cfg, backend="trl", use_lora=True, load_in_4bit=False)
