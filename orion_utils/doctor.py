@@ -239,7 +239,8 @@ def _measure_training(model_path: str, cfg, work: Path, n_examples: int, target_
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     examples = _training_examples(tokenizer, n_examples, target_tokens)
-    rows, _ = build_sft_rows(tokenizer, examples, max_seq_len=cfg.max_seq_len)
+    rows, _ = build_sft_rows(tokenizer, examples)
+    cfg = replace(cfg, max_seq_len=max(len(r["input_ids"]) for r in rows))  # nothing cut
     all_tokens = sum(len(r["input_ids"]) for r in rows)
     supervised = sum(sum(1 for t in r["labels"][1:] if t != -100) for r in rows)
     with contextlib.redirect_stdout(io.StringIO()) as line:
