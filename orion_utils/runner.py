@@ -182,7 +182,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     links = sub.add_parser("colab-links", help="write the README's Colab links and the notebooks' ORION_REPO")
     links.add_argument("--repo", default=None, help="OWNER/NAME on GitHub (default: [project.urls] Repository)")
     links.add_argument("--branch", default="main")
+    doctor = sub.add_parser("doctor", help="what this machine runs (device, dtype, backends and why) and how fast")
+    doctor.add_argument("--profile", default="toy", help="the profile whose student and settings to check")
+    doctor.add_argument("--model", default=None, help="measure this model (local path or hub id) instead")
+    doctor.add_argument("--generation-backend", default=None, help="auto | transformers | vllm (default: the profile's)")
+    doctor.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, for MFU")
+    doctor.add_argument("--no-benchmark", action="store_true", help="only say what loads; measure nothing")
+    doctor.add_argument("--json", default=None, metavar="PATH", help="also write the table and numbers as JSON")
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        from .doctor import main_doctor
+
+        try:
+            return main_doctor(args)
+        except (ConfigError, FileNotFoundError, OSError) as exc:
+            print(f"[orion] error: {exc}", file=sys.stderr)
+            return 1
     if args.command == "params":
         try:
             print(parameters_cell(args.profile, args.notebook, args.run_dir))

@@ -62,6 +62,7 @@ __all__ = [
     "build_sft_rows",
     "length_grouped_batches",
     "resolve_batching",
+    "resolve_liger",
     "select_training_backend",
     "train_sft",
 ]
@@ -188,11 +189,31 @@ def _device_and_dtype() -> tuple[str, str]:
 
 
 def _resolve_attn(requested: str, device: str) -> str:
+    """``auto``: on CUDA a varlen FlashAttention kernel when installed (FA3's ``flash_attn_interface``
+    on Hopper, else FA2's ``flash_attn``), so that padding-free batches run without a dense mask;
+    sdpa otherwise."""
     if requested and requested != "auto":
         return requested
-    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
+    if device == "cuda":
+        if importlib.util.find_spec("flash_attn_interface") is not None and torch.cuda.get_device_capability()[0] == 9:
+            return "flash_attention_3"
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
     return "sdpa"
+
+
+def resolve_liger(device: str, backend: str = "trl") -> tuple[bool, str]:
+    """``(on, reason)``: Liger's fused kernels (RMSNorm, RoPE, SwiGLU, and the fused linear
+    cross-entropy that never materialises the logits of a long CoT) through TRL's
+    ``use_liger_kernel``, on CUDA with the TRL backend when ``liger_kernel`` is installed. Unsloth
+    brings its own kernels."""
+    if backend == "unsloth":
+        return False, "unsloth uses its own kernels"
+    if device != "cuda":
+        return False, "Liger kernels are CUDA (Triton) kernels"
+    if importlib.util.find_spec("liger_kernel") is None:
+        return False, "liger-kernel not installed (pip install liger-kernel)"
+    return True, "liger-kernel installed, CUDA"
 
 
 def resolve_batching(requested: str, attn_implementation: str, backend: str = "trl") -> tuple[str, str]:
@@ -377,7 +398,8 @@ def checkpointing_argument(args_class) -> str:
     return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
-def _sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, dtype: str, n_rows: int):
+def _sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, dtype: str, n_rows: int,
+              liger: bool = False):
     from trl import SFTConfig
 
     return SFTConfig(
@@ -412,14 +434,15 @@ def _sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, d
         max_length=None,
         padding_free=(batching == "padding_free"),
         completion_only_loss=None,
+        use_liger_kernel=liger,
     )
 
 
-def _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config=None):
+def _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config=None, liger=False):
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    args = _sft_args(cfg, ckpt_dir, batching, device, dtype, len(rows))
+    args = _sft_args(cfg, ckpt_dir, batching, device, dtype, len(rows), liger=liger)
     trainer = _trainer_class()(
         model=model,
         args=args,
@@ -643,7 +666,8 @@ def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, devic
             bias="none",
             task_type="CAUSAL_LM",
         )
-    trainer = _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config)
+    liger = resolve_liger(device, "trl")[0]
+    trainer = _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config, liger=liger)
     seconds = _run(trainer, resume_from)
 
     trained = trainer.model
@@ -820,7 +844,8 @@ def train_sft(
 
         line = (
             f"[training] backend={backend} ({reason}) device={device} dtype={dtype} lora={cfg.use_lora} "
-            f"examples={len(rows)} batching={batching} (attn={attn})"
+            f"examples={len(rows)} batching={batching} (attn={attn}"
+            + (", liger" if resolve_liger(device, backend)[0] else "") + ")"
         )
         if stats["truncated"]:
             line += f" truncated={stats['truncated']}"

