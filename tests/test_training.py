@@ -486,3 +486,23 @@ def test_tailored_trainer_with_lambda_zero_and_unit_weights_equals_sft(tiny_mode
     assert batch_on["input_ids"].shape[0] == 9
     _, grads_on = _loss_and_grads(trainer_on, batch_on, None)
     assert any(not torch.allclose(g, ref[1][k], rtol=1e-4, atol=1e-7) for k, g in grads_on.items())
+
+
+def test_method_sections_extend_the_sft_section():
+    from orion_utils.config import load_profile
+    from orion_utils.edit import EditConfig
+    from orion_utils.tailored import TailoredConfig
+
+    paper = load_profile("paper")
+    for section in (paper.edit, paper.tailored):
+        assert isinstance(section, TrainingConfig)
+        for key in ("use_lora", "lora_r", "max_seq_len", "overlong", "learning_rate", "grad_accum"):
+            assert getattr(section, key) == getattr(paper.sft, key), key
+    prof = load_profile("toy", {"sft": {"lora_r": 8, "learning_rate": 1e-3}, "edit": {"learning_rate": 2e-3}})
+    assert prof.edit.lora_r == 8 and prof.tailored.lora_r == 8 and prof.tailored.learning_rate == 1e-3
+    assert prof.edit.learning_rate == 2e-3 and prof.sft.learning_rate == 1e-3  # a method's own value wins
+    assert {f for f in EditConfig.__dataclass_fields__} - set(TrainingConfig.__dataclass_fields__) == {
+        "pair_source", "max_pairs_per_problem", "alpha", "beta", "nll_guard"}
+    assert {f for f in TailoredConfig.__dataclass_fields__} - set(TrainingConfig.__dataclass_fields__) == {
+        "rounds", "exam_samples", "exam_temperature", "exam_top_p", "exam_max_new_tokens", "teacher_samples",
+        "tailor_samples", "max_wrong_shown", "prefix_weight", "lam", "margin", "triplet_layer"}

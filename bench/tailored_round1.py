@@ -1,0 +1,117 @@
+"""Tailored Learning, round 1 on the toy profile: which setting moves the student's exam accuracy.
+
+Trains round 1 (teacher rationales for every training question; negatives from the round-0 exam)
+from the run's base student under a list of settings, then the round-1 student sits the same exam
+as Tailored Learning's round 2 (exam_samples answers per training question at exam_temperature).
+Every setting trains on the same data and seed; only the named knobs change.
+
+    python bench/tailored_round1.py RUN_DIR [--settings NAME,NAME,...] [--seed 0]
+
+RUN_DIR is a toy run with notebook 00 done (`orion run --profile toy --only 00`). Prints one
+table row per setting and writes RUN_DIR/bench/tailored_round1.json. Not part of `make bench`
+(each setting trains and sits an exam: about a minute or two each on two CPU cores).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from orion_utils.collection import make_teacher  # noqa: E402
+from orion_utils.config import load_profile  # noqa: E402
+from orion_utils.jsonl import read_jsonl, write_json  # noqa: E402
+from orion_utils.records import Problem  # noqa: E402
+from orion_utils.rundir import RunDir  # noqa: E402
+from orion_utils.tailored import (  # noqa: E402
+    _exam_stats,
+    default_generator_factory,
+    run_exam,
+    train_tailored_round,
+    triplet_examples,
+    unique_wrong_rationales,
+)
+
+# name → (overrides of the profile's tailored section, teacher samples per question)
+SETTINGS = {
+    "sft-like": {"lam": 0.0, "prefix_weight": 0.0, "teacher_samples": 1},
+    "paper (λ=0.5, prefix 0.1, 2 samples)": {},
+    "λ=0.1": {"lam": 0.1},
+    "λ=0": {"lam": 0.0},
+    "λ=0.5, layer -2 (pre-norm)": {"triplet_layer": -2},
+    "λ=0, prefix 0": {"lam": 0.0, "prefix_weight": 0.0},
+    "λ=0, prefix 1": {"lam": 0.0, "prefix_weight": 1.0},
+    "λ=0, prefix 0, 1 sample": {"lam": 0.0, "prefix_weight": 0.0, "teacher_samples": 1},
+    "λ=0.5, prefix 0": {"prefix_weight": 0.0},
+    "paper, no warmup": {"warmup_ratio": 0.0},
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--settings", default="", help="comma-separated setting names (default: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", default="toy")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+
+    profile = load_profile(args.profile)
+    run = RunDir(args.run_dir)
+    base_cfg = dataclasses.replace(profile.tailored, seed=args.seed)
+    problems = read_jsonl(run.data("train_problems.jsonl"), Problem)
+    template = profile.student.prompt_template
+    factory = default_generator_factory(profile.generation)
+    out = Path(args.run_dir) / "bench" / "tailored_round1"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def exam(model_dir: str, cfg) -> dict:
+        generator = factory(model_dir)
+        try:
+            from orion_utils.grading import grade
+
+            attempts = run_exam(generator, problems, cfg, grade, template)
+        finally:
+            if hasattr(generator, "close"):
+                generator.close()
+        return attempts
+
+    base_attempts = exam(run.student_model(), base_cfg)
+    base = _exam_stats(base_attempts)
+    wrong = unique_wrong_rationales(base_attempts)
+    teacher = make_teacher(profile.teacher, profile.data)
+    print(f"base student: exam accuracy {base['exam_accuracy']:.3f} ({base['n_exam_attempts']} answers)", flush=True)
+
+    names = [n.strip() for n in args.settings.split(",") if n.strip()] or list(SETTINGS)
+    rows = [{"setting": "base (round 0 exam)", **base}]
+    for name in names:
+        overrides = dict(SETTINGS[name])
+        cfg = dataclasses.replace(base_cfg, **overrides)
+        traces = [t for t in teacher.collect(problems, n=cfg.teacher_samples) if t.correct]
+        pool: dict = {}
+        for t in traces:
+            pool.setdefault(t.problem_id, []).append(t.cot)
+        examples = triplet_examples(problems, traces, pool, wrong, "teacher", seed=cfg.seed + 1)
+        t0 = time.perf_counter()
+        slug = "".join(c if c.isalnum() else "_" for c in name)
+        result = train_tailored_round(run.student_model(), examples, out / slug, cfg, template, resume=False)
+        stats = _exam_stats(exam(result.model_dir, cfg))
+        losses = [h["loss"] for h in result.loss_history]
+        row = {"setting": name, **overrides, **stats, "n_train": len(examples), "final_loss": losses[-1],
+               "seconds": round(time.perf_counter() - t0, 1)}
+        rows.append(row)
+        print(f"{name:40s} exam accuracy {stats['exam_accuracy']:.3f}  (train {len(examples)}, "
+              f"final loss {losses[-1]:.3f})", flush=True)
+        write_json(Path(args.run_dir) / "bench" / "tailored_round1.json", rows)
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
