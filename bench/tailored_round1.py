@@ -1,4 +1,4 @@
-"""Tailored Learning, round 1 on the toy profile: which setting moves the student's exam accuracy.
+"""Tailored Learning, round 1 (and 2) on the toy profile: which setting moves the student's exam accuracy.
 
 Trains round 1 (teacher rationales for every training question; negatives from the round-0 exam)
 from the run's base student under a list of settings, then the round-1 student sits the same exam
@@ -26,13 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orion_utils.collection import make_teacher  # noqa: E402
 from orion_utils.config import load_profile  # noqa: E402
-from orion_utils.jsonl import read_jsonl, write_json  # noqa: E402
-from orion_utils.records import Problem  # noqa: E402
+from orion_utils.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
+from orion_utils.records import Problem, StudentAttempt  # noqa: E402
 from orion_utils.rundir import RunDir  # noqa: E402
 from orion_utils.tailored import (  # noqa: E402
     _exam_stats,
     default_generator_factory,
     run_exam,
+    tailored_rationales,
     train_tailored_round,
     triplet_examples,
     unique_wrong_rationales,
@@ -40,23 +41,28 @@ from orion_utils.tailored import (  # noqa: E402
 
 # name → (overrides of the profile's tailored section, teacher samples per question)
 SETTINGS = {
-    "sft-like": {"lam": 0.0, "prefix_weight": 0.0, "teacher_samples": 1},
     "paper (λ=0.5, prefix 0.1, 2 samples)": {},
-    "λ=0.1": {"lam": 0.1},
     "λ=0": {"lam": 0.0},
-    "λ=0.5, layer -2 (pre-norm)": {"triplet_layer": -2},
+    "λ=0.1": {"lam": 0.1},
     "λ=0, prefix 0": {"lam": 0.0, "prefix_weight": 0.0},
+    "λ=0.5, layer -2 (pre-norm)": {"triplet_layer": -2},
     "λ=0, prefix 1": {"lam": 0.0, "prefix_weight": 1.0},
-    "λ=0, prefix 0, 1 sample": {"lam": 0.0, "prefix_weight": 0.0, "teacher_samples": 1},
-    "λ=0.5, prefix 0": {"prefix_weight": 0.0},
     "paper, no warmup": {"warmup_ratio": 0.0},
+    # the teacher's canonical wording only (its 2nd sample's wording is new to the toy student)
+    "λ=0, prefix 0, 1 sample (= sft, 1 epoch)": {"lam": 0.0, "prefix_weight": 0.0, "teacher_samples": 1},
+    "prefix 0.1, 1 sample": {"teacher_samples": 1},
+    "prefix 1, 1 sample": {"prefix_weight": 1.0, "teacher_samples": 1},
+    "prefix 0.1, 1 sample, no warmup": {"teacher_samples": 1, "warmup_ratio": 0.0},
+    # round 2 (λ's triplet has positives there: the round-1 rationales) after a 1-sample round 1
+    "2 rounds, 1 sample, λ=0.5": {"teacher_samples": 1, "rounds": 2},
+    "2 rounds, 1 sample, λ=0": {"teacher_samples": 1, "rounds": 2, "lam": 0.0},
 }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
-    ap.add_argument("--settings", default="", help="comma-separated setting names (default: all)")
+    ap.add_argument("--settings", default="", help="setting names separated by | (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", default="toy")
     args = ap.parse_args(argv)
@@ -82,13 +88,18 @@ def main(argv=None) -> int:
                 generator.close()
         return attempts
 
-    base_attempts = exam(run.student_model(), base_cfg)
+    base_file = out / f"base_exam_seed{args.seed}.jsonl"  # the round-0 exam, reused by later invocations
+    if base_file.exists():
+        base_attempts = read_jsonl(base_file, StudentAttempt)
+    else:
+        base_attempts = exam(run.student_model(), base_cfg)
+        write_jsonl(base_file, base_attempts)
     base = _exam_stats(base_attempts)
     wrong = unique_wrong_rationales(base_attempts)
     teacher = make_teacher(profile.teacher, profile.data)
     print(f"base student: exam accuracy {base['exam_accuracy']:.3f} ({base['n_exam_attempts']} answers)", flush=True)
 
-    names = [n.strip() for n in args.settings.split(",") if n.strip()] or list(SETTINGS)
+    names = [n.strip() for n in args.settings.split("|") if n.strip()] or list(SETTINGS)
     rows = [{"setting": "base (round 0 exam)", **base}]
     for name in names:
         overrides = dict(SETTINGS[name])
@@ -101,14 +112,27 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         slug = "".join(c if c.isalnum() else "_" for c in name)
         result = train_tailored_round(run.student_model(), examples, out / slug, cfg, template, resume=False)
-        stats = _exam_stats(exam(result.model_dir, cfg))
+        attempts = exam(result.model_dir, cfg)
+        stats = _exam_stats(attempts)
         losses = [h["loss"] for h in result.loss_history]
-        row = {"setting": name, **overrides, **stats, "n_train": len(examples), "final_loss": losses[-1],
-               "seconds": round(time.perf_counter() - t0, 1)}
+        row = {"setting": name, **overrides, **stats, "n_train": len(examples), "final_loss": losses[-1]}
+        if cfg.rounds >= 2:  # round 2: tailored rationales for the round-1 student's mistakes, then its exam
+            wrong2 = unique_wrong_rationales(attempts)
+            tailored = [t for t in tailored_rationales(problems, teacher, wrong2, cfg) if t.correct]
+            for t in tailored:
+                pool.setdefault(t.problem_id, []).append(t.cot)
+            examples2 = triplet_examples(problems, tailored, pool, wrong2, "tailored", seed=cfg.seed + 2)
+            result2 = train_tailored_round(result.model_dir, examples2, out / (slug + "_r2"), cfg, template,
+                                           resume=False)
+            stats2 = _exam_stats(exam(result2.model_dir, cfg))
+            row.update(round2_exam_accuracy=stats2["exam_accuracy"], round2_n_train=len(examples2),
+                       round2_n_triplets=sum(1 for e in examples2 if e.meta["positive"] and e.meta["negative"]))
+            print(f"{'':40s} round 2: exam accuracy {stats2['exam_accuracy']:.3f} (train {len(examples2)})", flush=True)
+        row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
         print(f"{name:40s} exam accuracy {stats['exam_accuracy']:.3f}  (train {len(examples)}, "
               f"final loss {losses[-1]:.3f})", flush=True)
-        write_json(Path(args.run_dir) / "bench" / "tailored_round1.json", rows)
+        write_json(out / f"results_seed{args.seed}.json", rows)
     print(json.dumps(rows, indent=1))
     return 0
 

@@ -396,3 +396,29 @@ def test_tailored_rationales_go_to_the_api_teacher_in_one_concurrent_batch(tmp_p
         traces = tailored_rationales(problems, teacher, wrong, cfg)
         assert server.request_count == 10 and server.max_in_flight == 4
     assert sorted((t.problem_id, t.sample_index) for t in traces) == [(f"p{i}", s) for i in range(5) for s in (0, 1)]
+
+
+@pytest.mark.parametrize("layer", [-1, -2])
+def test_triplet_layer_picks_the_hidden_state_fed_to_the_triplet(tiny_model_dir, tiny_tokenizer, tmp_path, layer):
+    """-1: the last hidden state after the final norm (what the LM head reads); -2: the residual
+    stream one layer below, before any final norm."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from orion_utils import training
+    from orion_utils.tailored import tailored_method, tailored_rows
+
+    examples = [SFTExample("p1", "What is 1+1?", "1+1=2 \\boxed{2}", "teacher",
+                           meta={"positive": "one and one: \\boxed{2}", "negative": "1+1=3 \\boxed{3}"})]
+    cfg = TailoredConfig(batch_size=1, triplet_layer=layer, lam=0.5)
+    rows, _ = tailored_rows(tiny_tokenizer, examples, cfg)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    trainer = training._build_trainer(model, tiny_tokenizer, rows, cfg, tmp_path, "no_same_question", "cpu",
+                                      "float32", method=tailored_method(cfg))
+    batch = trainer.data_collator(rows)
+    with torch.no_grad():
+        got = float(trainer.compute_loss(model, dict(batch)))
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        want = {k: float(tailored_loss(out.logits, out.hidden_states[k], batch, 0.5, 1.0)[0]) for k in (-1, -2)}
+    assert got == pytest.approx(want[layer], rel=1e-5)
+    assert want[-1] != pytest.approx(want[-2], rel=1e-3)
