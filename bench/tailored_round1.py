@@ -39,7 +39,9 @@ from orion_utils.tailored import (  # noqa: E402
     unique_wrong_rationales,
 )
 
-# name → (overrides of the profile's tailored section, teacher samples per question)
+# Every setting starts from the paper's loss and data settings (on top of the profile's tailored section)
+PAPER = {"lam": 0.5, "prefix_weight": 0.1, "margin": 1.0, "teacher_samples": 2, "triplet_layer": -1}
+# name → what it changes
 SETTINGS = {
     "paper (λ=0.5, prefix 0.1, 2 samples)": {},
     "λ=0": {"lam": 0.0},
@@ -53,10 +55,10 @@ SETTINGS = {
     "prefix 0.1, 1 sample": {"teacher_samples": 1},
     "prefix 1, 1 sample": {"prefix_weight": 1.0, "teacher_samples": 1},
     "prefix 0.1, 1 sample, no warmup": {"teacher_samples": 1, "warmup_ratio": 0.0},
-    # round 2 (λ's triplet has positives there: the round-1 rationales) after a 1-sample round 1
-    "2 rounds, 1 sample, λ=0.5": {"teacher_samples": 1, "rounds": 2},
-    "2 rounds, 1 sample, λ=0": {"teacher_samples": 1, "rounds": 2, "lam": 0.0},
+    "λ=0.5, prefix 0, 1 sample": {"prefix_weight": 0.0, "teacher_samples": 1},
 }
+# with rounds ≥ 2 (--rounds 2) a setting also trains round 2 (tailored rationales for the round-1
+# student's mistakes; λ's triplet has positives there, the round-1 rationales) and sits its exam
 
 
 def main(argv=None) -> int:
@@ -65,12 +67,13 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", default="", help="setting names separated by | (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", default="toy")
+    ap.add_argument("--rounds", type=int, default=1, help="1: round 1 only; 2: also round 2")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
     profile = load_profile(args.profile)
     run = RunDir(args.run_dir)
-    base_cfg = dataclasses.replace(profile.tailored, seed=args.seed)
+    base_cfg = dataclasses.replace(profile.tailored, seed=args.seed, **PAPER)
     problems = read_jsonl(run.data("train_problems.jsonl"), Problem)
     template = profile.student.prompt_template
     factory = default_generator_factory(profile.generation)
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
     rows = [{"setting": "base (round 0 exam)", **base}]
     for name in names:
         overrides = dict(SETTINGS[name])
-        cfg = dataclasses.replace(base_cfg, **overrides)
+        cfg = dataclasses.replace(base_cfg, **overrides, rounds=args.rounds)
         traces = [t for t in teacher.collect(problems, n=cfg.teacher_samples) if t.correct]
         pool: dict = {}
         for t in traces:
