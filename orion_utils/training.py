@@ -932,8 +932,7 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
         train_fn = _train_unsloth if backend == "unsloth" else _train_trl
         try:
             trainer, seconds = train_fn(
-                base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp,
-                method=method,
+                base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method
             )
             model_dir = output_dir / "model"
             _publish_dir(model_tmp, model_dir)
