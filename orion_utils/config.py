@@ -95,6 +95,10 @@ SECTIONS: dict[str, str] = {
     "long_cots": "orion_utils.lengths:LongCotsConfig",
 }
 TOP_LEVEL = {"profile": str, "description": str, "base": str, "seeds": list}
+# One training stack: a method's section is the shared training config plus the method's own fields,
+# and the training values a profile gives in its `sft` section hold for these sections too (each may
+# still override them), so that only the method differs.
+SECTION_BASES = {"edit": "sft", "tailored": "sft"}
 
 
 def section_class(name: str) -> type:
@@ -216,6 +220,10 @@ def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = Non
                 f"unknown section '{key}' (known: {', '.join(sorted(set(SECTIONS) | set(TOP_LEVEL)))})"
             )
         sections[key] = build_section(section_class(key), value or {}, key)
+    for name, base in SECTION_BASES.items():
+        inherited = raw.get(base) or {}
+        if isinstance(inherited, dict) and inherited:
+            sections[name] = build_section(section_class(name), {**inherited, **(raw.get(name) or {})}, name)
     for name in SECTIONS:  # sections a profile leaves out take their defaults
         if name not in sections:
             sections[name] = section_class(name)()

@@ -31,15 +31,15 @@ Pipeline (DESIGN.md §1.2):
 from __future__ import annotations
 
 import functools
-import math
-import time
+import json
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from .chat import encode_for_training
 from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
+from .training import TrainingConfig, TrainResult
 
 PathLike = Union[str, Path]
 
@@ -53,40 +53,19 @@ SOURCE_LABELS = {"exposure": "error_exposure", "teacher": "teacher_prompts"}  # 
 
 
 @dataclass
-class EditConfig:
-    """EDIT's knobs (the ``edit`` section of a profile). Stage 1 uses the ``sft`` section."""
+class EditConfig(TrainingConfig):
+    """EDIT's knobs (the ``edit`` section of a profile): the shared training config (``sft``'s fields,
+    whose values a profile's ``edit`` section inherits from its ``sft`` section) plus EDIT's own.
+    Stage 1 is ``train_sft`` with the ``sft`` section; stage 2 trains with this one."""
 
-    pair_source: str = (
-        "exposure"  # "exposure" (teacher correct vs student wrong) | "teacher" (rectify/corrupt)
-    )
+    pair_source: str = "exposure"  # "exposure" (teacher correct vs student wrong) | "teacher" (rectify/corrupt)
     max_pairs_per_problem: int = 4  # 0 → no limit
     alpha: float = 1.0  # weight of the chosen CoT's key tokens (paper: 1.0)
     beta: float = 0.025  # weight of the rejected CoT's key tokens (paper: 0.025)
-    nll_guard: Optional[float] = (
-        5.0  # skip rejected key tokens whose NLL is already above this; None: no guard
-    )
-    # stage 2 training
-    learning_rate: float = 1e-5
+    nll_guard: Optional[float] = 5.0  # skip rejected key tokens whose NLL is already above this; None: no guard
+    # stage 2 defaults where they differ from sft's (a profile's values come from its sft section)
     num_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides num_epochs
     batch_size: int = 2  # pairs per step (2× sequences in the forward pass)
-    grad_accum: int = 1
-    max_seq_len: int = 4096
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
-    use_lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "all-linear"
-    bf16: Optional[bool] = None  # None: on when a CUDA GPU supports it
-    gradient_checkpointing: bool = False
-    logging_steps: int = 1
-    progress_bar: bool = False  # the Trainer's progress bar and per-log printout (False: quiet)
-    seed: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,6 +199,28 @@ def _by_problem(items) -> dict[str, list]:
     return grouped
 
 
+def _ask_many(teacher, what: str, items: list) -> list:
+    """``teacher.<what>_many(items)`` in one batched call (the API teacher sends the requests
+    concurrently); a teacher without the batched form is asked item by item. A request that failed
+    after every retry stops the stage with one clear error: the others are cached, so a re-run
+    only asks for the failed ones."""
+    if not items:
+        return []
+    many = getattr(teacher, f"{what}_many", None)
+    if many is None:
+        return [getattr(teacher, what)(p, t) for p, t in items]
+    out = list(many(items))
+    failed = [items[i][0].id for i, t in enumerate(out) if t is None]
+    if failed:
+        from .teachers.prompts import TeacherRequestFailed
+
+        raise TeacherRequestFailed(
+            f"{len(failed)} of {len(items)} {what} requests failed after every retry (first: problem "
+            f"{failed[0]!r}); they are recorded, and the next run retries only them"
+        )
+    return out
+
+
 def pairs_from_teacher(
     problems: Sequence[Problem], traces: Sequence[TeacherTrace], teacher, max_pairs_per_problem: int = 0
 ) -> list[DualPair]:
@@ -230,45 +231,57 @@ def pairs_from_teacher(
     ``teacher.rectify`` (answer-hint prompt) → pair (CoT−+, CoT−), kept only if the rectified CoT
     verifies. ``meta["kind"]`` says which ("corrupted" / "rectified"); the rectified CoTs are
     D−+ for stage 1.
+
+    The teacher is asked in batches (``corrupt_many`` / ``rectify_many``: one call each per pass, so
+    the API teacher's concurrency applies): each pass asks, for every question still short of
+    ``max_pairs_per_problem`` pairs, as many of its next traces as it still needs.
     """
     problem_of = {p.id: p for p in problems}
-    pairs: list[DualPair] = []
-    for pid, group in _by_problem(traces).items():
-        problem = problem_of.get(pid)
-        if problem is None:
-            continue
-        kept = 0
-        for trace in group:
-            if max_pairs_per_problem and kept >= max_pairs_per_problem:
-                break
+    groups = {pid: list(g) for pid, g in _by_problem(traces).items() if pid in problem_of}
+    order = {pid: k for k, pid in enumerate(groups)}
+    kept = {pid: 0 for pid in groups}
+    found: list[tuple[tuple[int, int], DualPair]] = []
+    position = {pid: 0 for pid in groups}
+    while True:
+        todo = []  # (pid, index of the trace in its group)
+        for pid, group in groups.items():
+            need = (max_pairs_per_problem - kept[pid]) if max_pairs_per_problem else len(group)
+            take = group[position[pid] : position[pid] + max(0, need)]
+            todo += [(pid, position[pid] + j) for j in range(len(take))]
+            position[pid] += len(take)
+        if not todo:
+            break
+        to_corrupt = [(pid, j) for pid, j in todo if groups[pid][j].correct]
+        to_rectify = [(pid, j) for pid, j in todo if not groups[pid][j].correct]
+        corrupted = _ask_many(teacher, "corrupt", [(problem_of[pid], groups[pid][j]) for pid, j in to_corrupt])
+        rectified = _ask_many(teacher, "rectify", [(problem_of[pid], groups[pid][j]) for pid, j in to_rectify])
+        for (pid, j), other in [*zip(to_corrupt, corrupted), *zip(to_rectify, rectified)]:
+            trace = groups[pid][j]
             if trace.correct:
-                other = teacher.corrupt(problem, trace)
                 if other.correct:
                     continue
                 chosen, rejected, kind = trace, other, "corrupted"
             else:
-                other = teacher.rectify(problem, trace)
                 if not other.correct:
                     continue
                 chosen, rejected, kind = other, trace, "rectified"
-            pairs.append(
-                DualPair(
-                    problem_id=pid,
-                    question=problem.question,
-                    chosen=chosen.cot,
-                    rejected=rejected.cot,
-                    source=SOURCE_LABELS["teacher"],
-                    meta={
-                        "kind": kind,
-                        "trace_sample": trace.sample_index,
-                        "teacher": other.teacher,
-                        "chosen_answer": chosen.answer,
-                        "rejected_answer": rejected.answer,
-                    },
-                )
-            )
-            kept += 1
-    return pairs
+            kept[pid] += 1
+            problem = problem_of[pid]
+            found.append(((order[pid], j), DualPair(
+                problem_id=pid,
+                question=problem.question,
+                chosen=chosen.cot,
+                rejected=rejected.cot,
+                source=SOURCE_LABELS["teacher"],
+                meta={
+                    "kind": kind,
+                    "trace_sample": trace.sample_index,
+                    "teacher": other.teacher,
+                    "chosen_answer": chosen.answer,
+                    "rejected_answer": rejected.answer,
+                },
+            )))
+    return [pair for _, pair in sorted(found, key=lambda x: x[0])]
 
 
 def pairs_from_exposure(
@@ -329,7 +342,9 @@ def build_dual_pairs(
     """Dual pairs from ``source``: ``"teacher"`` (needs ``teacher``) or ``"exposure"``
     (needs ``attempts``)."""
     if source == "teacher":
-        if teacher is None or not all(hasattr(teacher, m) for m in ("rectify", "corrupt")):
+        if teacher is None or not all(
+            hasattr(teacher, m) or hasattr(teacher, m + "_many") for m in ("rectify", "corrupt")
+        ):
             raise ValueError(
                 "pair_source='teacher' needs a teacher with rectify() and corrupt() (a FeedbackTeacher)"
             )
@@ -466,6 +481,7 @@ def edit_loss(
     with torch.no_grad():
         key_c, key_r = (w_c > 0), (w_r > 0)
         stats = {
+            "chosen_nll_sum": nll_c.sum().item(),  # all supervised chosen tokens (the trainer's counters)
             "chosen_term": chosen_term.mean().item(),
             "rejected_term": rejected_term.mean().item(),
             "chosen_key_nll": (nll_c[key_c].mean().item() if key_c.any() else float("nan")),
@@ -518,7 +534,15 @@ class EditCollator:
 
         rows = {"chosen": [], "rejected": []}
         for f in features:
-            w_c, w_r = weights_from_ops(f["key_ops"], alpha=self.alpha, beta=self.beta)
+            if "chosen" not in f:  # a training row (``pair_rows``): the chosen side is input_ids/labels
+                f = {
+                    "chosen": {"input_ids": f["input_ids"], "labels": f["labels"], "prompt_len": f["prompt_len"]},
+                    "rejected": {"input_ids": f["rejected_input_ids"], "labels": f["rejected_labels"],
+                                 "prompt_len": f["rejected_prompt_len"]},
+                    "key_ops": f["key_ops"],
+                }
+            ops = json.loads(f["key_ops"]) if isinstance(f["key_ops"], str) else f["key_ops"]
+            w_c, w_r = weights_from_ops(ops, alpha=self.alpha, beta=self.beta)
             rows["chosen"].append(self._side(f["chosen"], w_c))
             rows["rejected"].append(self._side(f["rejected"], w_r))
         seqs = rows["chosen"] + rows["rejected"]
@@ -535,59 +559,44 @@ class EditCollator:
         }
 
 
-def _trainer_base():
-    from transformers import Trainer
-
-    return Trainer
-
-
-class _StatsMixin:
-    """Averages the per-step loss components since the last log into the Trainer's log line."""
-
-    def _record(self, stats: dict) -> None:
-        buf = self.__dict__.setdefault("_stat_buffer", defaultdict(list))
-        for k, v in stats.items():
-            if not (isinstance(v, float) and math.isnan(v)):
-                buf[k].append(v)
-
-    def log(self, logs: dict, start_time: Optional[float] = None) -> None:
-        buf = self.__dict__.get("_stat_buffer")
-        if buf and "loss" in logs:
-            logs = {**logs, **{k: sum(v) / len(v) for k, v in buf.items() if v}}
-            buf.clear()
-        super().log(logs, start_time)
-
-
 @functools.cache
-def make_edit_trainer_class():
-    """The ``EditTrainer`` class: a ``transformers.Trainer`` subclass, built on first use so that
-    importing this module (e.g. for ``EditConfig`` when a profile loads) does not import transformers."""
-    Trainer = _trainer_base()
+def _edit_trainer_class(base: type) -> type:
+    class EditTrainer(base):
+        """The project's SFT trainer with EDIT's stage-2 loss (``edit_loss``) over ``EditCollator``
+        batches; everything else (sampler, precision, checkpoints, counters) is the SFT trainer's.
 
-    class EditTrainer(_StatsMixin, Trainer):
-        """A Trainer whose loss is ``edit_loss`` over batches from ``EditCollator``.
-
-        The loss is already a per-batch mean, so the Trainer divides it by the number of
-        gradient-accumulation steps (``loss_is_scaled_for_ga = False``).
-        """
+        The loss is a per-batch mean, so the Trainer divides it by the accumulation steps
+        (``loss_is_scaled_for_ga = False``)."""
 
         loss_is_scaled_for_ga = False
 
         def __init__(self, *args, nll_guard: Optional[float] = 5.0, **kwargs):
-            super().__init__(*args, **kwargs)
             self.nll_guard = nll_guard
+            super().__init__(*args, **kwargs)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, key_weights = inputs["labels"], inputs["key_weights"]
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
             n_pairs = labels.shape[0] // 2
             loss, stats = edit_loss(
                 outputs.logits, labels, key_weights[:n_pairs], key_weights[n_pairs:], nll_guard=self.nll_guard
             )
-            self._record(stats)
+            nll_sum = stats.pop("chosen_nll_sum")
+            if model.training:
+                self.record_stats(stats)
+                self.count_supervised(nll_sum, int((labels[:n_pairs, 1:] != -100).sum()))
             return (loss, outputs) if return_outputs else loss
 
     return EditTrainer
+
+
+def make_edit_trainer_class():
+    """The ``EditTrainer`` class: a subclass of the project's one SFT trainer
+    (``training.sft_trainer_class()``, itself TRL's ``SFTTrainer``) that overrides only the loss;
+    built on first use so that importing this module does not import transformers."""
+    from .training import sft_trainer_class
+
+    return _edit_trainer_class(sft_trainer_class())
 
 
 def __getattr__(name: str):  # EditTrainer on first access
@@ -596,149 +605,54 @@ def __getattr__(name: str):  # EditTrainer on first access
     raise AttributeError(name)
 
 
-# --------------------------------------------------------------------------------------------
-# Trainer plumbing shared with ``tailored`` (loading, arguments, saving a full model)
-# --------------------------------------------------------------------------------------------
+def pair_rows(tokenizer, pairs: Sequence[DualPair], cfg: TrainingConfig, prompt_template: str = "{question}",
+              system: Optional[str] = None) -> tuple[list[dict], dict, list[DualPair]]:
+    """Training rows of the pairs for the SFT stack, under its ``overlong`` rule: a pair with a side
+    longer than ``max_seq_len`` is left out (``drop``) or cut by the collator (``truncate``).
+
+    Returns ``(rows, stats, annotated_pairs)``; a row holds the chosen side as ``input_ids``/``labels``,
+    the rejected side, the key operations (JSON) and ``length`` (the longer side, for length grouping)."""
+    rows, annotated = [], []
+    stats = {"dropped": 0, "truncated": 0, "overlong_dropped": 0}
+    for p in pairs:
+        it = encode_pair(tokenizer, p, prompt_template, system)
+        annotated.append(replace(p, meta={**p.meta, "key_ops": it["key_ops"]}))
+        c, r = it["chosen"], it["rejected"]
+        length = max(len(c["input_ids"]), len(r["input_ids"]))
+        if cfg.max_seq_len and length > cfg.max_seq_len:
+            if cfg.overlong == "drop":
+                stats["overlong_dropped"] += 1
+                continue
+            stats["truncated"] += 1
+        if all(t == -100 for t in c["labels"][1 : cfg.max_seq_len or None]):
+            stats["dropped"] += 1
+            continue
+        rows.append({
+            "input_ids": list(c["input_ids"]), "labels": list(c["labels"]), "prompt_len": int(c["prompt_len"]),
+            "rejected_input_ids": list(r["input_ids"]), "rejected_labels": list(r["labels"]),
+            "rejected_prompt_len": int(r["prompt_len"]), "key_ops": json.dumps(it["key_ops"]),
+            "length": min(length, cfg.max_seq_len or length),
+        })
+    return rows, stats, annotated
 
 
-@dataclass
-class CustomTrainResult:
-    """What a custom-loss training run leaves: a full model in ``model_dir`` and its loss curve."""
+def edit_method(cfg: EditConfig):
+    """EDIT stage 2 as a method of the SFT stack (``training.train_method``)."""
+    from .training import TrainerMethod
 
-    model_dir: str
-    backend: str
-    loss_history: list
-    train_seconds: float
-    n_examples: int
-    n_steps: int
-    meta: dict = field(default_factory=dict)
+    def batching(mode: str) -> tuple[str, str]:
+        if mode == "padding_free":  # a pair's two sides must stay separate rows of one padded batch
+            return "length_grouped", "EDIT pairs are padded batches"
+        return mode, "as sft"
 
-
-def use_bf16(cfg) -> bool:
-    import torch
-
-    if cfg.bf16 is not None:
-        return bool(cfg.bf16) and torch.cuda.is_available()
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def load_model_and_tokenizer(model_dir: PathLike, cfg):
-    """The student to train (float32, or bf16 on a GPU that supports it), LoRA-wrapped if asked."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dtype = torch.bfloat16 if use_bf16(cfg) else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-        if cfg.use_lora:
-            model.enable_input_require_grads()
-    if cfg.use_lora:
-        from peft import LoraConfig, get_peft_model
-
-        targets = cfg.lora_target_modules
-        lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
-    return model, tokenizer
-
-
-def training_arguments(output_dir: PathLike, cfg, n_rows: int, **overrides):
-    """``TrainingArguments`` from a flat config (no checkpoints, no reporting, our own columns kept)
-    for ``n_rows`` training rows (warmup is given in whole steps, as ``train_sft`` does)."""
-    import torch
-    from transformers import TrainingArguments
-
-    from .training import warmup_steps
-
-    args = dict(
-        output_dir=str(Path(output_dir) / "trainer"),
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_epochs,
-        max_steps=cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else -1,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        warmup_steps=warmup_steps(cfg, n_rows),
-        weight_decay=cfg.weight_decay,
-        lr_scheduler_type=cfg.lr_scheduler,
-        max_grad_norm=cfg.max_grad_norm,
-        optim=cfg.optim,
-        logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        report_to=[],
-        remove_unused_columns=False,
-        bf16=use_bf16(cfg),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=not getattr(cfg, "progress_bar", False),
-        use_cpu=not torch.cuda.is_available(),
+    return TrainerMethod(
+        name="edit stage 2",
+        trainer_class=make_edit_trainer_class,
+        collator=lambda tok: EditCollator(tok.pad_token_id, cfg.alpha, cfg.beta, cfg.max_seq_len),
+        trainer_kwargs={"nll_guard": cfg.nll_guard},
+        batching=batching,
+        log_keys=("chosen_term", "rejected_term", "chosen_key_nll", "rejected_key_nll", "guard_kept"),
     )
-    args.update(overrides)
-    return TrainingArguments(**args)
-
-
-def save_full_model(trainer, tokenizer, model_dir: PathLike) -> str:
-    """Save a full model (LoRA merged in) and its tokenizer, as ``train_sft`` does.
-
-    Written next to ``model_dir`` and renamed into place, so a crash never leaves a half-written
-    model that a resumed run would take for a finished one.
-    """
-    import os
-    import shutil
-
-    model_dir = Path(model_dir)
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):  # peft
-        model = model.merge_and_unload()
-    tmp = model_dir.with_name(model_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(model_dir, ignore_errors=True)
-    os.replace(tmp, model_dir)
-    return str(model_dir)
-
-
-def loss_history(trainer) -> list[dict]:
-    """The Trainer's training log lines (one per ``logging_steps``), without the final summary."""
-    return [dict(h) for h in trainer.state.log_history if "loss" in h]
-
-
-def backend_name(cfg) -> str:
-    return "transformers+peft" if cfg.use_lora else "transformers"
-
-
-def run_trainer(trainer, label: str, cfg, n_examples: int) -> float:
-    """Train, printing one line that says what runs where; returns the wall time in seconds."""
-    import shutil
-
-    args = trainer.args
-    if not getattr(cfg, "progress_bar", False):
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    print(
-        f"[{label}] backend={backend_name(cfg)} device={args.device} bf16={args.bf16} examples={n_examples} "
-        f"batch={args.per_device_train_batch_size}x{args.gradient_accumulation_steps}",
-        flush=True,
-    )
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    out = Path(args.output_dir)
-    if out.is_dir() and not any(out.iterdir()):  # no checkpoints are saved: drop the empty folder
-        shutil.rmtree(out, ignore_errors=True)
-    return seconds
 
 
 def train_edit_stage2(
@@ -748,54 +662,31 @@ def train_edit_stage2(
     cfg: EditConfig,
     prompt_template: str = "{question}",
     system: Optional[str] = None,
-) -> CustomTrainResult:
-    """Stage 2: key-reasoning-step learning from the stage-1 model; full model saved to ``output_dir/model``.
+    resume: bool = True,
+) -> TrainResult:
+    """Stage 2: key-reasoning-step learning from the stage-1 model, on the one SFT training stack
+    (``training.train_method``: same backend, precision, resume and files as ``sft``); full model
+    saved to ``output_dir/model``, with ``loss_history.json`` and ``train_result.json`` beside it.
 
-    Writes ``output_dir/loss_history.json`` and ``output_dir/pairs_with_ops.jsonl`` (the pairs
-    with their stored key operations in this tokenizer).
+    Also writes ``output_dir/pairs_with_ops.jsonl`` (the pairs with their stored key operations in
+    this tokenizer).
     """
-    from transformers import set_seed
-
-    from .jsonl import write_json, write_jsonl
+    from .jsonl import write_jsonl
+    from .training import train_method
 
     if not pairs:
         raise ValueError("EDIT stage 2 needs at least one dual pair")
+    if not isinstance(cfg, EditConfig):
+        raise TypeError(f"train_edit_stage2: cfg must be an EditConfig, got {type(cfg).__name__}")
     output_dir = Path(output_dir)
-    set_seed(cfg.seed)
-    import torch
 
-    from .training import cpu_threads, threads_for_model_dir
-
-    threads = threads_for_model_dir(stage1_model_dir) if not torch.cuda.is_available() else 0
-    with cpu_threads(threads):  # a tiny model on CPU trains fastest on one thread
-        model, tokenizer = load_model_and_tokenizer(stage1_model_dir, cfg)
-        items = [encode_pair(tokenizer, p, prompt_template, system) for p in pairs]
-        annotated = [replace(p, meta={**p.meta, "key_ops": it["key_ops"]}) for p, it in zip(pairs, items)]
+    def rows_for(tokenizer):
+        rows, stats, annotated = pair_rows(tokenizer, pairs, cfg, prompt_template, system)
         write_jsonl(output_dir / "pairs_with_ops.jsonl", annotated)
-        trainer = make_edit_trainer_class()(
-            model=model,
-            args=training_arguments(output_dir, cfg, len(items)),
-            train_dataset=PairDataset(items),
-            data_collator=EditCollator(tokenizer.pad_token_id, cfg.alpha, cfg.beta, cfg.max_seq_len),
-            nll_guard=cfg.nll_guard,
-        )
-        seconds = run_trainer(trainer, "edit stage 2", cfg, len(items))
-        model_dir = save_full_model(trainer, tokenizer, output_dir / "model")
-        history = loss_history(trainer)
-        write_json(output_dir / "loss_history.json", history)
-        result = CustomTrainResult(
-            model_dir=model_dir,
-            backend=backend_name(cfg),
-            loss_history=history,
-            train_seconds=seconds,
-            n_examples=len(items),
-            n_steps=trainer.state.global_step,
-            meta={"edit": asdict(cfg)},
-        )
-        write_json(
-            output_dir / "train_result.json", {k: v for k, v in asdict(result).items() if k != "loss_history"}
-        )
-        return result
+        return rows, stats
+
+    return train_method(stage1_model_dir, output_dir, cfg, rows_for, len(pairs), edit_method(cfg),
+                        prompt_template=prompt_template, system=system, resume=resume)
 
 
 # --------------------------------------------------------------------------------------------
@@ -934,7 +825,8 @@ __all__ = [
     "EditCollator",
     "PairDataset",
     "make_edit_trainer_class",
+    "pair_rows",
+    "edit_method",
     "train_edit_stage2",
     "run_edit",
-    "CustomTrainResult",
 ]

@@ -17,8 +17,8 @@ Rounds (DESIGN.md §1.3; ``run_tailored``):
   with the question (``teacher.tailor``); training continues from the round r−1 checkpoint on the
   new, tailored rationales.
 
-Loss (``TailoredTrainer``): ``weighted_mle_loss`` + λ · ``triplet_loss`` on the last-layer
-hidden state of each sequence's last token. A ``NoSameQuestionBatchSampler`` never puts two
+Loss (``TailoredTrainer``, a subclass of the project's one SFT trainer): ``weighted_mle_loss`` +
+λ · ``triplet_loss`` on a hidden state (``triplet_layer``; default the last) of each sequence's last token. A ``NoSameQuestionBatchSampler`` never puts two
 rationales of one question in one batch.
 """
 
@@ -34,27 +34,18 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .chat import encode_for_training
-from .edit import (
-    CustomTrainResult,
-    _link_or_copy_tree,
-    _pad,
-    _StatsMixin,
-    backend_name,
-    load_model_and_tokenizer,
-    loss_history,
-    run_trainer,
-    save_full_model,
-    token_nll,
-    training_arguments,
-)
+from .edit import _link_or_copy_tree, _pad, token_nll
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
+from .training import TrainingConfig, TrainResult
 
 PathLike = Union[str, Path]
 
 
 @dataclass
-class TailoredConfig:
-    """Tailored Learning's knobs (the ``tailored`` section of a profile)."""
+class TailoredConfig(TrainingConfig):
+    """Tailored Learning's knobs (the ``tailored`` section of a profile): the shared training config
+    (``sft``'s fields, whose values a profile's ``tailored`` section inherits from its ``sft``
+    section) plus Tailored Learning's own. Every round trains with it."""
 
     rounds: int = 2  # learning rounds after the round-0 exam (1: teacher rationales only)
     # exam
@@ -67,31 +58,14 @@ class TailoredConfig:
     tailor_samples: int = 1  # rounds ≥ 2: tailored rationales per question the student got wrong
     max_wrong_shown: int = 4  # wrong rationales shown to the teacher per question
     # loss
-    prefix_weight: float = 0.1  # MLE weight of the prompt ("prefix") tokens; rationale tokens get 1
+    prefix_weight: float = 0.0  # MLE weight of the prompt ("prefix") tokens; rationale tokens get 1. Paper:
+    #                             0.1, which cost the toy student 13 points of exam accuracy after round 1 (notebook 06)
     lam: float = 0.5  # λ, weight of the self-reflection (triplet) loss
     margin: float = 1.0  # triplet margin; distance is −cosine
-    # training (each round)
-    learning_rate: float = 1e-5
+    triplet_layer: int = -1  # hidden state fed to the triplet loss: -1 the last (post-norm), -2 the one below...
+    # training defaults where they differ from sft's (a profile's values come from its sft section)
     num_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides num_epochs
     batch_size: int = 4  # rationales per step, all of different questions
-    grad_accum: int = 1
-    max_seq_len: int = 4096
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
-    use_lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "all-linear"
-    bf16: Optional[bool] = None  # None: on when a CUDA GPU supports it
-    gradient_checkpointing: bool = False
-    logging_steps: int = 1
-    progress_bar: bool = False  # the Trainer's progress bar and per-log printout (False: quiet)
-    seed: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,7 +78,7 @@ def weighted_mle_loss(logits, labels, weights):
 
     ``labels`` are the tokens to predict (−100: none), ``weights`` their weights, both aligned
     with the input positions (the label at t is predicted from the logits at t−1). Here the
-    prompt ("prefix") tokens have weight ``prefix_weight`` (0.1) and the rationale tokens 1; as in
+    prompt ("prefix") tokens have weight ``prefix_weight`` (paper: 0.1) and the rationale tokens 1; as in
     the authors' code, the sum is divided by the number of predicted tokens, not by Σ w.
     """
     nll = token_nll(logits, labels)
@@ -263,17 +237,6 @@ def triplet_examples(
     return examples
 
 
-class _ListDataset:
-    def __init__(self, items: list):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        return self.items[i]
-
-
 def encode_triplet_example(
     tokenizer, ex: SFTExample, prompt_template: str = "{question}", system: Optional[str] = None
 ) -> dict:
@@ -283,7 +246,7 @@ def encode_triplet_example(
         if response is None:
             return None
         e = encode_for_training(tokenizer, ex.question, response, prompt_template, system=system)
-        return {"input_ids": e["input_ids"], "prompt_len": e["prompt_len"]}
+        return {"input_ids": list(e["input_ids"]), "labels": list(e["labels"]), "prompt_len": e["prompt_len"]}
 
     return {
         "problem_id": ex.problem_id,
@@ -297,8 +260,11 @@ class TailoredCollator:
     """B anchors → one batch: the B anchors, then the K positives and K negatives of the anchors
     that have both (``triplet_index`` says which anchor each triplet belongs to).
 
-    Anchor rows carry MLE labels on every token (the prompt included) with weight
-    ``prefix_weight`` on the prompt and 1 on the rationale; positive/negative rows carry no labels.
+    Anchor rows carry the SFT labels (the assistant turn, weight 1) and, when ``prefix_weight > 0``,
+    the prompt ("prefix") tokens too, with that weight; positive/negative rows carry no labels.
+    With ``prefix_weight = 0`` an anchor row is exactly an SFT row. Features are either training
+    rows (``input_ids``/``labels``/``prompt_len``/``positive_input_ids``/``negative_input_ids``, see
+    ``tailored_rows``) or ``encode_triplet_example`` items.
     """
 
     def __init__(
@@ -314,22 +280,40 @@ class TailoredCollator:
     def _cut(self, ids: list) -> list:
         return list(ids[: self.max_seq_len]) if self.max_seq_len else list(ids)
 
+    @staticmethod
+    def _row(f: dict) -> dict:
+        if "anchor" not in f:
+            return f
+        a = f["anchor"]
+        return {
+            "input_ids": a["input_ids"],
+            "labels": a.get("labels") or [-100] * a["prompt_len"] + list(a["input_ids"][a["prompt_len"]:]),
+            "prompt_len": a["prompt_len"],
+            "positive_input_ids": (f["positive"] or {}).get("input_ids") or [],
+            "negative_input_ids": (f["negative"] or {}).get("input_ids") or [],
+        }
+
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
+        features = [self._row(f) for f in features]
         rows, labels, weights = [], [], []
         for f in features:
-            ids = self._cut(f["anchor"]["input_ids"])
-            plen = f["anchor"]["prompt_len"]
+            ids = self._cut(f["input_ids"])
+            plen = f["prompt_len"]
+            lab = self._cut(f["labels"])
+            if self.prefix_weight > 0:  # the prompt tokens are predicted too, with weight prefix_weight
+                lab = [t if i < plen else y for i, (t, y) in enumerate(zip(ids, lab))]
             rows.append(ids)
-            labels.append(list(ids))
+            labels.append(lab)
             weights.append([self.prefix_weight if t < plen else 1.0 for t in range(len(ids))])
         with_both = [
-            i for i, f in enumerate(features) if self.use_triplet and f["positive"] and f["negative"]
+            i for i, f in enumerate(features)
+            if self.use_triplet and f["positive_input_ids"] and f["negative_input_ids"]
         ]
-        for side in ("positive", "negative"):
+        for side in ("positive_input_ids", "negative_input_ids"):
             for i in with_both:
-                ids = self._cut(features[i][side]["input_ids"])
+                ids = self._cut(features[i][side])
                 rows.append(ids)
                 labels.append([-100] * len(ids))
                 weights.append([0.0] * len(ids))
@@ -345,49 +329,52 @@ class TailoredCollator:
 
 
 def tailored_loss(logits, hidden, batch: dict, lam: float = 0.5, margin: float = 1.0) -> tuple[Any, dict]:
-    """MLE on the anchor rows + λ · triplet loss on last-token hidden states (see ``TailoredCollator``)."""
+    """MLE on the anchor rows + λ · triplet loss on last-token hidden states (see ``TailoredCollator``).
+    ``hidden`` may be None when the batch has no triplet."""
     n = int(batch["n_anchors"])
     index = batch["triplet_index"]
     k = index.numel()
-    mle = weighted_mle_loss(logits[:n], batch["labels"][:n], batch["mle_weights"][:n])
-    if k:
+    labels, weights = batch["labels"][:n], batch["mle_weights"][:n]
+    nll = token_nll(logits[:n], labels)
+    predicted = labels[:, 1:] != -100
+    mle = (weights[:, 1:].to(nll.dtype) * nll).sum() / predicted.sum().clamp(min=1).to(nll.dtype)
+    if k and hidden is not None:
         last = last_token_hidden(hidden, batch["attention_mask"])
         trip = triplet_loss(last[index], last[n : n + k], last[n + k : n + 2 * k], margin=margin)
     else:
         trip = (logits[:0].sum() * 0.0).float()
-    loss = mle + lam * trip
-    return loss, {"mle": mle.item(), "triplet": trip.item(), "n_triplets": float(k)}
+    loss = mle + lam * trip if lam else mle
+    stats = {"mle": mle.item(), "triplet": trip.item(), "n_triplets": float(k),
+             "nll_sum": float((nll.detach() * predicted).sum())}
+    return loss, stats
 
 
 @functools.cache
-def make_tailored_trainer_class():
-    """The ``TailoredTrainer`` class: a ``transformers.Trainer`` subclass, built on first use."""
-    from transformers import Trainer
+def _tailored_trainer_class(base: type) -> type:
+    class TailoredTrainer(base):
+        """The project's SFT trainer with ``tailored_loss`` and batches from
+        ``NoSameQuestionBatchSampler``; everything else is the SFT trainer's.
 
-    class TailoredTrainer(_StatsMixin, Trainer):
-        """A Trainer with ``tailored_loss`` and batches from ``NoSameQuestionBatchSampler``.
-
-        One forward pass over anchors, positives and negatives (``output_hidden_states=True``);
-        the loss is a per-batch mean, so the Trainer divides it by the accumulation steps.
-        """
+        One forward pass over anchors, positives and negatives (``output_hidden_states=True``
+        only when the triplet term is on); the loss is a per-batch mean, so the Trainer divides it
+        by the accumulation steps."""
 
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, lam: float = 0.5, margin: float = 1.0, **kwargs):
+        def __init__(self, *args, lam: float = 0.5, margin: float = 1.0, triplet_layer: int = -1, **kwargs):
+            self.lam, self.margin, self.triplet_layer = lam, margin, triplet_layer
             super().__init__(*args, **kwargs)
-            self.lam, self.margin = lam, margin
 
         def get_train_dataloader(self):
             from torch.utils.data import DataLoader
 
-            dataset = self.train_dataset
             sampler = NoSameQuestionBatchSampler(
-                [it["problem_id"] for it in dataset.items],
+                list(self.train_dataset["problem_id"]),
                 self.args.per_device_train_batch_size,
                 seed=self.args.seed,
             )
             loader = DataLoader(
-                dataset,
+                self.train_dataset,
                 batch_sampler=sampler,
                 collate_fn=self.data_collator,
                 num_workers=self.args.dataloader_num_workers,
@@ -396,18 +383,87 @@ def make_tailored_trainer_class():
             return self.accelerator.prepare(loader)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            with_triplet = int(inputs["triplet_index"].numel()) > 0
             outputs = model(
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs["attention_mask"],
-                output_hidden_states=True,
+                output_hidden_states=with_triplet,
+                use_cache=False,
             )
-            loss, stats = tailored_loss(
-                outputs.logits, outputs.hidden_states[-1], inputs, self.lam, self.margin
-            )
-            self._record(stats)
+            hidden = outputs.hidden_states[self.triplet_layer] if with_triplet else None
+            loss, stats = tailored_loss(outputs.logits, hidden, inputs, self.lam, self.margin)
+            if model.training:
+                n = int(inputs["n_anchors"])
+                self.count_supervised(stats.pop("nll_sum"), int((inputs["labels"][:n, 1:] != -100).sum()))
+                self.record_stats(stats)
+            else:
+                stats.pop("nll_sum")
             return (loss, outputs) if return_outputs else loss
 
     return TailoredTrainer
+
+
+def make_tailored_trainer_class():
+    """The ``TailoredTrainer`` class: a subclass of the project's one SFT trainer
+    (``training.sft_trainer_class()``) that overrides the loss and the batch sampler; built on first use."""
+    from .training import sft_trainer_class
+
+    return _tailored_trainer_class(sft_trainer_class())
+
+
+def tailored_rows(
+    tokenizer, examples: Sequence[SFTExample], cfg: TrainingConfig, prompt_template: str = "{question}",
+    system: Optional[str] = None,
+) -> tuple[list[dict], dict]:
+    """Training rows for the SFT stack under its ``overlong`` rule: an anchor longer than
+    ``max_seq_len`` is left out (``drop``) or cut by the collator (``truncate``); with ``drop`` an
+    over-long positive or negative is left out (the triplet term then masks that anchor)."""
+    rows = []
+    stats = {"dropped": 0, "truncated": 0, "overlong_dropped": 0}
+    limit = cfg.max_seq_len or None
+    for ex in examples:
+        it = encode_triplet_example(tokenizer, ex, prompt_template, system)
+        a = it["anchor"]
+        if limit and len(a["input_ids"]) > limit:
+            if cfg.overlong == "drop":
+                stats["overlong_dropped"] += 1
+                continue
+            stats["truncated"] += 1
+        if all(t == -100 for t in a["labels"][1:limit]):  # nothing of the rationale within max_seq_len
+            stats["dropped"] += 1
+            continue
+
+        def side(name: str) -> list:
+            enc = it[name]
+            if enc is None or (limit and cfg.overlong == "drop" and len(enc["input_ids"]) > limit):
+                return []
+            return list(enc["input_ids"])
+
+        rows.append({
+            "problem_id": ex.problem_id,
+            "input_ids": list(a["input_ids"]),
+            "labels": list(a["labels"]),
+            "prompt_len": int(a["prompt_len"]),
+            "positive_input_ids": side("positive"),
+            "negative_input_ids": side("negative"),
+            "length": min(len(a["input_ids"]), limit or len(a["input_ids"])),
+        })
+    return rows, stats
+
+
+def tailored_method(cfg: TailoredConfig):
+    """Tailored Learning's round training as a method of the SFT stack (``training.train_method``)."""
+    from .training import TrainerMethod
+
+    return TrainerMethod(
+        name="tailored",
+        trainer_class=make_tailored_trainer_class,
+        collator=lambda tok: TailoredCollator(tok.pad_token_id, cfg.prefix_weight, cfg.max_seq_len,
+                                              use_triplet=cfg.lam > 0),
+        trainer_kwargs={"lam": cfg.lam, "margin": cfg.margin, "triplet_layer": cfg.triplet_layer},
+        batching=lambda mode: ("no_same_question", "Tailored Learning's own batch sampler"),
+        log_keys=("mle", "triplet", "n_triplets"),
+    )
 
 
 def train_tailored_round(
@@ -417,48 +473,23 @@ def train_tailored_round(
     cfg: TailoredConfig,
     prompt_template: str = "{question}",
     system: Optional[str] = None,
-) -> CustomTrainResult:
-    """One round of training from ``init_model_dir``; full model saved to ``output_dir/model``."""
-    from transformers import set_seed
-
-    from .jsonl import write_json
+    resume: bool = True,
+) -> TrainResult:
+    """One round of training from ``init_model_dir`` on the one SFT training stack
+    (``training.train_method``); full model saved to ``output_dir/model`` with ``loss_history.json``
+    and ``train_result.json`` beside it. ``TrainResult.n_examples`` counts the anchors trained on."""
+    from .training import train_method
 
     if not examples:
         raise ValueError("Tailored Learning needs at least one training example in a round")
-    output_dir = Path(output_dir)
-    set_seed(cfg.seed)
-    import torch
+    if not isinstance(cfg, TailoredConfig):
+        raise TypeError(f"train_tailored_round: cfg must be a TailoredConfig, got {type(cfg).__name__}")
 
-    from .training import cpu_threads, threads_for_model_dir
+    def rows_for(tokenizer):
+        return tailored_rows(tokenizer, examples, cfg, prompt_template, system)
 
-    threads = threads_for_model_dir(init_model_dir) if not torch.cuda.is_available() else 0
-    with cpu_threads(threads):  # a tiny model on CPU trains fastest on one thread
-        model, tokenizer = load_model_and_tokenizer(init_model_dir, cfg)
-        items = [encode_triplet_example(tokenizer, ex, prompt_template, system) for ex in examples]
-        trainer = make_tailored_trainer_class()(
-            model=model,
-            args=training_arguments(output_dir, cfg, len(items)),
-            train_dataset=_ListDataset(items),
-            data_collator=TailoredCollator(
-                tokenizer.pad_token_id, cfg.prefix_weight, cfg.max_seq_len, use_triplet=cfg.lam > 0
-            ),
-            lam=cfg.lam,
-            margin=cfg.margin,
-        )
-        seconds = run_trainer(trainer, "tailored", cfg, len(items))
-        model_dir = save_full_model(trainer, tokenizer, output_dir / "model")
-        history = loss_history(trainer)
-        write_json(output_dir / "loss_history.json", history)
-        n_triplets = sum(1 for it in items if it["positive"] and it["negative"])
-        return CustomTrainResult(
-            model_dir=model_dir,
-            backend=backend_name(cfg),
-            loss_history=history,
-            train_seconds=seconds,
-            n_examples=len(items),
-            n_steps=trainer.state.global_step,
-            meta={"init_model": str(init_model_dir), "n_triplets": n_triplets},
-        )
+    return train_method(init_model_dir, output_dir, cfg, rows_for, len(examples), tailored_method(cfg),
+                        prompt_template=prompt_template, system=system, resume=resume)
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,15 +578,28 @@ def run_exam(
 def tailored_rationales(
     problems: Sequence[Problem], teacher, wrong: dict[str, list[str]], cfg: TailoredConfig
 ) -> list[TeacherTrace]:
-    """Rounds ≥ 2: for each question the student got wrong, rationales tailored to its mistakes."""
-    traces = []
-    for problem in problems:
-        mistakes = wrong.get(problem.id, [])[: cfg.max_wrong_shown]
-        if not mistakes:
-            continue
-        for s in range(cfg.tailor_samples):
-            traces.append(replace(teacher.tailor(problem, mistakes), sample_index=s))
-    return traces
+    """Rounds ≥ 2: for each question the student got wrong, rationales tailored to its mistakes.
+
+    One batched call (``teacher.tailor_many``), so the API teacher's concurrency applies; a teacher
+    without it is asked question by question. A request that failed after every retry stops the
+    round with one clear error (the others are cached: a re-run asks only for the failed ones)."""
+    items = [(p, wrong[p.id][: cfg.max_wrong_shown]) for p in problems if wrong.get(p.id)]
+    if not items:
+        return []
+    many = getattr(teacher, "tailor_many", None)
+    if many is None:
+        return [replace(teacher.tailor(p, mistakes), sample_index=s)
+                for p, mistakes in items for s in range(cfg.tailor_samples)]
+    groups = many(items, n=cfg.tailor_samples)
+    short = [p.id for (p, _), g in zip(items, groups) if len(g) < cfg.tailor_samples]
+    if short:
+        from .teachers.prompts import TeacherRequestFailed
+
+        raise TeacherRequestFailed(
+            f"tailor requests for {len(short)} of {len(items)} questions failed after every retry (first: "
+            f"problem {short[0]!r}); they are recorded, and the next run retries only them"
+        )
+    return [t for g in groups for t in g]
 
 
 def _cached(path: Path, cls, make: Callable[[], list]) -> list:
@@ -720,14 +764,16 @@ def _train_or_resume(
             meta={"init_model": model_dir, "skipped": "no training examples"},
         )
     trained = train_tailored_round(model_dir, examples, rdir, cfg, prompt_template, system)
+    n_triplets = sum(1 for ex in examples if ex.meta.get("positive") and ex.meta.get("negative"))
     return RoundResult(
         round=r,
         model_dir=trained.model_dir,
         trained=True,
-        n_triplets=trained.meta["n_triplets"],
+        n_triplets=n_triplets,
         train_seconds=trained.train_seconds,
         **counts,
-        meta={"init_model": model_dir, "n_steps": trained.n_steps, "backend": trained.backend},
+        meta={"init_model": model_dir, "n_steps": trained.n_steps, "backend": trained.backend,
+              "device": trained.device, "dtype": trained.dtype, "batching": trained.batching},
     )
 
 
@@ -743,6 +789,8 @@ __all__ = [
     "encode_triplet_example",
     "TailoredCollator",
     "tailored_loss",
+    "tailored_rows",
+    "tailored_method",
     "make_tailored_trainer_class",
     "train_tailored_round",
     "RoundResult",

@@ -46,7 +46,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -57,6 +57,7 @@ from .records import SFTExample
 __all__ = [
     "LengthGroupedSampler",
     "TrainResult",
+    "TrainerMethod",
     "TrainingConfig",
     "TrainingWarning",
     "build_sft_rows",
@@ -64,6 +65,8 @@ __all__ = [
     "resolve_batching",
     "resolve_liger",
     "select_training_backend",
+    "sft_trainer_class",
+    "train_method",
     "train_sft",
 ]
 
@@ -132,6 +135,7 @@ class TrainResult:
     device: str = ""
     dtype: str = ""
     resumed_from: Optional[str] = None
+    n_steps: int = 0  # optimizer steps taken
 
     @classmethod
     def load(cls, output_dir: Union[str, Path]) -> "TrainResult":
@@ -322,6 +326,28 @@ _TRAINER_CLASSES: dict = {}
 _COUNTERS_FILE = "orion_counters.json"
 
 
+@dataclass
+class TrainerMethod:
+    """What a method changes in the one SFT training run (EDIT's stage 2, Tailored Learning's rounds):
+    its trainer (a subclass of :func:`sft_trainer_class` that overrides ``compute_loss`` and, for
+    Tailored Learning, the batch sampler), its data collator and its log columns. Everything else —
+    backend, precision, batching rule, ``overlong``, resume, files — is :func:`train_method`'s, i.e.
+    ``train_sft``'s."""
+
+    name: str  # what the [training] line says, e.g. "edit stage 2"
+    trainer_class: Callable[[], type]  # () -> the trainer class (built lazily: Unsloth patches TRL)
+    collator: Callable[[object], object]  # tokenizer -> data collator
+    trainer_kwargs: dict = dataclasses.field(default_factory=dict)
+    batching: Optional[Callable[[str], tuple[str, str]]] = None  # resolved mode -> (mode, reason)
+    log_keys: tuple = ()  # loss components kept in loss_history.json
+
+
+def sft_trainer_class():
+    """The project's one trainer class (TRL ``SFTTrainer`` + length-grouped sampling + token counts);
+    the methods' trainers subclass it."""
+    return _trainer_class()
+
+
 def _trainer_class():
     """An SFTTrainer subclass (built lazily, on whatever SFTTrainer is current: Unsloth patches TRL)."""
     import trl
@@ -360,6 +386,27 @@ def _trainer_class():
                 self.nll_sum += float(loss.detach()) * float(denom)
                 self.n_supervised += n
             return out
+
+        # -- for the methods' trainers (EDIT, Tailored Learning), which override compute_loss --------
+
+        def count_supervised(self, nll_sum: float, n_tokens: int) -> None:
+            """Add a training batch's summed NLL over its ``n_tokens`` likelihood tokens to the counters."""
+            self.nll_sum += float(nll_sum)
+            self.n_supervised += int(n_tokens)
+
+        def record_stats(self, stats: dict) -> None:
+            """Loss components of one step, averaged into the next log line (and the loss history)."""
+            buf = self.__dict__.setdefault("_stat_buffer", {})
+            for k, v in stats.items():
+                if not (isinstance(v, float) and math.isnan(v)):
+                    buf.setdefault(k, []).append(float(v))
+
+        def log(self, logs: dict, *args, **kwargs) -> None:
+            buf = self.__dict__.get("_stat_buffer")
+            if buf and "loss" in logs:
+                logs = {**logs, **{k: sum(v) / len(v) for k, v in buf.items() if v}}
+                buf.clear()
+            super().log(logs, *args, **kwargs)
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)
@@ -438,22 +485,29 @@ def _sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, d
     )
 
 
-def _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config=None, liger=False):
+def _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config=None, method=None,
+                   liger=False):
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     args = _sft_args(cfg, ckpt_dir, batching, device, dtype, len(rows), liger=liger)
-    trainer = _trainer_class()(
+    extra: dict = {}
+    if method is not None:
+        args.remove_unused_columns = False  # the method's collator reads its own columns
+        extra = {"data_collator": method.collator(tokenizer), **method.trainer_kwargs}
+    trainer = (method.trainer_class() if method is not None else _trainer_class())(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=peft_config,
         batching=batching,
-        lengths=[len(r["input_ids"]) for r in rows],
+        lengths=[int(r.get("length", len(r["input_ids"]))) for r in rows],
         length_group_window=cfg.length_group_window,
+        **extra,
     )
-    _check_collated_labels(trainer, rows[0])
+    if method is None:
+        _check_collated_labels(trainer, rows[0])
     if not cfg.progress_bar:
         for cb in (PrinterCallback, ProgressCallback):
             trainer.remove_callback(cb)
@@ -587,14 +641,18 @@ def _check_base_model(base_model: Union[str, Path]) -> str:
     return name  # a Hugging Face Hub id
 
 
-def _fingerprint(base_model: str, cfg: TrainingConfig, rows: list, prompt_template: str, system: Optional[str]) -> str:
+def _fingerprint(base_model: str, cfg: TrainingConfig, rows: list, prompt_template: str, system: Optional[str],
+                 method: str = "sft") -> str:
     # what changes the optimisation; bookkeeping fields may differ between a run and its resume
     bookkeeping = ("progress_bar", "keep_checkpoints", "cpu_threads", "save_steps", "logging_steps")
     semantic = {k: v for k, v in asdict(cfg).items() if k not in bookkeeping}
     h = hashlib.sha256()
-    h.update(json.dumps({"base_model": base_model, "cfg": semantic, "template": prompt_template, "system": system}, sort_keys=True).encode())
+    head = {"base_model": base_model, "cfg": semantic, "template": prompt_template, "system": system}
+    if method != "sft":
+        head["method"] = method
+    h.update(json.dumps(head, sort_keys=True).encode())
     for r in rows:
-        h.update(json.dumps([r["input_ids"], r["labels"]]).encode())
+        h.update(json.dumps([r["input_ids"], r["labels"]] if method == "sft" else r, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -611,7 +669,7 @@ def _find_resumable(ckpt_dir: Path, fingerprint: str) -> Optional[Path]:
     return Path(last)
 
 
-def _loss_history(log_history: list) -> list:
+def _loss_history(log_history: list, extra_keys: Sequence[str] = ()) -> list:
     out = []
     for entry in log_history:
         if "loss" not in entry:
@@ -619,6 +677,7 @@ def _loss_history(log_history: list) -> list:
         item = {"step": entry.get("step"), "epoch": entry.get("epoch"), "loss": entry.get("loss"), "learning_rate": entry.get("learning_rate")}
         if "grad_norm" in entry:
             item["grad_norm"] = entry["grad_norm"]
+        item.update({k: entry[k] for k in extra_keys if k in entry})
         out.append(item)
     return out
 
@@ -634,7 +693,7 @@ def _lora_targets(spec: str, unsloth: bool = False):
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
-def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp):
+def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None):
     from transformers import AutoModelForCausalLM
 
     load_kwargs: dict = {"attn_implementation": attn}
@@ -666,8 +725,9 @@ def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, devic
             bias="none",
             task_type="CAUSAL_LM",
         )
-    liger = resolve_liger(device, "trl")[0]
-    trainer = _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config, liger=liger)
+    liger = resolve_liger(device, "trl")[0] and method is None  # the methods' losses read the logits
+    trainer = _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config, method,
+                             liger=liger)
     seconds = _run(trainer, resume_from)
 
     trained = trainer.model
@@ -690,7 +750,7 @@ def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, devic
     return trainer, seconds
 
 
-def _train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp):
+def _train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None):
     """Unsloth: FastLanguageModel (4-bit/16-bit LoRA or full fine-tuning) + the same TRL trainer,
     saved merged with ``save_pretrained_merged(..., save_method="merged_16bit")``."""
     # Unsloth patches transformers/TRL and asks to be imported before them; a notebook on a GPU can
@@ -721,7 +781,10 @@ def _train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, d
         )
     # token ids come from `tokenizer` (encode_for_training); Unsloth's tokenizer only pads/collates.
     # Gradient checkpointing is Unsloth's own (set above), not the Trainer's on top of it.
-    trainer = _build_trainer(model, u_tokenizer, rows, dataclasses.replace(cfg, gradient_checkpointing=False), ckpt_dir, batching, device, dtype)
+    trainer = _build_trainer(
+        model, u_tokenizer, rows, dataclasses.replace(cfg, gradient_checkpointing=False), ckpt_dir, batching, device, dtype,
+        method=method,
+    )
     seconds = _run(trainer, resume_from)
     if cfg.use_lora:
         model.save_pretrained_merged(str(model_tmp), tokenizer, save_method="merged_16bit")
@@ -773,6 +836,41 @@ def train_sft(
     bad = [i for i, ex in enumerate(examples) if not isinstance(ex, SFTExample)]
     if bad:
         raise TypeError(f"train_sft: examples must be SFTExample records; item {bad[0]} is {type(examples[bad[0]]).__name__}")
+
+    def rows_for(tokenizer) -> tuple[list, dict]:
+        return build_sft_rows(
+            tokenizer, examples, prompt_template=prompt_template, system=system, max_seq_len=cfg.max_seq_len,
+            overlong=cfg.overlong,
+        )
+
+    return _train_rows(base_model, output_dir, cfg, rows_for, len(examples), None, prompt_template, system, resume)
+
+
+def train_method(
+    base_model: Union[str, Path],
+    output_dir: Union[str, Path],
+    cfg: TrainingConfig,
+    rows_for: Callable[[object], tuple[list, dict]],
+    n_items: int,
+    method: TrainerMethod,
+    *,
+    prompt_template: str = "{question}",
+    system: Optional[str] = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train with a method's own trainer on the one SFT stack: what :func:`train_sft` does (backend,
+    precision, batching rule, ``overlong``, resume, files and the [training] line) with ``method``'s
+    trainer class and collator. ``rows_for(tokenizer)`` returns ``(rows, stats)`` like
+    :func:`build_sft_rows`: rows are JSON-able dicts with at least ``input_ids`` and ``labels`` (and
+    ``length``, for length-grouped batching), stats count ``dropped``/``truncated``/``overlong_dropped``
+    of the ``n_items`` given."""
+    if not isinstance(cfg, TrainingConfig):
+        raise TypeError(f"train_method: cfg must be a TrainingConfig (or a method's subclass of it), got {type(cfg).__name__}")
+    return _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_template, system, resume)
+
+
+def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_template, system, resume) -> TrainResult:
+    who = "train_sft" if method is None else method.name
     base_model = _check_base_model(base_model)
     backend, reason = select_training_backend(cfg.backend)
     device, dtype = _device_and_dtype()
@@ -794,48 +892,47 @@ def train_sft(
             tokenizer = AutoTokenizer.from_pretrained(base_model)
         except OSError as e:
             raise FileNotFoundError(
-                f"train_sft: cannot load the tokenizer of base model {base_model!r}: not a local model directory "
+                f"{who}: cannot load the tokenizer of base model {base_model!r}: not a local model directory "
                 f"and not available from the Hugging Face Hub ({e})"
             ) from e
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"train_sft: the tokenizer of {base_model!r} has no chat template")
+            raise ValueError(f"{who}: the tokenizer of {base_model!r} has no chat template")
 
-        rows, stats = build_sft_rows(
-            tokenizer, examples, prompt_template=prompt_template, system=system, max_seq_len=cfg.max_seq_len,
-            overlong=cfg.overlong,
-        )
+        rows, stats = rows_for(tokenizer)
         if not rows:
             raise ValueError(
-                f"train_sft: none of the {len(examples)} examples has an assistant token within max_seq_len={cfg.max_seq_len}"
-                + (f" ({stats['overlong_dropped']} longer ones were left out: overlong='drop')" if stats["overlong_dropped"] else "")
+                f"{who}: none of the {n_items} examples has an assistant token within max_seq_len={cfg.max_seq_len}"
+                + (f" ({stats['overlong_dropped']} longer ones were left out: overlong='drop')" if stats.get("overlong_dropped") else "")
             )
-        if stats["overlong_dropped"]:
+        if stats.get("overlong_dropped"):
             warnings.warn(
-                f"train_sft: {stats['overlong_dropped']} of {len(examples)} examples are longer than "
+                f"{who}: {stats['overlong_dropped']} of {n_items} examples are longer than "
                 f"max_seq_len={cfg.max_seq_len} and were left out (overlong='drop')",
                 TrainingWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-        if stats["truncated"]:
+        if stats.get("truncated"):
             warnings.warn(
-                f"train_sft: {stats['truncated']} of {len(examples)} examples are longer than max_seq_len={cfg.max_seq_len} "
+                f"{who}: {stats['truncated']} of {n_items} examples are longer than max_seq_len={cfg.max_seq_len} "
                 "and were cut (they lose their end-of-turn token)",
                 TrainingWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         attn = "unsloth" if backend == "unsloth" and cfg.attn_implementation == "auto" else _resolve_attn(cfg.attn_implementation, device)
         batching, _why = resolve_batching(cfg.batching, attn, backend)
+        if method is not None and method.batching is not None:
+            batching, _why = method.batching(batching)
         if batching == "padding_free" and backend != "unsloth" and attn not in VARLEN_ATTENTION:
             warnings.warn(
-                f"train_sft: batching='padding_free' with attn={attn} is correct but builds a dense mask over the "
+                f"{who}: batching='padding_free' with attn={attn} is correct but builds a dense mask over the "
                 "whole flattened batch (slower than 'length_grouped' there; see bench/bench_training.py)",
                 TrainingWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
-        fingerprint = _fingerprint(base_model, cfg, rows, prompt_template, system)
+        fingerprint = _fingerprint(base_model, cfg, rows, prompt_template, system, "sft" if method is None else method.name)
         resume_from = _find_resumable(ckpt_dir, fingerprint) if resume else None
         if resume_from is None and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)  # stale (other data/config) or resume=False
@@ -845,14 +942,13 @@ def train_sft(
         line = (
             f"[training] backend={backend} ({reason}) device={device} dtype={dtype} lora={cfg.use_lora} "
             f"examples={len(rows)} batching={batching} (attn={attn}"
-            + (", liger" if resolve_liger(device, backend)[0] else "") + ")"
+            + (", liger" if resolve_liger(device, backend)[0] and method is None else "") + ")"
         )
-        if stats["truncated"]:
-            line += f" truncated={stats['truncated']}"
-        if stats["dropped"]:
-            line += f" dropped={stats['dropped']}"
-        if stats["overlong_dropped"]:
-            line += f" overlong_dropped={stats['overlong_dropped']}"
+        if method is not None:
+            line += f" method={method.name}"
+        for key in ("truncated", "dropped", "overlong_dropped"):
+            if stats.get(key):
+                line += f" {key}={stats[key]}"
         if resume_from is not None:
             line += f" resume={resume_from.name}"
         print(line, flush=True)
@@ -863,7 +959,7 @@ def train_sft(
         train_fn = _train_unsloth if backend == "unsloth" else _train_trl
         try:
             trainer, seconds = train_fn(
-                base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp
+                base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method
             )
             model_dir = output_dir / "model"
             _publish_dir(model_tmp, model_dir)
@@ -871,7 +967,7 @@ def train_sft(
             if model_tmp.exists():
                 shutil.rmtree(model_tmp, ignore_errors=True)
 
-    history = _loss_history(trainer.state.log_history)
+    history = _loss_history(trainer.state.log_history, method.log_keys if method is not None else ())
     write_json(output_dir / "loss_history.json", history)
     result = TrainResult(
         model_dir=str(model_dir),
@@ -884,12 +980,14 @@ def train_sft(
         device=device,
         dtype=dtype,
         resumed_from=resume_from.name if resume_from is not None else None,
+        n_steps=int(trainer.state.global_step),
     )
     write_json(
         output_dir / "train_result.json",
         {**asdict(result), "base_model": base_model, "prompt_template": prompt_template, "system": system,
-         "config": asdict(cfg), "attn_implementation": attn, "truncated": stats["truncated"], "dropped": stats["dropped"],
-         "overlong_dropped": stats["overlong_dropped"]},
+         "config": asdict(cfg), "attn_implementation": attn, "truncated": stats.get("truncated", 0),
+         "dropped": stats.get("dropped", 0), "overlong_dropped": stats.get("overlong_dropped", 0),
+         **({"method": method.name} if method is not None else {})},
     )
     if not cfg.keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)

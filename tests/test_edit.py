@@ -328,11 +328,16 @@ def test_one_sgd_step_raises_chosen_and_lowers_rejected_key_tokens(tiny_model_di
 def test_train_edit_stage2_runs_and_saves_a_full_model(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    cfg = EditConfig(max_steps=2, batch_size=2, learning_rate=1e-3, lr_scheduler="constant", max_seq_len=256)
+    cfg = EditConfig(max_steps=2, batch_size=2, learning_rate=1e-3, lr_scheduler="constant", max_seq_len=256,
+                     logging_steps=1)
     pairs = [_pair(), _pair("What is 2+2?")]
     result = train_edit_stage2(tiny_model_dir, pairs, tmp_path / "stage2", cfg)
     assert result.n_steps == 2 and len(result.loss_history) == 2
     assert {"chosen_key_nll", "rejected_key_nll"} <= set(result.loss_history[0])
+    # the SFT stack's files: the same loss history and train_result.json as sft writes
+    on_disk = json.loads((tmp_path / "stage2" / "train_result.json").read_text())
+    assert on_disk["method"] == "edit stage 2" and on_disk["dtype"] == "float32" and on_disk["n_steps"] == 2
+    assert json.loads((tmp_path / "stage2" / "loss_history.json").read_text()) == result.loss_history
     AutoModelForCausalLM.from_pretrained(result.model_dir)
     stored = [
         json.loads(line) for line in (tmp_path / "stage2" / "pairs_with_ops.jsonl").read_text().splitlines()
@@ -387,3 +392,29 @@ def test_toy_teacher_pairs_differ_only_at_the_slip(tiny_tokenizer):
         assert 0 < ops.n_key_chosen + ops.n_key_rejected  # e.g. "17" vs "117" is a pure insertion
         assert ops.n_key_chosen < ops.len_chosen // 2 and ops.n_key_rejected < ops.len_rejected // 2
         assert ops.prefix_len > 0  # the CoTs agree up to the slip
+
+
+# ------------------------------------------------------------------ the teacher is asked in batches
+
+
+def test_teacher_pairs_go_to_the_api_teacher_in_concurrent_batches(tmp_path):
+    """Rectify and corrupt requests go out as one batched call each (corrupt_many / rectify_many),
+    so the API teacher's concurrency applies: against the local fake OpenAI server they overlap."""
+    from orion_utils.edit import pairs_from_teacher
+    from orion_utils.teachers.api import APITeacher
+    from orion_utils.testing.openai_server import FakeOpenAIServer
+
+    problems = [Problem(f"p{i}", f"What is {i} + {i + 3}?", str(2 * i + 3)) for i in range(8)]
+    traces = [_trace(p.id, f"{i} + {i + 3} = {2 * i + 3 + (i % 2)}", str(2 * i + 3 + (i % 2)), i % 2 == 0)
+              for i, p in enumerate(problems)]  # even: correct (corrupted), odd: wrong (rectified)
+    with FakeOpenAIServer(latency_s=0.3) as server:
+        teacher = APITeacher(server.base_url, "fake-reasoner", api_key_env=None, concurrency=4,
+                             cache_dir=tmp_path / "cache", timeout_s=5.0, progress=False)
+        start = time.perf_counter()
+        pairs = pairs_from_teacher(problems, traces, teacher, max_pairs_per_problem=1)
+        seconds = time.perf_counter() - start
+        assert server.request_count == 8
+        assert server.max_in_flight == 4  # four requests at once, the teacher's concurrency
+    assert seconds < 8 * 0.3  # faster than one request after another
+    assert any(p.meta["kind"] == "rectified" for p in pairs)
+    assert [p.problem_id for p in pairs] == sorted((p.problem_id for p in pairs), key=lambda x: int(x[1:]))

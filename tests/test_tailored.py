@@ -19,7 +19,6 @@ from orion_utils.tailored import (
     TailoredConfig,
     encode_triplet_example,
     last_token_hidden,
-    make_tailored_trainer_class,
     run_tailored,
     tailored_loss,
     triplet_examples,
@@ -194,11 +193,13 @@ def test_tailored_loss_equals_mle_plus_lambda_triplet_from_separate_forwards(tin
 
 
 def test_trainer_dataloader_uses_the_no_same_question_sampler(tiny_model_dir, tiny_tokenizer, tmp_path):
+    import dataclasses
+
     import torch
     from transformers import AutoModelForCausalLM
 
-    from orion_utils.edit import training_arguments
-    from orion_utils.tailored import _ListDataset
+    from orion_utils import training
+    from orion_utils.tailored import tailored_method, tailored_rows
 
     seen = []
 
@@ -208,14 +209,13 @@ def test_trainer_dataloader_uses_the_no_same_question_sampler(tiny_model_dir, ti
             return super().__call__(features)
 
     examples = [SFTExample(f"q{i % 3}", f"Q{i % 3}", f"answer {i}", "teacher") for i in range(9)]
-    items = [encode_triplet_example(tiny_tokenizer, ex) for ex in examples]
     cfg = TailoredConfig(batch_size=3, max_steps=1)
-    trainer = make_tailored_trainer_class()(
-        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
-        args=training_arguments(tmp_path, cfg, len(items)),
-        train_dataset=_ListDataset(items),
-        data_collator=RecordingCollator(tiny_tokenizer.pad_token_id),
-    )
+    rows, _ = tailored_rows(tiny_tokenizer, examples, cfg)
+    method = dataclasses.replace(tailored_method(cfg), collator=lambda tok: RecordingCollator(tok.pad_token_id))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    trainer = training._build_trainer(model, tiny_tokenizer, rows, cfg, tmp_path, "no_same_question", "cpu",
+                                      "float32", method=method)
+    assert isinstance(trainer, training.sft_trainer_class())  # the one SFT trainer, its sampler overridden
     batches = list(trainer.get_train_dataloader())
     assert len(batches) == 3 and len(seen) == 3
     assert all(sorted(b) == ["q0", "q1", "q2"] for b in seen)
@@ -318,6 +318,7 @@ def test_multi_round_run_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
         lr_scheduler="constant",
         max_seq_len=256,
         exam_max_new_tokens=16,
+        logging_steps=1,
     )
     out = tmp_path / "tailored"
     results = run_tailored(
@@ -377,3 +378,47 @@ def test_multi_round_run_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     assert [r.model_dir for r in again] == [r.model_dir for r in results]
     assert Counter(pid for pid, _ in teacher.tailor_calls) == Counter({"p1": 1, "p2": 1, "p3": 1})
     assert Path(results[-1].model_dir).parent == out / "round_2"
+
+
+def test_tailored_rationales_go_to_the_api_teacher_in_one_concurrent_batch(tmp_path):
+    """Rounds ≥ 2 ask for every tailored rationale in one batched call (tailor_many), so the API
+    teacher's concurrency applies: against the local fake OpenAI server the requests overlap."""
+    from orion_utils.tailored import tailored_rationales
+    from orion_utils.teachers.api import APITeacher
+    from orion_utils.testing.openai_server import FakeOpenAIServer
+
+    problems = [Problem(f"p{i}", f"What is {i} + {i + 3}?", str(2 * i + 3)) for i in range(6)]
+    wrong = {p.id: [f"{p.question} It is \\boxed{{0}}."] for p in problems[:5]}  # p5 was answered right
+    cfg = TailoredConfig(tailor_samples=2)
+    with FakeOpenAIServer(latency_s=0.3) as server:
+        teacher = APITeacher(server.base_url, "fake-reasoner", api_key_env=None, concurrency=4,
+                             cache_dir=tmp_path / "cache", timeout_s=5.0, progress=False)
+        traces = tailored_rationales(problems, teacher, wrong, cfg)
+        assert server.request_count == 10 and server.max_in_flight == 4
+    assert sorted((t.problem_id, t.sample_index) for t in traces) == [(f"p{i}", s) for i in range(5) for s in (0, 1)]
+
+
+@pytest.mark.parametrize("layer", [-1, -2])
+def test_triplet_layer_picks_the_hidden_state_fed_to_the_triplet(tiny_model_dir, tiny_tokenizer, tmp_path, layer):
+    """-1: the last hidden state after the final norm (what the LM head reads); -2: the residual
+    stream one layer below, before any final norm."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from orion_utils import training
+    from orion_utils.tailored import tailored_method, tailored_rows
+
+    examples = [SFTExample("p1", "What is 1+1?", "1+1=2 \\boxed{2}", "teacher",
+                           meta={"positive": "one and one: \\boxed{2}", "negative": "1+1=3 \\boxed{3}"})]
+    cfg = TailoredConfig(batch_size=1, triplet_layer=layer, lam=0.5)
+    rows, _ = tailored_rows(tiny_tokenizer, examples, cfg)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    trainer = training._build_trainer(model, tiny_tokenizer, rows, cfg, tmp_path, "no_same_question", "cpu",
+                                      "float32", method=tailored_method(cfg))
+    batch = trainer.data_collator(rows)
+    with torch.no_grad():
+        got = float(trainer.compute_loss(model, dict(batch)))
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        both = {k: tailored_loss(out.logits, out.hidden_states[k], batch, 0.5, 1.0) for k in (-1, -2)}
+    assert got == pytest.approx(float(both[layer][0]), rel=1e-6)
+    assert both[-1][1]["triplet"] != pytest.approx(both[-2][1]["triplet"], abs=1e-5)

@@ -399,3 +399,110 @@ def test_warmup_is_whole_steps_and_a_label_rebuilding_collator_is_refused(tok):
 
     with pytest.raises(RuntimeError, match="does not keep the pre-tokenised labels"):
         training._check_collated_labels(SimpleNamespace(data_collator=rebuilds_labels), rows[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# one training stack: EDIT's and Tailored Learning's trainers are the SFT trainer plus their own terms.
+# With those terms switched off they must give plain SFT's loss and gradients on the same batch.
+
+
+def _loss_and_grads(trainer, batch, num_items):
+    model = trainer.model
+    model.train()
+    model.zero_grad()
+    batch = trainer._prepare_inputs(batch)
+    loss = trainer.compute_loss(model, batch, num_items_in_batch=num_items)
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
+
+
+def _method_trainer(model_dir, tok, rows, cfg, method, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    with training._quiet():
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+        return training._build_trainer(model, tok, rows, cfg, tmp_path / method.name.replace(" ", "_"), "padded",
+                                       "cpu", "float32", method=method)
+
+
+def _sft_reference(model_dir, tok, examples, tmp_path):
+    rows, _ = build_sft_rows(tok, examples, prompt_template=TEMPLATE, max_seq_len=512)
+    trainer = _trainer(model_dir, tok, rows, _cfg(batch_size=len(rows)), "padded", tmp_path)
+    batch = trainer.data_collator([dict(r) for r in rows])
+    n = int((batch["labels"][:, 1:] != -100).sum())  # what the Trainer passes as num_items_in_batch
+    return _loss_and_grads(trainer, batch, n)
+
+
+def _assert_same(got, ref):
+    (loss, grads), (ref_loss, ref_grads) = got, ref
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert grads.keys() == ref_grads.keys() and grads
+    for name, g in grads.items():
+        assert torch.allclose(g, ref_grads[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_edit_trainer_with_beta_zero_and_unit_weights_equals_sft(tiny_model_dir, tok, tmp_path):
+    """EDIT normalises each pair by its chosen response's length and averages over pairs, so it equals
+    SFT's token mean on a batch whose chosen responses have one length (here two of them)."""
+    from orion_utils.edit import EditConfig, edit_method, pair_rows
+    from orion_utils.records import DualPair
+
+    examples = [SFTExample("a", "3+4?", "<think>3+4=7</think> \\boxed{7}", "teacher"),
+                SFTExample("b", "5+2?", "<think>5+2=7</think> \\boxed{7}", "teacher")]
+    ref = _sft_reference(tiny_model_dir, tok, examples, tmp_path)
+    cfg = EditConfig(alpha=1.0, beta=0.0, nll_guard=None, batch_size=2, max_seq_len=512, cpu_threads=1)
+    pairs = [DualPair(e.problem_id, e.question, e.response, "<think>wrong 8</think> \\boxed{8}", "exposure")
+             for e in examples]
+    rows, _, _ = pair_rows(tok, pairs, cfg, prompt_template=TEMPLATE)
+    for row in rows:  # unit weights: every token of the chosen response is "key" (weight α = 1)
+        n_resp = len(row["input_ids"]) - row["prompt_len"]
+        n_rej = len(row["rejected_input_ids"]) - row["rejected_prompt_len"]
+        row["key_ops"] = json.dumps({"prefix_len": 0, "len_chosen": n_resp, "len_rejected": n_rej,
+                                     "ops": [["replace", 0, n_resp, 0, n_rej]]})
+    trainer = _method_trainer(tiny_model_dir, tok, rows, cfg, edit_method(cfg), tmp_path)
+    assert isinstance(trainer, training.sft_trainer_class())
+    _assert_same(_loss_and_grads(trainer, trainer.data_collator(rows), None), ref)
+
+
+def test_tailored_trainer_with_lambda_zero_and_unit_weights_equals_sft(tiny_model_dir, tok, tmp_path):
+    """Unit weights: rationale tokens 1 and no prefix term (prefix_weight 0), so the anchors carry
+    exactly SFT's labels; responses of different lengths (Tailored Learning's MLE is a token mean)."""
+    from orion_utils.tailored import TailoredConfig, tailored_method, tailored_rows
+
+    examples = [SFTExample(f"q{i}", e.question, e.response, "teacher",
+                           meta={"positive": e.response + " again", "negative": "<think>no</think> \\boxed{0}"})
+                for i, e in enumerate(_examples(3, long=True))]
+    ref = _sft_reference(tiny_model_dir, tok, examples, tmp_path)
+    cfg = TailoredConfig(lam=0.0, prefix_weight=0.0, batch_size=3, max_seq_len=512, cpu_threads=1)
+    rows, _ = tailored_rows(tok, examples, cfg, prompt_template=TEMPLATE)
+    trainer = _method_trainer(tiny_model_dir, tok, rows, cfg, tailored_method(cfg), tmp_path)
+    assert isinstance(trainer, training.sft_trainer_class())
+    _assert_same(_loss_and_grads(trainer, trainer.data_collator(rows), None), ref)
+    # and the terms do something when switched on: λ > 0 adds the triplet rows and changes the gradients
+    cfg_on = TailoredConfig(lam=0.5, prefix_weight=0.0, batch_size=3, max_seq_len=512, cpu_threads=1)
+    trainer_on = _method_trainer(tiny_model_dir, tok, rows, cfg_on, tailored_method(cfg_on), tmp_path / "on")
+    batch_on = trainer_on.data_collator(rows)
+    assert batch_on["input_ids"].shape[0] == 9
+    _, grads_on = _loss_and_grads(trainer_on, batch_on, None)
+    assert any(not torch.allclose(g, ref[1][k], rtol=1e-4, atol=1e-7) for k, g in grads_on.items())
+
+
+def test_method_sections_extend_the_sft_section():
+    from orion_utils.config import load_profile
+    from orion_utils.edit import EditConfig
+    from orion_utils.tailored import TailoredConfig
+
+    paper = load_profile("paper")
+    for section in (paper.edit, paper.tailored):
+        assert isinstance(section, TrainingConfig)
+        for key in ("use_lora", "lora_r", "max_seq_len", "overlong", "learning_rate", "grad_accum"):
+            assert getattr(section, key) == getattr(paper.sft, key), key
+    prof = load_profile("toy", {"sft": {"lora_r": 8, "learning_rate": 1e-3}, "edit": {"learning_rate": 2e-3}})
+    assert prof.edit.lora_r == 8 and prof.tailored.lora_r == 8 and prof.tailored.learning_rate == 1e-3
+    assert prof.edit.learning_rate == 2e-3 and prof.sft.learning_rate == 1e-3  # a method's own value wins
+    assert {f for f in EditConfig.__dataclass_fields__} - set(TrainingConfig.__dataclass_fields__) == {
+        "pair_source", "max_pairs_per_problem", "alpha", "beta", "nll_guard"}
+    assert {f for f in TailoredConfig.__dataclass_fields__} - set(TrainingConfig.__dataclass_fields__) == {
+        "rounds", "exam_samples", "exam_temperature", "exam_top_p", "exam_max_new_tokens", "teacher_samples",
+        "tailor_samples", "max_wrong_shown", "prefix_weight", "lam", "margin", "triplet_layer"}

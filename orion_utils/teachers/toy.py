@@ -6,6 +6,7 @@ are graded like any other teacher's. See ``orion_utils.toy.teacher`` for the CoT
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence
 
 from ..records import Problem, TeacherTrace, as_problem
@@ -104,3 +105,17 @@ class ToyTeacher:
             meta.update(tailored=True, attempt_index=k, divergence_step=div.index, divergence_kind=div.kind)
             break
         return self._trace(problem, thinking, solution, 0, meta)
+
+    # -- batched forms (the API teacher's concurrency applies to these; here they just loop) ------
+    def rectify_many(self, items: Sequence[tuple[Problem, TeacherTrace]], sample_index: int = 0) -> list[TeacherTrace]:
+        return [self.rectify(p, w) for p, w in items]
+
+    def corrupt_many(self, items: Sequence[tuple[Problem, TeacherTrace]], sample_index: int = 0) -> list[TeacherTrace]:
+        return [self.corrupt(p, c) for p, c in items]
+
+    def tailor_many(self, items: Sequence[tuple[Problem, Sequence[str]]], n: int = 1) -> list[list[TeacherTrace]]:
+        out = []
+        for p, wrong in items:
+            trace = self.tailor(p, wrong)
+            out.append([dataclasses.replace(trace, sample_index=i) for i in range(n)])
+        return out
