@@ -16,8 +16,10 @@ from .rundir import RunDir
 from .sft import load_loss_history
 
 TOY_CAVEAT = ("Toy profile: synthetic arithmetic word problems, a programmatic teacher, a tiny student, and a "
-              "rule-based reflector in place of the student's own reflection (a tiny student cannot follow the "
-              "reflection prompt). Results here check the pipeline; they are not evidence for or against the paper.")
+              "rule-assisted reflector standing in for free-form reflection (a tiny student cannot follow the "
+              "reflection prompt): rules find the step where the student went wrong and phrase its check, and with "
+              "`reflector: student` the student model writes the rest of the rewrite itself. Results here check the "
+              "pipeline and the mechanism; they are not evidence for or against the paper.")
 
 FIGURE_CAPTIONS = {
     "accuracy_pass1": "pass@1 per method and benchmark",
@@ -220,7 +222,8 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
         text += ["## Paper claims", ""]
         if toy:
             text += ["Toy run: the verdicts below say whether the pipeline's numbers point the paper's way on a "
-                     "synthetic task with a tiny student and a rule-based reflector; they do not test the paper.", ""]
+                     "synthetic task with a tiny student and a rule-assisted reflector standing in for free-form reflection; "
+                     "they do not test the paper.", ""]
         for i, claim in enumerate(analysis.get("claims") or [], start=1):
             text += [f"### Claim {i}: {claim['claim']} — {claim['verdict']}", "", claim["text"], ""]
         text += ["## Definitions", ""]
