@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PROFILE ?= toy
 
-.PHONY: setup test demo bench lint colab-links clean
+.PHONY: setup test demo demo-seeds bench lint colab-links clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: setup
 
 demo: setup
 	$(BIN)/orion run --profile $(PROFILE)
+
+# The toy demo over seeds 0, 1, 2 (configs/toy3.yaml, about three times `make demo`): outputs/toy3/report.md
+demo-seeds: setup
+	$(BIN)/orion run --profile toy3
 
 bench: setup
 	for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -283,6 +283,25 @@ def _score_all(proposals, scorer) -> dict:
     return by_item
 
 
+def mechanism_perplexity(refinements: Sequence[Refinement], questions: dict, scorer) -> dict:
+    """ORION's mechanism, measured: the student's perplexity (exp of the mean over CoTs of the per-token
+    mean NLL, as ``analysis.cot_perplexity``) of the accepted rewrites and of the teacher CoTs they
+    replace, on the same questions. Lower than the teacher's = more natural to the student."""
+    import math
+
+    accepted = [r for r in refinements if r.accepted]
+    if not accepted:
+        return {"n": 0, "refined": None, "teacher": None}
+    qs = [questions[r.problem_id] for r in accepted]
+    nll = scorer(qs + qs, [r.refined_cot for r in accepted] + [r.teacher_cot for r in accepted])
+
+    def ppl(values):
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        return math.exp(sum(finite) / len(finite)) if finite else None
+
+    return {"n": len(accepted), "refined": ppl(nll[: len(accepted)]), "teacher": ppl(nll[len(accepted):])}
+
+
 def acceptance_rate(refinements: Sequence[Refinement]) -> float:
     """Share of questions with a student error whose reflection produced a verified rewrite."""
     with_error = [r for r in refinements if r.wrong_attempt]
@@ -356,7 +375,12 @@ def run_reflection(
         rate = acceptance_rate(refinements)
         print(f"[reflection] acceptance rate {rate:.1%} over {sum(bool(r.wrong_attempt) for r in refinements)} "
               f"questions with a student error")
-        return {"reflector": reflector.name, "acceptance_rate": rate}
+        questions = {p.id: p.question for p in problems}
+        mechanism = mechanism_perplexity(refinements, questions, scorer)
+        print(f"[reflection] base-student perplexity, refined vs teacher CoTs of the {mechanism['n']} accepted "
+              f"rewrites: {mechanism['refined']:.3f} vs {mechanism['teacher']:.3f}" if mechanism["n"] else
+              "[reflection] no accepted rewrite to measure")
+        return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism}
 
     params = {"reflection": cfg, "reflector": kind, "student": student}
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")
