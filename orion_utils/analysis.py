@@ -902,6 +902,18 @@ def _pool(dicts: Sequence[dict]) -> dict:
 # =============================================================================================
 
 
+def reflection_summary(run: RunDir) -> Optional[dict]:
+    """ORION's stage 03 as it ran: the reflector, whether the quoted wrong step was masked, the
+    acceptance rate and the mechanism (base-student perplexity of the accepted rewrites vs the teacher
+    CoTs they replace, ``reflection.mechanism_perplexity``). None when the stage did not run."""
+    info = run.stage_info("reflection") or {}
+    if info.get("status") != "done":
+        return None
+    section = _config(run).get("reflection") or {}
+    return {"reflector": info.get("reflector"), "mask_wrong_step": section.get("mask_wrong_step"),
+            "acceptance_rate": info.get("acceptance_rate"), "mechanism": info.get("mechanism")}
+
+
 def seed_run_dirs(run: RunDir) -> list:
     """The other seeds' run directories that ``orion run`` writes under ``<run>/seeds/seed_<k>``."""
     return sorted(p for p in run.path("seeds").glob("seed_*") if (p / "metrics.json").exists())
@@ -997,6 +1009,7 @@ def analyse_run(
             "seeds": {"n": len(per_seed), "runs": [r.root.name for r in [run, *others]], "methods": agg_methods,
                       "per_seed": [{"run": r.root.name, "methods": s} for r, s in zip([run, *others], per_seed)]},
             "claims": assess_claims(agg_metrics, agg_methods, cfg.margin_points, toy=toy, n_seeds=len(per_seed)),
+            "reflection": reflection_summary(run),
         }
         analysis["figures"] = write_figures(run, agg_metrics, agg_methods, raws, [tuple(b) for b in cfg.buckets],
                                             (difficulty or {}).get("counts"))

@@ -33,6 +33,22 @@ FIGURE_CAPTIONS = {
 }
 
 
+def reflection_lines(info: Optional[dict]) -> list:
+    """One paragraph on ORION's reflection stage (this run): reflector, mask, acceptance, mechanism."""
+    if not info:
+        return []
+    mech = info.get("mechanism") or {}
+    text = f"ORION's reflection (this run): reflector `{info.get('reflector')}`"
+    if info.get("mask_wrong_step") is not None:
+        text += f", quoted wrong step {'masked out of' if info['mask_wrong_step'] else 'kept in'} the loss"
+    if info.get("acceptance_rate") is not None:
+        text += f", acceptance rate {100 * info['acceptance_rate']:.1f}%"
+    if mech.get("n"):
+        text += (f"; base-student perplexity of the {mech['n']} accepted rewrites {mech['refined']:.3f} vs "
+                 f"{mech['teacher']:.3f} for the teacher CoTs they replace (lower = more natural to the student)")
+    return [text + ".", ""]
+
+
 def _read_json(path: Path, default):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -209,6 +225,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
                   if r.get("cot_perplexity_error")}
         if errors:
             text += ["No CoT perplexity for " + ", ".join(f"{m} ({e})" for m, e in errors.items()) + ".", ""]
+        text += reflection_lines(analysis.get("reflection"))
         text += _figure("perplexity", figures, run) + _figure("cot_lengths", figures, run)
         text += _figure("step_consistency", figures, run)
         diff_table = difficulty_table(analysis)

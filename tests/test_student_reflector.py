@@ -159,3 +159,13 @@ def test_verdicts_count_differences_within_the_spread_as_none():
     methods = {"sft": {"cot_perplexity": _cell(1.02, 0.001)}, "orion": {"cot_perplexity": _cell(1.00, 0.001)}}
     claims = {c["id"]: c for c in A.assess_claims(agg_metrics, methods, n_seeds=3)}
     assert claims["headline"]["verdict"] == "supported" and claims["coherence"]["verdict"] == "supported"
+
+
+def test_report_states_the_reflection_and_its_mechanism():
+    from orion_utils.report import reflection_lines
+
+    text = " ".join(reflection_lines({"reflector": "student", "mask_wrong_step": True, "acceptance_rate": 0.25,
+                                      "mechanism": {"n": 12, "refined": 1.5, "teacher": 1.02}}))
+    assert "`student`" in text and "masked out of the loss" in text and "25.0%" in text
+    assert "12 accepted rewrites 1.500 vs 1.020" in text
+    assert reflection_lines(None) == []
