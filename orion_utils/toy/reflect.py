@@ -1,4 +1,9 @@
-"""The toy domain's rule-based reflector (in place of the LLM reflector of ORION's stage 3).
+"""The toy domain's reflection rules (in place of the LLM reflector of ORION's stage 3).
+
+Two reflectors use them. ``reflector: student`` (the toy default; ``rewrite_start`` below, driven by
+``reflection.StudentReflector``): rules only find the diverging step and phrase its check, and the
+student model writes the rest of the rewrite. ``reflector: rule``, described next, writes the whole
+reflection by rule.
 
 A tiny student cannot follow a reflection prompt, so in the toy domain the "reflection" is written
 by rule: find the first step where the student's wrong attempt diverges from the teacher's CoT, and
