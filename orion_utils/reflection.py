@@ -299,7 +299,9 @@ def mechanism_perplexity(refinements: Sequence[Refinement], questions: dict, sco
         finite = [v for v in values if v is not None and math.isfinite(v)]
         return math.exp(sum(finite) / len(finite)) if finite else None
 
-    return {"n": len(accepted), "refined": ppl(nll[: len(accepted)]), "teacher": ppl(nll[len(accepted):])}
+    refined, teacher = ppl(nll[: len(accepted)]), ppl(nll[len(accepted):])
+    return {"n": len(accepted), "refined": None if refined is None else round(refined, 4),
+            "teacher": None if teacher is None else round(teacher, 4)}
 
 
 def acceptance_rate(refinements: Sequence[Refinement]) -> float:
@@ -378,7 +380,7 @@ def run_reflection(
         questions = {p.id: p.question for p in problems}
         mechanism = mechanism_perplexity(refinements, questions, scorer)
         print(f"[reflection] base-student perplexity, refined vs teacher CoTs of the {mechanism['n']} accepted "
-              f"rewrites: {mechanism['refined']:.3f} vs {mechanism['teacher']:.3f}" if mechanism["n"] else
+              f"rewrites: {mechanism['refined']} vs {mechanism['teacher']}" if mechanism["n"] else
               "[reflection] no accepted rewrite to measure")
         return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism}
 

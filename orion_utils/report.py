@@ -43,7 +43,7 @@ def reflection_lines(info: Optional[dict]) -> list:
         text += f", quoted wrong step {'masked out of' if info['mask_wrong_step'] else 'kept in'} the loss"
     if info.get("acceptance_rate") is not None:
         text += f", acceptance rate {100 * info['acceptance_rate']:.1f}%"
-    if mech.get("n"):
+    if mech.get("n") and mech.get("refined") is not None and mech.get("teacher") is not None:
         text += (f"; base-student perplexity of the {mech['n']} accepted rewrites {mech['refined']:.3f} vs "
                  f"{mech['teacher']:.3f} for the teacher CoTs they replace (lower = more natural to the student)")
     return [text + ".", ""]
