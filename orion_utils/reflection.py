@@ -293,7 +293,10 @@ def mechanism_perplexity(refinements: Sequence[Refinement], questions: dict, sco
     if not accepted:
         return {"n": 0, "refined": None, "teacher": None}
     qs = [questions[r.problem_id] for r in accepted]
-    nll = scorer(qs + qs, [r.refined_cot for r in accepted] + [r.teacher_cot for r in accepted])
+    if all("nll" in r.meta for r in accepted):  # selection by perplexity scored the picks already
+        nll = [float(r.meta["nll"]) for r in accepted] + list(scorer(qs, [r.teacher_cot for r in accepted]))
+    else:
+        nll = list(scorer(qs + qs, [r.refined_cot for r in accepted] + [r.teacher_cot for r in accepted]))
 
     def ppl(values):
         finite = [v for v in values if v is not None and math.isfinite(v)]

@@ -169,3 +169,30 @@ def test_report_states_the_reflection_and_its_mechanism():
     assert "`student`" in text and "masked out of the loss" in text and "25.0%" in text
     assert "12 accepted rewrites 1.500 vs 1.020" in text
     assert reflection_lines(None) == []
+
+
+def test_mechanism_perplexity_compares_rewrites_with_the_teacher_cots():
+    import math
+
+    from orion_utils.records import Refinement
+    from orion_utils.reflection import mechanism_perplexity
+
+    refs = [Refinement("a", "T1", "R1", "w", True, 2, 1, "first", "student"),
+            Refinement("b", "T2", "R2", "w", True, 2, 1, "first", "student"),
+            Refinement("c", "T3", "T3", "w", False, 2, 0, "first", "student")]
+    nll = {"T1": 0.1, "T2": 0.3, "R1": 0.5, "R2": 0.7}
+    calls = []
+
+    def scorer(qs, cs):
+        calls.append(list(cs))
+        return [nll[c] for c in cs]
+
+    out = mechanism_perplexity(refs, {"a": "qa", "b": "qb", "c": "qc"}, scorer)
+    assert out["n"] == 2 and out["refined"] == pytest.approx(math.exp(0.6), abs=1e-4)
+    assert out["teacher"] == pytest.approx(math.exp(0.2), abs=1e-4)
+    # selection by perplexity already scored the picks: only the teacher CoTs are scored again
+    for r, v in zip(refs, (0.5, 0.7)):
+        r.meta["nll"] = v
+    calls.clear()
+    assert mechanism_perplexity(refs, {"a": "qa", "b": "qb"}, scorer) == out and calls == [["T1", "T2"]]
+    assert mechanism_perplexity(refs[2:], {}, scorer) == {"n": 0, "refined": None, "teacher": None}
