@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 
 from orion_utils import analysis as A
-from orion_utils.records import Problem, SFTExample, format_cot
-from orion_utils.reflection import ReflectionConfig, ReflectionItem, StudentReflector, refine, resolve_reflector_kind
 from orion_utils.config import StudentConfig
+from orion_utils.records import Problem, SFTExample, format_cot
+from orion_utils.reflection import (
+    ReflectionConfig,
+    ReflectionItem,
+    StudentReflector,
+    refine,
+    resolve_reflector_kind,
+)
 from orion_utils.toy.domain import ToyDomainConfig, generate_problems, gold_steps, parse_steps, solution_steps
 from orion_utils.toy.reflect import rewrite_start
 from orion_utils.toy.teacher import write_cot
