@@ -237,6 +237,9 @@ def test_caught_slip_is_checked_in_the_reflector_idiom(problems):
         assert [s.text for s in steps if s.kind == "compute" and s.correct and s.section == "think"] == [
             g.text for i, g in enumerate(gold) if i != at]
         assert _boxed(solution) == p.answer
+        # the solution path reads the caught slip as its corrected step: nothing left to reflect on
+        assert _computations(cot) == [g.text for g in gold]
+        assert find_divergence(gold, cot) is None
         # the toy reflector writes the very same check for a student attempt with that wrong line
         attempt = format_cot(*write_cot(p))
         attempt_lines = attempt.split("\n")
