@@ -318,8 +318,8 @@ def parse_steps(cot: str) -> list[Step]:
 def solution_steps(cot: str) -> list[Step]:
     """The computations that make up the solution path: ``compute`` steps of the thinking, or of the
     whole text when it has no thinking computations (e.g. a reply without ``<think>``). A caught slip
-    (a wrong step, then on the next line a check that redoes it right: "..., so 8 + 7 = 15.") counts
-    as its corrected step."""
+    (a wrong step, then on the next line a check that ends on the right one: "..., so 8 + 7 = 15.")
+    counts as its corrected step."""
     cot = cot or ""
     steps: list[Step] = []
     for s in parse_steps(cot):
@@ -332,11 +332,11 @@ def solution_steps(cot: str) -> list[Step]:
 
 
 def _corrects(cot: str, check: Step, last: Step) -> bool:
-    """Is ``check`` a caught slip's correction of ``last`` ("Check: ..., not 14, so 8 + 7 = 15.")?
-    It redoes the same computation right, right after the slipped step's line, after ", so "."""
+    """Is ``check`` a caught slip's correction of ``last`` ("Check: ..., not 14, so 8 + 7 = 15.",
+    "Check: the last result is 15, so 15 + 2 = 17.")? On the line right after the slipped step, it
+    writes a different, right computation after ", so "."""
     return (
-        check.line == last.line + 1 and check.correct and not last.correct
-        and (check.a, check.op, check.b) == (last.a, last.op, last.b)
+        check.line == last.line + 1 and check.correct and not check.same_computation(last)
         and cot[:check.start].endswith(", so ")
     )
 

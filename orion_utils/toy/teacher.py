@@ -129,16 +129,44 @@ def step_line(problem: Problem, c: Computation, index: int, variant: int = 0) ->
     return f"{clause}{_CONNECTIVES[(variant >> 1) % 2]}{c.text}."
 
 
-def caught_slip_lines(problem: Problem, c: Computation, index: int, wrong: int, variant: int = 0) -> list[str]:
-    """A caught slip at step ``index``: the step written with the ``wrong`` result, then the check
-    that catches it, in the toy reflector's idiom (``reflect.check_line``), ending on the right step."""
+CAUGHT_KINDS = ("arithmetic", "carry", "operand", "operation", "start")
+
+
+def caught_slip(problem: Problem, comps: list[Computation], index: int, rng: random.Random) -> tuple[str, Computation]:
+    """(kind, the step as first written) for a caught slip at step ``index``: a wrong sum
+    (``arithmetic``), a wrong carried value or start (``carry``/``start``: then computed right from
+    it), a wrong number (``operand``) or the wrong operation (``operation``): the slips a small
+    model makes, each caught by the check ``reflect.check_line`` writes for that kind."""
+    c = comps[index]
+    kinds = ["arithmetic", "carry" if index else "start", "operand"]
+    if c.op == "-" or (c.op == "+" and c.a >= c.b):  # the other of + and - stays non-negative
+        kinds.append("operation")
+    kind = rng.choice(kinds)
+    if kind == "arithmetic":
+        return kind, Computation(c.a, c.op, c.b, slipped_result(c.a, c.op, c.b, rng), c.phrase)
+    if kind in ("carry", "start"):
+        options = [x for x in (c.a + 1, c.a - 1, c.a + 10, c.a + 2) if x >= 0 and x != c.a]
+        a = rng.choice([x for x in options if apply_op(x, c.op, c.b) >= 0] or [c.a + 1])
+        return kind, Computation(a, c.op, c.b, apply_op(a, c.op, c.b), c.phrase)
+    if kind == "operand":
+        options = [x for x in (c.b + 1, c.b - 1, c.b + 2) if x >= 1 and x != c.b]
+        b = rng.choice([x for x in options if apply_op(c.a, c.op, x) >= 0] or [c.b + 1])
+        return kind, Computation(c.a, c.op, b, apply_op(c.a, c.op, b), c.phrase)
+    op = "-" if c.op == "+" and c.a >= c.b else "+"
+    return "operation", Computation(c.a, op, c.b, apply_op(c.a, op, c.b), c.phrase)
+
+
+def caught_slip_lines(problem: Problem, c: Computation, index: int, wrong: Computation, kind: str,
+                      variant: int = 0) -> list[str]:
+    """A caught slip at step ``index``: the step as first ``wrong``ly written, then the check that
+    catches it, in the toy reflector's idiom (``reflect.check_line`` for ``kind``), ending on the
+    right step ``c``."""
     from .domain import Step
     from .reflect import Divergence, check_line
 
     right = Step(c.a, c.op, c.b, c.result)
-    slipped = Computation(c.a, c.op, c.b, wrong, c.phrase)
-    div = Divergence(index, "arithmetic", right, Step(c.a, c.op, c.b, wrong))
-    return [step_line(problem, slipped, index, variant), check_line(problem, div)]
+    div = Divergence(index, kind, right, Step(wrong.a, wrong.op, wrong.b, wrong.result))
+    return [step_line(problem, wrong, index, variant), check_line(problem, div)]
 
 
 def render_cot(
@@ -146,10 +174,10 @@ def render_cot(
     comps: list[Computation],
     variant: int = 0,
     style: str = "full",
-    caught: Optional[tuple[int, int]] = None,
+    caught: Optional[tuple[int, str, Computation]] = None,
 ) -> tuple[str, str]:
     """(thinking, solution) for a list of computations (correct or slipped). ``caught``: (step index,
-    wrong result) of a caught slip (``caught_slip_lines``) in place of that step and its check."""
+    kind, wrong step) of a caught slip (``caught_slip_lines``) in place of that step and its check."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     m = problem.meta
@@ -157,7 +185,7 @@ def render_cot(
     lines = [_INTROS[variant % 2].format(name=m["name"], start=m["start"], item=m["item"])]
     for i, c in enumerate(comps):
         if caught is not None and caught[0] == i:
-            lines += caught_slip_lines(problem, c, i, caught[1], variant)
+            lines += caught_slip_lines(problem, c, i, caught[2], caught[1], variant)
             continue
         lines.append(step_line(problem, c, i, variant))
         if style == "full":
@@ -183,8 +211,8 @@ def write_cot(
     if slip_at is None:
         comps = correct_computations(problem)
         if caught_at is not None:
-            c = comps[caught_at]
-            caught = (caught_at, slipped_result(c.a, c.op, c.b, rng or _rng("caught", problem.id, caught_at)))
+            kind, wrong = caught_slip(problem, comps, caught_at, rng or _rng("caught", problem.id, caught_at))
+            caught = (caught_at, kind, wrong)
     else:
         comps = computations_with_slip(problem, slip_at, rng or _rng("slip", problem.id, slip_at))
     return render_cot(problem, comps, variant, style, caught)
@@ -214,8 +242,10 @@ def teacher_sample(
         crng = _rng("toy-teacher-caught", seed, problem.id, sample_index)
         if crng.random() < caught_slip_rate:
             caught_at = crng.randrange(len(problem.meta["steps"]))
-            thinking, solution = write_cot(problem, variant, style, None, crng, caught_at=caught_at)
+            kind, wrong = caught_slip(problem, correct_computations(problem), caught_at, crng)
+            thinking, solution = render_cot(problem, correct_computations(problem), variant, style,
+                                            (caught_at, kind, wrong))
             return thinking, solution, {"variant": variant, "style": style, "slip_step": None,
-                                        "caught_slip_step": caught_at}
+                                        "caught_slip_step": caught_at, "caught_slip_kind": kind}
     thinking, solution = write_cot(problem, variant, style, slip_at, rng)
     return thinking, solution, {"variant": variant, "style": style, "slip_step": slip_at}
