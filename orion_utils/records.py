@@ -103,8 +103,11 @@ class Refinement:
     n_candidates: int
     n_accepted: int
     selection_rule: str  # how one accepted candidate was picked
-    reflector: str  # "rule" (toy domain) or "llm"
+    reflector: str  # "student" or "rule" (toy domain), or "llm"
     meta: dict = field(default_factory=dict)
+    # character spans [start, end) of refined_cot quoting the student's wrong step (may be left out
+    # of the SFT loss: reflection.mask_wrong_step)
+    wrong_step_spans: list = field(default_factory=list)
 
 
 @dataclass

@@ -6,8 +6,12 @@ the teacher's correct reasoning and, at the step where its own attempt went wron
 that mistake explicitly and correct it. Of m candidates, those whose final answer verifies are
 accepted and one is picked by a stated rule; with none accepted the teacher's CoT is kept.
 
-A tiny toy student cannot follow such a prompt, so the toy domain uses a rule-based reflector
-behind the same interface (it writes an explicit check of the diverging step into the CoT).
+A tiny toy student cannot follow such a prompt, so the toy domain has two stand-ins behind the same
+interface. ``student`` (the toy default): rules find the step where the student's attempt diverged
+and phrase an explicit check of it; the reasoning before it is the student's own attempt (or the
+teacher's CoT where the attempt is not clean there), its wrong line is quoted, and the student
+model itself writes the rest, m sampled continuations. ``rule``: the whole reflection is written by
+rule into the teacher's CoT.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from .records import Problem, Refinement, SFTExample, StudentAttempt
 from .rundir import RunDir
 
 SELECTION_RULES = ("perplexity", "shortest", "first")
+REFLECTORS = ("student", "rule", "llm")
 
 REFLECTION_PROMPT = """You are given a math problem, an expert's worked solution, and your own earlier attempt, which reached a wrong answer.
 
@@ -42,13 +47,16 @@ Write your reasoning inside <think> </think>, then give the final solution with 
 
 @dataclass
 class ReflectionConfig:
-    reflector: str = "auto"  # auto: rule for the toy student, llm otherwise | rule | llm
+    reflector: str = "auto"  # auto: student for the toy student, llm otherwise | student | rule | llm
     m: int = 4  # candidates per (question, wrong attempt)
     temperature: float = 0.7
     top_p: float = 0.95
     max_new_tokens: int = 4096
     selection: str = "perplexity"  # perplexity (lowest student NLL: most "tailored") | shortest | first
     seed: int = 0
+    # Take the quoted wrong step (the student's own wrong line, which the refined CoT quotes before
+    # checking it) out of the SFT loss, so the student is not trained to write it again.
+    mask_wrong_step: bool = True
 
 
 @dataclass
@@ -81,6 +89,84 @@ class RuleReflector:
         for item in items:
             candidates = (rule_reflect(item.problem, item.teacher_cot, item.wrong_attempt, variant=v) for v in range(m))
             out.append([c for c in candidates if c])
+        return out
+
+
+class StudentReflector:
+    """Toy domain: the student model writes its own rewrite around its error.
+
+    Rules (``toy.reflect.rewrite_start``) find the diverging step and write the beginning: the
+    reasoning before that step (the student's own attempt where it is clean, else the teacher's),
+    the student's wrong line quoted, and an explicit check of it ending on the corrected step. The
+    student model then samples m continuations from there (``cfg.temperature``/``top_p``); the
+    refinement stage accepts those whose answer verifies and selects one as usual."""
+
+    name = "student"
+
+    def __init__(self, model_path: str, cfg: ReflectionConfig, prompt_template: str = "{question}",
+                 system: Optional[str] = None, batch_size: int = 64):
+        self.model_path, self.cfg = model_path, cfg
+        self.template, self.system, self.batch_size = prompt_template, system, batch_size
+        self._model = self._tokenizer = None
+
+    def _load(self):
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            torch.set_num_threads(1)
+            self._model = AutoModelForCausalLM.from_pretrained(self.model_path).eval()
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        return self._model, self._tokenizer
+
+    def start(self, item: ReflectionItem):
+        from .toy.reflect import rewrite_start
+
+        return rewrite_start(item.problem, item.teacher_cot, item.wrong_attempt)
+
+    def loss_mask_spans(self, item: ReflectionItem, candidate: str) -> list:
+        """Character spans of ``candidate`` holding the quoted wrong step."""
+        begin = self.start(item)
+        if begin is None or begin.wrong_span is None or not candidate.startswith(begin.text):
+            return []
+        return [list(begin.wrong_span)]
+
+    def propose(self, items: Sequence[ReflectionItem], m: int) -> list[list[str]]:
+        import torch
+
+        from .chat import prompt_text
+
+        model, tok = self._load()
+        starts = [self.start(i) for i in items]
+        rows = [(k, prompt_text(tok, i.problem.question, self.template, self.system), s.text)
+                for k, (i, s) in enumerate(zip(items, starts)) if s is not None]
+        out: list[list[str]] = [[] for _ in items]
+        if not rows:
+            return out
+        eos = tok.convert_tokens_to_ids(tok.eos_token)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        limit = int(getattr(model.config, "max_position_embeddings", 1024))
+        encoded = [(k, tok(p, add_special_tokens=False)["input_ids"] + tok(t, add_special_tokens=False)["input_ids"], t)
+                   for k, p, t in rows]
+        with torch.random.fork_rng(), torch.inference_mode():
+            torch.manual_seed(self.cfg.seed)
+            for b in range(0, len(encoded), self.batch_size):
+                batch = encoded[b : b + self.batch_size]
+                width = max(len(ids) for _, ids, _ in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for r, (_, seq, _) in enumerate(batch):  # left padding
+                    ids[r, width - len(seq):] = torch.tensor(seq)
+                    mask[r, width - len(seq):] = 1
+                new = max(1, min(self.cfg.max_new_tokens, limit - width))
+                gen = model.generate(input_ids=ids.repeat_interleave(m, 0), attention_mask=mask.repeat_interleave(m, 0),
+                                     do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0,
+                                     max_new_tokens=new, eos_token_id=eos, pad_token_id=pad)
+                for r, row in enumerate(gen[:, width:].tolist()):
+                    k, _, text = batch[r // m]
+                    if eos not in row:
+                        continue  # ran out of tokens: not a finished rewrite
+                    out[k].append(text + tok.decode(row[: row.index(eos)], skip_special_tokens=True))
         return out
 
 
@@ -174,8 +260,11 @@ def refine(
         meta = {"reason": "accepted", "candidates": verdicts[index]}
         if nll is not None:
             meta["nll"] = float(nll[pick])
+        spans_of = getattr(reflector, "loss_mask_spans", None)
+        spans = spans_of(item, accepted[pick]) if spans_of else []
         refinements[pid] = Refinement(pid, item.teacher_cot, accepted[pick], item.wrong_attempt, True,
-                                      len(candidates), len(accepted), cfg.selection, reflector.name, meta)
+                                      len(candidates), len(accepted), cfg.selection, reflector.name, meta,
+                                      wrong_step_spans=spans)
     return [refinements[p.id] for p in problems if p.id in refinements]
 
 
@@ -196,6 +285,30 @@ def _score_all(proposals, scorer) -> dict:
     return by_item
 
 
+def mechanism_perplexity(refinements: Sequence[Refinement], questions: dict, scorer) -> dict:
+    """ORION's mechanism, measured: the student's perplexity (exp of the mean over CoTs of the per-token
+    mean NLL, as ``analysis.cot_perplexity``) of the accepted rewrites and of the teacher CoTs they
+    replace, on the same questions. Lower than the teacher's = more natural to the student."""
+    import math
+
+    accepted = [r for r in refinements if r.accepted]
+    if not accepted:
+        return {"n": 0, "refined": None, "teacher": None}
+    qs = [questions[r.problem_id] for r in accepted]
+    if all("nll" in r.meta for r in accepted):  # selection by perplexity scored the picks already
+        nll = [float(r.meta["nll"]) for r in accepted] + list(scorer(qs, [r.teacher_cot for r in accepted]))
+    else:
+        nll = list(scorer(qs + qs, [r.refined_cot for r in accepted] + [r.teacher_cot for r in accepted]))
+
+    def ppl(values):
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        return math.exp(sum(finite) / len(finite)) if finite else None
+
+    refined, teacher = ppl(nll[: len(accepted)]), ppl(nll[len(accepted):])
+    return {"n": len(accepted), "refined": None if refined is None else round(refined, 4),
+            "teacher": None if teacher is None else round(teacher, 4)}
+
+
 def acceptance_rate(refinements: Sequence[Refinement]) -> float:
     """Share of questions with a student error whose reflection produced a verified rewrite."""
     with_error = [r for r in refinements if r.wrong_attempt]
@@ -204,9 +317,11 @@ def acceptance_rate(refinements: Sequence[Refinement]) -> float:
 
 def resolve_reflector_kind(cfg: ReflectionConfig, student: StudentConfig) -> str:
     if cfg.reflector == "auto":
-        return "rule" if student.model == "toy" else "llm"
-    if cfg.reflector not in ("rule", "llm"):
-        raise ValueError(f"reflection.reflector must be auto, rule or llm, got {cfg.reflector!r}")
+        return "student" if student.model == "toy" else "llm"
+    if cfg.reflector not in REFLECTORS:
+        raise ValueError(f"reflection.reflector must be auto or one of {REFLECTORS}, got {cfg.reflector!r}")
+    if cfg.reflector == "student" and student.model != "toy":
+        raise ValueError("reflection.reflector 'student' is the toy domain's reflector; use 'llm' for a real student")
     return cfg.reflector
 
 
@@ -240,9 +355,12 @@ def run_reflection(
         if kind == "llm":
             generator = open_generator(model_path, generation, seed=cfg.seed)
             reflector: Reflector = LLMReflector(generator, cfg, system)
+        elif kind == "student":
+            reflector = StudentReflector(model_path, cfg, template, system)
         else:
             reflector = RuleReflector(cfg.seed)
-        print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection}")
+        print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
+              f"mask_wrong_step={cfg.mask_wrong_step}")
 
         def scorer(questions, completions):
             return completion_nll(model_path, None, questions, completions, prompt_template=template, system=system)
@@ -256,13 +374,20 @@ def run_reflection(
         by_id = {e.problem_id: e for e in teacher_examples}
         write_jsonl(outputs[1], [
             SFTExample(r.problem_id, by_id[r.problem_id].question, r.refined_cot,
-                       "refined" if r.accepted else "teacher", {"accepted": r.accepted})
+                       "refined" if r.accepted else "teacher",
+                       {"accepted": r.accepted,
+                        **({"loss_mask_spans": r.wrong_step_spans} if cfg.mask_wrong_step and r.wrong_step_spans else {})})
             for r in refinements
         ])
         rate = acceptance_rate(refinements)
         print(f"[reflection] acceptance rate {rate:.1%} over {sum(bool(r.wrong_attempt) for r in refinements)} "
               f"questions with a student error")
-        return {"reflector": reflector.name, "acceptance_rate": rate}
+        questions = {p.id: p.question for p in problems}
+        mechanism = mechanism_perplexity(refinements, questions, scorer)
+        print(f"[reflection] base-student perplexity, refined vs teacher CoTs of the {mechanism['n']} accepted "
+              f"rewrites: {mechanism['refined']} vs {mechanism['teacher']}" if mechanism["n"] else
+              "[reflection] no accepted rewrite to measure")
+        return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism}
 
     params = {"reflection": cfg, "reflector": kind, "student": student}
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")

@@ -16,8 +16,10 @@ from .rundir import RunDir
 from .sft import load_loss_history
 
 TOY_CAVEAT = ("Toy profile: synthetic arithmetic word problems, a programmatic teacher, a tiny student, and a "
-              "rule-based reflector in place of the student's own reflection (a tiny student cannot follow the "
-              "reflection prompt). Results here check the pipeline; they are not evidence for or against the paper.")
+              "rule-assisted reflector standing in for free-form reflection (a tiny student cannot follow the "
+              "reflection prompt): rules find the step where the student went wrong and phrase its check, and with "
+              "`reflector: student` the student model writes the rest of the rewrite itself. Results here check the "
+              "pipeline and the mechanism; they are not evidence for or against the paper.")
 
 FIGURE_CAPTIONS = {
     "accuracy_pass1": "pass@1 per method and benchmark",
@@ -72,6 +74,22 @@ def reflection_section(run: RunDir, max_rows: int = 12) -> list[str]:
         lines += ["", f"An accepted rewrite ({example.problem_id}, selection `{example.selection_rule}`):", "",
                   "```", example.refined_cot.strip()[:3000], "```"]
     return lines + [""]
+
+
+def reflection_lines(info: Optional[dict]) -> list:
+    """One paragraph on ORION's reflection stage (this run): reflector, mask, acceptance, mechanism."""
+    if not info:
+        return []
+    mech = info.get("mechanism") or {}
+    text = f"ORION's reflection (this run): reflector `{info.get('reflector')}`"
+    if info.get("mask_wrong_step") is not None:
+        text += f", quoted wrong step {'masked out of' if info['mask_wrong_step'] else 'kept in'} the loss"
+    if info.get("acceptance_rate") is not None:
+        text += f", acceptance rate {100 * info['acceptance_rate']:.1f}%"
+    if mech.get("n") and mech.get("refined") is not None and mech.get("teacher") is not None:
+        text += (f"; base-student perplexity of the {mech['n']} accepted rewrites {mech['refined']:.3f} vs "
+                 f"{mech['teacher']:.3f} for the teacher CoTs they replace (lower = more natural to the student)")
+    return [text + ".", ""]
 
 
 def _read_json(path: Path, default):
@@ -251,6 +269,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
                   if r.get("cot_perplexity_error")}
         if errors:
             text += ["No CoT perplexity for " + ", ".join(f"{m} ({e})" for m, e in errors.items()) + ".", ""]
+        text += reflection_lines(analysis.get("reflection"))
         text += _figure("perplexity", figures, run) + _figure("cot_lengths", figures, run)
         text += _figure("step_consistency", figures, run)
         diff_table = difficulty_table(analysis)
@@ -264,7 +283,8 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
         text += ["## Paper claims", ""]
         if toy:
             text += ["Toy run: the verdicts below say whether the pipeline's numbers point the paper's way on a "
-                     "synthetic task with a tiny student and a rule-based reflector; they do not test the paper.", ""]
+                     "synthetic task with a tiny student and a rule-assisted reflector standing in for free-form reflection; "
+                     "they do not test the paper.", ""]
         for i, claim in enumerate(analysis.get("claims") or [], start=1):
             text += [f"### Claim {i}: {claim['claim']} — {claim['verdict']}", "", claim["text"], ""]
         text += ["## Definitions", ""]

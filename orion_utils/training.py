@@ -266,11 +266,41 @@ def build_sft_rows(
             enc = encode_for_training(
                 tokenizer, ex.question, ex.response, template=prompt_template, max_seq_len=max_seq_len, system=system
             )
+        spans = (ex.meta or {}).get("loss_mask_spans")
+        if spans:
+            enc = dict(enc, labels=mask_response_spans(tokenizer, ex.question, ex.response, enc, spans,
+                                                       template=prompt_template, system=system))
         if all(t == -100 for t in enc["labels"][1:]):
             dropped += 1
             continue
         rows.append({"input_ids": list(enc["input_ids"]), "labels": list(enc["labels"])})
     return rows, {"dropped": dropped, "truncated": truncated, "overlong_dropped": overlong_dropped}
+
+
+def mask_response_spans(tokenizer, question: str, response: str, enc: dict, spans: Sequence, *,
+                        template: str = "{question}", system: Optional[str] = None) -> list[int]:
+    """``enc["labels"]`` with -100 on every response token overlapping a character span
+    ``[start, end)`` of ``response`` (``SFTExample.meta["loss_mask_spans"]``, e.g. ORION's quoted wrong
+    step), found through the tokenizer's offsets of the assistant turn as ``encode_for_training``
+    tokenises it."""
+    from .chat import build_messages
+
+    messages = build_messages(question, template, system)
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+    answer = full[len(prompt):]
+    at = answer.find(response)
+    if at < 0:
+        raise ValueError("the chat template changes the response text: cannot place loss_mask_spans")
+    answer_enc = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
+    labels = list(enc["labels"])
+    first = enc["prompt_len"]
+    for t, (s, e) in enumerate(answer_enc["offset_mapping"]):
+        if first + t >= len(labels):
+            break
+        if e > s and any(s < at + b and at + a < e for a, b in spans):
+            labels[first + t] = -100
+    return labels
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int = 0, window: int = 64) -> list[list[int]]:

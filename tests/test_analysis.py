@@ -303,7 +303,7 @@ def test_analyse_run_on_a_fake_run(tmp_path):
     assert all(run.path(link).is_file() for link in links)
     assert len(re.findall(r"^### Claim \d", report, flags=re.M)) == 4
     assert report.count("**Supported by this run.**") == 4
-    assert "rule-based reflector" in report
+    assert "rule-assisted reflector" in report
     assert str(tmp_path) not in report  # no paths of this machine
 
 

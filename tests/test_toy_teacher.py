@@ -211,3 +211,56 @@ def test_rule_reflect_kinds_and_none(problems):
     # a slipped teacher CoT is not edited
     slipped = format_cot(*write_cot(p, slip_at=0))
     assert rule_reflect(p, slipped, cases["operand"]) is None
+
+
+def test_caught_slip_is_checked_in_the_reflector_idiom(problems):
+    from orion_utils.toy.reflect import rewrite_start
+
+    n_caught, kinds = 0, set()
+    for p in problems:
+        thinking, solution, meta = teacher_sample(p, 0, caught_slip_rate=1.0)
+        at = meta["caught_slip_step"]
+        assert meta["slip_step"] is None and at is not None
+        n_caught += 1
+        gold = gold_steps(p)
+        cot = format_cot(thinking, solution)
+        steps = parse_steps(cot)
+        # the slipped step is written wrong, then a check line: right arithmetic, ending on the right step
+        think = [s for s in steps if s.kind == "compute" and s.section == "think"]
+        wrong = [s for s in think if not any(s.same_computation(g) for g in gold)]
+        assert len(wrong) == 1
+        lines = cot.split("\n")
+        check = lines[wrong[0].line + 1]
+        assert check.startswith("Check: ") and check.endswith(f", so {gold[at].text}.")
+        check_steps = [s for s in steps if s.line == wrong[0].line + 1]
+        assert check_steps and all(s.kind == "check" and s.correct for s in check_steps)
+        kinds.add(meta["caught_slip_kind"])
+        # every other step is the gold one: the reasoning carries on from the corrected value
+        assert [s.text for s in think if s is not wrong[0]] == [g.text for i, g in enumerate(gold) if i != at]
+        assert _boxed(solution) == p.answer
+        # the solution path reads the caught slip as its corrected step: nothing left to reflect on
+        assert _computations(cot) == [g.text for g in gold]
+        assert find_divergence(gold, cot) is None
+        # the toy reflector writes the very same check for a student attempt with that wrong line
+        attempt = format_cot(*write_cot(p))
+        attempt_lines = attempt.split("\n")
+        right_line = next(i for i, ln in enumerate(attempt_lines) if gold[at].text in ln and not ln.startswith("Check"))
+        attempt_lines[right_line] = lines[wrong[0].line]
+        begin = rewrite_start(p, format_cot(*write_cot(p)), "\n".join(attempt_lines))
+        assert begin is not None and begin.divergence.kind == meta["caught_slip_kind"]
+        assert begin.text.rstrip("\n").split("\n")[-1] == check
+    assert n_caught == len(problems)
+    assert kinds == {"arithmetic", "carry", "operand", "operation", "start"}
+
+
+def test_caught_slip_rate_is_controllable_and_zero_changes_nothing(problems):
+    for p in problems:
+        assert teacher_sample(p, 0, 0.0, caught_slip_rate=0.0)[:2] == teacher_sample(p, 0, 0.0)[:2]
+    caught = [teacher_sample(p, 0, caught_slip_rate=0.25)[2].get("caught_slip_step") is not None for p in problems]
+    assert 0 < sum(caught) < len(problems)
+    # a carried (uncaught) slip is never also a caught one
+    for p in problems:
+        meta = teacher_sample(p, 0, error_rate=1.0, caught_slip_rate=1.0)[2]
+        assert meta["slip_step"] is not None and meta.get("caught_slip_step") is None
+    teacher = ToyTeacher(error_rate=0.0)
+    assert teacher.sample(problems[0], 0, caught_slip_rate=1.0)[2]["caught_slip_step"] is not None

@@ -38,11 +38,15 @@ class ToyTeacher:
         self.name = "toy"
 
     # -- raw samples (no grading) ----------------------------------------------------------------
-    def sample(self, problem: Problem, sample_index: int = 0, style: Optional[str] = None) -> tuple[str, str, dict]:
+    def sample(
+        self, problem: Problem, sample_index: int = 0, style: Optional[str] = None, caught_slip_rate: float = 0.0
+    ) -> tuple[str, str, dict]:
         """(thinking, solution, meta) of one sample; ``meta["slip_step"]`` is the step it slipped at
-        (None: correct)."""
+        (None: correct). ``caught_slip_rate``: share of samples with a slip caught by a check (they
+        stay correct; ``meta["caught_slip_step"]``), used by the toy student's warm-up."""
         _require_toy(problem)
-        return teacher_sample(problem, sample_index, self.error_rate, self.seed, style or self.style)
+        return teacher_sample(problem, sample_index, self.error_rate, self.seed, style or self.style,
+                              caught_slip_rate=caught_slip_rate)
 
     def _trace(self, problem: Problem, thinking: str, solution: str, sample_index: int, meta: dict) -> TeacherTrace:
         usage = {"completion_chars": len(thinking) + len(solution)}

@@ -317,10 +317,28 @@ def parse_steps(cot: str) -> list[Step]:
 
 def solution_steps(cot: str) -> list[Step]:
     """The computations that make up the solution path: ``compute`` steps of the thinking, or of the
-    whole text when it has no thinking computations (e.g. a reply without ``<think>``)."""
-    steps = [s for s in parse_steps(cot) if s.kind == "compute"]
+    whole text when it has no thinking computations (e.g. a reply without ``<think>``). A caught slip
+    (a wrong step, then on the next line a check that ends on the right one: "..., so 8 + 7 = 15.")
+    counts as its corrected step."""
+    cot = cot or ""
+    steps: list[Step] = []
+    for s in parse_steps(cot):
+        if s.kind == "compute":
+            steps.append(s)
+        elif s.kind == "check" and steps and _corrects(cot, s, steps[-1]):
+            steps[-1] = dataclasses.replace(s, kind="compute")  # a caught slip: the corrected step counts
     think = [s for s in steps if s.section == "think"]
     return think or steps
+
+
+def _corrects(cot: str, check: Step, last: Step) -> bool:
+    """Is ``check`` a caught slip's correction of ``last`` ("Check: ..., not 14, so 8 + 7 = 15.",
+    "Check: the last result is 15, so 15 + 2 = 17.")? On the line right after the slipped step, it
+    writes a different, right computation after ", so "."""
+    return (
+        check.line == last.line + 1 and check.correct and not check.same_computation(last)
+        and cot[:check.start].endswith(", so ")
+    )
 
 
 def gold_steps(problem: Problem) -> list[Step]:

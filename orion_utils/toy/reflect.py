@@ -1,4 +1,9 @@
-"""The toy domain's rule-based reflector (in place of the LLM reflector of ORION's stage 3).
+"""The toy domain's reflection rules (in place of the LLM reflector of ORION's stage 3).
+
+Two reflectors use them. ``reflector: student`` (the toy default; ``rewrite_start`` below, driven by
+``reflection.StudentReflector``): rules only find the diverging step and phrase its check, and the
+student model writes the rest of the rewrite. ``reflector: rule``, described next, writes the whole
+reflection by rule.
 
 A tiny student cannot follow a reflection prompt, so in the toy domain the "reflection" is written
 by rule: find the first step where the student's wrong attempt diverges from the teacher's CoT, and
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..records import Problem
-from .domain import Step, gold_steps, solution_steps
+from .domain import Step, gold_steps, parse_steps, solution_steps
 
 _BOXED_RE = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
 
@@ -217,3 +222,117 @@ def rule_reflect(problem: Problem, teacher_cot: str, wrong_attempt: str, variant
     """
     out = reflect_cot(problem, teacher_cot, wrong_attempt, variant, voice="self")
     return out[0] if out else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The student's own rewrite (``reflector: student``): rules only find the diverging step and phrase
+# its check; the toy student itself writes everything after the check (see ``reflection``).
+
+KINDS_WITH_WRONG_LINE = ("start", "carry", "operation", "operand", "arithmetic", "extra")
+
+
+@dataclass(frozen=True)
+class RewriteStart:
+    """The beginning of the student's own rewrite of a teacher CoT, up to and including the check.
+
+    ``text``: the reasoning before the diverging step (the student's own attempt when it is clean
+    there, else the teacher's CoT: ``prefix_source``), then the student's wrong line quoted verbatim
+    (none for ``missing``/``answer``), then the rule-written check of that step, ending in a newline;
+    the student model continues from here. ``wrong_span``: the quoted wrong line's character span
+    in ``text`` (what ``mask_wrong_step`` takes out of the loss), or None."""
+
+    text: str
+    divergence: Divergence
+    prefix_source: str
+    wrong_span: Optional[tuple] = None
+
+
+def _line_bounds(text: str, pos: int) -> tuple[int, int]:
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    return start, (len(text) if end < 0 else end)
+
+
+def check_line(problem: Problem, div: Divergence) -> str:
+    """The rule-written check of the diverging step, in the toy CoTs' own "Check: ..." idiom; its
+    equations are all right and it ends on the corrected step (or answer), which the student then
+    carries on from, e.g. ``Check: 14 - 7 = 7, not 8, so 8 + 7 = 15.``"""
+    m = problem.meta
+    r, w = div.right, div.wrong
+    right_eq = _fmt(r.a, r.op, r.b, r.result)
+    steps = m.get("steps") or []
+    row = steps[div.index] if div.index < len(steps) else {}
+    clause = row.get("clause") or f"{m.get('pronoun', 'it')} {row.get('phrase', '')}"
+    said = clause[:1].lower() + clause[1:]
+    final = r.result
+    if div.kind == "arithmetic":
+        if w.op == "*":
+            check = f"{_fmt(w.b, '*', w.a, r.result)}, not {w.result}"
+        else:
+            inverse = INVERSE_OP_SIGN[w.op]
+            back = w.result - w.b if w.op == "+" else w.result + w.b
+            check = f"{_fmt(w.result, inverse, w.b, back)}, not {w.a}"
+        return f"Check: {check}, so {right_eq}."
+    if div.kind in ("operation", "operand", "missing"):
+        return f"Check: {said}, so {right_eq}."
+    if div.kind == "carry":
+        return f"Check: the last result is {r.a}, so {right_eq}."
+    if div.kind == "start":
+        return f"Check: {m.get('name', 'it')} starts with {r.a}, so {right_eq}."
+    if div.kind == "extra":
+        return f"Check: that was the last step, so the answer is {final}."
+    if div.kind == "answer":
+        return f"Check: the answer is the last result, {final}."
+    raise ValueError(f"unknown divergence kind {div.kind!r}")
+
+
+INVERSE_OP_SIGN = {"+": "-", "-": "+"}
+
+
+def _clean_prefix(prefix: str, reference: list[Step], upto: int) -> bool:
+    """The student's own text before its wrong step can stand in a training CoT: it opens the
+    thinking, holds the reference's first ``upto`` steps and nothing else, and every computation
+    written in it (checks included) is right."""
+    if not prefix.startswith("<think>") or "</think>" in prefix:
+        return False
+    steps = parse_steps(prefix)
+    if not all(s.correct for s in steps):
+        return False
+    mine = [s for s in steps if s.kind == "compute"]
+    return len(mine) == upto and all(a.same_computation(b) for a, b in zip(mine, reference))
+
+
+def rewrite_start(problem: Problem, teacher_cot: str, wrong_attempt: str) -> Optional[RewriteStart]:
+    """Where and how the student's own rewrite begins (see ``RewriteStart``), or None when there is
+    nothing to reflect on (no parseable step, no divergence, or the teacher CoT is off the gold path)."""
+    ref = _reference(problem, teacher_cot)
+    if ref is None:
+        return None
+    div = find_divergence(ref, wrong_attempt)
+    if div is None:
+        return None
+    mine = solution_steps(wrong_attempt)
+    wrong_line = None
+    prefix, source = None, "teacher"
+    if div.kind in KINDS_WITH_WRONG_LINE:
+        j = len(ref) if div.kind == "extra" else div.index
+        start, end = _line_bounds(wrong_attempt, mine[j].start)
+        wrong_line = wrong_attempt[start:end]
+        own = wrong_attempt[:start]
+        if div.kind != "start" and _clean_prefix(own, ref, j):
+            prefix, source = own, "student"
+    if prefix is None:
+        if div.kind in ("extra", "answer"):
+            close = teacher_cot.find("</think>")
+            recap_start, _ = _line_bounds(teacher_cot, max(0, teacher_cot.rfind("\n", 0, close)))
+            prefix = teacher_cot[:recap_start]
+        else:
+            prefix = teacher_cot[: _line_bounds(teacher_cot, ref[div.index].start)[0]]
+    if not prefix.endswith("\n"):
+        return None
+    text, span = prefix, None
+    if wrong_line:
+        span = (len(text), len(text) + len(wrong_line))
+        text += wrong_line + "\n"
+    text += check_line(problem, div) + "\n"
+    return RewriteStart(text, div, source, span)

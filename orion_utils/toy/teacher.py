@@ -18,6 +18,17 @@ changes the wording a little (intro, connective, check phrasing) so several samp
 differ; sample 0 always uses variant 0. A "slip" is a plausible arithmetic mistake at one step whose
 wrong result is carried through to a wrong boxed answer (the teacher believes it, so its check
 line confirms it).
+
+A *caught* slip (``caught_slip_rate``) is the R1-style "wait, ..." moment: the step is first written
+with a plausible wrong result, then a check in exactly the idiom of the toy reflector
+(``reflect.check_line``) finds and corrects it, and the reasoning carries on from the right value::
+
+    On Monday, she buys 7 more: 8 + 7 = 14.
+    Check: 14 - 7 = 7, not 8, so 8 + 7 = 15.
+    On Tuesday, she gives away 5: 15 - 5 = 10.
+
+The CoT stays correct (right boxed answer). The toy student's warm-up sees some of these, so the
+base student knows what a check that finds a mistake looks like.
 """
 from __future__ import annotations
 
@@ -118,14 +129,64 @@ def step_line(problem: Problem, c: Computation, index: int, variant: int = 0) ->
     return f"{clause}{_CONNECTIVES[(variant >> 1) % 2]}{c.text}."
 
 
-def render_cot(problem: Problem, comps: list[Computation], variant: int = 0, style: str = "full") -> tuple[str, str]:
-    """(thinking, solution) for a list of computations (correct or slipped)."""
+CAUGHT_KINDS = ("arithmetic", "carry", "operand", "operation", "start")
+
+
+def caught_slip(problem: Problem, comps: list[Computation], index: int, rng: random.Random) -> tuple[str, Computation]:
+    """(kind, the step as first written) for a caught slip at step ``index``: a wrong sum
+    (``arithmetic``), a wrong carried value or start (``carry``/``start``: then computed right from
+    it), a wrong number (``operand``) or the wrong operation (``operation``): the slips a small
+    model makes, each caught by the check ``reflect.check_line`` writes for that kind."""
+    c = comps[index]
+    kinds = ["arithmetic", "carry" if index else "start", "operand"]
+    if c.op == "-" or (c.op == "+" and c.a >= c.b):  # the other of + and - stays non-negative
+        kinds.append("operation")
+    kind = rng.choice(kinds)
+    if kind == "arithmetic":
+        return kind, Computation(c.a, c.op, c.b, slipped_result(c.a, c.op, c.b, rng), c.phrase)
+    if kind in ("carry", "start"):
+        options = [x for x in (c.a + 1, c.a - 1, c.a + 10, c.a + 2) if x >= 0 and x != c.a]
+        a = rng.choice([x for x in options if apply_op(x, c.op, c.b) >= 0] or [c.a + 1])
+        return kind, Computation(a, c.op, c.b, apply_op(a, c.op, c.b), c.phrase)
+    if kind == "operand":
+        options = [x for x in (c.b + 1, c.b - 1, c.b + 2) if x >= 1 and x != c.b]
+        b = rng.choice([x for x in options if apply_op(c.a, c.op, x) >= 0] or [c.b + 1])
+        return kind, Computation(c.a, c.op, b, apply_op(c.a, c.op, b), c.phrase)
+    op = "-" if c.op == "+" and c.a >= c.b else "+"
+    return "operation", Computation(c.a, op, c.b, apply_op(c.a, op, c.b), c.phrase)
+
+
+def caught_slip_lines(problem: Problem, c: Computation, index: int, wrong: Computation, kind: str,
+                      variant: int = 0) -> list[str]:
+    """A caught slip at step ``index``: the step as first ``wrong``ly written, then the check that
+    catches it, in the toy reflector's idiom (``reflect.check_line`` for ``kind``), ending on the
+    right step ``c``."""
+    from .domain import Step
+    from .reflect import Divergence, check_line
+
+    right = Step(c.a, c.op, c.b, c.result)
+    div = Divergence(index, kind, right, Step(wrong.a, wrong.op, wrong.b, wrong.result))
+    return [step_line(problem, wrong, index, variant), check_line(problem, div)]
+
+
+def render_cot(
+    problem: Problem,
+    comps: list[Computation],
+    variant: int = 0,
+    style: str = "full",
+    caught: Optional[tuple[int, str, Computation]] = None,
+) -> tuple[str, str]:
+    """(thinking, solution) for a list of computations (correct or slipped). ``caught``: (step index,
+    kind, wrong step) of a caught slip (``caught_slip_lines``) in place of that step and its check."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     m = problem.meta
     final = comps[-1].result if comps else m["start"]
     lines = [_INTROS[variant % 2].format(name=m["name"], start=m["start"], item=m["item"])]
     for i, c in enumerate(comps):
+        if caught is not None and caught[0] == i:
+            lines += caught_slip_lines(problem, c, i, caught[2], caught[1], variant)
+            continue
         lines.append(step_line(problem, c, i, variant))
         if style == "full":
             lines.append(_CHECKS[(variant >> 1) % 2].format(eq=check_equation(c)))
@@ -140,25 +201,51 @@ def write_cot(
     style: str = "full",
     slip_at: Optional[int] = None,
     rng: Optional[random.Random] = None,
+    caught_at: Optional[int] = None,
 ) -> tuple[str, str]:
-    """The teacher's (thinking, solution) for a toy problem; ``slip_at``: make a slip at that step."""
+    """The teacher's (thinking, solution) for a toy problem; ``slip_at``: make a slip at that step
+    (carried to a wrong answer); ``caught_at``: make a slip at that step and catch it (correct CoT)."""
+    if slip_at is not None and caught_at is not None:
+        raise ValueError("a CoT has either a carried slip or a caught one, not both")
+    caught = None
     if slip_at is None:
         comps = correct_computations(problem)
+        if caught_at is not None:
+            kind, wrong = caught_slip(problem, comps, caught_at, rng or _rng("caught", problem.id, caught_at))
+            caught = (caught_at, kind, wrong)
     else:
         comps = computations_with_slip(problem, slip_at, rng or _rng("slip", problem.id, slip_at))
-    return render_cot(problem, comps, variant, style)
+    return render_cot(problem, comps, variant, style, caught)
 
 
 def teacher_sample(
-    problem: Problem, sample_index: int = 0, error_rate: float = 0.0, seed: int = 0, style: str = "full"
+    problem: Problem,
+    sample_index: int = 0,
+    error_rate: float = 0.0,
+    seed: int = 0,
+    style: str = "full",
+    caught_slip_rate: float = 0.0,
 ) -> tuple[str, str, dict]:
     """One teacher sample, deterministic in (seed, problem id, sample index): (thinking, solution, meta).
 
-    With probability ``error_rate`` the sample has a slip at a random step (``meta["slip_step"]``)."""
+    With probability ``error_rate`` the sample has a slip at a random step (``meta["slip_step"]``);
+    otherwise, with probability ``caught_slip_rate``, a caught slip at a random step
+    (``meta["caught_slip_step"]``; the CoT stays correct). The caught-slip draw has its own random
+    stream, so a rate of 0 gives exactly the CoTs without it."""
     rng = _rng("toy-teacher", seed, problem.id, sample_index)
     variant = 0 if sample_index == 0 else rng.randrange(N_VARIANTS)
     slip_at = None
     if rng.random() < error_rate:
         slip_at = rng.randrange(len(problem.meta["steps"]))
+    caught_at = None
+    if slip_at is None and caught_slip_rate > 0:
+        crng = _rng("toy-teacher-caught", seed, problem.id, sample_index)
+        if crng.random() < caught_slip_rate:
+            caught_at = crng.randrange(len(problem.meta["steps"]))
+            kind, wrong = caught_slip(problem, correct_computations(problem), caught_at, crng)
+            thinking, solution = render_cot(problem, correct_computations(problem), variant, style,
+                                            (caught_at, kind, wrong))
+            return thinking, solution, {"variant": variant, "style": style, "slip_step": None,
+                                        "caught_slip_step": caught_at, "caught_slip_kind": kind}
     thinking, solution = write_cot(problem, variant, style, slip_at, rng)
     return thinking, solution, {"variant": variant, "style": style, "slip_step": slip_at}

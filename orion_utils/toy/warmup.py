@@ -44,6 +44,9 @@ class WarmupConfig:
     max_grad_norm: float = 1.0
     n_problems: int = 4000  # how many training problems the caller should generate for it
     style: str = "full"  # teacher CoT style to warm up on: "full" (with self-checks) or "terse"
+    # Share of warm-up CoTs with a caught slip (a wrong step, then a check in the toy reflector's
+    # idiom that corrects it, as R1-style CoTs do): the base student then knows that idiom.
+    caught_slip_rate: float = 0.2
     max_seq_len: int = 384
     seed: int = 0
     threads: int = 1  # torch intra-op threads; 1 is fastest for a ~1 M-parameter model on a busy 2-core box
@@ -55,18 +58,23 @@ class WarmupConfig:
             raise ValueError(f"lr_schedule must be 'wsd', 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0.0 <= self.decay_frac <= 1.0 or not 0.0 <= self.final_lr_frac <= 1.0:
             raise ValueError("decay_frac and final_lr_frac must be in [0, 1]")
+        if not 0.0 <= self.caught_slip_rate <= 1.0:
+            raise ValueError(f"caught_slip_rate must be in [0, 1], got {self.caught_slip_rate}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _teacher_responses(problems: Sequence[Problem], teacher, style: str) -> list[tuple[str, str]]:
+def _teacher_responses(
+    problems: Sequence[Problem], teacher, style: str, caught_slip_rate: float = 0.0
+) -> list[tuple[str, str]]:
     """(question, correct CoT) pairs. A toy teacher is asked directly (no grading needed: it knows
-    where it slipped); any other teacher goes through ``collect`` and its graded ``correct`` flag."""
+    where it slipped; ``caught_slip_rate`` of its CoTs catch a slip); any other teacher goes through
+    ``collect`` and its graded ``correct`` flag."""
     pairs = []
     if hasattr(teacher, "sample"):
         for p in problems:
-            thinking, solution, meta = teacher.sample(p, 0, style=style)
+            thinking, solution, meta = teacher.sample(p, 0, style=style, caught_slip_rate=caught_slip_rate)
             if meta.get("slip_step") is None:
                 pairs.append((p.question, format_cot(thinking, solution)))
         return pairs
@@ -129,7 +137,7 @@ def warmup_student(
 
     cfg = cfg or WarmupConfig()
     out_dir = Path(out_dir)
-    pairs = _teacher_responses(problems, teacher, cfg.style)
+    pairs = _teacher_responses(problems, teacher, cfg.style, cfg.caught_slip_rate)
     if not pairs:
         raise ValueError("warmup_student: the teacher gave no correct CoT for the given problems")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
