@@ -98,6 +98,17 @@ _OPENERS = {
 }
 
 
+def _step_context(problem: Problem, div: Divergence) -> tuple:
+    """What both reflection texts say about the diverging step: the right and wrong steps, the right
+    equation, and the problem's own words for that step ("on Monday, she buys 7 more")."""
+    m = problem.meta
+    r, w = div.right, div.wrong
+    steps = m.get("steps") or []
+    row = steps[div.index] if div.index < len(steps) else {}
+    clause = row.get("clause") or f"{m.get('pronoun', 'it')} {row.get('phrase', '')}"
+    return r, w, _fmt(r.a, r.op, r.b, r.result), clause[:1].lower() + clause[1:]
+
+
 def reflection_text(problem: Problem, div: Divergence, variant: int = 0, voice: str = "self") -> str:
     """One line reflecting on the divergence. ``voice``: ``self`` (ORION: the student's own
     reflection, "Wait, I might be tempted to ...") or ``teacher`` (Tailored Learning: "Note: a
@@ -105,12 +116,7 @@ def reflection_text(problem: Problem, div: Divergence, variant: int = 0, voice: 
     if voice not in _OPENERS:
         raise ValueError(f"voice must be one of {sorted(_OPENERS)}, got {voice!r}")
     m = problem.meta
-    r, w = div.right, div.wrong
-    right_eq = _fmt(r.a, r.op, r.b, r.result)
-    steps = m.get("steps") or []
-    row = steps[div.index] if div.index < len(steps) else {}
-    clause = row.get("clause") or f"{m.get('pronoun', 'it')} {row.get('phrase', '')}"
-    said = clause[:1].lower() + clause[1:]  # "on Monday, she buys 7 more"
+    r, w, right_eq, said = _step_context(problem, div)
     final = str(r.result) if div.kind in ("extra", "answer") else ""
     if div.kind == "arithmetic":
         wrong_claim = _fmt(w.a, w.op, w.b, w.result)
@@ -258,12 +264,7 @@ def check_line(problem: Problem, div: Divergence) -> str:
     equations are all right and it ends on the corrected step (or answer), which the student then
     carries on from, e.g. ``Check: 14 - 7 = 7, not 8, so 8 + 7 = 15.``"""
     m = problem.meta
-    r, w = div.right, div.wrong
-    right_eq = _fmt(r.a, r.op, r.b, r.result)
-    steps = m.get("steps") or []
-    row = steps[div.index] if div.index < len(steps) else {}
-    clause = row.get("clause") or f"{m.get('pronoun', 'it')} {row.get('phrase', '')}"
-    said = clause[:1].lower() + clause[1:]
+    r, w, right_eq, said = _step_context(problem, div)
     final = r.result
     if div.kind == "arithmetic":
         if w.op == "*":
