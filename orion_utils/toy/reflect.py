@@ -187,16 +187,24 @@ def _reference(problem: Problem, teacher_cot: str) -> Optional[list[Step]]:
     return ref or None
 
 
-def reflect_cot(
-    problem: Problem, teacher_cot: str, wrong_attempt: str, variant: int = 0, voice: str = "self"
-) -> Optional[tuple[str, Divergence]]:
-    """(new CoT, divergence) or None; see ``rule_reflect``."""
+def _diverging_step(problem: Problem, teacher_cot: str, wrong_attempt: str) -> Optional[tuple[list[Step], Divergence]]:
+    """The teacher CoT's steps and where the wrong attempt first leaves them, or None (no parseable
+    step, no divergence, or the teacher CoT is off the gold path): what both reflectors start from."""
     ref = _reference(problem, teacher_cot)
     if ref is None:
         return None
     div = find_divergence(ref, wrong_attempt)
-    if div is None:
+    return None if div is None else (ref, div)
+
+
+def reflect_cot(
+    problem: Problem, teacher_cot: str, wrong_attempt: str, variant: int = 0, voice: str = "self"
+) -> Optional[tuple[str, Divergence]]:
+    """(new CoT, divergence) or None; see ``rule_reflect``."""
+    found = _diverging_step(problem, teacher_cot, wrong_attempt)
+    if found is None:
         return None
+    ref, div = found
     line = reflection_text(problem, div, variant, voice)
     at_end = div.kind in ("extra", "answer")
     if div.kind == "missing":
@@ -306,12 +314,10 @@ def _clean_prefix(prefix: str, reference: list[Step], upto: int) -> bool:
 def rewrite_start(problem: Problem, teacher_cot: str, wrong_attempt: str) -> Optional[RewriteStart]:
     """Where and how the student's own rewrite begins (see ``RewriteStart``), or None when there is
     nothing to reflect on (no parseable step, no divergence, or the teacher CoT is off the gold path)."""
-    ref = _reference(problem, teacher_cot)
-    if ref is None:
+    found = _diverging_step(problem, teacher_cot, wrong_attempt)
+    if found is None:
         return None
-    div = find_divergence(ref, wrong_attempt)
-    if div is None:
-        return None
+    ref, div = found
     mine = solution_steps(wrong_attempt)
     wrong_line = None
     prefix, source = None, "teacher"
