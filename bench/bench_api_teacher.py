@@ -1,4 +1,4 @@
-"""Benchmark: APITeacher throughput at concurrency 32 vs 1 against the local server (200 ms latency).
+"""Benchmark: APITeacher throughput at concurrency 32 vs 1 against the local test server (200 ms latency).
 
     python bench/bench_api_teacher.py [--requests 64] [--latency 0.2] [--high 32] [--low 1] [--in-process]
 
@@ -18,10 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_SCRIPT = ROOT / "tests" / "helpers" / "openai_server.py"
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the test helpers (the local server)
+
+from helpers import FakeOpenAIServer, arithmetic_problems  # noqa: E402
 
 from orion_utils.teachers.api import APITeacher  # noqa: E402
-from orion_utils.testing import FakeOpenAIServer, arithmetic_problems  # noqa: E402
 
 
 def _ensure_grading() -> None:
@@ -88,10 +91,10 @@ def main() -> None:
         base_url = server.base_url
     else:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orion_utils.testing.openai_server", "--latency", str(args.latency)],
+            [sys.executable, str(SERVER_SCRIPT), "--latency", str(args.latency)],
             stdout=subprocess.PIPE,
             text=True,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=ROOT,
         )
         base_url = proc.stdout.readline().split()[-1]
     rows = []

@@ -1,10 +1,11 @@
 """The teacher-CoT stage with an API teacher: cached, accounted in the manifest, and the key leaks nowhere."""
+from helpers import FakeOpenAIServer
+
 from orion_utils.collection import run_collection
 from orion_utils.config import TeacherConfig
 from orion_utils.jsonl import read_jsonl, write_jsonl
 from orion_utils.records import Problem, SFTExample
 from orion_utils.rundir import RunDir
-from orion_utils.testing import FakeOpenAIServer
 
 SECRET = "sk-test-SECRET-7f3a9"
 

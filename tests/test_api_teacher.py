@@ -18,6 +18,7 @@ import types
 from pathlib import Path
 
 import pytest
+from helpers import ALL_FAULTS, FakeOpenAIServer, arithmetic_problems
 
 from orion_utils.jsonl import write_json, write_jsonl
 from orion_utils.records import Problem, TeacherTrace
@@ -30,9 +31,9 @@ from orion_utils.teachers.api import (
     parse_retry_after,
 )
 from orion_utils.teachers.base import FeedbackTeacher, Teacher
-from orion_utils.testing import ALL_FAULTS, FakeOpenAIServer, arithmetic_problems
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
 SECRET = "sk-test-SECRET123"
 
 
@@ -411,7 +412,7 @@ _CHILD = textwrap.dedent(
     import sys
     from orion_utils.teachers.api import APITeacher
     from orion_utils.teachers.prompts import CompletionRequest, collect_messages
-    from orion_utils.testing import arithmetic_problems
+    from helpers import arithmetic_problems
 
     base_url, cache_dir = sys.argv[1], sys.argv[2]
     teacher = APITeacher(base_url, "fake-reasoner", api_key_env=None, concurrency=4, cache_dir=cache_dir,
@@ -444,7 +445,7 @@ def test_kill9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
     db = cache_dir / "teacher_cache.sqlite"
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
     with FakeOpenAIServer(latency_s=0.05) as server:
         for threshold in (10, 35):  # kill, resume in a second child, kill that one too, then finish
             delivered_before = server.success_count
@@ -510,7 +511,7 @@ def test_server_runs_from_the_command_line():
     import urllib.request
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orion_utils.testing.openai_server", "--latency", "0"],
+        [sys.executable, str(TESTS / "helpers" / "openai_server.py"), "--latency", "0"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

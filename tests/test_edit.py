@@ -402,7 +402,7 @@ def test_teacher_pairs_go_to_the_api_teacher_in_concurrent_batches(tmp_path):
     so the API teacher's concurrency applies: against the local fake OpenAI server they overlap."""
     from orion_utils.edit import pairs_from_teacher
     from orion_utils.teachers.api import APITeacher
-    from orion_utils.testing.openai_server import FakeOpenAIServer
+    from helpers import FakeOpenAIServer
 
     problems = [Problem(f"p{i}", f"What is {i} + {i + 3}?", str(2 * i + 3)) for i in range(8)]
     traces = [_trace(p.id, f"{i} + {i + 3} = {2 * i + 3 + (i % 2)}", str(2 * i + 3 + (i % 2)), i % 2 == 0)

@@ -1,10 +1,10 @@
 """The step-consistency judge for real runs: the teacher checks CoTs through the same request path."""
 import pytest
+from helpers import FakeOpenAIServer
 
 from orion_utils.analysis import judge_consistency
 from orion_utils.teachers.api import APITeacher
 from orion_utils.teachers.prompts import judge_messages, parse_judge_score
-from orion_utils.testing import FakeOpenAIServer
 
 
 @pytest.mark.parametrize("text, score", [

@@ -92,3 +92,18 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make demo" in readme
+
+
+def test_the_package_ships_no_test_helpers():
+    """The local OpenAI-compatible server and its arithmetic problems help the tests and benchmarks only:
+    they live in tests/helpers/, and the installed package neither contains nor imports them."""
+    from setuptools import find_packages
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = find_packages(str(ROOT), include=find["include"])
+    assert "orion_utils" in shipped and "orion_utils.teachers" in shipped
+    assert not [p for p in shipped if p.rsplit(".", 1)[-1] in ("testing", "tests", "helpers")], shipped
+    for path in (ROOT / "orion_utils").rglob("*.py"):
+        text = path.read_text()
+        assert "FakeOpenAIServer" not in text and "import helpers" not in text and "from helpers" not in text, path
+    assert (ROOT / "tests" / "helpers" / "openai_server.py").is_file()

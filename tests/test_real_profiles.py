@@ -13,12 +13,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import build_tiny_model_dir
+from helpers import FakeOpenAIServer
+
 from orion_utils.jsonl import read_jsonl
 from orion_utils.records import EvalSample, Refinement, TeacherTrace
 from orion_utils.runner import NOTEBOOKS, run_pipeline
-from orion_utils.testing import FakeOpenAIServer
 
 pytestmark = pytest.mark.slow
 

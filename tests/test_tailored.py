@@ -385,7 +385,7 @@ def test_tailored_rationales_go_to_the_api_teacher_in_one_concurrent_batch(tmp_p
     teacher's concurrency applies: against the local fake OpenAI server the requests overlap."""
     from orion_utils.tailored import tailored_rationales
     from orion_utils.teachers.api import APITeacher
-    from orion_utils.testing.openai_server import FakeOpenAIServer
+    from helpers import FakeOpenAIServer
 
     problems = [Problem(f"p{i}", f"What is {i} + {i + 3}?", str(2 * i + 3)) for i in range(6)]
     wrong = {p.id: [f"{p.question} It is \\boxed{{0}}."] for p in problems[:5]}  # p5 was answered right

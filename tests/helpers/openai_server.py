@@ -16,7 +16,8 @@ never on timing or concurrency. It runs in a background thread on 127.0.0.1 with
     with FakeOpenAIServer(latency_s=0.2, fault_rate=0.2) as server:
         teacher = APITeacher(server.base_url, "fake-reasoner", api_key_env=None, ...)
 
-or from a shell: ``python -m orion_utils.testing.openai_server --port 8000 --latency 0.2``.
+or from a shell (it needs only the standard library), from the repository root:
+``python tests/helpers/openai_server.py --port 8000 --latency 0.2``.
 """
 
 from __future__ import annotations

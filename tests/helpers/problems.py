@@ -1,25 +1,10 @@
-"""Test helpers: a local OpenAI-compatible server with fault injection, and tiny arithmetic problems.
-
-``FakeOpenAIServer`` and friends are loaded on first use, so that
-``python -m orion_utils.testing.openai_server`` runs the module once, cleanly.
-"""
+"""Arithmetic problems whose gold answers the local test server (``openai_server``) computes."""
 
 from __future__ import annotations
 
 import random
-from typing import Any
 
-from ..records import Problem
-
-_SERVER_NAMES = ("FakeOpenAIServer", "DEFAULT_FAULTS", "ALL_FAULTS", "solve_arithmetic")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _SERVER_NAMES:
-        from . import openai_server
-
-        return getattr(openai_server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from orion_utils.records import Problem
 
 
 def arithmetic_problems(n: int, seed: int = 0, prefix: str = "arith") -> list[Problem]:
@@ -44,6 +29,3 @@ def arithmetic_problems(n: int, seed: int = 0, prefix: str = "arith") -> list[Pr
             )
         )
     return problems
-
-
-__all__ = [*_SERVER_NAMES, "arithmetic_problems"]
