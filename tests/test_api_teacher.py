@@ -445,7 +445,8 @@ def test_kill9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
     db = cache_dir / "teacher_cache.sqlite"
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    pythonpath = [str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]  # the package, the test helpers
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(pythonpath)}
     with FakeOpenAIServer(latency_s=0.05) as server:
         for threshold in (10, 35):  # kill, resume in a second child, kill that one too, then finish
             delivered_before = server.success_count
@@ -583,3 +584,30 @@ def test_a_longer_retry_after_than_allowed_fails_now_and_is_retried_next_run(tmp
         reasons = {f["reason"] for f in teacher.failures()}
         assert reasons == {"http 429 with Retry-After 3600s > max_retry_after_s"}
         assert len(teacher.collect(problems)) == 2 and teacher.failures() == []
+
+
+def test_a_retry_after_within_the_clients_limit_but_above_ours_is_not_waited_for(tmp_path):
+    """The openai client would wait up to 120 s; the teacher stops it at max_retry_after_s."""
+    problems = arithmetic_problems(2)
+    with FakeOpenAIServer(fault_fn=lambda body, attempt: "429" if attempt == 0 else None,
+                          retry_after_s=30) as server:
+        teacher = make_teacher(server, tmp_path / "cache", max_retry_after_s=5)
+        t0 = time.monotonic()
+        assert teacher.collect(problems) == [] and time.monotonic() - t0 < 3.0
+        assert server.request_count == 2
+    assert {f["reason"] for f in teacher.failures()} == {"http 429 with Retry-After 30s > max_retry_after_s"}
+
+
+def test_the_client_and_the_teacher_share_one_retry_budget(tmp_path):
+    """A malformed reply (retried by the teacher) then server errors (retried by the openai client):
+    max_retries + 1 attempts in all, each retry accounted with its reason."""
+    problems = arithmetic_problems(3)
+    with FakeOpenAIServer(fault_fn=lambda body, attempt: "truncated" if attempt == 0 else "500") as server:
+        teacher = make_teacher(server, tmp_path / "cache", max_retries=3)
+        assert teacher.collect(problems) == []
+        assert server.request_count == 3 * 4
+    rows = teacher.failures()
+    assert len(rows) == 3 and all(r["attempts"] == 4 and r["reason"] == "http 500" for r in rows)
+    u = teacher.usage_summary()
+    assert u["requests_sent"] == 12 and u["retries"] == 9
+    assert u["retry_reasons"] == {"malformed reply": 3, "http 500": 6}
