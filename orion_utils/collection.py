@@ -21,7 +21,7 @@ def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_di
     if cfg.kind == "toy":
         from .teachers.toy import ToyTeacher
 
-        return ToyTeacher(error_rate=cfg.error_rate, seed=cfg.seed)
+        return ToyTeacher(error_rate=cfg.error_rate, seed=cfg.seed, wording=cfg.wording)
     if cfg.kind == "api":
         from .teachers.api import APITeacher
 

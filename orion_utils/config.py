@@ -52,6 +52,7 @@ class TeacherConfig:
     kind: str = "toy"  # toy | api | dataset | local
     n_per_question: int = 1
     error_rate: float = 0.1  # toy teacher only
+    wording: str = "fixed"  # toy teacher only: fixed (one wording per CoT) | varied (drawn line by line, as R1 does)
     base_url: str = ""  # api
     model: str = ""  # api model name, or local model path
     api_key_env: str = ""  # name of the environment variable holding the key (never the key)

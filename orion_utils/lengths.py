@@ -77,4 +77,30 @@ def plot_lengths(lengths: Sequence[int], max_seq_len: int, title: str = "long Co
     return fig
 
 
-__all__ = ["LongCotsConfig", "long_cot_lengths", "overlong_split", "plot_lengths", "token_lengths"]
+def show_long_cots(long_cots: dict, model_path: str, student: dict, max_seq_len: int) -> Optional[dict]:
+    """Notebook 01's cell: measure the profile's ``long_cots`` section, show the statistics and the
+    plot; with no source, say so. Returns the statistics (None without a source)."""
+    from .display import key_values
+
+    cfg = LongCotsConfig(**long_cots)
+    if not cfg.source:
+        print("no long_cots.source in this profile: nothing to measure")
+        return None
+    lengths, stats = long_cot_lengths(cfg, model_path, student.get("prompt_template", "{question}"),
+                                      student.get("system_prompt") or None, max_seq_len=max_seq_len)
+    shown = {k: v for k, v in stats.items() if k != "kept_mask"}
+    key_values(shown, title="long CoTs in the student's tokens")
+    fig = plot_lengths(lengths, max_seq_len, title=f"{cfg.source}: {len(lengths)} verified traces")
+    try:
+        from IPython.display import display
+
+        display(fig)
+    except ImportError:
+        pass
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return shown
+
+
+__all__ = ["LongCotsConfig", "long_cot_lengths", "overlong_split", "plot_lengths", "show_long_cots", "token_lengths"]

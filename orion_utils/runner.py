@@ -102,8 +102,12 @@ def run_pipeline(
     overrides: Optional[dict] = None,
     only: Optional[Sequence[str]] = None,
     log_output: bool = False,
+    jobs: int = 1,
 ) -> Path:
-    """Execute the notebooks of the pipeline for a profile; returns the run directory."""
+    """Execute the notebooks of the pipeline for a profile; returns the run directory.
+
+    ``jobs``: with several seeds, run up to this many seeds at once, each in its own process (on a
+    CPU a toy seed uses one core, so ``jobs`` = the number of cores). The analysis runs after all."""
     import logging
 
     if log_output:  # papermill streams cell output through its logger
@@ -116,11 +120,17 @@ def run_pipeline(
     started = time.time()
     # Seed 0's run is the main one; further seeds go to <run>/seeds/seed_<k>, and the analysis of
     # the main run, which comes last, reports mean ± std over all of them.
+    runs = []
     for index, seed in enumerate(profile.seeds if pipeline else []):
         seed_profile = load_profile(profile_name, _merge(overrides or {}, seed_overrides(profile, seed)))
         seed_path = run_path if index == 0 else run_path / "seeds" / f"seed_{seed}"
         label = f" seed {seed} ({index + 1}/{len(profile.seeds)})" if len(profile.seeds) > 1 else ""
-        _execute(seed_profile, seed_path, pipeline, force, log_output, label)
+        runs.append((seed_profile, seed_path, pipeline, force, log_output, label))
+    if jobs > 1 and len(runs) > 1:
+        _execute_parallel(runs, jobs)
+    else:
+        for args in runs:
+            _execute(*args)
     if analysis:
         _execute(load_profile(profile_name, _merge(overrides or {}, seed_overrides(profile, profile.seeds[0]))),
                  run_path, analysis, force, log_output, "")
@@ -133,6 +143,20 @@ def _merge(a: dict, b: dict) -> dict:
     for key, value in b.items():
         merged[key] = {**merged.get(key, {}), **value}
     return merged
+
+
+def _execute_parallel(runs: list, jobs: int) -> None:
+    """``_execute`` each run in its own process, ``jobs`` at a time; the first failure is raised once
+    the others have finished (their stages are kept, so a re-run resumes)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_execute, *args) for args in runs]
+        errors = [f.exception() for f in futures]
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise failed[0]
 
 
 def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log_output: bool, label: str) -> None:
@@ -175,6 +199,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run.add_argument("--only", action="append", default=None, metavar="PREFIX",
                      help="run only the notebooks whose names start with PREFIX (repeatable), e.g. --only 07")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
+    run.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="with several seeds, run N seeds at once in separate processes (toy: N = CPU cores)")
     params = sub.add_parser("params", help="print a notebook's parameters cell for a profile (to paste in Jupyter/Colab)")
     params.add_argument("--profile", default="toy", help="smoke | toy | colab | paper | path to a YAML profile")
     params.add_argument("--notebook", required=True, metavar="PREFIX", help="e.g. 03")
@@ -216,8 +242,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[orion] Colab links written for github.com/{repo} ({args.branch})")
         return 0
     try:
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
         run_pipeline(args.profile, args.run_dir, args.force, parse_overrides(args.overrides), args.only,
-                     args.log_output)
+                     args.log_output, args.jobs)
     except (ConfigError, NotebookFailed, FileNotFoundError) as exc:
         print(f"[orion] error: {exc}", file=sys.stderr)
         return 1

@@ -63,3 +63,48 @@ def test_seed_overrides_touch_every_seeded_section_but_data():
     seeded = load_profile("toy", _merge({"evaluation": {"n_samples": 2}}, overrides))
     assert seeded.exposure.seed == 3 and seeded.sft.seed == 3 and seeded.evaluation.n_samples == 2
     assert seeded.data.seed == profile.data.seed
+
+
+def _seed_notebook(path, fail_on_seed=None):
+    import nbformat
+
+    params = nbformat.v4.new_code_cell("run_dir = ''\nsft = {}")
+    params.metadata["tags"] = ["parameters"]
+    body = ("import os, time\nfrom pathlib import Path\n"
+            f"if sft['seed'] == {fail_on_seed!r}:\n    raise RuntimeError('seed failed')\n"
+            "Path(run_dir, 'seed.txt').write_text(f\"{sft['seed']} {os.getpid()} {time.time()}\")\n"
+            "time.sleep(2)\nPath(run_dir, 'done.txt').write_text(str(time.time()))")
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def _seed_runs(tmp_path, seeds):
+    from orion_utils.runner import _merge, seed_overrides
+
+    profile = load_profile("toy")
+    runs = []
+    for seed in seeds:
+        seeded = load_profile("toy", _merge({}, seed_overrides(profile, seed)))
+        runs.append((seeded, tmp_path / f"seed_{seed}", None, False, False, f" seed {seed}"))
+    return runs
+
+
+def test_seeds_run_in_parallel_processes_each_with_its_seed(tmp_path):
+    """``orion run --jobs N``: each seed's notebooks run in their own process, at the same time; a
+    failing seed fails the run once the others have finished."""
+    from orion_utils.runner import NotebookFailed, _execute_parallel
+
+    nb = _seed_notebook(tmp_path / "04_sft.ipynb", fail_on_seed=2)
+    runs = [(p, d, [nb], f, lo, lab) for p, d, _, f, lo, lab in _seed_runs(tmp_path, [0, 1, 2])]
+    with pytest.raises(NotebookFailed, match="seed failed"):
+        _execute_parallel(runs, jobs=3)
+    seeds, pids, starts, ends = [], [], [], []
+    for seed in (0, 1):
+        s, pid, t = (tmp_path / f"seed_{seed}" / "seed.txt").read_text().split()
+        seeds.append(int(s)), pids.append(pid), starts.append(float(t))
+        ends.append(float((tmp_path / f"seed_{seed}" / "done.txt").read_text()))
+    assert seeds == [0, 1] and pids[0] != pids[1]
+    assert max(starts) < min(ends)  # both were running at once
+    assert not (tmp_path / "seed_2" / "seed.txt").exists()

@@ -103,3 +103,20 @@ def test_corrupt_gguf_is_one_clear_error(tmp_path, content):
     assert not any((tmp_path / "cache").glob("*")), "a failed conversion must leave nothing behind"
     with pytest.raises(StudentModelError, match="does not exist"):
         resolve_student(str(tmp_path / "missing.gguf"))
+
+
+def test_notebook_01_long_cot_cell_measures_and_plots(tiny_model_dir, capsys):
+    """``lengths.show_long_cots``: the real LIMO traces in a student's tokens, the table and the plot;
+    a profile without a source says so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from orion_utils.lengths import show_long_cots
+
+    student = {"prompt_template": "{question}", "system_prompt": ""}
+    shown = show_long_cots({"source": "limo", "data_dir": str(LIMO_R1), "limit": 30}, tiny_model_dir, student, 4096)
+    assert shown["traces"] == 30 and shown["verified"] <= 30 and shown["n"] == shown["verified"]
+    assert shown["kept"] + shown["dropped"] == shown["n"] and shown["min"] <= shown["median"] <= shown["max"]
+    assert "kept_mask" not in shown and "long CoTs in the student's tokens" in capsys.readouterr().out
+    assert show_long_cots({"source": ""}, tiny_model_dir, student, 512) is None
+    assert "nothing to measure" in capsys.readouterr().out

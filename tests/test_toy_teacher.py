@@ -231,26 +231,56 @@ def test_caught_slip_is_checked_in_the_reflector_idiom(problems):
         assert len(wrong) == 1
         lines = cot.split("\n")
         check = lines[wrong[0].line + 1]
-        assert check.startswith("Check: ") and check.endswith(f", so {gold[at].text}.")
-        check_steps = [s for s in steps if s.line == wrong[0].line + 1]
-        assert check_steps and all(s.kind == "check" and s.correct for s in check_steps)
         kinds.add(meta["caught_slip_kind"])
-        # every other step is the gold one: the reasoning carries on from the corrected value
-        assert [s.text for s in think if s is not wrong[0]] == [g.text for i, g in enumerate(gold) if i != at]
+        if meta["caught_slip_kind"] == "extra":  # the last step once more, then taken back
+            assert at == len(gold) and wrong[0].a == gold[-1].result and wrong[0].correct
+            assert check == f"Check: that was the last step, so the answer is {p.answer}."
+            assert [s.text for s in think if s is not wrong[0]] == [g.text for g in gold]
+        else:
+            assert check.startswith("Check: ") and check.endswith(f", so {gold[at].text}.")
+            check_steps = [s for s in steps if s.line == wrong[0].line + 1]
+            assert check_steps and all(s.kind == "check" and s.correct for s in check_steps)
+            # every other step is the gold one: the reasoning carries on from the corrected value
+            assert [s.text for s in think if s is not wrong[0]] == [g.text for i, g in enumerate(gold) if i != at]
         assert _boxed(solution) == p.answer
         # the solution path reads the caught slip as its corrected step: nothing left to reflect on
         assert _computations(cot) == [g.text for g in gold]
         assert find_divergence(gold, cot) is None
         # the toy reflector writes the very same check for a student attempt with that wrong line
-        attempt = format_cot(*write_cot(p))
-        attempt_lines = attempt.split("\n")
-        right_line = next(i for i, ln in enumerate(attempt_lines) if gold[at].text in ln and not ln.startswith("Check"))
-        attempt_lines[right_line] = lines[wrong[0].line]
+        attempt_lines = format_cot(*write_cot(p)).split("\n")
+        if meta["caught_slip_kind"] == "extra":
+            last = max(i for i, ln in enumerate(attempt_lines) if ln.startswith("Check"))
+            attempt_lines.insert(last + 1, lines[wrong[0].line])
+        else:
+            right_line = next(i for i, ln in enumerate(attempt_lines) if gold[at].text in ln and not ln.startswith("Check"))
+            attempt_lines[right_line] = lines[wrong[0].line]
         begin = rewrite_start(p, format_cot(*write_cot(p)), "\n".join(attempt_lines))
         assert begin is not None and begin.divergence.kind == meta["caught_slip_kind"]
         assert begin.text.rstrip("\n").split("\n")[-1] == check
     assert n_caught == len(problems)
-    assert kinds == {"arithmetic", "carry", "operand", "operation", "start"}
+    assert kinds == {"arithmetic", "carry", "operand", "operation", "start", "extra"}
+
+
+def test_warmup_wording_is_mostly_the_students_own():
+    """The warm-up CoTs are worded the student's own way (``own_variant``) but for a seeded
+    ``teacher_wording_share`` of the problems, worded as the R1-style teacher (line by line)."""
+    from orion_utils.toy.teacher import teacher_sample as ts
+    from orion_utils.toy.warmup import WarmupConfig, _teacher_responses
+
+    probs = generate_problems(200, seed=3)
+    teacher = ToyTeacher(error_rate=0.0)
+    cfg = WarmupConfig(own_variant=3, teacher_wording_share=0.25, caught_slip_rate=0.0)
+    pairs = _teacher_responses(probs, teacher, cfg)
+    own = [format_cot(*ts(p, 0, variant=3)[:2]) for p in probs]
+    canonical = [format_cot(*ts(p, 0)[:2]) for p in probs]
+    r1_like = [format_cot(*ts(p, 0, wording="varied")[:2]) for p in probs]
+    n_own = sum(c == o for (_, c), o in zip(pairs, own))
+    n_teacher = sum(c == t != o for (_, c), t, o in zip(pairs, r1_like, own))
+    assert n_own + n_teacher == len(probs) and 0.15 < n_teacher / len(probs) < 0.35
+    assert _teacher_responses(probs, teacher, cfg) == pairs  # seeded
+    assert [c for _, c in _teacher_responses(probs, teacher, WarmupConfig(caught_slip_rate=0.0))] == canonical
+    with pytest.raises(ValueError, match="own_variant"):
+        WarmupConfig(own_variant=7)
 
 
 def test_caught_slip_rate_is_controllable_and_zero_changes_nothing(problems):
@@ -264,3 +294,23 @@ def test_caught_slip_rate_is_controllable_and_zero_changes_nothing(problems):
         assert meta["slip_step"] is not None and meta.get("caught_slip_step") is None
     teacher = ToyTeacher(error_rate=0.0)
     assert teacher.sample(problems[0], 0, caught_slip_rate=1.0)[2]["caught_slip_step"] is not None
+
+
+def test_varied_wording_draws_each_line_and_keeps_the_reasoning(problems):
+    """``wording="varied"`` (the R1-style toy teacher): the lines' wordings are drawn one by one, the
+    computations, checks and answer stay those of the fixed wording, and the draw is seeded."""
+    mixed = 0
+    for p in problems:
+        fixed = format_cot(*teacher_sample(p, 0)[:2])
+        thinking, solution, meta = teacher_sample(p, 0, wording="varied")
+        varied = format_cot(thinking, solution)
+        assert meta["wording"] == "varied" and varied == format_cot(*teacher_sample(p, 0, wording="varied")[:2])
+        assert [s.text for s in parse_steps(varied)] == [s.text for s in parse_steps(fixed)]
+        assert _boxed(solution) == p.answer and find_divergence(gold_steps(p), varied) is None
+        checks = {ln.split(":")[0] for ln in varied.split("\n") if "check" in ln.lower()}
+        connectives = {": " in ln.split("=")[0] for ln in varied.split("\n")[2:] if "=" in ln and "check" not in ln.lower()}
+        mixed += len(checks) > 1 or len(connectives) > 1
+    assert mixed > len(problems) // 3
+    with pytest.raises(ValueError, match="wording"):
+        ToyTeacher(wording="loose")
+    assert ToyTeacher(error_rate=0.0, wording="varied").sample(problems[0], 0)[2]["wording"] == "varied"

@@ -26,12 +26,18 @@ class ToyTeacher:
 
     ``error_rate``: probability that a sample contains an arithmetic slip carried to a wrong boxed
     answer (so the correctness filter has something to filter). ``style``: ``full`` (with a
-    self-check line per step) or ``terse``.
+    self-check line per step) or ``terse``. ``wording``: ``fixed`` (one wording per sample) or
+    ``varied`` (each line's wording drawn, as an R1-style teacher varies its phrasing).
     """
 
-    def __init__(self, error_rate: float = 0.1, seed: int = 0, style: str = "full"):
+    def __init__(self, error_rate: float = 0.1, seed: int = 0, style: str = "full", wording: str = "fixed"):
+        from ..toy.teacher import WORDINGS
+
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
+        if wording not in WORDINGS:
+            raise ValueError(f"teacher.wording must be one of {WORDINGS}, got {wording!r}")
+        self.wording = wording
         self.error_rate = float(error_rate)
         self.seed = int(seed)
         self.style = style
@@ -39,14 +45,16 @@ class ToyTeacher:
 
     # -- raw samples (no grading) ----------------------------------------------------------------
     def sample(
-        self, problem: Problem, sample_index: int = 0, style: Optional[str] = None, caught_slip_rate: float = 0.0
+        self, problem: Problem, sample_index: int = 0, style: Optional[str] = None, caught_slip_rate: float = 0.0,
+        variant: Optional[int] = None, wording: Optional[str] = None,
     ) -> tuple[str, str, dict]:
         """(thinking, solution, meta) of one sample; ``meta["slip_step"]`` is the step it slipped at
         (None: correct). ``caught_slip_rate``: share of samples with a slip caught by a check (they
-        stay correct; ``meta["caught_slip_step"]``), used by the toy student's warm-up."""
+        stay correct; ``meta["caught_slip_step"]``) and ``variant`` (a wording other than the sample's
+        own), used by the toy student's warm-up."""
         _require_toy(problem)
         return teacher_sample(problem, sample_index, self.error_rate, self.seed, style or self.style,
-                              caught_slip_rate=caught_slip_rate)
+                              caught_slip_rate=caught_slip_rate, variant=variant, wording=wording or self.wording)
 
     def _trace(self, problem: Problem, thinking: str, solution: str, sample_index: int, meta: dict) -> TeacherTrace:
         usage = {"completion_chars": len(thinking) + len(solution)}

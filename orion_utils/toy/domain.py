@@ -319,16 +319,26 @@ def solution_steps(cot: str) -> list[Step]:
     """The computations that make up the solution path: ``compute`` steps of the thinking, or of the
     whole text when it has no thinking computations (e.g. a reply without ``<think>``). A caught slip
     (a wrong step, then on the next line a check that ends on the right one: "..., so 8 + 7 = 15.")
-    counts as its corrected step."""
+    counts as its corrected step, and a step taken back by the next line ("Check: that was the last
+    step, ...") does not count."""
     cot = cot or ""
+    lines = cot.split("\n")
     steps: list[Step] = []
     for s in parse_steps(cot):
-        if s.kind == "compute":
+        if s.kind == "compute" and not _taken_back(lines, s):
             steps.append(s)
         elif s.kind == "check" and steps and _corrects(cot, s, steps[-1]):
             steps[-1] = dataclasses.replace(s, kind="compute")  # a caught slip: the corrected step counts
     think = [s for s in steps if s.section == "think"]
     return think or steps
+
+
+LAST_STEP_CHECK = "Check: that was the last step"
+
+
+def _taken_back(lines: list, step: Step) -> bool:
+    """Is the line right after ``step`` the check that says it was one step too many?"""
+    return step.line + 1 < len(lines) and lines[step.line + 1].startswith(LAST_STEP_CHECK)
 
 
 def _corrects(cot: str, check: Step, last: Step) -> bool:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..records import Problem
-from .domain import Step, gold_steps, parse_steps, solution_steps
+from .domain import LAST_STEP_CHECK, Step, gold_steps, parse_steps, solution_steps
 
 _BOXED_RE = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
 
@@ -282,6 +282,8 @@ def check_line(problem: Problem, div: Divergence) -> str:
             back = w.result - w.b if w.op == "+" else w.result + w.b
             check = f"{_fmt(w.result, inverse, w.b, back)}, not {w.a}"
         return f"Check: {check}, so {right_eq}."
+    if div.kind == "operand" and __import__("os").environ.get("EXP_OPERAND") == "number":
+        return f"Check: the number is {r.b}, so {right_eq}."
     if div.kind in ("operation", "operand", "missing"):
         return f"Check: {said}, so {right_eq}."
     if div.kind == "carry":
@@ -289,7 +291,7 @@ def check_line(problem: Problem, div: Divergence) -> str:
     if div.kind == "start":
         return f"Check: {m.get('name', 'it')} starts with {r.a}, so {right_eq}."
     if div.kind == "extra":
-        return f"Check: that was the last step, so the answer is {final}."
+        return f"{LAST_STEP_CHECK}, so the answer is {final}."
     if div.kind == "answer":
         return f"Check: the answer is the last result, {final}."
     raise ValueError(f"unknown divergence kind {div.kind!r}")

@@ -28,7 +28,11 @@ with a plausible wrong result, then a check in exactly the idiom of the toy refl
     On Tuesday, she gives away 5: 15 - 5 = 10.
 
 The CoT stays correct (right boxed answer). The toy student's warm-up sees some of these, so the
-base student knows what a check that finds a mistake looks like.
+base student knows what a check that finds a mistake looks like. One kind (``extra``) is the toy
+student's most common mistake, going on past the last step; it is caught the same way::
+
+    On Tuesday, she gives away 5: 10 - 5 = 5.
+    Check: that was the last step, so the answer is 10.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from ..records import Problem
 from .domain import apply_op, gold_steps
 
 STYLES = ("full", "terse")
+WORDINGS = ("fixed", "varied")
 N_VARIANTS = 4
 
 _INTROS = ("{name} starts with {start} {item}.", "At first {name} has {start} {item}.")
@@ -129,14 +134,25 @@ def step_line(problem: Problem, c: Computation, index: int, variant: int = 0) ->
     return f"{clause}{_CONNECTIVES[(variant >> 1) % 2]}{c.text}."
 
 
-CAUGHT_KINDS = ("arithmetic", "carry", "operand", "operation", "start")
+CAUGHT_KINDS = ("arithmetic", "carry", "operand", "operation", "start", "extra")
+
+
+def extra_step(comps: list[Computation]) -> Optional[Computation]:
+    """The step a student adds after the last one: the last step done once more (None if that would go
+    negative)."""
+    last = comps[-1]
+    result = apply_op(last.result, last.op, last.b)
+    return Computation(last.result, last.op, last.b, result, last.phrase) if result >= 0 else None
 
 
 def caught_slip(problem: Problem, comps: list[Computation], index: int, rng: random.Random) -> tuple[str, Computation]:
     """(kind, the step as first written) for a caught slip at step ``index``: a wrong sum
     (``arithmetic``), a wrong carried value or start (``carry``/``start``: then computed right from
     it), a wrong number (``operand``) or the wrong operation (``operation``): the slips a small
-    model makes, each caught by the check ``reflect.check_line`` writes for that kind."""
+    model makes, each caught by the check ``reflect.check_line`` writes for that kind. ``index`` one
+    past the last step: a step too many (``extra``, see ``extra_step``)."""
+    if index == len(comps):
+        return "extra", extra_step(comps)
     c = comps[index]
     kinds = ["arithmetic", "carry" if index else "start", "operand"]
     if c.op == "-" or (c.op == "+" and c.a >= c.b):  # the other of + and - stays non-negative
@@ -169,27 +185,42 @@ def caught_slip_lines(problem: Problem, c: Computation, index: int, wrong: Compu
     return [step_line(problem, wrong, index, variant), check_line(problem, div)]
 
 
+def _caught_extra_lines(problem: Problem, comps: list[Computation], wrong: Computation, variant: int) -> list[str]:
+    """The last step written once more, then the check that says it was the last one."""
+    last = len(comps) - 1
+    return caught_slip_lines(problem, comps[last], last, wrong, "extra", variant)
+
+
 def render_cot(
     problem: Problem,
     comps: list[Computation],
     variant: int = 0,
     style: str = "full",
     caught: Optional[tuple[int, str, Computation]] = None,
+    varied: Optional[random.Random] = None,
 ) -> tuple[str, str]:
     """(thinking, solution) for a list of computations (correct or slipped). ``caught``: (step index,
-    kind, wrong step) of a caught slip (``caught_slip_lines``) in place of that step and its check."""
+    kind, wrong step) of a caught slip (``caught_slip_lines``) in place of that step and its check;
+    index ``len(comps)``: a step too many, after the last one. ``varied``: draw each line's wording
+    from this generator (an R1-style teacher varies its phrasing from line to line) instead of
+    ``variant`` for the whole CoT."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     m = problem.meta
     final = comps[-1].result if comps else m["start"]
-    lines = [_INTROS[variant % 2].format(name=m["name"], start=m["start"], item=m["item"])]
+    def wording() -> int:
+        return variant if varied is None else varied.randrange(N_VARIANTS)
+
+    lines = [_INTROS[wording() % 2].format(name=m["name"], start=m["start"], item=m["item"])]
     for i, c in enumerate(comps):
         if caught is not None and caught[0] == i:
-            lines += caught_slip_lines(problem, c, i, caught[2], caught[1], variant)
+            lines += caught_slip_lines(problem, c, i, caught[2], caught[1], wording())
             continue
-        lines.append(step_line(problem, c, i, variant))
+        lines.append(step_line(problem, c, i, wording()))
         if style == "full":
-            lines.append(_CHECKS[(variant >> 1) % 2].format(eq=check_equation(c)))
+            lines.append(_CHECKS[(wording() >> 1) % 2].format(eq=check_equation(c)))
+    if caught is not None and caught[0] == len(comps):
+        lines += _caught_extra_lines(problem, comps, caught[2], wording())
     lines.append(f"So {m['name']} has {final} {m['item']} now.")
     solution = f"{m['name']} has {final} {m['item']} now. The answer is \\boxed{{{final}}}."
     return "\n".join(lines), solution
@@ -202,6 +233,7 @@ def write_cot(
     slip_at: Optional[int] = None,
     rng: Optional[random.Random] = None,
     caught_at: Optional[int] = None,
+    varied: Optional[random.Random] = None,
 ) -> tuple[str, str]:
     """The teacher's (thinking, solution) for a toy problem; ``slip_at``: make a slip at that step
     (carried to a wrong answer); ``caught_at``: make a slip at that step and catch it (correct CoT)."""
@@ -215,7 +247,7 @@ def write_cot(
             caught = (caught_at, kind, wrong)
     else:
         comps = computations_with_slip(problem, slip_at, rng or _rng("slip", problem.id, slip_at))
-    return render_cot(problem, comps, variant, style, caught)
+    return render_cot(problem, comps, variant, style, caught, varied)
 
 
 def teacher_sample(
@@ -225,15 +257,25 @@ def teacher_sample(
     seed: int = 0,
     style: str = "full",
     caught_slip_rate: float = 0.0,
+    variant: Optional[int] = None,
+    wording: str = "fixed",
 ) -> tuple[str, str, dict]:
     """One teacher sample, deterministic in (seed, problem id, sample index): (thinking, solution, meta).
 
+    ``variant``: the wording (default: 0 for sample 0, else drawn); the toy student's warm-up writes
+    most of its CoTs in a wording of its own (``WarmupConfig.own_variant``). ``wording="varied"``:
+    each line's wording is drawn instead (an R1-style teacher varies its phrasing line to line).
+
     With probability ``error_rate`` the sample has a slip at a random step (``meta["slip_step"]``);
-    otherwise, with probability ``caught_slip_rate``, a caught slip at a random step
-    (``meta["caught_slip_step"]``; the CoT stays correct). The caught-slip draw has its own random
+    otherwise, with probability ``caught_slip_rate``, a caught slip at a random step, or one step too
+    many (``meta["caught_slip_step"]`` = the number of steps) (the CoT stays correct). The caught-slip draw has its own random
     stream, so a rate of 0 gives exactly the CoTs without it."""
     rng = _rng("toy-teacher", seed, problem.id, sample_index)
-    variant = 0 if sample_index == 0 else rng.randrange(N_VARIANTS)
+    if wording not in WORDINGS:
+        raise ValueError(f"wording must be one of {WORDINGS}, got {wording!r}")
+    drawn = 0 if sample_index == 0 else rng.randrange(N_VARIANTS)
+    variant = drawn if variant is None else variant
+    varied = _rng("toy-teacher-wording", seed, problem.id, sample_index) if wording == "varied" and variant == drawn else None
     slip_at = None
     if rng.random() < error_rate:
         slip_at = rng.randrange(len(problem.meta["steps"]))
@@ -241,11 +283,14 @@ def teacher_sample(
     if slip_at is None and caught_slip_rate > 0:
         crng = _rng("toy-teacher-caught", seed, problem.id, sample_index)
         if crng.random() < caught_slip_rate:
-            caught_at = crng.randrange(len(problem.meta["steps"]))
-            kind, wrong = caught_slip(problem, correct_computations(problem), caught_at, crng)
-            thinking, solution = render_cot(problem, correct_computations(problem), variant, style,
-                                            (caught_at, kind, wrong))
+            comps = correct_computations(problem)
+            caught_at = crng.randrange(len(comps) + 1)
+            if caught_at == len(comps) and extra_step(comps) is None:
+                caught_at = crng.randrange(len(comps))
+            kind, wrong = caught_slip(problem, comps, caught_at, crng)
+            thinking, solution = render_cot(problem, comps, variant, style, (caught_at, kind, wrong), varied)
             return thinking, solution, {"variant": variant, "style": style, "slip_step": None,
                                         "caught_slip_step": caught_at, "caught_slip_kind": kind}
-    thinking, solution = write_cot(problem, variant, style, slip_at, rng)
-    return thinking, solution, {"variant": variant, "style": style, "slip_step": slip_at}
+    thinking, solution = write_cot(problem, variant, style, slip_at, rng, varied=varied)
+    return thinking, solution, {"variant": variant, "style": style, "slip_step": slip_at,
+                                **({"wording": "varied"} if varied else {})}

@@ -47,6 +47,13 @@ class WarmupConfig:
     # Share of warm-up CoTs with a caught slip (a wrong step, then a check in the toy reflector's
     # idiom that corrects it, as R1-style CoTs do): the base student then knows that idiom.
     caught_slip_rate: float = 0.2
+    # The student's own wording. A real student's pre-training is not its teacher's CoTs: it has seen
+    # some text worded like an R1 teacher's, far more worded its own way. ``own_variant`` (a toy teacher
+    # wording, 0-3; None: all warm-up CoTs in the teacher's fixed wording, as before) is the wording of
+    # all warm-up CoTs but a ``teacher_wording_share`` of them, worded as the R1-style toy teacher
+    # (``teacher.wording: varied``) writes: each line's wording drawn.
+    own_variant: Optional[int] = None
+    teacher_wording_share: float = 1.0
     max_seq_len: int = 384
     seed: int = 0
     threads: int = 1  # torch intra-op threads; 1 is fastest for a ~1 M-parameter model on a busy 2-core box
@@ -58,6 +65,10 @@ class WarmupConfig:
             raise ValueError(f"lr_schedule must be 'wsd', 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0.0 <= self.decay_frac <= 1.0 or not 0.0 <= self.final_lr_frac <= 1.0:
             raise ValueError("decay_frac and final_lr_frac must be in [0, 1]")
+        if not 0.0 <= self.teacher_wording_share <= 1.0:
+            raise ValueError(f"teacher_wording_share must be in [0, 1], got {self.teacher_wording_share}")
+        if self.own_variant is not None and self.own_variant not in range(4):
+            raise ValueError(f"own_variant must be None or a toy teacher wording 0-3, got {self.own_variant}")
         if not 0.0 <= self.caught_slip_rate <= 1.0:
             raise ValueError(f"caught_slip_rate must be in [0, 1], got {self.caught_slip_rate}")
 
@@ -65,16 +76,26 @@ class WarmupConfig:
         return dataclasses.asdict(self)
 
 
-def _teacher_responses(
-    problems: Sequence[Problem], teacher, style: str, caught_slip_rate: float = 0.0
-) -> list[tuple[str, str]]:
+def _warmup_wording(cfg: WarmupConfig, problem: Problem) -> Optional[int]:
+    """The toy teacher wording of a warm-up CoT: ``own_variant``, or None (the teacher's) for a
+    ``teacher_wording_share`` of the problems (a seeded draw per problem)."""
+    if cfg.own_variant is None:
+        return None
+    draw = random.Random(f"warmup-wording|{cfg.seed}|{problem.id}").random()
+    return None if draw < cfg.teacher_wording_share else cfg.own_variant
+
+
+def _teacher_responses(problems: Sequence[Problem], teacher, cfg: WarmupConfig) -> list[tuple[str, str]]:
     """(question, correct CoT) pairs. A toy teacher is asked directly (no grading needed: it knows
-    where it slipped; ``caught_slip_rate`` of its CoTs catch a slip); any other teacher goes through
-    ``collect`` and its graded ``correct`` flag."""
+    where it slipped; ``caught_slip_rate`` of its CoTs catch a slip; the wording per
+    ``_warmup_wording``); any other teacher goes through ``collect`` and its graded ``correct`` flag."""
     pairs = []
     if hasattr(teacher, "sample"):
         for p in problems:
-            thinking, solution, meta = teacher.sample(p, 0, style=style, caught_slip_rate=caught_slip_rate)
+            variant = _warmup_wording(cfg, p)
+            wording = "varied" if cfg.own_variant is not None and variant is None else None
+            thinking, solution, meta = teacher.sample(p, 0, style=cfg.style, caught_slip_rate=cfg.caught_slip_rate,
+                                                      variant=variant, wording=wording)
             if meta.get("slip_step") is None:
                 pairs.append((p.question, format_cot(thinking, solution)))
         return pairs
@@ -137,7 +158,7 @@ def warmup_student(
 
     cfg = cfg or WarmupConfig()
     out_dir = Path(out_dir)
-    pairs = _teacher_responses(problems, teacher, cfg.style, cfg.caught_slip_rate)
+    pairs = _teacher_responses(problems, teacher, cfg)
     if not pairs:
         raise ValueError("warmup_student: the teacher gave no correct CoT for the given problems")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
