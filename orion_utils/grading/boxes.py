@@ -64,17 +64,19 @@ def _read_box(text: str, start: int) -> tuple[str | None, int, bool]:
     return tok, j + m.end(), True
 
 
-def _find_last_box(text: str) -> tuple[int, str | None, bool]:
+def _find_last_box(text: str, closed_only: bool) -> tuple[int, str | None, bool]:
     """(start, content, closed) of the last box with something in it; start is -1 when none.
 
     An empty ``\\boxed{}`` (e.g. an echoed instruction) and things like ``\\boxedsymbol`` that
-    are no box are skipped (at most 20 of them)."""
+    are no box are skipped (at most 20 of them), and so is an unclosed box with ``closed_only``."""
     start = _last_box_start(text, len(text))
     for _ in range(20):
         if start < 0:
             break
         content, _end, closed = _read_box(text, start)
-        if (content is not None and content.strip()) or not closed:
+        if not closed and not closed_only:
+            return start, content, closed
+        if closed and content is not None and content.strip():
             return start, content, closed
         start = _last_box_start(text, start)
     return -1, None, True
@@ -111,10 +113,11 @@ def _with_list_neighbours(text: str, start: int, content: str) -> str:
     return ", ".join(parts) if len(parts) > 1 else parts[0]
 
 
-def last_boxed(text: str) -> str | None:
-    """The content of the last non-empty box of ``text`` (adjacent boxes joined as a list), what
-    an unclosed last box holds up to the end, or None when there is no box."""
-    start, content, closed = _find_last_box(text)
+def last_boxed(text: str, *, closed_only: bool = False) -> str | None:
+    """The content of the last non-empty box of ``text`` (adjacent boxes joined as a list), or
+    None when there is none. An unclosed last box (a response cut off inside it) gives what it
+    holds up to the end; with ``closed_only`` it is skipped for the closed box before it."""
+    start, content, closed = _find_last_box(text, closed_only)
     if start < 0:
         return None
     if not closed:
