@@ -119,6 +119,7 @@ CASES = [
     (B % "5\\text{ cm}", "5", True),
     (B % "15\\text{ cm}^2", "15\\mbox{ cm}^2", True),
     (B % "15", "15\\mbox{ cm}^2", True),
+    (B % "20 cm³", "20", True),
     (B % "\\$18.90", "18.90", True),
     (B % "18.9 dollars", "\\$18.90", True),
     (B % "25\\%", "25", True),

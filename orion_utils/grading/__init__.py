@@ -5,8 +5,12 @@
 
 One job per module:
 
+* :mod:`.extract` -- the final answer a response commits to: its box, else its prose;
 * :mod:`.boxes` -- reading the last ``\\boxed{}`` / ``\\fbox{}`` of a text;
-* :mod:`.extract` -- the final answer a response commits to (boxes, answer cues, final lines);
+* :mod:`.prose` -- which sentence of a response's ending states its answer (no box);
+* :mod:`.claim` -- the answer one sentence claims ("the answer is X", "the total is X");
+* :mod:`.values` -- one value read out of prose (a formula, a number with units, a list, a name);
+* :mod:`.sentences` -- the sentences of a text's ending, formulas kept whole;
 * :mod:`.canonical` -- safe string transforms that put an answer in one spelling;
 * :mod:`.evaluator` -- a safe recursive-descent evaluator of closed arithmetic (no ``eval``);
 * :mod:`.compare` -- the fast in-process comparison that decides most pairs;

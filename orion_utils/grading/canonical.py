@@ -105,7 +105,7 @@ _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:(?:,|\{,\}| )\d{3})+(?:\.\d+)?")
 _CHOICE_RE = re.compile(r"^\(\s*([A-Ea-e])\s*\)$|^([A-E])\)$")
 _BASE_RE = re.compile(r"^([0-9A-Za-z]+)_\{?(\d{1,2})\}?$")
 # words that are maths, not units: never stripped from after a number
-_MATH_WORDS = {
+MATH_WORDS = {
     "pi", "i", "e", "x", "y", "z", "n", "k", "sqrt", "infty", "inf", "infinity", "ln", "log", "sin",
     "cos", "tan", "cot", "sec", "csc", "and", "or", "mod", "pmod", "bmod", "times", "plus", "minus",
     "over", "divided", "squared", "cubed", "root", "base", "hundred", "hundreds", "thousand",
@@ -166,7 +166,7 @@ def _strip_outer(s: str) -> str:
 
 def _strip_units(s: str) -> str:
     """'5 cm' / '15 square units' / '12 grade' -> the number; never strips a math symbol."""
-    core = re.sub(r"(?<=[A-Za-z])\s*\^\s*\{?\s*[23]\s*\}?\s*$", "", s)  # cm^2, m^{3}
+    core = re.sub(r"(?<=[A-Za-z])\s*(?:\^\s*\{?\s*[23]\s*\}?|[²³])\s*$", "", s)  # cm^2, m^{3}, cm³
     m = re.search(r"[\d})\]]", core[::-1])
     if not m:
         return s
@@ -180,7 +180,7 @@ def _strip_units(s: str) -> str:
     if not words:
         return s
     for w in words:
-        if w.lower() in _MATH_WORDS:
+        if w.lower() in MATH_WORDS:
             return s
     one_letter = len(words) == 1 and len(words[0]) == 1
     if one_letter and (words[0] not in _SINGLE_LETTER_UNITS or not tail2[:1].isspace()):
