@@ -119,6 +119,7 @@ CASES = [
     (B % "5\\text{ cm}", "5", True),
     (B % "15\\text{ cm}^2", "15\\mbox{ cm}^2", True),
     (B % "15", "15\\mbox{ cm}^2", True),
+    (B % "20 cm³", "20", True),
     (B % "\\$18.90", "18.90", True),
     (B % "18.9 dollars", "\\$18.90", True),
     (B % "25\\%", "25", True),
@@ -350,7 +351,7 @@ def test_in_forked_worker_process(monkeypatch):
     """In a (daemonic) multiprocessing worker forked from a process with live workers."""
     if "fork" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork start method on this platform")
-    monkeypatch.setattr(grading, "SPARE_WORKERS", 1)
+    monkeypatch.setattr(grading.pool, "SPARE_WORKERS", 1)
     ctx = multiprocessing.get_context("fork")
     jobs = [("\\boxed{\\sin(x)}", "\\sin x"), ("\\boxed{12}", "1/2"), ("\\boxed{x=6}", "x = 6")]
     with ctx.Pool(1) as pool:
@@ -364,19 +365,19 @@ def test_without_subprocesses(monkeypatch):
     """Where no subprocess can be started: the fast path still grades, the rest is an "error"
     at once (a thread cannot be interrupted inside sympy's big-integer arithmetic)."""
 
-    class NoSpawn(grading._Worker):
+    class NoSpawn(grading.pool._Worker):
         def __init__(self):
             raise OSError("spawning disabled")
 
-    monkeypatch.setattr(grading, "_Worker", NoSpawn)
-    monkeypatch.setattr(grading, "_POOL", grading._Pool())
+    monkeypatch.setattr(grading.pool, "_Worker", NoSpawn)
+    monkeypatch.setattr(grading.pool, "_POOL", grading.pool._Pool())
     assert grade("\\boxed{1,000}", "1000").correct
     assert grade("\\boxed{x^2+2x+1}", "(x+1)^2").correct
     t = time.perf_counter()
     assert grade("\\boxed{\\sin(x)}", "\\sin x", timeout_s=10.0).reason == "error"
     assert grade("\\boxed{10^{10^{10^{10}}} + x}", "5", timeout_s=1.0).reason == "error"
     assert time.perf_counter() - t < 5.0
-    assert grading._POOL.broken
+    assert grading.pool._POOL.broken
 
 
 # ------------------------------------------------------------------------------------------

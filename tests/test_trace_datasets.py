@@ -188,6 +188,17 @@ def test_last_boxed_and_normalize_question():
     assert normalize_question(" What  is\n2+2? ") == normalize_question("what is 2+2?")
 
 
+def test_last_boxed_reads_a_gold_as_the_grader_reads_an_answer():
+    """A reference solution's boxes are read by the grader's box reader: a list of boxes is one
+    list answer, an unclosed box after a closed one is passed over, ``\\boxed 5`` is a box."""
+    from orion_utils.grading import extract_answer
+
+    reference = "The roots are $\\boxed{2}$ and $\\boxed{3}$."
+    assert last_boxed(reference) == extract_answer(reference) == "2, 3"
+    assert last_boxed("so \\boxed{7}, and \\boxed{unclosed") == "7"
+    assert last_boxed("The answer is \\boxed 5.") == "5"
+
+
 # --------------------------------------------------------------------------- the hub path, faked
 
 def test_hub_path_streams_when_limited(monkeypatch):

@@ -54,6 +54,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
+from ..grading import boxes
 from ..jsonl import RecordError
 from ..records import Problem, TeacherTrace, as_problem
 from .base import make_trace, split_thinking
@@ -177,25 +178,13 @@ def _answer_text(row: dict, name: str, where: str) -> str:
 
 
 def last_boxed(text: str) -> Optional[str]:
-    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces balanced."""
+    """The content of the last closed ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``.
+
+    Read by the grader's own box reader, so that a gold answer taken from a reference solution is
+    read exactly as a response's answer is (nested braces, adjacent boxes as one list)."""
     if not text:
         return None
-    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
-    for start in reversed(starts):
-        depth, i = 1, start
-        while i < len(text):
-            ch = text[i]
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
-            i += 1
-    return None
+    return boxes.last_boxed(text, closed_only=True)
 
 
 def _strip_think_tags(text: str) -> str:
