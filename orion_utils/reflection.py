@@ -111,10 +111,8 @@ class StudentReflector:
 
     def _load(self):
         if self._model is None:
-            import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            torch.set_num_threads(1)
             self._model = AutoModelForCausalLM.from_pretrained(self.model_path).eval()
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         return self._model, self._tokenizer
@@ -135,6 +133,7 @@ class StudentReflector:
         import torch
 
         from .chat import prompt_text
+        from .device import cpu_threads_for, torch_threads
 
         model, tok = self._load()
         starts = [self.start(i) for i in items]
@@ -148,7 +147,7 @@ class StudentReflector:
         limit = int(getattr(model.config, "max_position_embeddings", 1024))
         encoded = [(k, tok(p, add_special_tokens=False)["input_ids"] + tok(t, add_special_tokens=False)["input_ids"], t)
                    for k, p, t in rows]
-        with torch.random.fork_rng(), torch.inference_mode():
+        with torch.random.fork_rng(), torch.inference_mode(), torch_threads(cpu_threads_for(model, "cpu")):
             torch.manual_seed(self.cfg.seed)
             for b in range(0, len(encoded), self.batch_size):
                 batch = encoded[b : b + self.batch_size]
