@@ -24,16 +24,17 @@ import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = [
     "SMALL_MODEL_PARAMS",
-    "n_parameters",
     "cpu_threads_for",
     "cuda_available",
     "device_and_dtype",
     "dtype_name",
+    "n_parameters",
     "resolve_device",
     "resolve_dtype",
     "saved_dtype",
