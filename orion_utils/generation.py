@@ -460,7 +460,7 @@ class VLLMBackend(GenerationBackend):
         self.eos_token_ids = end_of_turn_token_ids(self.tokenizer, gen_config)
         self._SamplingParams = vllm.SamplingParams
         self.device = _vllm_device()
-        dtype = device_rules.dtype_name(device_rules.resolve_dtype(dtype, "cpu" if self.device == "cpu" else "cuda"))
+        _, dtype = device_rules.device_and_dtype("cpu" if self.device == "cpu" else "cuda", dtype)
         if self.device == "cpu":
             context = llm_kwargs.get("max_model_len") or getattr(
                 AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None) or 0

@@ -686,7 +686,8 @@ def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, devic
     from transformers import AutoModelForCausalLM
 
     compute = getattr(torch, dtype)
-    load_dtype = device_rules.training_load_dtype(device, dtype, use_lora=cfg.use_lora, load_in_4bit=cfg.load_in_4bit)
+    load_dtype = device_rules.training_load_dtype(device, dtype, use_lora=cfg.use_lora,
+                                                  load_in_4bit=cfg.load_in_4bit)
     load_kwargs: dict = {"attn_implementation": attn, "dtype": load_dtype}
     if cfg.load_in_4bit:
         from transformers import BitsAndBytesConfig
