@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-prompts", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--num-threads", default="auto", help="'auto' (generation.auto_cpu_threads) or an int")
+    ap.add_argument("--num-threads", default="auto", help="'auto' (device.cpu_threads_for) or an int")
     ap.add_argument("--strict", action="store_true", help=f"exit 1 when the speed-up is below {TARGET:g}x")
     args = ap.parse_args(argv)
     threads = args.num_threads if args.num_threads == "auto" else int(args.num_threads)

@@ -480,7 +480,8 @@ def student_scorer(run: RunDir, batch_size: int = 16, device: str = "auto") -> S
     state: dict = {}
 
     def score(questions: Sequence[str], completions: Sequence[str]) -> list[float]:
-        from .generation import completion_nll, resolve_device, resolve_dtype
+        from .device import resolve_device, resolve_dtype
+        from .generation import completion_nll
 
         if "model" not in state:
             from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -122,10 +122,9 @@ def _machine(report: DoctorReport, dtype_request: str) -> tuple[str, str, str | 
 
     import torch
 
-    from .generation import _dtype_name, resolve_device, resolve_dtype
+    from .device import device_and_dtype
 
-    device = resolve_device("auto")
-    dtype = _dtype_name(resolve_dtype(dtype_request, device))
+    device, dtype = device_and_dtype("auto", dtype_request)
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     report.add("python / torch", f"{platform.python_version()} / {torch.__version__}",
                f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU build of torch")
@@ -140,6 +139,7 @@ def _machine(report: DoctorReport, dtype_request: str) -> tuple[str, str, str | 
 
 
 def _backends(report: DoctorReport, gen_request: str, train_request: str, use_lora: bool, attn_request: str):
+    from . import device as device_rules
     from . import generation as gen_mod
     from . import training as train_mod
 
@@ -166,7 +166,7 @@ def _backends(report: DoctorReport, gen_request: str, train_request: str, use_lo
         train_name, train_why = "trl", f"'{train_request}' cannot load: {exc}"
     report.add("training: unsloth", _version("unsloth") or "not installed",
                "picked by auto with a CUDA GPU" if train_mod._unsloth_installed() else "pip install '.[gpu]'")
-    device = "cuda" if train_mod._cuda_available() else "cpu"
+    device = device_rules.resolve_device("auto")
     attn = ("unsloth" if train_name == "unsloth" and attn_request == "auto"
             else train_mod._resolve_attn(attn_request, device))
     batching, batching_why = train_mod.resolve_batching("auto", attn, train_name)

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from . import device as device_rules
 from .chat import build_messages
 
 Prompt = str | list  # a question, or a list of {"role", "content"} messages
@@ -48,13 +49,10 @@ __all__ = [
     "SamplingConfig",
     "TransformersBackend",
     "VLLMBackend",
-    "auto_cpu_threads",
     "completion_nll",
     "end_of_turn_token_ids",
     "load_generator",
     "render_prompt",
-    "resolve_device",
-    "resolve_dtype",
     "select_backend",
 ]
 
@@ -186,12 +184,6 @@ def _try_import_vllm() -> str | None:
     return None
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _vllm_device() -> str:
     """The device the installed vLLM runs on: its platform's device type ("cuda", "cpu", ...)."""
     try:
@@ -199,7 +191,7 @@ def _vllm_device() -> str:
 
         return str(current_platform.device_type)
     except (ImportError, AttributeError):  # a vLLM without this API: it runs where torch sees CUDA
-        return "cuda" if _cuda_available() else "cpu"
+        return "cuda" if device_rules.cuda_available() else "cpu"
 
 
 def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[str, str]:
@@ -227,88 +219,19 @@ def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[st
         problem = _try_import_vllm()
         if problem:
             raise RuntimeError(f"generation backend 'vllm' was requested but `import vllm` fails: {problem}")
-        cuda = _cuda_available()
+        cuda = device_rules.cuda_available()
         return "vllm", "requested" + ("; CUDA available" if cuda else "; no CUDA device: vLLM's CPU build")
     # auto
     if not installed:
         return "transformers", "vllm: not installed"
     if device not in (None, "auto") and not str(device).startswith("cuda"):
         return "transformers", f"vllm: installed, but device={device} was requested"
-    if not _cuda_available():
+    if not device_rules.cuda_available():
         return "transformers", "vllm: installed, but no CUDA device"
     problem = _try_import_vllm()
     if problem:
         return "transformers", f"vllm: installed but import failed ({problem})"
     return "vllm", "vllm: installed and CUDA available"
-
-
-def resolve_device(device: str | None = "auto") -> str:
-    """``"auto"``: cuda if available, else cpu; anything else is passed through."""
-    if device in (None, "auto"):
-        return "cuda" if _cuda_available() else "cpu"
-    return str(device)
-
-
-_DTYPE_NAMES = {
-    "float32": "float32", "fp32": "float32", "float": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "half": "float16",
-}
-
-
-def resolve_dtype(dtype: Any = "auto", device: str = "cpu"):
-    """``"auto"``: bf16 on a CUDA device that supports it, else fp16 on CUDA, float32 elsewhere."""
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        if str(device).startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    name = _DTYPE_NAMES.get(str(dtype).lower().replace("torch.", ""))
-    if name is None:
-        raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return getattr(torch, name)
-
-
-def _dtype_name(dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-SMALL_MODEL_PARAMS = 200_000_000
-
-
-def auto_cpu_threads(model, device: str, num_threads: int | str | None = "auto") -> int | None:
-    """Intra-op threads to use while this model runs; None leaves torch's setting alone.
-
-    ``"auto"``: 1 thread for a small model (< ``SMALL_MODEL_PARAMS``) on CPU. Its matrix products are
-    too small to split across cores, and OpenMP's synchronisation per operation then dominates: on 2
-    busy cores a 0.1 M-parameter Llama decodes 10-50x faster with 1 thread than with 2, and
-    SmolLM2-135M (batches of 8 and 32) 2.5-5x faster. Bigger models and GPUs keep the default.
-    """
-    if num_threads is None or isinstance(num_threads, int):
-        return num_threads
-    if num_threads != "auto":
-        raise ValueError(f"num_threads must be an int, None or 'auto', got {num_threads!r}")
-    if str(device).startswith("cpu") and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
-        return 1
-    return None
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    import torch
-
-    if not n or n == torch.get_num_threads():
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,7 +289,7 @@ class TransformersBackend(GenerationBackend):
 
     Prompts are sorted by length (longest first, so an out-of-memory shows up in the first batch)
     and cut into batches of at most ``batch_size`` sequences (a prompt with n samples takes n rows);
-    results come back in input order. ``num_threads`` (default ``"auto"``, see ``auto_cpu_threads``)
+    results come back in input order. ``num_threads`` (default ``"auto"``, see ``device.cpu_threads_for``)
     sets torch's intra-op threads for the duration of each ``generate`` call only.
     """
 
@@ -392,8 +315,8 @@ class TransformersBackend(GenerationBackend):
         self.batch_size = int(batch_size)
         self.progress = progress
         if model is None:
-            self.device = resolve_device(device)
-            self.dtype = resolve_dtype(dtype, self.device)
+            self.device = device_rules.resolve_device(device)
+            self.dtype = device_rules.resolve_dtype(dtype, self.device)
             kwargs = {"dtype": self.dtype}
             if attn_implementation:
                 kwargs["attn_implementation"] = attn_implementation
@@ -401,7 +324,7 @@ class TransformersBackend(GenerationBackend):
         else:  # an already loaded model (e.g. right after training)
             self.device, self.dtype = str(next(model.parameters()).device), model.dtype
         self.model = model.eval()
-        self.num_threads = auto_cpu_threads(self.model, self.device, num_threads)
+        self.num_threads = device_rules.cpu_threads_for(self.model, self.device, num_threads)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(self.model_path, padding_side="left")
         # a tokenizer passed in (maybe the training one) is not modified: padding is done here, on the left
@@ -472,7 +395,8 @@ class TransformersBackend(GenerationBackend):
         if str(self.device).startswith("cuda"):
             index = torch.device(self.device).index
             devices = [index if index is not None else torch.cuda.current_device()]
-        with torch.random.fork_rng(devices=devices), torch.inference_mode(), _torch_threads(self.num_threads):
+        threads = device_rules.torch_threads(self.num_threads)
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(), threads:
             torch.manual_seed(sampling.seed)
             for batch in tqdm(batches, desc=desc, unit="batch", disable=not self.progress):
                 input_ids, attention_mask = self._left_pad([encoded[i] for i, _ in batch])
@@ -506,7 +430,7 @@ class VLLMBackend(GenerationBackend):
     itself (continuous batching); ``batch_size`` is not used. Extra keyword arguments go to
     ``vllm.LLM`` (``tensor_parallel_size``, ``gpu_memory_utilization``, ``max_model_len`` ...).
 
-    ``dtype="auto"`` follows ``resolve_dtype``: bf16 (fp16 where unsupported) on a GPU, float32 on a
+    ``dtype="auto"`` follows ``device.resolve_dtype``: bf16 (fp16 where unsupported) on a GPU, float32 on a
     CPU (vLLM's own "auto" picks bf16 there, half as fast as float32). ``device`` and ``dtype`` after
     construction are what the engine runs: vLLM's platform and its model config.
 
@@ -536,7 +460,7 @@ class VLLMBackend(GenerationBackend):
         self.eos_token_ids = end_of_turn_token_ids(self.tokenizer, gen_config)
         self._SamplingParams = vllm.SamplingParams
         self.device = _vllm_device()
-        dtype = _dtype_name(resolve_dtype(dtype, "cpu" if self.device == "cpu" else "cuda"))
+        _, dtype = device_rules.device_and_dtype("cpu" if self.device == "cpu" else "cuda", dtype)
         if self.device == "cpu":
             context = llm_kwargs.get("max_model_len") or getattr(
                 AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None) or 0
@@ -550,7 +474,7 @@ class VLLMBackend(GenerationBackend):
             llm_kwargs = {**defaults, **llm_kwargs}
         self.llm = vllm.LLM(model=self.model_path, dtype=dtype, seed=seed, **llm_kwargs)
         engine_dtype = getattr(getattr(getattr(self.llm, "llm_engine", None), "model_config", None), "dtype", None)
-        self.dtype = _dtype_name(engine_dtype) if engine_dtype is not None else str(dtype)
+        self.dtype = device_rules.dtype_name(engine_dtype) if engine_dtype is not None else str(dtype)
         self._closed = False
 
     def sampling_params(self, sampling: SamplingConfig):
@@ -628,7 +552,7 @@ class VLLMBackend(GenerationBackend):
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
         gc.collect()
-        if torch.cuda.is_available():
+        if device_rules.cuda_available():
             torch.cuda.empty_cache()
 
 
@@ -663,7 +587,7 @@ def load_generator(
         dev, dt = gen.device, gen.dtype  # what the engine runs, from vLLM itself
     else:
         gen = TransformersBackend(model_path, batch_size=batch_size, dtype=dtype, device=device, **kwargs)
-        dev, dt = gen.device, _dtype_name(gen.dtype)
+        dev, dt = gen.device, device_rules.dtype_name(gen.dtype)
     note = f" [ignored by {name}: {', '.join(ignored)}]" if ignored else ""
     print(f"[generation] backend={name} device={dev} dtype={dt} model={model_path} ({reason}){note}", flush=True)
     return gen
@@ -724,9 +648,9 @@ def completion_nll(
     elif isinstance(model_path_or_model, (str, os.PathLike)):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        dev = resolve_device(device)
+        dev = device_rules.resolve_device(device)
         model = AutoModelForCausalLM.from_pretrained(
-            os.fspath(model_path_or_model), dtype=resolve_dtype("auto", dev)
+            os.fspath(model_path_or_model), dtype=device_rules.resolve_dtype("auto", dev)
         ).to(dev)
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(os.fspath(model_path_or_model))
     else:
@@ -755,7 +679,8 @@ def completion_nll(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), _torch_threads(auto_cpu_threads(model, str(dev), num_threads)):
+        threads = device_rules.torch_threads(device_rules.cpu_threads_for(model, str(dev), num_threads))
+        with torch.inference_mode(), threads:
             for batch in batches:
                 width = max(len(encoded[i]["input_ids"]) for i in batch)
                 ids = torch.full((len(batch), width), pad_id, dtype=torch.long)

@@ -24,12 +24,13 @@ def environment_report(generation: Optional[GenerationConfig] = None) -> dict:
     """Versions, device and the backends that `auto` would choose here."""
     import torch
 
+    from .device import resolve_device
     from .generation import select_backend
     from .training import select_training_backend
 
     gen_name, gen_reason = select_backend((generation or GenerationConfig()).backend)
     train_name, train_reason = select_training_backend("auto")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device("auto")
     return {
         "python": platform.python_version(),
         "device": device,

@@ -133,7 +133,7 @@ class StudentReflector:
         import torch
 
         from .chat import prompt_text
-        from .generation import _torch_threads, auto_cpu_threads
+        from .device import cpu_threads_for, torch_threads
 
         model, tok = self._load()
         starts = [self.start(i) for i in items]
@@ -147,7 +147,7 @@ class StudentReflector:
         limit = int(getattr(model.config, "max_position_embeddings", 1024))
         encoded = [(k, tok(p, add_special_tokens=False)["input_ids"] + tok(t, add_special_tokens=False)["input_ids"], t)
                    for k, p, t in rows]
-        with torch.random.fork_rng(), torch.inference_mode(), _torch_threads(auto_cpu_threads(model, "cpu")):
+        with torch.random.fork_rng(), torch.inference_mode(), torch_threads(cpu_threads_for(model, "cpu")):
             torch.manual_seed(self.cfg.seed)
             for b in range(0, len(encoded), self.batch_size):
                 batch = encoded[b : b + self.batch_size]

@@ -50,6 +50,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from . import device as device_rules
 from .chat import encode_for_training
 from .jsonl import write_json
 from .records import SFTExample
@@ -119,8 +120,8 @@ class TrainingConfig:
     save_steps: int = 0  # checkpoint every N optimizer steps; 0: at the end of every epoch; < 0: never
     keep_checkpoints: bool = False  # keep output_dir/checkpoints after the final model is written
     progress_bar: bool = False  # show the Trainer's progress bar / log table
-    cpu_threads: int = 0  # CPU only: torch intra-op threads while training; 0: auto (1 for a tiny
-    #                       local model, whose small matrix products only lose to thread sync; else torch's)
+    cpu_threads: int = 0  # CPU only: torch intra-op threads while training; 0: auto (device.cpu_threads_for:
+    #                       1 for a local model under 200M parameters; else torch's)
 
 
 @dataclass
@@ -153,10 +154,6 @@ def _unsloth_installed() -> bool:
     return importlib.util.find_spec("unsloth") is not None
 
 
-def _cuda_available() -> bool:
-    return torch.cuda.is_available()
-
-
 def select_training_backend(requested: str = "auto") -> tuple[str, str]:
     """Return ``(backend, reason)``: ``auto`` picks unsloth iff it is installed and CUDA is available,
     otherwise trl; ``unsloth`` without either raises a clear error."""
@@ -165,7 +162,7 @@ def select_training_backend(requested: str = "auto") -> tuple[str, str]:
         raise ValueError(f"unknown training backend {requested!r}; choose one of {', '.join(BACKENDS)}")
     if requested == "trl":
         return "trl", "requested"
-    installed, cuda = _unsloth_installed(), _cuda_available()
+    installed, cuda = _unsloth_installed(), device_rules.cuda_available()
     if requested == "unsloth":
         if not installed:
             raise RuntimeError(
@@ -183,13 +180,6 @@ def select_training_backend(requested: str = "auto") -> tuple[str, str]:
     if not cuda:
         return "trl", "unsloth: no CUDA GPU"
     return "unsloth", "installed, CUDA available"
-
-
-def _device_and_dtype() -> tuple[str, str]:
-    """CPU: float32. CUDA: bfloat16 where supported, else float16."""
-    if _cuda_available():
-        return "cuda", ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
-    return "cpu", "float32"
 
 
 def _resolve_attn(requested: str, device: str) -> str:
@@ -499,8 +489,7 @@ def _sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, d
         save_total_limit=1,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=(device == "cuda" and dtype == "bfloat16"),
-        fp16=(device == "cuda" and dtype == "float16"),
+        **device_rules.trainer_autocast(device, dtype),
         use_cpu=(device == "cpu"),
         report_to="none",
         disable_tqdm=not cfg.progress_bar,
@@ -585,36 +574,6 @@ def _quiet(enabled: bool = True):
         tlog.set_verbosity(old)
         if bars:
             tlog.enable_progress_bar()
-
-
-TINY_MODEL_BYTES = 20_000_000  # weights under ~5M fp32 parameters
-
-
-def threads_for_model_dir(model_dir: Union[str, Path], requested: int = 0) -> int:
-    """Threads to train with on CPU: ``requested`` if set, else 1 for a tiny local model, else 0 (torch's)."""
-    if requested and requested > 0:
-        return requested
-    path = Path(model_dir)
-    if path.is_dir():
-        weights = sum(f.stat().st_size for f in path.glob("*.safetensors")) or sum(
-            f.stat().st_size for f in path.glob("*.bin"))
-        if 0 < weights < TINY_MODEL_BYTES:
-            return 1
-    return 0
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int):
-    """Use ``n`` torch threads inside the block (0: leave torch's setting)."""
-    if not n or n <= 0:
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _epoch_nll(trainer) -> tuple[float, int]:
@@ -726,19 +685,16 @@ def _lora_targets(spec: str, unsloth: bool = False):
 def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None):
     from transformers import AutoModelForCausalLM
 
-    load_kwargs: dict = {"attn_implementation": attn}
     compute = getattr(torch, dtype)
+    load_dtype = device_rules.training_load_dtype(device, dtype, use_lora=cfg.use_lora,
+                                                  load_in_4bit=cfg.load_in_4bit)
+    load_kwargs: dict = {"attn_implementation": attn, "dtype": load_dtype}
     if cfg.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
         load_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
         )
-        load_kwargs["dtype"] = compute
-    elif device == "cuda" and cfg.use_lora:
-        load_kwargs["dtype"] = compute  # frozen base in 16 bit; adapters are kept in float32 by PEFT
-    else:
-        load_kwargs["dtype"] = torch.float32  # full fine-tuning: float32 master weights (+ autocast on CUDA)
     if device == "cuda":
         load_kwargs["device_map"] = {"": torch.cuda.current_device()}
     model = AutoModelForCausalLM.from_pretrained(base_model, **load_kwargs)
@@ -773,8 +729,9 @@ def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, devic
             base = AutoModelForCausalLM.from_pretrained(base_model, dtype=compute)
             trained = PeftModel.from_pretrained(base, str(adapter_dir))
         trained = trained.merge_and_unload()
-    if device == "cuda":
-        trained = trained.to(compute)  # save 16-bit weights, like the base checkpoints
+    save_dtype = device_rules.saved_dtype(device, dtype)
+    if save_dtype is not None:
+        trained = trained.to(save_dtype)
     trained.save_pretrained(str(model_tmp))
     tokenizer.save_pretrained(str(model_tmp))
     return trainer, seconds
@@ -903,7 +860,7 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
     who = "train_sft" if method is None else method.name
     base_model = _check_base_model(base_model)
     backend, reason = select_training_backend(cfg.backend)
-    device, dtype = _device_and_dtype()
+    device, dtype = device_rules.device_and_dtype()
     if cfg.load_in_4bit and not cfg.use_lora:
         raise ValueError("load_in_4bit=True needs use_lora=True (4-bit weights cannot be fine-tuned directly)")
     if cfg.load_in_4bit and device != "cuda":
@@ -914,8 +871,9 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
     output_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = output_dir / "checkpoints"
 
-    threads = threads_for_model_dir(base_model, cfg.cpu_threads) if device == "cpu" else 0
-    with _quiet(not cfg.progress_bar), cpu_threads(threads):
+    requested = cfg.cpu_threads if cfg.cpu_threads > 0 else "auto"
+    threads = device_rules.cpu_threads_for(base_model, device, requested) if device == "cpu" else None
+    with _quiet(not cfg.progress_bar), device_rules.torch_threads(threads):
         from transformers import AutoTokenizer
 
         try:

@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from orion_utils import generation
+from orion_utils import device, generation
 from orion_utils.chat import build_messages, encode_for_training, prompt_text
 from orion_utils.generation import (
     Generation,
@@ -33,11 +33,9 @@ QUESTIONS = [
 @pytest.fixture(autouse=True)
 def one_thread():
     """The reference computations here run a 0.1 M-parameter model: one thread is much faster (see
-    ``generation.auto_cpu_threads``), and the caller's setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    ``device.cpu_threads_for``), and the caller's setting is restored afterwards."""
+    with device.torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +137,12 @@ def test_sampling_reproducible_with_seed_and_leaves_global_rng_alone(gen):
 
 
 def test_small_cpu_model_generates_on_one_thread_and_restores_the_setting(gen, tiny_model_dir):
-    assert gen.num_threads == 1  # generation.auto_cpu_threads: tiny model on CPU
+    assert gen.num_threads == 1  # device.cpu_threads_for: tiny model on CPU
     torch.set_num_threads(2)
     gen.generate(QUESTIONS[:1], SamplingConfig(max_new_tokens=2))
     assert torch.get_num_threads() == 2
     assert TransformersBackend(tiny_model_dir, progress=False, num_threads=None).num_threads is None
-    assert generation.auto_cpu_threads(gen.model, "cuda") is None
+    assert device.cpu_threads_for(gen.model, "cuda") is None
 
 
 def test_end_of_turn_tokens_include_the_chat_templates_turn_end():
@@ -193,9 +191,9 @@ def test_select_backend_and_the_one_line(tiny_model_dir, monkeypatch, capsys):
     # installed: chosen only with CUDA, and never when another device is asked for
     monkeypatch.setattr(generation, "_vllm_status", lambda: (True, "installed"))
     monkeypatch.setattr(generation, "_try_import_vllm", lambda: None)
-    monkeypatch.setattr(generation, "_cuda_available", lambda: False)
+    monkeypatch.setattr(device, "cuda_available", lambda: False)
     assert select_backend() == ("transformers", "vllm: installed, but no CUDA device")
-    monkeypatch.setattr(generation, "_cuda_available", lambda: True)
+    monkeypatch.setattr(device, "cuda_available", lambda: True)
     assert select_backend() == ("vllm", "vllm: installed and CUDA available")
     assert select_backend(device="cpu")[0] == "transformers"
     monkeypatch.setattr(generation, "_try_import_vllm", lambda: "ImportError: broken")
@@ -253,8 +251,8 @@ def test_vllm_backend_maps_onto_the_same_interface(tiny_model_dir, tiny_tokenize
     calls: dict = {}
     monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(calls, tiny_tokenizer))
     monkeypatch.setattr(generation, "_vllm_status", lambda: (True, "installed"))
-    monkeypatch.setattr(generation, "_cuda_available", lambda: True)
-    monkeypatch.setattr(generation, "resolve_dtype", lambda dtype, device: torch.bfloat16)
+    monkeypatch.setattr(device, "cuda_available", lambda: True)
+    monkeypatch.setattr(device, "resolve_dtype", lambda dtype, device: torch.bfloat16)
     g = load_generator(tiny_model_dir, seed=3, progress=False, gpu_memory_utilization=0.5, num_threads=1)
     line = capsys.readouterr().out.strip()
     assert line.startswith("[generation] backend=vllm device=cuda dtype=bfloat16 model=")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orion_utils import training
+from orion_utils import device, training
 from orion_utils.chat import build_messages, encode_for_training, prompt_text
 from orion_utils.records import SFTExample
 from orion_utils.training import (
@@ -55,10 +55,8 @@ def tok(tiny_model_dir):
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with device.torch_threads(1):
+        yield
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,11 +205,11 @@ def test_backend_selection(monkeypatch):
     with pytest.raises(RuntimeError, match="unsloth is not installed"):
         select_training_backend("unsloth")
     monkeypatch.setattr(training, "_unsloth_installed", lambda: True)
-    monkeypatch.setattr(training, "_cuda_available", lambda: False)
+    monkeypatch.setattr(device, "cuda_available", lambda: False)
     assert select_training_backend("auto") == ("trl", "unsloth: no CUDA GPU")
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         select_training_backend("unsloth")
-    monkeypatch.setattr(training, "_cuda_available", lambda: True)
+    monkeypatch.setattr(device, "cuda_available", lambda: True)
     assert select_training_backend("auto")[0] == "unsloth"
     assert select_training_backend("unsloth") == ("unsloth", "requested")
     with pytest.raises(ValueError, match="unknown training backend"):
@@ -231,8 +229,8 @@ def test_batching_selection():
 def test_auto_dispatches_to_unsloth_when_available(monkeypatch, tiny_model_dir, tmp_path, capsys):
     """With unsloth 'installed' and CUDA 'present', train_sft takes the Unsloth path (faked here)."""
     monkeypatch.setattr(training, "_unsloth_installed", lambda: True)
-    monkeypatch.setattr(training, "_cuda_available", lambda: True)
-    monkeypatch.setattr(training, "_device_and_dtype", lambda: ("cuda", "bfloat16"))
+    monkeypatch.setattr(device, "cuda_available", lambda: True)
+    monkeypatch.setattr(device, "device_and_dtype", lambda: ("cuda", "bfloat16"))
     called = {}
 
     def fake_unsloth(base_model, tokenizer, rows, cfg, *rest):
@@ -372,7 +370,7 @@ def test_clear_errors(tiny_model_dir, tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         train_sft(tmp_path / "empty_dir", _examples(2), tmp_path / "c", _cfg())
-    if not (training._unsloth_installed() and training._cuda_available()):
+    if not (training._unsloth_installed() and device.cuda_available()):
         with pytest.raises(RuntimeError, match="backend='unsloth' was requested"):
             train_sft(tiny_model_dir, _examples(2), tmp_path / "d", _cfg(backend="unsloth"))
     with pytest.raises(ValueError, match="load_in_4bit=True needs use_lora=True"):

@@ -17,6 +17,7 @@ keeps the base model the same on a fast or a busy machine; ``time_budget_s`` is 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from ..device import torch_threads
 from ..records import Problem, format_cot
 
 
@@ -169,9 +171,8 @@ def warmup_student(
     lengths = [len(r["input_ids"]) for r in rows]
     pad_id = tokenizer.pad_token_id
 
-    threads_before = torch.get_num_threads()
-    if cfg.threads and cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    threads = contextlib.ExitStack()
+    threads.enter_context(torch_threads(cfg.threads))
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
@@ -227,7 +228,7 @@ def warmup_student(
         model.save_pretrained(str(out_dir))
         tokenizer.save_pretrained(str(out_dir))
     finally:
-        torch.set_num_threads(threads_before)
+        threads.close()
     tail = [h["loss"] for h in history[-20:]]
     return {
         "steps": step,
