@@ -282,8 +282,6 @@ def check_line(problem: Problem, div: Divergence) -> str:
             back = w.result - w.b if w.op == "+" else w.result + w.b
             check = f"{_fmt(w.result, inverse, w.b, back)}, not {w.a}"
         return f"Check: {check}, so {right_eq}."
-    if div.kind == "operand" and __import__("os").environ.get("EXP_OPERAND") == "number":
-        return f"Check: the number is {r.b}, so {right_eq}."
     if div.kind in ("operation", "operand", "missing"):
         return f"Check: {said}, so {right_eq}."
     if div.kind == "carry":

@@ -50,6 +50,10 @@ N_VARIANTS = 4
 _INTROS = ("{name} starts with {start} {item}.", "At first {name} has {start} {item}.")
 _CONNECTIVES = (": ", ", so ")
 _CHECKS = ("Check: {eq}. Correct.", "Let me check: {eq}. Yes.")
+# An R1-style teacher (``wording="varied"``) varies its phrasing from line to line, more than one
+# fixed wording does: each step line and check line draws from these.
+_VARIED_CONNECTIVES = _CONNECTIVES + (", that is ", "; so ")
+_VARIED_CHECKS = _CHECKS + ("Verify: {eq}. Right.", "Double-check: {eq}. OK.")
 
 
 @dataclass(frozen=True)
@@ -128,10 +132,10 @@ def check_equation(c: Computation) -> str:
     return f"{c.result} {'-' if c.op == '+' else '+'} {c.b} = {c.a}"
 
 
-def step_line(problem: Problem, c: Computation, index: int, variant: int = 0) -> str:
+def step_line(problem: Problem, c: Computation, index: int, variant: int = 0, connective: Optional[str] = None) -> str:
     """The step restates the question's sentence for it ("On Monday, she buys 7 more") and computes."""
     clause = problem.meta["steps"][index].get("clause") or f"{problem.meta['pronoun']} {c.phrase}"
-    return f"{clause}{_CONNECTIVES[(variant >> 1) % 2]}{c.text}."
+    return f"{clause}{connective or _CONNECTIVES[(variant >> 1) % 2]}{c.text}."
 
 
 CAUGHT_KINDS = ("arithmetic", "carry", "operand", "operation", "start", "extra")
@@ -211,14 +215,21 @@ def render_cot(
     def wording() -> int:
         return variant if varied is None else varied.randrange(N_VARIANTS)
 
+    def step(c: Computation, i: int) -> str:
+        return step_line(problem, c, i, variant, None if varied is None else varied.choice(_VARIED_CONNECTIVES))
+
+    def check(c: Computation) -> str:
+        phrasing = _CHECKS[(variant >> 1) % 2] if varied is None else varied.choice(_VARIED_CHECKS)
+        return phrasing.format(eq=check_equation(c))
+
     lines = [_INTROS[wording() % 2].format(name=m["name"], start=m["start"], item=m["item"])]
     for i, c in enumerate(comps):
         if caught is not None and caught[0] == i:
             lines += caught_slip_lines(problem, c, i, caught[2], caught[1], wording())
             continue
-        lines.append(step_line(problem, c, i, wording()))
+        lines.append(step(c, i))
         if style == "full":
-            lines.append(_CHECKS[(wording() >> 1) % 2].format(eq=check_equation(c)))
+            lines.append(check(c))
     if caught is not None and caught[0] == len(comps):
         lines += _caught_extra_lines(problem, comps, caught[2], wording())
     lines.append(f"So {m['name']} has {final} {m['item']} now.")
