@@ -814,26 +814,27 @@ def write_figures(run: RunDir, agg_metrics: dict, agg_methods: dict, raws: Seque
 
     from . import plots
 
-    figs = run.figures()
     made = {}
 
     def keep(name: str, fig) -> None:
         plt.close(fig)
-        made[name] = f"figures/{name}.png"
+        made[name] = run.relative(run.figure(name))
 
-    keep("accuracy_pass1", plots.accuracy_bars(_means(agg_metrics), "pass@1", figs / "accuracy_pass1.png",
+    keep("accuracy_pass1", plots.accuracy_bars(_means(agg_metrics), "pass@1", run.figure("accuracy_pass1"),
                                                errors=_stds(agg_metrics)))
     if any("greedy" in per for benches in agg_metrics.values() for per in benches.values()):
-        keep("accuracy_greedy", plots.accuracy_bars(_means(agg_metrics), "greedy", figs / "accuracy_greedy.png",
+        keep("accuracy_greedy", plots.accuracy_bars(_means(agg_metrics), "greedy",
+                                                    run.figure("accuracy_greedy"),
                                                     errors=_stds(agg_metrics)))
     per_seed_loss = [{m: concat_segments(segs) for m, segs in r["loss"].items() if segs} for r in raws]
     if any(per_seed_loss):
-        keep("loss_curves", plots.loss_curves(per_seed_loss[0], figs / "loss_curves.png",
+        keep("loss_curves", plots.loss_curves(per_seed_loss[0], run.figure("loss_curves"),
                                               extra_seeds=per_seed_loss[1:]))
     cot = _pool([r["cot_lengths"] for r in raws])
     resp = _pool([r["response_lengths"] for r in raws])
     if cot or resp:
-        keep("cot_lengths", plots.length_distributions(cot, resp, figs / "cot_lengths.png", n_seeds=len(raws)))
+        keep("cot_lengths", plots.length_distributions(cot, resp, run.figure("cot_lengths"),
+                                                       n_seeds=len(raws)))
     panels: dict = {}
     for m, a in agg_methods.items():
         for bench, cells in (a.get("accuracy_by_difficulty") or {}).items():
@@ -841,24 +842,25 @@ def write_figures(run: RunDir, agg_metrics: dict, agg_methods: dict, raws: Seque
     if panels:
         order = sorted(b for b in panels if b != "all") + (["all"] if "all" in panels else [])
         keep("accuracy_by_difficulty", plots.difficulty_bars({b: panels[b] for b in order}, [b[0] for b in buckets],
-                                                             figs / "accuracy_by_difficulty.png",
+                                                             run.figure("accuracy_by_difficulty"),
                                                              counts=difficulty_counts))
     ppl = {m: a["cot_perplexity"] for m, a in agg_methods.items() if a.get("cot_perplexity")}
     if ppl:
         keep("perplexity", plots.metric_bars(ppl, "perplexity (lower = more tailored)",
                                              "Base student's perplexity of each method's training CoTs",
-                                             figs / "perplexity.png"))
+                                             run.figure("perplexity")))
     cons = {m: {"training CoTs": a.get("step_consistency_training"), "evaluation outputs": a.get("step_consistency_evaluation")}
             for m, a in agg_methods.items()
             if a.get("step_consistency_training") or a.get("step_consistency_evaluation")}
     if cons:
         keep("step_consistency", plots.grouped_metric_bars(cons, "steps with right arithmetic (%)",
-                                                           "Step-level consistency", figs / "step_consistency.png",
+                                                           "Step-level consistency",
+                                                           run.figure("step_consistency"),
                                                            scale=100))
     if run.pass_rates.exists():
         rates = json.loads(run.pass_rates.read_text(encoding="utf-8"))
         if rates:
-            keep("pass_rates", plots.pass_rate_histogram(rates, figs / "pass_rates.png"))
+            keep("pass_rates", plots.pass_rate_histogram(rates, run.figure("pass_rates")))
     return made
 
 

@@ -126,16 +126,16 @@ def run_prepare_student(
 
     toy_student, warmup = toy_student or ToyStudentConfig(), warmup or WarmupConfig()
     toy_domain, data = toy_domain or ToyDomainConfig(), data or DataConfig()
-    base_dir = run.model("base")
+    base_dir = run.toy_student
 
     def work_toy() -> dict:
-        scratch = run.model("base_init")
+        scratch = run.toy_student_init
         build_toy_student(scratch, toy_student, seed=data.seed)
         # Warm-up questions come from their own seed, apart from the training questions.
         problems = generate_problems(warmup.n_problems, toy_domain, seed=data.seed + 1, split="train")
         stats = warmup_student(scratch, base_dir, problems, ToyTeacher(error_rate=0.0, seed=data.seed), warmup)
         _rmtree(scratch)
-        write_json(info_path, {"model": "models/base", "in_run_dir": True, "kind": "toy", "warmup": stats})
+        write_json(info_path, {"model": run.relative(base_dir), "in_run_dir": True, "kind": "toy", "warmup": stats})
         return {"warmup": stats}
 
     params = {"student": student, "toy_student": toy_student, "warmup": warmup, "toy_domain": toy_domain,

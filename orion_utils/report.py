@@ -219,17 +219,16 @@ def _basic_figures(run: RunDir, metrics: dict) -> dict:
 
     from .plots import accuracy_bars, loss_curves
 
-    figures = run.figures()
     made = {}
     for key, name in (("pass@1", "accuracy_pass1"), ("greedy", "accuracy_greedy")):
         if _has_key(metrics, key):
-            plt.close(accuracy_bars(metrics, key, figures / f"{name}.png"))
-            made[name] = f"figures/{name}.png"
+            plt.close(accuracy_bars(metrics, key, run.figure(name)))
+            made[name] = run.relative(run.figure(name))
     histories = {m: load_loss_history(run, m) for m in metrics if m != "base"}
     histories = {m: h for m, h in histories.items() if h}
     if histories:
-        plt.close(loss_curves(histories, figures / "loss_curves.png"))
-        made["loss_curves"] = "figures/loss_curves.png"
+        plt.close(loss_curves(histories, run.figure("loss_curves")))
+        made["loss_curves"] = run.relative(run.figure("loss_curves"))
     return made
 
 

@@ -206,6 +206,8 @@ class RunDir:
     ``config_file``                ``config.json``                      the runner (resolved profile)
     ``manifest_path``              ``manifest.json``                    every stage (``run_stage``)
     ``student_info``               ``data/student.json``                00 prepare (base student)
+    ``toy_student``                ``models/base/``                     00 prepare (toy profile)
+    ``toy_student_init``           ``models/base_init/``                00 prepare (before warm-up)
     ``train_problems``             ``data/train_problems.jsonl``        00 prepare
     ``benchmark(name)``            ``data/benchmarks/<name>.jsonl``     00 prepare
     ``teacher_traces``             ``data/teacher_traces.jsonl``        01 collection (every CoT)
@@ -233,16 +235,22 @@ class RunDir:
     ``metrics``                    ``metrics.json``                     07 evaluation
     ``analysis_file``              ``analysis.json``                    08 analysis
     ``report``                     ``report.md``                        08 analysis / report
-    ``figures()``                  ``figures/``                         notebooks, analysis
+    ``figure(name)``               ``figures/<name>.png``               notebooks, analysis, report
     ``seed_dirs()``                ``seeds/seed_<k>/``                  the runner (other seeds)
     =============================  ===================================  ============================
 
+    ``edit()`` and ``tailored()`` give the layouts of those method folders (``EditDir``,
+    ``TailoredDir``); ``trained(m)`` that of any trained folder (``TrainedDir``).
+
     Resuming, one rule: the run directory decides. ``run_stage`` skips a stage when its outputs
     exist and the fingerprint of its parameters and the content of its inputs matches the
-    manifest. A stage that keeps work in flight (exposure's ``*.partial.jsonl``, EDIT's and
-    Tailored Learning's method folders, whose inner steps read finished steps back from disk,
-    and the trainer's checkpoints, guarded by their own fingerprint) declares it as ``scratch``;
-    scratch survives only for a re-run with the same fingerprint.
+    manifest. Work a stage keeps in flight is its ``scratch``: exposure's partial attempts, and
+    EDIT's and Tailored Learning's method folders, whose inner steps read finished steps back
+    (records through :func:`read_or_make`, models through :func:`is_saved_model`). ``run_stage``
+    keeps scratch only for a re-run with the same fingerprint, so nothing made under other
+    settings is read back. One guard sits below this rule: the trainer's checkpoints
+    (``TrainedDir.checkpoints``) carry their own fingerprint of the training rows and settings,
+    because ``training.train_sft`` is also called outside a stage.
     """
 
     #: the methods whose training set RunDir names (``base`` is the untrained student)
@@ -269,6 +277,14 @@ class RunDir:
         d = self.path("figures")
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def figure(self, name: str) -> Path:
+        """``figures/<name>.png`` (the folder is made)."""
+        return self.figures() / f"{name}.png"
+
+    def relative(self, path: PathLike) -> str:
+        """``path`` relative to the run directory, with ``/`` (as the report links it)."""
+        return Path(path).relative_to(self.root).as_posix()
 
     # --- artifacts (see the table above) -----------------------------------------------
     @property
@@ -375,6 +391,16 @@ class RunDir:
         else:
             files = []
         return [p for p in files if p.is_file()]
+
+    @property
+    def toy_student(self) -> Path:
+        """The toy profile's base student, built and warmed up inside the run."""
+        return self.model("base")
+
+    @property
+    def toy_student_init(self) -> Path:
+        """The toy student before its warm-up (removed once warmed up)."""
+        return self.model("base_init")
 
     @property
     def warmup_model(self) -> Path:

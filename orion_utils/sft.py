@@ -28,7 +28,7 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
             raise ValueError(f"no training set for method {method!r}; known: {list(STAGE_OF_SET)}")
         data_path = run.training_set(method)
         out_dir = run.model(method)
-        inputs = [data_path] + ([run.model("base")] if run.model("base").exists() else [])
+        inputs = [data_path] + ([run.toy_student] if run.toy_student.exists() else [])
 
         def work(method=method, data_path=data_path, out_dir=out_dir) -> dict:
             examples = read_jsonl(data_path, SFTExample)
