@@ -253,9 +253,6 @@ class RunDir:
     because ``training.train_sft`` is also called outside a stage.
     """
 
-    #: the methods whose training set RunDir names (``base`` is the untrained student)
-    SET_NAMES = {"sft": "sft_sft.jsonl", "orion": "sft_orion.jsonl"}
-
     def __init__(self, root: PathLike):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -351,7 +348,7 @@ class RunDir:
     def training_set(self, method: str) -> Path:
         """``data/sft_<method>.jsonl``: the training set of ``sft`` and ``orion``, and a copy of
         EDIT's stage-1 set and Tailored Learning's round sets that their stages write."""
-        return self.data(self.SET_NAMES.get(method, f"sft_{method}.jsonl"))
+        return self.data(f"sft_{method}.jsonl")
 
     def training_files(self, method: str) -> list[Path]:
         """The files ``method`` was trained on, where its training stage wrote them: ``sft`` and
