@@ -382,42 +382,26 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def training_cots(run: RunDir, method: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """A method's training CoTs as (question, response) pairs, and the files they came from.
-
-    Looked up in order: ``data/sft_<method>.jsonl``; ``data/sft_<method>_*.jsonl``; then the
-    method's model folder: ``stage1_examples.jsonl`` (EDIT stage 1), ``round_*/train.jsonl``
-    (Tailored Learning rounds), ``pairs.jsonl`` (EDIT dual pairs: the correct CoT). ``base`` has none.
-    """
-    if method == "base":
-        return [], []
-    candidates = [[run.data(f"sft_{method}.jsonl")],
-                  sorted(p for p in run.path("data").glob(f"sft_{method}_*.jsonl") if ".partial." not in p.name)]
-    mdir = run.model(method)
-    candidates += [[mdir / "stage1_examples.jsonl"], sorted(mdir.glob("round_*/train.jsonl")), [mdir / "pairs.jsonl"]]
-    for group in candidates:
-        files = [p for p in group if p.is_file()]
-        if not files:
-            continue
-        pairs = []
-        for path in files:
-            for row in _read_rows(path):
-                text = row.get("response", row.get("chosen"))
-                if isinstance(text, str):
-                    pairs.append((str(row.get("question", "")), text))
-        return pairs, [_rel(run, p) for p in files]
-    return [], []
+    """A method's training CoTs as (question, response) pairs, and the files they came from:
+    the files its training stage trained on (``RunDir.training_files``). ``base`` has none."""
+    files = run.training_files(method)
+    pairs = []
+    for path in files:
+        for row in _read_rows(path):
+            text = row.get("response", row.get("chosen"))
+            if isinstance(text, str):
+                pairs.append((str(row.get("question", "")), text))
+    return pairs, [_rel(run, p) for p in files]
 
 
 def loss_segments(run: RunDir, method: str) -> list[list[dict]]:
     """A method's training loss histories, one per training stage.
 
-    ``models/<method>/loss_history.json`` when present; otherwise the stage histories
-    ``models/<method>/stage*/loss_history.json`` and ``round_*/loss_history.json`` in name order.
+    ``RunDir.loss_history`` when present; otherwise the phase histories (EDIT's stages, Tailored
+    Learning's rounds: ``RunDir.phase_loss_histories``).
     """
-    mdir = run.model(method)
-    top = mdir / "loss_history.json"
-    files = [top] if top.is_file() else sorted(list(mdir.glob("stage*/loss_history.json"))
-                                                + list(mdir.glob("round_*/loss_history.json")))
+    top = run.loss_history(method)
+    files = [top] if top.is_file() else run.phase_loss_histories(method)
     segments = []
     for f in files:
         try:
@@ -442,24 +426,22 @@ def concat_segments(segments: Sequence[Sequence[dict]]) -> list[dict]:
 
 
 def load_eval_samples(run: RunDir, method: str) -> dict:
-    """{benchmark: [EvalSample, ...]} from ``eval/<method>/<benchmark>.jsonl``."""
-    d = run.eval_dir() / method
-    if not d.is_dir():
-        return {}
-    return {p.stem: read_jsonl(p, EvalSample) for p in sorted(d.glob("*.jsonl")) if ".partial." not in p.name}
+    """{benchmark: [EvalSample, ...]} from ``eval/<method>/<benchmark>.jsonl`` (``RunDir.eval_files``)."""
+    return {p.stem: read_jsonl(p, EvalSample) for p in run.eval_files(method)}
 
 
 def _config(run: RunDir) -> dict:
-    path = run.path("config.json")
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return run.config() or {}
 
 
 def is_toy_run(run: RunDir) -> bool:
-    """A toy-domain run: the toy student, or training/benchmark problems whose source is ``toy``."""
-    cfg = _config(run)
-    if (cfg.get("student") or {}).get("model") == "toy" or (cfg.get("data") or {}).get("train_source") == "toy":
-        return True
-    for path in [run.data("train_problems.jsonl"), *sorted(run.path("data", "benchmarks").glob("*.jsonl"))]:
+    """A toy-domain run: the run's ``config.json`` names the toy student or toy training data."""
+    cfg = run.config()
+    if cfg is not None:
+        return (cfg.get("student") or {}).get("model") == "toy" or (cfg.get("data") or {}).get("train_source") == "toy"
+    # No config.json: a run directory not made by the runner (old runs, hand-made runs in tests).
+    # Only then guess from the data: training or benchmark problems whose source is ``toy``.
+    for path in [run.train_problems, *run.benchmark_files()]:
         if path.is_file():
             rows = _read_rows(path)
             if rows:
@@ -539,7 +521,7 @@ def make_judge(cfg: AnalysisConfig, teacher_cfg, data_cfg, run: RunDir):
         return None
     from .collection import make_teacher
 
-    teacher = make_teacher(teacher_cfg, data_cfg, cache_dir=str(run.path("cache", "teacher")))
+    teacher = make_teacher(teacher_cfg, data_cfg, cache_dir=str(run.teacher_cache))
     if not hasattr(teacher, "judge_many"):
         raise ValueError(f"analysis.judge needs a prompted teacher (api or local), not teacher.kind={teacher_cfg.kind!r}")
     return teacher
@@ -559,7 +541,7 @@ def analyse_methods(
     cot_perplexity. ``tokenizer``: "auto" loads the student's, None counts whitespace words.
     ``judge``: a teacher with ``judge_many`` (see ``teachers.prompts``) for ``judge_consistency``.
     """
-    metrics = json.loads(run.path("metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads(run.metrics.read_text(encoding="utf-8"))
     methods = list(methods or metrics)
     buckets = [tuple(b) for b in cfg.buckets]
     consistency = cfg.step_consistency == "on" or (cfg.step_consistency == "auto" and is_toy_run(run))
@@ -833,26 +815,27 @@ def write_figures(run: RunDir, agg_metrics: dict, agg_methods: dict, raws: Seque
 
     from . import plots
 
-    figs = run.figures()
     made = {}
 
     def keep(name: str, fig) -> None:
         plt.close(fig)
-        made[name] = f"figures/{name}.png"
+        made[name] = run.relative(run.figure(name))
 
-    keep("accuracy_pass1", plots.accuracy_bars(_means(agg_metrics), "pass@1", figs / "accuracy_pass1.png",
+    keep("accuracy_pass1", plots.accuracy_bars(_means(agg_metrics), "pass@1", run.figure("accuracy_pass1"),
                                                errors=_stds(agg_metrics)))
     if any("greedy" in per for benches in agg_metrics.values() for per in benches.values()):
-        keep("accuracy_greedy", plots.accuracy_bars(_means(agg_metrics), "greedy", figs / "accuracy_greedy.png",
+        keep("accuracy_greedy", plots.accuracy_bars(_means(agg_metrics), "greedy",
+                                                    run.figure("accuracy_greedy"),
                                                     errors=_stds(agg_metrics)))
     per_seed_loss = [{m: concat_segments(segs) for m, segs in r["loss"].items() if segs} for r in raws]
     if any(per_seed_loss):
-        keep("loss_curves", plots.loss_curves(per_seed_loss[0], figs / "loss_curves.png",
+        keep("loss_curves", plots.loss_curves(per_seed_loss[0], run.figure("loss_curves"),
                                               extra_seeds=per_seed_loss[1:]))
     cot = _pool([r["cot_lengths"] for r in raws])
     resp = _pool([r["response_lengths"] for r in raws])
     if cot or resp:
-        keep("cot_lengths", plots.length_distributions(cot, resp, figs / "cot_lengths.png", n_seeds=len(raws)))
+        keep("cot_lengths", plots.length_distributions(cot, resp, run.figure("cot_lengths"),
+                                                       n_seeds=len(raws)))
     panels: dict = {}
     for m, a in agg_methods.items():
         for bench, cells in (a.get("accuracy_by_difficulty") or {}).items():
@@ -860,24 +843,25 @@ def write_figures(run: RunDir, agg_metrics: dict, agg_methods: dict, raws: Seque
     if panels:
         order = sorted(b for b in panels if b != "all") + (["all"] if "all" in panels else [])
         keep("accuracy_by_difficulty", plots.difficulty_bars({b: panels[b] for b in order}, [b[0] for b in buckets],
-                                                             figs / "accuracy_by_difficulty.png",
+                                                             run.figure("accuracy_by_difficulty"),
                                                              counts=difficulty_counts))
     ppl = {m: a["cot_perplexity"] for m, a in agg_methods.items() if a.get("cot_perplexity")}
     if ppl:
         keep("perplexity", plots.metric_bars(ppl, "perplexity (lower = more tailored)",
                                              "Base student's perplexity of each method's training CoTs",
-                                             figs / "perplexity.png"))
+                                             run.figure("perplexity")))
     cons = {m: {"training CoTs": a.get("step_consistency_training"), "evaluation outputs": a.get("step_consistency_evaluation")}
             for m, a in agg_methods.items()
             if a.get("step_consistency_training") or a.get("step_consistency_evaluation")}
     if cons:
         keep("step_consistency", plots.grouped_metric_bars(cons, "steps with right arithmetic (%)",
-                                                           "Step-level consistency", figs / "step_consistency.png",
+                                                           "Step-level consistency",
+                                                           run.figure("step_consistency"),
                                                            scale=100))
-    if run.data("pass_rates.json").exists():
-        rates = json.loads(run.data("pass_rates.json").read_text(encoding="utf-8"))
+    if run.pass_rates.exists():
+        rates = json.loads(run.pass_rates.read_text(encoding="utf-8"))
         if rates:
-            keep("pass_rates", plots.pass_rate_histogram(rates, figs / "pass_rates.png"))
+            keep("pass_rates", plots.pass_rate_histogram(rates, run.figure("pass_rates")))
     return made
 
 
@@ -917,7 +901,7 @@ def reflection_summary(run: RunDir) -> Optional[dict]:
 
 def seed_run_dirs(run: RunDir) -> list:
     """The other seeds' run directories that ``orion run`` writes under ``<run>/seeds/seed_<k>``."""
-    return sorted(p for p in run.path("seeds").glob("seed_*") if (p / "metrics.json").exists())
+    return [p for p in run.seed_dirs() if RunDir(p).metrics.exists()]
 
 
 def analyse_run(
@@ -962,21 +946,19 @@ def analyse_run(
     if seeds_run_dirs is None:
         seeds_run_dirs = seed_run_dirs(run)
     others = [r if isinstance(r, RunDir) else RunDir(r) for r in seeds_run_dirs]
-    run.require(run.path("metrics.json"), stage_hint="07_evaluation")
+    run.require(run.metrics, stage_hint="07_evaluation")
     for o in others:
-        o.require(o.path("metrics.json"), stage_hint="07_evaluation (of that seed)")
-    out_json, out_report = run.path("analysis.json"), run.path("report.md")
+        o.require(o.metrics, stage_hint="07_evaluation (of that seed)")
+    out_json, out_report = run.analysis_file, run.report
 
     def inputs_of(r: RunDir) -> list[Path]:
-        paths = [r.path("metrics.json")]
-        metrics = json.loads(r.path("metrics.json").read_text(encoding="utf-8"))
+        paths = [r.metrics]
+        metrics = json.loads(r.metrics.read_text(encoding="utf-8"))
         for m in metrics:
-            if (r.eval_dir() / m).is_dir():
-                paths.append(r.eval_dir() / m)
-            _, files = training_cots(r, m)
-            paths += [r.path(f) for f in files]
-            mdir = r.model(m)
-            paths += sorted(p for p in mdir.glob("**/loss_history.json")) if mdir.is_dir() else []
+            if r.eval_method_dir(m).is_dir():
+                paths.append(r.eval_method_dir(m))
+            paths += r.training_files(m)
+            paths += [p for p in [r.loss_history(m), *r.phase_loss_histories(m)] if p.is_file()]
         return paths
 
     inputs = [p for r in [run, *others] for p in inputs_of(r)]
@@ -992,7 +974,7 @@ def analyse_run(
             methods, diff, raw = analyse_methods(r, cfg, scorer=scorer, tokenizer=tokenizer, judge=judge)
             per_seed.append(methods)
             raws.append(raw)
-            metrics_list.append(json.loads(r.path("metrics.json").read_text(encoding="utf-8")))
+            metrics_list.append(json.loads(r.metrics.read_text(encoding="utf-8")))
             difficulty = difficulty or diff
         agg_metrics = aggregate_metrics(metrics_list)
         agg_methods = _aggregate_method_scalars(per_seed)

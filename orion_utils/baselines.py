@@ -42,29 +42,30 @@ def run_edit_stage(
     from .edit import run_edit
 
     student, teacher_cfg = student or StudentConfig(), teacher_cfg or TeacherConfig()
-    out_dir = run.model("edit")
-    inputs = [run.data("train_problems.jsonl"), run.data("teacher_traces.jsonl")]
+    edit_dir = run.edit()
+    out_dir = edit_dir.root
+    inputs = [run.train_problems, run.teacher_traces]
     if cfg.pair_source == "exposure":
-        inputs.append(run.data("error_attempts.jsonl"))
+        inputs.append(run.error_attempts)
 
     def work() -> dict:
         problems = read_jsonl(inputs[0], Problem)
         traces = read_jsonl(inputs[1], TeacherTrace)
         attempts = read_jsonl(inputs[2], StudentAttempt) if cfg.pair_source == "exposure" else None
-        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.path("cache", "teacher")))
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
         result = run_edit(run.student_model(), problems, traces, out_dir, cfg, sft_cfg, teacher=teacher,
                           attempts=attempts, prompt_template=student.prompt_template,
                           system=student.system_prompt or None)
-        _join_loss_histories([("stage1", out_dir / "stage1" / "loss_history.json"),
-                              ("stage2", out_dir / "stage2" / "loss_history.json")], out_dir / "loss_history.json")
-        stage1 = out_dir / "stage1_examples.jsonl"
+        _join_loss_histories([("stage1", edit_dir.stage1.loss_history),
+                              ("stage2", edit_dir.stage2.loss_history)], edit_dir.loss_history)
+        stage1 = edit_dir.stage1_examples
         if stage1.exists():
-            write_jsonl(run.data("sft_edit.jsonl"), read_jsonl(stage1, SFTExample))
+            write_jsonl(run.training_set("edit"), read_jsonl(stage1, SFTExample))
         return {"edit": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
 
     params = {"edit": cfg, "sft": sft_cfg, "teacher": teacher_cfg, "student": student}
     # run_edit resumes from what it finds in out_dir: kept only for a re-run with the same settings
-    return run.run_stage("edit", params, inputs, [out_dir / "model"], work, force=force, scratch=[out_dir],
+    return run.run_stage("edit", params, inputs, [edit_dir.model], work, force=force, scratch=[out_dir],
                          stage_hint="02_error_exposure")
 
 
@@ -83,12 +84,13 @@ def run_tailored_stage(
 
     student, teacher_cfg = student or StudentConfig(), teacher_cfg or TeacherConfig()
     generation = generation or GenerationConfig()
-    out_dir = run.model("tailored")
-    inputs = [run.data("train_problems.jsonl")]
+    tailored_dir = run.tailored()
+    out_dir = tailored_dir.root
+    inputs = [run.train_problems]
 
     def work() -> dict:
         problems = read_jsonl(inputs[0], Problem)
-        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.path("cache", "teacher")))
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
         if not isinstance(teacher, FeedbackTeacher):
             raise ValueError(
                 f"Tailored Learning asks the teacher to explain the student's wrong answers, which a "
@@ -99,14 +101,14 @@ def run_tailored_stage(
                               default_generator_factory(generation), cfg.rounds,
                               cfg, out_dir, prompt_template=student.prompt_template,
                               system=student.system_prompt or None)
-        _join_loss_histories([(p.parent.name, p) for p in sorted(out_dir.glob("round_*/loss_history.json"))],
-                             out_dir / "loss_history.json")
-        train_sets = sorted(out_dir.glob("round_*/train.jsonl"))
+        _join_loss_histories([(rd.root.name, rd.loss_history) for rd in tailored_dir.rounds()],
+                             tailored_dir.loss_history)
+        train_sets = run.training_files("tailored")
         if train_sets:
             examples = [e for path in train_sets for e in read_jsonl(path, SFTExample)]
-            write_jsonl(run.data("sft_tailored.jsonl"), examples)
+            write_jsonl(run.training_set("tailored"), examples)
         return {"rounds": len(rounds)}
 
     params = {"tailored": cfg, "teacher": teacher_cfg, "student": student, "generation": generation}
-    return run.run_stage("tailored", params, inputs, [out_dir / "model"], work, force=force, scratch=[out_dir],
+    return run.run_stage("tailored", params, inputs, [tailored_dir.model], work, force=force, scratch=[out_dir],
                          stage_hint="00_setup_and_data")

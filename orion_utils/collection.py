@@ -72,12 +72,12 @@ def filter_stats(problems: list[Problem], traces: list[TeacherTrace], kept: list
 def run_collection(run: RunDir, teacher_cfg: TeacherConfig, data: Optional[DataConfig] = None,
                    force: bool = False) -> dict:
     """Write ``teacher_traces.jsonl`` (all) and ``sft_sft.jsonl`` (verified, one per question)."""
-    problems_path = run.data("train_problems.jsonl")
-    traces_path, sft_path = run.data("teacher_traces.jsonl"), run.data("sft_sft.jsonl")
+    problems_path = run.train_problems
+    traces_path, sft_path = run.teacher_traces, run.teacher_sft_set
 
     def work() -> dict:
         problems = read_jsonl(problems_path, Problem)
-        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.path("cache", "teacher")))
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
         print(f"[teacher] {teacher_cfg.kind} teacher: {getattr(teacher, 'name', type(teacher).__name__)}")
         traces = teacher.collect(problems, n=teacher_cfg.n_per_question)
         kept = first_correct(problems, traces)

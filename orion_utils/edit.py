@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence, Union
 
 from .chat import encode_for_training
 from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
+from .rundir import EditDir, KeyStepDir, is_saved_model, read_or_make
 from .training import TrainingConfig, TrainResult
 
 PathLike = Union[str, Path]
@@ -682,7 +683,7 @@ def train_edit_stage2(
 
     def rows_for(tokenizer):
         rows, stats, annotated = pair_rows(tokenizer, pairs, cfg, prompt_template, system)
-        write_jsonl(output_dir / "pairs_with_ops.jsonl", annotated)
+        write_jsonl(KeyStepDir(output_dir).pairs_with_ops, annotated)
         return rows, stats
 
     return train_method(stage1_model_dir, output_dir, cfg, rows_for, len(pairs), edit_method(cfg),
@@ -714,22 +715,17 @@ def run_edit(
     when ``out_dir/stage1/model`` exists (or ``stage1_model_dir`` is given, e.g. the ``sft``
     baseline's model when the pairs come from error exposure), stage 2 when ``out_dir/model`` exists.
     """
-    from .jsonl import read_jsonl, write_jsonl
+    from .jsonl import write_jsonl
 
-    out_dir = Path(out_dir)
-    pairs_path = out_dir / "pairs.jsonl"
-    if pairs_path.exists():
-        pairs = read_jsonl(pairs_path, DualPair)
-    else:
-        pairs = build_dual_pairs(
-            cfg.pair_source,
-            problems,
-            traces,
-            teacher=teacher,
-            attempts=attempts,
-            max_pairs_per_problem=cfg.max_pairs_per_problem,
-        )
-        write_jsonl(pairs_path, pairs)
+    layout = EditDir(out_dir)
+    pairs = read_or_make(layout.pairs, DualPair, lambda: build_dual_pairs(
+        cfg.pair_source,
+        problems,
+        traces,
+        teacher=teacher,
+        attempts=attempts,
+        max_pairs_per_problem=cfg.max_pairs_per_problem,
+    ))
     summary: dict[str, Any] = {
         "n_pairs": len(pairs),
         "pair_source": cfg.pair_source,
@@ -737,16 +733,16 @@ def run_edit(
     }
 
     if stage1_model_dir is None:
-        stage1_model_dir = out_dir / "stage1" / "model"
-        if not (stage1_model_dir / "config.json").exists():
+        stage1_model_dir = layout.stage1.model
+        if not is_saved_model(stage1_model_dir):
             from .training import TrainingConfig, train_sft
 
             examples = stage1_examples(problems, traces, pairs)
-            write_jsonl(out_dir / "stage1_examples.jsonl", examples)
+            write_jsonl(layout.stage1_examples, examples)
             train_sft(
                 student_dir,
                 examples,
-                out_dir / "stage1",
+                layout.stage1.root,
                 sft_cfg or TrainingConfig(),
                 prompt_template=prompt_template,
                 system=system,
@@ -754,9 +750,9 @@ def run_edit(
             summary["n_stage1_examples"] = len(examples)
     summary["stage1_model_dir"] = str(stage1_model_dir)
 
-    final = out_dir / "model"
-    if not (final / "config.json").exists():
-        stage2 = train_edit_stage2(stage1_model_dir, pairs, out_dir / "stage2", cfg, prompt_template, system)
+    final = layout.model
+    if not is_saved_model(final):
+        stage2 = train_edit_stage2(stage1_model_dir, pairs, layout.stage2.root, cfg, prompt_template, system)
         _link_or_copy_tree(Path(stage2.model_dir), final)
     summary["model_dir"] = str(final)
     return summary

@@ -100,9 +100,8 @@ def evaluate_model(
 
 def load_benchmarks(run: RunDir) -> dict:
     """The benchmark problems stage 00 wrote, by name."""
-    directory = run.path("data", "benchmarks")
-    run.require(directory, stage_hint="00_setup_and_data")
-    return {p.stem: read_jsonl(p, Problem) for p in sorted(directory.glob("*.jsonl"))}
+    run.require(run.benchmarks_dir, stage_hint="00_setup_and_data")
+    return {p.stem: read_jsonl(p, Problem) for p in run.benchmark_files()}
 
 
 def run_evaluation(
@@ -122,7 +121,7 @@ def run_evaluation(
     if unknown:
         raise ValueError(f"evaluation.methods has unknown method(s) {unknown}; known: {list(METHODS)}")
     benchmarks = load_benchmarks(run)
-    bench_files = sorted(run.path("data", "benchmarks").glob("*.jsonl"))
+    bench_files = run.benchmark_files()
     metrics = {}
     for method in cfg.methods:
         model_path = run.method_model(method)
@@ -130,22 +129,21 @@ def run_evaluation(
             raise FileNotFoundError(
                 f"no trained model for method '{method}' at {model_path}: run its training notebook first, "
                 f"or leave it out of evaluation.methods")
-        out_dir = run.eval_dir() / method
-        outputs = [out_dir / f"{name}.jsonl" for name in benchmarks] + [out_dir / "summary.json"]
+        outputs = [run.eval_file(method, name) for name in benchmarks] + [run.eval_summary(method)]
         inputs = bench_files + ([Path(model_path)] if Path(model_path).exists() else [])
 
-        def work(method=method, model_path=model_path, out_dir=out_dir) -> dict:
+        def work(method=method, model_path=model_path) -> dict:
             results, backend = evaluate_model(model_path, method, benchmarks, cfg, generation, student)
             for name, samples in results.items():
-                write_jsonl(out_dir / f"{name}.jsonl", samples)
-            write_json(out_dir / "summary.json", {name: summarise(s) for name, s in results.items()})
+                write_jsonl(run.eval_file(method, name), samples)
+            write_json(run.eval_summary(method), {name: summarise(s) for name, s in results.items()})
             return {"backend": backend}
 
         params = {"evaluation": {**cfg.__dict__, "methods": None}, "generation": generation, "student": student,
                   "model": model_path if method == "base" else method}
         run.run_stage(f"evaluation/{method}", params, inputs, outputs, work, force=force)
-        metrics[method] = _read_summary(out_dir / "summary.json")
-    write_json(run.path("metrics.json"), metrics)
+        metrics[method] = _read_summary(run.eval_summary(method))
+    write_json(run.metrics, metrics)
     return metrics
 
 

@@ -115,13 +115,12 @@ def run_error_exposure(
     student = student or StudentConfig()
     if cfg.source not in ("base", "warmup"):
         raise ValueError(f"exposure.source must be 'base' or 'warmup', got {cfg.source!r}")
-    problems_path, cots_path = run.data("train_problems.jsonl"), run.data("sft_sft.jsonl")
-    attempts_path, errors_path = run.data("student_attempts.jsonl"), run.data("error_attempts.jsonl")
-    rates_path = run.data("pass_rates.json")
+    problems_path, cots_path = run.train_problems, run.teacher_sft_set
+    attempts_path, errors_path, rates_path = run.student_attempts, run.error_attempts, run.pass_rates
     params = {"exposure": cfg, "generation": generation, "student": student,
               "sft": sft if cfg.source == "warmup" else None}
 
-    partial = run.data("student_attempts.partial.jsonl")  # attempts saved so far: resumed after a crash
+    partial = run.student_attempts_partial  # attempts saved so far: resumed after a crash
 
     def work() -> dict:
         problems = read_jsonl(problems_path, Problem)
@@ -146,16 +145,16 @@ def _warmup_student(run: RunDir, cfg: ExposureConfig, sft, student: StudentConfi
     from .training import TrainingConfig, train_sft
 
     train_cfg = replace(sft or TrainingConfig(), num_epochs=cfg.warmup_epochs)
-    result = train_sft(run.student_model(), read_jsonl(cots_path, SFTExample), run.model("exposure_warmup"),
+    result = train_sft(run.student_model(), read_jsonl(cots_path, SFTExample), run.warmup_model,
                        train_cfg, prompt_template=student.prompt_template, system=student.system_prompt or None)
     return result.model_dir
 
 
 def load_exposure(run: RunDir) -> tuple[list[StudentAttempt], list[StudentAttempt], dict]:
     """(all attempts, unique wrong attempts, pass rate per question) of a finished exposure stage."""
-    run.require(run.data("student_attempts.jsonl"), stage_hint="02_error_exposure")
+    run.require(run.student_attempts, stage_hint="02_error_exposure")
     return (
-        read_jsonl(run.data("student_attempts.jsonl"), StudentAttempt),
-        read_jsonl(run.data("error_attempts.jsonl"), StudentAttempt),
-        json.loads(run.data("pass_rates.json").read_text()),
+        read_jsonl(run.student_attempts, StudentAttempt),
+        read_jsonl(run.error_attempts, StudentAttempt),
+        json.loads(run.pass_rates.read_text()),
     )

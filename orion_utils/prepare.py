@@ -69,8 +69,8 @@ def load_benchmark_problems(data: DataConfig, toy_domain=None) -> dict:
 
 def run_prepare_data(run: RunDir, data: DataConfig, toy_domain=None, force: bool = False) -> dict:
     """Write ``data/train_problems.jsonl`` and ``data/benchmarks/<name>.jsonl``."""
-    train_path = run.data("train_problems.jsonl")
-    bench_dir = run.path("data", "benchmarks")
+    train_path = run.train_problems
+    bench_dir = run.benchmarks_dir
 
     def work() -> dict:
         problems = load_training_problems(data, toy_domain)
@@ -78,11 +78,11 @@ def run_prepare_data(run: RunDir, data: DataConfig, toy_domain=None, force: bool
             raise ValueError(f"the training set is empty (data.train_source={data.train_source!r}, "
                              f"data.n_train={data.n_train}); nothing to distil")
         benchmarks = load_benchmark_problems(data, toy_domain)
-        for stale in bench_dir.glob("*.jsonl") if bench_dir.exists() else []:
+        for stale in run.benchmark_files():
             if stale.stem not in benchmarks:
                 stale.unlink()
         for name, items in benchmarks.items():
-            write_jsonl(bench_dir / f"{name}.jsonl", items)
+            write_jsonl(run.benchmark(name), items)
         write_jsonl(train_path, problems)
         return {"n_train": len(problems), "benchmarks": {k: len(v) for k, v in benchmarks.items()}}
 
@@ -100,7 +100,7 @@ def run_prepare_student(
     force: bool = False,
 ) -> dict:
     """Record the base student in ``data/student.json``; for the toy profile build and warm it up."""
-    info_path = run.data("student.json")
+    info_path = run.student_info
     if student.model != "toy":
         from .students import needs_conversion, resolve_student
 
@@ -127,16 +127,16 @@ def run_prepare_student(
 
     toy_student, warmup = toy_student or ToyStudentConfig(), warmup or WarmupConfig()
     toy_domain, data = toy_domain or ToyDomainConfig(), data or DataConfig()
-    base_dir = run.model("base")
+    base_dir = run.toy_student
 
     def work_toy() -> dict:
-        scratch = run.model("base_init")
+        scratch = run.toy_student_init
         build_toy_student(scratch, toy_student, seed=data.seed)
         # Warm-up questions come from their own seed, apart from the training questions.
         problems = generate_problems(warmup.n_problems, toy_domain, seed=data.seed + 1, split="train")
         stats = warmup_student(scratch, base_dir, problems, ToyTeacher(error_rate=0.0, seed=data.seed), warmup)
         _rmtree(scratch)
-        write_json(info_path, {"model": "models/base", "in_run_dir": True, "kind": "toy", "warmup": stats})
+        write_json(info_path, {"model": run.relative(base_dir), "in_run_dir": True, "kind": "toy", "warmup": stats})
         return {"warmup": stats}
 
     params = {"student": student, "toy_student": toy_student, "warmup": warmup, "toy_domain": toy_domain,
@@ -159,9 +159,9 @@ def _rmtree(path: Path) -> None:
 
 
 def load_student_info(run: RunDir) -> dict:
-    run.require(run.data("student.json"), stage_hint="00_setup_and_data")
-    return json.loads(run.data("student.json").read_text(encoding="utf-8"))
+    run.require(run.student_info, stage_hint="00_setup_and_data")
+    return json.loads(run.student_info.read_text(encoding="utf-8"))
 
 
 def load_training_set(run: RunDir) -> list[Problem]:
-    return read_jsonl(run.data("train_problems.jsonl"), Problem)
+    return read_jsonl(run.train_problems, Problem)

@@ -336,8 +336,8 @@ def run_reflection(
     if cfg.selection not in SELECTION_RULES:
         raise ValueError(f"reflection.selection must be one of {SELECTION_RULES}, got {cfg.selection!r}")
     kind = resolve_reflector_kind(cfg, student)
-    inputs = [run.data("train_problems.jsonl"), run.data("sft_sft.jsonl"), run.data("error_attempts.jsonl")]
-    outputs = [run.data("refinements.jsonl"), run.data("sft_orion.jsonl")]
+    inputs = [run.train_problems, run.teacher_sft_set, run.error_attempts]
+    outputs = [run.refinements, run.orion_sft_set]
 
     def work() -> dict:
         from .generation import completion_nll, open_generator

@@ -45,13 +45,13 @@ def reflection_section(run: RunDir, max_rows: int = 12) -> list[str]:
     from .records import Problem, Refinement
     from .reflection import acceptance_rate
 
-    path = run.data("refinements.jsonl")
+    path = run.refinements
     if not path.exists():
         return []
     refinements = read_jsonl(path, Refinement)
     reflected = [r for r in refinements if r.wrong_attempt]
-    gold = {p.id: p.answer for p in read_jsonl(run.data("train_problems.jsonl"), Problem)} \
-        if run.data("train_problems.jsonl").exists() else {}
+    gold = {p.id: p.answer for p in read_jsonl(run.train_problems, Problem)} \
+        if run.train_problems.exists() else {}
     kind = refinements[0].reflector if refinements else "?"
     n_cand = sum(r.n_candidates for r in reflected)
     lines = ["## Reflection", "",
@@ -100,10 +100,10 @@ def _read_json(path: Path, default):
 
 
 def _metadata(run: RunDir, analysis: Optional[dict] = None) -> list[str]:
-    config = _read_json(run.path("config.json"), {})
+    config = _read_json(run.config_file, {})
     manifest = run.manifest()
     stages = manifest.get("stages", {})
-    student = _read_json(run.data("student.json"), {})
+    student = _read_json(run.student_info, {})
     versions = {}
     for s in stages.values():  # the latest stage's versions win
         versions.update(s.get("package_versions") or {})
@@ -219,17 +219,16 @@ def _basic_figures(run: RunDir, metrics: dict) -> dict:
 
     from .plots import accuracy_bars, loss_curves
 
-    figures = run.figures()
     made = {}
     for key, name in (("pass@1", "accuracy_pass1"), ("greedy", "accuracy_greedy")):
         if _has_key(metrics, key):
-            plt.close(accuracy_bars(metrics, key, figures / f"{name}.png"))
-            made[name] = f"figures/{name}.png"
+            plt.close(accuracy_bars(metrics, key, run.figure(name)))
+            made[name] = run.relative(run.figure(name))
     histories = {m: load_loss_history(run, m) for m in metrics if m != "base"}
     histories = {m: h for m, h in histories.items() if h}
     if histories:
-        plt.close(loss_curves(histories, figures / "loss_curves.png"))
-        made["loss_curves"] = "figures/loss_curves.png"
+        plt.close(loss_curves(histories, run.figure("loss_curves")))
+        made["loss_curves"] = run.relative(run.figure("loss_curves"))
     return made
 
 
@@ -238,14 +237,14 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
 
     ``analysis``: the dict ``analysis.analyse_run`` builds; None reads ``analysis.json`` when present.
     """
-    run.require(run.path("metrics.json"), stage_hint="07_evaluation")
-    metrics = json.loads(run.path("metrics.json").read_text(encoding="utf-8"))
-    if analysis is None and run.path("analysis.json").exists():
-        analysis = _read_json(run.path("analysis.json"), None)
+    run.require(run.metrics, stage_hint="07_evaluation")
+    metrics = json.loads(run.metrics.read_text(encoding="utf-8"))
+    if analysis is None and run.analysis_file.exists():
+        analysis = _read_json(run.analysis_file, None)
     figures = dict((analysis or {}).get("figures") or {}) or _basic_figures(run, metrics)
     table_metrics = (analysis or {}).get("metrics") or metrics
     n_seeds = ((analysis or {}).get("seeds") or {}).get("n", 1)
-    config = _read_json(run.path("config.json"), {})
+    config = _read_json(run.config_file, {})
     toy = (analysis or {}).get("toy", (config.get("student") or {}).get("model") == "toy")
     seeds_note = f" — mean ± std over {n_seeds} seeds" if n_seeds > 1 else ""
 
@@ -289,6 +288,6 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
             text += [f"### Claim {i}: {claim['claim']} — {claim['verdict']}", "", claim["text"], ""]
         text += ["## Definitions", ""]
         text += [f"- **{k}**: {v}" for k, v in (analysis.get("definitions") or {}).items()] + [""]
-    path = run.path("report.md")
+    path = run.report
     path.write_text("\n".join(text), encoding="utf-8")
     return path

@@ -1,12 +1,17 @@
-"""The run directory: every artifact of a run, and a manifest that makes stages resumable.
+"""The run directory: every artifact of a run, named once, and a manifest that makes stages resumable.
 
 ``outputs/<run>/`` holds the resolved config, ``manifest.json`` (per stage: parameter hash,
 inputs with content hashes, outputs, wall time, package versions, backend), ``data/*.jsonl``,
 ``models/``, ``eval/``, ``figures/``, executed notebooks, ``report.md`` and ``metrics.json``.
+Code finds an artifact through :class:`RunDir` (and the method-folder layouts below it), never by
+spelling its file name: the table in :class:`RunDir`'s docstring is the one list of them.
 
-A stage is skipped when its parameters and the content of its inputs are unchanged and its
-outputs exist. Work in flight goes to append-only ``*.partial.jsonl`` files, so a crash loses at
-most the record being written; final outputs are written atomically at the end.
+Resuming: the run directory decides. A stage (``RunDir.run_stage``) is skipped when its outputs
+exist and the fingerprint of its parameters and the content of its inputs matches the manifest.
+Work in flight goes to append-only ``*.partial.jsonl`` files or a stage's own folder (declared as
+the stage's ``scratch``), kept only for a re-run with the same fingerprint, so a crash loses at
+most the record being written and a changed run never resumes from work done under other
+settings; final outputs are written atomically at the end.
 """
 from __future__ import annotations
 
@@ -65,8 +70,188 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def read_or_make(path: PathLike, cls, make: Callable[[], list]) -> list:
+    """An inner step's cache inside a stage's scratch: read ``path`` (records of ``cls``) if an
+    earlier attempt of the same stage wrote it, else make the records and write them.
+
+    Only for folders a stage declares as ``scratch``: ``run_stage`` removes them when the stage's
+    fingerprint changed, so what is read back was made under the same parameters and inputs.
+    """
+    from .jsonl import read_jsonl, write_jsonl
+
+    path = Path(path)
+    if path.exists():
+        return read_jsonl(path, cls)
+    records = make()
+    write_jsonl(path, records)
+    return records
+
+
+class TrainedDir:
+    """The folder one training run (``training.train_sft`` / ``train_method``) writes.
+
+    ``model/`` the saved model, ``loss_history.json`` the logged losses, ``train_result.json``
+    the training facts, ``checkpoints/`` (with ``fingerprint.json``, the fingerprint of the data
+    and settings the checkpoints belong to) while training runs.
+    """
+
+    def __init__(self, root: PathLike):
+        self.root = Path(root)
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def loss_history(self) -> Path:
+        return self.root / "loss_history.json"
+
+    @property
+    def train_result(self) -> Path:
+        return self.root / "train_result.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def checkpoint_fingerprint(self) -> Path:
+        return self.checkpoints / "fingerprint.json"
+
+
+def is_saved_model(path: PathLike) -> bool:
+    """A folder written by ``save_pretrained`` (it has the model's ``config.json``)."""
+    return (Path(path) / "config.json").is_file()
+
+
+class KeyStepDir(TrainedDir):
+    """EDIT stage 2 (key-reasoning-step learning): a trained folder plus ``pairs_with_ops.jsonl``
+    (the dual pairs with their key operations in the student's tokenizer)."""
+
+    @property
+    def pairs_with_ops(self) -> Path:
+        return self.root / "pairs_with_ops.jsonl"
+
+
+class EditDir(TrainedDir):
+    """``models/edit/`` (``edit.run_edit``): ``pairs.jsonl`` (dual CoT pairs), ``stage1_examples.jsonl``
+    (stage 1's training set), ``stage1/`` and ``stage2/`` (trained folders), the final ``model/`` and
+    the joined ``loss_history.json``."""
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "pairs.jsonl"
+
+    @property
+    def stage1_examples(self) -> Path:
+        return self.root / "stage1_examples.jsonl"
+
+    @property
+    def stage1(self) -> TrainedDir:
+        return TrainedDir(self.root / "stage1")
+
+    @property
+    def stage2(self) -> KeyStepDir:
+        return KeyStepDir(self.root / "stage2")
+
+
+class RoundDir(TrainedDir):
+    """One Tailored Learning round ``round_<r>/``: ``exam.jsonl`` (the student's graded attempts),
+    ``teacher.jsonl`` (the teacher's rationales), ``train.jsonl`` (the round's training set),
+    ``result.json`` (the round's facts), and the trained folder's files."""
+
+    @property
+    def exam(self) -> Path:
+        return self.root / "exam.jsonl"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "teacher.jsonl"
+
+    @property
+    def train(self) -> Path:
+        return self.root / "train.jsonl"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+
+class TailoredDir(TrainedDir):
+    """``models/tailored/`` (``tailored.run_tailored``): ``round_<r>/`` per round (``round_0`` is the
+    base student's exam), ``rounds.json`` (every round's facts), the final ``model/`` and the joined
+    ``loss_history.json``."""
+
+    def round(self, r: int) -> RoundDir:
+        return RoundDir(self.root / f"round_{r}")
+
+    def rounds(self) -> list[RoundDir]:
+        """The rounds on disk, in round order."""
+        found = [p for p in self.root.glob("round_*") if p.is_dir() and p.name[len("round_"):].isdigit()]
+        return [RoundDir(p) for p in sorted(found, key=lambda p: int(p.name[len("round_"):]))]
+
+    @property
+    def rounds_summary(self) -> Path:
+        return self.root / "rounds.json"
+
+
 class RunDir:
-    """Paths and the manifest of one run."""
+    """Paths and the manifest of one run.
+
+    Every artifact, where it lives and which stage writes it:
+
+    =============================  ===================================  ============================
+    name                           file (under the run directory)       written by
+    =============================  ===================================  ============================
+    ``config_file``                ``config.json``                      the runner (resolved profile)
+    ``manifest_path``              ``manifest.json``                    every stage (``run_stage``)
+    ``student_info``               ``data/student.json``                00 prepare (base student)
+    ``toy_student``                ``models/base/``                     00 prepare (toy profile)
+    ``toy_student_init``           ``models/base_init/``                00 prepare (before warm-up)
+    ``train_problems``             ``data/train_problems.jsonl``        00 prepare
+    ``benchmark(name)``            ``data/benchmarks/<name>.jsonl``     00 prepare
+    ``teacher_traces``             ``data/teacher_traces.jsonl``        01 collection (every CoT)
+    ``teacher_sft_set``            ``data/sft_sft.jsonl``               01 collection (one verified
+                                                                        CoT per question)
+    ``student_attempts``           ``data/student_attempts.jsonl``      02 exposure
+    ``student_attempts_partial``   ``data/student_attempts.partial...`` 02 exposure (resume scratch)
+    ``error_attempts``             ``data/error_attempts.jsonl``        02 exposure (unique wrong)
+    ``pass_rates``                 ``data/pass_rates.json``             02 exposure
+    ``refinements``                ``data/refinements.jsonl``           03 reflection
+    ``orion_sft_set``              ``data/sft_orion.jsonl``             03 reflection
+    ``training_set(m)``            ``data/sft_<m>.jsonl``               01/03 (sft, orion); 05/06
+                                                                        write a copy for edit,
+                                                                        tailored
+    ``training_files(m)``          the files method ``m`` trained on    (see ``training_files``)
+    ``model(m)``                   ``models/<m>/``                      04 sft, 05 edit, 06 tailored
+    ``trained(m)``                 ``models/<m>/`` as a ``TrainedDir``  (``edit()``, ``tailored()``)
+    ``loss_history(m)``            ``models/<m>/loss_history.json``     04/05/06
+    ``phase_loss_histories(m)``    ``models/edit/stage{1,2}/...``,      05 edit, 06 tailored
+                                   ``models/tailored/round_<r>/...``
+    ``warmup_model``               ``models/exposure_warmup/``          02 exposure (source warmup)
+    ``teacher_cache``              ``cache/teacher/``                   01/05/06 (teacher replies)
+    ``eval_file(m, b)``            ``eval/<m>/<b>.jsonl``               07 evaluation
+    ``eval_summary(m)``            ``eval/<m>/summary.json``            07 evaluation
+    ``metrics``                    ``metrics.json``                     07 evaluation
+    ``analysis_file``              ``analysis.json``                    08 analysis
+    ``report``                     ``report.md``                        08 analysis / report
+    ``figure(name)``               ``figures/<name>.png``               notebooks, analysis, report
+    ``seed_dirs()``                ``seeds/seed_<k>/``                  the runner (other seeds)
+    =============================  ===================================  ============================
+
+    ``edit()`` and ``tailored()`` give the layouts of those method folders (``EditDir``,
+    ``TailoredDir``); ``trained(m)`` that of any trained folder (``TrainedDir``).
+
+    Resuming, one rule: the run directory decides. ``run_stage`` skips a stage when its outputs
+    exist and the fingerprint of its parameters and the content of its inputs matches the
+    manifest. Work a stage keeps in flight is its ``scratch``: exposure's partial attempts, and
+    EDIT's and Tailored Learning's method folders, whose inner steps read finished steps back
+    (records through :func:`read_or_make`, models through :func:`is_saved_model`). ``run_stage``
+    keeps scratch only for a re-run with the same fingerprint, so nothing made under other
+    settings is read back. One guard sits below this rule: the trainer's checkpoints
+    (``TrainedDir.checkpoints``) carry their own fingerprint of the training rows and settings,
+    because ``training.train_sft`` is also called outside a stage.
+    """
 
     def __init__(self, root: PathLike):
         self.root = Path(root)
@@ -90,9 +275,171 @@ class RunDir:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def figure(self, name: str) -> Path:
+        """``figures/<name>.png`` (the folder is made)."""
+        return self.figures() / f"{name}.png"
+
+    def relative(self, path: PathLike) -> str:
+        """``path`` relative to the run directory, with ``/`` (as the report links it)."""
+        return Path(path).relative_to(self.root).as_posix()
+
+    # --- artifacts (see the table above) -----------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path("config.json")
+
+    def config(self) -> Optional[dict]:
+        """The resolved profile the runner wrote, or None (a run made outside the runner)."""
+        if not self.config_file.is_file():
+            return None
+        return json.loads(self.config_file.read_text(encoding="utf-8"))
+
+    @property
+    def student_info(self) -> Path:
+        return self.data("student.json")
+
+    @property
+    def train_problems(self) -> Path:
+        return self.data("train_problems.jsonl")
+
+    @property
+    def benchmarks_dir(self) -> Path:
+        return self.path("data", "benchmarks")
+
+    def benchmark(self, name: str) -> Path:
+        return self.benchmarks_dir / f"{name}.jsonl"
+
+    def benchmark_files(self) -> list[Path]:
+        """The benchmark files stage 00 wrote, in name order (the name is the file's stem)."""
+        return sorted(self.benchmarks_dir.glob("*.jsonl"))
+
+    @property
+    def teacher_traces(self) -> Path:
+        return self.data("teacher_traces.jsonl")
+
+    @property
+    def teacher_sft_set(self) -> Path:
+        return self.training_set("sft")
+
+    @property
+    def student_attempts(self) -> Path:
+        return self.data("student_attempts.jsonl")
+
+    @property
+    def student_attempts_partial(self) -> Path:
+        return self.data("student_attempts.partial.jsonl")
+
+    @property
+    def error_attempts(self) -> Path:
+        return self.data("error_attempts.jsonl")
+
+    @property
+    def pass_rates(self) -> Path:
+        return self.data("pass_rates.json")
+
+    @property
+    def refinements(self) -> Path:
+        return self.data("refinements.jsonl")
+
+    @property
+    def orion_sft_set(self) -> Path:
+        return self.training_set("orion")
+
+    def training_set(self, method: str) -> Path:
+        """``data/sft_<method>.jsonl``: the training set of ``sft`` and ``orion``, and a copy of
+        EDIT's stage-1 set and Tailored Learning's round sets that their stages write."""
+        return self.data(f"sft_{method}.jsonl")
+
+    def training_files(self, method: str) -> list[Path]:
+        """The files ``method`` was trained on, where its training stage wrote them: ``sft`` and
+        ``orion`` their ``training_set``; ``edit`` its stage-1 examples (the SFT stage; stage 2 learns
+        key steps from the pairs); ``tailored`` every round's ``train.jsonl``; ``base`` none.
+        Only files that exist are listed."""
+        if method == "base":
+            return []
+        if method == "edit":
+            files = [self.edit().stage1_examples]
+        elif method == "tailored":
+            files = [r.train for r in self.tailored().rounds()]
+        else:
+            files = [self.training_set(method)]
+        return [p for p in files if p.is_file()]
+
+    def trained(self, method: str) -> TrainedDir:
+        return TrainedDir(self.model(method))
+
+    def edit(self) -> EditDir:
+        return EditDir(self.model("edit"))
+
+    def tailored(self) -> TailoredDir:
+        return TailoredDir(self.model("tailored"))
+
+    def loss_history(self, method: str) -> Path:
+        """A method's loss curve (EDIT and Tailored Learning: their phases joined, steps running on)."""
+        return self.trained(method).loss_history
+
+    def phase_loss_histories(self, method: str) -> list[Path]:
+        """The per-phase loss curves the joined one is made of: EDIT's ``stage1``/``stage2``, Tailored
+        Learning's rounds in round order; none for one-phase methods. Only files that exist."""
+        if method == "edit":
+            files = [self.edit().stage1.loss_history, self.edit().stage2.loss_history]
+        elif method == "tailored":
+            files = [r.loss_history for r in self.tailored().rounds()]
+        else:
+            files = []
+        return [p for p in files if p.is_file()]
+
+    @property
+    def toy_student(self) -> Path:
+        """The toy profile's base student, built and warmed up inside the run."""
+        return self.model("base")
+
+    @property
+    def toy_student_init(self) -> Path:
+        """The toy student before its warm-up (removed once warmed up)."""
+        return self.model("base_init")
+
+    @property
+    def warmup_model(self) -> Path:
+        return self.model("exposure_warmup")
+
+    @property
+    def teacher_cache(self) -> Path:
+        return self.path("cache", "teacher")
+
+    def eval_method_dir(self, method: str) -> Path:
+        return self.eval_dir() / method
+
+    def eval_file(self, method: str, benchmark: str) -> Path:
+        return self.eval_method_dir(method) / f"{benchmark}.jsonl"
+
+    def eval_files(self, method: str) -> list[Path]:
+        """A method's finished evaluation files (no ``*.partial.jsonl``), in benchmark order."""
+        d = self.eval_method_dir(method)
+        return sorted(p for p in d.glob("*.jsonl") if ".partial." not in p.name) if d.is_dir() else []
+
+    def eval_summary(self, method: str) -> Path:
+        return self.eval_method_dir(method) / "summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path("metrics.json")
+
+    @property
+    def analysis_file(self) -> Path:
+        return self.path("analysis.json")
+
+    @property
+    def report(self) -> Path:
+        return self.path("report.md")
+
+    def seed_dirs(self) -> list[Path]:
+        """The other seeds' run directories on disk (``seeds/seed_<k>``)."""
+        return sorted(self.path("seeds").glob("seed_*"))
+
     def student_model(self) -> str:
         """The base student: a path inside the run (toy) or a hub id / local path (real profiles)."""
-        info_path = self.data("student.json")
+        info_path = self.student_info
         self.require(info_path, stage_hint="00_setup_and_data")
         info = json.loads(info_path.read_text(encoding="utf-8"))
         model = info["model"]
@@ -102,7 +449,7 @@ class RunDir:
         """Where a method's trained model lives (``base`` is the untrained student)."""
         if method == "base":
             return self.student_model()
-        return str(self.model(method) / "model")
+        return str(self.trained(method).model)
 
     @property
     def manifest_path(self) -> Path:

@@ -13,7 +13,6 @@ from .jsonl import read_jsonl
 from .records import SFTExample
 from .rundir import RunDir
 
-TRAINING_SETS = {"sft": "sft_sft.jsonl", "orion": "sft_orion.jsonl"}
 STAGE_OF_SET = {"sft": "01_teacher_cots", "orion": "03_error_aware_reflection"}
 
 
@@ -25,11 +24,11 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
     student = student or StudentConfig()
     entries = {}
     for method in methods:
-        if method not in TRAINING_SETS:
-            raise ValueError(f"no training set for method {method!r}; known: {list(TRAINING_SETS)}")
-        data_path = run.data(TRAINING_SETS[method])
+        if method not in STAGE_OF_SET:
+            raise ValueError(f"no training set for method {method!r}; known: {list(STAGE_OF_SET)}")
+        data_path = run.training_set(method)
         out_dir = run.model(method)
-        inputs = [data_path] + ([run.model("base")] if run.model("base").exists() else [])
+        inputs = [data_path] + ([run.toy_student] if run.toy_student.exists() else [])
 
         def work(method=method, data_path=data_path, out_dir=out_dir) -> dict:
             examples = read_jsonl(data_path, SFTExample)
@@ -41,11 +40,11 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
                     "n_examples": result.n_examples, "n_tokens": result.n_tokens}
 
         params = {"sft": cfg, "student": student, "method": method}
-        entries[method] = run.run_stage(f"sft/{method}", params, inputs, [out_dir / "model"], work, force=force,
+        entries[method] = run.run_stage(f"sft/{method}", params, inputs, [run.trained(method).model], work, force=force,
                                         stage_hint=STAGE_OF_SET[method])
     return entries
 
 
 def load_loss_history(run: RunDir, method: str) -> list[dict]:
-    path = run.model(method) / "loss_history.json"
+    path = run.loss_history(method)
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []

@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .chat import encode_for_training
 from .edit import _link_or_copy_tree, _pad, token_nll
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
+from .rundir import RoundDir, TailoredDir, is_saved_model, read_or_make
 from .training import TrainingConfig, TrainResult
 
 PathLike = Union[str, Path]
@@ -602,19 +603,8 @@ def tailored_rationales(
     return [t for g in groups for t in g]
 
 
-def _cached(path: Path, cls, make: Callable[[], list]) -> list:
-    """Read ``path`` if a previous run wrote it, else make the records and write them."""
-    from .jsonl import read_jsonl, write_jsonl
-
-    if path.exists():
-        return read_jsonl(path, cls)
-    records = make()
-    write_jsonl(path, records)
-    return records
-
-
 def _exam_round(
-    rdir: Path,
+    rdir: RoundDir,
     model_dir: str,
     problems,
     generator_factory,
@@ -632,7 +622,7 @@ def _exam_round(
             if hasattr(generator, "close"):
                 generator.close()
 
-    return _cached(rdir / "exam.jsonl", StudentAttempt, make)
+    return read_or_make(rdir.exam, StudentAttempt, make)
 
 
 def _exam_stats(attempts: Sequence[StudentAttempt]) -> dict:
@@ -673,24 +663,24 @@ def run_tailored(
     if rounds < 1:
         raise ValueError("Tailored Learning needs at least one learning round")
     grader = grader or _default_grader()
-    out_dir = Path(out_dir)
+    layout = TailoredDir(out_dir)
     model_dir = str(student_dir)
 
-    rdir = out_dir / "round_0"
+    rdir = layout.round(0)
     attempts = _exam_round(
         rdir, model_dir, problems, generator_factory, cfg, grader, prompt_template, system, "base"
     )
     wrong = unique_wrong_rationales(attempts)
     results = [RoundResult(round=0, model_dir=model_dir, trained=False, **_exam_stats(attempts))]
-    write_json(rdir / "result.json", asdict(results[0]))
+    write_json(rdir.result, asdict(results[0]))
     positive_pool: dict[str, list[str]] = defaultdict(list)
 
     for r in range(1, rounds + 1):
-        rdir = out_dir / f"round_{r}"
+        rdir = layout.round(r)
         stats: dict = {}
         if r == 1:
-            traces = _cached(
-                rdir / "teacher.jsonl",
+            traces = read_or_make(
+                rdir.teacher,
                 TeacherTrace,
                 lambda: list(teacher.collect(problems, n=cfg.teacher_samples)),
             )
@@ -709,8 +699,8 @@ def run_tailored(
             )
             wrong = unique_wrong_rationales(attempts)
             stats = _exam_stats(attempts)
-            traces = _cached(
-                rdir / "teacher.jsonl",
+            traces = read_or_make(
+                rdir.teacher,
                 TeacherTrace,
                 lambda wrong=wrong: tailored_rationales(problems, teacher, wrong, cfg),
             )
@@ -719,7 +709,7 @@ def run_tailored(
         for t in correct:
             positive_pool[t.problem_id].append(t.cot)
         examples = triplet_examples(problems, correct, positive_pool, wrong, source, seed=cfg.seed + r)
-        write_jsonl(rdir / "train.jsonl", examples)
+        write_jsonl(rdir.train, examples)
         counts = {
             "n_teacher_rationales": len(correct),
             "n_teacher_dropped": len(traces) - len(correct),
@@ -728,20 +718,20 @@ def run_tailored(
         result = _train_or_resume(
             r, rdir, model_dir, examples, cfg, prompt_template, system, {**stats, **counts}
         )
-        write_json(rdir / "result.json", asdict(result))
+        write_json(rdir.result, asdict(result))
         results.append(result)
         model_dir = result.model_dir
 
-    final = out_dir / "model"
+    final = layout.model
     if Path(model_dir).resolve() != final.resolve():
         _link_or_copy_tree(Path(model_dir), final)
-    write_json(out_dir / "rounds.json", [asdict(r) for r in results])
+    write_json(layout.rounds_summary, [asdict(r) for r in results])
     return results
 
 
 def _train_or_resume(
     r: int,
-    rdir: Path,
+    rdir: RoundDir,
     model_dir: str,
     examples: list,
     cfg: TailoredConfig,
@@ -750,10 +740,10 @@ def _train_or_resume(
     counts: dict,
 ) -> RoundResult:
     """Train round ``r`` from ``model_dir``, unless a previous run already did (then read its result)."""
-    done = rdir / "result.json"
+    done = rdir.result
     if done.exists():
         previous = RoundResult(**json.loads(done.read_text(encoding="utf-8")))
-        if not previous.trained or (Path(previous.model_dir) / "config.json").exists():
+        if not previous.trained or is_saved_model(previous.model_dir):
             return previous
     if not examples:  # nothing new to learn (no mistakes, or no verified rationale): keep the student
         return RoundResult(
@@ -763,7 +753,7 @@ def _train_or_resume(
             **counts,
             meta={"init_model": model_dir, "skipped": "no training examples"},
         )
-    trained = train_tailored_round(model_dir, examples, rdir, cfg, prompt_template, system)
+    trained = train_tailored_round(model_dir, examples, rdir.root, cfg, prompt_template, system)
     n_triplets = sum(1 for ex in examples if ex.meta.get("positive") and ex.meta.get("negative"))
     return RoundResult(
         round=r,

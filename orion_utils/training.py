@@ -54,6 +54,7 @@ from . import device as device_rules
 from .chat import encode_for_training
 from .jsonl import write_json
 from .records import SFTExample
+from .rundir import TrainedDir, is_saved_model
 
 __all__ = [
     "LengthGroupedSampler",
@@ -141,7 +142,7 @@ class TrainResult:
     @classmethod
     def load(cls, output_dir: Union[str, Path]) -> "TrainResult":
         """Read ``output_dir/train_result.json`` written by :func:`train_sft`."""
-        data = json.loads((Path(output_dir) / "train_result.json").read_text())
+        data = json.loads(TrainedDir(output_dir).train_result.read_text())
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -622,7 +623,7 @@ def _check_base_model(base_model: Union[str, Path]) -> str:
         raise ValueError("train_sft: base_model is empty")
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not is_saved_model(path):
             raise FileNotFoundError(f"train_sft: base model directory {name!r} has no config.json (not a saved model)")
         return str(path)
     if isinstance(base_model, Path) or looks_like_local_path(name):
@@ -645,12 +646,13 @@ def _fingerprint(base_model: str, cfg: TrainingConfig, rows: list, prompt_templa
     return h.hexdigest()
 
 
-def _find_resumable(ckpt_dir: Path, fingerprint: str) -> Optional[Path]:
+def _find_resumable(layout: TrainedDir, fingerprint: str) -> Optional[Path]:
     from transformers.trainer_utils import get_last_checkpoint
 
+    ckpt_dir = layout.checkpoints
     if not ckpt_dir.is_dir():
         return None
-    fp_file = ckpt_dir / "fingerprint.json"
+    fp_file = layout.checkpoint_fingerprint
     saved = json.loads(fp_file.read_text()).get("fingerprint") if fp_file.is_file() else None
     last = get_last_checkpoint(str(ckpt_dir))
     if last is None or saved != fingerprint:
@@ -869,7 +871,8 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
         cfg = replace(cfg, load_in_4bit=False)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = output_dir / "checkpoints"
+    layout = TrainedDir(output_dir)
+    ckpt_dir = layout.checkpoints
 
     requested = cfg.cpu_threads if cfg.cpu_threads > 0 else "auto"
     threads = device_rules.cpu_threads_for(base_model, device, requested) if device == "cpu" else None
@@ -921,11 +924,11 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
             )
 
         fingerprint = _fingerprint(base_model, cfg, rows, prompt_template, system, "sft" if method is None else method.name)
-        resume_from = _find_resumable(ckpt_dir, fingerprint) if resume else None
+        resume_from = _find_resumable(layout, fingerprint) if resume else None
         if resume_from is None and ckpt_dir.exists():
             shutil.rmtree(ckpt_dir)  # stale (other data/config) or resume=False
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        write_json(ckpt_dir / "fingerprint.json", {"fingerprint": fingerprint})
+        write_json(layout.checkpoint_fingerprint, {"fingerprint": fingerprint})
 
         line = (
             f"[training] backend={backend} ({reason}) device={device} dtype={dtype} lora={cfg.use_lora} "
@@ -949,14 +952,14 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
             trainer, seconds = train_fn(
                 base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method
             )
-            model_dir = output_dir / "model"
+            model_dir = layout.model
             _publish_dir(model_tmp, model_dir)
         finally:
             if model_tmp.exists():
                 shutil.rmtree(model_tmp, ignore_errors=True)
 
     history = _loss_history(trainer.state.log_history, method.log_keys if method is not None else ())
-    write_json(output_dir / "loss_history.json", history)
+    write_json(layout.loss_history, history)
     result = TrainResult(
         model_dir=str(model_dir),
         backend=backend,
@@ -971,7 +974,7 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
         n_steps=int(trainer.state.global_step),
     )
     write_json(
-        output_dir / "train_result.json",
+        layout.train_result,
         {**asdict(result), "base_model": base_model, "prompt_template": prompt_template, "system": system,
          "config": asdict(cfg), "attn_implementation": attn, "truncated": stats.get("truncated", 0),
          "dropped": stats.get("dropped", 0), "overlong_dropped": stats.get("overlong_dropped", 0),

@@ -407,3 +407,13 @@ def test_max_cots_caps_scoring_and_picks_the_same_questions(tmp_path):
     assert seen["sft"] == seen["orion"] and len(seen["sft"]) == 2
     methods, _, _ = A.analyse_methods(run, A.AnalysisConfig(), scorer=False, tokenizer=None)
     assert methods["orion"]["cot_perplexity"] is None and methods["orion"]["cot_tokens_mean"] is not None
+
+
+def test_toy_run_is_decided_by_config_json_when_there_is_one(tmp_path):
+    run = RunDir(tmp_path / "run")
+    write_jsonl(run.train_problems, [Problem("a", "q", "1", "toy")])
+    assert A.is_toy_run(run)  # no config.json: guessed from the data
+    write_json(run.config_file, {"student": {"model": "some/real-model"}, "data": {"train_source": "gsm8k"}})
+    assert not A.is_toy_run(run)
+    write_json(run.config_file, {"student": {"model": "toy"}, "data": {"train_source": "toy"}})
+    assert A.is_toy_run(run)

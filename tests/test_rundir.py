@@ -100,3 +100,63 @@ def test_progress_is_resumed_only_under_the_same_settings(tmp_path):
     write_jsonl(run.data("in.jsonl"), [Problem("b", "q", "1")])  # the input changed after the crash
     stage({"lam": 0.1})
     assert seen[-1] == []
+
+
+def test_artifact_names_keep_the_on_disk_layout(tmp_path):
+    run = RunDir(tmp_path / "run")
+    rel = run.relative
+    assert rel(run.config_file) == "config.json" and rel(run.manifest_path) == "manifest.json"
+    assert rel(run.student_info) == "data/student.json"
+    assert rel(run.train_problems) == "data/train_problems.jsonl"
+    assert rel(run.benchmark("gsm8k")) == "data/benchmarks/gsm8k.jsonl"
+    assert rel(run.teacher_traces) == "data/teacher_traces.jsonl"
+    assert rel(run.teacher_sft_set) == "data/sft_sft.jsonl" == rel(run.training_set("sft"))
+    assert rel(run.student_attempts) == "data/student_attempts.jsonl"
+    assert rel(run.student_attempts_partial) == "data/student_attempts.partial.jsonl"
+    assert rel(run.error_attempts) == "data/error_attempts.jsonl"
+    assert rel(run.pass_rates) == "data/pass_rates.json"
+    assert rel(run.refinements) == "data/refinements.jsonl"
+    assert rel(run.orion_sft_set) == "data/sft_orion.jsonl"
+    assert rel(run.training_set("edit")) == "data/sft_edit.jsonl"
+    assert rel(run.toy_student) == "models/base" and rel(run.warmup_model) == "models/exposure_warmup"
+    assert rel(run.trained("sft").model) == "models/sft/model" == rel(run.method_model("sft"))
+    assert rel(run.loss_history("orion")) == "models/orion/loss_history.json"
+    assert rel(run.trained("sft").train_result) == "models/sft/train_result.json"
+    assert rel(run.trained("sft").checkpoint_fingerprint) == "models/sft/checkpoints/fingerprint.json"
+    edit = run.edit()
+    assert rel(edit.pairs) == "models/edit/pairs.jsonl"
+    assert rel(edit.stage1_examples) == "models/edit/stage1_examples.jsonl"
+    assert rel(edit.stage1.model) == "models/edit/stage1/model"
+    assert rel(edit.stage2.pairs_with_ops) == "models/edit/stage2/pairs_with_ops.jsonl"
+    rnd = run.tailored().round(2)
+    assert [rel(p) for p in (rnd.exam, rnd.teacher, rnd.train, rnd.result)] == [
+        f"models/tailored/round_2/{n}" for n in ("exam.jsonl", "teacher.jsonl", "train.jsonl", "result.json")]
+    assert rel(run.tailored().rounds_summary) == "models/tailored/rounds.json"
+    assert rel(run.eval_file("orion", "gsm8k")) == "eval/orion/gsm8k.jsonl"
+    assert rel(run.eval_summary("orion")) == "eval/orion/summary.json"
+    assert rel(run.metrics) == "metrics.json" and rel(run.analysis_file) == "analysis.json"
+    assert rel(run.report) == "report.md" and rel(run.figure("loss_curves")) == "figures/loss_curves.png"
+
+
+def test_training_files_are_where_each_method_trained(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert run.training_files("sft") == [] and run.training_files("base") == []
+    write_jsonl(run.teacher_sft_set, [Problem("a", "q", "1")])
+    assert run.training_files("sft") == [run.teacher_sft_set]
+    for r in (10, 2, 1):  # rounds in round order, not name order
+        write_jsonl(run.tailored().round(r).train, [Problem("a", "q", "1")])
+    assert run.training_files("tailored") == [run.tailored().round(r).train for r in (1, 2, 10)]
+
+
+def test_read_or_make_reads_back_what_an_earlier_attempt_wrote(tmp_path):
+    from orion_utils.rundir import read_or_make
+
+    made = []
+
+    def make():
+        made.append(1)
+        return [Problem("a", "q", "1")]
+
+    path = tmp_path / "step.jsonl"
+    assert read_or_make(path, Problem, make) == read_or_make(path, Problem, make) == [Problem("a", "q", "1")]
+    assert len(made) == 1
