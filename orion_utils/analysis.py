@@ -164,11 +164,6 @@ def token_lengths(texts: Iterable[str], tokenizer: Any = None) -> list[int]:
     return [len(tokenizer(t)) for t in texts]
 
 
-def token_stats(texts: Iterable[str], tokenizer: Any = None) -> Optional[dict]:
-    """``length_stats`` of ``token_lengths(texts, tokenizer)``."""
-    return length_stats(token_lengths(texts, tokenizer))
-
-
 def cot_perplexity(nlls: Iterable[float]) -> Optional[float]:
     """exp(mean of the finite per-CoT mean NLLs): the geometric mean of per-CoT perplexities."""
     finite = [float(x) for x in nlls if x is not None and math.isfinite(x)]

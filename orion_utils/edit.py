@@ -412,24 +412,6 @@ def encode_pair(
     return {"chosen": chosen, "rejected": rejected, "key_ops": ops.to_dict()}
 
 
-def annotate_pairs(
-    pairs: Sequence[DualPair], tokenizer, prompt_template: str = "{question}", system: Optional[str] = None
-) -> list[DualPair]:
-    """Copies of the pairs with ``meta["key_ops"]`` (the responses' alignment in this tokenizer)
-    and ``meta["n_key_chosen"]`` / ``meta["n_key_rejected"]`` for inspection."""
-    out = []
-    for pair in pairs:
-        ops = KeyOps.from_dict(encode_pair(tokenizer, pair, prompt_template, system)["key_ops"])
-        meta = {
-            **pair.meta,
-            "key_ops": ops.to_dict(),
-            "n_key_chosen": ops.n_key_chosen,
-            "n_key_rejected": ops.n_key_rejected,
-        }
-        out.append(replace(pair, meta=meta))
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Stage 2: the loss, the collator and the Trainer
 # --------------------------------------------------------------------------------------------
@@ -489,19 +471,6 @@ def edit_loss(
             "guard_kept": (guard[key_r].mean().item() if key_r.any() else float("nan")),
         }
     return loss, stats
-
-
-class PairDataset:
-    """Encoded pairs (a map-style dataset: ``len`` and indexing)."""
-
-    def __init__(self, items: list[dict]):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.items[i]
 
 
 def _pad(rows: list[list], value, length: int) -> list[list]:
@@ -819,11 +788,9 @@ __all__ = [
     "build_dual_pairs",
     "stage1_examples",
     "encode_pair",
-    "annotate_pairs",
     "token_nll",
     "edit_loss",
     "EditCollator",
-    "PairDataset",
     "make_edit_trainer_class",
     "pair_rows",
     "edit_method",
