@@ -5,7 +5,7 @@ mostly the same text. The few tokens where they differ are the reasoning steps t
 answer. EDIT finds those tokens with an edit-distance alignment and trains the student to make
 them likelier in the correct chain and less likely in the wrong one.
 
-Pipeline (DESIGN.md §1.2):
+Pipeline (the paper's two stages, with prompts of our own; ``run_edit``):
 
 1. **Dual pairs** (``build_dual_pairs``), from one of two sources:
 

@@ -7,7 +7,7 @@ self-reflection loss that pulls its representation of a correct rationale toward
 correct rationale of the same question and away from its own wrong one. Then it sits the exam
 again, and the loop repeats for a number of rounds.
 
-Rounds (DESIGN.md §1.3; ``run_tailored``):
+Rounds (the paper's schedule, with prompts of our own; ``run_tailored``):
 
 - round 0, exam: the base student samples ``exam_samples`` answers per question (temperature
   1.0); its unique wrong rationales are kept.
