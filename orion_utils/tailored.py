@@ -17,9 +17,10 @@ Rounds (the paper's schedule, with prompts of our own; ``run_tailored``):
   with the question (``teacher.tailor``); training continues from the round r−1 checkpoint on the
   new, tailored rationales.
 
-Loss (``TailoredTrainer``, a subclass of the project's one SFT trainer): ``weighted_mle_loss`` +
-λ · ``triplet_loss`` on a hidden state (``triplet_layer``; default the last) of each sequence's last token. A ``NoSameQuestionBatchSampler`` never puts two
-rationales of one question in one batch.
+Loss (``TailoredTrainer``, a subclass of the project's one SFT trainer; ``tailored_loss``):
+``weighted_mle_loss`` + λ · ``triplet_loss`` on a hidden state (``triplet_layer``; default the last) of
+each sequence's last token. A ``NoSameQuestionBatchSampler`` never puts two rationales of one question
+in one batch.
 """
 
 from __future__ import annotations
