@@ -1,6 +1,6 @@
 """Stage 08, analysis: measure the paper's claims on a finished run, plot them, write the report.
 
-The paper (ORION, section 1.1 step 6 of the design) claims that ORION's CoTs are more coherent and
+The ORION paper claims that ORION's CoTs are more coherent and
 logically consistent, that training on them is more stable, that the trained student is less
 verbose, and that ORION beats every baseline by more than 2 points. This module turns each claim
 into numbers computed from the run directory alone:
@@ -35,14 +35,16 @@ into numbers computed from the run directory alone:
     objects (never by evaluating text). Reported pooled over steps (``score``) and as the mean of
     per-text shares (``mean_per_text``), for (a) the method's training CoTs and (b) its
     evaluation responses. Real runs: the regular-expression parser is not reliable on free-form
-    mathematics (``x^2 - 1 = 0`` reads as ``2 - 1 = 0``), so it is off there; no LLM judge is
-    implemented (the teacher interface has no judging call).
+    mathematics (``x^2 - 1 = 0`` reads as ``2 - 1 = 0``), so it is off there; instead, with
+    ``analysis.judge`` on, the teacher judges the steps of up to ``judge_max_cots`` training CoTs
+    per method (``make_judge``, ``judge_consistency``: the mean share of steps judged consistent;
+    it costs teacher calls).
 
-Seeds: a profile may list several seeds. The runner's multi-seed layout is not fixed yet, so
-``analyse_run(run, seeds_run_dirs=[...])`` takes the run directories of the *other* seeds (complete
-runs of the same profile with another seed) explicitly; every table cell is then ``mean ± std``
-over the seeds (sample standard deviation, n−1; 0 for one seed) and the figures draw error bars
-or one line per seed.
+Seeds: a profile may list several seeds. ``orion run`` writes the first seed's run to the run
+directory and each further seed's complete run to ``<run>/seeds/seed_<k>``; ``analyse_run`` finds
+those (``seed_run_dirs``), or takes the other seeds' run directories explicitly
+(``seeds_run_dirs=[...]``). Every table cell is then ``mean ± std`` over the seeds (sample
+standard deviation, n−1; 0 for one seed) and the figures draw error bars or one line per seed.
 """
 from __future__ import annotations
 
@@ -162,11 +164,6 @@ def token_lengths(texts: Iterable[str], tokenizer: Any = None) -> list[int]:
     if hasattr(tokenizer, "encode"):
         return [len(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
     return [len(tokenizer(t)) for t in texts]
-
-
-def token_stats(texts: Iterable[str], tokenizer: Any = None) -> Optional[dict]:
-    """``length_stats`` of ``token_lengths(texts, tokenizer)``."""
-    return length_stats(token_lengths(texts, tokenizer))
 
 
 def cot_perplexity(nlls: Iterable[float]) -> Optional[float]:

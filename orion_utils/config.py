@@ -1,4 +1,4 @@
-"""Profiles: one YAML file per setting (smoke, toy, colab, paper) in ``configs/``.
+"""Profiles: one YAML file per setting (smoke, toy, toy3, smol, colab, paper) in ``configs/``.
 
 A profile is a set of sections; each section is a flat dataclass owned by the stage that uses it
 (``exposure`` → ``orion_utils.exposure.ExposureConfig`` ...). A profile may start from another

@@ -247,10 +247,6 @@ _ALIASES = {
 }
 
 
-def benchmark_names() -> list[str]:
-    return list(BENCHMARKS)
-
-
 def get_spec(name: str) -> BenchmarkSpec:
     """The registry entry for ``name`` (case-insensitive; "gsm-hard", "math-500" ... accepted)."""
     key = str(name).strip().lower()
@@ -396,7 +392,6 @@ def load_benchmarks(names: Iterable[str], data_dir: Optional[PathLike] = None,
 __all__ = [
     "BENCHMARKS",
     "BenchmarkSpec",
-    "benchmark_names",
     "format_number",
     "get_spec",
     "iter_hub_rows",

@@ -5,7 +5,7 @@ mostly the same text. The few tokens where they differ are the reasoning steps t
 answer. EDIT finds those tokens with an edit-distance alignment and trains the student to make
 them likelier in the correct chain and less likely in the wrong one.
 
-Pipeline (DESIGN.md §1.2):
+Pipeline (the paper's two stages, with prompts of our own; ``run_edit``):
 
 1. **Dual pairs** (``build_dual_pairs``), from one of two sources:
 
@@ -413,24 +413,6 @@ def encode_pair(
     return {"chosen": chosen, "rejected": rejected, "key_ops": ops.to_dict()}
 
 
-def annotate_pairs(
-    pairs: Sequence[DualPair], tokenizer, prompt_template: str = "{question}", system: Optional[str] = None
-) -> list[DualPair]:
-    """Copies of the pairs with ``meta["key_ops"]`` (the responses' alignment in this tokenizer)
-    and ``meta["n_key_chosen"]`` / ``meta["n_key_rejected"]`` for inspection."""
-    out = []
-    for pair in pairs:
-        ops = KeyOps.from_dict(encode_pair(tokenizer, pair, prompt_template, system)["key_ops"])
-        meta = {
-            **pair.meta,
-            "key_ops": ops.to_dict(),
-            "n_key_chosen": ops.n_key_chosen,
-            "n_key_rejected": ops.n_key_rejected,
-        }
-        out.append(replace(pair, meta=meta))
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Stage 2: the loss, the collator and the Trainer
 # --------------------------------------------------------------------------------------------
@@ -490,19 +472,6 @@ def edit_loss(
             "guard_kept": (guard[key_r].mean().item() if key_r.any() else float("nan")),
         }
     return loss, stats
-
-
-class PairDataset:
-    """Encoded pairs (a map-style dataset: ``len`` and indexing)."""
-
-    def __init__(self, items: list[dict]):
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.items[i]
 
 
 def _pad(rows: list[list], value, length: int) -> list[list]:
@@ -815,11 +784,9 @@ __all__ = [
     "build_dual_pairs",
     "stage1_examples",
     "encode_pair",
-    "annotate_pairs",
     "token_nll",
     "edit_loss",
     "EditCollator",
-    "PairDataset",
     "make_edit_trainer_class",
     "pair_rows",
     "edit_method",

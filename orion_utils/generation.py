@@ -1,6 +1,6 @@
 """Generation backends behind one interface: transformers (everywhere) and vLLM (CUDA when installed; its CPU build on request).
 
-    gen = load_generator("outputs/toy/models/student")   # prints the one line saying which backend ran
+    gen = load_generator("outputs/toy/models/base")   # prints the one line saying which backend ran
     outs = gen.generate(questions, SamplingConfig(n=4, temperature=0.8, top_p=0.9, max_new_tokens=512),
                         prompt_template=DEFAULT_PROMPT_TEMPLATE)
     outs[i][j].text, outs[i][j].n_tokens, outs[i][j].finish_reason

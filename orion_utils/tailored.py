@@ -7,7 +7,7 @@ self-reflection loss that pulls its representation of a correct rationale toward
 correct rationale of the same question and away from its own wrong one. Then it sits the exam
 again, and the loop repeats for a number of rounds.
 
-Rounds (DESIGN.md §1.3; ``run_tailored``):
+Rounds (the paper's schedule, with prompts of our own; ``run_tailored``):
 
 - round 0, exam: the base student samples ``exam_samples`` answers per question (temperature
   1.0); its unique wrong rationales are kept.
@@ -17,9 +17,10 @@ Rounds (DESIGN.md §1.3; ``run_tailored``):
   with the question (``teacher.tailor``); training continues from the round r−1 checkpoint on the
   new, tailored rationales.
 
-Loss (``TailoredTrainer``, a subclass of the project's one SFT trainer): ``weighted_mle_loss`` +
-λ · ``triplet_loss`` on a hidden state (``triplet_layer``; default the last) of each sequence's last token. A ``NoSameQuestionBatchSampler`` never puts two
-rationales of one question in one batch.
+Loss (``TailoredTrainer``, a subclass of the project's one SFT trainer; ``tailored_loss``):
+``weighted_mle_loss`` + λ · ``triplet_loss`` on a hidden state (``triplet_layer``; default the last) of
+each sequence's last token. A ``NoSameQuestionBatchSampler`` never puts two rationales of one question
+in one batch.
 """
 
 from __future__ import annotations

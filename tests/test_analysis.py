@@ -56,15 +56,15 @@ class _CharTokenizer:
         return list(text)
 
 
-def test_token_stats_with_words_callable_and_hf_like_tokenizer():
+def test_token_lengths_and_length_stats_with_words_callable_and_hf_like_tokenizer():
     texts = ["a b c", "a", "a b c d e f"]
-    stats = A.token_stats(texts)  # whitespace words: 3, 1, 6
+    stats = A.length_stats(A.token_lengths(texts))  # whitespace words: 3, 1, 6
     assert stats["n"] == 3 and stats["mean"] == pytest.approx(10 / 3)
     assert stats["median"] == 3 and stats["min"] == 1 and stats["max"] == 6
     assert stats["std"] == pytest.approx(math.sqrt(((3 - 10 / 3) ** 2 + (1 - 10 / 3) ** 2 + (6 - 10 / 3) ** 2) / 3))
     assert A.token_lengths(["abc", ""], _CharTokenizer()) == [3, 0]
     assert A.token_lengths(["abc", "de"], lambda t: list(t)) == [3, 2]
-    assert A.token_stats([]) is None
+    assert A.length_stats(A.token_lengths([])) is None
     assert A.length_stats(list(range(1, 11)))["p90"] == 9  # nearest rank
 
 

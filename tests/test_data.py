@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from orion_utils.data import BENCHMARKS, benchmark_names, format_number, load_benchmark
+from orion_utils.data import BENCHMARKS, format_number, load_benchmark
 from orion_utils.jsonl import RecordError
 from orion_utils.records import Problem
 
@@ -98,7 +98,7 @@ def test_shared_gsm8k_amc_aime_answers():
 # --------------------------------------------------------------------------- tiny fixtures
 
 def test_fixtures_every_benchmark():
-    got = {name: load_benchmark(name, data_dir=FIXTURES) for name in benchmark_names()}
+    got = {name: load_benchmark(name, data_dir=FIXTURES) for name in BENCHMARKS}
     assert [(p.id, p.answer) for p in got["gsm_hard"]] == [
         ("gsm_hard/0", "1234570"), ("gsm_hard/1", "3.5"), ("gsm_hard/2", "-4999996")]
     assert got["gsm_hard"][1].meta["target"] == 3.5 and not got["gsm_hard"][1].meta["answer_is_integer"]
@@ -159,7 +159,7 @@ def fake_hub(monkeypatch):
 
 
 def test_hub_path_uses_registry_ids_and_maps_hub_fields(fake_hub):
-    got = {name: load_benchmark(name) for name in benchmark_names()}
+    got = {name: load_benchmark(name) for name in BENCHMARKS}
     assert fake_hub == [
         ("reasoning-machines/gsm-hard", None, "train"),
         ("HuggingFaceH4/MATH-500", None, "test"),

@@ -402,10 +402,6 @@ _ALIASES = {
 }
 
 
-def trace_dataset_names() -> list[str]:
-    return list(TRACE_DATASETS)
-
-
 def get_trace_spec(name: str) -> TraceDatasetSpec:
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
@@ -667,5 +663,4 @@ __all__ = [
     "load_trace_entries",
     "normalize_question",
     "split_reasoning_solution",
-    "trace_dataset_names",
 ]

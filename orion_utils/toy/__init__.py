@@ -1,4 +1,7 @@
-"""The toy domain: the whole pipeline in miniature on CPU (DESIGN.md section 3).
+"""The toy domain: the whole pipeline in miniature on CPU, with no GPU and no model hub.
+
+Synthetic arithmetic word problems, a programmatic teacher and a tiny student of a real architecture
+stand in for real data, a reasoning teacher and a pretrained student, through the same code paths.
 
 * ``domain``: seeded arithmetic word problems (train/test/hard splits) and ``parse_steps``.
 * ``teacher``: the programmatic R1-style teacher's CoTs (``orion_utils.teachers.toy.ToyTeacher``
@@ -6,7 +9,8 @@
 * ``tokenizer`` / ``student``: a locally built tokenizer and a tiny Llama/Qwen2 student, saved in
   Hugging Face format.
 * ``warmup``: trains the student from scratch to "competent but error-prone"; ``quick_accuracy``.
-* ``reflect``: the rule-based reflector used in place of an LLM reflector (say so with toy results).
+* ``reflect``: the reflection rules behind the ``student`` and ``rule`` reflectors that stand in for the
+  LLM reflector (a tiny student cannot follow a reflection prompt; say so with toy results).
 
 Submodules are imported on demand (``tokenizer``, ``student`` and ``warmup`` pull in transformers).
 """
