@@ -129,3 +129,12 @@ def test_analysis_shows_one_claims_numbers(run):
     assert look["verdict"] == "supported"
     assert look["numbers"] == {"loss_delta_std / orion": "0.1000", "loss_delta_std / sft": 0.2}
     assert json.loads(run.path("analysis.json").read_text())["claims"][0]["id"] == look["id"]
+
+
+def test_run_prompt_format_reads_the_runs_student_section(run, tmp_path):
+    from orion_utils.chat import run_prompt_format
+
+    assert run_prompt_format(run) == ("{question}", None)
+    write_json(tmp_path / "config.json", {"student": {"prompt_template": "Q: {question}", "system_prompt": "Be brief."}})
+    assert run_prompt_format(RunDir(tmp_path)) == ("Q: {question}", "Be brief.")
+    assert run_prompt_format(RunDir(tmp_path / "empty")) == ("{question}", None)
