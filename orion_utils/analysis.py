@@ -1021,7 +1021,7 @@ def look_inside(run: RunDir, claim: str = "stability", show: bool = True) -> Opt
     sentence that explains it, and every number behind it (per method, flattened)."""
     from .display import key_values
 
-    path = run.path("analysis.json")
+    path = run.analysis_file
     claims = json.loads(path.read_text(encoding="utf-8")).get("claims", []) if path.exists() else []
     found = next((c for c in claims if c.get("id") == claim), claims[0] if claims else None)
     if found is None:

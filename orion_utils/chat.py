@@ -68,8 +68,5 @@ def encode_for_training(
 def run_prompt_format(run) -> tuple[str, Optional[str]]:
     """The (prompt template, system prompt) a run's student was prompted with, from the run's
     ``config.json`` (``student`` section); ``("{question}", None)`` where the run has none."""
-    import json
-
-    path = run.path("config.json")
-    student = (json.loads(path.read_text(encoding="utf-8")).get("student") or {}) if path.exists() else {}
+    student = (run.config() or {}).get("student") or {}
     return student.get("prompt_template") or "{question}", student.get("system_prompt") or None

@@ -102,8 +102,8 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, show: bool = True
     from .display import key_values, markdown
     from .grading import grade
 
-    problems = {p.id: p for p in read_jsonl(run.data("train_problems.jsonl"), Problem)}
-    traces = read_jsonl(run.data("teacher_traces.jsonl"), TeacherTrace)
+    problems = {p.id: p for p in read_jsonl(run.train_problems, Problem)}
+    traces = read_jsonl(run.teacher_traces, TeacherTrace)
     trace = next((t for t in traces if t.problem_id == problem_id), traces[0]) if problem_id else traces[0]
     gold = problems[trace.problem_id].answer
     verdict = grade(trace.solution, gold)

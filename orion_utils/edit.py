@@ -801,7 +801,7 @@ def look_inside(run, index: int = 0, alpha: float = 1.0, beta: float = 0.025, sh
     the base student's tokens. None, with a note, when this run did not run EDIT."""
     from .jsonl import read_jsonl
 
-    path = run.model("edit") / "pairs.jsonl"
+    path = run.edit().pairs
     pairs = read_jsonl(path, DualPair) if path.exists() else []
     if not pairs:
         print("EDIT was not run here (is 'edit' in evaluation.methods?): no dual pairs to look at.")

@@ -173,7 +173,7 @@ def look_inside(run: RunDir, method: Optional[str] = None, benchmark: Optional[s
     methods = sorted(p.name for p in run.eval_dir().iterdir() if p.is_dir()) if run.eval_dir().exists() else []
     if method is None:
         method = methods[0] if methods else "orion"
-    files = sorted((run.eval_dir() / method).glob("*.jsonl")) if method in methods else []
+    files = run.eval_files(method)
     if benchmark is not None:
         files = [f for f in files if f.stem == benchmark]
     samples = read_jsonl(files[0], EvalSample) if files else []

@@ -172,7 +172,7 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, show: bool = True
     rates = pass_rates(attempts)
     if problem_id is None:
         problem_id = next((pid for pid, r in rates.items() if 0 < r < 1), next(iter(by_problem)))
-    gold = {p.id: p for p in read_jsonl(run.data("train_problems.jsonl"), Problem)}[problem_id]
+    gold = {p.id: p for p in read_jsonl(run.train_problems, Problem)}[problem_id]
     rows = []
     for a in by_problem[problem_id]:
         g = grade(a.response, gold.answer)

@@ -413,8 +413,8 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = Tru
     from .chat import run_prompt_format
     from .display import key_values, markdown, table
 
-    r = pick_refinement(read_jsonl(run.data("refinements.jsonl"), Refinement), problem_id)
-    problem = {p.id: p for p in read_jsonl(run.data("train_problems.jsonl"), Problem)}[r.problem_id]
+    r = pick_refinement(read_jsonl(run.refinements, Refinement), problem_id)
+    problem = {p.id: p for p in read_jsonl(run.train_problems, Problem)}[r.problem_id]
     texts = [c["text"] for c in r.meta.get("candidates", [])]
     graded = [grade(t, problem.answer) for t in texts]
     nll = [None] * len(texts)

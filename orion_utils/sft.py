@@ -74,7 +74,7 @@ def look_inside(run: RunDir, method: str = "orion", problem_id: Optional[str] = 
     from .display import key_values, table
     from .training import build_sft_rows
 
-    examples = read_jsonl(run.data(TRAINING_SETS[method]), SFTExample)
+    examples = read_jsonl(run.training_set(method), SFTExample)
     if problem_id is None:
         ex = next((e for e in examples if (e.meta or {}).get("loss_mask_spans")), examples[0])
     else:

@@ -804,9 +804,10 @@ def look_inside(run, round_index: Optional[int] = None, show: bool = True) -> Op
     from .display import key_values, markdown
     from .jsonl import read_jsonl
 
-    paths = sorted(run.model("tailored").glob("round_*/train.jsonl"))
+    rounds_on_disk = run.tailored().rounds()
     if round_index is not None:
-        paths = [p for p in paths if p.parent.name == f"round_{round_index}"]
+        rounds_on_disk = [r for r in rounds_on_disk if r.root.name == f"round_{round_index}"]
+    paths = [r.train for r in rounds_on_disk if r.train.is_file()]
     rounds = [(p.parent.name, read_jsonl(p, SFTExample)) for p in paths]
     candidates = [(name, ex) for name, examples in rounds for ex in examples]
     if not candidates:
