@@ -170,8 +170,9 @@ def look_inside(run: RunDir, method: Optional[str] = None, benchmark: Optional[s
     first evaluated method's first benchmark."""
     from .display import key_values, markdown
 
-    methods = sorted(p.name for p in run.eval_dir().iterdir() if p.is_dir()) if run.eval_dir().exists() else []
     if method is None:
+        root = run.eval_dir()
+        methods = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
         method = methods[0] if methods else "orion"
     files = run.eval_files(method)
     if benchmark is not None:

@@ -176,12 +176,13 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, show: bool = True
     rows = []
     for a in by_problem[problem_id]:
         g = grade(a.response, gold.answer)
-        rows.append({"sample": a.sample_index, "answer": g.predicted, "verdict": g.reason, "correct": g.correct,
-                     "response": a.response})
+        rows.append({"sample": a.sample_index, "answer": g.predicted, "verdict": g.reason,
+                     "correct": g.correct, "response": a.response})
     look = {"problem_id": problem_id, "question": gold.question, "gold": gold.answer, "samples": rows,
             "pass rate": rates[problem_id]}
     if show:
-        key_values({k: look[k] for k in ("problem_id", "question", "gold", "pass rate")}, title="one question")
+        key_values({k: look[k] for k in ("problem_id", "question", "gold", "pass rate")},
+                   title="one question")
         table(rows, ["sample", "answer", "verdict", "correct", "response"], max_chars=300,
               title=f"its {len(rows)} student samples, graded")
     return look

@@ -189,12 +189,13 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, n_tokens: int = 4
         look["teacher_cot"] = text
     tokenizer = AutoTokenizer.from_pretrained(run.student_model())
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    look.update(tokenized="teacher CoT" if "teacher_cot" in look else "question (no toy teacher for this data)",
-                n_tokens=len(ids), tokens=[tokenizer.decode([t]) for t in ids[:n_tokens]])
+    what = "teacher CoT" if "teacher_cot" in look else "question (no toy teacher for this data)"
+    look.update(tokenized=what, n_tokens=len(ids), tokens=[tokenizer.decode([t]) for t in ids[:n_tokens]])
     if show:
-        key_values({k: v for k, v in look.items() if k not in ("teacher_cot", "tokens")}, title="one training question")
+        key_values({k: v for k, v in look.items() if k not in ("teacher_cot", "tokens")},
+                   title="one training question")
         if "teacher_cot" in look:
             markdown(f"**A teacher CoT for it**\n\n```\n{look['teacher_cot']}\n```")
-        markdown(f"**The base student's first {len(look['tokens'])} tokens of the {look['tokenized']}** (| between "
-                 f"tokens)\n\n```\n{'|'.join(look['tokens'])}\n```")
+        markdown(f"**The base student's first {len(look['tokens'])} tokens of the {look['tokenized']}** "
+                 f"(| between tokens)\n\n```\n{'|'.join(look['tokens'])}\n```")
     return look

@@ -438,8 +438,9 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = Tru
             "matches_stored_pick": (texts[pick] == r.refined_cot) if pick is not None else not r.accepted,
             "refined_cot": r.refined_cot}
     if show:
-        key_values({k: look[k] for k in ("problem_id", "question", "gold", "outcome", "n_candidates", "selection_rule", "picked",
-                                          "matches_stored_pick")}, title="one question's reflection")
+        shown = ("problem_id", "question", "gold", "outcome", "n_candidates", "selection_rule", "picked",
+                 "matches_stored_pick")
+        key_values({k: look[k] for k in shown}, title="one question's reflection")
         if r.wrong_attempt:
             markdown(f"**The student's wrong attempt**\n\n```\n{r.wrong_attempt}\n```")
         table(rows, ["candidate", "answer", "verified", "nll", "picked", "text"], max_chars=400,

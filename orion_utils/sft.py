@@ -61,10 +61,12 @@ def label_segments(tokenizer, input_ids: Sequence[int], labels: Sequence[int], p
             segments[-1]["ids"].append(tok)
         else:
             segments.append({"kind": kind, "ids": [tok]})
-    return [{"kind": s["kind"], "tokens": len(s["ids"]), "text": tokenizer.decode(s["ids"])} for s in segments]
+    return [{"kind": s["kind"], "tokens": len(s["ids"]), "text": tokenizer.decode(s["ids"])}
+            for s in segments]
 
 
-def look_inside(run: RunDir, method: str = "orion", problem_id: Optional[str] = None, show: bool = True) -> dict:
+def look_inside(run: RunDir, method: str = "orion", problem_id: Optional[str] = None,
+                show: bool = True) -> dict:
     """One training example of ``method`` as the trainer sees it: ``training.build_sft_rows`` turns it into
     token ids and labels (-100 on the prompt, and on any ``loss_mask_spans`` such as the quoted wrong
     step), shown decoded segment by segment. Without ``problem_id``, an example with a masked span if any."""
@@ -82,13 +84,16 @@ def look_inside(run: RunDir, method: str = "orion", problem_id: Optional[str] = 
     template, system = run_prompt_format(run)
     tokenizer = AutoTokenizer.from_pretrained(run.student_model())
     rows, _ = build_sft_rows(tokenizer, [ex], prompt_template=template, system=system)
-    prompt_len = encode_for_training(tokenizer, ex.question, ex.response, template, system=system)["prompt_len"]
+    enc = encode_for_training(tokenizer, ex.question, ex.response, template, system=system)
+    prompt_len = enc["prompt_len"]
     row = rows[0]
     segments = label_segments(tokenizer, row["input_ids"], row["labels"], prompt_len)
-    look = {"method": method, "problem_id": ex.problem_id, "source": ex.source, "tokens": len(row["input_ids"]),
-            "trained tokens": sum(label != -100 for label in row["labels"]),
+    look = {"method": method, "problem_id": ex.problem_id, "source": ex.source,
+            "tokens": len(row["input_ids"]), "trained tokens": sum(label != -100 for label in row["labels"]),
             "masked spans": len((ex.meta or {}).get("loss_mask_spans") or []), "segments": segments}
     if show:
-        key_values({k: v for k, v in look.items() if k != "segments"}, title=f"one '{method}' training example")
-        table(segments, ["kind", "tokens", "text"], max_chars=600, title="its tokens, by what the loss does with them")
+        key_values({k: v for k, v in look.items() if k != "segments"},
+                   title=f"one '{method}' training example")
+        table(segments, ["kind", "tokens", "text"], max_chars=600,
+              title="its tokens, by what the loss does with them")
     return look

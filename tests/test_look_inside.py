@@ -23,9 +23,11 @@ def run(tmp_path_factory, tiny_model_dir):
     write_json(run.data("student.json"), {"model": tiny_model_dir, "in_run_dir": False})
     write_jsonl(run.data("train_problems.jsonl"), problems)
     write_jsonl(run.data("teacher_traces.jsonl"), [
-        TeacherTrace(p0.id, "some thinking", f"So the answer is \\boxed{{{p0.answer}}}.", p0.answer, True, "toy"),
+        TeacherTrace(p0.id, "some thinking", f"So the answer is \\boxed{{{p0.answer}}}.", p0.answer, True,
+                     "toy"),
         TeacherTrace(p1.id, "wrong thinking", "So the answer is \\boxed{-1}.", "-1", False, "toy")])
-    attempts = [StudentAttempt(p.id, i, f"\\boxed{{{p.answer if ok else -1}}}", p.answer if ok else "-1", ok, "base")
+    attempts = [StudentAttempt(p.id, i, f"\\boxed{{{p.answer if ok else -1}}}", p.answer if ok else "-1", ok,
+                               "base")
                 for p, oks in ((p0, (True, False)), (p1, (False, False))) for i, ok in enumerate(oks)]
     write_jsonl(run.data("student_attempts.jsonl"), attempts)
     write_jsonl(run.data("error_attempts.jsonl"), [a for a in attempts if not a.correct])
@@ -43,13 +45,15 @@ def run(tmp_path_factory, tiny_model_dir):
         SFTExample(p1.id, p1.question, "teacher cot", "teacher", {}),
         SFTExample(p0.id, p0.question, good[0], "refined", {"loss_mask_spans": [span]})])
     write_jsonl(run.model("edit") / "pairs.jsonl", [
-        DualPair(p0.id, p0.question, f"2 + 2 = 4 \\boxed{{{p0.answer}}}", "2 + 2 = 5 \\boxed{-1}", "error_exposure")])
+        DualPair(p0.id, p0.question, f"2 + 2 = 4 \\boxed{{{p0.answer}}}", "2 + 2 = 5 \\boxed{-1}",
+                 "error_exposure")])
     write_jsonl(run.model("tailored") / "round_1" / "train.jsonl", [
         SFTExample(p0.id, p0.question, "anchor", "teacher", {"positive": None, "negative": None}),
-        SFTExample(p1.id, p1.question, "anchor 2", "teacher", {"positive": "other", "negative": "wrong one"})])
+        SFTExample(p1.id, p1.question, "anchor 2", "teacher",
+                   {"positive": "other", "negative": "wrong one"})])
     write_jsonl(run.eval_dir() / "orion" / "toy_test.jsonl", [
-        EvalSample("orion", "toy_test", p0.id, "greedy", 0, f"so \\boxed{{{p0.answer}}}", p0.answer, p0.answer,
-                   True, "correct", 5)])
+        EvalSample("orion", "toy_test", p0.id, "greedy", 0, f"so \\boxed{{{p0.answer}}}", p0.answer,
+                   p0.answer, True, "correct", 5)])
     write_json(run.path("analysis.json"), {"claims": [
         {"id": "stability", "claim": "more stable", "verdict": "supported", "text": "orion 0.1 vs sft 0.2",
          "numbers": {"loss_delta_std": {"orion": {"mean": 0.1, "std": 0.0, "n": 1}, "sft": 0.2}}}]})
@@ -119,7 +123,8 @@ def test_tailored_prefers_a_full_triplet_and_reports_a_skipped_method(run, tmp_p
 
 def test_evaluation_grades_a_sample_again(run, capsys):
     look = evaluation.look_inside(run, show=False)
-    assert look["correct"] is True and look["stored verdict"] is True and look["extracted answer"] == look["gold"]
+    assert look["correct"] is True and look["stored verdict"] is True
+    assert look["extracted answer"] == look["gold"]
     assert evaluation.look_inside(run, method="edit", show=False) is None
     assert "no evaluation samples of 'edit'" in capsys.readouterr().out
 
@@ -135,6 +140,7 @@ def test_run_prompt_format_reads_the_runs_student_section(run, tmp_path):
     from orion_utils.chat import run_prompt_format
 
     assert run_prompt_format(run) == ("{question}", None)
-    write_json(tmp_path / "config.json", {"student": {"prompt_template": "Q: {question}", "system_prompt": "Be brief."}})
+    student = {"prompt_template": "Q: {question}", "system_prompt": "Be brief."}
+    write_json(tmp_path / "config.json", {"student": student})
     assert run_prompt_format(RunDir(tmp_path)) == ("Q: {question}", "Be brief.")
     assert run_prompt_format(RunDir(tmp_path / "empty")) == ("{question}", None)
