@@ -1002,3 +1002,34 @@ def analyse_run(
     if not result:
         result.update(json.loads(out_json.read_text(encoding="utf-8")))
     return result
+
+
+def flatten_numbers(numbers: Any, prefix: str = "") -> dict:
+    """A claim's nested ``numbers`` as flat ``{"a / b / c": value}`` rows (mean ± std cells kept whole)."""
+    if isinstance(numbers, dict) and not ({"mean", "std"} & set(numbers)):
+        out: dict = {}
+        for key, value in numbers.items():
+            out.update(flatten_numbers(value, f"{prefix} / {key}" if prefix else str(key)))
+        return out
+    if isinstance(numbers, dict):  # a {"mean", "std", "n"} cell
+        return {prefix: _fmt_cell(numbers, 1.0, 4) if numbers.get("mean") is not None else None}
+    return {prefix: numbers}
+
+
+def look_inside(run: RunDir, claim: str = "stability", show: bool = True) -> Optional[dict]:
+    """One of the paper's claims as this run's ``analysis.json`` assessed it: the claim, its verdict, the
+    sentence that explains it, and every number behind it (per method, flattened)."""
+    from .display import key_values
+
+    path = run.analysis_file
+    claims = json.loads(path.read_text(encoding="utf-8")).get("claims", []) if path.exists() else []
+    found = next((c for c in claims if c.get("id") == claim), claims[0] if claims else None)
+    if found is None:
+        print("no claims assessed in this run (analysis.json is missing or has none)")
+        return None
+    look = {**{k: found.get(k) for k in ("id", "claim", "verdict", "text")},
+            "numbers": flatten_numbers(found.get("numbers") or {})}
+    if show:
+        key_values({k: look[k] for k in ("id", "claim", "verdict", "text")}, title="one claim")
+        key_values(look["numbers"] or {"(none)": ""}, title="its numbers")
+    return look

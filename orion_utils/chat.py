@@ -63,3 +63,10 @@ def encode_for_training(
     if max_seq_len is not None and len(input_ids) > max_seq_len:
         input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
     return {"input_ids": input_ids, "labels": labels, "prompt_len": len(prompt_ids)}
+
+
+def run_prompt_format(run) -> tuple[str, Optional[str]]:
+    """The (prompt template, system prompt) a run's student was prompted with, from the run's
+    ``config.json`` (``student`` section); ``("{question}", None)`` where the run has none."""
+    student = (run.config() or {}).get("student") or {}
+    return student.get("prompt_template") or "{question}", student.get("system_prompt") or None

@@ -4,16 +4,22 @@ The README's "Open in Colab" table and each notebook's install cell (``ORION_REP
 where the repository lives, so they are written by ``orion colab-links --repo OWNER/NAME`` (for the
 project's repository or a fork) rather than by hand. The repository is read from
 ``[project.urls] Repository`` in ``pyproject.toml`` when ``--repo`` is not given.
+
+``install_on_colab`` is what that install cell calls once the repository is cloned: it must run
+before the toolkit's dependencies are installed, so this module imports only the standard library
+at import time.
 """
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
-from .runner import NOTEBOOK_DIR, NOTEBOOKS
-
-ROOT = NOTEBOOK_DIR.parent
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = ROOT / "notebooks"
 README = ROOT / "README.md"
 START, END = "<!-- colab-links:start -->", "<!-- colab-links:end -->"
 BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
@@ -49,6 +55,8 @@ def colab_url(repo: str, notebook: str, branch: str = "main") -> str:
 
 
 def links_table(repo: str, branch: str = "main") -> str:
+    from .runner import NOTEBOOKS
+
     rows = [f"| `{name}` | [![Open In Colab]({BADGE})]({colab_url(repo, name, branch)}) |" for name in NOTEBOOKS]
     return "\n".join(["| notebook | Colab |", "|---|---|", *rows])
 
@@ -65,6 +73,8 @@ def update_readme(repo: str, branch: str = "main", readme: Path = README) -> Non
 def set_notebook_repo(repo: str, notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
     """Write the repository's git URL into each notebook's Colab install cell; returns the notebooks changed."""
     import nbformat
+
+    from .runner import NOTEBOOKS
 
     url = f"https://github.com/{parse_repo(repo)}.git"
     changed = []
@@ -90,3 +100,26 @@ def write_colab_links(repo: Optional[str] = None, branch: str = "main") -> str:
     update_readme(repo, branch)
     set_notebook_repo(repo)
     return repo
+
+
+def colab_install_command(checkout: str, gpu: bool, python: str = sys.executable) -> list[str]:
+    """The pip command installing the cloned toolkit in editable mode, with the ``gpu`` extras (Unsloth
+    and vLLM, which need an NVIDIA GPU) on a GPU runtime."""
+    return [python, "-m", "pip", "install", "-q", "-e", f"{checkout}[gpu]" if gpu else checkout]
+
+
+def install_on_colab(checkout: str = "/content/orion-toolkit", gpu: Optional[bool] = None,
+                     run: Callable[[Sequence[str]], object] = subprocess.check_call) -> list[str]:
+    """Install the cloned toolkit on Colab and work from its ``notebooks/`` folder, as the notebooks'
+    relative ``run_dir`` expects; importable at once, without restarting the runtime.
+
+    ``gpu``: install the GPU extras (default: when ``nvidia-smi`` is found). Returns the pip command run."""
+    import os
+
+    gpu = shutil.which("nvidia-smi") is not None if gpu is None else gpu
+    command = colab_install_command(checkout, gpu)
+    run(command)
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)
+    os.chdir(Path(checkout) / "notebooks")
+    return command

@@ -93,3 +93,26 @@ def run_collection(run: RunDir, teacher_cfg: TeacherConfig, data: Optional[DataC
     params = {"teacher": teacher_cfg, "data": data}
     return run.run_stage("teacher_cots", params, [problems_path], [traces_path, sft_path], work, force=force,
                          stage_hint="00_setup_and_data")
+
+
+def look_inside(run: RunDir, problem_id: Optional[str] = None, show: bool = True) -> dict:
+    """One teacher trace taken apart: its thinking (``<think>…</think>``) and final solution, the answer
+    the grader extracts from the solution and its verdict against the gold answer (graded again here,
+    with the same ``grading.grade`` the correctness filter used)."""
+    from .display import key_values, markdown
+    from .grading import grade
+
+    problems = {p.id: p for p in read_jsonl(run.train_problems, Problem)}
+    traces = read_jsonl(run.teacher_traces, TeacherTrace)
+    trace = next((t for t in traces if t.problem_id == problem_id), traces[0]) if problem_id else traces[0]
+    gold = problems[trace.problem_id].answer
+    verdict = grade(trace.solution, gold)
+    look = {"problem_id": trace.problem_id, "question": problems[trace.problem_id].question, "gold": gold,
+            "thinking": trace.thinking, "solution": trace.solution, "extracted answer": verdict.predicted,
+            "verdict": verdict.reason, "kept": verdict.correct, "stored verdict": trace.correct}
+    if show:
+        markdown(f"**Question.** {look['question']}\n\n**Thinking**\n\n```\n{trace.thinking}\n```\n\n"
+                 f"**Solution**\n\n```\n{trace.solution}\n```")
+        key_values({k: look[k] for k in ("gold", "extracted answer", "verdict", "kept", "stored verdict")},
+                   title="the grader on this trace")
+    return look

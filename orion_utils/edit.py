@@ -771,6 +771,24 @@ def _link_or_copy_tree(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def look_inside(run, index: int = 0, alpha: float = 1.0, beta: float = 0.025,
+                show: bool = True) -> Optional[dict]:
+    """One EDIT dual pair (correct and wrong CoT of one question) and the tokens ``key_token_weights``
+    marks as key reasoning steps (weight ``alpha`` in the correct CoT, ``beta`` in the wrong one), in
+    the base student's tokens. None, with a note, when this run did not run EDIT."""
+    from .jsonl import read_jsonl
+
+    path = run.edit().pairs
+    pairs = read_jsonl(path, DualPair) if path.exists() else []
+    if not pairs:
+        print("EDIT was not run here (is 'edit' in evaluation.methods?): no dual pairs to look at.")
+        return None
+    pair = pairs[min(index, len(pairs) - 1)]
+    text = show_key_tokens(run.student_model(), pair, alpha, beta) if show else ""
+    return {"n_pairs": len(pairs), "problem_id": pair.problem_id, "source": pair.source,
+            "question": pair.question, "chosen": pair.chosen, "rejected": pair.rejected, "marked": text}
+
+
 __all__ = [
     "EditConfig",
     "KeyOps",
@@ -792,4 +810,5 @@ __all__ = [
     "edit_method",
     "train_edit_stage2",
     "run_edit",
+    "look_inside",
 ]

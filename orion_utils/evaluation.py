@@ -161,3 +161,32 @@ def results_table(metrics: dict, key: str = "pass@1") -> str:
         cells = [f"{100 * per[b][key]:.1f}" if b in per and key in per[b] else "–" for b in benchmarks]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def look_inside(run: RunDir, method: Optional[str] = None, benchmark: Optional[str] = None, index: int = 0,
+                show: bool = True) -> Optional[dict]:
+    """One evaluation sample graded again: the response, the answer ``grading.grade`` extracts from it
+    and its verdict against the gold answer (and whether that matches the stored verdict). Default: the
+    first evaluated method's first benchmark."""
+    from .display import key_values, markdown
+
+    if method is None:
+        root = run.eval_dir()
+        methods = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
+        method = methods[0] if methods else "orion"
+    files = run.eval_files(method)
+    if benchmark is not None:
+        files = [f for f in files if f.stem == benchmark]
+    samples = read_jsonl(files[0], EvalSample) if files else []
+    if not samples:
+        print(f"no evaluation samples of {method!r} here (is it in evaluation.methods?)")
+        return None
+    s = samples[min(index, len(samples) - 1)]
+    g = grade(s.response, s.gold)
+    look = {"method": s.method, "benchmark": s.benchmark, "problem_id": s.problem_id, "decoding": s.decoding,
+            "gold": s.gold, "extracted answer": g.predicted, "verdict": g.reason, "correct": g.correct,
+            "stored verdict": s.correct, "response": s.response}
+    if show:
+        markdown(f"**Response** ({s.method} on {s.benchmark}, {s.decoding})\n\n```\n{s.response}\n```")
+        key_values({k: v for k, v in look.items() if k != "response"}, title="the grader on this sample")
+    return look

@@ -158,3 +158,31 @@ def load_exposure(run: RunDir) -> tuple[list[StudentAttempt], list[StudentAttemp
         read_jsonl(run.error_attempts, StudentAttempt),
         json.loads(run.pass_rates.read_text()),
     )
+
+
+def look_inside(run: RunDir, problem_id: Optional[str] = None, show: bool = True) -> dict:
+    """One question's k student samples, each graded again against the gold answer, and the question's
+    pass rate. Without ``problem_id``, a question the student sometimes solves (else the first)."""
+    from .display import key_values, table
+
+    attempts, _, _ = load_exposure(run)
+    by_problem: dict = defaultdict(list)
+    for a in attempts:
+        by_problem[a.problem_id].append(a)
+    rates = pass_rates(attempts)
+    if problem_id is None:
+        problem_id = next((pid for pid, r in rates.items() if 0 < r < 1), next(iter(by_problem)))
+    gold = {p.id: p for p in read_jsonl(run.train_problems, Problem)}[problem_id]
+    rows = []
+    for a in by_problem[problem_id]:
+        g = grade(a.response, gold.answer)
+        rows.append({"sample": a.sample_index, "answer": g.predicted, "verdict": g.reason,
+                     "correct": g.correct, "response": a.response})
+    look = {"problem_id": problem_id, "question": gold.question, "gold": gold.answer, "samples": rows,
+            "pass rate": rates[problem_id]}
+    if show:
+        key_values({k: look[k] for k in ("problem_id", "question", "gold", "pass rate")},
+                   title="one question")
+        table(rows, ["sample", "answer", "verdict", "correct", "response"], max_chars=300,
+              title=f"its {len(rows)} student samples, graded")
+    return look

@@ -165,3 +165,37 @@ def load_student_info(run: RunDir) -> dict:
 
 def load_training_set(run: RunDir) -> list[Problem]:
     return read_jsonl(run.train_problems, Problem)
+
+
+def look_inside(run: RunDir, problem_id: Optional[str] = None, n_tokens: int = 48, show: bool = True) -> dict:
+    """One training question as the later stages see it: the question and gold answer, its gold steps
+    and a teacher CoT for it (toy domain: the problem generator knows the computations), and how the
+    base student's tokenizer splits that CoT (the units SFT and perplexity are counted in)."""
+    from transformers import AutoTokenizer
+
+    from .display import key_values, markdown
+    from .records import format_cot
+
+    problems = load_training_set(run)
+    problem = next((p for p in problems if p.id == problem_id), problems[0]) if problem_id else problems[0]
+    look: dict = {"problem_id": problem.id, "question": problem.question, "answer": problem.answer}
+    text = problem.question
+    if isinstance(problem.meta, dict) and "steps" in problem.meta:
+        from .toy.domain import gold_steps
+        from .toy.teacher import write_cot
+
+        look["gold_steps"] = [f"{s.a} {s.op} {s.b} = {s.result}" for s in gold_steps(problem)]
+        text = format_cot(*write_cot(problem))
+        look["teacher_cot"] = text
+    tokenizer = AutoTokenizer.from_pretrained(run.student_model())
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    what = "teacher CoT" if "teacher_cot" in look else "question (no toy teacher for this data)"
+    look.update(tokenized=what, n_tokens=len(ids), tokens=[tokenizer.decode([t]) for t in ids[:n_tokens]])
+    if show:
+        key_values({k: v for k, v in look.items() if k not in ("teacher_cot", "tokens")},
+                   title="one training question")
+        if "teacher_cot" in look:
+            markdown(f"**A teacher CoT for it**\n\n```\n{look['teacher_cot']}\n```")
+        markdown(f"**The base student's first {len(look['tokens'])} tokens of the {look['tokenized']}** "
+                 f"(| between tokens)\n\n```\n{'|'.join(look['tokens'])}\n```")
+    return look

@@ -390,3 +390,59 @@ def run_reflection(
 
     params = {"reflection": cfg, "reflector": kind, "student": student}
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")
+
+
+def pick_refinement(refinements: Sequence[Refinement], problem_id: Optional[str] = None) -> Refinement:
+    """The refinement of ``problem_id``, else the most instructive one: an accepted rewrite chosen among
+    several candidates, else any accepted one, else one whose candidates all failed, else the first."""
+    if problem_id is not None:
+        return next(r for r in refinements if r.problem_id == problem_id)
+    for keep in (lambda r: r.accepted and r.n_candidates > 1, lambda r: r.accepted,
+                 lambda r: r.meta.get("candidates"), lambda r: True):
+        found = [r for r in refinements if keep(r)]
+        if found:
+            return found[0]
+    raise ValueError("no refinements to look at")
+
+
+def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = True, show: bool = True) -> dict:
+    """ORION's refinement of one question, replayed from ``refinements.jsonl``: the m candidate rewrites,
+    each graded again (``grading.grade``: does its answer verify?), each one's mean per-token NLL under
+    the base student (``generation.completion_nll``, as the selection scored them), and the candidate
+    ``select_candidate`` picks among the verified ones by the run's rule, checked against the stored pick."""
+    from .chat import run_prompt_format
+    from .display import key_values, markdown, table
+
+    r = pick_refinement(read_jsonl(run.refinements, Refinement), problem_id)
+    problem = {p.id: p for p in read_jsonl(run.train_problems, Problem)}[r.problem_id]
+    texts = [c["text"] for c in r.meta.get("candidates", [])]
+    graded = [grade(t, problem.answer) for t in texts]
+    nll = [None] * len(texts)
+    if score and texts:
+        from .generation import completion_nll
+
+        template, system = run_prompt_format(run)
+        nll = completion_nll(run.student_model(), None, [problem.question] * len(texts), texts,
+                             prompt_template=template, system=system)
+    verified = [i for i, g in enumerate(graded) if g.correct]
+    pick = None
+    if verified and (r.selection_rule != "perplexity" or score):
+        chosen = select_candidate([texts[i] for i in verified], r.selection_rule, [nll[i] for i in verified])
+        pick = verified[chosen]
+    rows = [{"candidate": i, "answer": g.predicted, "verified": g.correct,
+             "nll": None if v is None else round(float(v), 4), "picked": i == pick, "text": t}
+            for i, (t, g, v) in enumerate(zip(texts, graded, nll))]
+    look = {"problem_id": r.problem_id, "question": problem.question, "gold": problem.answer,
+            "wrong_attempt": r.wrong_attempt, "candidates": rows, "selection_rule": r.selection_rule,
+            "outcome": r.meta.get("reason", ""), "n_candidates": r.n_candidates, "picked": pick,
+            "matches_stored_pick": (texts[pick] == r.refined_cot) if pick is not None else not r.accepted,
+            "refined_cot": r.refined_cot}
+    if show:
+        shown = ("problem_id", "question", "gold", "outcome", "n_candidates", "selection_rule", "picked",
+                 "matches_stored_pick")
+        key_values({k: look[k] for k in shown}, title="one question's reflection")
+        if r.wrong_attempt:
+            markdown(f"**The student's wrong attempt**\n\n```\n{r.wrong_attempt}\n```")
+        table(rows, ["candidate", "answer", "verified", "nll", "picked", "text"], max_chars=400,
+              title=f"{len(rows)} candidate rewrites (nll: base student, lower = more natural to it)")
+    return look

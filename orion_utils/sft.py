@@ -48,3 +48,52 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
 def load_loss_history(run: RunDir, method: str) -> list[dict]:
     path = run.loss_history(method)
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def label_segments(tokenizer, input_ids: Sequence[int], labels: Sequence[int], prompt_len: int) -> list[dict]:
+    """Consecutive tokens grouped by what the loss does with them: ``prompt`` (label -100: the user turn),
+    ``masked`` (label -100 inside the response: e.g. ORION's quoted wrong step) or ``trained``; each
+    segment with its token count and decoded text."""
+    segments: list[dict] = []
+    for i, (tok, label) in enumerate(zip(input_ids, labels)):
+        kind = "prompt" if i < prompt_len else ("masked" if label == -100 else "trained")
+        if segments and segments[-1]["kind"] == kind:
+            segments[-1]["ids"].append(tok)
+        else:
+            segments.append({"kind": kind, "ids": [tok]})
+    return [{"kind": s["kind"], "tokens": len(s["ids"]), "text": tokenizer.decode(s["ids"])}
+            for s in segments]
+
+
+def look_inside(run: RunDir, method: str = "orion", problem_id: Optional[str] = None,
+                show: bool = True) -> dict:
+    """One training example of ``method`` as the trainer sees it: ``training.build_sft_rows`` turns it into
+    token ids and labels (-100 on the prompt, and on any ``loss_mask_spans`` such as the quoted wrong
+    step), shown decoded segment by segment. Without ``problem_id``, an example with a masked span if any."""
+    from transformers import AutoTokenizer
+
+    from .chat import encode_for_training, run_prompt_format
+    from .display import key_values, table
+    from .training import build_sft_rows
+
+    examples = read_jsonl(run.training_set(method), SFTExample)
+    if problem_id is None:
+        ex = next((e for e in examples if (e.meta or {}).get("loss_mask_spans")), examples[0])
+    else:
+        ex = next(e for e in examples if e.problem_id == problem_id)
+    template, system = run_prompt_format(run)
+    tokenizer = AutoTokenizer.from_pretrained(run.student_model())
+    rows, _ = build_sft_rows(tokenizer, [ex], prompt_template=template, system=system)
+    enc = encode_for_training(tokenizer, ex.question, ex.response, template, system=system)
+    prompt_len = enc["prompt_len"]
+    row = rows[0]
+    segments = label_segments(tokenizer, row["input_ids"], row["labels"], prompt_len)
+    look = {"method": method, "problem_id": ex.problem_id, "source": ex.source,
+            "tokens": len(row["input_ids"]), "trained tokens": sum(label != -100 for label in row["labels"]),
+            "masked spans": len((ex.meta or {}).get("loss_mask_spans") or []), "segments": segments}
+    if show:
+        key_values({k: v for k, v in look.items() if k != "segments"},
+                   title=f"one '{method}' training example")
+        table(segments, ["kind", "tokens", "text"], max_chars=600,
+              title="its tokens, by what the loss does with them")
+    return look

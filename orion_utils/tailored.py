@@ -768,6 +768,44 @@ def _train_or_resume(
     )
 
 
+def look_inside(run, round_index: Optional[int] = None, show: bool = True) -> Optional[dict]:
+    """One Tailored Learning triplet as ``triplet_examples`` built it: the anchor (a correct teacher
+    rationale, trained on with the MLE loss), a positive (another correct rationale of the same question)
+    and a negative (one of the student's wrong rationales), with their token counts from
+    ``encode_triplet_example``. A triplet with both ends, from the given or the first round that has one;
+    None, with a note, when this run did not run Tailored Learning."""
+    from transformers import AutoTokenizer
+
+    from .chat import run_prompt_format
+    from .display import key_values, markdown
+    from .jsonl import read_jsonl
+
+    rounds_on_disk = run.tailored().rounds()
+    if round_index is not None:
+        rounds_on_disk = [r for r in rounds_on_disk if r.root.name == f"round_{round_index}"]
+    paths = [r.train for r in rounds_on_disk if r.train.is_file()]
+    rounds = [(p.parent.name, read_jsonl(p, SFTExample)) for p in paths]
+    candidates = [(name, ex) for name, examples in rounds for ex in examples]
+    if not candidates:
+        print("Tailored Learning was not run here (is 'tailored' in evaluation.methods?): "
+              "no triplets to look at.")
+        return None
+    full = [(n, e) for n, e in candidates if e.meta.get("positive") and e.meta.get("negative")]
+    name, ex = (full or candidates)[0]
+    template, system = run_prompt_format(run)
+    enc = encode_triplet_example(AutoTokenizer.from_pretrained(run.student_model()), ex, template, system)
+    look = {"round": name, "problem_id": ex.problem_id, "question": ex.question, "anchor": ex.response,
+            "positive": ex.meta.get("positive"), "negative": ex.meta.get("negative"),
+            "tokens": {k: (len(v["input_ids"]) if v else None) for k, v in enc.items() if k != "problem_id"}}
+    if show:
+        key_values({"round": name, "problem_id": ex.problem_id, "question": ex.question,
+                    **{f"{k} tokens": v for k, v in look["tokens"].items()}}, title="one triplet")
+        for part in ("anchor", "positive", "negative"):
+            body = look[part] if look[part] is not None else "(none: the triplet term masks it out)"
+            markdown(f"**{part}**\n\n```\n{body}\n```")
+    return look
+
+
 __all__ = [
     "TailoredConfig",
     "weighted_mle_loss",
@@ -789,4 +827,5 @@ __all__ = [
     "run_exam",
     "tailored_rationales",
     "run_tailored",
+    "look_inside",
 ]

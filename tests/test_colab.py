@@ -61,3 +61,49 @@ def test_parameters_cell_for_a_profile(capsys):
     assert "'kind': 'api'" in capsys.readouterr().out
     assert main(["params", "--profile", "paper", "--notebook", "0"]) == 1
     assert "give a unique prefix" in capsys.readouterr().err
+
+
+def _colab_cell(name: str, notebook_dir=NOTEBOOK_DIR) -> str:
+    nb = nbformat.read(notebook_dir / f"{name}.ipynb", as_version=4)
+    return next(c.source for c in nb.cells if "ORION_REPO = " in c.source)
+
+
+def test_every_notebook_has_the_same_short_colab_cell_calling_the_package():
+    cells = {name: _colab_cell(name) for name in NOTEBOOKS}
+    assert len(set(cells.values())) == 1, "the Colab cell differs between notebooks"
+    cell = cells["00_setup_and_data"]
+    assert len(cell.splitlines()) <= 10 and "install_on_colab(" in cell
+    assert 'if "google.colab" in sys.modules' in cell
+
+
+def test_colab_cell_does_nothing_outside_colab(tmp_path):
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    # `!git ...` as IPython reads it
+    code = TransformerManager().transform_cell(_colab_cell("00_setup_and_data"))
+    namespace: dict = {}
+    exec(code, namespace)  # google.colab is not imported here: only ORION_REPO is set
+    assert namespace["ORION_REPO"] == ""
+
+
+def test_install_on_colab_installs_the_checkout_and_works_from_its_notebooks(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "notebooks").mkdir()
+    ran = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    command = colab.install_on_colab(str(tmp_path), gpu=True, run=ran.append)
+    assert ran == [command] and command[-2:] == ["-e", f"{tmp_path}[gpu]"]
+    assert command[1:4] == ["-m", "pip", "install"]
+    assert str(tmp_path) in sys.path and (tmp_path / "notebooks").samefile(".")
+    assert colab.colab_install_command("/x", gpu=False)[-1] == "/x"
+
+
+def test_colab_module_needs_only_the_standard_library_to_import():
+    import subprocess
+    import sys
+
+    code = ("import sys, orion_utils.colab; bad = {'yaml', 'nbformat', 'torch'} & set(sys.modules); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(colab.ROOT))
