@@ -76,27 +76,6 @@ def test_rewrite_start_kinds(problems):
     assert [s.text for s in solution_steps(begin.text)] == [s.text for s in g]
 
 
-def test_the_check_is_phrased_in_the_voice_it_continues(problems):
-    """The student's own attempt in its "Let me check: ... Yes." voice gets a "Let me check: ..." check
-    (the warm-up's caught slips use the same voice as the CoT around them); a prefix without check
-    lines gets "Check: ..."; a step taken back by such a check is not on the solution path."""
-    from orion_utils.toy.reflect import check_opener
-    from orion_utils.toy.teacher import teacher_sample
-
-    p = next(q for q in problems if q.meta["n_steps"] >= 3 and q.meta["steps"][1]["op"] in "+-")
-    teacher = format_cot(*write_cot(p))
-    own = format_cot(*write_cot(p, variant=3, slip_at=1))
-    begin = rewrite_start(p, teacher, own)
-    assert begin.prefix_source == "student" and begin.text.rstrip().split("\n")[-1].startswith("Let me check: ")
-    assert [x.text for x in solution_steps(begin.text)] == [g.text for g in gold_steps(p)[:2]]
-    assert check_opener("At first Mia has 3 apples.\n") == "Check"
-    assert check_opener("a\nLet me check: 3 + 1 = 4. Yes.\nb") == "Let me check"
-    for q in problems[:30]:
-        thinking, solution, meta = teacher_sample(q, 0, caught_slip_rate=1.0, variant=3)
-        cot = format_cot(thinking, solution)
-        assert "\nCheck:" not in cot and [x.text for x in solution_steps(cot)] == [g.text for g in gold_steps(q)]
-
-
 def test_student_reflector_continues_with_the_student_model(problems, tiny_model_dir):
     """A real (random, tiny) model writes the continuations: every candidate is the rule-written
     beginning followed by the model's own tokens, and the mask spans point at the quoted line."""

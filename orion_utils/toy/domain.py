@@ -333,16 +333,12 @@ def solution_steps(cot: str) -> list[Step]:
     return think or steps
 
 
-LAST_STEP = "that was the last step"
+LAST_STEP_CHECK = "Check: that was the last step"
 
 
 def _taken_back(lines: list, step: Step) -> bool:
-    """Is the line right after ``step`` the check that says it was one step too many ("Check: that
-    was the last step, ...")?"""
-    if step.line + 1 >= len(lines):
-        return False
-    line = lines[step.line + 1]
-    return _line_kind(line) == "check" and f": {LAST_STEP}," in line
+    """Is the line right after ``step`` the check that says it was one step too many?"""
+    return step.line + 1 < len(lines) and lines[step.line + 1].startswith(LAST_STEP_CHECK)
 
 
 def _corrects(cot: str, check: Step, last: Step) -> bool:

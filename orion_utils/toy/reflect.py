@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..records import Problem
-from .domain import LAST_STEP, Step, gold_steps, parse_steps, solution_steps
+from .domain import LAST_STEP_CHECK, Step, gold_steps, parse_steps, solution_steps
 
 _BOXED_RE = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
 
@@ -267,11 +267,10 @@ def _line_bounds(text: str, pos: int) -> tuple[int, int]:
     return start, (len(text) if end < 0 else end)
 
 
-def check_line(problem: Problem, div: Divergence, opener: str = "Check") -> str:
-    """The rule-written check of the diverging step, in the toy CoTs' own check idiom; its equations
-    are all right and it ends on the corrected step (or answer), which the student then carries on
-    from, e.g. ``Check: 14 - 7 = 7, not 8, so 8 + 7 = 15.``. ``opener``: the check lines' opener in
-    the voice it continues ("Check" or "Let me check", ``check_opener``)."""
+def check_line(problem: Problem, div: Divergence) -> str:
+    """The rule-written check of the diverging step, in the toy CoTs' own "Check: ..." idiom; its
+    equations are all right and it ends on the corrected step (or answer), which the student then
+    carries on from, e.g. ``Check: 14 - 7 = 7, not 8, so 8 + 7 = 15.``"""
     m = problem.meta
     r, w, right_eq, said = _step_context(problem, div)
     final = r.result
@@ -282,30 +281,18 @@ def check_line(problem: Problem, div: Divergence, opener: str = "Check") -> str:
             inverse = INVERSE_OP_SIGN[w.op]
             back = w.result - w.b if w.op == "+" else w.result + w.b
             check = f"{_fmt(w.result, inverse, w.b, back)}, not {w.a}"
-        body = f"{check}, so {right_eq}."
-    elif div.kind in ("operation", "operand", "missing"):
-        body = f"{said}, so {right_eq}."
-    elif div.kind == "carry":
-        body = f"the last result is {r.a}, so {right_eq}."
-    elif div.kind == "start":
-        body = f"{m.get('name', 'it')} starts with {r.a}, so {right_eq}."
-    elif div.kind == "extra":
-        body = f"{LAST_STEP}, so the answer is {final}."
-    elif div.kind == "answer":
-        body = f"the answer is the last result, {final}."
-    else:
-        raise ValueError(f"unknown divergence kind {div.kind!r}")
-    return f"{opener}: {body}"
-
-
-def check_opener(text: str) -> str:
-    """The opener of the last check line in ``text`` ("Check" or "Let me check"): a rewrite's check
-    is phrased in the voice of the reasoning it continues. "Check" when there is none."""
-    for line in reversed(text.split("\n")):
-        for opener in ("Let me check", "Check"):
-            if line.startswith(opener + ":"):
-                return opener
-    return "Check"
+        return f"Check: {check}, so {right_eq}."
+    if div.kind in ("operation", "operand", "missing"):
+        return f"Check: {said}, so {right_eq}."
+    if div.kind == "carry":
+        return f"Check: the last result is {r.a}, so {right_eq}."
+    if div.kind == "start":
+        return f"Check: {m.get('name', 'it')} starts with {r.a}, so {right_eq}."
+    if div.kind == "extra":
+        return f"{LAST_STEP_CHECK}, so the answer is {final}."
+    if div.kind == "answer":
+        return f"Check: the answer is the last result, {final}."
+    raise ValueError(f"unknown divergence kind {div.kind!r}")
 
 
 INVERSE_OP_SIGN = {"+": "-", "-": "+"}
@@ -354,5 +341,5 @@ def rewrite_start(problem: Problem, teacher_cot: str, wrong_attempt: str) -> Opt
     if wrong_line:
         span = (len(text), len(text) + len(wrong_line))
         text += wrong_line + "\n"
-    text += check_line(problem, div, check_opener(prefix)) + "\n"
+    text += check_line(problem, div) + "\n"
     return RewriteStart(text, div, source, span)

@@ -186,8 +186,7 @@ def caught_slip_lines(problem: Problem, c: Computation, index: int, wrong: Compu
 
     right = Step(c.a, c.op, c.b, c.result)
     div = Divergence(index, kind, right, Step(wrong.a, wrong.op, wrong.b, wrong.result))
-    opener = _CHECKS[(variant >> 1) % 2].split(":")[0]  # the CoT's own check voice
-    return [step_line(problem, wrong, index, variant), check_line(problem, div, opener)]
+    return [step_line(problem, wrong, index, variant), check_line(problem, div)]
 
 
 def _caught_extra_lines(problem: Problem, comps: list[Computation], wrong: Computation, variant: int) -> list[str]:
