@@ -48,10 +48,10 @@ test-vllm: setup-vllm
 demo: setup
 	$(BIN)/orion run --profile $(PROFILE)
 
-# The toy demo over seeds 0, 1, 2 (configs/toy3.yaml), the three seeds at once in three processes (a toy
-# seed uses one core: on 2 cores about 1.5 times `make demo`): outputs/toy3/report.md
+# The toy demo over seeds 0, 1, 2 (configs/toy3.yaml), two seeds at a time in separate processes (a toy
+# seed uses one core: on 2 cores about twice `make demo`): outputs/toy3/report.md
 demo-seeds: setup
-	$(BIN)/orion run --profile toy3 --jobs 3
+	$(BIN)/orion run --profile toy3 --jobs 2
 
 # what this machine runs and how fast (PROFILE=colab for the colab profile's student)
 doctor: setup

@@ -27,31 +27,6 @@ from helpers import FakeOpenAIServer, arithmetic_problems  # noqa: E402
 from orion_utils.teachers.api import APITeacher  # noqa: E402
 
 
-def _ensure_grading() -> None:
-    """collect grades every trace with orion_utils.grading; if that module is not there yet, a
-    minimal exact-match grader stands in (and the output says so)."""
-    try:
-        import orion_utils.grading  # noqa: F401
-    except ImportError:
-        import re
-        import types
-
-        stub = types.ModuleType("orion_utils.grading")
-
-        class GradeResult:
-            def __init__(self, correct, reason, predicted):
-                self.correct, self.reason, self.predicted = correct, reason, predicted
-
-        def grade(response, gold):
-            found = re.findall(r"\\boxed\{([^{}]*)\}", response or "")
-            pred = found[-1].strip() if found else None
-            return GradeResult(pred == str(gold).strip(), "graded" if found else "no answer", pred)
-
-        stub.GradeResult, stub.grade = GradeResult, grade
-        sys.modules["orion_utils.grading"] = stub
-        print("(orion_utils.grading not found: a minimal exact-match grader stands in)")
-
-
 def run_collect(base_url: str, concurrency: int, n: int, cache_dir: Path, seed: int) -> float:
     problems = arithmetic_problems(n, seed=seed, prefix=f"c{concurrency}s{seed}")
     teacher = APITeacher(
@@ -83,7 +58,6 @@ def main() -> None:
         "--in-process", action="store_true", help="run the server in a thread of this process"
     )
     args = parser.parse_args()
-    _ensure_grading()
 
     server = proc = None
     if args.in_process:

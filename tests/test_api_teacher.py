@@ -7,14 +7,12 @@ import asyncio
 import json
 import logging
 import os
-import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -35,31 +33,6 @@ from orion_utils.teachers.base import FeedbackTeacher, Teacher
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 SECRET = "sk-test-SECRET123"
-
-
-def _install_grading_stub_if_missing() -> None:
-    """``make_trace`` grades with ``orion_utils.grading``; until that module exists, a minimal
-    exact-match grader on the last \\boxed{} stands in (the real one is used when importable)."""
-    try:
-        import orion_utils.grading  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("orion_utils.grading")
-
-        class GradeResult:
-            def __init__(self, correct, reason, predicted):
-                self.correct, self.reason, self.predicted = correct, reason, predicted
-
-        def grade(response, gold):
-            found = re.findall(r"\\boxed\{([^{}]*)\}", response or "")
-            if not found:
-                return GradeResult(False, "no answer", None)
-            return GradeResult(found[-1].strip() == str(gold).strip(), "graded", found[-1].strip())
-
-        stub.GradeResult, stub.grade = GradeResult, grade
-        sys.modules["orion_utils.grading"] = stub
-
-
-_install_grading_stub_if_missing()
 
 
 def make_teacher(server: FakeOpenAIServer, cache_dir, **kw) -> APITeacher:

@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import re
-import sys
-import types
 
 import pytest
 
@@ -17,26 +13,6 @@ from orion_utils.toy.reflect import rule_reflect
 from orion_utils.toy.teacher import N_VARIANTS, write_cot
 
 MICRO = dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64, max_position_embeddings=512)
-
-
-@pytest.fixture
-def grading(monkeypatch):
-    """``orion_utils.grading`` is written in parallel; until it exists, a boxed-integer stand-in."""
-    if importlib.util.find_spec("orion_utils.grading") is None:
-        stub = types.ModuleType("orion_utils.grading")
-
-        class GradeResult:
-            def __init__(self, correct, reason, predicted):
-                self.correct, self.reason, self.predicted = correct, reason, predicted
-
-        def grade(response, gold):
-            found = re.findall(r"\\boxed\{(-?\d+)\}", response or "")
-            if not found:
-                return GradeResult(False, "no answer", None)
-            return GradeResult(found[-1] == str(gold), "correct" if found[-1] == str(gold) else "wrong", found[-1])
-
-        stub.GradeResult, stub.grade = GradeResult, grade
-        monkeypatch.setitem(sys.modules, "orion_utils.grading", stub)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +128,7 @@ def test_build_qwen2_student_roundtrip(tmp_path, tokenizer):
     assert type(AutoModelForCausalLM.from_pretrained(str(d))).__name__ == "Qwen2ForCausalLM"
 
 
-def test_warmup_few_steps_and_quick_accuracy(student_dir, tmp_path, grading):
+def test_warmup_few_steps_and_quick_accuracy(student_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from orion_utils.teachers.toy import ToyTeacher

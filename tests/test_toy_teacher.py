@@ -1,10 +1,7 @@
 """Toy teacher (CoT format, error rate, rectify/corrupt/tailor) and the rule-based reflector."""
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-import types
 
 import pytest
 
@@ -21,27 +18,6 @@ _BOXED = re.compile(r"\\boxed\{(-?\d+)\}")
 def _boxed(text: str):
     found = _BOXED.findall(text)
     return found[-1] if found else None
-
-
-@pytest.fixture
-def grading(monkeypatch):
-    """``orion_utils.grading`` is written in parallel; until it exists, a boxed-integer stand-in."""
-    if importlib.util.find_spec("orion_utils.grading") is None:
-        stub = types.ModuleType("orion_utils.grading")
-
-        class GradeResult:
-            def __init__(self, correct, reason, predicted):
-                self.correct, self.reason, self.predicted = correct, reason, predicted
-
-        def grade(response, gold):
-            pred = _boxed(response or "")
-            if pred is None:
-                return GradeResult(False, "no answer", None)
-            ok = pred == str(gold).strip()
-            return GradeResult(ok, "correct" if ok else "wrong", pred)
-
-        stub.GradeResult, stub.grade = GradeResult, grade
-        monkeypatch.setitem(sys.modules, "orion_utils.grading", stub)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +77,7 @@ def test_error_rate_is_controllable(problems):
     assert teacher_sample(many[0], 2, 0.5, seed=1) == teacher_sample(many[0], 2, 0.5, seed=1)
 
 
-def test_toy_teacher_collect(problems, grading):
+def test_toy_teacher_collect(problems):
     teacher = ToyTeacher(error_rate=0.3, seed=0)
     assert isinstance(teacher, Teacher) and isinstance(teacher, FeedbackTeacher)
     traces = teacher.collect(problems[:40], n=2)
@@ -116,7 +92,7 @@ def test_toy_teacher_collect(problems, grading):
         teacher.collect([Problem(id="x", question="1+1?", answer="2")])
 
 
-def test_rectify_corrupt_tailor(problems, grading):
+def test_rectify_corrupt_tailor(problems):
     teacher = ToyTeacher(error_rate=1.0, seed=0)
     for p in problems[:30]:
         wrong = teacher.collect([p], n=2)[1]
