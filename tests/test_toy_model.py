@@ -147,7 +147,7 @@ def test_warmup_few_steps_and_quick_accuracy(student_dir, tmp_path):
                          max_new_tokens=8, batch_size=4)
     assert 0.0 <= acc <= 1.0
     # simple types only: a profile can set every field
-    assert all(isinstance(v, (int, float, str)) for v in dataclasses.asdict(cfg).values())
+    assert all(isinstance(v, (int, float, str, type(None))) for v in dataclasses.asdict(cfg).values())
     # a time budget stops it early
     quick = WarmupConfig(max_steps=1000, time_budget_s=0.0, batch_size=4, log_every=0)
     assert warmup_student(student_dir, tmp_path / "w2", problems[:8], ToyTeacher(0.0), quick)["stopped_by"] == "time_budget"
