@@ -29,6 +29,9 @@ class EvaluationConfig:
     max_new_tokens: int = 256
     greedy: bool = True  # also decode greedily once per problem
     seed: int = 0
+    # methods evaluated at once, each in its own process (a CPU core each for a small student; on one
+    # GPU keep 1); the samples do not depend on it
+    workers: int = 1
 
 
 def grade_generations(method: str, benchmark: str, problems: Sequence[Problem], outputs, decoding: str) -> list[EvalSample]:
@@ -114,37 +117,72 @@ def run_evaluation(
     """Evaluate each method (one stage per method, so a new method does not re-run the others).
 
     Writes ``eval/<method>/<benchmark>.jsonl`` and ``metrics.json`` shaped
-    ``{method: {benchmark: {"pass@1": x, "greedy": y, ...}}}``.
+    ``{method: {benchmark: {"pass@1": x, "greedy": y, ...}}}``. With ``cfg.workers`` > 1 the methods
+    are evaluated that many at a time, each in its own process: each method's samples depend only on
+    its model and ``cfg``, so the results are the same as one at a time.
     """
     generation, student = generation or GenerationConfig(), student or StudentConfig()
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"evaluation.methods has unknown method(s) {unknown}; known: {list(METHODS)}")
-    benchmarks = load_benchmarks(run)
-    bench_files = run.benchmark_files()
-    metrics = {}
+    if cfg.workers < 1:
+        raise ValueError(f"evaluation.workers must be at least 1, got {cfg.workers}")
+    run.require(run.benchmarks_dir, stage_hint="00_setup_and_data")
     for method in cfg.methods:
         model_path = run.method_model(method)
         if not Path(model_path).exists() and method != "base":
             raise FileNotFoundError(
                 f"no trained model for method '{method}' at {model_path}: run its training notebook first, "
                 f"or leave it out of evaluation.methods")
-        outputs = [run.eval_file(method, name) for name in benchmarks] + [run.eval_summary(method)]
-        inputs = bench_files + ([Path(model_path)] if Path(model_path).exists() else [])
-
-        def work(method=method, model_path=model_path) -> dict:
-            results, backend = evaluate_model(model_path, method, benchmarks, cfg, generation, student)
-            for name, samples in results.items():
-                write_jsonl(run.eval_file(method, name), samples)
-            write_json(run.eval_summary(method), {name: summarise(s) for name, s in results.items()})
-            return {"backend": backend}
-
-        params = {"evaluation": {**cfg.__dict__, "methods": None}, "generation": generation, "student": student,
-                  "model": model_path if method == "base" else method}
-        run.run_stage(f"evaluation/{method}", params, inputs, outputs, work, force=force)
-        metrics[method] = _read_summary(run.eval_summary(method))
+    jobs = [(str(run.root), method, cfg, generation, student, force) for method in cfg.methods]
+    if cfg.workers > 1 and len(jobs) > 1:
+        _in_processes(evaluate_method, jobs, cfg.workers)
+    else:
+        for job in jobs:
+            evaluate_method(*job)
+    metrics = {method: _read_summary(run.eval_summary(method)) for method in cfg.methods}
     write_json(run.metrics, metrics)
     return metrics
+
+
+def evaluate_method(root: str, method: str, cfg: EvaluationConfig, generation: GenerationConfig,
+                    student: StudentConfig, force: bool = False) -> dict:
+    """The stage ``evaluation/<method>``: one method's model on every benchmark of the run."""
+    run = RunDir(root)
+    benchmarks = load_benchmarks(run)
+    model_path = run.method_model(method)
+    outputs = [run.eval_file(method, name) for name in benchmarks] + [run.eval_summary(method)]
+    inputs = run.benchmark_files() + ([Path(model_path)] if Path(model_path).exists() else [])
+
+    def work() -> dict:
+        results, backend = evaluate_model(model_path, method, benchmarks, cfg, generation, student)
+        for name, samples in results.items():
+            write_jsonl(run.eval_file(method, name), samples)
+        write_json(run.eval_summary(method), {name: summarise(s) for name, s in results.items()})
+        return {"backend": backend}
+
+    # neither the methods evaluated beside this one nor how many at a time change its samples
+    params = {"evaluation": {**{k: v for k, v in cfg.__dict__.items() if k != "workers"}, "methods": None},
+              "generation": generation, "student": student, "model": model_path if method == "base" else method}
+    return run.run_stage(f"evaluation/{method}", params, inputs, outputs, work, force=force)
+
+
+def _in_processes(fn, jobs: list, workers: int) -> None:
+    """``fn(*job)`` for every job, ``workers`` at a time in fresh processes; the first failure is
+    raised once the others have finished (what they finished is kept)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(fn, *job): job[1] for job in jobs}
+        errors = []
+        for future in tqdm(as_completed(futures), total=len(futures), desc=f"methods ({workers} at a time)"):
+            if future.exception() is not None:
+                errors.append(future.exception())
+    if errors:
+        raise errors[0]
 
 
 def _read_summary(path: Path) -> dict:

@@ -15,6 +15,7 @@ settings; final outputs are written atomically at the end.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -68,6 +69,23 @@ def file_digest(path: Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on ``path`` across processes (POSIX ``flock``; elsewhere none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: stages of one run are not run concurrently there
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_or_make(path: PathLike, cls, make: Callable[[], list]) -> list:
@@ -462,10 +480,13 @@ class RunDir:
         return {"stages": {}}
 
     def _update_manifest(self, name: str, entry: dict) -> None:
-        manifest = self.manifest()
-        manifest.setdefault("stages", {})[name] = entry
-        manifest["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_json(self.manifest_path, manifest)
+        # Stages of one run may finish at once in separate processes (`orion run --jobs 2`): the
+        # read-modify-write is done under an exclusive lock, so no stage's entry is lost.
+        with _locked(self.path("manifest.lock")):
+            manifest = self.manifest()
+            manifest.setdefault("stages", {})[name] = entry
+            manifest["updated_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            write_json(self.manifest_path, manifest)
 
     def stage_info(self, name: str) -> Optional[dict]:
         return self.manifest().get("stages", {}).get(name)

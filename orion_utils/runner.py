@@ -36,6 +36,20 @@ NOTEBOOKS: dict[str, list[str]] = {
 # notebooks that only train a baseline: run when their method is among evaluation.methods
 BASELINE_NOTEBOOKS = {"05_edit": "edit", "06_tailored_learning": "tailored"}
 
+# what each notebook reads from earlier ones: with `--jobs N` a run executes up to N notebooks at once,
+# each as soon as those before it here have finished (the baselines train beside exposure/reflection)
+NEEDS: dict[str, list[str]] = {
+    "00_setup_and_data": [],
+    "01_teacher_cots": ["00_setup_and_data"],
+    "02_error_exposure": ["01_teacher_cots"],
+    "03_error_aware_reflection": ["02_error_exposure"],
+    "04_sft": ["03_error_aware_reflection"],
+    "05_edit": ["02_error_exposure"],
+    "06_tailored_learning": ["01_teacher_cots"],
+    "07_evaluation": ["04_sft", "05_edit", "06_tailored_learning"],
+    "08_analysis": ["07_evaluation"],
+}
+
 
 class NotebookFailed(RuntimeError):
     pass
@@ -107,7 +121,9 @@ def run_pipeline(
     """Execute the notebooks of the pipeline for a profile; returns the run directory.
 
     ``jobs``: with several seeds, run up to this many seeds at once, each in its own process (on a
-    CPU a toy seed uses one core, so ``jobs`` = the number of cores). The analysis runs after all."""
+    CPU a toy seed uses one core, so ``jobs`` = the number of cores); with one seed, up to this many
+    notebooks at once, each when the notebooks it reads from have finished (``NEEDS``: the baselines
+    05/06 train beside exposure and reflection). The analysis runs after all."""
     import logging
 
     if log_output:  # papermill streams cell output through its logger
@@ -128,6 +144,8 @@ def run_pipeline(
         runs.append((seed_profile, seed_path, pipeline, force, log_output, label))
     if jobs > 1 and len(runs) > 1:
         _execute_parallel(runs, jobs)
+    elif jobs > 1 and runs:
+        _execute_graph(*runs[0], jobs=jobs)
     else:
         for args in runs:
             _execute(*args)
@@ -159,21 +177,69 @@ def _execute_parallel(runs: list, jobs: int) -> None:
         raise failed[0]
 
 
-def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log_output: bool, label: str) -> None:
+def _upstream(name: str) -> set:
+    """Every notebook ``name`` reads from, directly or through others (``NEEDS``, transitively)."""
+    seen: set = set()
+    stack = list(NEEDS.get(name, []))
+    while stack:
+        n = stack.pop()
+        if n not in seen:
+            seen.add(n)
+            stack += NEEDS.get(n, [])
+    return seen
+
+
+def _execute_graph(profile: Profile, run_path: Path, notebooks: list, force: bool, log_output: bool, label: str,
+                   jobs: int) -> None:
+    """``_execute`` one run's notebooks, up to ``jobs`` at once in separate processes, each started when
+    the selected notebooks upstream of it (``NEEDS``) have finished. After a failure nothing new starts;
+    the first failure is raised once the running notebooks have finished."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    todo = {nb.stem: nb for nb in notebooks}
+    done: set = set()
+    failures: list = []
+    running: dict = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while todo or running:
+            ready = [name for name in todo if not failures
+                     and not any(n in todo or n in running.values() for n in _upstream(name))]
+            for name in ready[: jobs - len(running)]:
+                position = [nb.stem for nb in notebooks].index(name) + 1
+                running[pool.submit(_execute, profile, run_path, [todo.pop(name)], force, log_output, label,
+                                    position, len(notebooks))] = name
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                if future.exception() is not None:
+                    failures.append(future.exception())
+                else:
+                    done.add(name)
+    if failures:
+        raise failures[0]
+
+
+def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log_output: bool, label: str,
+             first: int = 1, total: Optional[int] = None) -> None:
     import papermill as pm
 
     (run_path / "notebooks").mkdir(parents=True, exist_ok=True)
     write_json(run_path / "config.json", profile.to_dict())
-    print(f"[orion] profile={profile.name}{label} run_dir={run_path} notebooks={len(notebooks)}", flush=True)
+    total = total or len(notebooks)
+    if first == 1:
+        print(f"[orion] profile={profile.name}{label} run_dir={run_path} notebooks={total}", flush=True)
     methods = profile.section_dict("evaluation")["methods"]
-    for i, nb in enumerate(notebooks, start=1):
+    for i, nb in enumerate(notebooks, start=first):
         out = run_path / "notebooks" / nb.name
         t0 = time.time()
         method = BASELINE_NOTEBOOKS.get(nb.stem)
         if method and method not in methods:
-            print(f"[orion] ({i}/{len(notebooks)}) {nb.stem} skipped: '{method}' is not in evaluation.methods", flush=True)
+            print(f"[orion] ({i}/{total}) {nb.stem} skipped: '{method}' is not in evaluation.methods", flush=True)
             continue
-        print(f"[orion] ({i}/{len(notebooks)}) {nb.stem} ...", flush=True)
+        print(f"[orion] ({i}/{total}) {nb.stem} ...", flush=True)
         try:
             pm.execute_notebook(
                 str(nb), str(out), parameters=notebook_parameters(profile, nb.stem, run_path.resolve(), force),
@@ -184,7 +250,7 @@ def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log
                 f"{nb.name} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
                 f"{exc.ename}: {exc.evalue}\nthe executed notebook with the traceback is {out}"
             ) from None
-        print(f"[orion] ({i}/{len(notebooks)}) {nb.stem} done in {time.time() - t0:.0f}s", flush=True)
+        print(f"[orion] ({i}/{total}) {nb.stem} done in {time.time() - t0:.0f}s", flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -200,7 +266,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      help="run only the notebooks whose names start with PREFIX (repeatable), e.g. --only 07")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output")
     run.add_argument("--jobs", type=int, default=1, metavar="N",
-                     help="with several seeds, run N seeds at once in separate processes (toy: N = CPU cores)")
+                     help="run N seeds at once in separate processes; with one seed, N independent notebooks "
+                          "at once (toy: N = CPU cores)")
     params = sub.add_parser("params", help="print a notebook's parameters cell for a profile (to paste in Jupyter/Colab)")
     params.add_argument("--profile", default="toy", help="smoke | toy | colab | paper | path to a YAML profile")
     params.add_argument("--notebook", required=True, metavar="PREFIX", help="e.g. 03")

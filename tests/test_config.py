@@ -108,3 +108,58 @@ def test_seeds_run_in_parallel_processes_each_with_its_seed(tmp_path):
     assert seeds == [0, 1] and pids[0] != pids[1]
     assert max(starts) < min(ends)  # both were running at once
     assert not (tmp_path / "seed_2" / "seed.txt").exists()
+
+
+def _timed_notebook(path, fail=False, meet=None):
+    """A notebook that records when it started and ended; ``meet``: it waits (up to 2 min) until that
+    notebook has started too, so it only ends if the two ran at the same time."""
+    import nbformat
+
+    params = nbformat.v4.new_code_cell("run_dir = ''")
+    params.metadata["tags"] = ["parameters"]
+    name = path.stem
+    wait = (f"t0 = time.time()\nwhile not Path(run_dir, '{meet}.start').exists():\n"
+            f"    assert time.time() - t0 < 120, 'not run at the same time as {meet}'\n    time.sleep(0.1)\n"
+            if meet else "time.sleep(1.5)\n")
+    body = ("import time\nfrom pathlib import Path\n"
+            f"Path(run_dir, '{name}.start').write_text(str(time.time()))\n"
+            + ("raise RuntimeError('notebook failed')\n" if fail else wait)
+            + f"Path(run_dir, '{name}.end').write_text(str(time.time()))")
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_one_seed_runs_independent_notebooks_at_once_in_pipeline_order(tmp_path):
+    """``orion run --jobs 2`` with one seed: a notebook starts when every selected notebook upstream of
+    it (runner.NEEDS) has finished, two at a time; after a failure nothing new starts."""
+    from orion_utils.runner import NotebookFailed, _execute_graph
+
+    names = ["01_teacher_cots", "02_error_exposure", "03_error_aware_reflection", "06_tailored_learning",
+             "07_evaluation"]
+    meet = {"02_error_exposure": "06_tailored_learning", "06_tailored_learning": "02_error_exposure"}
+    nbs = [_timed_notebook(tmp_path / f"{n}.ipynb", fail=n.startswith("03"), meet=meet.get(n)) for n in names]
+    run = tmp_path / "run"
+    with pytest.raises(NotebookFailed, match="notebook failed"):
+        _execute_graph(load_profile("toy"), run, nbs, False, False, "", jobs=2)
+
+    def t(name, end):
+        path = run / f"{name}.{'end' if end else 'start'}"
+        return float(path.read_text()) if path.exists() else None
+
+    assert t("02_error_exposure", False) >= t("01_teacher_cots", True)
+    assert t("06_tailored_learning", False) >= t("01_teacher_cots", True)
+    # exposure and Tailored Learning's training read nothing from each other: they ran at once (each
+    # waited for the other to start)
+    assert t("02_error_exposure", True) and t("06_tailored_learning", True)
+    assert t("03_error_aware_reflection", False) >= t("02_error_exposure", True)
+    assert t("07_evaluation", False) is None  # upstream (through 04) of the failed reflection: never started
+
+
+def test_upstream_is_transitive():
+    from orion_utils.runner import NEEDS, _upstream
+
+    assert "03_error_aware_reflection" in _upstream("07_evaluation")  # through 04_sft
+    assert _upstream("00_setup_and_data") == set()
+    assert set(NEEDS) == set(__import__("orion_utils.runner", fromlist=["NOTEBOOKS"]).NOTEBOOKS)

@@ -160,3 +160,25 @@ def test_read_or_make_reads_back_what_an_earlier_attempt_wrote(tmp_path):
     path = tmp_path / "step.jsonl"
     assert read_or_make(path, Problem, make) == read_or_make(path, Problem, make) == [Problem("a", "q", "1")]
     assert len(made) == 1
+
+
+def _record_stages(root: str, prefix: str, n: int) -> None:
+    run = RunDir(root)
+    for i in range(n):
+        run._update_manifest(f"{prefix}/{i}", {"status": "done", "i": i})
+
+
+def test_stages_finishing_at_once_in_separate_processes_all_reach_the_manifest(tmp_path):
+    """Notebooks of one run may run at once (`orion run --jobs 2`): each process's read-modify-write
+    of manifest.json holds the run's lock, so no stage's entry is lost."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_record_stages, args=(str(tmp_path), p, 40)) for p in ("a", "b", "c")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    stages = RunDir(tmp_path).manifest()["stages"]
+    assert sorted(stages) == sorted(f"{p}/{i}" for p in "abc" for i in range(40))
