@@ -1,5 +1,8 @@
 """Stage 08, analysis: measure the paper's claims on a finished run, plot them, write the report.
 
+This module computes numbers and verdicts; the words (metric definitions, claim statements, the
+paragraph explaining each verdict, the report itself) are ``report``'s.
+
 The ORION paper claims that ORION's CoTs are more coherent and
 logically consistent, that training on them is more stable, that the trained student is less
 verbose, and that ORION beats every baseline by more than 2 points. This module turns each claim
@@ -59,6 +62,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from .jsonl import read_jsonl, write_json
 from .records import EvalSample
+from .report import DEFINITIONS, cell_text, claim_entry, write_report
 from .rundir import RunDir
 
 PathLike = Union[str, Path]
@@ -72,22 +76,6 @@ TOKEN_KEYS = ("cot_perplexity", "cot_tokens_mean", "response_tokens_mean", "loss
 CONSISTENCY_KINDS = ("compute", "check")
 CLAIM_MARGIN_POINTS = 2.0
 ANALYSIS_VERSION = 1
-
-DEFINITIONS = {
-    "cot_perplexity": "base student's perplexity of the method's training CoTs: exp(mean over CoTs of the "
-                      "per-token mean NLL of the assistant turn); lower = more tailored to the student",
-    "cot_tokens_mean": "mean length of the training CoTs in student tokens",
-    "response_tokens_mean": "mean length in tokens of the trained model's evaluation outputs (all benchmarks, "
-                            "sampled and greedy)",
-    "loss_delta_std": "population std of successive differences of the logged training loss (per training stage, "
-                      "pooled); lower = smoother training",
-    "accuracy_by_difficulty": "per-problem pass@1 averaged within buckets of the base student's sampled pass rate "
-                              "on the benchmark problem (eval/base); base's own row is circular",
-    "step_consistency": "toy domain: share of written computation steps 'a op b = c' (compute and check lines; "
-                        "reflection lines excluded) whose arithmetic is right, checked with sympy; "
-                        "'score' pools steps, 'mean_per_text' averages per text",
-    "seeds": "mean ± sample std (n-1) over seeds; std 0 for one seed",
-}
 
 
 # =============================================================================================
@@ -648,15 +636,6 @@ def analyse_methods(
 # =============================================================================================
 
 
-def _fmt_cell(cell: Optional[dict], scale: float = 1.0, digits: int = 1) -> str:
-    if not cell:
-        return "–"
-    text = f"{scale * cell['mean']:.{digits}f}"
-    if cell.get("n", 1) > 1:
-        text += f" ± {scale * cell['std']:.{digits}f}"
-    return text
-
-
 def _verdict(outcomes: Sequence[int]) -> str:
     favour = sum(o > 0 for o in outcomes)
     against = sum(o < 0 for o in outcomes)
@@ -687,27 +666,24 @@ def _compare(orion: Optional[float], other: Optional[float], lower_is_better: bo
     return 1 if better else -1
 
 
-def assess_claims(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MARGIN_POINTS, toy: bool = False,
-                  n_seeds: int = 1) -> list[dict]:
-    """One entry per paper claim: {"id", "claim", "verdict", "text", "numbers"}.
+def claim_evidence(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MARGIN_POINTS) -> list[dict]:
+    """Each paper claim's verdict and the comparisons behind it, in numbers (no words).
 
-    ``agg_metrics``: ``aggregate_metrics`` output; ``agg_methods``: per-method scalars aggregated over
-    seeds (``{"mean","std","n"}`` cells). Comparisons use seed means. Verdicts: "supported" (every
-    comparison favours ORION), "not supported" (none does), "mixed", or "cannot be assessed".
+    One dict per claim, in the report's order (``headline``, ``coherence``, ``stability``,
+    ``verbosity``): ``id``, ``verdict``, ``numbers`` (the seed means stored in ``analysis.json``) and
+    the seed-aggregated cells that ``report.claim_entry`` puts into words. ``headline`` adds
+    ``margin``, ``baselines`` and ``rows`` (per benchmark: ORION's and the best baseline's pass@1
+    cells, ``margin_points``, ``spread_points``); the others add ``comparisons`` (per compared metric:
+    ``key``, ``lower_is_better``, ORION's cell and ``others``, each with its ``method``, ``cell``,
+    ``outcome`` (+1/0/-1, ``_compare``) and ``spread``) and ``base``, base's cell where the report
+    quotes it for reference.
     """
-    claims = []
-    seeds_note = (f" Numbers are means over {n_seeds} seeds (± sample std); a difference within the sum of the two "
-                  "stds counts as no difference." if n_seeds > 1 else
-                  " One seed: no spread is known, so every difference counts.")
-    toy_note = (" Toy run: a rule-assisted reflector stands in for free-form reflection (rules find the diverging "
-                "step and phrase its check; with `reflector: student` the tiny student writes the rest), so this is "
-                "a check of the pipeline and of the mechanism, not of the paper.") if toy else ""
     has_orion = "orion" in agg_metrics or "orion" in agg_methods
     baselines = [m for m in agg_metrics if m != "orion"]
     trained = [m for m in agg_methods if m not in ("orion", "base")]
 
     # (1) headline: ORION beats every baseline by more than `margin` points, per benchmark
-    numbers, outcomes, parts = {}, [], []
+    numbers, outcomes, rows = {}, [], []
     if has_orion and baselines:
         for bench in sorted({b for per in agg_metrics.values() for b in per}):
             o = (agg_metrics.get("orion", {}).get(bench) or {}).get("pass@1")
@@ -722,25 +698,21 @@ def assess_claims(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MA
             outcomes.append(1 if diff > max(margin, within) else -1)
             numbers[bench] = {"orion": 100 * o["mean"], "best_baseline": best, "best": 100 * others[best]["mean"],
                               "margin_points": diff, "spread_points": within}
-            note = "; within the seeds' spread: no difference" if within and abs(diff) <= within else ""
-            parts.append(f"{bench}: ORION {_fmt_cell(o, 100)} vs best baseline {best} {_fmt_cell(others[best], 100)} "
-                         f"({diff:+.1f} points{note})")
-    verdict = _verdict(outcomes)
-    text = (f"**{verdict.capitalize()} by this run.** pass@1 (%), ORION against the strongest of "
-            f"{', '.join(baselines) or 'no baseline'} per benchmark (needs > {margin:g} points on each): "
-            + ("; ".join(parts) if parts else "no comparable numbers") + "." + seeds_note + toy_note)
-    claims.append({"id": "headline", "claim": f"ORION beats every baseline by more than {margin:g} points",
-                   "verdict": verdict, "text": text, "numbers": numbers})
+            rows.append({"benchmark": bench, "orion": o, "best_baseline": best, "best": others[best],
+                         "margin_points": diff, "spread_points": within})
+    evidence = [{"id": "headline", "verdict": _verdict(outcomes), "numbers": numbers, "margin": margin,
+                 "baselines": baselines, "rows": rows}]
 
     def scalar(method: str, key: str) -> Optional[dict]:
         return (agg_methods.get(method) or {}).get(key)
 
-    def compare_block(key: str, lower: bool, label: str, fmt_scale: float = 1.0, digits: int = 2,
-                      against: Sequence[str] = ()) -> tuple[list, list, dict]:
+    def compare(key: str, lower: bool, against: Sequence[str]) -> tuple[list, dict, dict]:
+        """(outcomes, numbers, comparison) of ORION's ``key`` against each method of ``against``."""
         o = scalar("orion", key)
-        outs, texts, nums = [], [], {}
+        outs, nums = [], {}
+        comparison = {"key": key, "lower_is_better": lower, "orion": o, "others": []}
         if not o:
-            return outs, texts, nums
+            return outs, nums, comparison
         nums["orion"] = o["mean"]
         for m in against:
             c = scalar(m, key)
@@ -749,55 +721,42 @@ def assess_claims(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MA
                 continue
             outs.append(r)
             nums[m] = c["mean"]
-            tie = " (within the seeds' spread: no difference)" if r == 0 and spread(o, c) else ""
-            texts.append(f"{m} {_fmt_cell(c, fmt_scale, digits)}{tie}")
-        if texts:
-            head = f"{label}: ORION {_fmt_cell(o, fmt_scale, digits)} vs " + ", ".join(texts)
-            texts = [head + (" (lower is better)" if lower else " (higher is better)")]
-        return outs, texts, nums
+            comparison["others"].append({"method": m, "cell": c, "outcome": r, "spread": spread(o, c)})
+        return outs, nums, comparison
 
     # (2) coherence / consistency
     with_cots = [m for m in trained if scalar(m, "cot_perplexity")]
-    o1, t1, n1 = compare_block("cot_perplexity", True, "base-student perplexity of the training CoTs", against=with_cots)
-    o2, t2, n2 = compare_block("step_consistency_training", False, "step consistency of the training CoTs (%)", 100, 1,
-                               against=trained)
-    o3, t3, n3 = compare_block("step_consistency_evaluation", False, "step consistency of the evaluation outputs (%)",
-                               100, 1, against=trained)
-    verdict = _verdict(o1 + o2 + o3)
-    base_note = ""
-    if scalar("base", "step_consistency_evaluation"):
-        base_note = f" For reference, base's outputs: {_fmt_cell(scalar('base', 'step_consistency_evaluation'), 100)}%."
-    text = (f"**{verdict.capitalize()} by this run.** " + ("; ".join(t1 + t2 + t3) or "no comparable numbers")
-            + "." + base_note + (" Ties count for neither side." if 0 in o1 + o2 + o3 else "")
-            + (" Step consistency is measured on the toy domain's written computations only; reflection lines are "
-               "excluded because they quote the wrong computation on purpose." if (t2 or t3) else "")
-            + seeds_note)
-    claims.append({"id": "coherence", "claim": "ORION's CoTs are more coherent and logically consistent",
-                   "verdict": verdict, "text": text,
-                   "numbers": {"cot_perplexity": n1, "step_consistency_training": n2, "step_consistency_evaluation": n3}})
+    o1, n1, c1 = compare("cot_perplexity", True, with_cots)
+    o2, n2, c2 = compare("step_consistency_training", False, trained)
+    o3, n3, c3 = compare("step_consistency_evaluation", False, trained)
+    evidence.append({"id": "coherence", "verdict": _verdict(o1 + o2 + o3),
+                     "numbers": {"cot_perplexity": n1, "step_consistency_training": n2,
+                                 "step_consistency_evaluation": n3},
+                     "comparisons": [c1, c2, c3], "base": scalar("base", "step_consistency_evaluation")})
 
     # (3) stability
-    o, t, n = compare_block("loss_delta_std", True, "std of successive training-loss differences", digits=4,
-                            against=trained)
-    verdict = _verdict(o)
-    text = (f"**{verdict.capitalize()} by this run.** " + ("; ".join(t) or "no comparable numbers") + "."
-            + " The methods train on different texts, so their loss scales differ; read this as a rough indicator."
-            + seeds_note)
-    claims.append({"id": "stability", "claim": "Training on ORION's CoTs is more stable", "verdict": verdict,
-                   "text": text, "numbers": {"loss_delta_std": n}})
+    o, n, c = compare("loss_delta_std", True, trained)
+    evidence.append({"id": "stability", "verdict": _verdict(o), "numbers": {"loss_delta_std": n},
+                     "comparisons": [c], "base": None})
 
     # (4) verbosity
-    o, t, n = compare_block("response_tokens_mean", True, "mean tokens per evaluation output", digits=1,
-                            against=trained)
-    verdict = _verdict(o)
-    base_note = ""
-    if scalar("base", "response_tokens_mean"):
-        base_note = f" For reference, base: {_fmt_cell(scalar('base', 'response_tokens_mean'))} tokens."
-    text = (f"**{verdict.capitalize()} by this run.** " + ("; ".join(t) or "no comparable numbers") + "."
-            + base_note + seeds_note)
-    claims.append({"id": "verbosity", "claim": "ORION's outputs are less verbose", "verdict": verdict,
-                   "text": text, "numbers": {"response_tokens_mean": n}})
-    return claims
+    o, n, c = compare("response_tokens_mean", True, trained)
+    evidence.append({"id": "verbosity", "verdict": _verdict(o), "numbers": {"response_tokens_mean": n},
+                     "comparisons": [c], "base": scalar("base", "response_tokens_mean")})
+    return evidence
+
+
+def assess_claims(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MARGIN_POINTS, toy: bool = False,
+                  n_seeds: int = 1) -> list[dict]:
+    """One entry per paper claim: {"id", "claim", "verdict", "text", "numbers"}.
+
+    ``agg_metrics``: ``aggregate_metrics`` output; ``agg_methods``: per-method scalars aggregated over
+    seeds (``{"mean","std","n"}`` cells). Comparisons use seed means. Verdicts: "supported" (every
+    comparison favours ORION), "not supported" (none does), "mixed", or "cannot be assessed".
+    The verdicts and numbers are ``claim_evidence``'s; the claim's statement and the paragraph that
+    explains its verdict are the report's words (``report.claim_entry``).
+    """
+    return [claim_entry(e, n_seeds=n_seeds, toy=toy) for e in claim_evidence(agg_metrics, agg_methods, margin)]
 
 
 # =============================================================================================
@@ -936,8 +895,6 @@ def analyse_run(
          "seeds": {"n", "runs", "methods": {method: {key: {"mean", "std", "n"}}}, "per_seed": [...]},
          "claims": [{"id", "claim", "verdict", "text", "numbers"}], "figures": {name: path}}
     """
-    from .report import write_report
-
     run = run if isinstance(run, RunDir) else RunDir(run)
     cfg = cfg or AnalysisConfig()
     if seeds_run_dirs is None:
@@ -1012,7 +969,7 @@ def flatten_numbers(numbers: Any, prefix: str = "") -> dict:
             out.update(flatten_numbers(value, f"{prefix} / {key}" if prefix else str(key)))
         return out
     if isinstance(numbers, dict):  # a {"mean", "std", "n"} cell
-        return {prefix: _fmt_cell(numbers, 1.0, 4) if numbers.get("mean") is not None else None}
+        return {prefix: cell_text(numbers, 1.0, 4) if numbers.get("mean") is not None else None}
     return {prefix: numbers}
 
 

@@ -4,6 +4,10 @@
 with the analysis (``analysis.analyse_run`` passes it, or ``analysis.json`` is read when present)
 it adds the analysis table, accuracy by difficulty, one paragraph per paper claim, the definitions,
 and mean ± std over seeds in every cell when several seeds were analysed.
+
+The report's words live here, including those ``analysis.json`` stores: the metric ``DEFINITIONS``,
+and each claim's statement and paragraph (``claim_entry``, from the verdicts and numbers of
+``analysis.claim_evidence``). The analysis computes; this module says it.
 """
 from __future__ import annotations
 
@@ -30,6 +34,22 @@ FIGURE_CAPTIONS = {
     "perplexity": "base-student perplexity of each method's training CoTs",
     "step_consistency": "step-level consistency",
     "pass_rates": "base student's pass rate per training question (error exposure)",
+}
+
+DEFINITIONS = {  # analysis.json's "definitions", the report's last section
+    "cot_perplexity": "base student's perplexity of the method's training CoTs: exp(mean over CoTs of the "
+                      "per-token mean NLL of the assistant turn); lower = more tailored to the student",
+    "cot_tokens_mean": "mean length of the training CoTs in student tokens",
+    "response_tokens_mean": "mean length in tokens of the trained model's evaluation outputs (all benchmarks, "
+                            "sampled and greedy)",
+    "loss_delta_std": "population std of successive differences of the logged training loss (per training stage, "
+                      "pooled); lower = smoother training",
+    "accuracy_by_difficulty": "per-problem pass@1 averaged within buckets of the base student's sampled pass rate "
+                              "on the benchmark problem (eval/base); base's own row is circular",
+    "step_consistency": "toy domain: share of written computation steps 'a op b = c' (compute and check lines; "
+                        "reflection lines excluded) whose arithmetic is right, checked with sympy; "
+                        "'score' pools steps, 'mean_per_text' averages per text",
+    "seeds": "mean ± sample std (n-1) over seeds; std 0 for one seed",
 }
 
 
@@ -134,7 +154,7 @@ def _metadata(run: RunDir, analysis: Optional[dict] = None) -> list[str]:
     return lines
 
 
-def _cell(cell, scale: float = 100.0, digits: int = 1) -> str:
+def cell_text(cell, scale: float = 100.0, digits: int = 1) -> str:
     """A table cell: a number, or a {"mean","std","n"} dict rendered 'mean ± std' when n > 1."""
     if cell is None:
         return "–"
@@ -156,7 +176,7 @@ def metrics_table(metrics: dict, key: str = "pass@1") -> str:
     benchmarks = sorted({b for per in metrics.values() for b in per})
     lines = ["| method | " + " | ".join(benchmarks) + " |", "|---|" + "---:|" * len(benchmarks)]
     for method, per in metrics.items():
-        lines.append(f"| {method} | " + " | ".join(_cell((per.get(b) or {}).get(key)) for b in benchmarks) + " |")
+        lines.append(f"| {method} | " + " | ".join(cell_text((per.get(b) or {}).get(key)) for b in benchmarks) + " |")
     return "\n".join(lines)
 
 
@@ -175,10 +195,10 @@ def analysis_table(analysis: dict) -> str:
         a = agg.get(m, {})
         n = rows[m].get("n_training_cots")
         lines.append(
-            f"| {m} | {n if n is not None else '–'} | {_cell(a.get('cot_perplexity'), 1, 3)} | "
-            f"{_cell(a.get('cot_tokens_mean'), 1, 1)} | {_cell(a.get('response_tokens_mean'), 1, 1)} | "
-            f"{_cell(a.get('step_consistency_training'))} | {_cell(a.get('step_consistency_evaluation'))} | "
-            f"{_cell(a.get('loss_delta_std'), 1, 4)} |")
+            f"| {m} | {n if n is not None else '–'} | {cell_text(a.get('cot_perplexity'), 1, 3)} | "
+            f"{cell_text(a.get('cot_tokens_mean'), 1, 1)} | {cell_text(a.get('response_tokens_mean'), 1, 1)} | "
+            f"{cell_text(a.get('step_consistency_training'))} | {cell_text(a.get('step_consistency_evaluation'))} | "
+            f"{cell_text(a.get('loss_delta_std'), 1, 4)} |")
     return "\n".join(lines)
 
 
@@ -201,9 +221,103 @@ def difficulty_table(analysis: dict) -> str:
         out += [f"**{bench if bench != 'all' else 'all benchmarks pooled'}**", "",
                 "| method | " + " | ".join(header) + " |", "|---|" + "---:|" * len(buckets)]
         for m, r in rows:
-            out.append(f"| {m} | " + " | ".join(_cell(r.get(b)) for b in buckets) + " |")
+            out.append(f"| {m} | " + " | ".join(cell_text(r.get(b)) for b in buckets) + " |")
         out.append("")
     return "\n".join(out)
+
+
+# --- the paper's claims, in words ----------------------------------------------------------------
+
+CLAIMS = {
+    "headline": "ORION beats every baseline by more than {margin:g} points",
+    "coherence": "ORION's CoTs are more coherent and logically consistent",
+    "stability": "Training on ORION's CoTs is more stable",
+    "verbosity": "ORION's outputs are less verbose",
+}
+"""What each claim id (``analysis.claim_evidence``) stands for; ``{margin}``: the headline's margin in points."""
+
+COMPARED = {
+    "cot_perplexity": ("base-student perplexity of the training CoTs", 1.0, 2),
+    "step_consistency_training": ("step consistency of the training CoTs (%)", 100.0, 1),
+    "step_consistency_evaluation": ("step consistency of the evaluation outputs (%)", 100.0, 1),
+    "loss_delta_std": ("std of successive training-loss differences", 1.0, 4),
+    "response_tokens_mean": ("mean tokens per evaluation output", 1.0, 1),
+}
+"""How a claim's paragraph names and formats each compared metric: (label, scale, digits)."""
+
+
+def _comparison_text(comparison: dict) -> list[str]:
+    """'label: ORION x vs a y, b z (lower is better)' for one compared metric; [] with nothing compared."""
+    label, scale, digits = COMPARED[comparison["key"]]
+    texts = []
+    for other in comparison["others"]:
+        tie = " (within the seeds' spread: no difference)" if other["outcome"] == 0 and other["spread"] else ""
+        texts.append(f"{other['method']} {cell_text(other['cell'], scale, digits)}{tie}")
+    if not texts:
+        return []
+    head = f"{label}: ORION {cell_text(comparison['orion'], scale, digits)} vs " + ", ".join(texts)
+    return [head + (" (lower is better)" if comparison["lower_is_better"] else " (higher is better)")]
+
+
+def _headline_text(evidence: dict, seeds_note: str, toy_note: str) -> str:
+    parts = []
+    for row in evidence["rows"]:
+        diff, within = row["margin_points"], row["spread_points"]
+        note = "; within the seeds' spread: no difference" if within and abs(diff) <= within else ""
+        parts.append(f"{row['benchmark']}: ORION {cell_text(row['orion'], 100, 1)} vs best baseline "
+                     f"{row['best_baseline']} {cell_text(row['best'], 100, 1)} ({diff:+.1f} points{note})")
+    return (f"pass@1 (%), ORION against the strongest of {', '.join(evidence['baselines']) or 'no baseline'} per "
+            f"benchmark (needs > {evidence['margin']:g} points on each): "
+            + ("; ".join(parts) if parts else "no comparable numbers") + "." + seeds_note + toy_note)
+
+
+def _coherence_text(evidence: dict, seeds_note: str, toy_note: str) -> str:
+    texts = [_comparison_text(c) for c in evidence["comparisons"]]
+    outcomes = [o["outcome"] for c in evidence["comparisons"] for o in c["others"]]
+    step_compared = any(t for c, t in zip(evidence["comparisons"], texts) if c["key"].startswith("step_consistency"))
+    base_note = ""
+    if evidence["base"]:
+        base_note = f" For reference, base's outputs: {cell_text(evidence['base'], 100, 1)}%."
+    return ("; ".join(t for ts in texts for t in ts) or "no comparable numbers") + "." + base_note \
+        + (" Ties count for neither side." if 0 in outcomes else "") \
+        + (" Step consistency is measured on the toy domain's written computations only; reflection lines are "
+           "excluded because they quote the wrong computation on purpose." if step_compared else "") \
+        + seeds_note
+
+
+def _stability_text(evidence: dict, seeds_note: str, toy_note: str) -> str:
+    return (("; ".join(_comparison_text(evidence["comparisons"][0])) or "no comparable numbers") + "."
+            + " The methods train on different texts, so their loss scales differ; read this as a rough indicator."
+            + seeds_note)
+
+
+def _verbosity_text(evidence: dict, seeds_note: str, toy_note: str) -> str:
+    base_note = ""
+    if evidence["base"]:
+        base_note = f" For reference, base: {cell_text(evidence['base'], 1.0, 1)} tokens."
+    return ("; ".join(_comparison_text(evidence["comparisons"][0])) or "no comparable numbers") + "." \
+        + base_note + seeds_note
+
+
+_CLAIM_TEXTS = {"headline": _headline_text, "coherence": _coherence_text, "stability": _stability_text,
+                "verbosity": _verbosity_text}
+
+
+def claim_entry(evidence: dict, n_seeds: int = 1, toy: bool = False) -> dict:
+    """A claim as ``analysis.json`` stores it and the report shows it: ``{"id", "claim", "verdict", "text",
+    "numbers"}``, from one entry of ``analysis.claim_evidence``. ``text``: the verdict in bold, then the
+    comparisons behind it, with the notes on seeds (``n_seeds``) and, for the headline, on toy runs."""
+    seeds_note = (f" Numbers are means over {n_seeds} seeds (± sample std); a difference within the sum of the two "
+                  "stds counts as no difference." if n_seeds > 1 else
+                  " One seed: no spread is known, so every difference counts.")
+    toy_note = (" Toy run: a rule-assisted reflector stands in for free-form reflection (rules find the diverging "
+                "step and phrase its check; with `reflector: student` the tiny student writes the rest), so this is "
+                "a check of the pipeline and of the mechanism, not of the paper.") if toy else ""
+    claim_id, verdict = evidence["id"], evidence["verdict"]
+    body = _CLAIM_TEXTS[claim_id](evidence, seeds_note, toy_note)
+    return {"id": claim_id, "claim": CLAIMS[claim_id].format(margin=evidence.get("margin")),
+            "verdict": verdict, "text": f"**{verdict.capitalize()} by this run.** " + body,
+            "numbers": evidence["numbers"]}
 
 
 def _figure(name: str, figures: dict, run: RunDir) -> list[str]:
