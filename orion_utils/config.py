@@ -130,6 +130,9 @@ class Profile:
     description: str
     seeds: list
     sections: dict  # section name → dataclass instance
+    # how it was loaded, so that a notebook can load the same profile: load_profile(source, overrides)
+    source: str = ""  # the profile's name, or the absolute path of its YAML file when given as a file
+    overrides: dict = field(default_factory=dict)
 
     def __getattr__(self, item: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -159,9 +162,14 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def _is_file(name_or_path: Union[str, Path]) -> bool:
+    path = Path(name_or_path)
+    return path.suffix in (".yaml", ".yml") and path.exists()
+
+
 def _profile_path(name_or_path: Union[str, Path]) -> Path:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    if _is_file(path):
         return path
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
     if candidate.exists():
@@ -206,7 +214,10 @@ def _resolve_paths(sections: dict) -> None:
 
 
 def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = None) -> Profile:
-    """Load a profile by name (``configs/<name>.yaml``) or path, apply overrides, validate."""
+    """Load a profile by name (``configs/<name>.yaml``) or path, apply overrides, validate.
+
+    Every knob of a run comes from here: ``orion run`` and each notebook load the same profile with the
+    same overrides (a notebook's parameters are only the profile and the overrides)."""
     raw = _raw_profile(name_or_path)
     if overrides:
         raw = _deep_merge(raw, overrides)
@@ -234,4 +245,6 @@ def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = Non
         description=str(raw.get("description", "")),
         seeds=list(raw.get("seeds", [0])),
         sections=sections,
+        source=str(Path(name_or_path).resolve()) if _is_file(name_or_path) else str(name_or_path),
+        overrides=copy.deepcopy(dict(overrides or {})),
     )

@@ -92,3 +92,20 @@ def report(path) -> None:
             display(Image(filename=str(path.parent / piece)))
         else:
             print(f"[figure: {path.parent / piece}]")
+
+
+def profile_rows(profile, sections: Sequence[str]) -> list[dict]:
+    """One row per knob of the named sections of a loaded profile (``config.Profile``): section, key, value."""
+    unknown = [s for s in sections if s not in profile.sections]
+    if unknown:
+        raise KeyError(f"no section {', '.join(map(repr, unknown))} in profile {profile.name!r}")
+    return [{"section": name, "key": key, "value": repr(value)}
+            for name in sections for key, value in asdict(profile.sections[name]).items()]
+
+
+def profile_table(profile, sections: Sequence[str]) -> None:
+    """The knobs a notebook uses: every key of the named sections of the profile, with its value."""
+    title = f"profile {profile.name}: {', '.join(sections)}"
+    if getattr(profile, "overrides", None):
+        title += f" (overrides: {profile.overrides!r})"
+    table(profile_rows(profile, sections), ["section", "key", "value"], max_chars=200, title=title)

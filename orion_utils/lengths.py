@@ -8,6 +8,7 @@ rendered by the student's chat template (``chat.encode_for_training``), so a CoT
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -77,15 +78,17 @@ def plot_lengths(lengths: Sequence[int], max_seq_len: int, title: str = "long Co
     return fig
 
 
-def show_long_cots(long_cots: dict, model_path: str, student: dict, max_seq_len: int) -> Optional[dict]:
+def show_long_cots(long_cots, model_path: str, student, max_seq_len: int) -> Optional[dict]:
     """Notebook 01's cell: measure the profile's ``long_cots`` section, show the statistics and the
-    plot; with no source, say so. Returns the statistics (None without a source)."""
+    plot; with no source, say so. Returns the statistics (None without a source). ``long_cots`` and
+    ``student``: the profile's sections (``LongCotsConfig``, ``StudentConfig``) or dicts of their keys."""
     from .display import key_values
 
-    cfg = LongCotsConfig(**long_cots)
+    cfg = long_cots if isinstance(long_cots, LongCotsConfig) else LongCotsConfig(**long_cots)
     if not cfg.source:
         print("no long_cots.source in this profile: nothing to measure")
         return None
+    student = student if isinstance(student, dict) else dataclasses.asdict(student)
     lengths, stats = long_cot_lengths(cfg, model_path, student.get("prompt_template", "{question}"),
                                       student.get("system_prompt") or None, max_seq_len=max_seq_len)
     shown = {k: v for k, v in stats.items() if k != "kept_mask"}

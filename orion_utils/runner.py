@@ -1,14 +1,17 @@
 """`orion run --profile NAME`: execute the numbered notebooks in order with papermill.
 
-Each notebook gets the profile's sections it uses as parameters (dicts named after the
-sections), plus ``run_dir``, ``profile`` and ``force``. Executed notebooks are saved in
-``<run_dir>/notebooks/``. Stages inside the notebooks skip work whose inputs and parameters are
-unchanged, so a re-run is cheap. On failure the runner stops and names the notebook and cell.
+Each notebook gets four parameters: ``profile`` (the profile's name, or the absolute path of its YAML
+file), ``overrides`` (``--set`` values merged with the seed's), ``run_dir`` and ``force``; it loads
+every knob itself with ``config.load_profile(profile, overrides)``, so the profile is their one source.
+Executed notebooks are saved in ``<run_dir>/notebooks/``. Stages inside the notebooks skip work whose
+inputs and parameters are unchanged, so a re-run is cheap. On failure the runner stops and names the
+notebook and cell.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import sys
 import time
 from pathlib import Path
@@ -19,18 +22,24 @@ from .jsonl import write_json
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
-# notebook → the profile sections it takes as parameters
-NOTEBOOKS: dict[str, list[str]] = {
-    "00_setup_and_data": ["student", "data", "toy_domain", "toy_student", "warmup", "generation"],
-    "01_teacher_cots": ["teacher", "data", "long_cots", "student", "sft"],
-    "02_error_exposure": ["exposure", "generation", "student", "sft"],
-    "03_error_aware_reflection": ["reflection", "generation", "student"],
-    "04_sft": ["sft", "student"],
-    "05_edit": ["edit", "sft", "teacher", "data", "generation", "student"],
-    "06_tailored_learning": ["tailored", "sft", "teacher", "data", "generation", "student"],
-    "07_evaluation": ["evaluation", "generation", "student"],
-    "08_analysis": ["analysis", "teacher", "data"],
-}
+# the pipeline's notebooks, in order (each loads the profile sections it uses itself)
+NOTEBOOKS: tuple[str, ...] = (
+    "00_setup_and_data",
+    "01_teacher_cots",
+    "02_error_exposure",
+    "03_error_aware_reflection",
+    "04_sft",
+    "05_edit",
+    "06_tailored_learning",
+    "07_evaluation",
+    "08_analysis",
+)
+
+# the first code cell of every notebook (tagged `parameters`): papermill replaces these values
+PARAMETERS_HEADER = (
+    "# Parameters (`orion run`/papermill replace them). Every knob lives in the profile, configs/<profile>.yaml;\n"
+    "# `overrides` changes some for this run only, e.g. {\"evaluation\": {\"n_samples\": 8}}.\n"
+)
 
 
 # notebooks that only train a baseline: run when their method is among evaluation.methods
@@ -55,11 +64,11 @@ class NotebookFailed(RuntimeError):
     pass
 
 
-def notebook_parameters(profile: Profile, notebook: str, run_dir: Path, force: bool) -> dict:
-    params = {"run_dir": str(run_dir), "profile": profile.name, "force": force}
-    for section in NOTEBOOKS[notebook]:
-        params[section] = profile.section_dict(section)
-    return params
+def notebook_parameters(profile: Profile, run_dir: Path, force: bool) -> dict:
+    """What papermill passes to every notebook: how to load ``profile`` again (its source and the
+    overrides it was loaded with), the run directory and ``force``."""
+    return {"profile": profile.source or profile.name, "overrides": profile.overrides, "run_dir": str(run_dir),
+            "force": force}
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict:
@@ -99,14 +108,21 @@ def selected_notebooks(only: Optional[Sequence[str]] = None) -> list[Path]:
     return paths
 
 
-def parameters_cell(profile_name: str, notebook_prefix: str, run_dir: Optional[str] = None) -> str:
-    """The parameters cell of a notebook with a profile's values, as Python source to paste."""
+def parameters_cell(profile_name: str, notebook_prefix: str, run_dir: Optional[str] = None,
+                    overrides: Optional[dict] = None) -> str:
+    """A notebook's parameters cell for a profile, as Python source to paste (every notebook has the
+    same one: the toy profile's is committed in each)."""
     names = [name for name in NOTEBOOKS if name.startswith(notebook_prefix)]
     if len(names) != 1:
         raise ValueError(f"--notebook {notebook_prefix!r} matches {names or 'no notebook'}; give a unique prefix")
-    profile = load_profile(profile_name)
-    params = notebook_parameters(profile, names[0], run_dir or f"../outputs/{profile.name}", force=False)
-    return "\n".join(f"{name} = {value!r}" for name, value in params.items())
+    profile = load_profile(profile_name, overrides)  # a profile that does not load fails here, not in Jupyter
+    params = notebook_parameters(profile, Path(run_dir or f"../outputs/{profile.name}"), force=False)
+    return PARAMETERS_HEADER + (
+        f"profile = {json.dumps(params['profile'])}\n"
+        f"overrides = {params['overrides']!r}\n"
+        f"run_dir = {json.dumps(run_dir or params['run_dir'])}  # where every artifact of the run goes\n"
+        "force = False  # True re-runs stages even when their inputs and parameters are unchanged"
+    )
 
 
 def run_pipeline(
@@ -242,7 +258,7 @@ def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log
         print(f"[orion] ({i}/{total}) {nb.stem} ...", flush=True)
         try:
             pm.execute_notebook(
-                str(nb), str(out), parameters=notebook_parameters(profile, nb.stem, run_path.resolve(), force),
+                str(nb), str(out), parameters=notebook_parameters(profile, run_path.resolve(), force),
                 kernel_name="python3", progress_bar=False, log_output=log_output, cwd=str(nb.parent),
             )
         except pm.PapermillExecutionError as exc:
@@ -272,6 +288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     params.add_argument("--profile", default="toy", help="smoke | toy | colab | paper | path to a YAML profile")
     params.add_argument("--notebook", required=True, metavar="PREFIX", help="e.g. 03")
     params.add_argument("--run-dir", default=None, help="default: ../outputs/<profile>")
+    params.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="put an override in the cell's `overrides`, e.g. --set evaluation.n_samples=8")
     links = sub.add_parser("colab-links", help="write the README's Colab links and the notebooks' ORION_REPO")
     links.add_argument("--repo", default=None, help="OWNER/NAME on GitHub (default: [project.urls] Repository)")
     links.add_argument("--branch", default="main")
@@ -293,7 +311,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1
     if args.command == "params":
         try:
-            print(parameters_cell(args.profile, args.notebook, args.run_dir))
+            print(parameters_cell(args.profile, args.notebook, args.run_dir, parse_overrides(args.overrides)))
         except (ConfigError, ValueError) as exc:
             print(f"[orion] error: {exc}", file=sys.stderr)
             return 1

@@ -51,16 +51,28 @@ def test_shipped_readme_and_notebooks_have_the_slots():
         assert sum(bool(colab._ORION_REPO_LINE.search(c.source)) for c in nb.cells) == 1, name
 
 
-def test_parameters_cell_for_a_profile(capsys):
+def test_parameters_cell_for_a_profile(capsys, tmp_path):
     values: dict = {}
     exec(parameters_cell("colab", "04"), {}, values)
-    assert values["profile"] == "colab" and values["run_dir"] == "../outputs/colab"
-    assert values["sft"] == load_profile("colab").section_dict("sft") and values["sft"]["load_in_4bit"] is True
-    assert set(values) == {"run_dir", "profile", "force", *NOTEBOOKS["04_sft"]}
-    assert main(["params", "--profile", "paper", "--notebook", "01"]) == 0
-    assert "'kind': 'api'" in capsys.readouterr().out
+    assert values == {"profile": "colab", "overrides": {}, "run_dir": "../outputs/colab", "force": False}
+    # the cell names the profile; the notebook's next cells load every knob from it
+    cfg = load_profile(values["profile"], values["overrides"])
+    assert cfg.sft == load_profile("colab").sft and cfg.sft.load_in_4bit is True
+    assert main(["params", "--profile", "paper", "--notebook", "01", "--set", "teacher.concurrency=4"]) == 0
+    values = {}
+    exec(capsys.readouterr().out, {}, values)
+    assert values["profile"] == "paper" and values["overrides"] == {"teacher": {"concurrency": 4}}
+    assert load_profile(values["profile"], values["overrides"]).teacher.kind == "api"
+    # a profile given as a file is named by its absolute path: it loads from notebooks/ too
+    (tmp_path / "mine.yaml").write_text("base: colab\nevaluation:\n  n_samples: 2\n")
+    values = {}
+    exec(parameters_cell(str(tmp_path / "mine.yaml"), "07"), {}, values)
+    assert values["profile"] == str((tmp_path / "mine.yaml").resolve())
+    assert load_profile(values["profile"]).evaluation.n_samples == 2
     assert main(["params", "--profile", "paper", "--notebook", "0"]) == 1
     assert "give a unique prefix" in capsys.readouterr().err
+    assert main(["params", "--profile", "nope", "--notebook", "03"]) == 1
+    assert "no profile 'nope'" in capsys.readouterr().err
 
 
 def _colab_cell(name: str, notebook_dir=NOTEBOOK_DIR) -> str:

@@ -2,19 +2,36 @@ import dataclasses
 
 import pytest
 
-from orion_utils.config import ConfigError, load_profile
-from orion_utils.runner import NOTEBOOKS, parse_overrides
+from pathlib import Path
+
+from orion_utils.config import SECTIONS, ConfigError, load_profile
+from orion_utils.runner import _merge, notebook_parameters, parse_overrides, seed_overrides
 
 PROFILES = ["smoke", "toy", "smol", "colab", "paper"]
 
 
 @pytest.mark.parametrize("name", PROFILES)
-def test_profiles_load_and_cover_every_notebook_section(name):
+def test_profiles_load_and_cover_every_section(name):
     profile = load_profile(name)
-    assert profile.name == name
-    for sections in NOTEBOOKS.values():
-        for section in sections:
-            assert dataclasses.is_dataclass(profile.sections[section])
+    assert profile.name == name and profile.source == name and profile.overrides == {}
+    assert set(profile.sections) == set(SECTIONS)
+    for section in SECTIONS:
+        assert dataclasses.is_dataclass(getattr(profile, section))
+
+
+@pytest.mark.parametrize("name", PROFILES + ["toy3"])
+def test_a_notebook_loads_the_profile_the_runner_resolved(name):
+    """The runner passes each notebook only the profile and the overrides (``--set`` and the seed's);
+    the notebook's ``load_profile(profile, overrides)`` gives every section the runner saw, so stages
+    take the same configs (and the same parameter hashes) as the runner's profile says."""
+    profile = load_profile(name)
+    for seed in profile.seeds:
+        seeded = load_profile(name, _merge({"evaluation": {"n_samples": 8}}, seed_overrides(profile, seed)))
+        params = notebook_parameters(seeded, Path("/tmp/run"), force=False)
+        assert set(params) == {"profile", "overrides", "run_dir", "force"} and params["profile"] == name
+        reloaded = load_profile(params["profile"], params["overrides"])
+        assert reloaded.sections == seeded.sections and reloaded.to_dict() == seeded.to_dict()
+        assert reloaded.evaluation.n_samples == 8 and reloaded.sft.seed == seed
 
 
 def test_unknown_key_is_named():
@@ -68,11 +85,12 @@ def test_seed_overrides_touch_every_seeded_section_but_data():
 def _seed_notebook(path, fail_on_seed=None):
     import nbformat
 
-    params = nbformat.v4.new_code_cell("run_dir = ''\nsft = {}")
+    params = nbformat.v4.new_code_cell("profile = 'toy'\noverrides = {}\nrun_dir = ''")
     params.metadata["tags"] = ["parameters"]
-    body = ("import os, time\nfrom pathlib import Path\n"
-            f"if sft['seed'] == {fail_on_seed!r}:\n    raise RuntimeError('seed failed')\n"
-            "Path(run_dir, 'seed.txt').write_text(f\"{sft['seed']} {os.getpid()} {time.time()}\")\n"
+    body = ("import os, time\nfrom pathlib import Path\n"  # the seed's overrides reach the notebook
+            "seed = overrides['sft']['seed']\n"
+            f"if seed == {fail_on_seed!r}:\n    raise RuntimeError('seed failed')\n"
+            "Path(run_dir, 'seed.txt').write_text(f\"{seed} {os.getpid()} {time.time()}\")\n"
             "time.sleep(2)\nPath(run_dir, 'done.txt').write_text(str(time.time()))")
     nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -163,3 +181,36 @@ def test_upstream_is_transitive():
     assert "03_error_aware_reflection" in _upstream("07_evaluation")  # through 04_sft
     assert _upstream("00_setup_and_data") == set()
     assert set(NEEDS) == set(__import__("orion_utils.runner", fromlist=["NOTEBOOKS"]).NOTEBOOKS)
+
+
+def test_a_notebook_run_by_the_runner_sees_the_overrides(tmp_path, monkeypatch):
+    """``orion run --profile FILE --set ...``: a notebook gets the profile (a file as its absolute path,
+    which loads from notebooks/) and the overrides, ``--set`` merged with each seed's, and loads the
+    values the runner resolved."""
+    import json
+
+    import nbformat
+
+    from orion_utils import runner
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    params = nbformat.v4.new_code_cell("profile = 'toy'\noverrides = {}\nrun_dir = ''\nforce = False")
+    params.metadata["tags"] = ["parameters"]
+    body = ("import json\nfrom pathlib import Path\nfrom orion_utils.config import load_profile\n"
+            "cfg = load_profile(profile, overrides)\n"
+            "Path(run_dir, 'seen.json').write_text(json.dumps({'profile': profile, 'force': force, "
+            "'n_samples': cfg.evaluation.n_samples, 'greedy': cfg.evaluation.greedy, "
+            "'exposure_seed': cfg.exposure.seed, 'data_seed': cfg.data.seed}))")
+    nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, notebooks / "07_evaluation.ipynb")
+    (tmp_path / "mine.yaml").write_text("base: smoke\nseeds: [0, 4]\nevaluation:\n  n_samples: 5\n")
+    monkeypatch.setattr(runner, "NOTEBOOK_DIR", notebooks)
+    monkeypatch.chdir(tmp_path)  # the profile is given relative to here; the kernel runs in notebooks/
+    run = runner.run_pipeline("mine.yaml", str(tmp_path / "run"), force=True,
+                              overrides=parse_overrides(["evaluation.greedy=False"]), only=["07"])
+    for path, seed in ((run, 0), (run / "seeds" / "seed_4", 4)):
+        seen = json.loads((path / "seen.json").read_text())
+        assert seen == {"profile": str((tmp_path / "mine.yaml").resolve()), "force": True, "n_samples": 5,
+                        "greedy": False, "exposure_seed": seed, "data_seed": 0}

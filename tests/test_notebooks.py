@@ -1,30 +1,76 @@
-"""Notebooks are committed clean, parameterised with the toy profile's values, and keep logic in the package."""
+"""Notebooks are committed clean, take only the profile (and overrides) as parameters, show every knob
+they use, and keep logic in the package."""
+import ast
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from orion_utils.config import load_profile
-from orion_utils.runner import NOTEBOOK_DIR, NOTEBOOKS
+from orion_utils.config import SECTIONS, load_profile
+from orion_utils.runner import NOTEBOOK_DIR, NOTEBOOKS, notebook_parameters, parameters_cell
 
-TOY = load_profile("toy")
+
+def _code(name):
+    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    return nb, [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _shown_sections(source: str) -> list:
+    """The section list of the notebook's ``profile_table(cfg, [...])`` call."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "profile_table":
+            return ast.literal_eval(node.args[1])
+    raise AssertionError("no profile_table(cfg, [...]) call")
 
 
 @pytest.mark.parametrize("name", list(NOTEBOOKS))
 def test_notebook_is_clean_and_parameterised(name):
-    nb = nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
-    nbformat.validate(nb)
-    code = [c for c in nb.cells if c.cell_type == "code"]
+    nb, code = _code(name)
     assert "parameters" in code[0].metadata.get("tags", []), "the first code cell must be tagged 'parameters'"
     assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
     assert all(len(c.source.splitlines()) <= 25 for c in code), "long cells belong in orion_utils"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {name[:2]}")
+    # the parameters cell is the profile's name and overrides (every knob lives in configs/<profile>.yaml),
+    # exactly what `orion params --profile toy` prints, and the names the runner passes
+    assert code[0].source == parameters_cell("toy", name[:2])
     values: dict = {}
-    exec(code[0].source, {}, values)  # the parameters cell is plain assignments of literals
-    assert values["profile"] == "toy" and values["force"] is False
-    for section in NOTEBOOKS[name]:
-        assert values[section] == TOY.section_dict(section), f"{name}: '{section}' differs from configs/toy.yaml"
+    exec(code[0].source, {}, values)
+    assert values == {"profile": "toy", "overrides": {}, "run_dir": "../outputs/toy", "force": False}
+    assert set(values) == set(notebook_parameters(load_profile("toy"), Path("../outputs/toy"), False))
+
+
+@pytest.mark.parametrize("name", list(NOTEBOOKS))
+def test_notebook_loads_the_profile_once_and_shows_the_knobs_it_uses(name):
+    _, code = _code(name)
+    colab = next(i for i, c in enumerate(code) if "ORION_REPO = " in c.source)
+    cell = code[colab + 1].source  # right after the Colab cell: the package is importable there
+    assert "cfg = load_profile(profile, overrides)" in cell
+    assert sum("load_profile(" in c.source for c in code) == 1, "load the profile once"
+    shown = _shown_sections(cell)
+    assert set(shown) <= set(SECTIONS)
+    used = {m for c in code for m in re.findall(r"\bcfg\.(\w+)", c.source)}
+    # the table shows exactly the sections the notebook's code takes from the profile
+    assert set(shown) == used, f"{name}: shown {sorted(shown)}, used {sorted(used)}"
+    # no section is rebuilt from a dict: stages take the profile's own section objects
+    assert not any(re.search(r"Config\(\*\*", c.source) for c in code)
 
 
 def test_every_pipeline_notebook_exists():
     assert sorted(p.stem for p in Path(NOTEBOOK_DIR).glob("*.ipynb")) == sorted(NOTEBOOKS)
+
+
+def test_profile_table_shows_every_key_of_the_named_sections(capsys):
+    from orion_utils.display import profile_rows, profile_table
+
+    cfg = load_profile("smoke", {"evaluation": {"n_samples": 7}})
+    rows = profile_rows(cfg, ["evaluation", "student"])
+    assert {"section": "evaluation", "key": "n_samples", "value": "7"} in rows
+    assert {"section": "student", "key": "model", "value": "'toy'"} in rows
+    assert len(rows) == len(vars(cfg.evaluation)) + len(vars(cfg.student))
+    profile_table(cfg, ["evaluation"])
+    out = capsys.readouterr().out
+    assert "profile smoke: evaluation" in out and "n_samples | 7" in out and "{'evaluation': {'n_samples': 7}}" in out
+    with pytest.raises(KeyError, match="evaluaton"):
+        profile_rows(cfg, ["evaluaton"])

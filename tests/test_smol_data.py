@@ -120,3 +120,10 @@ def test_notebook_01_long_cot_cell_measures_and_plots(tiny_model_dir, capsys):
     assert "kept_mask" not in shown and "long CoTs in the student's tokens" in capsys.readouterr().out
     assert show_long_cots({"source": ""}, tiny_model_dir, student, 512) is None
     assert "nothing to measure" in capsys.readouterr().out
+    # the notebook passes the profile's sections themselves
+    from orion_utils.config import StudentConfig
+    from orion_utils.lengths import LongCotsConfig
+
+    shown = show_long_cots(LongCotsConfig(source="limo", data_dir=str(LIMO_R1), limit=5), tiny_model_dir,
+                           StudentConfig(), 4096)
+    assert shown["traces"] == 5
