@@ -88,11 +88,14 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
 
 
 def seed_overrides(profile: Profile, seed: int) -> dict:
-    """Set every section's ``seed`` to ``seed``, except ``data``: all seeds see the same questions."""
+    """Set every section's ``seed`` to ``seed``, except ``data``: all seeds see the same questions.
+    Sections already at ``seed`` are left out (the same profile, and shorter ``overrides`` for the
+    notebooks: none for a profile's usual seed 0)."""
     import dataclasses
 
     return {name: {"seed": seed} for name, section in profile.sections.items()
-            if name != "data" and any(f.name == "seed" for f in dataclasses.fields(section))}
+            if name != "data" and any(f.name == "seed" for f in dataclasses.fields(section))
+            and section.seed != seed}
 
 
 def selected_notebooks(only: Optional[Sequence[str]] = None) -> list[Path]:

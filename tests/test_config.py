@@ -32,6 +32,8 @@ def test_a_notebook_loads_the_profile_the_runner_resolved(name):
         reloaded = load_profile(params["profile"], params["overrides"])
         assert reloaded.sections == seeded.sections and reloaded.to_dict() == seeded.to_dict()
         assert reloaded.evaluation.n_samples == 8 and reloaded.sft.seed == seed
+        every = {n: {"seed": seed} for n, sec in profile.sections.items() if n != "data" and hasattr(sec, "seed")}
+        assert load_profile(name, every).sections == load_profile(name, seed_overrides(profile, seed)).sections
 
 
 def test_unknown_key_is_named():
@@ -77,6 +79,7 @@ def test_seed_overrides_touch_every_seeded_section_but_data():
     profile = load_profile("toy")
     overrides = seed_overrides(profile, 3)
     assert "data" not in overrides and {"exposure", "sft", "evaluation", "warmup"} <= set(overrides)
+    assert seed_overrides(profile, 0) == {}  # the profile's own seed: nothing to override
     seeded = load_profile("toy", _merge({"evaluation": {"n_samples": 2}}, overrides))
     assert seeded.exposure.seed == 3 and seeded.sft.seed == 3 and seeded.evaluation.n_samples == 2
     assert seeded.data.seed == profile.data.seed
@@ -114,18 +117,18 @@ def test_seeds_run_in_parallel_processes_each_with_its_seed(tmp_path):
     failing seed fails the run once the others have finished."""
     from orion_utils.runner import NotebookFailed, _execute_parallel
 
-    nb = _seed_notebook(tmp_path / "04_sft.ipynb", fail_on_seed=2)
-    runs = [(p, d, [nb], f, lo, lab) for p, d, _, f, lo, lab in _seed_runs(tmp_path, [0, 1, 2])]
+    nb = _seed_notebook(tmp_path / "04_sft.ipynb", fail_on_seed=3)
+    runs = [(p, d, [nb], f, lo, lab) for p, d, _, f, lo, lab in _seed_runs(tmp_path, [1, 2, 3])]
     with pytest.raises(NotebookFailed, match="seed failed"):
         _execute_parallel(runs, jobs=3)
     seeds, pids, starts, ends = [], [], [], []
-    for seed in (0, 1):
+    for seed in (1, 2):
         s, pid, t = (tmp_path / f"seed_{seed}" / "seed.txt").read_text().split()
         seeds.append(int(s)), pids.append(pid), starts.append(float(t))
         ends.append(float((tmp_path / f"seed_{seed}" / "done.txt").read_text()))
-    assert seeds == [0, 1] and pids[0] != pids[1]
+    assert seeds == [1, 2] and pids[0] != pids[1]
     assert max(starts) < min(ends)  # both were running at once
-    assert not (tmp_path / "seed_2" / "seed.txt").exists()
+    assert not (tmp_path / "seed_3" / "seed.txt").exists()
 
 
 def _timed_notebook(path, fail=False, meet=None):
