@@ -221,7 +221,7 @@ class RunDir:
     =============================  ===================================  ============================
     name                           file (under the run directory)       written by
     =============================  ===================================  ============================
-    ``config_file``                ``config.json``                      the runner (resolved profile)
+    ``config_file``                ``config.json``                      the runner (``write_config``)
     ``manifest_path``              ``manifest.json``                    every stage (``run_stage``)
     ``student_info``               ``data/student.json``                00 prepare (base student)
     ``toy_student``                ``models/base/``                     00 prepare (toy profile)
@@ -254,7 +254,8 @@ class RunDir:
     ``analysis_file``              ``analysis.json``                    08 analysis
     ``report``                     ``report.md``                        08 analysis / report
     ``figure(name)``               ``figures/<name>.png``               notebooks, analysis, report
-    ``seed_dirs()``                ``seeds/seed_<k>/``                  the runner (other seeds)
+    ``seed_dir(k)``                ``seeds/seed_<k>/``                  the runner (``seed_dirs()``:
+                                                                        all there are)
     =============================  ===================================  ============================
 
     ``edit()`` and ``tailored()`` give the layouts of those method folders (``EditDir``,
@@ -454,6 +455,14 @@ class RunDir:
     def seed_dirs(self) -> list[Path]:
         """The other seeds' run directories on disk (``seeds/seed_<k>``)."""
         return sorted(self.path("seeds").glob("seed_*"))
+
+    def seed_dir(self, seed: int) -> Path:
+        """Where the runner puts seed ``seed``'s run when it is not the run's first seed."""
+        return self.path("seeds", f"seed_{seed}")
+
+    def write_config(self, resolved: dict) -> Path:
+        """Record the resolved profile the run was made with (``config.json``)."""
+        return write_json(self.config_file, resolved)
 
     def student_model(self) -> str:
         """The base student: a path inside the run (toy) or a hub id / local path (real profiles)."""
