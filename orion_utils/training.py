@@ -52,12 +52,14 @@ import torch
 
 from . import device as device_rules
 from .chat import encode_for_training
+from .config import TrainingConfig
 from .jsonl import write_json
 from .records import SFTExample
 from .rundir import TrainedDir, is_saved_model
 
 __all__ = [
     "LengthGroupedSampler",
+    "OrionSFTTrainer",
     "TrainResult",
     "TrainerMethod",
     "TrainingConfig",
@@ -84,45 +86,6 @@ VARLEN_ATTENTION = (
 )
 # Unsloth's own LoRA targets (its FastLanguageModel.get_peft_model does not take "all-linear")
 _UNSLOTH_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass
-class TrainingConfig:
-    """Hyper-parameters of one SFT run. Flat and simple-typed: it is a profile section and a set of
-    notebook parameters. ``sft`` and ``orion`` are trained with the same instance."""
-
-    backend: str = "auto"  # auto | trl | unsloth
-    use_lora: bool = False  # the toy student is tiny: full fine-tuning by default; real profiles set True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "all-linear"  # or a comma-separated list: "q_proj,k_proj,v_proj,o_proj"
-    load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes; needs use_lora)
-    learning_rate: float = 5e-4
-    num_epochs: float = 2.0
-    max_steps: int = -1  # > 0 overrides num_epochs
-    batch_size: int = 16  # per device
-    grad_accum: int = 1
-    max_seq_len: int = 512  # prompt + assistant turn
-    overlong: str = "truncate"  # examples longer than max_seq_len: truncate (they lose their end of
-    #                             turn) | drop (real long-CoT runs: a cut CoT teaches never finishing)
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    batching: str = "auto"  # auto | padding_free | length_grouped | padded  (auto: see resolve_batching)
-    gradient_checkpointing: bool = False
-    logging_steps: int = 5
-    seed: int = 0
-    # --- additions (flat as well) ---
-    attn_implementation: str = "auto"  # auto (flash_attention_2 on CUDA when installed, else sdpa) | sdpa | eager | ...
-    length_group_window: int = 64  # length_grouped: sort within windows of this many batches
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
-    save_steps: int = 0  # checkpoint every N optimizer steps; 0: at the end of every epoch; < 0: never
-    keep_checkpoints: bool = False  # keep output_dir/checkpoints after the final model is written
-    progress_bar: bool = False  # show the Trainer's progress bar / log table
-    cpu_threads: int = 0  # CPU only: torch intra-op threads while training; 0: auto (device.cpu_threads_for:
-    #                       1 for a local model under 200M parameters; else torch's)
 
 
 @dataclass
@@ -343,102 +306,116 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 # trainer
 
 
-_TRAINER_CLASSES: dict = {}
 _COUNTERS_FILE = "orion_counters.json"
+
+
+class OrionSFTTrainer:
+    """The project's one trainer: TRL's ``SFTTrainer`` + length-grouped sampling + exact counts of the
+    supervised tokens and their NLL. The methods' trainers subclass it and override its loss
+    (``edit.EditTrainer``; ``tailored.TailoredTrainer``, which also brings its batch sampler).
+
+    It and its subclasses are ordinary classes written against TRL's ``SFTTrainer``, which a run puts
+    beneath them when it builds its trainer (:func:`sft_trainer_class`): the ``SFTTrainer`` current at
+    that moment, which under the unsloth backend is the one Unsloth patched into TRL on import. So the
+    trainers cost no TRL import where they are defined, and an Unsloth run trains on Unsloth's
+    trainer whatever was imported before it."""
+
+    def __init__(self, *args, batching: str = "padded", lengths=None, length_group_window: int = 64, **kwargs):
+        self.batching = batching
+        self.lengths = lengths
+        self.length_group_window = length_group_window
+        self.nll_sum = 0.0  # sum of per-token NLL of the supervised tokens seen in training
+        self.n_supervised = 0
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.batching == "length_grouped":
+            lengths = self.lengths
+            if lengths is None:
+                lengths = [len(ids) for ids in (train_dataset or self.train_dataset)["input_ids"]]
+            return LengthGroupedSampler(
+                lengths, self.args.per_device_train_batch_size, seed=self.args.seed, window=self.length_group_window
+            )
+        return super()._get_train_sampler(train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        n = int((inputs["labels"][:, 1:] != -100).sum())
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            loss = out[0] if return_outputs else out
+            denom = n if num_items_in_batch is None else float(num_items_in_batch)
+            self.nll_sum += float(loss.detach()) * float(denom)
+            self.n_supervised += n
+        return out
+
+    # -- for the methods' trainers (EDIT, Tailored Learning), which override compute_loss --------
+
+    def count_supervised(self, nll_sum: float, n_tokens: int) -> None:
+        """Add a training batch's summed NLL over its ``n_tokens`` likelihood tokens to the counters."""
+        self.nll_sum += float(nll_sum)
+        self.n_supervised += int(n_tokens)
+
+    def record_stats(self, stats: dict) -> None:
+        """Loss components of one step, averaged into the next log line (and the loss history)."""
+        buf = self.__dict__.setdefault("_stat_buffer", {})
+        for k, v in stats.items():
+            if not (isinstance(v, float) and math.isnan(v)):
+                buf.setdefault(k, []).append(float(v))
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        buf = self.__dict__.get("_stat_buffer")
+        if buf and "loss" in logs:
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in buf.items() if v}}
+            buf.clear()
+        super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if folder.is_dir():
+            write_json(folder / _COUNTERS_FILE, {"nll_sum": self.nll_sum, "n_supervised": self.n_supervised})
+
+
+_ON_SFT_TRAINER: dict = {}  # (trainer class, TRL's SFTTrainer) -> the class a run instantiates
+
+
+def sft_trainer_class(cls: type = OrionSFTTrainer) -> type:
+    """``cls`` (:class:`OrionSFTTrainer` or a method's subclass of it) on TRL's current ``SFTTrainer``:
+    the class a run instantiates. One per (class, ``SFTTrainer``), each on its parent's, so that
+    ``isinstance(trainer, sft_trainer_class())`` holds for every method's trainer."""
+    import trl
+
+    if not (isinstance(cls, type) and issubclass(cls, OrionSFTTrainer)):
+        raise TypeError(f"a trainer must subclass training.OrionSFTTrainer, got {cls!r}")
+    if issubclass(cls, trl.SFTTrainer):
+        return cls  # already on it
+    key = (cls, trl.SFTTrainer)
+    if key not in _ON_SFT_TRAINER:
+        parent = trl.SFTTrainer if cls is OrionSFTTrainer else sft_trainer_class(cls.__base__)
+        _ON_SFT_TRAINER[key] = type(cls.__name__, (cls, parent),
+                                    {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    return _ON_SFT_TRAINER[key]
+
+
+_trainer_class = sft_trainer_class  # the name the tests patch through
 
 
 @dataclass
 class TrainerMethod:
     """What a method changes in the one SFT training run (EDIT's stage 2, Tailored Learning's rounds):
-    its trainer (a subclass of :func:`sft_trainer_class` that overrides ``compute_loss`` and, for
+    its trainer (a subclass of :class:`OrionSFTTrainer` that overrides ``compute_loss`` and, for
     Tailored Learning, the batch sampler), its data collator and its log columns. Everything else —
     backend, precision, batching rule, ``overlong``, resume, files — is :func:`train_method`'s, i.e.
     ``train_sft``'s."""
 
     name: str  # what the [training] line says, e.g. "edit stage 2"
-    trainer_class: Callable[[], type]  # () -> the trainer class (built lazily: Unsloth patches TRL)
+    trainer_class: type  # a subclass of OrionSFTTrainer (put on TRL's SFTTrainer by sft_trainer_class)
     collator: Callable[[object], object]  # tokenizer -> data collator
     trainer_kwargs: dict = dataclasses.field(default_factory=dict)
     batching: Optional[Callable[[str], tuple[str, str]]] = None  # resolved mode -> (mode, reason)
     log_keys: tuple = ()  # loss components kept in loss_history.json
-
-
-def sft_trainer_class():
-    """The project's one trainer class (TRL ``SFTTrainer`` + length-grouped sampling + token counts);
-    the methods' trainers subclass it."""
-    return _trainer_class()
-
-
-def _trainer_class():
-    """An SFTTrainer subclass (built lazily, on whatever SFTTrainer is current: Unsloth patches TRL)."""
-    import trl
-
-    base = trl.SFTTrainer
-    if base in _TRAINER_CLASSES:
-        return _TRAINER_CLASSES[base]
-
-    class OrionSFTTrainer(base):
-        """TRL SFTTrainer + length-grouped sampling + exact counts of supervised tokens and their NLL."""
-
-        def __init__(self, *args, batching: str = "padded", lengths=None, length_group_window: int = 64, **kwargs):
-            self.batching = batching
-            self.lengths = lengths
-            self.length_group_window = length_group_window
-            self.nll_sum = 0.0  # sum of per-token NLL of the supervised tokens seen in training
-            self.n_supervised = 0
-            super().__init__(*args, **kwargs)
-
-        def _get_train_sampler(self, train_dataset=None):
-            if self.batching == "length_grouped":
-                lengths = self.lengths
-                if lengths is None:
-                    lengths = [len(ids) for ids in (train_dataset or self.train_dataset)["input_ids"]]
-                return LengthGroupedSampler(
-                    lengths, self.args.per_device_train_batch_size, seed=self.args.seed, window=self.length_group_window
-                )
-            return super()._get_train_sampler(train_dataset)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            n = int((inputs["labels"][:, 1:] != -100).sum())
-            out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-            if model.training:
-                loss = out[0] if return_outputs else out
-                denom = n if num_items_in_batch is None else float(num_items_in_batch)
-                self.nll_sum += float(loss.detach()) * float(denom)
-                self.n_supervised += n
-            return out
-
-        # -- for the methods' trainers (EDIT, Tailored Learning), which override compute_loss --------
-
-        def count_supervised(self, nll_sum: float, n_tokens: int) -> None:
-            """Add a training batch's summed NLL over its ``n_tokens`` likelihood tokens to the counters."""
-            self.nll_sum += float(nll_sum)
-            self.n_supervised += int(n_tokens)
-
-        def record_stats(self, stats: dict) -> None:
-            """Loss components of one step, averaged into the next log line (and the loss history)."""
-            buf = self.__dict__.setdefault("_stat_buffer", {})
-            for k, v in stats.items():
-                if not (isinstance(v, float) and math.isnan(v)):
-                    buf.setdefault(k, []).append(float(v))
-
-        def log(self, logs: dict, *args, **kwargs) -> None:
-            buf = self.__dict__.get("_stat_buffer")
-            if buf and "loss" in logs:
-                logs = {**logs, **{k: sum(v) / len(v) for k, v in buf.items() if v}}
-                buf.clear()
-            super().log(logs, *args, **kwargs)
-
-        def _save_checkpoint(self, model, trial):
-            super()._save_checkpoint(model, trial)
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            if folder.is_dir():
-                write_json(folder / _COUNTERS_FILE, {"nll_sum": self.nll_sum, "n_supervised": self.n_supervised})
-
-    _TRAINER_CLASSES[base] = OrionSFTTrainer
-    return OrionSFTTrainer
 
 
 def optimizer_steps(cfg, n_rows: int) -> int:
@@ -515,7 +492,7 @@ def _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtyp
     if method is not None:
         args.remove_unused_columns = False  # the method's collator reads its own columns
         extra = {"data_collator": method.collator(tokenizer), **method.trainer_kwargs}
-    trainer = (method.trainer_class() if method is not None else _trainer_class())(
+    trainer = sft_trainer_class(method.trainer_class if method is not None else OrionSFTTrainer)(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
