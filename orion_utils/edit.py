@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence, Union
 from .chat import encode_for_training
 from .config import EditConfig, TrainingConfig
 from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
-from .rundir import EditDir, KeyStepDir, is_saved_model, read_or_make
+from .rundir import EditDir, KeyStepDir, SavedModel, read_or_make
 from .training import OrionSFTTrainer, TrainerMethod, TrainResult, train_method, train_sft
 
 PathLike = Union[str, Path]
@@ -637,9 +637,10 @@ def run_edit(
 ) -> dict:
     """Dual pairs → stage 1 (``training.train_sft`` on D+ ∪ D−+) → stage 2; final model at ``out_dir/model``.
 
-    Resumable: pairs are read back from ``out_dir/pairs.jsonl`` when present, stage 1 is skipped
-    when ``out_dir/stage1/model`` exists (or ``stage1_model_dir`` is given, e.g. the ``sft``
-    baseline's model when the pairs come from error exposure), stage 2 when ``out_dir/model`` exists.
+    Resumable, each step through ``rundir.read_or_make``: the pairs are read back from
+    ``out_dir/pairs.jsonl``, stage 1 is skipped when ``out_dir/stage1/model`` is saved (or
+    ``stage1_model_dir`` is given, e.g. the ``sft`` baseline's model when the pairs come from error
+    exposure), stage 2 when ``out_dir/model`` is.
     """
     from .jsonl import write_jsonl
 
@@ -658,27 +659,27 @@ def run_edit(
         "pair_kinds": dict(_count(p.meta.get("kind", "") for p in pairs)),
     }
 
-    if stage1_model_dir is None:
-        stage1_model_dir = layout.stage1.model
-        if not is_saved_model(stage1_model_dir):
-            examples = stage1_examples(problems, traces, pairs)
-            write_jsonl(layout.stage1_examples, examples)
-            train_sft(
-                student_dir,
-                examples,
-                layout.stage1.root,
-                sft_cfg or TrainingConfig(),
-                prompt_template=prompt_template,
-                system=system,
-            )
-            summary["n_stage1_examples"] = len(examples)
-    summary["stage1_model_dir"] = str(stage1_model_dir)
+    def train_stage1() -> None:
+        examples = stage1_examples(problems, traces, pairs)
+        write_jsonl(layout.stage1_examples, examples)
+        train_sft(
+            student_dir,
+            examples,
+            layout.stage1.root,
+            sft_cfg or TrainingConfig(),
+            prompt_template=prompt_template,
+            system=system,
+        )
+        summary["n_stage1_examples"] = len(examples)
 
-    final = layout.model
-    if not is_saved_model(final):
+    def train_stage2() -> None:
         stage2 = train_edit_stage2(stage1_model_dir, pairs, layout.stage2.root, cfg, prompt_template, system)
-        _link_or_copy_tree(Path(stage2.model_dir), final)
-    summary["model_dir"] = str(final)
+        _link_or_copy_tree(Path(stage2.model_dir), layout.model)
+
+    if stage1_model_dir is None:
+        stage1_model_dir = read_or_make(layout.stage1.model, SavedModel, train_stage1)
+    summary["stage1_model_dir"] = str(stage1_model_dir)
+    summary["model_dir"] = str(read_or_make(layout.model, SavedModel, train_stage2))
     return summary
 
 

@@ -25,7 +25,6 @@ in one batch.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import defaultdict
@@ -612,8 +611,8 @@ def run_tailored(
     ``grader(response, gold)`` defaults to ``grading.grade``. Artefacts per round under
     ``out_dir/round_<r>/``: ``exam.jsonl``, ``teacher.jsonl``, ``train.jsonl``,
     ``loss_history.json``, ``model/``, ``result.json``; the final student at ``out_dir/model``.
-    Resumable: exams and teacher outputs already on disk are read back, and a round whose
-    ``result.json`` and model exist is not trained again.
+    Resumable, each step through ``rundir.read_or_make``: exams and teacher outputs already on disk
+    are read back, and a round whose ``result.json`` and model exist is not trained again.
     """
     from .jsonl import write_json, write_jsonl
 
@@ -673,10 +672,12 @@ def run_tailored(
             "n_teacher_dropped": len(traces) - len(correct),
             "n_train": len(examples),
         }
-        result = _train_or_resume(
-            r, rdir, model_dir, examples, cfg, prompt_template, system, {**stats, **counts}
+        result = read_or_make(
+            rdir.result,
+            RoundResult,
+            lambda: _train_round(r, rdir, model_dir, examples, cfg, prompt_template, system, {**stats, **counts}),
+            usable=lambda done: not done.trained or is_saved_model(done.model_dir),  # its model is still there
         )
-        write_json(rdir.result, asdict(result))
         results.append(result)
         model_dir = result.model_dir
 
@@ -687,7 +688,7 @@ def run_tailored(
     return results
 
 
-def _train_or_resume(
+def _train_round(
     r: int,
     rdir: RoundDir,
     model_dir: str,
@@ -697,12 +698,7 @@ def _train_or_resume(
     system: Optional[str],
     counts: dict,
 ) -> RoundResult:
-    """Train round ``r`` from ``model_dir``, unless a previous run already did (then read its result)."""
-    done = rdir.result
-    if done.exists():
-        previous = RoundResult(**json.loads(done.read_text(encoding="utf-8")))
-        if not previous.trained or is_saved_model(previous.model_dir):
-            return previous
+    """Train round ``r`` from ``model_dir`` (``run_tailored`` reads a finished round's result back instead)."""
     if not examples:  # nothing new to learn (no mistakes, or no verified rationale): keep the student
         return RoundResult(
             round=r,
