@@ -404,7 +404,7 @@ def sft_trainer_class(cls: type = OrionSFTTrainer) -> type:
     return _ON_SFT_TRAINER[key]
 
 
-_trainer_class = sft_trainer_class  # the name the tests patch through
+_trainer_class = sft_trainer_class  # the older private name, which tests still use
 
 
 @dataclass
