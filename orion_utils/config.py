@@ -1,9 +1,11 @@
 """Profiles: one YAML file per setting (smoke, toy, toy3, smol, colab, paper) in ``configs/``.
 
 A profile is a set of sections; each section is a flat dataclass owned by the stage that uses it
-(``exposure`` → ``orion_utils.exposure.ExposureConfig`` ...). A profile may start from another
-(``base: toy``) and override some keys. Unknown sections, unknown keys and wrong types are
-rejected with a message naming the key.
+(``exposure`` → ``orion_utils.exposure.ExposureConfig`` ...), or defined here when several stages
+share it or when its stage's module imports torch: the training sections (``sft``, ``edit``,
+``tailored``: ``TrainingConfig`` and the methods' extensions of it). Loading a profile imports no
+torch, transformers or TRL. A profile may start from another (``base: toy``) and override some keys.
+Unknown sections, unknown keys and wrong types are rejected with a message naming the key.
 """
 from __future__ import annotations
 
@@ -78,6 +80,92 @@ class GenerationConfig:
     max_model_len: int = 0  # vLLM: context length (prompt + completion); 0: the model's own
 
 
+# --- the training sections: `training` trains with them (EDIT's stage 2 and Tailored Learning's rounds
+# through their trainers in `edit` and `tailored`), which imports torch and TRL; here they cost nothing.
+
+
+@dataclass
+class TrainingConfig:
+    """Hyper-parameters of one SFT run. Flat and simple-typed: it is a profile section and a set of
+    notebook parameters. ``sft`` and ``orion`` are trained with the same instance."""
+
+    backend: str = "auto"  # auto | trl | unsloth
+    use_lora: bool = False  # the toy student is tiny: full fine-tuning by default; real profiles set True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"  # or a comma-separated list: "q_proj,k_proj,v_proj,o_proj"
+    load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes; needs use_lora)
+    learning_rate: float = 5e-4
+    num_epochs: float = 2.0
+    max_steps: int = -1  # > 0 overrides num_epochs
+    batch_size: int = 16  # per device
+    grad_accum: int = 1
+    max_seq_len: int = 512  # prompt + assistant turn
+    overlong: str = "truncate"  # examples longer than max_seq_len: truncate (they lose their end of
+    #                             turn) | drop (real long-CoT runs: a cut CoT teaches never finishing)
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    batching: str = "auto"  # auto | padding_free | length_grouped | padded  (auto: see training.resolve_batching)
+    gradient_checkpointing: bool = False
+    logging_steps: int = 5
+    seed: int = 0
+    # --- additions (flat as well) ---
+    attn_implementation: str = "auto"  # auto (flash_attention_2 on CUDA when installed, else sdpa) | sdpa | eager | ...
+    length_group_window: int = 64  # length_grouped: sort within windows of this many batches
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    save_steps: int = 0  # checkpoint every N optimizer steps; 0: at the end of every epoch; < 0: never
+    keep_checkpoints: bool = False  # keep output_dir/checkpoints after the final model is written
+    progress_bar: bool = False  # show the Trainer's progress bar / log table
+    cpu_threads: int = 0  # CPU only: torch intra-op threads while training; 0: auto (device.cpu_threads_for:
+    #                       1 for a local model under 200M parameters; else torch's)
+
+
+@dataclass
+class EditConfig(TrainingConfig):
+    """EDIT's knobs (the ``edit`` section of a profile): the shared training config (``sft``'s fields,
+    whose values a profile's ``edit`` section inherits from its ``sft`` section) plus EDIT's own.
+    Stage 1 is ``train_sft`` with the ``sft`` section; stage 2 trains with this one."""
+
+    pair_source: str = "exposure"  # "exposure" (teacher correct vs student wrong) | "teacher" (rectify/corrupt)
+    max_pairs_per_problem: int = 4  # 0 → no limit
+    alpha: float = 1.0  # weight of the chosen CoT's key tokens (paper: 1.0)
+    beta: float = 0.025  # weight of the rejected CoT's key tokens (paper: 0.025)
+    nll_guard: Optional[float] = 5.0  # skip rejected key tokens whose NLL is already above this; None: no guard
+    # stage 2 defaults where they differ from sft's (a profile's values come from its sft section)
+    num_epochs: float = 1.0
+    batch_size: int = 2  # pairs per step (2× sequences in the forward pass)
+
+
+@dataclass
+class TailoredConfig(TrainingConfig):
+    """Tailored Learning's knobs (the ``tailored`` section of a profile): the shared training config
+    (``sft``'s fields, whose values a profile's ``tailored`` section inherits from its ``sft``
+    section) plus Tailored Learning's own. Every round trains with it."""
+
+    rounds: int = 2  # learning rounds after the round-0 exam (1: teacher rationales only)
+    # exam
+    exam_samples: int = 4  # answers per question (paper: 4)
+    exam_temperature: float = 1.0  # paper: 1.0
+    exam_top_p: float = 1.0
+    exam_max_new_tokens: int = 1024
+    # teacher
+    teacher_samples: int = 2  # round-1 rationales per question; ≥ 2 gives the triplet its positives
+    tailor_samples: int = 1  # rounds ≥ 2: tailored rationales per question the student got wrong
+    max_wrong_shown: int = 4  # wrong rationales shown to the teacher per question
+    # loss
+    prefix_weight: float = 0.0  # MLE weight of the prompt ("prefix") tokens; rationale tokens get 1. Paper:
+    #                             0.1, which cost the toy student 13 points of exam accuracy after round 1 (notebook 06)
+    lam: float = 0.5  # λ, weight of the self-reflection (triplet) loss
+    margin: float = 1.0  # triplet margin; distance is −cosine
+    triplet_layer: int = -1  # hidden state fed to the triplet loss: -1 the last (post-norm), -2 the one below...
+    # training defaults where they differ from sft's (a profile's values come from its sft section)
+    num_epochs: float = 1.0
+    batch_size: int = 4  # rationales per step, all of different questions
+
+
 SECTIONS: dict[str, str] = {
     "student": "orion_utils.config:StudentConfig",
     "toy_student": "orion_utils.toy.student:ToyStudentConfig",
@@ -88,9 +176,9 @@ SECTIONS: dict[str, str] = {
     "generation": "orion_utils.config:GenerationConfig",
     "exposure": "orion_utils.exposure:ExposureConfig",
     "reflection": "orion_utils.reflection:ReflectionConfig",
-    "sft": "orion_utils.training:TrainingConfig",
-    "edit": "orion_utils.edit:EditConfig",
-    "tailored": "orion_utils.tailored:TailoredConfig",
+    "sft": "orion_utils.config:TrainingConfig",
+    "edit": "orion_utils.config:EditConfig",
+    "tailored": "orion_utils.config:TailoredConfig",
     "evaluation": "orion_utils.evaluation:EvaluationConfig",
     "analysis": "orion_utils.analysis:AnalysisConfig",
     "long_cots": "orion_utils.lengths:LongCotsConfig",

@@ -284,8 +284,7 @@ def run_doctor(
     Sizes default to about a minute in all: on a GPU 64 prompts x 256 new tokens and 10 training
     steps of 1,024-token sequences; on a CPU 16 x 64 and 6 steps of 256 tokens.
     """
-    from .config import load_profile
-    from .training import TrainingConfig
+    from .config import TrainingConfig, load_profile
 
     prof = load_profile(profile)
     generation_cfg = prof.sections["generation"]

@@ -30,7 +30,6 @@ Pipeline (the paper's two stages, with prompts of our own; ``run_edit``):
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -38,35 +37,15 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from .chat import encode_for_training
+from .config import EditConfig, TrainingConfig
 from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
-from .rundir import EditDir, KeyStepDir, is_saved_model, read_or_make
-from .training import TrainingConfig, TrainResult
+from .rundir import EditDir, KeyStepDir, SavedModel, read_or_make
+from .training import OrionSFTTrainer, TrainerMethod, TrainResult, train_method, train_sft
 
 PathLike = Union[str, Path]
 
 PAIR_SOURCES = ("exposure", "teacher")
 SOURCE_LABELS = {"exposure": "error_exposure", "teacher": "teacher_prompts"}  # DualPair.source
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EditConfig(TrainingConfig):
-    """EDIT's knobs (the ``edit`` section of a profile): the shared training config (``sft``'s fields,
-    whose values a profile's ``edit`` section inherits from its ``sft`` section) plus EDIT's own.
-    Stage 1 is ``train_sft`` with the ``sft`` section; stage 2 trains with this one."""
-
-    pair_source: str = "exposure"  # "exposure" (teacher correct vs student wrong) | "teacher" (rectify/corrupt)
-    max_pairs_per_problem: int = 4  # 0 → no limit
-    alpha: float = 1.0  # weight of the chosen CoT's key tokens (paper: 1.0)
-    beta: float = 0.025  # weight of the rejected CoT's key tokens (paper: 0.025)
-    nll_guard: Optional[float] = 5.0  # skip rejected key tokens whose NLL is already above this; None: no guard
-    # stage 2 defaults where they differ from sft's (a profile's values come from its sft section)
-    num_epochs: float = 1.0
-    batch_size: int = 2  # pairs per step (2× sequences in the forward pass)
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,50 +508,31 @@ class EditCollator:
         }
 
 
-@functools.cache
-def _edit_trainer_class(base: type) -> type:
-    class EditTrainer(base):
-        """The project's SFT trainer with EDIT's stage-2 loss (``edit_loss``) over ``EditCollator``
-        batches; everything else (sampler, precision, checkpoints, counters) is the SFT trainer's.
+class EditTrainer(OrionSFTTrainer):
+    """The project's SFT trainer with EDIT's stage-2 loss (``edit_loss``) over ``EditCollator``
+    batches; everything else (sampler, precision, checkpoints, counters) is the SFT trainer's.
 
-        The loss is a per-batch mean, so the Trainer divides it by the accumulation steps
-        (``loss_is_scaled_for_ga = False``)."""
+    The loss is a per-batch mean, so the Trainer divides it by the accumulation steps
+    (``loss_is_scaled_for_ga = False``)."""
 
-        loss_is_scaled_for_ga = False
+    loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, nll_guard: Optional[float] = 5.0, **kwargs):
-            self.nll_guard = nll_guard
-            super().__init__(*args, **kwargs)
+    def __init__(self, *args, nll_guard: Optional[float] = 5.0, **kwargs):
+        self.nll_guard = nll_guard
+        super().__init__(*args, **kwargs)
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels, key_weights = inputs["labels"], inputs["key_weights"]
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-            n_pairs = labels.shape[0] // 2
-            loss, stats = edit_loss(
-                outputs.logits, labels, key_weights[:n_pairs], key_weights[n_pairs:], nll_guard=self.nll_guard
-            )
-            nll_sum = stats.pop("chosen_nll_sum")
-            if model.training:
-                self.record_stats(stats)
-                self.count_supervised(nll_sum, int((labels[:n_pairs, 1:] != -100).sum()))
-            return (loss, outputs) if return_outputs else loss
-
-    return EditTrainer
-
-
-def make_edit_trainer_class():
-    """The ``EditTrainer`` class: a subclass of the project's one SFT trainer
-    (``training.sft_trainer_class()``, itself TRL's ``SFTTrainer``) that overrides only the loss;
-    built on first use so that importing this module does not import transformers."""
-    from .training import sft_trainer_class
-
-    return _edit_trainer_class(sft_trainer_class())
-
-
-def __getattr__(name: str):  # EditTrainer on first access
-    if name == "EditTrainer":
-        return make_edit_trainer_class()
-    raise AttributeError(name)
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels, key_weights = inputs["labels"], inputs["key_weights"]
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        n_pairs = labels.shape[0] // 2
+        loss, stats = edit_loss(
+            outputs.logits, labels, key_weights[:n_pairs], key_weights[n_pairs:], nll_guard=self.nll_guard
+        )
+        nll_sum = stats.pop("chosen_nll_sum")
+        if model.training:
+            self.record_stats(stats)
+            self.count_supervised(nll_sum, int((labels[:n_pairs, 1:] != -100).sum()))
+        return (loss, outputs) if return_outputs else loss
 
 
 def pair_rows(tokenizer, pairs: Sequence[DualPair], cfg: TrainingConfig, prompt_template: str = "{question}",
@@ -606,10 +566,8 @@ def pair_rows(tokenizer, pairs: Sequence[DualPair], cfg: TrainingConfig, prompt_
     return rows, stats, annotated
 
 
-def edit_method(cfg: EditConfig):
+def edit_method(cfg: EditConfig) -> TrainerMethod:
     """EDIT stage 2 as a method of the SFT stack (``training.train_method``)."""
-    from .training import TrainerMethod
-
     def batching(mode: str) -> tuple[str, str]:
         if mode == "padding_free":  # a pair's two sides must stay separate rows of one padded batch
             return "length_grouped", "EDIT pairs are padded batches"
@@ -617,7 +575,7 @@ def edit_method(cfg: EditConfig):
 
     return TrainerMethod(
         name="edit stage 2",
-        trainer_class=make_edit_trainer_class,
+        trainer_class=EditTrainer,
         collator=lambda tok: EditCollator(tok.pad_token_id, cfg.alpha, cfg.beta, cfg.max_seq_len),
         trainer_kwargs={"nll_guard": cfg.nll_guard},
         batching=batching,
@@ -642,7 +600,6 @@ def train_edit_stage2(
     this tokenizer).
     """
     from .jsonl import write_jsonl
-    from .training import train_method
 
     if not pairs:
         raise ValueError("EDIT stage 2 needs at least one dual pair")
@@ -680,9 +637,10 @@ def run_edit(
 ) -> dict:
     """Dual pairs → stage 1 (``training.train_sft`` on D+ ∪ D−+) → stage 2; final model at ``out_dir/model``.
 
-    Resumable: pairs are read back from ``out_dir/pairs.jsonl`` when present, stage 1 is skipped
-    when ``out_dir/stage1/model`` exists (or ``stage1_model_dir`` is given, e.g. the ``sft``
-    baseline's model when the pairs come from error exposure), stage 2 when ``out_dir/model`` exists.
+    Resumable, each step through ``rundir.read_or_make``: the pairs are read back from
+    ``out_dir/pairs.jsonl``, stage 1 is skipped when ``out_dir/stage1/model`` is saved (or
+    ``stage1_model_dir`` is given, e.g. the ``sft`` baseline's model when the pairs come from error
+    exposure), stage 2 when ``out_dir/model`` is.
     """
     from .jsonl import write_jsonl
 
@@ -701,29 +659,27 @@ def run_edit(
         "pair_kinds": dict(_count(p.meta.get("kind", "") for p in pairs)),
     }
 
-    if stage1_model_dir is None:
-        stage1_model_dir = layout.stage1.model
-        if not is_saved_model(stage1_model_dir):
-            from .training import TrainingConfig, train_sft
+    def train_stage1() -> None:
+        examples = stage1_examples(problems, traces, pairs)
+        write_jsonl(layout.stage1_examples, examples)
+        train_sft(
+            student_dir,
+            examples,
+            layout.stage1.root,
+            sft_cfg or TrainingConfig(),
+            prompt_template=prompt_template,
+            system=system,
+        )
+        summary["n_stage1_examples"] = len(examples)
 
-            examples = stage1_examples(problems, traces, pairs)
-            write_jsonl(layout.stage1_examples, examples)
-            train_sft(
-                student_dir,
-                examples,
-                layout.stage1.root,
-                sft_cfg or TrainingConfig(),
-                prompt_template=prompt_template,
-                system=system,
-            )
-            summary["n_stage1_examples"] = len(examples)
-    summary["stage1_model_dir"] = str(stage1_model_dir)
-
-    final = layout.model
-    if not is_saved_model(final):
+    def train_stage2() -> None:
         stage2 = train_edit_stage2(stage1_model_dir, pairs, layout.stage2.root, cfg, prompt_template, system)
-        _link_or_copy_tree(Path(stage2.model_dir), final)
-    summary["model_dir"] = str(final)
+        _link_or_copy_tree(Path(stage2.model_dir), layout.model)
+
+    if stage1_model_dir is None:
+        stage1_model_dir = read_or_make(layout.stage1.model, SavedModel, train_stage1)
+    summary["stage1_model_dir"] = str(stage1_model_dir)
+    summary["model_dir"] = str(read_or_make(layout.model, SavedModel, train_stage2))
     return summary
 
 
@@ -805,7 +761,7 @@ __all__ = [
     "token_nll",
     "edit_loss",
     "EditCollator",
-    "make_edit_trainer_class",
+    "EditTrainer",
     "pair_rows",
     "edit_method",
     "train_edit_stage2",

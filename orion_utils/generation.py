@@ -52,6 +52,7 @@ __all__ = [
     "completion_nll",
     "end_of_turn_token_ids",
     "load_generator",
+    "load_scoring_model",
     "render_prompt",
     "select_backend",
 ]
@@ -612,6 +613,17 @@ _TRANSFORMERS_ONLY_KWARGS = _TRANSFORMERS_KWARGS - {"progress"}
 # scoring
 
 
+def load_scoring_model(model_path, device: str = "auto"):
+    """``(model, tokenizer)`` of a checkpoint as ``completion_nll`` loads a path: on ``device``
+    (``"auto"``: CUDA if available, else CPU) in ``device.resolve_dtype("auto", ...)``, in eval mode.
+    A caller that scores several times (a stage) loads it once with this and passes both on."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = device_rules.resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(os.fspath(model_path), dtype=device_rules.resolve_dtype("auto", dev))
+    return model.to(dev).eval(), AutoTokenizer.from_pretrained(os.fspath(model_path))
+
+
 def completion_nll(
     model_path_or_model,
     tokenizer,
@@ -632,8 +644,9 @@ def completion_nll(
     right-padded, no grad; sequences are sorted by length and a batch holds at most ``batch_size``
     sequences and ``max_batch_tokens`` padded tokens (the logits are batch x length x vocab).
 
-    ``model_path_or_model``: a checkpoint path (loaded on ``device``; ``tokenizer`` may then be None),
-    a loaded causal LM (used where it is; ``tokenizer`` required), or a ``TransformersBackend``.
+    ``model_path_or_model``: a checkpoint path (loaded on ``device`` by ``load_scoring_model``, for this
+    call only; ``tokenizer`` may then be None), a loaded causal LM (used where it is; ``tokenizer``
+    required), or a ``TransformersBackend``. Scoring several times: load once, pass the model.
     """
     import torch
     import torch.nn.functional as F
@@ -646,13 +659,8 @@ def completion_nll(
         model = model_path_or_model.model
         tokenizer = tokenizer or model_path_or_model.tokenizer
     elif isinstance(model_path_or_model, (str, os.PathLike)):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        dev = device_rules.resolve_device(device)
-        model = AutoModelForCausalLM.from_pretrained(
-            os.fspath(model_path_or_model), dtype=device_rules.resolve_dtype("auto", dev)
-        ).to(dev)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(os.fspath(model_path_or_model))
+        model, loaded_tokenizer = load_scoring_model(model_path_or_model, device)
+        tokenizer = tokenizer or loaded_tokenizer
     else:
         model = model_path_or_model
         if tokenizer is None:

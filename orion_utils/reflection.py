@@ -99,15 +99,21 @@ class StudentReflector:
     reasoning before that step (the student's own attempt where it is clean, else the teacher's),
     the student's wrong line quoted, and an explicit check of it ending on the corrected step. The
     student model then samples m continuations from there (``cfg.temperature``/``top_p``); the
-    refinement stage accepts those whose answer verifies and selects one as usual."""
+    refinement stage accepts those whose answer verifies and selects one as usual.
+
+    It samples on the CPU. ``model``/``tokenizer``: the student already loaded there (stage 03 loads
+    it once and scores with the same model); without them it is loaded from ``model_path`` on first
+    use. ``close()`` drops the reference."""
 
     name = "student"
 
     def __init__(self, model_path: str, cfg: ReflectionConfig, prompt_template: str = "{question}",
-                 system: Optional[str] = None, batch_size: int = 64):
+                 system: Optional[str] = None, batch_size: int = 64, model=None, tokenizer=None):
+        if (model is None) != (tokenizer is None):
+            raise ValueError("pass the loaded model and its tokenizer together")
         self.model_path, self.cfg = model_path, cfg
         self.template, self.system, self.batch_size = prompt_template, system, batch_size
-        self._model = self._tokenizer = None
+        self._model, self._tokenizer = model, tokenizer
 
     def _load(self):
         if self._model is None:
@@ -116,6 +122,9 @@ class StudentReflector:
             self._model = AutoModelForCausalLM.from_pretrained(self.model_path).eval()
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         return self._model, self._tokenizer
+
+    def close(self) -> None:
+        self._model = self._tokenizer = None
 
     def start(self, item: ReflectionItem):
         from .toy.reflect import rewrite_start
@@ -324,6 +333,53 @@ def resolve_reflector_kind(cfg: ReflectionConfig, student: StudentConfig) -> str
     return cfg.reflector
 
 
+class _StageStudent:
+    """The base student for one run of stage 03, loaded at most once, on first use, as
+    ``generation.completion_nll`` loads a path (``load_scoring_model``: CUDA if available, else CPU),
+    and released on ``close()`` (the ``with`` block's end)."""
+
+    def __init__(self, model_path: str):
+        self.model_path = model_path
+        self._loaded = None
+
+    def load(self):
+        """(model, tokenizer)."""
+        if self._loaded is None:
+            from .generation import load_scoring_model
+
+            self._loaded = load_scoring_model(self.model_path)
+        return self._loaded
+
+    def for_cpu_sampling(self) -> dict:
+        """``model``/``tokenizer`` for ``StudentReflector``, which samples on the CPU in float32: the
+        loaded student where it is loaded so (no CUDA), else nothing (the reflector loads its own)."""
+        import torch
+
+        model, tokenizer = self.load()
+        if model.device.type == "cpu" and model.dtype == torch.float32:
+            return {"model": model, "tokenizer": tokenizer}
+        return {}
+
+    def close(self) -> None:
+        import gc
+
+        if self._loaded is None:
+            return
+        cuda = self._loaded[0].device.type == "cuda"
+        self._loaded = None
+        gc.collect()
+        if cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def run_reflection(
     run: RunDir,
     cfg: ReflectionConfig,
@@ -350,39 +406,47 @@ def run_reflection(
             errors.setdefault(a.problem_id, []).append(a)
         model_path = run.student_model()
         template, system = student.prompt_template, student.system_prompt or None
-        generator = None
-        if kind == "llm":
-            generator = open_generator(model_path, generation, seed=cfg.seed)
-            reflector: Reflector = LLMReflector(generator, cfg, system)
-        elif kind == "student":
-            reflector = StudentReflector(model_path, cfg, template, system)
-        else:
-            reflector = RuleReflector(cfg.seed)
-        print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
-              f"mask_wrong_step={cfg.mask_wrong_step}")
+        # The base student is loaded once for the whole stage (on first use): the scorer (selection,
+        # mechanism) and the toy `student` reflector share it; it is released when the stage ends.
+        with _StageStudent(model_path) as base:
+            generator = None
+            if kind == "llm":
+                generator = open_generator(model_path, generation, seed=cfg.seed)
+                reflector: Reflector = LLMReflector(generator, cfg, system)
+            elif kind == "student":
+                reflector = StudentReflector(model_path, cfg, template, system, **base.for_cpu_sampling())
+            else:
+                reflector = RuleReflector(cfg.seed)
+            print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
+                  f"mask_wrong_step={cfg.mask_wrong_step}")
 
-        def scorer(questions, completions):
-            return completion_nll(model_path, None, questions, completions, prompt_template=template, system=system)
+            def scorer(questions, completions):
+                model, tokenizer = base.load()
+                return completion_nll(model, tokenizer, questions, completions, prompt_template=template,
+                                      system=system)
 
-        try:
-            refinements = refine(problems, teacher_cots, errors, reflector, cfg, scorer)
-        finally:
-            if generator is not None:
-                generator.close()
-        write_jsonl(outputs[0], refinements)
-        by_id = {e.problem_id: e for e in teacher_examples}
-        write_jsonl(outputs[1], [
-            SFTExample(r.problem_id, by_id[r.problem_id].question, r.refined_cot,
-                       "refined" if r.accepted else "teacher",
-                       {"accepted": r.accepted,
-                        **({"loss_mask_spans": r.wrong_step_spans} if cfg.mask_wrong_step and r.wrong_step_spans else {})})
-            for r in refinements
-        ])
-        rate = acceptance_rate(refinements)
-        print(f"[reflection] acceptance rate {rate:.1%} over {sum(bool(r.wrong_attempt) for r in refinements)} "
-              f"questions with a student error")
-        questions = {p.id: p.question for p in problems}
-        mechanism = mechanism_perplexity(refinements, questions, scorer)
+            try:
+                refinements = refine(problems, teacher_cots, errors, reflector, cfg, scorer)
+            finally:
+                if generator is not None:
+                    generator.close()
+                if isinstance(reflector, StudentReflector):
+                    reflector.close()
+            write_jsonl(outputs[0], refinements)
+            by_id = {e.problem_id: e for e in teacher_examples}
+            write_jsonl(outputs[1], [
+                SFTExample(r.problem_id, by_id[r.problem_id].question, r.refined_cot,
+                           "refined" if r.accepted else "teacher",
+                           {"accepted": r.accepted,
+                            **({"loss_mask_spans": r.wrong_step_spans} if cfg.mask_wrong_step and r.wrong_step_spans
+                               else {})})
+                for r in refinements
+            ])
+            rate = acceptance_rate(refinements)
+            print(f"[reflection] acceptance rate {rate:.1%} over {sum(bool(r.wrong_attempt) for r in refinements)} "
+                  f"questions with a student error")
+            questions = {p.id: p.question for p in problems}
+            mechanism = mechanism_perplexity(refinements, questions, scorer)
         print(f"[reflection] base-student perplexity, refined vs teacher CoTs of the {mechanism['n']} accepted "
               f"rewrites: {mechanism['refined']} vs {mechanism['teacher']}" if mechanism["n"] else
               "[reflection] no accepted rewrite to measure")

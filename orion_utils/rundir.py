@@ -88,21 +88,46 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def read_or_make(path: PathLike, cls, make: Callable[[], list]) -> list:
-    """An inner step's cache inside a stage's scratch: read ``path`` (records of ``cls``) if an
-    earlier attempt of the same stage wrote it, else make the records and write them.
+class SavedModel:
+    """What :func:`read_or_make` finds at a model folder: ``make()`` saves a model there (whole, as
+    ``training.train_sft`` publishes one), and the step is done once :func:`is_saved_model` says so."""
+
+
+def read_or_make(path: PathLike, cls, make: Callable[[], Any], usable: Optional[Callable[[Any], bool]] = None) -> Any:
+    """An inner step's cache inside a stage's scratch, the one resume rule below ``run_stage``: what an
+    earlier attempt of the same stage finished at ``path`` is read back, else ``make()`` makes it and
+    it is stored there. ``cls`` and ``path`` say what a step leaves:
+
+    * records of ``cls`` in a ``.jsonl`` file: ``make()`` returns the list (EDIT's pairs, an exam);
+    * one record of ``cls`` in a ``.json`` file: ``make()`` returns it (a Tailored Learning round);
+    * :class:`SavedModel`, a model folder: ``make()`` saves the model there (EDIT's stages); the
+      folder is returned.
+
+    Records are written whole (atomically) once made, so a crash loses no finished step and leaves
+    no half-made one to read back. ``usable(value)`` False: what was read back can no longer serve
+    (a round's result naming a model that is gone), so the step is made again.
 
     Only for folders a stage declares as ``scratch``: ``run_stage`` removes them when the stage's
     fingerprint changed, so what is read back was made under the same parameters and inputs.
     """
-    from .jsonl import read_jsonl, write_jsonl
+    from .jsonl import from_dict, read_jsonl, to_dict, write_jsonl
 
     path = Path(path)
+    if cls is SavedModel:
+        if not is_saved_model(path):
+            make()
+        return path
+    one = path.suffix == ".json"
     if path.exists():
-        return read_jsonl(path, cls)
-    records = make()
-    write_jsonl(path, records)
-    return records
+        done = from_dict(cls, json.loads(path.read_text(encoding="utf-8")), str(path)) if one else read_jsonl(path, cls)
+        if usable is None or usable(done):
+            return done
+    made = make()
+    if one:
+        write_json(path, to_dict(made))
+    else:
+        write_jsonl(path, made)
+    return made
 
 
 class TrainedDir:
@@ -221,7 +246,7 @@ class RunDir:
     =============================  ===================================  ============================
     name                           file (under the run directory)       written by
     =============================  ===================================  ============================
-    ``config_file``                ``config.json``                      the runner (resolved profile)
+    ``config_file``                ``config.json``                      the runner (``write_config``)
     ``manifest_path``              ``manifest.json``                    every stage (``run_stage``)
     ``student_info``               ``data/student.json``                00 prepare (base student)
     ``toy_student``                ``models/base/``                     00 prepare (toy profile)
@@ -254,7 +279,8 @@ class RunDir:
     ``analysis_file``              ``analysis.json``                    08 analysis
     ``report``                     ``report.md``                        08 analysis / report
     ``figure(name)``               ``figures/<name>.png``               notebooks, analysis, report
-    ``seed_dirs()``                ``seeds/seed_<k>/``                  the runner (other seeds)
+    ``seed_dir(k)``                ``seeds/seed_<k>/``                  the runner (``seed_dirs()``:
+                                                                        all there are)
     =============================  ===================================  ============================
 
     ``edit()`` and ``tailored()`` give the layouts of those method folders (``EditDir``,
@@ -264,7 +290,7 @@ class RunDir:
     exist and the fingerprint of its parameters and the content of its inputs matches the
     manifest. Work a stage keeps in flight is its ``scratch``: exposure's partial attempts, and
     EDIT's and Tailored Learning's method folders, whose inner steps read finished steps back
-    (records through :func:`read_or_make`, models through :func:`is_saved_model`). ``run_stage``
+    through :func:`read_or_make` (their records, a round's result, a stage's model). ``run_stage``
     keeps scratch only for a re-run with the same fingerprint, so nothing made under other
     settings is read back. One guard sits below this rule: the trainer's checkpoints
     (``TrainedDir.checkpoints``) carry their own fingerprint of the training rows and settings,
@@ -454,6 +480,14 @@ class RunDir:
     def seed_dirs(self) -> list[Path]:
         """The other seeds' run directories on disk (``seeds/seed_<k>``)."""
         return sorted(self.path("seeds").glob("seed_*"))
+
+    def seed_dir(self, seed: int) -> Path:
+        """Where the runner puts seed ``seed``'s run when it is not the run's first seed."""
+        return self.path("seeds", f"seed_{seed}")
+
+    def write_config(self, resolved: dict) -> Path:
+        """Record the resolved profile the run was made with (``config.json``)."""
+        return write_json(self.config_file, resolved)
 
     def student_model(self) -> str:
         """The base student: a path inside the run (toy) or a hub id / local path (real profiles)."""

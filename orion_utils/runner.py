@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import ConfigError, Profile, load_profile
-from .jsonl import write_json
+from .rundir import RunDir
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -158,7 +158,7 @@ def run_pipeline(
     runs = []
     for index, seed in enumerate(profile.seeds if pipeline else []):
         seed_profile = load_profile(profile_name, _merge(overrides or {}, seed_overrides(profile, seed)))
-        seed_path = run_path if index == 0 else run_path / "seeds" / f"seed_{seed}"
+        seed_path = run_path if index == 0 else RunDir(run_path).seed_dir(seed)
         label = f" seed {seed} ({index + 1}/{len(profile.seeds)})" if len(profile.seeds) > 1 else ""
         runs.append((seed_profile, seed_path, pipeline, force, log_output, label))
     if jobs > 1 and len(runs) > 1:
@@ -246,7 +246,7 @@ def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log
     import papermill as pm
 
     (run_path / "notebooks").mkdir(parents=True, exist_ok=True)
-    write_json(run_path / "config.json", profile.to_dict())
+    RunDir(run_path).write_config(profile.to_dict())
     total = total or len(notebooks)
     if first == 1:
         print(f"[orion] profile={profile.name}{label} run_dir={run_path} notebooks={total}", flush=True)

@@ -25,8 +25,6 @@ in one batch.
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import random
 from collections import defaultdict
@@ -35,39 +33,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .chat import encode_for_training
+from .config import TailoredConfig, TrainingConfig
 from .edit import _link_or_copy_tree, _pad, token_nll
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
 from .rundir import RoundDir, TailoredDir, is_saved_model, read_or_make
-from .training import TrainingConfig, TrainResult
+from .training import OrionSFTTrainer, TrainerMethod, TrainResult, train_method
 
 PathLike = Union[str, Path]
-
-
-@dataclass
-class TailoredConfig(TrainingConfig):
-    """Tailored Learning's knobs (the ``tailored`` section of a profile): the shared training config
-    (``sft``'s fields, whose values a profile's ``tailored`` section inherits from its ``sft``
-    section) plus Tailored Learning's own. Every round trains with it."""
-
-    rounds: int = 2  # learning rounds after the round-0 exam (1: teacher rationales only)
-    # exam
-    exam_samples: int = 4  # answers per question (paper: 4)
-    exam_temperature: float = 1.0  # paper: 1.0
-    exam_top_p: float = 1.0
-    exam_max_new_tokens: int = 1024
-    # teacher
-    teacher_samples: int = 2  # round-1 rationales per question; ≥ 2 gives the triplet its positives
-    tailor_samples: int = 1  # rounds ≥ 2: tailored rationales per question the student got wrong
-    max_wrong_shown: int = 4  # wrong rationales shown to the teacher per question
-    # loss
-    prefix_weight: float = 0.0  # MLE weight of the prompt ("prefix") tokens; rationale tokens get 1. Paper:
-    #                             0.1, which cost the toy student 13 points of exam accuracy after round 1 (notebook 06)
-    lam: float = 0.5  # λ, weight of the self-reflection (triplet) loss
-    margin: float = 1.0  # triplet margin; distance is −cosine
-    triplet_layer: int = -1  # hidden state fed to the triplet loss: -1 the last (post-norm), -2 the one below...
-    # training defaults where they differ from sft's (a profile's values come from its sft section)
-    num_epochs: float = 1.0
-    batch_size: int = 4  # rationales per step, all of different questions
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,66 +323,54 @@ def tailored_loss(logits, hidden, batch: dict, lam: float = 0.5, margin: float =
     return loss, stats
 
 
-@functools.cache
-def _tailored_trainer_class(base: type) -> type:
-    class TailoredTrainer(base):
-        """The project's SFT trainer with ``tailored_loss`` and batches from
-        ``NoSameQuestionBatchSampler``; everything else is the SFT trainer's.
+class TailoredTrainer(OrionSFTTrainer):
+    """The project's SFT trainer with ``tailored_loss`` and batches from
+    ``NoSameQuestionBatchSampler``; everything else is the SFT trainer's.
 
-        One forward pass over anchors, positives and negatives (``output_hidden_states=True``
-        only when the triplet term is on); the loss is a per-batch mean, so the Trainer divides it
-        by the accumulation steps."""
+    One forward pass over anchors, positives and negatives (``output_hidden_states=True``
+    only when the triplet term is on); the loss is a per-batch mean, so the Trainer divides it
+    by the accumulation steps."""
 
-        loss_is_scaled_for_ga = False
+    loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, lam: float = 0.5, margin: float = 1.0, triplet_layer: int = -1, **kwargs):
-            self.lam, self.margin, self.triplet_layer = lam, margin, triplet_layer
-            super().__init__(*args, **kwargs)
+    def __init__(self, *args, lam: float = 0.5, margin: float = 1.0, triplet_layer: int = -1, **kwargs):
+        self.lam, self.margin, self.triplet_layer = lam, margin, triplet_layer
+        super().__init__(*args, **kwargs)
 
-        def get_train_dataloader(self):
-            from torch.utils.data import DataLoader
+    def get_train_dataloader(self):
+        from torch.utils.data import DataLoader
 
-            sampler = NoSameQuestionBatchSampler(
-                list(self.train_dataset["problem_id"]),
-                self.args.per_device_train_batch_size,
-                seed=self.args.seed,
-            )
-            loader = DataLoader(
-                self.train_dataset,
-                batch_sampler=sampler,
-                collate_fn=self.data_collator,
-                num_workers=self.args.dataloader_num_workers,
-                pin_memory=self.args.dataloader_pin_memory,
-            )
-            return self.accelerator.prepare(loader)
+        sampler = NoSameQuestionBatchSampler(
+            list(self.train_dataset["problem_id"]),
+            self.args.per_device_train_batch_size,
+            seed=self.args.seed,
+        )
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            with_triplet = int(inputs["triplet_index"].numel()) > 0
-            outputs = model(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
-                output_hidden_states=with_triplet,
-                use_cache=False,
-            )
-            hidden = outputs.hidden_states[self.triplet_layer] if with_triplet else None
-            loss, stats = tailored_loss(outputs.logits, hidden, inputs, self.lam, self.margin)
-            if model.training:
-                n = int(inputs["n_anchors"])
-                self.count_supervised(stats.pop("nll_sum"), int((inputs["labels"][:n, 1:] != -100).sum()))
-                self.record_stats(stats)
-            else:
-                stats.pop("nll_sum")
-            return (loss, outputs) if return_outputs else loss
-
-    return TailoredTrainer
-
-
-def make_tailored_trainer_class():
-    """The ``TailoredTrainer`` class: a subclass of the project's one SFT trainer
-    (``training.sft_trainer_class()``) that overrides the loss and the batch sampler; built on first use."""
-    from .training import sft_trainer_class
-
-    return _tailored_trainer_class(sft_trainer_class())
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with_triplet = int(inputs["triplet_index"].numel()) > 0
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            output_hidden_states=with_triplet,
+            use_cache=False,
+        )
+        hidden = outputs.hidden_states[self.triplet_layer] if with_triplet else None
+        loss, stats = tailored_loss(outputs.logits, hidden, inputs, self.lam, self.margin)
+        if model.training:
+            n = int(inputs["n_anchors"])
+            self.count_supervised(stats.pop("nll_sum"), int((inputs["labels"][:n, 1:] != -100).sum()))
+            self.record_stats(stats)
+        else:
+            stats.pop("nll_sum")
+        return (loss, outputs) if return_outputs else loss
 
 
 def tailored_rows(
@@ -453,13 +413,11 @@ def tailored_rows(
     return rows, stats
 
 
-def tailored_method(cfg: TailoredConfig):
+def tailored_method(cfg: TailoredConfig) -> TrainerMethod:
     """Tailored Learning's round training as a method of the SFT stack (``training.train_method``)."""
-    from .training import TrainerMethod
-
     return TrainerMethod(
         name="tailored",
-        trainer_class=make_tailored_trainer_class,
+        trainer_class=TailoredTrainer,
         collator=lambda tok: TailoredCollator(tok.pad_token_id, cfg.prefix_weight, cfg.max_seq_len,
                                               use_triplet=cfg.lam > 0),
         trainer_kwargs={"lam": cfg.lam, "margin": cfg.margin, "triplet_layer": cfg.triplet_layer},
@@ -480,8 +438,6 @@ def train_tailored_round(
     """One round of training from ``init_model_dir`` on the one SFT training stack
     (``training.train_method``); full model saved to ``output_dir/model`` with ``loss_history.json``
     and ``train_result.json`` beside it. ``TrainResult.n_examples`` counts the anchors trained on."""
-    from .training import train_method
-
     if not examples:
         raise ValueError("Tailored Learning needs at least one training example in a round")
     if not isinstance(cfg, TailoredConfig):
@@ -655,8 +611,8 @@ def run_tailored(
     ``grader(response, gold)`` defaults to ``grading.grade``. Artefacts per round under
     ``out_dir/round_<r>/``: ``exam.jsonl``, ``teacher.jsonl``, ``train.jsonl``,
     ``loss_history.json``, ``model/``, ``result.json``; the final student at ``out_dir/model``.
-    Resumable: exams and teacher outputs already on disk are read back, and a round whose
-    ``result.json`` and model exist is not trained again.
+    Resumable, each step through ``rundir.read_or_make``: exams and teacher outputs already on disk
+    are read back, and a round whose ``result.json`` and model exist is not trained again.
     """
     from .jsonl import write_json, write_jsonl
 
@@ -716,10 +672,12 @@ def run_tailored(
             "n_teacher_dropped": len(traces) - len(correct),
             "n_train": len(examples),
         }
-        result = _train_or_resume(
-            r, rdir, model_dir, examples, cfg, prompt_template, system, {**stats, **counts}
+        result = read_or_make(
+            rdir.result,
+            RoundResult,
+            lambda: _train_round(r, rdir, model_dir, examples, cfg, prompt_template, system, {**stats, **counts}),
+            usable=lambda done: not done.trained or is_saved_model(done.model_dir),  # its model is still there
         )
-        write_json(rdir.result, asdict(result))
         results.append(result)
         model_dir = result.model_dir
 
@@ -730,7 +688,7 @@ def run_tailored(
     return results
 
 
-def _train_or_resume(
+def _train_round(
     r: int,
     rdir: RoundDir,
     model_dir: str,
@@ -740,12 +698,7 @@ def _train_or_resume(
     system: Optional[str],
     counts: dict,
 ) -> RoundResult:
-    """Train round ``r`` from ``model_dir``, unless a previous run already did (then read its result)."""
-    done = rdir.result
-    if done.exists():
-        previous = RoundResult(**json.loads(done.read_text(encoding="utf-8")))
-        if not previous.trained or is_saved_model(previous.model_dir):
-            return previous
+    """Train round ``r`` from ``model_dir`` (``run_tailored`` reads a finished round's result back instead)."""
     if not examples:  # nothing new to learn (no mistakes, or no verified rationale): keep the student
         return RoundResult(
             round=r,
@@ -820,7 +773,7 @@ __all__ = [
     "tailored_loss",
     "tailored_rows",
     "tailored_method",
-    "make_tailored_trainer_class",
+    "TailoredTrainer",
     "train_tailored_round",
     "RoundResult",
     "default_generator_factory",

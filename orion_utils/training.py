@@ -2,7 +2,12 @@
 
 One entry point, :func:`train_sft`, trains a causal LM on :class:`~orion_utils.records.SFTExample`
 records with the loss on the assistant turn only, in the student's own chat template, and writes a
-full model (LoRA merged) that loads with ``AutoModelForCausalLM.from_pretrained``.
+full model (LoRA merged) that loads with ``AutoModelForCausalLM.from_pretrained``. A method with a
+loss of its own (EDIT's stage 2, Tailored Learning's rounds) trains on the same run through
+:func:`train_method`, with its subclass of :class:`OrionSFTTrainer` (a :class:`TrainerMethod`). The
+run's steps, in order: load the tokenizer, build the training rows, choose attention and batching,
+find a checkpoint to resume from, train and publish the model, write the results (``_train_rows``).
+Its settings, :class:`~orion_utils.config.TrainingConfig`, live in ``config`` (importable from here too).
 
 Backends (:func:`select_training_backend`):
 
@@ -52,12 +57,14 @@ import torch
 
 from . import device as device_rules
 from .chat import encode_for_training
+from .config import TrainingConfig
 from .jsonl import write_json
 from .records import SFTExample
 from .rundir import TrainedDir, is_saved_model
 
 __all__ = [
     "LengthGroupedSampler",
+    "OrionSFTTrainer",
     "TrainResult",
     "TrainerMethod",
     "TrainingConfig",
@@ -84,45 +91,6 @@ VARLEN_ATTENTION = (
 )
 # Unsloth's own LoRA targets (its FastLanguageModel.get_peft_model does not take "all-linear")
 _UNSLOTH_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass
-class TrainingConfig:
-    """Hyper-parameters of one SFT run. Flat and simple-typed: it is a profile section and a set of
-    notebook parameters. ``sft`` and ``orion`` are trained with the same instance."""
-
-    backend: str = "auto"  # auto | trl | unsloth
-    use_lora: bool = False  # the toy student is tiny: full fine-tuning by default; real profiles set True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "all-linear"  # or a comma-separated list: "q_proj,k_proj,v_proj,o_proj"
-    load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes; needs use_lora)
-    learning_rate: float = 5e-4
-    num_epochs: float = 2.0
-    max_steps: int = -1  # > 0 overrides num_epochs
-    batch_size: int = 16  # per device
-    grad_accum: int = 1
-    max_seq_len: int = 512  # prompt + assistant turn
-    overlong: str = "truncate"  # examples longer than max_seq_len: truncate (they lose their end of
-    #                             turn) | drop (real long-CoT runs: a cut CoT teaches never finishing)
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    batching: str = "auto"  # auto | padding_free | length_grouped | padded  (auto: see resolve_batching)
-    gradient_checkpointing: bool = False
-    logging_steps: int = 5
-    seed: int = 0
-    # --- additions (flat as well) ---
-    attn_implementation: str = "auto"  # auto (flash_attention_2 on CUDA when installed, else sdpa) | sdpa | eager | ...
-    length_group_window: int = 64  # length_grouped: sort within windows of this many batches
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
-    save_steps: int = 0  # checkpoint every N optimizer steps; 0: at the end of every epoch; < 0: never
-    keep_checkpoints: bool = False  # keep output_dir/checkpoints after the final model is written
-    progress_bar: bool = False  # show the Trainer's progress bar / log table
-    cpu_threads: int = 0  # CPU only: torch intra-op threads while training; 0: auto (device.cpu_threads_for:
-    #                       1 for a local model under 200M parameters; else torch's)
 
 
 @dataclass
@@ -343,102 +311,116 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 # trainer
 
 
-_TRAINER_CLASSES: dict = {}
 _COUNTERS_FILE = "orion_counters.json"
+
+
+class OrionSFTTrainer:
+    """The project's one trainer: TRL's ``SFTTrainer`` + length-grouped sampling + exact counts of the
+    supervised tokens and their NLL. The methods' trainers subclass it and override its loss
+    (``edit.EditTrainer``; ``tailored.TailoredTrainer``, which also brings its batch sampler).
+
+    It and its subclasses are ordinary classes written against TRL's ``SFTTrainer``, which a run puts
+    beneath them when it builds its trainer (:func:`sft_trainer_class`): the ``SFTTrainer`` current at
+    that moment, which under the unsloth backend is the one Unsloth patched into TRL on import. So the
+    trainers cost no TRL import where they are defined, and an Unsloth run trains on Unsloth's
+    trainer whatever was imported before it."""
+
+    def __init__(self, *args, batching: str = "padded", lengths=None, length_group_window: int = 64, **kwargs):
+        self.batching = batching
+        self.lengths = lengths
+        self.length_group_window = length_group_window
+        self.nll_sum = 0.0  # sum of per-token NLL of the supervised tokens seen in training
+        self.n_supervised = 0
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.batching == "length_grouped":
+            lengths = self.lengths
+            if lengths is None:
+                lengths = [len(ids) for ids in (train_dataset or self.train_dataset)["input_ids"]]
+            return LengthGroupedSampler(
+                lengths, self.args.per_device_train_batch_size, seed=self.args.seed, window=self.length_group_window
+            )
+        return super()._get_train_sampler(train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        n = int((inputs["labels"][:, 1:] != -100).sum())
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            loss = out[0] if return_outputs else out
+            denom = n if num_items_in_batch is None else float(num_items_in_batch)
+            self.nll_sum += float(loss.detach()) * float(denom)
+            self.n_supervised += n
+        return out
+
+    # -- for the methods' trainers (EDIT, Tailored Learning), which override compute_loss --------
+
+    def count_supervised(self, nll_sum: float, n_tokens: int) -> None:
+        """Add a training batch's summed NLL over its ``n_tokens`` likelihood tokens to the counters."""
+        self.nll_sum += float(nll_sum)
+        self.n_supervised += int(n_tokens)
+
+    def record_stats(self, stats: dict) -> None:
+        """Loss components of one step, averaged into the next log line (and the loss history)."""
+        buf = self.__dict__.setdefault("_stat_buffer", {})
+        for k, v in stats.items():
+            if not (isinstance(v, float) and math.isnan(v)):
+                buf.setdefault(k, []).append(float(v))
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        buf = self.__dict__.get("_stat_buffer")
+        if buf and "loss" in logs:
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in buf.items() if v}}
+            buf.clear()
+        super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if folder.is_dir():
+            write_json(folder / _COUNTERS_FILE, {"nll_sum": self.nll_sum, "n_supervised": self.n_supervised})
+
+
+_ON_SFT_TRAINER: dict = {}  # (trainer class, TRL's SFTTrainer) -> the class a run instantiates
+
+
+def sft_trainer_class(cls: type = OrionSFTTrainer) -> type:
+    """``cls`` (:class:`OrionSFTTrainer` or a method's subclass of it) on TRL's current ``SFTTrainer``:
+    the class a run instantiates. One per (class, ``SFTTrainer``), each on its parent's, so that
+    ``isinstance(trainer, sft_trainer_class())`` holds for every method's trainer."""
+    import trl
+
+    if not (isinstance(cls, type) and issubclass(cls, OrionSFTTrainer)):
+        raise TypeError(f"a trainer must subclass training.OrionSFTTrainer, got {cls!r}")
+    if issubclass(cls, trl.SFTTrainer):
+        return cls  # already on it
+    key = (cls, trl.SFTTrainer)
+    if key not in _ON_SFT_TRAINER:
+        parent = trl.SFTTrainer if cls is OrionSFTTrainer else sft_trainer_class(cls.__base__)
+        _ON_SFT_TRAINER[key] = type(cls.__name__, (cls, parent),
+                                    {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    return _ON_SFT_TRAINER[key]
+
+
+_trainer_class = sft_trainer_class  # the older private name, which tests still use
 
 
 @dataclass
 class TrainerMethod:
     """What a method changes in the one SFT training run (EDIT's stage 2, Tailored Learning's rounds):
-    its trainer (a subclass of :func:`sft_trainer_class` that overrides ``compute_loss`` and, for
+    its trainer (a subclass of :class:`OrionSFTTrainer` that overrides ``compute_loss`` and, for
     Tailored Learning, the batch sampler), its data collator and its log columns. Everything else —
     backend, precision, batching rule, ``overlong``, resume, files — is :func:`train_method`'s, i.e.
     ``train_sft``'s."""
 
     name: str  # what the [training] line says, e.g. "edit stage 2"
-    trainer_class: Callable[[], type]  # () -> the trainer class (built lazily: Unsloth patches TRL)
+    trainer_class: type  # a subclass of OrionSFTTrainer (put on TRL's SFTTrainer by sft_trainer_class)
     collator: Callable[[object], object]  # tokenizer -> data collator
     trainer_kwargs: dict = dataclasses.field(default_factory=dict)
     batching: Optional[Callable[[str], tuple[str, str]]] = None  # resolved mode -> (mode, reason)
     log_keys: tuple = ()  # loss components kept in loss_history.json
-
-
-def sft_trainer_class():
-    """The project's one trainer class (TRL ``SFTTrainer`` + length-grouped sampling + token counts);
-    the methods' trainers subclass it."""
-    return _trainer_class()
-
-
-def _trainer_class():
-    """An SFTTrainer subclass (built lazily, on whatever SFTTrainer is current: Unsloth patches TRL)."""
-    import trl
-
-    base = trl.SFTTrainer
-    if base in _TRAINER_CLASSES:
-        return _TRAINER_CLASSES[base]
-
-    class OrionSFTTrainer(base):
-        """TRL SFTTrainer + length-grouped sampling + exact counts of supervised tokens and their NLL."""
-
-        def __init__(self, *args, batching: str = "padded", lengths=None, length_group_window: int = 64, **kwargs):
-            self.batching = batching
-            self.lengths = lengths
-            self.length_group_window = length_group_window
-            self.nll_sum = 0.0  # sum of per-token NLL of the supervised tokens seen in training
-            self.n_supervised = 0
-            super().__init__(*args, **kwargs)
-
-        def _get_train_sampler(self, train_dataset=None):
-            if self.batching == "length_grouped":
-                lengths = self.lengths
-                if lengths is None:
-                    lengths = [len(ids) for ids in (train_dataset or self.train_dataset)["input_ids"]]
-                return LengthGroupedSampler(
-                    lengths, self.args.per_device_train_batch_size, seed=self.args.seed, window=self.length_group_window
-                )
-            return super()._get_train_sampler(train_dataset)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            n = int((inputs["labels"][:, 1:] != -100).sum())
-            out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-            if model.training:
-                loss = out[0] if return_outputs else out
-                denom = n if num_items_in_batch is None else float(num_items_in_batch)
-                self.nll_sum += float(loss.detach()) * float(denom)
-                self.n_supervised += n
-            return out
-
-        # -- for the methods' trainers (EDIT, Tailored Learning), which override compute_loss --------
-
-        def count_supervised(self, nll_sum: float, n_tokens: int) -> None:
-            """Add a training batch's summed NLL over its ``n_tokens`` likelihood tokens to the counters."""
-            self.nll_sum += float(nll_sum)
-            self.n_supervised += int(n_tokens)
-
-        def record_stats(self, stats: dict) -> None:
-            """Loss components of one step, averaged into the next log line (and the loss history)."""
-            buf = self.__dict__.setdefault("_stat_buffer", {})
-            for k, v in stats.items():
-                if not (isinstance(v, float) and math.isnan(v)):
-                    buf.setdefault(k, []).append(float(v))
-
-        def log(self, logs: dict, *args, **kwargs) -> None:
-            buf = self.__dict__.get("_stat_buffer")
-            if buf and "loss" in logs:
-                logs = {**logs, **{k: sum(v) / len(v) for k, v in buf.items() if v}}
-                buf.clear()
-            super().log(logs, *args, **kwargs)
-
-        def _save_checkpoint(self, model, trial):
-            super()._save_checkpoint(model, trial)
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            if folder.is_dir():
-                write_json(folder / _COUNTERS_FILE, {"nll_sum": self.nll_sum, "n_supervised": self.n_supervised})
-
-    _TRAINER_CLASSES[base] = OrionSFTTrainer
-    return OrionSFTTrainer
 
 
 def optimizer_steps(cfg, n_rows: int) -> int:
@@ -515,7 +497,7 @@ def _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtyp
     if method is not None:
         args.remove_unused_columns = False  # the method's collator reads its own columns
         extra = {"data_collator": method.collator(tokenizer), **method.trainer_kwargs}
-    trainer = (method.trainer_class() if method is not None else _trainer_class())(
+    trainer = sft_trainer_class(method.trainer_class if method is not None else OrionSFTTrainer)(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
@@ -685,9 +667,20 @@ def _lora_targets(spec: str, unsloth: bool = False):
 
 
 def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None):
+    """TRL (+ PEFT): load the model, train (resuming from ``resume_from``), save it merged to ``model_tmp``."""
+    model = _load_model(base_model, cfg, attn, device, dtype)
+    liger = resolve_liger(device, "trl")[0] and method is None  # the methods' losses read the logits
+    trainer = _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, _lora_config(cfg), method,
+                             liger=liger)
+    seconds = _run(trainer, resume_from)
+    _save_merged(trainer.model, tokenizer, base_model, cfg, ckpt_dir, device, dtype, model_tmp)
+    return trainer, seconds
+
+
+def _load_model(base_model: str, cfg: TrainingConfig, attn: str, device: str, dtype: str):
+    """The base model to train, in the precision ``device.training_load_dtype`` gives (4-bit: QLoRA)."""
     from transformers import AutoModelForCausalLM
 
-    compute = getattr(torch, dtype)
     load_dtype = device_rules.training_load_dtype(device, dtype, use_lora=cfg.use_lora,
                                                   load_in_4bit=cfg.load_in_4bit)
     load_kwargs: dict = {"attn_implementation": attn, "dtype": load_dtype}
@@ -695,40 +688,44 @@ def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, devic
         from transformers import BitsAndBytesConfig
 
         load_kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=getattr(torch, dtype),
         )
     if device == "cuda":
         load_kwargs["device_map"] = {"": torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(base_model, **load_kwargs)
+    return AutoModelForCausalLM.from_pretrained(base_model, **load_kwargs)
 
-    peft_config = None
-    if cfg.use_lora:
-        from peft import LoraConfig
 
-        peft_config = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=_lora_targets(cfg.lora_target_modules),
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-    liger = resolve_liger(device, "trl")[0] and method is None  # the methods' losses read the logits
-    trainer = _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config, method,
-                             liger=liger)
-    seconds = _run(trainer, resume_from)
+def _lora_config(cfg: TrainingConfig):
+    """PEFT's ``LoraConfig`` when ``use_lora``, else None (full fine-tuning)."""
+    if not cfg.use_lora:
+        return None
+    from peft import LoraConfig
 
-    trained = trainer.model
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=_lora_targets(cfg.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _save_merged(trained, tokenizer, base_model: str, cfg: TrainingConfig, ckpt_dir: Path, device: str, dtype: str,
+                 model_tmp: Path) -> None:
+    """The trained model, LoRA merged, in its saved precision, with the tokenizer, to ``model_tmp``."""
     from accelerate.utils import is_peft_model
 
     if is_peft_model(trained):
         if cfg.load_in_4bit:
             # merging into 4-bit weights loses precision: reload the base in 16 bit and merge the adapter there
             from peft import PeftModel
+            from transformers import AutoModelForCausalLM
 
             adapter_dir = ckpt_dir / "final_adapter"
             trained.save_pretrained(str(adapter_dir))
-            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=compute)
+            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))
             trained = PeftModel.from_pretrained(base, str(adapter_dir))
         trained = trained.merge_and_unload()
     save_dtype = device_rules.saved_dtype(device, dtype)
@@ -736,7 +733,6 @@ def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, devic
         trained = trained.to(save_dtype)
     trained.save_pretrained(str(model_tmp))
     tokenizer.save_pretrained(str(model_tmp))
-    return trainer, seconds
 
 
 def _train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None):
@@ -859,111 +855,31 @@ def train_method(
 
 
 def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_template, system, resume) -> TrainResult:
+    """The one training run behind :func:`train_sft` and :func:`train_method`, step by step."""
     who = "train_sft" if method is None else method.name
     base_model = _check_base_model(base_model)
     backend, reason = select_training_backend(cfg.backend)
     device, dtype = device_rules.device_and_dtype()
-    if cfg.load_in_4bit and not cfg.use_lora:
-        raise ValueError("load_in_4bit=True needs use_lora=True (4-bit weights cannot be fine-tuned directly)")
-    if cfg.load_in_4bit and device != "cuda":
-        # a GPU profile run where there is none (a CPU rehearsal, a Colab CPU runtime): same LoRA, full precision
-        print("[training] load_in_4bit needs a CUDA GPU (bitsandbytes); none here, so LoRA trains on full-precision weights", flush=True)
-        cfg = replace(cfg, load_in_4bit=False)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    cfg = _fit_to_device(cfg, device)
     layout = TrainedDir(output_dir)
-    ckpt_dir = layout.checkpoints
+    layout.root.mkdir(parents=True, exist_ok=True)
 
-    requested = cfg.cpu_threads if cfg.cpu_threads > 0 else "auto"
-    threads = device_rules.cpu_threads_for(base_model, device, requested) if device == "cpu" else None
-    with _quiet(not cfg.progress_bar), device_rules.torch_threads(threads):
-        from transformers import AutoTokenizer
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(base_model)
-        except OSError as e:
-            raise FileNotFoundError(
-                f"{who}: cannot load the tokenizer of base model {base_model!r}: not a local model directory "
-                f"and not available from the Hugging Face Hub ({e})"
-            ) from e
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"{who}: the tokenizer of {base_model!r} has no chat template")
-
-        rows, stats = rows_for(tokenizer)
-        if not rows:
-            raise ValueError(
-                f"{who}: none of the {n_items} examples has an assistant token within max_seq_len={cfg.max_seq_len}"
-                + (f" ({stats['overlong_dropped']} longer ones were left out: overlong='drop')" if stats.get("overlong_dropped") else "")
-            )
-        if stats.get("overlong_dropped"):
-            warnings.warn(
-                f"{who}: {stats['overlong_dropped']} of {n_items} examples are longer than "
-                f"max_seq_len={cfg.max_seq_len} and were left out (overlong='drop')",
-                TrainingWarning,
-                stacklevel=4,
-            )
-        if stats.get("truncated"):
-            warnings.warn(
-                f"{who}: {stats['truncated']} of {n_items} examples are longer than max_seq_len={cfg.max_seq_len} "
-                "and were cut (they lose their end-of-turn token)",
-                TrainingWarning,
-                stacklevel=4,
-            )
-        attn = "unsloth" if backend == "unsloth" and cfg.attn_implementation == "auto" else _resolve_attn(cfg.attn_implementation, device)
-        batching, _why = resolve_batching(cfg.batching, attn, backend)
-        if method is not None and method.batching is not None:
-            batching, _why = method.batching(batching)
-        if batching == "padding_free" and backend != "unsloth" and attn not in VARLEN_ATTENTION:
-            warnings.warn(
-                f"{who}: batching='padding_free' with attn={attn} is correct but builds a dense mask over the "
-                "whole flattened batch (slower than 'length_grouped' there; see bench/bench_training.py)",
-                TrainingWarning,
-                stacklevel=4,
-            )
-
+    with _quiet(not cfg.progress_bar), device_rules.torch_threads(_cpu_threads(cfg, base_model, device)):
+        tokenizer = _load_tokenizer(base_model, who)
+        rows, stats = _training_rows(rows_for, tokenizer, n_items, cfg, who)
+        attn, batching = _attention_and_batching(cfg, backend, device, method, who)
         fingerprint = _fingerprint(base_model, cfg, rows, prompt_template, system, "sft" if method is None else method.name)
-        resume_from = _find_resumable(layout, fingerprint) if resume else None
-        if resume_from is None and ckpt_dir.exists():
-            shutil.rmtree(ckpt_dir)  # stale (other data/config) or resume=False
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        write_json(layout.checkpoint_fingerprint, {"fingerprint": fingerprint})
-
-        line = (
-            f"[training] backend={backend} ({reason}) device={device} dtype={dtype} lora={cfg.use_lora} "
-            f"examples={len(rows)} batching={batching} (attn={attn}"
-            + (", liger" if resolve_liger(device, backend)[0] and method is None else "") + ")"
-        )
-        if method is not None:
-            line += f" method={method.name}"
-        for key in ("truncated", "dropped", "overlong_dropped"):
-            if stats.get(key):
-                line += f" {key}={stats[key]}"
-        if resume_from is not None:
-            line += f" resume={resume_from.name}"
-        print(line, flush=True)
-
-        for stale in [*output_dir.glob(".model.tmp-*"), *output_dir.glob(".model.old-*")]:
-            shutil.rmtree(stale, ignore_errors=True)  # left by a crashed run
-        model_tmp = output_dir / f".model.tmp-{os.getpid()}"
+        resume_from = _prepare_checkpoints(layout, fingerprint, resume)
+        print(_training_line(backend, reason, device, dtype, cfg, rows, batching, attn, method, stats, resume_from),
+              flush=True)
         train_fn = _train_unsloth if backend == "unsloth" else _train_trl
-        try:
-            trainer, seconds = train_fn(
-                base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method
-            )
-            model_dir = layout.model
-            _publish_dir(model_tmp, model_dir)
-        finally:
-            if model_tmp.exists():
-                shutil.rmtree(model_tmp, ignore_errors=True)
+        trainer, seconds = _train_and_publish(layout, train_fn, base_model, tokenizer, rows, cfg, batching, attn,
+                                              device, dtype, resume_from, method)
 
-    history = _loss_history(trainer.state.log_history, method.log_keys if method is not None else ())
-    write_json(layout.loss_history, history)
     result = TrainResult(
-        model_dir=str(model_dir),
+        model_dir=str(layout.model),
         backend=backend,
-        loss_history=history,
+        loss_history=_loss_history(trainer.state.log_history, method.log_keys if method is not None else ()),
         train_seconds=round(seconds, 3),
         n_examples=len(rows),
         n_tokens=int(trainer.n_supervised),
@@ -973,6 +889,138 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
         resumed_from=resume_from.name if resume_from is not None else None,
         n_steps=int(trainer.state.global_step),
     )
+    _write_results(layout, result, cfg, base_model, prompt_template, system, attn, stats, method)
+    return result
+
+
+def _fit_to_device(cfg: TrainingConfig, device: str) -> TrainingConfig:
+    """``cfg`` as this device can run it (4-bit weights need a CUDA GPU; they need LoRA anywhere)."""
+    if cfg.load_in_4bit and not cfg.use_lora:
+        raise ValueError("load_in_4bit=True needs use_lora=True (4-bit weights cannot be fine-tuned directly)")
+    if cfg.load_in_4bit and device != "cuda":
+        # a GPU profile run where there is none (a CPU rehearsal, a Colab CPU runtime): same LoRA, full precision
+        print("[training] load_in_4bit needs a CUDA GPU (bitsandbytes); none here, so LoRA trains on full-precision weights", flush=True)
+        cfg = replace(cfg, load_in_4bit=False)
+    return cfg
+
+
+def _cpu_threads(cfg: TrainingConfig, base_model: str, device: str) -> Optional[int]:
+    """torch's intra-op threads while training on CPU (``cpu_threads``; auto: ``device.cpu_threads_for``)."""
+    if device != "cpu":
+        return None
+    return device_rules.cpu_threads_for(base_model, device, cfg.cpu_threads if cfg.cpu_threads > 0 else "auto")
+
+
+def _load_tokenizer(base_model: str, who: str):
+    """The base model's tokenizer, with a pad token and a chat template (the one source of token ids)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"{who}: cannot load the tokenizer of base model {base_model!r}: not a local model directory "
+            f"and not available from the Hugging Face Hub ({e})"
+        ) from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{who}: the tokenizer of {base_model!r} has no chat template")
+    return tokenizer
+
+
+def _training_rows(rows_for, tokenizer, n_items: int, cfg: TrainingConfig, who: str) -> tuple[list, dict]:
+    """``rows_for(tokenizer)``, refused when nothing is left to train on; what was cut or left out is
+    said in a :class:`TrainingWarning`."""
+    rows, stats = rows_for(tokenizer)
+    if not rows:
+        raise ValueError(
+            f"{who}: none of the {n_items} examples has an assistant token within max_seq_len={cfg.max_seq_len}"
+            + (f" ({stats['overlong_dropped']} longer ones were left out: overlong='drop')" if stats.get("overlong_dropped") else "")
+        )
+    if stats.get("overlong_dropped"):
+        warnings.warn(
+            f"{who}: {stats['overlong_dropped']} of {n_items} examples are longer than "
+            f"max_seq_len={cfg.max_seq_len} and were left out (overlong='drop')",
+            TrainingWarning,
+            stacklevel=5,
+        )
+    if stats.get("truncated"):
+        warnings.warn(
+            f"{who}: {stats['truncated']} of {n_items} examples are longer than max_seq_len={cfg.max_seq_len} "
+            "and were cut (they lose their end-of-turn token)",
+            TrainingWarning,
+            stacklevel=5,
+        )
+    return rows, stats
+
+
+def _attention_and_batching(cfg: TrainingConfig, backend: str, device: str, method, who: str) -> tuple[str, str]:
+    """The attention kernel and the batching mode of this run (a method may change the mode)."""
+    attn = "unsloth" if backend == "unsloth" and cfg.attn_implementation == "auto" else _resolve_attn(cfg.attn_implementation, device)
+    batching, _why = resolve_batching(cfg.batching, attn, backend)
+    if method is not None and method.batching is not None:
+        batching, _why = method.batching(batching)
+    if batching == "padding_free" and backend != "unsloth" and attn not in VARLEN_ATTENTION:
+        warnings.warn(
+            f"{who}: batching='padding_free' with attn={attn} is correct but builds a dense mask over the "
+            "whole flattened batch (slower than 'length_grouped' there; see bench/bench_training.py)",
+            TrainingWarning,
+            stacklevel=5,
+        )
+    return attn, batching
+
+
+def _prepare_checkpoints(layout: TrainedDir, fingerprint: str, resume: bool) -> Optional[Path]:
+    """The checkpoint to resume from (one made from the same fingerprint), if any and if ``resume``;
+    other checkpoints are removed, and the fingerprint is stored for the checkpoints to come."""
+    resume_from = _find_resumable(layout, fingerprint) if resume else None
+    if resume_from is None and layout.checkpoints.exists():
+        shutil.rmtree(layout.checkpoints)  # stale (other data/config) or resume=False
+    layout.checkpoints.mkdir(parents=True, exist_ok=True)
+    write_json(layout.checkpoint_fingerprint, {"fingerprint": fingerprint})
+    return resume_from
+
+
+def _training_line(backend, reason, device, dtype, cfg, rows, batching, attn, method, stats, resume_from) -> str:
+    """``[training] backend=... (reason) device=... dtype=... lora=... examples=N batching=... (attn=...)``."""
+    line = (
+        f"[training] backend={backend} ({reason}) device={device} dtype={dtype} lora={cfg.use_lora} "
+        f"examples={len(rows)} batching={batching} (attn={attn}"
+        + (", liger" if resolve_liger(device, backend)[0] and method is None else "") + ")"
+    )
+    if method is not None:
+        line += f" method={method.name}"
+    for key in ("truncated", "dropped", "overlong_dropped"):
+        if stats.get(key):
+            line += f" {key}={stats[key]}"
+    if resume_from is not None:
+        line += f" resume={resume_from.name}"
+    return line
+
+
+def _train_and_publish(layout: TrainedDir, train_fn, base_model, tokenizer, rows, cfg, batching, attn, device, dtype,
+                       resume_from, method):
+    """Train with the backend's ``train_fn`` (``_train_trl``/``_train_unsloth``), which saves the model to
+    a temporary folder, then publish it as ``layout.model`` by a rename. Returns ``(trainer, seconds)``."""
+    for stale in [*layout.root.glob(".model.tmp-*"), *layout.root.glob(".model.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a crashed run
+    model_tmp = layout.root / f".model.tmp-{os.getpid()}"
+    try:
+        trainer, seconds = train_fn(base_model, tokenizer, rows, cfg, layout.checkpoints, batching, attn, device, dtype,
+                                    resume_from, model_tmp, method)
+        _publish_dir(model_tmp, layout.model)
+    finally:
+        if model_tmp.exists():
+            shutil.rmtree(model_tmp, ignore_errors=True)
+    return trainer, seconds
+
+
+def _write_results(layout: TrainedDir, result: TrainResult, cfg, base_model, prompt_template, system, attn, stats,
+                   method) -> None:
+    """``loss_history.json``, then ``train_result.json`` (last: it says the run finished); the checkpoints
+    go unless ``keep_checkpoints``."""
+    write_json(layout.loss_history, result.loss_history)
     write_json(
         layout.train_result,
         {**asdict(result), "base_model": base_model, "prompt_template": prompt_template, "system": system,
@@ -981,5 +1029,4 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
          **({"method": method.name} if method is not None else {})},
     )
     if not cfg.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return result
+        shutil.rmtree(layout.checkpoints, ignore_errors=True)

@@ -36,6 +36,19 @@ def test_a_notebook_loads_the_profile_the_runner_resolved(name):
         assert load_profile(name, every).sections == load_profile(name, seed_overrides(profile, seed)).sections
 
 
+def test_loading_a_profile_imports_no_torch_trl_or_transformers():
+    """The section dataclasses (the training ones included) cost no heavy import: a profile loads in
+    a process that has imported none of torch, TRL and transformers, and still has not afterwards."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport orion_utils.config\nfrom orion_utils.config import load_profile\n"
+            "profile = load_profile('toy')\nassert profile.sft.batch_size and profile.edit.beta >= 0\n"
+            "print(sorted(m for m in ('torch', 'trl', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match=r"unknown key 'exposure\.kk'"):
         load_profile("toy", {"exposure": {"kk": 3}})

@@ -300,7 +300,10 @@ def test_completion_nll_matches_hand_computation(tiny_model_dir, gen):
         expected.append(sum(terms) / len(terms))
     got = completion_nll(model, tok, qs, cs, batch_size=2)  # padded batches of different lengths
     assert got == pytest.approx(expected, abs=1e-5)
-    assert completion_nll(tiny_model_dir, None, qs, cs, batch_size=16) == pytest.approx(expected, abs=1e-5)
+    by_path = completion_nll(tiny_model_dir, None, qs, cs, batch_size=16)
+    assert by_path == pytest.approx(expected, abs=1e-5)
+    loaded, loaded_tok = generation.load_scoring_model(tiny_model_dir)  # what a path loads, kept
+    assert not loaded.training and completion_nll(loaded, loaded_tok, qs, cs, batch_size=16) == by_path
     assert completion_nll(gen, None, qs[:1], cs[:1], max_batch_tokens=1) == pytest.approx(expected[:1], abs=1e-5)
     assert completion_nll(model, tok, [], []) == []
 

@@ -182,3 +182,31 @@ def test_stages_finishing_at_once_in_separate_processes_all_reach_the_manifest(t
     assert all(p.exitcode == 0 for p in procs)
     stages = RunDir(tmp_path).manifest()["stages"]
     assert sorted(stages) == sorted(f"{p}/{i}" for p in "abc" for i in range(40))
+
+
+def test_read_or_make_keeps_one_record_and_models_under_the_same_rule(tmp_path):
+    """A step's result (one record, ``.json``) and a model folder are read back like records; a result
+    that can no longer serve (``usable`` says no) is made again."""
+    from orion_utils.rundir import SavedModel, is_saved_model, read_or_make
+
+    made = []
+
+    def make_one():
+        made.append("one")
+        return Problem("a", "q", str(len(made)))
+
+    path = tmp_path / "result.json"
+    assert read_or_make(path, Problem, make_one) == Problem("a", "q", "1")
+    assert json.loads(path.read_text()) == {"id": "a", "question": "q", "answer": "1", "source": "", "meta": {}}
+    assert read_or_make(path, Problem, make_one) == Problem("a", "q", "1") and made == ["one"]
+    assert read_or_make(path, Problem, make_one, usable=lambda p: p.answer != "1") == Problem("a", "q", "2")
+    assert read_or_make(path, Problem, make_one) == Problem("a", "q", "2")
+
+    def save_model():
+        made.append("model")
+        (tmp_path / "model").mkdir()
+        (tmp_path / "model" / "config.json").write_text("{}")
+
+    assert read_or_make(tmp_path / "model", SavedModel, save_model) == tmp_path / "model"
+    assert read_or_make(tmp_path / "model", SavedModel, save_model) == tmp_path / "model"
+    assert made.count("model") == 1 and is_saved_model(tmp_path / "model")

@@ -202,3 +202,69 @@ def test_mechanism_perplexity_compares_rewrites_with_the_teacher_cots():
     calls.clear()
     assert mechanism_perplexity(refs, {"a": "qa", "b": "qb"}, scorer) == out and calls == [["T1", "T2"]]
     assert mechanism_perplexity(refs[2:], {}, scorer) == {"n": 0, "refined": None, "teacher": None}
+
+
+def test_student_reflector_takes_an_already_loaded_model(problems, tiny_model_dir):
+    """Given the loaded model and tokenizer, the reflector samples exactly what it samples after
+    loading them itself; ``close()`` drops them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = next(q for q in problems if q.meta["n_steps"] >= 3 and q.meta["steps"][1]["op"] in "+-")
+    item = ReflectionItem(p, format_cot(*write_cot(p)), _slipped_attempt(p, 1))
+    cfg = ReflectionConfig(reflector="student", m=4, temperature=1.0, top_p=1.0, max_new_tokens=60, seed=0)
+    own = StudentReflector(tiny_model_dir, cfg).propose([item], 4)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    shared = StudentReflector("not a path", cfg, model=model, tokenizer=tok)
+    assert shared.propose([item], 4) == own
+    shared.close()
+    assert shared._model is None and shared._tokenizer is None
+    with pytest.raises(ValueError, match="together"):
+        StudentReflector(tiny_model_dir, cfg, model=model)
+
+
+def test_stage_03_loads_the_student_once(problems, tiny_model_dir, tmp_path, monkeypatch):
+    """Stage 03 with the toy `student` reflector: one load of the base student serves the reflector
+    and every scoring call (selection by perplexity, then the mechanism)."""
+    import transformers
+
+    from orion_utils.jsonl import read_jsonl, write_json, write_jsonl
+    from orion_utils.records import Refinement, StudentAttempt
+    from orion_utils.reflection import run_reflection
+    from orion_utils.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    chosen = [q for q in problems if q.meta["n_steps"] >= 3 and q.meta["steps"][1]["op"] in "+-"][:3]
+    teacher = {q.id: format_cot(*write_cot(q)) for q in chosen}
+    write_json(run.data("student.json"), {"model": tiny_model_dir, "in_run_dir": False})
+    write_jsonl(run.data("train_problems.jsonl"), chosen)
+    write_jsonl(run.data("sft_sft.jsonl"), [SFTExample(q.id, q.question, teacher[q.id], "teacher", {}) for q in chosen])
+    write_jsonl(run.data("error_attempts.jsonl"),
+                [StudentAttempt(q.id, 0, _slipped_attempt(q, 1), None, False, "base") for q in chosen])
+    loads = []
+    original = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        loads.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(counting))
+    given = []
+
+    def finishing(self, items, m):  # a competent student's continuation: the teacher's rest (verifies)
+        given.append(self._model is not None)  # the stage passed its loaded student
+        out = []
+        for i in items:
+            b = self.start(i)
+            step = gold_steps(i.problem)[1].text
+            rest = i.teacher_cot[i.teacher_cot.index(step):].split("\n", 1)[1]
+            out.append([b.text + rest, b.text + "\n" + rest] if b else [])
+        return out
+
+    monkeypatch.setattr(StudentReflector, "propose", finishing)
+    cfg = ReflectionConfig(reflector="student", m=2, selection="perplexity")
+    stats = run_reflection(run, cfg, StudentConfig(model="toy"))
+    refinements = read_jsonl(run.refinements, Refinement)
+    assert given == [True] and stats["mechanism"]["n"] == len(chosen) == len(refinements)
+    assert all(r.accepted and "nll" in r.meta for r in refinements)
+    assert loads == [tiny_model_dir]

@@ -259,6 +259,31 @@ def test_warmup_wording_is_mostly_the_students_own():
         WarmupConfig(own_variant=7)
 
 
+def test_warmup_wording_is_one_decision():
+    """``_warmup_wording`` gives the teacher's (variant, wording) per problem: the teacher's own without
+    ``own_variant``; else the student's own, or the R1-style teacher's for the seeded share."""
+    from orion_utils.toy.warmup import WarmupConfig, _warmup_wording
+
+    probs = generate_problems(100, seed=4)
+    assert {_warmup_wording(WarmupConfig(), p) for p in probs} == {(None, None)}
+    assert {_warmup_wording(WarmupConfig(own_variant=2, teacher_wording_share=0.0), p) for p in probs} == {(2, "fixed")}
+    assert {_warmup_wording(WarmupConfig(own_variant=2, teacher_wording_share=1.0), p) for p in probs} == {(None, "varied")}
+    half = [_warmup_wording(WarmupConfig(own_variant=2, teacher_wording_share=0.5), p) for p in probs]
+    assert set(half) == {(2, "fixed"), (None, "varied")}
+
+
+def test_a_passed_variant_fixes_the_wording(problems):
+    """``wording="varied"`` draws each line's wording only when no ``variant`` is passed; a variant
+    passed (even the one the sample would draw) gives that one wording for the whole CoT."""
+    for p in problems[:40]:
+        for index in (0, 1, 2):
+            for variant in range(N_VARIANTS):
+                fixed = teacher_sample(p, index, variant=variant, caught_slip_rate=0.3)
+                assert teacher_sample(p, index, variant=variant, wording="varied", caught_slip_rate=0.3) == fixed
+                assert "wording" not in fixed[2] and fixed[2]["variant"] == variant
+            assert teacher_sample(p, index, wording="varied")[2]["wording"] == "varied"
+
+
 def test_caught_slip_rate_is_controllable_and_zero_changes_nothing(problems):
     for p in problems:
         assert teacher_sample(p, 0, 0.0, caught_slip_rate=0.0)[:2] == teacher_sample(p, 0, 0.0)[:2]

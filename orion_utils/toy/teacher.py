@@ -273,9 +273,10 @@ def teacher_sample(
 ) -> tuple[str, str, dict]:
     """One teacher sample, deterministic in (seed, problem id, sample index): (thinking, solution, meta).
 
-    ``variant``: the wording (default: 0 for sample 0, else drawn); the toy student's warm-up writes
-    most of its CoTs in a wording of its own (``WarmupConfig.own_variant``). ``wording="varied"``:
-    each line's wording is drawn instead (an R1-style teacher varies its phrasing line to line).
+    The wording: ``variant``, one wording for the whole CoT (the toy student's warm-up passes its own,
+    ``WarmupConfig.own_variant``); without it, the sample's own: with ``wording="fixed"`` one wording
+    (0 for sample 0, else drawn), with ``wording="varied"`` each line's wording drawn (an R1-style
+    teacher varies its phrasing line to line). A ``variant`` passed always wins over ``wording``.
 
     With probability ``error_rate`` the sample has a slip at a random step (``meta["slip_step"]``);
     otherwise, with probability ``caught_slip_rate``, a caught slip at a random step, or one step too
@@ -284,9 +285,10 @@ def teacher_sample(
     rng = _rng("toy-teacher", seed, problem.id, sample_index)
     if wording not in WORDINGS:
         raise ValueError(f"wording must be one of {WORDINGS}, got {wording!r}")
-    drawn = 0 if sample_index == 0 else rng.randrange(N_VARIANTS)
+    varies = wording == "varied" and variant is None  # a variant passed fixes the wording
+    drawn = 0 if sample_index == 0 else rng.randrange(N_VARIANTS)  # drawn either way: the stream stays the same
     variant = drawn if variant is None else variant
-    varied = _rng("toy-teacher-wording", seed, problem.id, sample_index) if wording == "varied" and variant == drawn else None
+    varied = _rng("toy-teacher-wording", seed, problem.id, sample_index) if varies else None
     slip_at = None
     if rng.random() < error_rate:
         slip_at = rng.randrange(len(problem.meta["steps"]))

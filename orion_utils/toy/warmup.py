@@ -78,13 +78,16 @@ class WarmupConfig:
         return dataclasses.asdict(self)
 
 
-def _warmup_wording(cfg: WarmupConfig, problem: Problem) -> Optional[int]:
-    """The toy teacher wording of a warm-up CoT: ``own_variant``, or None (the teacher's) for a
-    ``teacher_wording_share`` of the problems (a seeded draw per problem)."""
+def _warmup_wording(cfg: WarmupConfig, problem: Problem) -> tuple[Optional[int], Optional[str]]:
+    """How a warm-up CoT is worded, as the toy teacher's ``(variant, wording)`` arguments.
+
+    Without ``own_variant``: ``(None, None)``, the teacher's own wording. With it: the student's own,
+    ``(own_variant, "fixed")``, except for a ``teacher_wording_share`` of the problems (a seeded draw
+    per problem), worded as the R1-style teacher writes, ``(None, "varied")``."""
     if cfg.own_variant is None:
-        return None
+        return None, None
     draw = random.Random(f"warmup-wording|{cfg.seed}|{problem.id}").random()
-    return None if draw < cfg.teacher_wording_share else cfg.own_variant
+    return (None, "varied") if draw < cfg.teacher_wording_share else (cfg.own_variant, "fixed")
 
 
 def _teacher_responses(problems: Sequence[Problem], teacher, cfg: WarmupConfig) -> list[tuple[str, str]]:
@@ -94,8 +97,7 @@ def _teacher_responses(problems: Sequence[Problem], teacher, cfg: WarmupConfig) 
     pairs = []
     if hasattr(teacher, "sample"):
         for p in problems:
-            variant = _warmup_wording(cfg, p)
-            wording = "varied" if cfg.own_variant is not None and variant is None else None
+            variant, wording = _warmup_wording(cfg, p)
             thinking, solution, meta = teacher.sample(p, 0, style=cfg.style, caught_slip_rate=cfg.caught_slip_rate,
                                                       variant=variant, wording=wording)
             if meta.get("slip_step") is None:
