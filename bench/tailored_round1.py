@@ -56,6 +56,10 @@ SETTINGS = {
     "prefix 1, 1 sample": {"prefix_weight": 1.0, "teacher_samples": 1},
     "prefix 0.1, 1 sample, no warmup": {"teacher_samples": 1, "warmup_ratio": 0.0},
     "λ=0.5, prefix 0, 1 sample": {"prefix_weight": 0.0, "teacher_samples": 1},
+    # the prompt tokens unweighted (prefix 0), 2 teacher samples: λ and the triplet's hidden state alone
+    "λ=0.1, prefix 0": {"lam": 0.1, "prefix_weight": 0.0},
+    "λ=0.5, prefix 0": {"prefix_weight": 0.0},
+    "λ=0.5, prefix 0, layer -2 (pre-norm)": {"prefix_weight": 0.0, "triplet_layer": -2},
 }
 # with rounds ≥ 2 (--rounds 2) a setting also trains round 2 (tailored rationales for the round-1
 # student's mistakes; λ's triplet has positives there, the round-1 rationales) and sits its exam
