@@ -14,10 +14,11 @@ from typing import Optional, Sequence
 from .config import GenerationConfig, StudentConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
+from .methods import METHODS as _REGISTRY
 from .records import EvalSample, Problem
 from .rundir import RunDir
 
-METHODS = ("base", "sft", "orion", "edit", "tailored")
+METHODS = tuple(_REGISTRY)  # every method a run can evaluate (orion_utils.methods)
 
 
 @dataclass

@@ -10,6 +10,8 @@ if not matplotlib.get_backend().lower().startswith(("module://matplotlib_inline"
     matplotlib.use("Agg")  # headless runs (papermill, CI) have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .methods import METHODS  # noqa: E402
+
 PathLike = Union[str, Path]
 
 
@@ -82,7 +84,7 @@ def accuracy_bars(metrics: dict, key: str = "pass@1", path: Optional[PathLike] =
 
 # --- analysis figures ---------------------------------------------------------------------------
 
-_METHOD_COLOURS = {"base": "#8C8C8C", "sft": "#4C72B0", "orion": "#C44E52", "edit": "#55A868", "tailored": "#8172B3"}
+_METHOD_COLOURS = {name: m.colour for name, m in METHODS.items()}
 _FALLBACK = ("#DD8452", "#937860", "#DA8BC3", "#CCB974", "#64B5CD")
 
 

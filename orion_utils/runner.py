@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import ConfigError, Profile, load_profile
+from .methods import notebooks_run_when_evaluated
 from .rundir import RunDir
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -43,7 +44,7 @@ PARAMETERS_HEADER = (
 
 
 # notebooks that only train a baseline: run when their method is among evaluation.methods
-BASELINE_NOTEBOOKS = {"05_edit": "edit", "06_tailored_learning": "tailored"}
+BASELINE_NOTEBOOKS = notebooks_run_when_evaluated()  # orion_utils.methods
 
 # what each notebook reads from earlier ones: with `--jobs N` a run executes up to N notebooks at once,
 # each as soon as those before it here have finished (the baselines train beside exposure/reflection)

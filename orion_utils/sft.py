@@ -10,14 +10,15 @@ from typing import Optional, Sequence
 
 from .config import StudentConfig
 from .jsonl import read_jsonl
+from .methods import cot_methods
 from .records import SFTExample
 from .rundir import RunDir
 
-STAGE_OF_SET = {"sft": "01_teacher_cots", "orion": "03_error_aware_reflection"}
+STAGE_OF_SET = cot_methods("04_sft")  # method → the notebook that writes its training set (orion_utils.methods)
 
 
 def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
-            methods: Sequence[str] = ("sft", "orion"), force: bool = False) -> dict:
+            methods: Sequence[str] = tuple(STAGE_OF_SET), force: bool = False) -> dict:
     """Train each method on its training set; returns {method: manifest entry}."""
     from .training import train_sft
 
