@@ -9,6 +9,7 @@ import pytest
 
 from orion_utils.config import SECTIONS, load_profile
 from orion_utils.runner import NOTEBOOK_DIR, NOTEBOOKS, notebook_parameters, parameters_cell
+from orion_utils.stages import READS
 
 
 def _code(name):
@@ -18,11 +19,14 @@ def _code(name):
 
 
 def _shown_sections(source: str) -> list:
-    """The section list of the notebook's ``profile_table(cfg, [...])`` call."""
+    """The section list of the notebook's ``profile_table(cfg, ...)`` call (a list, or ``reads(...)``
+    of the stages it runs, plus a list)."""
+    from orion_utils.stages import reads
+
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "profile_table":
-            return ast.literal_eval(node.args[1])
-    raise AssertionError("no profile_table(cfg, [...]) call")
+            return eval(compile(ast.Expression(node.args[1]), "<cell>", "eval"), {"reads": reads})
+    raise AssertionError("no profile_table(cfg, ...) call")
 
 
 @pytest.mark.parametrize("name", list(NOTEBOOKS))
@@ -51,6 +55,8 @@ def test_notebook_loads_the_profile_once_and_shows_the_knobs_it_uses(name):
     shown = _shown_sections(cell)
     assert set(shown) <= set(SECTIONS)
     used = {m for c in code for m in re.findall(r"\bcfg\.(\w+)", c.source)}
+    # a stage called as stages.<name>(run, cfg, ...) takes the sections stages.READS names
+    used |= {s for c in code for stage in re.findall(r"\bstages\.(\w+)\(run, cfg", c.source) for s in READS[stage]}
     # the table shows exactly the sections the notebook's code takes from the profile
     assert set(shown) == used, f"{name}: shown {sorted(shown)}, used {sorted(used)}"
     # no section is rebuilt from a dict: stages take the profile's own section objects
@@ -74,3 +80,22 @@ def test_profile_table_shows_every_key_of_the_named_sections(capsys):
     assert "profile smoke: evaluation" in out and "n_samples | 7" in out and "{'evaluation': {'n_samples': 7}}" in out
     with pytest.raises(KeyError, match="evaluaton"):
         profile_rows(cfg, ["evaluaton"])
+
+
+def test_stages_take_the_sections_reads_names_in_their_modules_order():
+    """``stages.READS`` is the one place naming what each stage takes: its order is the stage module
+    function's (``cfg`` is the stage's own section, ``<name>_cfg`` section ``<name>``)."""
+    import inspect
+
+    from orion_utils import stages
+
+    for stage, sections in READS.items():
+        wrapper = getattr(stages, stage)
+        assert list(inspect.signature(wrapper).parameters) == ["run", "cfg", "force"]
+        if stage == "analysis":
+            continue  # analyse_run and make_judge take its sections by keyword
+        module_name, function = re.search(r"from \.(\w+) import (\w+)", inspect.getsource(wrapper)).groups()
+        module = __import__(f"orion_utils.{module_name}", fromlist=[function])
+        params = list(inspect.signature(getattr(module, function)).parameters)[1:1 + len(sections)]
+        names = [sections[0] if p == "cfg" else p.removesuffix("_cfg") for p in params]
+        assert names == list(sections), (stage, params)

@@ -1,0 +1,111 @@
+"""Every stage with one signature, ``stage(run, cfg, *, force=False) -> dict``.
+
+``run`` is the run directory (``RunDir``), ``cfg`` the run's profile (``config.load_profile``), and
+``force`` redoes work that is up to date. ``READS`` is the one place that says which profile sections a
+stage takes, in the order its module's function takes them; the notebooks call these functions and
+show those sections (``reads``). The stage modules' own functions (``reflection.run_reflection``, ...)
+take single sections, for code and tests that build them by hand.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .rundir import RunDir
+
+# stage → the profile sections its module's function takes after ``run``, in that order
+READS: dict[str, tuple[str, ...]] = {
+    "prepare_data": ("data", "toy_domain"),
+    "prepare_student": ("student", "toy_student", "warmup", "toy_domain", "data"),
+    "teacher_cots": ("teacher", "data"),
+    "error_exposure": ("exposure", "generation", "student", "sft"),
+    "reflection": ("reflection", "student", "generation"),
+    "sft": ("sft", "student"),
+    "edit": ("edit", "sft", "teacher", "data", "student"),
+    "tailored": ("tailored", "teacher", "data", "generation", "student"),
+    "evaluation": ("evaluation", "generation", "student"),
+    "analysis": ("analysis", "teacher", "data"),
+}
+
+
+def reads(*stages: str) -> list[str]:
+    """The profile sections the named stages take, each once, in order (what a notebook shows)."""
+    out: list[str] = []
+    for stage in stages:
+        out += [s for s in READS[stage] if s not in out]
+    return out
+
+
+def _sections(cfg, stage: str) -> list[Any]:
+    return [getattr(cfg, name) for name in READS[stage]]
+
+
+def prepare_data(run: RunDir, cfg, *, force: bool = False) -> dict:
+    """Stage 00: the training questions and the benchmarks (``prepare.run_prepare_data``)."""
+    from .prepare import run_prepare_data
+
+    return run_prepare_data(run, *_sections(cfg, "prepare_data"), force=force)
+
+
+def prepare_student(run: RunDir, cfg, *, force: bool = False) -> dict:
+    """Stage 00: the base student; the toy one is built and warmed up (``prepare.run_prepare_student``)."""
+    from .prepare import run_prepare_student
+
+    return run_prepare_student(run, *_sections(cfg, "prepare_student"), force=force)
+
+
+def teacher_cots(run: RunDir, cfg, *, force: bool = False) -> dict:
+    """Stage 01: the teacher's CoTs, kept when they verify (``collection.run_collection``)."""
+    from .collection import run_collection
+
+    return run_collection(run, *_sections(cfg, "teacher_cots"), force=force)
+
+
+def error_exposure(run: RunDir, cfg, *, force: bool = False) -> dict:
+    """Stage 02: the student's own answers, graded; its errors (``exposure.run_error_exposure``)."""
+    from .exposure import run_error_exposure
+
+    return run_error_exposure(run, *_sections(cfg, "error_exposure"), force=force)
+
+
+def reflection(run: RunDir, cfg, *, force: bool = False) -> dict:
+    """Stage 03: the student rewrites the teacher's CoTs around its errors (``reflection.run_reflection``)."""
+    from .reflection import run_reflection
+
+    return run_reflection(run, *_sections(cfg, "reflection"), force=force)
+
+
+def sft(run: RunDir, cfg, *, force: bool = False) -> dict:
+    """Stage 04: every method fine-tuned on a set of CoTs, ``sft`` and ``orion`` (``sft.run_sft``)."""
+    from .sft import run_sft
+
+    return run_sft(run, *_sections(cfg, "sft"), force=force)
+
+
+def edit(run: RunDir, cfg, *, force: bool = False) -> dict:
+    """Stage 05: EDIT on the run's data (``baselines.run_edit_stage``)."""
+    from .baselines import run_edit_stage
+
+    return run_edit_stage(run, *_sections(cfg, "edit"), force=force)
+
+
+def tailored(run: RunDir, cfg, *, force: bool = False) -> dict:
+    """Stage 06: Tailored Learning on the run's data (``baselines.run_tailored_stage``)."""
+    from .baselines import run_tailored_stage
+
+    return run_tailored_stage(run, *_sections(cfg, "tailored"), force=force)
+
+
+def evaluation(run: RunDir, cfg, *, force: bool = False) -> dict:
+    """Stage 07: every method on every benchmark; ``metrics.json`` (``evaluation.run_evaluation``)."""
+    from .evaluation import run_evaluation
+
+    return run_evaluation(run, *_sections(cfg, "evaluation"), force=force)
+
+
+def analysis(run: RunDir, cfg, *, force: bool = False) -> dict:
+    """Stage 08: the paper's claims as numbers over the seeds, ``analysis.json`` and ``report.md``
+    (``analysis.analyse_run``, with the profile's teacher as the judge when ``analysis.judge`` is on)."""
+    from .analysis import analyse_run, make_judge
+
+    analysis_cfg, teacher, data = _sections(cfg, "analysis")
+    return analyse_run(run, cfg=analysis_cfg, judge=make_judge(analysis_cfg, teacher, data, run), force=force)
