@@ -1,11 +1,11 @@
-"""Benchmark: one torch thread vs two on the toy student, for its warm-up (training) and for sampling.
+"""Benchmark: one torch thread vs two on the toy student, for its pre-training (training) and for sampling.
 
 The project's rule gives a small model one CPU thread per process (``device.cpu_threads_for``): on a
-2-core machine two threads make small-batch generation several times slower. The toy warm-up trains
-on batches of 12 CoTs of ~300 tokens alone on the machine, so its profile sets ``warmup.threads: 2``;
+2-core machine two threads make small-batch generation several times slower. The toy pre-training trains
+on batches of 12 CoTs of ~300 tokens alone on the machine, so its profile sets ``toy_pretrain.threads: 2``;
 this measures both, in one run:
 
-- warm-up: ``--steps`` steps of the toy profile's warm-up from the same random student with 1 and with
+- pre-training: ``--steps`` steps of the toy profile's pre-training from the same random student with 1 and with
   2 threads; steps/s of each, their ratio, and whether the two trained students are bit-identical;
 - sampling: the toy profile's evaluation sampling (n=3, T=0.6, top_p 0.95, batch 256) of ``--prompts``
   toy_test questions on the 2-thread student, with 1 and 2 threads; generated tokens/s and ratio.
@@ -29,7 +29,7 @@ from orion_utils.generation import SamplingConfig, TransformersBackend
 from orion_utils.teachers.toy import ToyTeacher
 from orion_utils.toy.domain import generate_problems
 from orion_utils.toy.student import build_toy_student
-from orion_utils.toy.warmup import warmup_student
+from orion_utils.toy.pretrain import pretrain_student
 
 
 def main() -> None:
@@ -38,20 +38,20 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=150)
     args = parser.parse_args()
     profile = load_profile("toy")
-    problems = generate_problems(profile.warmup.n_problems, profile.toy_domain, seed=1, split="train")
+    problems = generate_problems(profile.toy_pretrain.n_problems, profile.toy_domain, seed=1, split="train")
     with tempfile.TemporaryDirectory() as tmp:
         init = build_toy_student(Path(tmp, "init"), profile.toy_student, seed=0)
         warm = {}
         for threads in (1, 2):
-            cfg = dataclasses.replace(profile.warmup, max_steps=args.steps, threads=threads, log_every=0)
-            stats = warmup_student(init, Path(tmp, f"warm{threads}"), problems, ToyTeacher(error_rate=0.0, seed=0), cfg)
+            cfg = dataclasses.replace(profile.toy_pretrain, max_steps=args.steps, threads=threads, log_every=0)
+            stats = pretrain_student(init, Path(tmp, f"warm{threads}"), problems, ToyTeacher(error_rate=0.0, seed=0), cfg)
             warm[threads] = stats["steps"] / stats["seconds"]
-            print(f"warm-up, {threads} thread(s): {warm[threads]:.2f} steps/s")
+            print(f"pre-training, {threads} thread(s): {warm[threads]:.2f} steps/s")
         from safetensors.torch import load_file
 
         a, b = (load_file(str(Path(tmp, f"warm{t}", "model.safetensors"))) for t in (1, 2))
         identical = all((a[k] == b[k]).all() for k in a)
-        print(f"warm-up: 2 threads / 1 thread = {warm[2] / warm[1]:.2f}x; trained weights bit-identical: {identical}")
+        print(f"pre-training: 2 threads / 1 thread = {warm[2] / warm[1]:.2f}x; trained weights bit-identical: {identical}")
 
         questions = [p.question for p in generate_problems(args.prompts, profile.toy_domain, seed=0, split="test")]
         sampling = SamplingConfig(n=3, temperature=0.6, top_p=0.95, max_new_tokens=256, seed=0)

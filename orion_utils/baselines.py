@@ -31,7 +31,7 @@ def _join_loss_histories(parts, dst) -> None:
 def run_edit_stage(
     run: RunDir,
     cfg,
-    sft_cfg,
+    training_cfg,
     teacher_cfg: Optional[TeacherConfig] = None,
     data: Optional[DataConfig] = None,
     student: Optional[StudentConfig] = None,
@@ -53,7 +53,7 @@ def run_edit_stage(
         traces = read_jsonl(inputs[1], TeacherTrace)
         attempts = read_jsonl(inputs[2], StudentAttempt) if cfg.pair_source == "exposure" else None
         teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
-        result = run_edit(run.student_model(), problems, traces, out_dir, cfg, sft_cfg, teacher=teacher,
+        result = run_edit(run.student_model(), problems, traces, out_dir, cfg, training_cfg, teacher=teacher,
                           attempts=attempts, prompt_template=student.prompt_template,
                           system=student.system_prompt or None)
         _join_loss_histories([("stage1", edit_dir.stage1.loss_history),
@@ -63,7 +63,7 @@ def run_edit_stage(
             write_jsonl(run.training_set("edit"), read_jsonl(stage1, SFTExample))
         return {"edit": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
 
-    params = {"edit": cfg, "sft": sft_cfg, "teacher": teacher_cfg, "student": student}
+    params = {"edit": cfg, "training": training_cfg, "teacher": teacher_cfg, "student": student}
     # run_edit resumes from what it finds in out_dir: kept only for a re-run with the same settings
     return run.run_stage("edit", params, inputs, [edit_dir.model], work, force=force, scratch=[out_dir],
                          stage_hint="02_error_exposure")

@@ -2,7 +2,7 @@
 
 One interface for every teacher (toy, API, trace dataset, local model). Every trace is saved in
 ``teacher_traces.jsonl``; the first correct trace per question becomes the plain long-CoT SFT
-training set ``sft_sft.jsonl``, which ORION's reflection stage starts from.
+training set ``training_set_sft.jsonl``, which ORION's reflection stage starts from.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def filter_stats(problems: list[Problem], traces: list[TeacherTrace], kept: list
 
 def run_collection(run: RunDir, teacher_cfg: TeacherConfig, data: Optional[DataConfig] = None,
                    force: bool = False) -> dict:
-    """Write ``teacher_traces.jsonl`` (all) and ``sft_sft.jsonl`` (verified, one per question)."""
+    """Write ``teacher_traces.jsonl`` (all) and ``training_set_sft.jsonl`` (verified, one per question)."""
     problems_path = run.train_problems
     traces_path, sft_path = run.teacher_traces, run.teacher_sft_set
 

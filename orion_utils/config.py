@@ -80,7 +80,7 @@ class GenerationConfig:
     max_model_len: int = 0  # vLLM: context length (prompt + completion); 0: the model's own
 
 
-# --- the training sections: `training` trains with them (EDIT's stage 2 and Tailored Learning's rounds
+# --- the training sections: `training.py` trains with them (EDIT's stage 2 and Tailored Learning's rounds
 # through their trainers in `edit` and `tailored`), which imports torch and TRL; here they cost nothing.
 
 
@@ -170,13 +170,13 @@ SECTIONS: dict[str, str] = {
     "student": "orion_utils.config:StudentConfig",
     "toy_student": "orion_utils.toy.student:ToyStudentConfig",
     "toy_domain": "orion_utils.toy.domain:ToyDomainConfig",
-    "warmup": "orion_utils.toy.warmup:WarmupConfig",
+    "toy_pretrain": "orion_utils.toy.pretrain:PretrainConfig",
     "data": "orion_utils.config:DataConfig",
     "teacher": "orion_utils.config:TeacherConfig",
     "generation": "orion_utils.config:GenerationConfig",
     "exposure": "orion_utils.exposure:ExposureConfig",
     "reflection": "orion_utils.reflection:ReflectionConfig",
-    "sft": "orion_utils.config:TrainingConfig",
+    "training": "orion_utils.config:TrainingConfig",
     "edit": "orion_utils.config:EditConfig",
     "tailored": "orion_utils.config:TailoredConfig",
     "evaluation": "orion_utils.evaluation:EvaluationConfig",
@@ -185,9 +185,11 @@ SECTIONS: dict[str, str] = {
 }
 TOP_LEVEL = {"profile": str, "description": str, "base": str, "seeds": list}
 # One training stack: a method's section is the shared training config plus the method's own fields,
-# and the training values a profile gives in its `sft` section hold for these sections too (each may
+# and the training values a profile gives in its `training` section hold for these sections too (each may
 # still override them), so that only the method differs.
-SECTION_BASES = {"edit": "sft", "tailored": "sft"}
+SECTION_BASES = {"edit": "training", "tailored": "training"}
+# former section names: a profile that still uses one is told the new name
+RENAMED = {"sft": "training", "warmup": "toy_pretrain"}
 
 
 def section_class(name: str) -> type:
@@ -315,6 +317,8 @@ def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = Non
             if not isinstance(value, TOP_LEVEL[key]):
                 raise ConfigError(f"'{key}' should be {TOP_LEVEL[key].__name__}, got {type(value).__name__}")
             continue
+        if key in RENAMED:
+            raise ConfigError(f"section '{key}' is now called '{RENAMED[key]}': rename it in the profile")
         if key not in SECTIONS:
             raise ConfigError(
                 f"unknown section '{key}' (known: {', '.join(sorted(set(SECTIONS) | set(TOP_LEVEL)))})"

@@ -288,7 +288,7 @@ def run_doctor(
 
     prof = load_profile(profile)
     generation_cfg = prof.sections["generation"]
-    sft: TrainingConfig = prof.sections["sft"]
+    sft: TrainingConfig = prof.sections["training"]
     gen_request = generation_backend or generation_cfg.backend
     report = DoctorReport()
     device, dtype, gpu = _machine(report, generation_cfg.dtype)

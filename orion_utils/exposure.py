@@ -23,12 +23,12 @@ from .rundir import RunDir
 
 @dataclass
 class ExposureConfig:
-    source: str = "base"  # base: the student as it is | warmup: after a short SFT on the teacher CoTs
+    source: str = "base"  # base: the student as it is | primed: after a short SFT on the teacher CoTs
     k: int = 4  # samples per question
     temperature: float = 0.8
     top_p: float = 0.9
     max_new_tokens: int = 256
-    warmup_epochs: float = 1.0  # source=warmup only: length of the warm-up SFT
+    priming_epochs: float = 1.0  # source=primed only: epochs of that short SFT
     chunk_questions: int = 32  # questions per generation call; progress is saved after each
     seed: int = 0
 
@@ -107,26 +107,26 @@ def run_error_exposure(
     cfg: ExposureConfig,
     generation: Optional[GenerationConfig] = None,
     student: Optional[StudentConfig] = None,
-    sft=None,
+    training=None,
     force: bool = False,
 ) -> dict:
     """Write ``student_attempts.jsonl``, ``error_attempts.jsonl`` and ``pass_rates.json``."""
     generation = generation or GenerationConfig()
     student = student or StudentConfig()
-    if cfg.source not in ("base", "warmup"):
-        raise ValueError(f"exposure.source must be 'base' or 'warmup', got {cfg.source!r}")
+    if cfg.source not in ("base", "primed"):
+        raise ValueError(f"exposure.source must be 'base' or 'primed', got {cfg.source!r}")
     problems_path, cots_path = run.train_problems, run.teacher_sft_set
     attempts_path, errors_path, rates_path = run.student_attempts, run.error_attempts, run.pass_rates
     params = {"exposure": cfg, "generation": generation, "student": student,
-              "sft": sft if cfg.source == "warmup" else None}
+              "training": training if cfg.source == "primed" else None}
 
     partial = run.student_attempts_partial  # attempts saved so far: resumed after a crash
 
     def work() -> dict:
         problems = read_jsonl(problems_path, Problem)
         model_path, model_name = run.student_model(), "base"
-        if cfg.source == "warmup":
-            model_path, model_name = _warmup_student(run, cfg, sft, student, cots_path), "warmup"
+        if cfg.source == "primed":
+            model_path, model_name = _primed_student(run, cfg, training, student, cots_path), "primed"
         attempts = sample_and_grade(model_path, problems, cfg, generation, student, partial, model_name)
         write_jsonl(attempts_path, attempts)
         write_jsonl(errors_path, dedupe_errors(attempts))
@@ -138,14 +138,14 @@ def run_error_exposure(
                          work, force=force, stage_hint="01_teacher_cots", scratch=[partial])
 
 
-def _warmup_student(run: RunDir, cfg: ExposureConfig, sft, student: StudentConfig, cots_path: Path) -> str:
+def _primed_student(run: RunDir, cfg: ExposureConfig, training, student: StudentConfig, cots_path: Path) -> str:
     """One reading of the paper's two-stage strategy: expose the errors of a briefly fine-tuned student."""
     from dataclasses import replace
 
     from .training import TrainingConfig, train_sft
 
-    train_cfg = replace(sft or TrainingConfig(), num_epochs=cfg.warmup_epochs)
-    result = train_sft(run.student_model(), read_jsonl(cots_path, SFTExample), run.warmup_model,
+    train_cfg = replace(training or TrainingConfig(), num_epochs=cfg.priming_epochs)
+    result = train_sft(run.student_model(), read_jsonl(cots_path, SFTExample), run.primed_model,
                        train_cfg, prompt_template=student.prompt_template, system=student.system_prompt or None)
     return result.model_dir
 

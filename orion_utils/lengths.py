@@ -4,7 +4,7 @@ Notebook 01 shows this for a profile that names a trace dataset in its ``long_co
 ``smol`` profile: DeepSeek-R1-Distill-Qwen-32B's 291 long CoTs on LIMO's problems, measured with the
 SmolLM2 tokenizer). Lengths are counted exactly as SFT counts them: the prompt and the assistant turn
 rendered by the student's chat template (``chat.encode_for_training``), so a CoT is kept by
-``overlong: drop`` if and only if its length here is at most ``sft.max_seq_len``.
+``overlong: drop`` if and only if its length here is at most ``training.max_seq_len``.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def plot_lengths(lengths: Sequence[int], max_seq_len: int, title: str = "long Co
     bins = np.logspace(np.log10(max(1, min(lengths))), np.log10(max(lengths) + 1), 30) if lengths else 10
     ax.hist(lengths, bins=bins, color="#4c72b0")
     ax.set_xscale("log")
-    ax.axvline(max_seq_len, color="#c44e52", linestyle="--", label=f"sft.max_seq_len = {max_seq_len}")
+    ax.axvline(max_seq_len, color="#c44e52", linestyle="--", label=f"training.max_seq_len = {max_seq_len}")
     ax.set_xlabel("tokens (prompt + CoT, student's chat template)")
     ax.set_ylabel("traces")
     ax.set_title(title)

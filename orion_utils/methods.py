@@ -16,7 +16,7 @@ class Method:
     name: str
     summary: str
     trained_in: str = ""  # the notebook that trains it ("": not trained, the base student)
-    cots_from: str = ""  # stage 04's methods: the notebook that writes its training set (data/sft_<name>.jsonl)
+    cots_from: str = ""  # stage 04's methods: the notebook that writes its training set (data/training_set_<name>.jsonl)
     only_when_evaluated: bool = False  # its notebook runs only when evaluation.methods lists it
     colour: str = "#DD8452"
 

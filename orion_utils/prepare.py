@@ -1,7 +1,7 @@
 """Stage 00, setup: the training questions, the benchmarks and the base student.
 
 Toy profile: synthetic arithmetic word problems (a training split, an in-distribution test split
-and a harder split) and a tiny student built and warmed up locally. Real profiles: training
+and a harder split) and a tiny student built and pre-trained locally. Real profiles: training
 questions from a trace dataset, benchmarks from the hub or a local directory, the student a hub
 id or a local path (loaded later by the generation and training backends).
 """
@@ -94,12 +94,12 @@ def run_prepare_student(
     run: RunDir,
     student: StudentConfig,
     toy_student=None,
-    warmup=None,
+    toy_pretrain=None,
     toy_domain=None,
     data: Optional[DataConfig] = None,
     force: bool = False,
 ) -> dict:
-    """Record the base student in ``data/student.json``; for the toy profile build and warm it up."""
+    """Record the base student in ``data/student.json``; for the toy profile build and pre-train it."""
     info_path = run.student_info
     if student.model != "toy":
         from .students import needs_conversion, resolve_student
@@ -123,23 +123,23 @@ def run_prepare_student(
     from .teachers.toy import ToyTeacher
     from .toy.domain import ToyDomainConfig, generate_problems
     from .toy.student import ToyStudentConfig, build_toy_student
-    from .toy.warmup import WarmupConfig, warmup_student
+    from .toy.pretrain import PretrainConfig, pretrain_student
 
-    toy_student, warmup = toy_student or ToyStudentConfig(), warmup or WarmupConfig()
+    toy_student, toy_pretrain = toy_student or ToyStudentConfig(), toy_pretrain or PretrainConfig()
     toy_domain, data = toy_domain or ToyDomainConfig(), data or DataConfig()
     base_dir = run.toy_student
 
     def work_toy() -> dict:
         scratch = run.toy_student_init
         build_toy_student(scratch, toy_student, seed=data.seed)
-        # Warm-up questions come from their own seed, apart from the training questions.
-        problems = generate_problems(warmup.n_problems, toy_domain, seed=data.seed + 1, split="train")
-        stats = warmup_student(scratch, base_dir, problems, ToyTeacher(error_rate=0.0, seed=data.seed), warmup)
+        # Pre-training questions come from their own seed, apart from the training questions.
+        problems = generate_problems(toy_pretrain.n_problems, toy_domain, seed=data.seed + 1, split="train")
+        stats = pretrain_student(scratch, base_dir, problems, ToyTeacher(error_rate=0.0, seed=data.seed), toy_pretrain)
         _rmtree(scratch)
-        write_json(info_path, {"model": run.relative(base_dir), "in_run_dir": True, "kind": "toy", "warmup": stats})
-        return {"warmup": stats}
+        write_json(info_path, {"model": run.relative(base_dir), "in_run_dir": True, "kind": "toy", "pretrain": stats})
+        return {"pretrain": stats}
 
-    params = {"student": student, "toy_student": toy_student, "warmup": warmup, "toy_domain": toy_domain,
+    params = {"student": student, "toy_student": toy_student, "toy_pretrain": toy_pretrain, "toy_domain": toy_domain,
               "seed": data.seed}
     return run.run_stage("prepare_student", params, [], [info_path, base_dir], work_toy, force=force)
 

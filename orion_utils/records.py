@@ -86,7 +86,7 @@ class StudentAttempt:
     response: str
     answer: Optional[str]
     correct: bool
-    model: str  # which student produced it ("base", "warmup", a checkpoint path ...)
+    model: str  # which student produced it ("base", "primed", a checkpoint path ...)
     reason: str = ""  # grading reason: correct / wrong / no answer / timeout / error
     meta: dict = field(default_factory=dict)
 

@@ -387,7 +387,7 @@ def run_reflection(
     generation: Optional[GenerationConfig] = None,
     force: bool = False,
 ) -> dict:
-    """Write ``refinements.jsonl`` and the ORION training set ``sft_orion.jsonl``."""
+    """Write ``refinements.jsonl`` and the ORION training set ``training_set_orion.jsonl``."""
     student, generation = student or StudentConfig(), generation or GenerationConfig()
     if cfg.selection not in SELECTION_RULES:
         raise ValueError(f"reflection.selection must be one of {SELECTION_RULES}, got {cfg.selection!r}")

@@ -144,7 +144,7 @@ def _metadata(run: RunDir, analysis: Optional[dict] = None) -> list[str]:
         + (f" ({student['kind']})" if student.get("kind") else ""),
         f"- teacher: {teacher_desc}",
         f"- backends used: {', '.join(backends) or 'n/a (not recorded by the stages)'}; requested: generation "
-        f"`{(config.get('generation') or {}).get('backend', '?')}`, training `{(config.get('sft') or {}).get('backend', '?')}`",
+        f"`{(config.get('generation') or {}).get('backend', '?')}`, training `{(config.get('training') or {}).get('backend', '?')}`",
         f"- time: {total:.0f} s of stage wall time"
         + (f", finished {finished[-1]}" if finished else "") + (
             "; per stage (s): " + ", ".join(f"{k} {float(v.get('wall_seconds') or 0):.0f}" for k, v in done.items())

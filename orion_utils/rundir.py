@@ -250,19 +250,19 @@ class RunDir:
     ``manifest_path``              ``manifest.json``                    every stage (``run_stage``)
     ``student_info``               ``data/student.json``                00 prepare (base student)
     ``toy_student``                ``models/base/``                     00 prepare (toy profile)
-    ``toy_student_init``           ``models/base_init/``                00 prepare (before warm-up)
+    ``toy_student_init``           ``models/base_init/``                00 prepare (before pre-training)
     ``train_problems``             ``data/train_problems.jsonl``        00 prepare
     ``benchmark(name)``            ``data/benchmarks/<name>.jsonl``     00 prepare
     ``teacher_traces``             ``data/teacher_traces.jsonl``        01 collection (every CoT)
-    ``teacher_sft_set``            ``data/sft_sft.jsonl``               01 collection (one verified
+    ``teacher_sft_set``            ``data/training_set_sft.jsonl``      01 collection (one verified
                                                                         CoT per question)
     ``student_attempts``           ``data/student_attempts.jsonl``      02 exposure
     ``student_attempts_partial``   ``data/student_attempts.partial...`` 02 exposure (resume scratch)
     ``error_attempts``             ``data/error_attempts.jsonl``        02 exposure (unique wrong)
     ``pass_rates``                 ``data/pass_rates.json``             02 exposure
     ``refinements``                ``data/refinements.jsonl``           03 reflection
-    ``orion_sft_set``              ``data/sft_orion.jsonl``             03 reflection
-    ``training_set(m)``            ``data/sft_<m>.jsonl``               01/03 (sft, orion); 05/06
+    ``orion_sft_set``              ``data/training_set_orion.jsonl``    03 reflection
+    ``training_set(m)``            ``data/training_set_<m>.jsonl``      01/03 (sft, orion); 05/06
                                                                         write a copy for edit,
                                                                         tailored
     ``training_files(m)``          the files method ``m`` trained on    (see ``training_files``)
@@ -271,7 +271,7 @@ class RunDir:
     ``loss_history(m)``            ``models/<m>/loss_history.json``     04/05/06
     ``phase_loss_histories(m)``    ``models/edit/stage{1,2}/...``,      05 edit, 06 tailored
                                    ``models/tailored/round_<r>/...``
-    ``warmup_model``               ``models/exposure_warmup/``          02 exposure (source warmup)
+    ``primed_model``               ``models/exposure_primed/``          02 exposure (source primed)
     ``teacher_cache``              ``cache/teacher/``                   01/05/06 (teacher replies)
     ``eval_file(m, b)``            ``eval/<m>/<b>.jsonl``               07 evaluation
     ``eval_summary(m)``            ``eval/<m>/summary.json``            07 evaluation
@@ -390,9 +390,9 @@ class RunDir:
         return self.training_set("orion")
 
     def training_set(self, method: str) -> Path:
-        """``data/sft_<method>.jsonl``: the training set of ``sft`` and ``orion``, and a copy of
+        """``data/training_set_<method>.jsonl``: the training set of ``sft`` and ``orion``, and a copy of
         EDIT's stage-1 set and Tailored Learning's round sets that their stages write."""
-        return self.data(f"sft_{method}.jsonl")
+        return self.data(f"training_set_{method}.jsonl")
 
     def training_files(self, method: str) -> list[Path]:
         """The files ``method`` was trained on, where its training stage wrote them: ``sft`` and
@@ -435,17 +435,17 @@ class RunDir:
 
     @property
     def toy_student(self) -> Path:
-        """The toy profile's base student, built and warmed up inside the run."""
+        """The toy profile's base student, built and pre-trained inside the run."""
         return self.model("base")
 
     @property
     def toy_student_init(self) -> Path:
-        """The toy student before its warm-up (removed once warmed up)."""
+        """The toy student before its pre-training (removed once pre-trained)."""
         return self.model("base_init")
 
     @property
-    def warmup_model(self) -> Path:
-        return self.model("exposure_warmup")
+    def primed_model(self) -> Path:
+        return self.model("exposure_primed")
 
     @property
     def teacher_cache(self) -> Path:

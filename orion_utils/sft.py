@@ -40,8 +40,8 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
             return {"backend": result.backend, "train_seconds": result.train_seconds,
                     "n_examples": result.n_examples, "n_tokens": result.n_tokens}
 
-        params = {"sft": cfg, "student": student, "method": method}
-        entries[method] = run.run_stage(f"sft/{method}", params, inputs, [run.trained(method).model], work, force=force,
+        params = {"training": cfg, "student": student, "method": method}
+        entries[method] = run.run_stage(f"train/{method}", params, inputs, [run.trained(method).model], work, force=force,
                                         stage_hint=STAGE_OF_SET[method])
     return entries
 

@@ -15,12 +15,12 @@ from .rundir import RunDir
 # stage → the profile sections its module's function takes after ``run``, in that order
 READS: dict[str, tuple[str, ...]] = {
     "prepare_data": ("data", "toy_domain"),
-    "prepare_student": ("student", "toy_student", "warmup", "toy_domain", "data"),
+    "prepare_student": ("student", "toy_student", "toy_pretrain", "toy_domain", "data"),
     "teacher_cots": ("teacher", "data"),
-    "error_exposure": ("exposure", "generation", "student", "sft"),
+    "error_exposure": ("exposure", "generation", "student", "training"),
     "reflection": ("reflection", "student", "generation"),
-    "sft": ("sft", "student"),
-    "edit": ("edit", "sft", "teacher", "data", "student"),
+    "sft": ("training", "student"),
+    "edit": ("edit", "training", "teacher", "data", "student"),
     "tailored": ("tailored", "teacher", "data", "generation", "student"),
     "evaluation": ("evaluation", "generation", "student"),
     "analysis": ("analysis", "teacher", "data"),
@@ -47,7 +47,7 @@ def prepare_data(run: RunDir, cfg, *, force: bool = False) -> dict:
 
 
 def prepare_student(run: RunDir, cfg, *, force: bool = False) -> dict:
-    """Stage 00: the base student; the toy one is built and warmed up (``prepare.run_prepare_student``)."""
+    """Stage 00: the base student; the toy one is built and pre-trained (``prepare.run_prepare_student``)."""
     from .prepare import run_prepare_student
 
     return run_prepare_student(run, *_sections(cfg, "prepare_student"), force=force)

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning of the student (stage 04_sft; also the warm-up SFT and EDIT's stage 1).
+"""Supervised fine-tuning of the student (stage 04_sft; also exposure's priming SFT and EDIT's stage 1).
 
 One entry point, :func:`train_sft`, trains a causal LM on :class:`~orion_utils.records.SFTExample`
 records with the loss on the assistant turn only, in the student's own chat template, and writes a

@@ -228,8 +228,8 @@ def make_fake_run(root, correct=CORRECT, student=None) -> RunDir:
     write_jsonl(run.data("train_problems.jsonl"), train)
     write_jsonl(run.path("data", "benchmarks", "toy_test.jsonl"),
                 [Problem(p, "q", "0", "toy") for p in correct["base"]])
-    write_jsonl(run.data("sft_sft.jsonl"), [SFTExample(p.id, p.question, TEACHER_COT, "teacher") for p in train])
-    write_jsonl(run.data("sft_orion.jsonl"), [SFTExample(p.id, p.question, REFINED_COT, "refined") for p in train])
+    write_jsonl(run.training_set("sft"), [SFTExample(p.id, p.question, TEACHER_COT, "teacher") for p in train])
+    write_jsonl(run.training_set("orion"), [SFTExample(p.id, p.question, REFINED_COT, "refined") for p in train])
     write_json(run.data("pass_rates.json"), {"t0": 0.0, "t1": 0.5, "t2": 1.0})
     for m, losses in LOSSES.items():
         write_json(run.model(m) / "loss_history.json",
@@ -265,7 +265,7 @@ def test_analyse_run_on_a_fake_run(tmp_path):
     assert m["base"]["cot_perplexity"] is None and m["base"]["cot_tokens_mean"] is None
     assert m["base"]["step_consistency"]["training"] is None
     assert m["sft"]["cot_perplexity"] == pytest.approx(4.0) and m["orion"]["cot_perplexity"] == pytest.approx(2.0)
-    assert m["sft"]["training_set"] == ["data/sft_sft.jsonl"] and m["sft"]["n_training_cots"] == 3
+    assert m["sft"]["training_set"] == ["data/training_set_sft.jsonl"] and m["sft"]["n_training_cots"] == 3
     assert m["sft"]["cot_tokens_mean"] == len(TEACHER_COT.split())
     assert m["orion"]["cot_tokens_mean"] == len(REFINED_COT.split())
     # outputs and training

@@ -29,7 +29,7 @@ def test_api_teacher_stage_end_to_end(tmp_path, monkeypatch):
         assert server.request_count == 6
         run_collection(run, cfg, force=True)  # a forced re-run is served from the cache
         assert server.request_count == 6
-    kept = read_jsonl(run.data("sft_sft.jsonl"), SFTExample)
+    kept = read_jsonl(run.training_set("sft"), SFTExample)
     assert [e.problem_id for e in kept] == ["q1", "q2", "q3", "q4", "q5"]  # the wrong one is filtered out
     assert entry["filter"]["correct_traces"] == 5 and entry["teacher_usage"]["requests_sent"] == 6
     for path in run.root.rglob("*"):

@@ -57,7 +57,7 @@ def test_parameters_cell_for_a_profile(capsys, tmp_path):
     assert values == {"profile": "colab", "overrides": {}, "run_dir": "../outputs/colab", "force": False}
     # the cell names the profile; the notebook's next cells load every knob from it
     cfg = load_profile(values["profile"], values["overrides"])
-    assert cfg.sft == load_profile("colab").sft and cfg.sft.load_in_4bit is True
+    assert cfg.training == load_profile("colab").training and cfg.training.load_in_4bit is True
     assert main(["params", "--profile", "paper", "--notebook", "01", "--set", "teacher.concurrency=4"]) == 0
     values = {}
     exec(capsys.readouterr().out, {}, values)

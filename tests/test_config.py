@@ -31,7 +31,7 @@ def test_a_notebook_loads_the_profile_the_runner_resolved(name):
         assert set(params) == {"profile", "overrides", "run_dir", "force"} and params["profile"] == name
         reloaded = load_profile(params["profile"], params["overrides"])
         assert reloaded.sections == seeded.sections and reloaded.to_dict() == seeded.to_dict()
-        assert reloaded.evaluation.n_samples == 8 and reloaded.sft.seed == seed
+        assert reloaded.evaluation.n_samples == 8 and reloaded.training.seed == seed
         every = {n: {"seed": seed} for n, sec in profile.sections.items() if n != "data" and hasattr(sec, "seed")}
         assert load_profile(name, every).sections == load_profile(name, seed_overrides(profile, seed)).sections
 
@@ -43,7 +43,7 @@ def test_loading_a_profile_imports_no_torch_trl_or_transformers():
     import sys
 
     code = ("import sys\nimport orion_utils.config\nfrom orion_utils.config import load_profile\n"
-            "profile = load_profile('toy')\nassert profile.sft.batch_size and profile.edit.beta >= 0\n"
+            "profile = load_profile('toy')\nassert profile.training.batch_size and profile.edit.beta >= 0\n"
             "print(sorted(m for m in ('torch', 'trl', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -91,10 +91,10 @@ def test_seed_overrides_touch_every_seeded_section_but_data():
 
     profile = load_profile("toy")
     overrides = seed_overrides(profile, 3)
-    assert "data" not in overrides and {"exposure", "sft", "evaluation", "warmup"} <= set(overrides)
+    assert "data" not in overrides and {"exposure", "training", "evaluation", "toy_pretrain"} <= set(overrides)
     assert seed_overrides(profile, 0) == {}  # the profile's own seed: nothing to override
     seeded = load_profile("toy", _merge({"evaluation": {"n_samples": 2}}, overrides))
-    assert seeded.exposure.seed == 3 and seeded.sft.seed == 3 and seeded.evaluation.n_samples == 2
+    assert seeded.exposure.seed == 3 and seeded.training.seed == 3 and seeded.evaluation.n_samples == 2
     assert seeded.data.seed == profile.data.seed
 
 
@@ -104,7 +104,7 @@ def _seed_notebook(path, fail_on_seed=None):
     params = nbformat.v4.new_code_cell("profile = 'toy'\noverrides = {}\nrun_dir = ''")
     params.metadata["tags"] = ["parameters"]
     body = ("import os, time\nfrom pathlib import Path\n"  # the seed's overrides reach the notebook
-            "seed = overrides['sft']['seed']\n"
+            "seed = overrides['training']['seed']\n"
             f"if seed == {fail_on_seed!r}:\n    raise RuntimeError('seed failed')\n"
             "Path(run_dir, 'seed.txt').write_text(f\"{seed} {os.getpid()} {time.time()}\")\n"
             "time.sleep(2)\nPath(run_dir, 'done.txt').write_text(str(time.time()))")

@@ -41,7 +41,7 @@ def run(tmp_path_factory, tiny_model_dir):
         Refinement(p1.id, "teacher cot", "teacher cot", "\\boxed{-1}", False, 0, 0, "first", "rule",
                    {"reason": "no candidate verified", "candidates": []})])
     span = [good[0].index(WRONG_STEP), good[0].index(WRONG_STEP) + len(WRONG_STEP)]
-    write_jsonl(run.data("sft_orion.jsonl"), [
+    write_jsonl(run.training_set("orion"), [
         SFTExample(p1.id, p1.question, "teacher cot", "teacher", {}),
         SFTExample(p0.id, p0.question, good[0], "refined", {"loss_mask_spans": [span]})])
     write_jsonl(run.model("edit") / "pairs.jsonl", [

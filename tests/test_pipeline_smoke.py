@@ -39,8 +39,8 @@ def test_artifacts_are_well_formed(smoke_run):
     assert refinements and all(r.refined_cot for r in refinements)
     manifest = json.loads((smoke_run / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["stages"].values())
-    assert {"prepare_data", "prepare_student", "teacher_cots", "error_exposure", "reflection", "sft/sft",
-            "sft/orion", "edit", "tailored", "analysis"} <= set(manifest["stages"])
+    assert {"prepare_data", "prepare_student", "teacher_cots", "error_exposure", "reflection", "train/sft",
+            "train/orion", "edit", "tailored", "analysis"} <= set(manifest["stages"])
     assert json.loads((smoke_run / "config.json").read_text())["profile"] == "smoke"
 
 
@@ -72,4 +72,4 @@ def test_rerun_skips_unchanged_stages(smoke_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     nb = nbformat.read(smoke_run / "notebooks" / "04_sft.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert printed.count("up to date: skipped") == 2  # sft/sft and sft/orion
+    assert printed.count("up to date: skipped") == 2  # train/sft and train/orion

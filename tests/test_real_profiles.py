@@ -48,7 +48,7 @@ exposure:
 reflection:
   m: 2
   max_new_tokens: 24
-sft:
+training:
   max_seq_len: 1024
   max_steps: 2
   grad_accum: 1
@@ -114,7 +114,7 @@ def check_common(run_dir: Path, profile: dict) -> dict:
     assert read_jsonl(run_dir / "data" / "refinements.jsonl", Refinement)
     # LoRA training, with the 4-bit request falling back on CPU, said in one line each
     sft_out = executed_output(run_dir, "04_sft")
-    assert sft_out.count("load_in_4bit needs a CUDA GPU") == (2 if profile["sft"]["load_in_4bit"] else 0)
+    assert sft_out.count("load_in_4bit needs a CUDA GPU") == (2 if profile["training"]["load_in_4bit"] else 0)
     assert sft_out.count("backend=trl") == 2 and sft_out.count("lora=True") == 2
     for method in ("sft", "orion"):
         result = json.loads((run_dir / "models" / method / "train_result.json").read_text())
@@ -128,7 +128,7 @@ def test_colab_profile_rehearsal(tmp_path):
     run_dir = run_pipeline(str(rehearsal_profile(tmp_path, "colab")), str(tmp_path / "run"))
     config = json.loads((run_dir / "config.json").read_text())
     assert config["student"]["model"].endswith("tiny_qwen2") and config["teacher"]["kind"] == "dataset"
-    assert config["sft"]["load_in_4bit"] is True  # the shipped profile's QLoRA, not overridden here
+    assert config["training"]["load_in_4bit"] is True  # the shipped profile's QLoRA, not overridden here
     manifest = check_common(run_dir, config)
     traces = read_jsonl(run_dir / "data" / "teacher_traces.jsonl", TeacherTrace)
     assert len(traces) == 8 and sum(t.correct for t in traces) == 6  # graded against the gold, not trusted

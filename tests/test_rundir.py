@@ -110,15 +110,15 @@ def test_artifact_names_keep_the_on_disk_layout(tmp_path):
     assert rel(run.train_problems) == "data/train_problems.jsonl"
     assert rel(run.benchmark("gsm8k")) == "data/benchmarks/gsm8k.jsonl"
     assert rel(run.teacher_traces) == "data/teacher_traces.jsonl"
-    assert rel(run.teacher_sft_set) == "data/sft_sft.jsonl" == rel(run.training_set("sft"))
+    assert rel(run.teacher_sft_set) == "data/training_set_sft.jsonl" == rel(run.training_set("sft"))
     assert rel(run.student_attempts) == "data/student_attempts.jsonl"
     assert rel(run.student_attempts_partial) == "data/student_attempts.partial.jsonl"
     assert rel(run.error_attempts) == "data/error_attempts.jsonl"
     assert rel(run.pass_rates) == "data/pass_rates.json"
     assert rel(run.refinements) == "data/refinements.jsonl"
-    assert rel(run.orion_sft_set) == "data/sft_orion.jsonl"
-    assert rel(run.training_set("edit")) == "data/sft_edit.jsonl"
-    assert rel(run.toy_student) == "models/base" and rel(run.warmup_model) == "models/exposure_warmup"
+    assert rel(run.orion_sft_set) == "data/training_set_orion.jsonl"
+    assert rel(run.training_set("edit")) == "data/training_set_edit.jsonl"
+    assert rel(run.toy_student) == "models/base" and rel(run.primed_model) == "models/exposure_primed"
     assert rel(run.trained("sft").model) == "models/sft/model" == rel(run.method_model("sft"))
     assert rel(run.loss_history("orion")) == "models/orion/loss_history.json"
     assert rel(run.trained("sft").train_result) == "models/sft/train_result.json"

@@ -68,7 +68,7 @@ def test_profile_paths_resolve_from_the_checkout():
     assert Path(profile.data.train_dir) == GSM8K_TRAIN.resolve()
     assert Path(profile.data.benchmark_dir).is_dir() and Path(profile.long_cots.data_dir).is_file()
     assert profile.student.model == "smollm2-135m-instruct" and profile.reflection.reflector == "llm"
-    assert profile.sft.use_lora and profile.sft.overlong == "drop"
+    assert profile.training.use_lora and profile.training.overlong == "drop"
     assert profile.evaluation.methods == ["base", "sft", "orion"]
 
 

@@ -238,7 +238,7 @@ def test_stage_03_loads_the_student_once(problems, tiny_model_dir, tmp_path, mon
     teacher = {q.id: format_cot(*write_cot(q)) for q in chosen}
     write_json(run.data("student.json"), {"model": tiny_model_dir, "in_run_dir": False})
     write_jsonl(run.data("train_problems.jsonl"), chosen)
-    write_jsonl(run.data("sft_sft.jsonl"), [SFTExample(q.id, q.question, teacher[q.id], "teacher", {}) for q in chosen])
+    write_jsonl(run.training_set("sft"), [SFTExample(q.id, q.question, teacher[q.id], "teacher", {}) for q in chosen])
     write_jsonl(run.data("error_attempts.jsonl"),
                 [StudentAttempt(q.id, 0, _slipped_attempt(q, 1), None, False, "base") for q in chosen])
     loads = []

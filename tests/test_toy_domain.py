@@ -53,7 +53,7 @@ def test_generator_is_deterministic_and_ids():
 
 def test_splits_are_disjoint_whatever_the_seeds():
     cfg = ToyDomainConfig()
-    train = generate_problems(800, cfg, seed=0, split="train") + generate_problems(400, cfg, seed=7, split="warmup")
+    train = generate_problems(800, cfg, seed=0, split="train") + generate_problems(400, cfg, seed=7, split="pretrain")
     test = generate_problems(300, cfg, seed=0, split="test") + generate_problems(300, cfg, seed=7, split="test")
     hard = generate_problems(200, cfg, seed=0, split="hard")
 

@@ -1,4 +1,4 @@
-"""Toy tokenizer, toy student and warm-up (micro sizes and a handful of steps: this file runs in seconds)."""
+"""Toy tokenizer, toy student and pre-training (micro sizes and a handful of steps: this file runs in seconds)."""
 from __future__ import annotations
 
 import dataclasses
@@ -128,15 +128,15 @@ def test_build_qwen2_student_roundtrip(tmp_path, tokenizer):
     assert type(AutoModelForCausalLM.from_pretrained(str(d))).__name__ == "Qwen2ForCausalLM"
 
 
-def test_warmup_few_steps_and_quick_accuracy(student_dir, tmp_path):
+def test_pretrain_few_steps_and_quick_accuracy(student_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from orion_utils.teachers.toy import ToyTeacher
-    from orion_utils.toy.warmup import WarmupConfig, quick_accuracy, warmup_student
+    from orion_utils.toy.pretrain import PretrainConfig, quick_accuracy, pretrain_student
 
     problems = generate_problems(40, ToyDomainConfig(), seed=1, split="train")
-    cfg = WarmupConfig(max_steps=6, batch_size=8, lr=3e-3, ramp_steps=2, log_every=0)
-    stats = warmup_student(student_dir, tmp_path / "warm", problems, ToyTeacher(error_rate=0.2, seed=0), cfg)
+    cfg = PretrainConfig(max_steps=6, batch_size=8, lr=3e-3, ramp_steps=2, log_every=0)
+    stats = pretrain_student(student_dir, tmp_path / "warm", problems, ToyTeacher(error_rate=0.2, seed=0), cfg)
     assert stats["steps"] == 6 and stats["stopped_by"] == "max_steps"
     assert stats["n_examples"] < 40  # the teacher's slipped samples were left out
     assert stats["loss_history"][-1]["loss"] < stats["loss_history"][0]["loss"]
@@ -149,5 +149,5 @@ def test_warmup_few_steps_and_quick_accuracy(student_dir, tmp_path):
     # simple types only: a profile can set every field
     assert all(isinstance(v, (int, float, str, type(None))) for v in dataclasses.asdict(cfg).values())
     # a time budget stops it early
-    quick = WarmupConfig(max_steps=1000, time_budget_s=0.0, batch_size=4, log_every=0)
-    assert warmup_student(student_dir, tmp_path / "w2", problems[:8], ToyTeacher(0.0), quick)["stopped_by"] == "time_budget"
+    quick = PretrainConfig(max_steps=1000, time_budget_s=0.0, batch_size=4, log_every=0)
+    assert pretrain_student(student_dir, tmp_path / "w2", problems[:8], ToyTeacher(0.0), quick)["stopped_by"] == "time_budget"

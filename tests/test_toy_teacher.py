@@ -237,15 +237,15 @@ def test_caught_slip_is_checked_in_the_reflector_idiom(problems):
     assert kinds == {"arithmetic", "carry", "operand", "operation", "start", "extra"}
 
 
-def test_warmup_wording_is_mostly_the_students_own():
-    """The warm-up CoTs are worded the student's own way (``own_variant``) but for a seeded
+def test_pretraining_wording_is_mostly_the_students_own():
+    """The pre-training CoTs are worded the student's own way (``own_variant``) but for a seeded
     ``teacher_wording_share`` of the problems, worded as the R1-style teacher (line by line)."""
     from orion_utils.toy.teacher import teacher_sample as ts
-    from orion_utils.toy.warmup import WarmupConfig, _teacher_responses
+    from orion_utils.toy.pretrain import PretrainConfig, _teacher_responses
 
     probs = generate_problems(200, seed=3)
     teacher = ToyTeacher(error_rate=0.0)
-    cfg = WarmupConfig(own_variant=3, teacher_wording_share=0.25, caught_slip_rate=0.0)
+    cfg = PretrainConfig(own_variant=3, teacher_wording_share=0.25, caught_slip_rate=0.0)
     pairs = _teacher_responses(probs, teacher, cfg)
     own = [format_cot(*ts(p, 0, variant=3)[:2]) for p in probs]
     canonical = [format_cot(*ts(p, 0)[:2]) for p in probs]
@@ -254,21 +254,21 @@ def test_warmup_wording_is_mostly_the_students_own():
     n_teacher = sum(c == t != o for (_, c), t, o in zip(pairs, r1_like, own))
     assert n_own + n_teacher == len(probs) and 0.15 < n_teacher / len(probs) < 0.35
     assert _teacher_responses(probs, teacher, cfg) == pairs  # seeded
-    assert [c for _, c in _teacher_responses(probs, teacher, WarmupConfig(caught_slip_rate=0.0))] == canonical
+    assert [c for _, c in _teacher_responses(probs, teacher, PretrainConfig(caught_slip_rate=0.0))] == canonical
     with pytest.raises(ValueError, match="own_variant"):
-        WarmupConfig(own_variant=7)
+        PretrainConfig(own_variant=7)
 
 
-def test_warmup_wording_is_one_decision():
-    """``_warmup_wording`` gives the teacher's (variant, wording) per problem: the teacher's own without
+def test_pretraining_wording_is_one_decision():
+    """``_pretrain_wording`` gives the teacher's (variant, wording) per problem: the teacher's own without
     ``own_variant``; else the student's own, or the R1-style teacher's for the seeded share."""
-    from orion_utils.toy.warmup import WarmupConfig, _warmup_wording
+    from orion_utils.toy.pretrain import PretrainConfig, _pretrain_wording
 
     probs = generate_problems(100, seed=4)
-    assert {_warmup_wording(WarmupConfig(), p) for p in probs} == {(None, None)}
-    assert {_warmup_wording(WarmupConfig(own_variant=2, teacher_wording_share=0.0), p) for p in probs} == {(2, "fixed")}
-    assert {_warmup_wording(WarmupConfig(own_variant=2, teacher_wording_share=1.0), p) for p in probs} == {(None, "varied")}
-    half = [_warmup_wording(WarmupConfig(own_variant=2, teacher_wording_share=0.5), p) for p in probs]
+    assert {_pretrain_wording(PretrainConfig(), p) for p in probs} == {(None, None)}
+    assert {_pretrain_wording(PretrainConfig(own_variant=2, teacher_wording_share=0.0), p) for p in probs} == {(2, "fixed")}
+    assert {_pretrain_wording(PretrainConfig(own_variant=2, teacher_wording_share=1.0), p) for p in probs} == {(None, "varied")}
+    half = [_pretrain_wording(PretrainConfig(own_variant=2, teacher_wording_share=0.5), p) for p in probs]
     assert set(half) == {(2, "fixed"), (None, "varied")}
 
 

@@ -495,10 +495,10 @@ def test_method_sections_extend_the_sft_section():
     for section in (paper.edit, paper.tailored):
         assert isinstance(section, TrainingConfig)
         for key in ("use_lora", "lora_r", "max_seq_len", "overlong", "learning_rate", "grad_accum"):
-            assert getattr(section, key) == getattr(paper.sft, key), key
-    prof = load_profile("toy", {"sft": {"lora_r": 8, "learning_rate": 1e-3}, "edit": {"learning_rate": 2e-3}})
+            assert getattr(section, key) == getattr(paper.training, key), key
+    prof = load_profile("toy", {"training": {"lora_r": 8, "learning_rate": 1e-3}, "edit": {"learning_rate": 2e-3}})
     assert prof.edit.lora_r == 8 and prof.tailored.lora_r == 8 and prof.tailored.learning_rate == 1e-3
-    assert prof.edit.learning_rate == 2e-3 and prof.sft.learning_rate == 1e-3  # a method's own value wins
+    assert prof.edit.learning_rate == 2e-3 and prof.training.learning_rate == 1e-3  # a method's own value wins
     assert {f for f in EditConfig.__dataclass_fields__} - set(TrainingConfig.__dataclass_fields__) == {
         "pair_source", "max_pairs_per_problem", "alpha", "beta", "nll_guard"}
     assert {f for f in TailoredConfig.__dataclass_fields__} - set(TrainingConfig.__dataclass_fields__) == {

@@ -51,7 +51,7 @@ class ToyTeacher:
         """(thinking, solution, meta) of one sample; ``meta["slip_step"]`` is the step it slipped at
         (None: correct). ``caught_slip_rate``: share of samples with a slip caught by a check (they
         stay correct; ``meta["caught_slip_step"]``) and ``variant`` (one wording for the whole CoT, other
-        than the sample's own; ``wording`` then does not apply), used by the toy student's warm-up."""
+        than the sample's own; ``wording`` then does not apply), used by the toy student's pre-training."""
         _require_toy(problem)
         return teacher_sample(problem, sample_index, self.error_rate, self.seed, style or self.style,
                               caught_slip_rate=caught_slip_rate, variant=variant, wording=wording or self.wording)

@@ -8,11 +8,11 @@ stand in for real data, a reasoning teacher and a pretrained student, through th
   wraps it behind the teacher interface).
 * ``tokenizer`` / ``student``: a locally built tokenizer and a tiny Llama/Qwen2 student, saved in
   Hugging Face format.
-* ``warmup``: trains the student from scratch to "competent but error-prone"; ``quick_accuracy``.
+* ``pretrain``: trains the student from scratch to "competent but error-prone"; ``quick_accuracy``.
 * ``reflect``: the reflection rules behind the ``student`` and ``rule`` reflectors that stand in for the
   LLM reflector (a tiny student cannot follow a reflection prompt; say so with toy results).
 
-Submodules are imported on demand (``tokenizer``, ``student`` and ``warmup`` pull in transformers).
+Submodules are imported on demand (``tokenizer``, ``student`` and ``pretrain`` pull in transformers).
 """
 from .domain import SPLITS, Step, ToyDomainConfig, generate_problems, gold_steps, parse_steps, solution_steps
 

@@ -8,7 +8,7 @@ Each problem is a starting quantity followed by a few actions, one operation eac
 Ground truth lives in ``Problem.meta["steps"]`` (one dict per action: ``a op b = result``), so the
 teacher, the rule-based reflector and the analysis never have to re-read the question.
 
-Splits: ``train`` (and ``warmup``, the same distribution under other ids) and ``test`` draw from the
+Splits: ``train`` (and ``pretrain``, the same distribution under other ids) and ``test`` draw from the
 same difficulty; ``hard`` uses the config's hard variant (more steps, larger numbers). Train and
 test are disjoint by construction: every problem's arithmetic content (start, operations, operands)
 is hashed into a bucket and ``test``/``hard`` only use the reserved buckets, whatever the seeds.
@@ -24,7 +24,7 @@ from typing import Optional
 
 from ..records import Problem
 
-SPLITS = ("train", "warmup", "test", "hard")
+SPLITS = ("train", "pretrain", "test", "hard")
 
 NAMES = (
     ("Mia", "She", "her"), ("Tom", "He", "his"), ("Ava", "She", "her"), ("Leo", "He", "his"),

@@ -13,7 +13,7 @@ A ``full`` CoT (what the pipeline distils)::
 
     Mia has 10 apples now. The answer is \\boxed{10}.
 
-``terse`` drops the check lines (a shorter style, e.g. for warm-up experiments). ``variant``
+``terse`` drops the check lines (a shorter style, e.g. for pre-training experiments). ``variant``
 changes the wording a little (intro, connective, check phrasing) so several samples of one problem
 differ; sample 0 always uses variant 0. A "slip" is a plausible arithmetic mistake at one step whose
 wrong result is carried through to a wrong boxed answer (the teacher believes it, so its check
@@ -27,7 +27,7 @@ with a plausible wrong result, then a check in exactly the idiom of the toy refl
     Check: 14 - 7 = 7, not 8, so 8 + 7 = 15.
     On Tuesday, she gives away 5: 15 - 5 = 10.
 
-The CoT stays correct (right boxed answer). The toy student's warm-up sees some of these, so the
+The CoT stays correct (right boxed answer). The toy student's pre-training sees some of these, so the
 base student knows what a check that finds a mistake looks like. One kind (``extra``) is the toy
 student's most common mistake, going on past the last step; it is caught the same way::
 
@@ -273,8 +273,8 @@ def teacher_sample(
 ) -> tuple[str, str, dict]:
     """One teacher sample, deterministic in (seed, problem id, sample index): (thinking, solution, meta).
 
-    The wording: ``variant``, one wording for the whole CoT (the toy student's warm-up passes its own,
-    ``WarmupConfig.own_variant``); without it, the sample's own: with ``wording="fixed"`` one wording
+    The wording: ``variant``, one wording for the whole CoT (the toy student's pre-training passes its own,
+    ``PretrainConfig.own_variant``); without it, the sample's own: with ``wording="fixed"`` one wording
     (0 for sample 0, else drawn), with ``wording="varied"`` each line's wording drawn (an R1-style
     teacher varies its phrasing line to line). A ``variant`` passed always wins over ``wording``.
 

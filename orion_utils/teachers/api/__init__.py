@@ -26,7 +26,7 @@ One job per module:
 - ``commit``: group commits of replies to the cache;
 - ``credentials``: reading the key from the environment; ``redact``: keeping it out of all output;
 - ``bridge``: running the async path from synchronous code (and Jupyter);
-- ``warmup``: one-time import costs paid when a teacher is built.
+- ``preload``: one-time import costs paid when a teacher is built.
 """
 
 from .credentials import DUMMY_KEY, MissingAPIKeyError, TeacherAPIError

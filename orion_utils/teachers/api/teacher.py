@@ -23,7 +23,7 @@ from .bridge import iter_in_thread
 from .credentials import check_key_env_name, read_key
 from .redact import sanitize_url
 from .retry import RetryPolicy
-from .warmup import warm_up
+from .preload import preload
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class APITeacher(PromptedTeacher):
                 "APITeacher without cache_dir: replies are kept in memory only and are paid again next run"
             )
         self.cache = TeacherCache(cache_dir, synchronous=cache_synchronous)
-        warm_up()
+        preload()
         self.ledger = UsageLedger(
             Prices(float(price_input_per_m), float(price_output_per_m), price_cached_input_per_m)
         )

@@ -4,7 +4,7 @@ not inside its first ``collect``, so that timing a collection measures the colle
 from __future__ import annotations
 
 
-def warm_up() -> None:
+def preload() -> None:
     from .client import shared_ssl_context  # imports openai
 
     shared_ssl_context()

@@ -1,4 +1,4 @@
-"""Warm-up of the toy student: from random weights to "competent but error-prone" in minutes on CPU.
+"""Pre-training of the toy student: from random weights to "competent but error-prone" in minutes on CPU.
 
 This builds the toy *base model* (the stand-in for a pretrained student), it is not the
 distillation SFT: a plain, fast torch loop (AdamW, length-grouped padded batches, loss on the
@@ -31,8 +31,8 @@ from ..records import Problem, format_cot
 
 
 @dataclass
-class WarmupConfig:
-    """Warm-up of the toy student (simple types: a profile section)."""
+class PretrainConfig:
+    """Pre-training of the toy student (simple types: a profile section)."""
 
     max_steps: int = 850  # optimizer steps (the stopping rule; deterministic)
     time_budget_s: float = 900.0  # safety cap: stop early if a step would start after this many seconds
@@ -45,14 +45,14 @@ class WarmupConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     n_problems: int = 4000  # how many training problems the caller should generate for it
-    style: str = "full"  # teacher CoT style to warm up on: "full" (with self-checks) or "terse"
-    # Share of warm-up CoTs with a caught slip (a wrong step, then a check in the toy reflector's
+    style: str = "full"  # teacher CoT style to pre-train on: "full" (with self-checks) or "terse"
+    # Share of pre-training CoTs with a caught slip (a wrong step, then a check in the toy reflector's
     # idiom that corrects it, as R1-style CoTs do): the base student then knows that idiom.
     caught_slip_rate: float = 0.2
     # The student's own wording. A real student's pre-training is not its teacher's CoTs: it has seen
     # some text worded like an R1 teacher's, far more worded its own way. ``own_variant`` (a toy teacher
-    # wording, 0-3; None: all warm-up CoTs in the teacher's fixed wording, as before) is the wording of
-    # all warm-up CoTs but a ``teacher_wording_share`` of them, worded as the R1-style toy teacher
+    # wording, 0-3; None: all pre-training CoTs in the teacher's fixed wording, as before) is the wording of
+    # all pre-training CoTs but a ``teacher_wording_share`` of them, worded as the R1-style toy teacher
     # (``teacher.wording: varied``) writes: each line's wording drawn.
     own_variant: Optional[int] = None
     teacher_wording_share: float = 1.0
@@ -78,26 +78,27 @@ class WarmupConfig:
         return dataclasses.asdict(self)
 
 
-def _warmup_wording(cfg: WarmupConfig, problem: Problem) -> tuple[Optional[int], Optional[str]]:
-    """How a warm-up CoT is worded, as the toy teacher's ``(variant, wording)`` arguments.
+def _pretrain_wording(cfg: PretrainConfig, problem: Problem) -> tuple[Optional[int], Optional[str]]:
+    """How a pre-training CoT is worded, as the toy teacher's ``(variant, wording)`` arguments.
 
     Without ``own_variant``: ``(None, None)``, the teacher's own wording. With it: the student's own,
     ``(own_variant, "fixed")``, except for a ``teacher_wording_share`` of the problems (a seeded draw
     per problem), worded as the R1-style teacher writes, ``(None, "varied")``."""
     if cfg.own_variant is None:
         return None, None
+    # the seed string predates the module's name; changing it would change which CoTs are worded how
     draw = random.Random(f"warmup-wording|{cfg.seed}|{problem.id}").random()
     return (None, "varied") if draw < cfg.teacher_wording_share else (cfg.own_variant, "fixed")
 
 
-def _teacher_responses(problems: Sequence[Problem], teacher, cfg: WarmupConfig) -> list[tuple[str, str]]:
+def _teacher_responses(problems: Sequence[Problem], teacher, cfg: PretrainConfig) -> list[tuple[str, str]]:
     """(question, correct CoT) pairs. A toy teacher is asked directly (no grading needed: it knows
     where it slipped; ``caught_slip_rate`` of its CoTs catch a slip; the wording per
-    ``_warmup_wording``); any other teacher goes through ``collect`` and its graded ``correct`` flag."""
+    ``_pretrain_wording``); any other teacher goes through ``collect`` and its graded ``correct`` flag."""
     pairs = []
     if hasattr(teacher, "sample"):
         for p in problems:
-            variant, wording = _warmup_wording(cfg, p)
+            variant, wording = _pretrain_wording(cfg, p)
             thinking, solution, meta = teacher.sample(p, 0, style=cfg.style, caught_slip_rate=cfg.caught_slip_rate,
                                                       variant=variant, wording=wording)
             if meta.get("slip_step") is None:
@@ -110,7 +111,7 @@ def _teacher_responses(problems: Sequence[Problem], teacher, cfg: WarmupConfig) 
     return pairs
 
 
-def _lr_at(step: int, cfg: WarmupConfig) -> float:
+def _lr_at(step: int, cfg: PretrainConfig) -> float:
     if step < cfg.ramp_steps:
         return cfg.lr * (step + 1) / cfg.ramp_steps
     lo = cfg.lr * cfg.final_lr_frac
@@ -139,12 +140,12 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random, window: in
     return out
 
 
-def warmup_student(
+def pretrain_student(
     model_dir: Union[str, Path],
     out_dir: Union[str, Path],
     problems: Sequence[Problem],
     teacher,
-    cfg: Optional[WarmupConfig] = None,
+    cfg: Optional[PretrainConfig] = None,
 ) -> dict:
     """Train the (randomly initialised) toy student in ``model_dir`` on the teacher's CoTs for
     ``problems`` and ``save_pretrained`` model + tokenizer into ``out_dir``.
@@ -160,11 +161,11 @@ def warmup_student(
     from ..chat import encode_for_training
     from .student import count_parameters
 
-    cfg = cfg or WarmupConfig()
+    cfg = cfg or PretrainConfig()
     out_dir = Path(out_dir)
     pairs = _teacher_responses(problems, teacher, cfg)
     if not pairs:
-        raise ValueError("warmup_student: the teacher gave no correct CoT for the given problems")
+        raise ValueError("pretrain_student: the teacher gave no correct CoT for the given problems")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     rows = [
         encode_for_training(tokenizer, q, r, template=cfg.prompt_template, max_seq_len=cfg.max_seq_len)
@@ -222,7 +223,7 @@ def warmup_student(
             step += 1
             if cfg.log_every and step % cfg.log_every == 0:
                 recent = [h["loss"] for h in history[-cfg.log_every:]]
-                print(f"[warmup] step {step}/{cfg.max_steps} loss {sum(recent) / len(recent):.4f} "
+                print(f"[pretrain] step {step}/{cfg.max_steps} loss {sum(recent) / len(recent):.4f} "
                       f"{time.time() - t0:.0f}s", flush=True)
         seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
         model.eval()
