@@ -1,7 +1,8 @@
 """Benchmark: one torch thread vs two on the toy student, for its pre-training (training) and for sampling.
 
 The project's rule gives a small model one CPU thread per process (``device.cpu_threads_for``): on a
-2-core machine two threads make small-batch generation several times slower. The toy pre-training trains
+2-core machine two threads make small-batch generation several times slower, and two one-thread
+processes (``evaluation.workers``, ``orion run --jobs``) use both cores better than one two-thread one. The toy pre-training trains
 on batches of 12 CoTs of ~300 tokens alone on the machine, so its profile sets ``toy_pretrain.threads: 2``;
 this measures both, in one run:
 
