@@ -169,21 +169,37 @@ def evaluate_method(root: str, method: str, cfg: EvaluationConfig, generation: G
 
 
 def _in_processes(fn, jobs: list, workers: int) -> None:
-    """``fn(*job)`` for every job, ``workers`` at a time in fresh processes; the first failure is
-    raised once the others have finished (what they finished is kept)."""
+    """``fn(*job)`` for every job, ``workers`` at a time in fresh processes; what each prints is shown
+    here when it finishes (a notebook would not see a worker's output); the first failure is raised
+    once the others have finished (what they finished is kept)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from tqdm.auto import tqdm
-
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(fn, *job): job[1] for job in jobs}
+        futures = [pool.submit(_printing_into_result, fn, *job) for job in jobs]
+        print(f"[evaluation] {len(jobs)} methods, {workers} at a time in separate processes", flush=True)
         errors = []
-        for future in tqdm(as_completed(futures), total=len(futures), desc=f"methods ({workers} at a time)"):
-            if future.exception() is not None:
-                errors.append(future.exception())
+        for future in as_completed(futures):
+            printed, error = future.result()
+            print(printed, end="", flush=True)
+            if error is not None:
+                errors.append(error)
     if errors:
         raise errors[0]
+
+
+def _printing_into_result(fn, *args) -> tuple:
+    """In a worker: run ``fn(*args)``; return (what it printed, the exception it raised or None)."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it
+            return printed.getvalue(), exc
+    return printed.getvalue(), None
 
 
 def _read_summary(path: Path) -> dict:

@@ -20,13 +20,17 @@ def _run_with_two_models(root, tiny_model_dir) -> RunDir:
     return run
 
 
-def test_workers_give_the_same_samples_as_one_at_a_time(tmp_path, tiny_model_dir):
+def test_workers_give_the_same_samples_as_one_at_a_time(tmp_path, tiny_model_dir, capsys):
     cfg = dict(methods=["base", "sft"], n_samples=2, temperature=1.0, top_p=1.0, max_new_tokens=12, seed=3)
     gen, student = GenerationConfig(backend="transformers", batch_size=4), StudentConfig(model="unused")
     one = _run_with_two_models(tmp_path / "one", tiny_model_dir)
     two = _run_with_two_models(tmp_path / "two", tiny_model_dir)
     metrics_one = run_evaluation(one, EvaluationConfig(**cfg, workers=1), gen, student)
+    capsys.readouterr()
     metrics_two = run_evaluation(two, EvaluationConfig(**cfg, workers=2), gen, student)
+    printed = capsys.readouterr().out  # what the workers printed is shown where the stage runs
+    assert printed.count("[generation] backend=transformers") == 2
+    assert "[evaluation/base] done" in printed and "[evaluation/sft] done" in printed
     assert metrics_one == metrics_two and set(metrics_two) == {"base", "sft"}
     for method in ("base", "sft"):
         for a, b in zip(one.eval_files(method), two.eval_files(method)):
