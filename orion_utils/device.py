@@ -1,11 +1,18 @@
 """Where a model runs, in which precision, and on how many CPU threads: the one place for these rules.
 
-Device: ``"auto"`` is CUDA when torch sees a GPU, else the CPU; a device asked for by name is kept.
+Device: ``"auto"`` is CUDA when torch sees a GPU, else the CPU; a device asked for by name is kept. An
+NVIDIA GPU that torch cannot use (``probe_gpu``: the driver is there, ``torch.cuda.is_available()`` is
+False) stops ``"auto"`` with :class:`GPUUnusableError`, which names the driver, the CUDA version torch is
+built for, the driver that needs and the fix (``check_gpu_usable``); it never falls back to the CPU silently.
 
 Precision (``resolve_dtype``, ``training_load_dtype``, ``trainer_autocast``, ``saved_dtype``):
 
-* compute dtype, ``"auto"``: bfloat16 on a CUDA GPU that supports it, else float16 on CUDA, float32 on
-  a CPU (CPU kernels for 16-bit floats are slow: vLLM's CPU build runs bf16 at half the speed of float32);
+* compute dtype, ``"auto"``: bfloat16 on a CUDA GPU of compute capability >= 8.0 (Ampere and later), else
+  float16 on CUDA (with loss scaling in training: ``fp16=True``), float32 on a CPU (CPU kernels for
+  16-bit floats are slow: vLLM's CPU build runs bf16 at half the speed of float32). The capability
+  decides, not ``torch.cuda.is_bf16_supported()``, which counts emulation and answers True on a T4 (7.5),
+  where vLLM refuses bf16 and Unsloth's trainer stops on a float16 model with bf16 arguments. bf16 asked
+  for by name on such a GPU is refused (``resolve_dtype`` raises), never silently changed;
 * training, full fine-tuning: the weights load in float32 (float32 master weights: small updates to
   16-bit weights round away) and the Trainer autocasts to the compute dtype on CUDA;
 * training with LoRA on CUDA, or QLoRA: the frozen base loads in the compute dtype (PEFT keeps the
@@ -24,17 +31,30 @@ import contextlib
 import json
 import math
 import os
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BF16_MIN_CAPABILITY",
+    "CUDA_MIN_DRIVER",
+    "GPUProbe",
+    "GPUUnusableError",
     "SMALL_MODEL_PARAMS",
+    "bf16_capable",
+    "check_gpu_usable",
+    "cuda_capability",
+    "gpu_problem",
     "cpu_threads_for",
     "cuda_available",
     "device_and_dtype",
     "dtype_name",
     "n_parameters",
+    "probe_gpu",
     "resolve_device",
     "resolve_dtype",
     "saved_dtype",
@@ -63,31 +83,174 @@ def cuda_available() -> bool:
 
 
 def resolve_device(device: str | None = "auto") -> str:
-    """``"auto"``: cuda if available, else cpu; anything else is passed through."""
+    """``"auto"``: cuda if available, else cpu (after ``check_gpu_usable``: an NVIDIA GPU torch cannot
+    use raises :class:`GPUUnusableError`); anything else is passed through."""
     if device in (None, "auto"):
-        return "cuda" if cuda_available() else "cpu"
+        if cuda_available():
+            return "cuda"
+        check_gpu_usable()
+        return "cpu"
     return str(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# a GPU that torch cannot use
+
+# The oldest Linux driver each CUDA major version runs on (NVIDIA's CUDA compatibility guide: minor
+# version compatibility within a major version).
+CUDA_MIN_DRIVER = {12: "525.60.13", 13: "580.65.06"}
+# Where the CUDA 12 builds of the gpu extra's torch come from (PyTorch 2.14 ships CUDA 12.6, 13.0 and
+# 13.2 wheels; 12.6 is the last CUDA 12 line). README "GPU install" and the Makefile's setup-gpu-cu12
+# name the same route; tests/test_packaging.py checks they agree.
+CUDA12_TORCH_INDEX = "https://download.pytorch.org/whl/cu126"
+_NVIDIA_VERSION_FILE = "/proc/driver/nvidia/version"
+_NVIDIA_DEVICE = "/dev/nvidia0"
+
+
+class GPUUnusableError(RuntimeError):
+    """An NVIDIA GPU is present but torch cannot use it (driver too old for torch's CUDA, a CPU build of
+    torch, ...): the run stops instead of carrying on on the CPU."""
+
+
+@dataclass(frozen=True)
+class GPUProbe:
+    """What this machine says about its NVIDIA GPU, and what torch says."""
+
+    gpu_present: bool  # the NVIDIA driver is loaded or a device node exists
+    driver: str | None  # e.g. "550.54.15"
+    torch_version: str
+    torch_cuda: str | None  # the CUDA version torch is built for (None: a CPU build)
+    cuda_available: bool
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES, when set
+
+
+def _driver_from_text(text: str) -> str | None:
+    m = re.search(r"\b(\d{3,4}\.\d{1,3}(?:\.\d{1,3})?)\b", text)
+    return m.group(1) if m else None
+
+
+def probe_gpu(version_file: str | os.PathLike = _NVIDIA_VERSION_FILE, device_node: str | os.PathLike = _NVIDIA_DEVICE,
+              nvidia_smi: str | None = "nvidia-smi") -> GPUProbe:
+    """Read the NVIDIA driver (``/proc/driver/nvidia/version``, else ``nvidia-smi``), whether a device
+    node exists, and torch's view (version, CUDA build, ``is_available``). Every source is an argument,
+    so a test can stand in for a machine."""
+    import torch
+
+    driver, present = None, False
+    vf = Path(version_file)
+    if vf.is_file():
+        present = True
+        with contextlib.suppress(OSError):
+            driver = _driver_from_text(vf.read_text().splitlines()[0])
+    if Path(device_node).exists():
+        present = True
+    smi = shutil.which(nvidia_smi) if nvidia_smi else None
+    if driver is None and smi:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            if out.returncode == 0 and out.stdout.strip():
+                present, driver = True, _driver_from_text(out.stdout) or driver
+    return GPUProbe(gpu_present=present, driver=driver, torch_version=torch.__version__.split("+")[0],
+                    torch_cuda=torch.version.cuda, cuda_available=torch.cuda.is_available(),
+                    visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v))
+
+
+def gpu_problem(p: GPUProbe) -> str | None:
+    """Why torch cannot use the NVIDIA GPU of probe ``p``, with the fix; None when there is no GPU, torch
+    uses it, or the GPU is hidden on purpose (``CUDA_VISIBLE_DEVICES`` empty or -1)."""
+    if not p.gpu_present or p.cuda_available:
+        return None
+    if p.visible_devices is not None and p.visible_devices.strip() in ("", "-1"):
+        return None  # hidden on purpose: a CPU run
+    driver = p.driver or "unknown"
+    route = (f"install the CUDA 12 builds (README, GPU install: pip install torch=={p.torch_version} "
+             f"--index-url {CUDA12_TORCH_INDEX}, or make setup-gpu-cu12) or upgrade the driver")
+    if p.torch_cuda is None:
+        return (f"this machine has an NVIDIA GPU (driver {driver}) but torch {p.torch_version} is a CPU build: "
+                f"install the gpu extra (pip install '.[gpu]', CUDA 13: driver >= {CUDA_MIN_DRIVER[13].split('.')[0]}) "
+                f"or, on an older driver, the CUDA 12 builds (README, GPU install: pip install "
+                f"torch=={p.torch_version} --index-url {CUDA12_TORCH_INDEX}, or make setup-gpu-cu12)")
+    major = _version_tuple(p.torch_cuda)[0]
+    needed = CUDA_MIN_DRIVER.get(major)
+    if needed and p.driver and _version_tuple(p.driver) < _version_tuple(needed):
+        return (f"torch {p.torch_version} is built for CUDA {p.torch_cuda}, which needs NVIDIA driver >= "
+                f"{needed.split('.')[0]} ({needed}); this machine has driver {p.driver}: {route}")
+    return (f"this machine has an NVIDIA GPU (driver {driver}) but torch {p.torch_version} (CUDA {p.torch_cuda}) "
+            "cannot use it (torch.cuda.is_available() is False): run nvidia-smi; if it fails, the driver is "
+            "broken; if CUDA_VISIBLE_DEVICES hides the GPU, unset it; set CUDA_VISIBLE_DEVICES= (empty) to run on "
+            "the CPU on purpose")
+
+
+# the probe ``check_gpu_usable`` uses; a test replaces it to stand in for a machine
+gpu_probe = probe_gpu
+
+
+def check_gpu_usable(probe: GPUProbe | None = None) -> None:
+    """Raise :class:`GPUUnusableError` when an NVIDIA GPU is present but torch cannot use it."""
+    problem = gpu_problem(probe if probe is not None else gpu_probe())
+    if problem:
+        raise GPUUnusableError(problem)
 
 
 # --------------------------------------------------------------------------------------------------
 # precision
 
 
-def resolve_dtype(dtype: Any = "auto", device: str = "cpu"):
-    """The compute dtype. ``"auto"``: bf16 on a CUDA device that supports it, else fp16 on CUDA,
-    float32 elsewhere; a name (``"bf16"``, ``"float32"`` ...) or a ``torch.dtype`` is taken as is."""
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: native bf16 tensor cores; vLLM refuses bf16 below
+
+
+def cuda_capability(device: str = "cuda") -> tuple[int, int] | None:
+    """The compute capability of a CUDA ``device`` (``(7, 5)`` on a T4), None without CUDA."""
     import torch
 
-    if isinstance(dtype, torch.dtype):
-        return dtype
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    index = str(device).partition(":")[2]
+    return tuple(torch.cuda.get_device_capability(int(index) if index else None))[:2]
+
+
+def bf16_capable(device: str = "cuda") -> bool:
+    """bf16 in hardware: compute capability >= 8.0. Not ``torch.cuda.is_bf16_supported()``, which
+    counts emulation and answers True on a T4 (7.5)."""
+    cap = cuda_capability(device)
+    return cap is not None and cap >= BF16_MIN_CAPABILITY
+
+
+def resolve_dtype(dtype: Any = "auto", device: str = "cpu"):
+    """The compute dtype. ``"auto"``: bf16 on a CUDA device of compute capability >= 8.0, else fp16 on
+    CUDA, float32 elsewhere; a name (``"bf16"``, ``"float32"`` ...) or a ``torch.dtype`` is taken as is,
+    except bf16 on a CUDA GPU below 8.0, which is refused with a ``ValueError`` (vLLM refuses it and
+    Unsloth's trainer stops on it there)."""
+    import torch
+
     if dtype in (None, "auto"):
         if str(device).startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if bf16_capable(device) else torch.float16
         return torch.float32
-    name = _DTYPE_NAMES.get(str(dtype).lower().replace("torch.", ""))
-    if name is None:
-        raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return getattr(torch, name)
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    else:
+        name = _DTYPE_NAMES.get(str(dtype).lower().replace("torch.", ""))
+        if name is None:
+            raise ValueError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+        resolved = getattr(torch, name)
+    if resolved is torch.bfloat16 and str(device).startswith("cuda"):
+        cap = cuda_capability(device)
+        if cap is not None and cap < BF16_MIN_CAPABILITY:
+            gpu = "this GPU"
+            with contextlib.suppress(Exception):
+                gpu = torch.cuda.get_device_name(device)
+            raise ValueError(
+                f"dtype bfloat16 needs a GPU of compute capability >= {BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]}; "
+                f"{gpu} has {cap[0]}.{cap[1]} (bf16 only emulated: vLLM refuses it, Unsloth's trainer stops): "
+                "use dtype: auto (float16 there) or float16"
+            )
+    return resolved
 
 
 def dtype_name(dtype) -> str:
