@@ -56,6 +56,7 @@ def encode_for_training(
     )
     if not full.startswith(prompt):
         raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
+    check_reasoning_kept(tokenizer, response, full[len(prompt):])
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
     input_ids = prompt_ids + answer_ids
@@ -63,6 +64,27 @@ def encode_for_training(
     if max_seq_len is not None and len(input_ids) > max_seq_len:
         input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
     return {"input_ids": input_ids, "labels": labels, "prompt_len": len(prompt_ids)}
+
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def check_reasoning_kept(tokenizer, response: str, rendered_answer: str) -> None:
+    """Stop when the chat template drops the response's ``<think>...</think>`` block from the assistant
+    turn (DeepSeek-R1-distill and Qwen3 templates strip it from past assistant turns, keeping only what
+    follows ``</think>``): training on that text would teach final answers only, silently."""
+    if "</think>" not in response:
+        return
+    m = _THINK.search(response)
+    reasoning = (m.group(1) if m else response.split("</think>")[0]).strip()
+    if reasoning and reasoning not in rendered_answer:
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ValueError(
+            f"the chat template of {name!r} strips <think>...</think> from assistant turns (R1-distill/Qwen3 "
+            "style: it keeps only the text after </think>), so training would see final answers without their "
+            "reasoning. Use a student whose template keeps the assistant's reasoning, or give the tokenizer "
+            "such a template (tokenizer.chat_template) before training"
+        )
 
 
 def run_prompt_format(run) -> tuple[str, Optional[str]]:

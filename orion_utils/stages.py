@@ -35,8 +35,17 @@ def reads(*stages: str) -> list[str]:
     return out
 
 
+# the stages that may train: Unsloth, when it will train, is imported before they import transformers
+TRAINS = ("error_exposure", "sft", "edit", "tailored")
+
+
 def _sections(cfg, stage: str) -> list[Any]:
-    return [getattr(cfg, name) for name in READS[stage]]
+    sections = [getattr(cfg, name) for name in READS[stage]]
+    if stage in TRAINS:
+        from .training import unsloth_first
+
+        unsloth_first(*sections)
+    return sections
 
 
 def prepare_data(run: RunDir, cfg, *, force: bool = False) -> dict:

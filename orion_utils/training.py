@@ -77,6 +77,8 @@ __all__ = [
     "sft_trainer_class",
     "train_method",
     "train_sft",
+    "unsloth_first",
+    "what_ran",
 ]
 
 BACKENDS = ("auto", "trl", "unsloth")
@@ -149,6 +151,28 @@ def select_training_backend(requested: str = "auto") -> tuple[str, str]:
     if not cuda:
         return "trl", "unsloth: no CUDA GPU"
     return "unsloth", "installed, CUDA available"
+
+
+def unsloth_first(*sections) -> bool:
+    """Import Unsloth now if any of ``sections`` (profile sections; the ``TrainingConfig`` ones count)
+    will train with it (``select_training_backend``), so that it comes before transformers, TRL and PEFT
+    in this process: Unsloth patches them on import and warns that its patches may not apply when they
+    came first. Called by the stage entry points (``stages._sections``) and by every training run, before
+    either imports transformers. Returns whether Unsloth is (now) imported for a run."""
+    import sys
+
+    for cfg in sections:
+        if not isinstance(cfg, TrainingConfig):
+            continue
+        try:
+            backend, _ = select_training_backend(cfg.backend)
+        except (RuntimeError, ValueError):
+            continue  # the training run itself says why
+        if backend == "unsloth":
+            if "unsloth" not in sys.modules:
+                import unsloth  # noqa: F401
+            return True
+    return False
 
 
 def _resolve_attn(requested: str, device: str) -> str:
@@ -666,12 +690,15 @@ def _lora_targets(spec: str, unsloth: bool = False):
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
-def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None):
+def _train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None,
+               announce=None):
     """TRL (+ PEFT): load the model, train (resuming from ``resume_from``), save it merged to ``model_tmp``."""
     model = _load_model(base_model, cfg, attn, device, dtype)
     liger = resolve_liger(device, "trl")[0] and method is None  # the methods' losses read the logits
     trainer = _build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, _lora_config(cfg), method,
                              liger=liger)
+    if announce is not None:
+        announce(trainer)  # the [training] line, from the trainer as built
     seconds = _run(trainer, resume_from)
     _save_merged(trainer.model, tokenizer, base_model, cfg, ckpt_dir, device, dtype, model_tmp)
     return trainer, seconds
@@ -735,11 +762,12 @@ def _save_merged(trained, tokenizer, base_model: str, cfg: TrainingConfig, ckpt_
     tokenizer.save_pretrained(str(model_tmp))
 
 
-def _train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None):
+def _train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None,
+                   announce=None):
     """Unsloth: FastLanguageModel (4-bit/16-bit LoRA or full fine-tuning) + the same TRL trainer,
     saved merged with ``save_pretrained_merged(..., save_method="merged_16bit")``."""
-    # Unsloth patches transformers/TRL and asks to be imported before them; a notebook on a GPU can
-    # `import unsloth` in its first cell. Imported here lazily, it still works (with a warning).
+    # Unsloth patches transformers/TRL and asks to be imported before them: the stage entry points and
+    # _train_rows import it first (unsloth_first); here it is already in sys.modules.
     import unsloth  # noqa: F401
     from unsloth import FastLanguageModel
 
@@ -770,6 +798,8 @@ def _train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, d
         model, u_tokenizer, rows, dataclasses.replace(cfg, gradient_checkpointing=False), ckpt_dir, batching, device, dtype,
         method=method,
     )
+    if announce is not None:
+        announce(trainer)  # the [training] line, from the trainer as built
     seconds = _run(trainer, resume_from)
     if cfg.use_lora:
         model.save_pretrained_merged(str(model_tmp), tokenizer, save_method="merged_16bit")
@@ -859,6 +889,8 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
     who = "train_sft" if method is None else method.name
     base_model = _check_base_model(base_model)
     backend, reason = select_training_backend(cfg.backend)
+    if backend == "unsloth":
+        unsloth_first(replace(cfg, backend="unsloth"))  # before anything below imports transformers
     device, dtype = device_rules.device_and_dtype()
     cfg = _fit_to_device(cfg, device)
     layout = TrainedDir(output_dir)
@@ -870,11 +902,17 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
         attn, batching = _attention_and_batching(cfg, backend, device, method, who)
         fingerprint = _fingerprint(base_model, cfg, rows, prompt_template, system, "sft" if method is None else method.name)
         resume_from = _prepare_checkpoints(layout, fingerprint, resume)
-        print(_training_line(backend, reason, device, dtype, cfg, rows, batching, attn, method, stats, resume_from),
-              flush=True)
+        ran: dict = {}
+
+        def announce(trainer) -> None:
+            """The [training] line, read back from the built trainer: what runs, not what was asked."""
+            ran.update(what_ran(trainer, batching, dtype))
+            print(_training_line(backend, reason, device, ran["dtype"], cfg, rows, ran["batching"], attn, method,
+                                 stats, resume_from, liger=ran["liger"]), flush=True)
+
         train_fn = _train_unsloth if backend == "unsloth" else _train_trl
         trainer, seconds = _train_and_publish(layout, train_fn, base_model, tokenizer, rows, cfg, batching, attn,
-                                              device, dtype, resume_from, method)
+                                              device, dtype, resume_from, method, announce)
 
     result = TrainResult(
         model_dir=str(layout.model),
@@ -883,9 +921,9 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
         train_seconds=round(seconds, 3),
         n_examples=len(rows),
         n_tokens=int(trainer.n_supervised),
-        batching=batching,
+        batching=ran.get("batching", batching),
         device=device,
-        dtype=dtype,
+        dtype=ran.get("dtype", dtype),
         resumed_from=resume_from.name if resume_from is not None else None,
         n_steps=int(trainer.state.global_step),
     )
@@ -982,12 +1020,33 @@ def _prepare_checkpoints(layout: TrainedDir, fingerprint: str, resume: bool) -> 
     return resume_from
 
 
-def _training_line(backend, reason, device, dtype, cfg, rows, batching, attn, method, stats, resume_from) -> str:
+def what_ran(trainer, batching: str, dtype: str) -> dict:
+    """What a built trainer will run, read from it and its arguments (a backend may change what was asked:
+    Unsloth turns ``padding_free`` off, e.g. for a custom collator): ``batching`` (padding-free only when
+    the arguments still say so; a padding-free request they dropped trains padded), ``dtype`` (the
+    autocast dtype, else the weights'), ``liger``."""
+    args = trainer.args
+    sampler = getattr(trainer, "batching", batching)
+    if getattr(args, "padding_free", False):
+        actual = "padding_free"
+    else:
+        actual = "padded" if sampler == "padding_free" else sampler
+    if getattr(args, "bf16", False):
+        ran_dtype = "bfloat16"
+    elif getattr(args, "fp16", False):
+        ran_dtype = "float16"
+    else:
+        weights = next((p for p in trainer.model.parameters()), None) if hasattr(trainer.model, "parameters") else None
+        ran_dtype = device_rules.dtype_name(weights.dtype) if weights is not None else dtype
+    return {"batching": actual, "dtype": ran_dtype, "liger": bool(getattr(args, "use_liger_kernel", False))}
+
+
+def _training_line(backend, reason, device, dtype, cfg, rows, batching, attn, method, stats, resume_from,
+                   liger: bool = False) -> str:
     """``[training] backend=... (reason) device=... dtype=... lora=... examples=N batching=... (attn=...)``."""
     line = (
         f"[training] backend={backend} ({reason}) device={device} dtype={dtype} lora={cfg.use_lora} "
-        f"examples={len(rows)} batching={batching} (attn={attn}"
-        + (", liger" if resolve_liger(device, backend)[0] and method is None else "") + ")"
+        f"examples={len(rows)} batching={batching} (attn={attn}" + (", liger" if liger else "") + ")"
     )
     if method is not None:
         line += f" method={method.name}"
@@ -1000,7 +1059,7 @@ def _training_line(backend, reason, device, dtype, cfg, rows, batching, attn, me
 
 
 def _train_and_publish(layout: TrainedDir, train_fn, base_model, tokenizer, rows, cfg, batching, attn, device, dtype,
-                       resume_from, method):
+                       resume_from, method, announce=None):
     """Train with the backend's ``train_fn`` (``_train_trl``/``_train_unsloth``), which saves the model to
     a temporary folder, then publish it as ``layout.model`` by a rename. Returns ``(trainer, seconds)``."""
     for stale in [*layout.root.glob(".model.tmp-*"), *layout.root.glob(".model.old-*")]:
@@ -1008,7 +1067,7 @@ def _train_and_publish(layout: TrainedDir, train_fn, base_model, tokenizer, rows
     model_tmp = layout.root / f".model.tmp-{os.getpid()}"
     try:
         trainer, seconds = train_fn(base_model, tokenizer, rows, cfg, layout.checkpoints, batching, attn, device, dtype,
-                                    resume_from, model_tmp, method)
+                                    resume_from, model_tmp, method, announce=announce)
         _publish_dir(model_tmp, layout.model)
     finally:
         if model_tmp.exists():

@@ -227,14 +227,23 @@ def test_batching_selection():
 
 
 def test_auto_dispatches_to_unsloth_when_available(monkeypatch, tiny_model_dir, tmp_path, capsys):
-    """With unsloth 'installed' and CUDA 'present', train_sft takes the Unsloth path (faked here)."""
+    """With unsloth 'installed' and CUDA 'present', train_sft takes the Unsloth path (faked here: no GPU).
+    The [training] line is read back from the trainer Unsloth built: it turned padding_free off, as
+    Unsloth's ``_disable_sample_packing`` does (e.g. for a custom collator), so the line says padded."""
+    import sys
+    import types
+    from types import SimpleNamespace
+
     monkeypatch.setattr(training, "_unsloth_installed", lambda: True)
     monkeypatch.setattr(device, "cuda_available", lambda: True)
     monkeypatch.setattr(device, "device_and_dtype", lambda: ("cuda", "bfloat16"))
+    monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))
     called = {}
 
-    def fake_unsloth(base_model, tokenizer, rows, cfg, *rest):
+    def fake_unsloth(base_model, tokenizer, rows, cfg, *rest, announce=None):
         called["rows"] = len(rows)
+        args = SimpleNamespace(padding_free=False, bf16=True, fp16=False, use_liger_kernel=False)
+        announce(SimpleNamespace(args=args, batching="padding_free", model=None))
         raise KeyboardInterrupt("stop here")
 
     monkeypatch.setattr(training, "_train_unsloth", fake_unsloth)
@@ -243,7 +252,117 @@ def test_auto_dispatches_to_unsloth_when_available(monkeypatch, tiny_model_dir, 
     assert called == {"rows": 3}
     line = capsys.readouterr().out.strip()
     assert line.startswith("[training] backend=unsloth (installed, CUDA available) device=cuda dtype=bfloat16")
-    assert "batching=padding_free (attn=unsloth)" in line
+    assert "batching=padded (attn=unsloth)" in line  # asked: padding_free; Unsloth turned it off
+
+
+def test_the_training_line_reads_the_built_trainer(tiny_model_dir, tok, tmp_path):
+    """what_ran reads a real TRL trainer's arguments: padding-free while they say so, padded once a backend
+    turned it off (Unsloth sets ``args.padding_free = False``); the dtype is the autocast one, else the
+    weights'."""
+    rows, _ = build_sft_rows(tok, _examples(4))
+    trainer = _trainer(tiny_model_dir, tok, rows, _cfg(), "padding_free", tmp_path)
+    assert training.what_ran(trainer, "padding_free", "float32") == {
+        "batching": "padding_free", "dtype": "float32", "liger": False}
+    trainer.args.padding_free = False
+    assert training.what_ran(trainer, "padding_free", "float32")["batching"] == "padded"
+    grouped = _trainer(tiny_model_dir, tok, rows, _cfg(), "length_grouped", tmp_path)
+    assert training.what_ran(grouped, "length_grouped", "float32")["batching"] == "length_grouped"
+
+
+def test_training_arguments_on_a_t4_are_fp16_with_loss_scaling(monkeypatch, tmp_path):
+    """No GPU here: a T4 is faked (capability 7.5, and is_bf16_supported answering True as it does there).
+    The arguments of a CUDA run ask for fp16 (the Trainer's GradScaler), never bf16; on an A100, bf16.
+    SFTConfig sets up its CUDA device when built, which cannot happen here: what it is given is recorded."""
+    import trl
+
+    class Recorded(trl.SFTConfig):
+        def __init__(self, **kwargs):
+            self.__dict__.update(kwargs)
+
+    monkeypatch.setattr(trl, "SFTConfig", Recorded)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    dev, dtype = device.device_and_dtype()
+    assert (dev, dtype) == ("cuda", "float16")
+    args = training._sft_args(_cfg(), tmp_path, "padded", dev, dtype, 8)
+    assert args.fp16 is True and args.bf16 is False
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    dev, dtype = device.device_and_dtype()
+    args = training._sft_args(_cfg(), tmp_path, "padded", dev, dtype, 8)
+    assert dtype == "bfloat16" and args.bf16 is True and args.fp16 is False
+
+
+_FAKE_UNSLOTH = """
+import json, os, sys
+with open(os.environ["FAKE_UNSLOTH_RECORD"], "w") as f:
+    json.dump(sorted(m for m in ("transformers", "trl", "peft") if m in sys.modules), f)
+"""
+
+_STAGE_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from orion_utils import device, stages
+from orion_utils.config import load_profile
+from orion_utils.rundir import RunDir
+device.cuda_available = lambda: True  # no GPU here: the stage must believe it will train with Unsloth
+try:
+    stages.sft(RunDir(sys.argv[2]), load_profile("toy"))
+except Exception as exc:  # the empty run directory stops the stage after its entry point
+    print("stopped:", type(exc).__name__)
+print("transformers imported:", "transformers" in sys.modules)
+"""
+
+
+def test_unsloth_is_imported_before_transformers_in_a_stage(tmp_path):
+    """A stand-in ``unsloth`` package (Unsloth needs a GPU) records which of transformers/TRL/PEFT were
+    already imported when it was; a fresh process runs stage 04's entry point, as a notebook does."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "fake" / "unsloth").mkdir(parents=True)
+    (tmp_path / "fake" / "unsloth" / "__init__.py").write_text(_FAKE_UNSLOTH)
+    record = tmp_path / "record.json"
+    env = {**os.environ, "FAKE_UNSLOTH_RECORD": str(record)}
+    out = subprocess.run([sys.executable, "-c", _STAGE_SCRIPT, str(tmp_path / "fake"), str(tmp_path / "run")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert record.is_file(), out.stdout + out.stderr  # unsloth was imported by the stage entry point
+    assert json.loads(record.read_text()) == []  # ... before transformers, TRL and PEFT
+
+
+THINK_STRIPPING_TEMPLATE = (  # the Qwen3 / R1-distill rule for assistant turns: keep what follows </think>
+    "{%- for message in messages -%}"
+    "{%- set content = message['content'] -%}"
+    "{%- if message['role'] == 'assistant' and '</think>' in content -%}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') -%}{%- endif -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def test_a_template_that_strips_think_is_refused(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    stripping = AutoTokenizer.from_pretrained(tiny_model_dir)
+    stripping.chat_template = THINK_STRIPPING_TEMPLATE
+    ex = _examples(1)[0]
+    rendered = stripping.apply_chat_template(build_messages(ex.question) + [{"role": "assistant", "content": ex.response}],
+                                             tokenize=False)
+    assert "<think>" not in rendered and "\\boxed{7}" in rendered  # what training would have seen
+    with pytest.raises(ValueError, match=r"strips <think>\.\.\.</think> from assistant turns"):
+        encode_for_training(stripping, ex.question, ex.response)
+    with pytest.raises(ValueError, match="strips <think>"):
+        build_sft_rows(stripping, _examples(3))
+    stripping.save_pretrained(tmp_path / "tok")
+    with pytest.raises(ValueError, match=str(tmp_path / "tok")):  # the error names the template's tokenizer
+        encode_for_training(AutoTokenizer.from_pretrained(tmp_path / "tok"), ex.question, ex.response)
+    # the toy template keeps it; a response without reasoning passes either way
+    ok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert encode_for_training(ok, ex.question, ex.response)["input_ids"]
+    assert encode_for_training(stripping, ex.question, "\\boxed{7}")["input_ids"]
 
 
 # ---------------------------------------------------------------------------------------------
