@@ -11,7 +11,9 @@ kernel, batching mode and Liger setting training picks, and then measures, on th
 
 * generation tokens/s of the backend the profile's ``generation.backend`` picks, and of transformers;
 * training tokens/s of the trainer the profile's ``sft`` section picks, and of TRL + PEFT (LoRA), with
-  the share of the GPU's peak bf16/fp16 FLOP/s they reach (MFU).
+  the share of the GPU's peak bf16/fp16 FLOP/s they reach (MFU). The TRL + PEFT reference runs in a
+  fresh Python process (``python -m orion_utils.doctor REQUEST``), where Unsloth, imported here when it
+  is the chosen trainer, has patched nothing.
 
 MFU = model FLOPs per second / the GPU's dense peak. Model FLOPs per trained token: 6 N for full
 fine-tuning (forward 2 N, backward 4 N), 4 N with LoRA (the frozen base gets no weight gradients),
@@ -27,10 +29,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 __all__ = ["DoctorReport", "gpu_peak_flops", "mfu", "model_flops_per_token", "run_doctor"]
@@ -124,7 +129,13 @@ def _machine(report: DoctorReport, dtype_request: str) -> tuple[str, str, str | 
 
     from .device import device_and_dtype
 
-    device, dtype = device_and_dtype("auto", dtype_request)
+    from .device import GPUUnusableError
+
+    try:
+        device, dtype = device_and_dtype("auto", dtype_request)
+    except (GPUUnusableError, ValueError) as exc:  # a GPU torch cannot use; bf16 asked on a pre-Ampere GPU
+        report.add("gpu", "FAILED", str(exc))
+        device, dtype = device_and_dtype("cpu", "auto")
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
     report.add("python / torch", f"{platform.python_version()} / {torch.__version__}",
                f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU build of torch")
@@ -134,7 +145,7 @@ def _machine(report: DoctorReport, dtype_request: str) -> tuple[str, str, str | 
     else:
         why = "no CUDA device visible to torch" if torch.version.cuda else "torch has no CUDA support here"
         report.add("device", "cpu", f"{os.cpu_count()} CPU cores; {why}")
-    report.add("dtype", dtype, "bf16 on a GPU that supports it, else fp16 on CUDA, float32 on CPU")
+    report.add("dtype", dtype, "bf16 on compute capability >= 8.0, else fp16 on CUDA, float32 on CPU")
     return device, dtype, gpu
 
 
@@ -166,7 +177,10 @@ def _backends(report: DoctorReport, gen_request: str, train_request: str, use_lo
         train_name, train_why = "trl", f"'{train_request}' cannot load: {exc}"
     report.add("training: unsloth", _version("unsloth") or "not installed",
                "picked by auto with a CUDA GPU" if train_mod._unsloth_installed() else "pip install '.[gpu]'")
-    device = device_rules.resolve_device("auto")
+    try:
+        device = device_rules.resolve_device("auto")
+    except device_rules.GPUUnusableError:  # said in the "gpu" row; what loads is then the CPU's
+        device = "cpu"
     attn = ("unsloth" if train_name == "unsloth" and attn_request == "auto"
             else train_mod._resolve_attn(attn_request, device))
     batching, batching_why = train_mod.resolve_batching("auto", attn, train_name)
@@ -255,6 +269,32 @@ def _measure_training(model_path: str, cfg, work: Path, n_examples: int, target_
             "batching": result.batching}
 
 
+def _measure_training_fresh(model_path: str, cfg, work: Path, n_examples: int, target_tokens: int) -> dict:
+    """``_measure_training`` in a fresh Python process (the TRL + PEFT reference: no Unsloth patches)."""
+    work.mkdir(parents=True, exist_ok=True)
+    request, result = work / "request.json", work / "result.json"
+    request.write_text(json.dumps({"model_path": model_path, "cfg": asdict(cfg), "work": str(work),
+                                   "n_examples": n_examples, "target_tokens": target_tokens, "result": str(result)}))
+    proc = subprocess.run([sys.executable, "-m", "orion_utils.doctor", str(request)], capture_output=True, text=True)
+    if proc.returncode != 0 or not result.is_file():
+        lines = (proc.stderr or proc.stdout or "no output").strip().splitlines()
+        raise RuntimeError(f"the fresh process failed (exit {proc.returncode}): {lines[-1] if lines else ''}")
+    return json.loads(result.read_text())
+
+
+def _measure_training_request(request_path: str) -> None:
+    """The fresh process's side of ``_measure_training_fresh``."""
+    from .config import TrainingConfig
+    from .training import _quiet
+
+    req = json.loads(Path(request_path).read_text())
+    with _quiet():
+        r = _measure_training(req["model_path"], TrainingConfig(**req["cfg"]), Path(req["work"]), req["n_examples"],
+                              req["target_tokens"])
+    r.update(pid=os.getpid(), unsloth_imported="unsloth" in sys.modules)
+    Path(req["result"]).write_text(json.dumps(r))
+
+
 def _n_params(model_path: str) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -286,9 +326,13 @@ def run_doctor(
     """
     from .config import TrainingConfig, load_profile
 
+    from .training import unsloth_first
+
     prof = load_profile(profile)
     generation_cfg = prof.sections["generation"]
     sft: TrainingConfig = prof.sections["training"]
+    with contextlib.suppress(Exception):
+        unsloth_first(sft)  # before this process imports transformers, as a training stage does
     gen_request = generation_backend or generation_cfg.backend
     report = DoctorReport()
     device, dtype, gpu = _machine(report, generation_cfg.dtype)
@@ -341,8 +385,9 @@ def run_doctor(
         train_results = {}
         for label, cfg in trainers.items():
             n_examples = cfg.batch_size * train_steps
+            measure = _measure_training_fresh if label == "trl+peft" else _measure_training
             try:
-                r = _measure_training(model_path, cfg, work / f"train_{label}", n_examples, seq_tokens)
+                r = measure(model_path, cfg, work / f"train_{label}", n_examples, seq_tokens)
             except Exception as exc:  # noqa: BLE001
                 report.add(f"train: {label}", "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
                 continue
@@ -351,6 +396,8 @@ def run_doctor(
             what = f"{r['backend']}{' + PEFT LoRA' if r['lora'] and r['backend'] == 'trl' else ''}"
             what += " LoRA" if r["lora"] and r["backend"] != "trl" else ("" if r["lora"] else " full")
             share = f"MFU {r['mfu']:.1%}" if r["mfu"] is not None else "MFU n/a (no GPU peak figure)"
+            if label == "trl+peft":
+                share += "; in a fresh process (no Unsloth patches)"
             report.add(f"train: {what}", f"{r['tokens_per_s']:,.0f} tokens/s",
                        f"{share}; {r['supervised_tokens_per_s']:,.0f} supervised tokens/s; {train_steps} steps x "
                        f"{cfg.batch_size} x ~{seq_tokens} tokens, batching={r['batching']}, {r['seconds']:.1f} s")
@@ -375,3 +422,7 @@ def main_doctor(args) -> int:
     failed = [r for r in report.rows if r[1] == "FAILED"]
     return 1 if failed else 0
 
+
+
+if __name__ == "__main__":  # the fresh process of _measure_training_fresh
+    _measure_training_request(sys.argv[1])

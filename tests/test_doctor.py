@@ -1,6 +1,7 @@
 """`orion doctor`: the table says what runs here and measures it (CPU path; the GPU path is the same code
 with CUDA's device, dtype and peak FLOP/s, and the selection logic is checked with CUDA stood in)."""
 import json
+import os
 
 import pytest
 
@@ -38,6 +39,10 @@ def test_doctor_on_cpu_measures_both_paths(tiny_model_dir, capsys):
     assert n["training"]["chosen"]["lora"] is False and n["training"]["trl+peft"]["lora"] is True
     for r in n["training"].values():
         assert r["tokens_per_s"] >= r["supervised_tokens_per_s"] > 0 and r["mfu"] is None
+    # the TRL + PEFT reference ran in a fresh process, where nothing imported Unsloth
+    assert n["training"]["trl+peft"]["pid"] != os.getpid() and n["training"]["trl+peft"]["unsloth_imported"] is False
+    assert "pid" not in n["training"]["chosen"]
+    assert "in a fresh process" in rows["train: trl + PEFT LoRA"][2]
     assert "MFU n/a" in rows["train: trl full"][2]
     assert out.splitlines()[0].startswith("| check ") and "| generate: transformers " in out
 
@@ -64,3 +69,15 @@ def test_doctor_command_without_benchmark_and_bad_profile(tmp_path, capsys):
     assert rows["device"] == "cpu" and rows["generation backend"] == "transformers"
     assert main(["doctor", "--profile", "no_such_profile", "--no-benchmark"]) == 1
     assert "[orion] error:" in capsys.readouterr().err
+
+
+def test_doctor_names_an_unusable_gpu_and_goes_on(monkeypatch):
+    """A driver too old for torch's CUDA (stood in: no GPU here) is a FAILED row with the fix, not a crash."""
+    probe = device.GPUProbe(gpu_present=True, driver="550.54.15", torch_version="2.14.0", torch_cuda="13.0",
+                            cuda_available=False)
+    monkeypatch.setattr(device, "cuda_available", lambda: False)
+    monkeypatch.setattr(device, "gpu_probe", lambda: probe)
+    report = doctor.run_doctor("toy", benchmark=False, print_table=False)
+    rows = {r[0]: r for r in report.rows}
+    assert rows["gpu"][1] == "FAILED" and "needs NVIDIA driver >= 580" in rows["gpu"][2]
+    assert rows["device"][1] == "cpu"
