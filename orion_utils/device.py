@@ -42,17 +42,17 @@ from typing import Any
 __all__ = [
     "BF16_MIN_CAPABILITY",
     "CUDA_MIN_DRIVER",
+    "SMALL_MODEL_PARAMS",
     "GPUProbe",
     "GPUUnusableError",
-    "SMALL_MODEL_PARAMS",
     "bf16_capable",
     "check_gpu_usable",
-    "cuda_capability",
-    "gpu_problem",
     "cpu_threads_for",
     "cuda_available",
+    "cuda_capability",
     "device_and_dtype",
     "dtype_name",
+    "gpu_problem",
     "n_parameters",
     "probe_gpu",
     "resolve_device",
@@ -148,7 +148,7 @@ def probe_gpu(version_file: str | os.PathLike = _NVIDIA_VERSION_FILE, device_nod
     if driver is None and smi:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
+                                 capture_output=True, text=True, timeout=20, check=False)
             if out.returncode == 0 and out.stdout.strip():
                 present, driver = True, _driver_from_text(out.stdout) or driver
     return GPUProbe(gpu_present=present, driver=driver, torch_version=torch.__version__.split("+")[0],

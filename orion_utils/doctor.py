@@ -127,9 +127,7 @@ def _machine(report: DoctorReport, dtype_request: str) -> tuple[str, str, str | 
 
     import torch
 
-    from .device import device_and_dtype
-
-    from .device import GPUUnusableError
+    from .device import GPUUnusableError, device_and_dtype
 
     try:
         device, dtype = device_and_dtype("auto", dtype_request)
@@ -275,7 +273,8 @@ def _measure_training_fresh(model_path: str, cfg, work: Path, n_examples: int, t
     request, result = work / "request.json", work / "result.json"
     request.write_text(json.dumps({"model_path": model_path, "cfg": asdict(cfg), "work": str(work),
                                    "n_examples": n_examples, "target_tokens": target_tokens, "result": str(result)}))
-    proc = subprocess.run([sys.executable, "-m", "orion_utils.doctor", str(request)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "orion_utils.doctor", str(request)], capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0 or not result.is_file():
         lines = (proc.stderr or proc.stdout or "no output").strip().splitlines()
         raise RuntimeError(f"the fresh process failed (exit {proc.returncode}): {lines[-1] if lines else ''}")
@@ -325,7 +324,6 @@ def run_doctor(
     steps of 1,024-token sequences; on a CPU 16 x 64 and 6 steps of 256 tokens.
     """
     from .config import TrainingConfig, load_profile
-
     from .training import unsloth_first
 
     prof = load_profile(profile)

@@ -130,8 +130,8 @@ def test_the_dtype_handed_to_vllm_follows_the_capability(monkeypatch, tiny_model
 
 
 def _probe(**kw):
-    base = dict(gpu_present=True, driver="550.54.15", torch_version="2.14.0", torch_cuda="13.0",
-                cuda_available=False, visible_devices=None)
+    base = {"gpu_present": True, "driver": "550.54.15", "torch_version": "2.14.0", "torch_cuda": "13.0",
+            "cuda_available": False, "visible_devices": None}
     return device.GPUProbe(**{**base, **kw})
 
 

@@ -107,3 +107,47 @@ def test_the_package_ships_no_test_helpers():
         text = path.read_text()
         assert "FakeOpenAIServer" not in text and "import helpers" not in text and "from helpers" not in text, path
     assert (ROOT / "tests" / "helpers" / "openai_server.py").is_file()
+
+
+def test_the_cuda12_route_for_older_drivers():
+    """README's route for a driver older than CUDA 13 needs: the same torch as the gpu extra (the one vLLM
+    0.33 pins), from PyTorch's CUDA 12.6 index, then the gpu-cu12 extra = the gpu extra without vLLM, the
+    same bounds otherwise. The Makefile target, the README command, the error the run stops with
+    (orion_utils.device) and environment.yml's note name the same torch and index."""
+    from packaging.version import Version
+
+    from orion_utils import device
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    gpu, cu12 = _specs(extras["gpu"]), _specs(extras["gpu-cu12"])
+    core = _specs(project["dependencies"])
+    env = _specs(next(d["pip"] for d in yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
+                      if isinstance(d, dict) and "pip" in d))
+    assert set(cu12) == set(gpu) - {"vllm"}, "gpu-cu12 is the gpu extra without vLLM"
+    for name, spec in cu12.items():
+        if name != "torch":
+            assert spec == gpu[name], f"{name}: gpu-cu12 {spec} vs gpu {gpu[name]}"
+    (pin,) = list(cu12["torch"])
+    assert pin.operator == "==" and Version(pin.version) == Version("2.14.0")  # vLLM 0.33's torch
+    for specs in (gpu, env, core):
+        assert specs["torch"].contains(Version(pin.version)), specs["torch"]
+
+    makefile = (ROOT / "Makefile").read_text()
+    index = re.search(r"^CUDA12_TORCH_INDEX \?= (\S+)$", makefile, re.MULTILINE).group(1)
+    version = re.search(r"^GPU_TORCH_VERSION \?= (\S+)$", makefile, re.MULTILINE).group(1)
+    assert index == device.CUDA12_TORCH_INDEX == "https://download.pytorch.org/whl/cu126"
+    assert version == pin.version
+    target = makefile[makefile.index("\nsetup-gpu-cu12:"):].split("\n\n")[0]
+    assert target.index("torch==$(GPU_TORCH_VERSION) --index-url $(CUDA12_TORCH_INDEX)") < target.index('".[gpu-cu12]"')
+
+    readme = (ROOT / "README.md").read_text()
+    gpu_install = readme[readme.index("## GPU install"):readme.index("## Colab")]
+    assert f"pip install torch=={pin.version} --index-url {index}" in gpu_install
+    assert 'pip install -e ".[gpu-cu12]"' in gpu_install and "make setup-gpu-cu12" in gpu_install
+    assert f"driver >= {device.CUDA_MIN_DRIVER[13].split('.')[0]}" in gpu_install
+    assert index in (ROOT / "environment.yml").read_text()
+    # the error a run stops with names the same route
+    probe = device.GPUProbe(gpu_present=True, driver="550.54.15", torch_version=pin.version, torch_cuda="13.0",
+                            cuda_available=False)
+    assert f"pip install torch=={pin.version} --index-url {index}" in device.gpu_problem(probe)
