@@ -131,21 +131,20 @@ def _driver_from_text(text: str) -> str | None:
 
 def probe_gpu(version_file: str | os.PathLike = _NVIDIA_VERSION_FILE, device_node: str | os.PathLike = _NVIDIA_DEVICE,
               nvidia_smi: str | None = "nvidia-smi") -> GPUProbe:
-    """Read the NVIDIA driver (``/proc/driver/nvidia/version``, else ``nvidia-smi``), whether a device
-    node exists, and torch's view (version, CUDA build, ``is_available``). Every source is an argument,
-    so a test can stand in for a machine."""
+    """Read the NVIDIA driver (``/proc/driver/nvidia/version``, else ``nvidia-smi``), whether this
+    process has a GPU (its device node, else ``nvidia-smi`` answering: the driver file alone is also
+    seen in a container given no GPU), and torch's view (version, CUDA build, ``is_available``). Every
+    source is an argument, so a test can stand in for a machine."""
     import torch
 
-    driver, present = None, False
+    driver = None
     vf = Path(version_file)
     if vf.is_file():
-        present = True
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, IndexError):
             driver = _driver_from_text(vf.read_text().splitlines()[0])
-    if Path(device_node).exists():
-        present = True
+    present = Path(device_node).exists()
     smi = shutil.which(nvidia_smi) if nvidia_smi else None
-    if driver is None and smi:
+    if (driver is None or not present) and smi:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
                                  capture_output=True, text=True, timeout=20, check=False)
@@ -167,14 +166,11 @@ def gpu_problem(p: GPUProbe) -> str | None:
         return None
     if p.visible_devices is not None and p.visible_devices.strip() in ("", "-1"):
         return None  # hidden on purpose: a CPU run
+    if p.torch_cuda is None:
+        return None  # a CPU build of torch is a choice (`make setup` installs one): check_gpu_usable notes it
     driver = p.driver or "unknown"
     route = (f"install the CUDA 12 builds (README, GPU install: pip install torch=={p.torch_version} "
              f"--index-url {CUDA12_TORCH_INDEX}, or make setup-gpu-cu12) or upgrade the driver")
-    if p.torch_cuda is None:
-        return (f"this machine has an NVIDIA GPU (driver {driver}) but torch {p.torch_version} is a CPU build: "
-                f"install the gpu extra (pip install '.[gpu]', CUDA 13: driver >= {CUDA_MIN_DRIVER[13].split('.')[0]}) "
-                f"or, on an older driver, the CUDA 12 builds (README, GPU install: pip install "
-                f"torch=={p.torch_version} --index-url {CUDA12_TORCH_INDEX}, or make setup-gpu-cu12)")
     major = _version_tuple(p.torch_cuda)[0]
     needed = CUDA_MIN_DRIVER.get(major)
     if needed and p.driver and _version_tuple(p.driver) < _version_tuple(needed):
@@ -191,10 +187,18 @@ gpu_probe = probe_gpu
 
 
 def check_gpu_usable(probe: GPUProbe | None = None) -> None:
-    """Raise :class:`GPUUnusableError` when an NVIDIA GPU is present but torch cannot use it."""
-    problem = gpu_problem(probe if probe is not None else gpu_probe())
+    """Raise :class:`GPUUnusableError` when an NVIDIA GPU is present but torch cannot use it. A CPU build
+    of torch on a machine with a GPU is a choice (the CPU set-up installs one): said once in a warning."""
+    p = probe if probe is not None else gpu_probe()
+    problem = gpu_problem(p)
     if problem:
         raise GPUUnusableError(problem)
+    if p.gpu_present and p.torch_cuda is None and not p.cuda_available:
+        import warnings
+
+        warnings.warn(f"this machine has an NVIDIA GPU (driver {p.driver or 'unknown'}) but torch {p.torch_version} "
+                      "is a CPU build: running on the CPU (pip install '.[gpu]' for the GPU; README, GPU install)",
+                      RuntimeWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------------

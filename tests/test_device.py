@@ -144,8 +144,12 @@ def test_probe_reads_the_driver_file_and_nvidia_smi(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     (tmp_path / "version").write_text(_PROC_VERSION)
+    (tmp_path / "nvidia0").touch()
     p = device.probe_gpu(tmp_path / "version", tmp_path / "nvidia0", nvidia_smi=None)
     assert p.gpu_present and p.driver == "550.54.15" and p.torch_cuda == "13.0" and not p.cuda_available
+    # the driver file without a device node: a container given no GPU, not a GPU torch fails to use
+    p = device.probe_gpu(tmp_path / "version", tmp_path / "none", nvidia_smi=None)
+    assert not p.gpu_present and p.driver == "550.54.15" and device.gpu_problem(p) is None
     open_module = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  535.183.01  Release Build  (dvs-builder@U16)\n"
     (tmp_path / "version").write_text(open_module)
     assert device.probe_gpu(tmp_path / "version", tmp_path / "none", nvidia_smi=None).driver == "535.183.01"
@@ -176,7 +180,10 @@ def test_an_old_driver_stops_the_run_with_the_fix(monkeypatch):
     # a CUDA 12 build on that driver is fine by the version rule: what else is wrong is said
     other = device.gpu_problem(_probe(torch_cuda="12.6"))
     assert "cannot use it" in other and "nvidia-smi" in other and "needs NVIDIA driver" not in other
-    assert "CPU build" in device.gpu_problem(_probe(torch_cuda=None))
+    # a CPU build of torch is a choice (the CPU set-up installs one): a warning, not an error
+    assert device.gpu_problem(_probe(torch_cuda=None)) is None
+    with pytest.warns(RuntimeWarning, match="is a CPU build: running on the CPU"):
+        device.check_gpu_usable(_probe(torch_cuda=None))
 
 
 def test_no_error_without_a_gpu_with_a_working_one_or_a_hidden_one():
