@@ -293,6 +293,32 @@ def test_training_arguments_on_a_t4_are_fp16_with_loss_scaling(monkeypatch, tmp_
     assert dtype == "bfloat16" and args.bf16 is True and args.fp16 is False
 
 
+def test_unsloth_gets_float16_on_a_t4(monkeypatch, tiny_model_dir, tmp_path):
+    """No GPU and no Unsloth here: a T4 is faked (capability 7.5, is_bf16_supported True) and a stand-in
+    ``unsloth`` records the dtype train_sft hands FastLanguageModel.from_pretrained."""
+    import sys
+    import types
+
+    seen = {}
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(**kwargs):
+            seen.update(kwargs)
+            raise KeyboardInterrupt("stop here")
+
+    fake = types.ModuleType("unsloth")
+    fake.FastLanguageModel = FastLanguageModel
+    monkeypatch.setitem(sys.modules, "unsloth", fake)
+    monkeypatch.setattr(training, "_unsloth_installed", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(tiny_model_dir, _examples(3), tmp_path / "out", _cfg(backend="unsloth", use_lora=True))
+    assert seen["dtype"] is torch.float16
+
+
 _FAKE_UNSLOTH = """
 import json, os, sys
 with open(os.environ["FAKE_UNSLOTH_RECORD"], "w") as f:
