@@ -170,7 +170,10 @@ def unsloth_first(*sections) -> bool:
             continue  # the training run itself says why
         if backend == "unsloth":
             if "unsloth" not in sys.modules:
-                import unsloth  # noqa: F401
+                try:
+                    import unsloth  # noqa: F401
+                except Exception:  # noqa: BLE001 - a broken install: the training run raises it where it trains
+                    return False
             return True
     return False
 
