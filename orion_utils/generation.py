@@ -723,7 +723,7 @@ def live_models(device: str | None = None) -> list[str]:
         if id(m) in inner:
             continue  # a model's own sub-model (Qwen2ForCausalLM.model)
         params = list(m.parameters()) if hasattr(m, "parameters") else []
-        where = str(params[0].device) if params else ("cuda" if llm_module and isinstance(m, llm_module.LLM) else "?")
+        where = str(params[0].device) if params else (_vllm_device() if kinds[-1] is not kinds[0] else "?")
         if device is not None and not where.startswith(device):
             continue
         out.append(f"{type(m).__name__} ({sum(p.numel() for p in params) / 1e6:.1f} M parameters on {where})")

@@ -82,7 +82,7 @@ def build_tiny_model_dir(path, seed: int = 0, architecture: str = "llama", **con
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    LlamaConfig, LlamaForCausalLM = {  # noqa: N806 - the architecture's classes
+    LlamaConfig, LlamaForCausalLM = {
         "llama": (LlamaConfig, LlamaForCausalLM),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
     }[architecture]

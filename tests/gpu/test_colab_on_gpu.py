@@ -42,9 +42,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may come from the h
 if CUDA and importlib.util.find_spec("unsloth") is not None:
     import unsloth  # noqa: F401 - Unsloth patches transformers/TRL: imported before them
 
-from orion_utils import generation, stages  # noqa: E402
-from orion_utils.config import load_profile  # noqa: E402
-from orion_utils.rundir import RunDir  # noqa: E402
+from orion_utils import generation, stages
+from orion_utils.config import load_profile
+from orion_utils.rundir import RunDir
 
 pytestmark = pytest.mark.skipif(not CUDA, reason="tests/gpu needs a CUDA GPU (torch.cuda.is_available() is False)")
 
