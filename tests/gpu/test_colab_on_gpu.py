@@ -38,8 +38,10 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
+VLLM = CUDA and importlib.util.find_spec("vllm") is not None  # then every generating stage must run on it
+UNSLOTH = CUDA and importlib.util.find_spec("unsloth") is not None  # then training must run on it
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may come from the hub
-if CUDA and importlib.util.find_spec("unsloth") is not None:
+if UNSLOTH:
     import unsloth  # noqa: F401 - Unsloth patches transformers/TRL: imported before them
 
 from orion_utils import generation, stages
@@ -277,10 +279,10 @@ def test_colab_stage_on_gpu(stage, colab_run, monkeypatch, capsys):
     dtypes = set(re.findall(r" dtype=(\w+)", "\n".join(lines)))
     if stage in GENERATING or stage == "sft":
         assert lines and dtypes == {expected_dtype()}, lines
-    if stage in GENERATING and importlib.util.find_spec("vllm") is not None:
+    if stage in GENERATING and VLLM:
         assert all("backend=vllm" in ln for ln in lines if ln.startswith("[generation]")), lines
         assert record.engines and all(e["dtype"] == expected_dtype() for e in record.engines)
-    if stage == "sft" and importlib.util.find_spec("unsloth") is not None:
+    if stage == "sft" and UNSLOTH:
         assert all("backend=unsloth" in ln for ln in lines), lines
     if stage == "reflection":  # the scorer ran, after the engine (or with the transformers generator's model)
         refinements = [json.loads(x) for x in colab_run["run"].refinements.read_text().splitlines()]
