@@ -55,6 +55,13 @@ test: setup
 test-vllm: setup-vllm
 	$(VLLM_BIN)/python -m pytest -q tests/vllm
 
+# the GPU tier (tests/gpu/: the colab profile, shrunk, stage by stage), in an environment with the `gpu`
+# extra on a CUDA machine; elsewhere it is not collected (its tests are skipped when named)
+GPU_PYTHON ?= python3
+.PHONY: test-gpu
+test-gpu:
+	$(GPU_PYTHON) -m pytest -q -s -rs tests/gpu
+
 # JOBS notebooks at once where they read nothing from each other (the baselines train beside exposure and
 # reflection); on a 2-core CPU the toy demo takes about 14 minutes this way instead of 22 one at a time
 JOBS ?= 2

@@ -447,16 +447,10 @@ def student_scorer(run: RunDir, batch_size: int = 16, device: str = "auto") -> S
     state: dict = {}
 
     def score(questions: Sequence[str], completions: Sequence[str]) -> list[float]:
-        from .device import resolve_device, resolve_dtype
-        from .generation import completion_nll
+        from .generation import completion_nll, load_scoring_model
 
-        if "model" not in state:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            path = run.student_model()
-            dev = resolve_device(device)
-            state["model"] = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype("auto", dev)).to(dev)
-            state["tokenizer"] = AutoTokenizer.from_pretrained(path)
+        if "model" not in state:  # loaded as stage 03 loads it; scored in bounded memory (completion_nll)
+            state["model"], state["tokenizer"] = load_scoring_model(run.student_model(), device)
         return completion_nll(state["model"], state["tokenizer"], list(questions), list(completions),
                               prompt_template=template, system=system, batch_size=batch_size)
 

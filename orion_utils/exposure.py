@@ -139,14 +139,17 @@ def run_error_exposure(
 
 
 def _primed_student(run: RunDir, cfg: ExposureConfig, training, student: StudentConfig, cots_path: Path) -> str:
-    """One reading of the paper's two-stage strategy: expose the errors of a briefly fine-tuned student."""
+    """One reading of the paper's two-stage strategy: expose the errors of a briefly fine-tuned student.
+    The trainer's memory is released before the student samples (``generation.release_memory``)."""
     from dataclasses import replace
 
+    from .generation import release_memory
     from .training import TrainingConfig, train_sft
 
     train_cfg = replace(training or TrainingConfig(), num_epochs=cfg.priming_epochs)
     result = train_sft(run.student_model(), read_jsonl(cots_path, SFTExample), run.primed_model,
                        train_cfg, prompt_template=student.prompt_template, system=student.system_prompt or None)
+    release_memory(before=result.model_dir)
     return result.model_dir
 
 

@@ -33,9 +33,10 @@ import gc
 import importlib.util
 import math
 import os
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import device as device_rules
@@ -47,14 +48,19 @@ __all__ = [
     "Generation",
     "GenerationBackend",
     "SamplingConfig",
+    "StageModel",
     "TransformersBackend",
     "VLLMBackend",
     "completion_nll",
     "end_of_turn_token_ids",
+    "live_models",
     "load_generator",
     "load_scoring_model",
+    "release_memory",
     "render_prompt",
+    "resident_models",
     "select_backend",
+    "watch_resident",
 ]
 
 
@@ -259,6 +265,22 @@ class GenerationBackend(ABC):
     def close(self) -> None:
         """Free the model (and GPU memory). The backend cannot generate afterwards."""
 
+    # Whether ``score`` runs on the model this backend already holds (see ``StageModel``).
+    can_score: bool = False
+
+    def score(
+        self,
+        questions: Sequence[str],
+        completions: Sequence[str],
+        *,
+        prompt_template: str = "{question}",
+        system: str | None = None,
+        **kwargs,
+    ) -> list[float]:
+        """Mean per-token NLL of each completion given its question, as ``completion_nll`` computes it
+        (``kwargs`` go to it), on this backend's own model (no second model loaded)."""
+        raise NotImplementedError(f"the {self.name} backend does not score completions")
+
     def __enter__(self):
         return self
 
@@ -324,7 +346,7 @@ class TransformersBackend(GenerationBackend):
             model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs).to(self.device)
         else:  # an already loaded model (e.g. right after training)
             self.device, self.dtype = str(next(model.parameters()).device), model.dtype
-        self.model = model.eval()
+        self.model = _track(model.eval(), f"transformers {self.model_path}")
         self.num_threads = device_rules.cpu_threads_for(self.model, self.device, num_threads)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(self.model_path, padding_side="left")
@@ -409,15 +431,21 @@ class TransformersBackend(GenerationBackend):
             return _expand_greedy(results, sampling.n)
         return results  # type: ignore[return-value]
 
+    can_score = True
+
+    def score(self, questions, completions, *, prompt_template: str = "{question}", system: str | None = None,
+              **kwargs):
+        self._check_open()
+        kwargs.setdefault("num_threads", self.num_threads)
+        return completion_nll(self, None, questions, completions, prompt_template=prompt_template, system=system,
+                              **kwargs)
+
     def close(self) -> None:
         if self._closed:
             return
-        cuda = str(self.device).startswith("cuda")
         self.model = None
         self._closed = True
-        gc.collect()
-        if cuda:
-            self._torch.cuda.empty_cache()
+        release_memory()
 
 
 CPU_KV_CACHE_BYTES = 2 * 2**30  # vLLM on CPU: KV cache size when neither the caller nor VLLM_CPU_KVCACHE_SPACE sets one
@@ -442,6 +470,12 @@ class VLLMBackend(GenerationBackend):
     engine: its torch generator cannot rewind, "CPU Generator does not use offset");
     ``kv_cache_memory_bytes=CPU_KV_CACHE_BYTES`` unless ``VLLM_CPU_KVCACHE_SPACE`` (GiB) is set
     (vLLM would otherwise ask for 90 % of the machine's memory).
+
+    It does not ``score`` (``can_score`` False): vLLM's ``prompt_logprobs`` turn each prefill chunk
+    (up to ``max_num_batched_tokens`` tokens) into float32 log-probabilities over the whole vocabulary,
+    memory its start-up profile does not reserve (8k tokens x 152k vocabulary: 5 GB on a card the
+    engine filled to ``gpu_memory_utilization``). ``StageModel`` closes the engine and scores with
+    transformers instead, in bounded memory.
     """
 
     name = "vllm"
@@ -473,7 +507,8 @@ class VLLMBackend(GenerationBackend):
             if not os.environ.get("VLLM_CPU_KVCACHE_SPACE") and "gpu_memory_utilization" not in llm_kwargs:
                 defaults["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
             llm_kwargs = {**defaults, **llm_kwargs}
-        self.llm = vllm.LLM(model=self.model_path, dtype=dtype, seed=seed, **llm_kwargs)
+        self.llm = _track(vllm.LLM(model=self.model_path, dtype=dtype, seed=seed, **llm_kwargs),
+                          f"vllm {self.model_path}")
         engine_dtype = getattr(getattr(getattr(self.llm, "llm_engine", None), "model_config", None), "dtype", None)
         self.dtype = device_rules.dtype_name(engine_dtype) if engine_dtype is not None else str(dtype)
         self._closed = False
@@ -552,9 +587,7 @@ class VLLMBackend(GenerationBackend):
         with contextlib.suppress(Exception):
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
-        gc.collect()
-        if device_rules.cuda_available():
-            torch.cuda.empty_cache()
+        release_memory()
 
 
 def load_generator(
@@ -578,6 +611,8 @@ def load_generator(
     """
     model_path = os.fspath(model_path)
     name, reason = select_backend(backend, device=device)
+    if backend_kwargs.get("model") is None:
+        release_memory(before=model_path)  # what a trainer or a closed model left: before the new one loads
     if name == "vllm":
         kwargs = {k: v for k, v in backend_kwargs.items() if k not in _TRANSFORMERS_ONLY_KWARGS}
     else:
@@ -610,7 +645,189 @@ _TRANSFORMERS_ONLY_KWARGS = _TRANSFORMERS_KWARGS - {"progress"}
 
 
 # --------------------------------------------------------------------------------------------------
+# one model at a time
+#
+# A stage holds one model on the GPU at a time: vLLM takes `gpu_memory_utilization` of the card at
+# start-up, after checking that much is free, so a second model beside it (or a trainer's leftovers
+# before it) runs out of memory. Every model this module loads is registered (a weak reference), and
+# every load first releases what the process no longer uses (`release_memory`).
+
+_RESIDENT: list = []  # (weakref to a model this module loaded, what it is)
+_WATCHES: list = []
+
+
+@dataclass
+class ResidentWatch:
+    """What ``watch_resident`` saw: every load through this module, and the most models alive at once."""
+
+    loads: list = field(default_factory=list)
+    peak: int = 0
+    together: list = field(default_factory=list)  # the models alive at a load that made more than one
+
+
+def resident_models() -> list[str]:
+    """The models loaded through this module (generators, scoring models) still alive, garbage
+    collected first: what a stage holds in memory now."""
+    gc.collect()
+    _RESIDENT[:] = [(ref, what) for ref, what in _RESIDENT if ref() is not None]
+    return [what for _, what in _RESIDENT]
+
+
+def _track(obj, what: str):
+    """Register a model just loaded; returns it."""
+    _RESIDENT.append((weakref.ref(obj), what))
+    if _WATCHES:
+        now = resident_models()
+        for watch in _WATCHES:
+            watch.loads.append(what)
+            watch.peak = max(watch.peak, len(now))
+            if len(now) > 1:
+                watch.together.append(now)
+    return obj
+
+
+@contextlib.contextmanager
+def watch_resident():
+    """``with watch_resident() as w: ...``: ``w.peak`` is the most models loaded through this module
+    that were alive at once inside the block (a stage keeps it at 1), ``w.loads`` what loaded."""
+    watch = ResidentWatch()
+    _WATCHES.append(watch)
+    try:
+        yield watch
+    finally:
+        _WATCHES.remove(watch)
+
+
+def live_models(device: str | None = None) -> list[str]:
+    """Every model object alive in this process (a garbage-collector scan, collected first): top-level
+    transformers models (a trainer's included) and vLLM engines; ``device="cuda"``: those with weights
+    on a GPU only. Each as "class (N M parameters on device)"."""
+    import sys
+
+    gc.collect()
+    modeling = sys.modules.get("transformers.modeling_utils")
+    llm_module = sys.modules.get("vllm.entrypoints.llm")
+    kinds = tuple(k for k in (getattr(modeling, "PreTrainedModel", None), getattr(llm_module, "LLM", None)) if k)
+    if not kinds:
+        return []
+    found = []
+    for obj in gc.get_objects():
+        try:
+            if isinstance(obj, kinds):
+                found.append(obj)
+        except Exception:  # noqa: BLE001, S112 - an object whose __class__ cannot be read is no model
+            continue
+    inner = {id(sub) for m in found if hasattr(m, "modules") for sub in list(m.modules())[1:]}
+    out = []
+    for m in found:
+        if id(m) in inner:
+            continue  # a model's own sub-model (Qwen2ForCausalLM.model)
+        params = list(m.parameters()) if hasattr(m, "parameters") else []
+        where = str(params[0].device) if params else (_vllm_device() if kinds[-1] is not kinds[0] else "?")
+        if device is not None and not where.startswith(device):
+            continue
+        out.append(f"{type(m).__name__} ({sum(p.numel() for p in params) / 1e6:.1f} M parameters on {where})")
+    return out
+
+
+def release_memory(before: str = "") -> list[str]:
+    """Free what the process no longer uses: collect garbage (a finished trainer and its model sit in
+    reference cycles, alive until collected) and hand torch's cached CUDA blocks back to the driver
+    (vLLM's start-up check reads the driver's free memory). With ``before`` (the model about to load),
+    on a GPU: the models still on it are named in one line and returned."""
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return []
+    torch.cuda.empty_cache()
+    if not before:
+        return []
+    left = live_models("cuda")
+    if left:
+        free, total = torch.cuda.mem_get_info()
+        print(f"[memory] before loading {before}: still on the GPU: {'; '.join(left)} "
+              f"({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)", flush=True)
+    return left
+
+
+class StageModel:
+    """The one model a stage holds: its generator or its scoring model, never both.
+
+        with StageModel(run.student_model(), cfg.generation, seed=0) as student:
+            outs = student.generator().generate(...)       # opens the generator
+            nll = student.score(questions, completions)    # scores: closes a vLLM engine first
+
+    ``generator()`` opens ``open_generator(model_path, generation)``; ``scoring()`` gives the
+    ``(model, tokenizer)`` that ``score`` uses (``completion_nll``, in bounded memory). A generator that
+    scores with its own model (``can_score``: transformers) is shared; otherwise asking for the one
+    closes the other first (said in one line), so the stage never holds two. ``close()`` (the ``with``
+    block's end) releases whatever is open.
+    """
+
+    def __init__(self, model_path, generation=None, *, seed: int = 0, device: str = "auto"):
+        self.model_path, self.generation, self.seed, self.device = os.fspath(model_path), generation, seed, device
+        self._generator: GenerationBackend | None = None
+        self._scoring = None  # (model, tokenizer) from load_scoring_model
+
+    def generator(self) -> GenerationBackend:
+        if self._generator is None:
+            from .config import GenerationConfig
+
+            self._drop_scoring()
+            self._generator = open_generator(self.model_path, self.generation or GenerationConfig(), seed=self.seed)
+        return self._generator
+
+    def scoring(self):
+        """``(model, tokenizer)`` to score with (see the class docstring)."""
+        gen = self._generator
+        if gen is not None and gen.can_score:
+            return gen.model, gen.tokenizer
+        if self._scoring is None:
+            if gen is not None:
+                print(f"[generation] closing the {gen.name} engine before the student loads for scoring "
+                      "(one model on the device at a time)", flush=True)
+                self._close_generator()
+            self._scoring = load_scoring_model(self.model_path, self.device)
+        return self._scoring
+
+    def score(self, questions, completions, *, prompt_template: str = "{question}", system: str | None = None,
+              **kwargs) -> list[float]:
+        """``completion_nll`` of each completion under this model (``kwargs`` go to it)."""
+        if self._generator is not None and self._generator.can_score:
+            return self._generator.score(questions, completions, prompt_template=prompt_template, system=system,
+                                         **kwargs)
+        model, tokenizer = self.scoring()
+        return completion_nll(model, tokenizer, questions, completions, prompt_template=prompt_template,
+                              system=system, **kwargs)
+
+    def _close_generator(self) -> None:
+        gen, self._generator = self._generator, None
+        if gen is not None:
+            gen.close()
+
+    def _drop_scoring(self) -> None:
+        if self._scoring is not None:
+            self._scoring = None
+            release_memory()
+
+    def close(self) -> None:
+        self._close_generator()
+        self._drop_scoring()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------
 # scoring
+
+CPU_LOGIT_BYTES = 2**30  # on a CPU, the logits of one chunk of scored tokens take at most this
+GPU_LOGIT_SHARE = 0.5  # on CUDA, at most this share of the memory free when a batch's logits are computed
 
 
 def load_scoring_model(model_path, device: str = "auto"):
@@ -620,8 +837,53 @@ def load_scoring_model(model_path, device: str = "auto"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = device_rules.resolve_device(device)
+    release_memory(before=os.fspath(model_path))
     model = AutoModelForCausalLM.from_pretrained(os.fspath(model_path), dtype=device_rules.resolve_dtype("auto", dev))
-    return model.to(dev).eval(), AutoTokenizer.from_pretrained(os.fspath(model_path))
+    model = _track(model.to(dev).eval(), f"scoring {os.fspath(model_path)}")
+    return model, AutoTokenizer.from_pretrained(os.fspath(model_path))
+
+
+def logit_budget(device, max_logit_bytes: int | None = None) -> int:
+    """Bytes the logits of one chunk of scored tokens may take: ``max_logit_bytes`` when given; on
+    CUDA ``GPU_LOGIT_SHARE`` of what is free now (the driver's free memory plus torch's cached, unused
+    blocks); on a CPU ``CPU_LOGIT_BYTES``."""
+    if max_logit_bytes is not None:
+        return max(1, int(max_logit_bytes))
+    import torch
+
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return CPU_LOGIT_BYTES
+    free, _ = torch.cuda.mem_get_info(dev)
+    cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    return max(1, int(GPU_LOGIT_SHARE * (free + cached)))
+
+
+def logit_chunk_tokens(budget_bytes: int, vocab_size: int, dtype) -> int:
+    """Scored tokens per chunk within ``budget_bytes``: per token, its logits in the model's dtype, their
+    float32 copy and the float32 log-softmax ``cross_entropy`` makes of them."""
+    import torch
+
+    per_token = vocab_size * (torch.empty((), dtype=dtype).element_size() + 8)
+    return max(1, budget_bytes // per_token)
+
+
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _body_and_head(model):
+    """``(body, lm_head)`` of a causal LM whose logits are ``lm_head(body(...).last_hidden_state)`` (Llama,
+    Qwen2/3, Mistral, SmolLM2 ...), else None (scored through the whole model)."""
+    import torch
+
+    config = getattr(model, "config", None)
+    if any(getattr(config, k, None) for k in _LOGIT_POSTPROCESSING):
+        return None
+    body = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if body is None or body is model or not isinstance(head, torch.nn.Linear):
+        return None
+    return body, head
 
 
 def completion_nll(
@@ -636,13 +898,20 @@ def completion_nll(
     system: str | None = None,
     max_batch_tokens: int = 32768,
     num_threads: int | str | None = "auto",
+    max_logit_bytes: int | None = None,
 ) -> list[float]:
     """Mean per-token negative log-likelihood of each completion given its question (perplexity = exp(nll)).
 
     The (question, completion) pair is tokenized by ``chat.encode_for_training``, so the scored tokens
     are exactly the ones SFT trains on (the assistant turn, end-of-turn token included). Batched,
     right-padded, no grad; sequences are sorted by length and a batch holds at most ``batch_size``
-    sequences and ``max_batch_tokens`` padded tokens (the logits are batch x length x vocab).
+    sequences and ``max_batch_tokens`` padded tokens.
+
+    Bounded memory: the model runs to its last hidden states, and the LM head and log-softmax run on
+    the scored positions only, in chunks of tokens whose logits fit ``logit_budget`` (on CUDA half the
+    free memory, on a CPU ``CPU_LOGIT_BYTES``; ``max_logit_bytes`` sets it): the logits of a whole
+    sequence (32k tokens x a 152k vocabulary: 10 GB in bf16) never exist at once. A model whose logits
+    are post-processed (soft-capping, scaling) is run whole instead.
 
     ``model_path_or_model``: a checkpoint path (loaded on ``device`` by ``load_scoring_model``, for this
     call only; ``tokenizer`` may then be None), a loaded causal LM (used where it is; ``tokenizer``
@@ -669,6 +938,7 @@ def completion_nll(
         return []
     dev = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    split = _body_and_head(model)
 
     encoded = [
         encode_for_training(tokenizer, q, c, prompt_template, system=system) for q, c in zip(questions, completions)
@@ -699,14 +969,31 @@ def completion_nll(
                     ids[b, :n] = torch.tensor(encoded[i]["input_ids"])
                     labels[b, :n] = torch.tensor(encoded[i]["labels"])
                     mask[b, :n] = 1
-                logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
-                for b, i in enumerate(batch):  # one row at a time: a float32 copy of one row only
+                inputs = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "use_cache": False}
+                if split is None:  # the whole model: its (post-processed) logits, one row at a time
+                    states, head = model(**inputs).logits, None
+                else:
+                    states, head = split[0](**inputs).last_hidden_state, split[1]
+                for b, i in enumerate(batch):
                     target = labels[b, 1:].to(dev)
                     keep = target != -100
                     if keep.any():
-                        row = logits[b, :-1][keep].float()
-                        nll[i] = F.cross_entropy(row, target[keep], reduction="mean").item()
-                del logits
+                        nll[i] = _mean_nll(states[b, :-1][keep], target[keep], head, max_logit_bytes, F)
+                del states
     finally:
         model.train(was_training)
     return nll
+
+
+def _mean_nll(states, targets, head, max_logit_bytes, F) -> float:
+    """Mean cross-entropy of ``targets`` given hidden ``states`` through ``head`` (or given logits,
+    ``head`` None), in chunks of tokens within ``logit_budget``."""
+    if head is None:
+        return F.cross_entropy(states.float(), targets, reduction="mean").item()
+    step = logit_chunk_tokens(logit_budget(states.device, max_logit_bytes), head.out_features, states.dtype)
+    total = 0.0
+    for start in range(0, len(targets), step):
+        logits = head(states[start : start + step]).float()
+        total += F.cross_entropy(logits, targets[start : start + step], reduction="sum").item()
+        del logits
+    return total / len(targets)

@@ -22,6 +22,7 @@ from typing import Optional, Protocol, Sequence
 from tqdm.auto import tqdm
 
 from .config import GenerationConfig, StudentConfig
+from .generation import StageModel
 from .grading import grade
 from .jsonl import read_jsonl, write_jsonl
 from .records import Problem, Refinement, SFTExample, StudentAttempt
@@ -333,51 +334,20 @@ def resolve_reflector_kind(cfg: ReflectionConfig, student: StudentConfig) -> str
     return cfg.reflector
 
 
-class _StageStudent:
-    """The base student for one run of stage 03, loaded at most once, on first use, as
-    ``generation.completion_nll`` loads a path (``load_scoring_model``: CUDA if available, else CPU),
-    and released on ``close()`` (the ``with`` block's end)."""
-
-    def __init__(self, model_path: str):
-        self.model_path = model_path
-        self._loaded = None
-
-    def load(self):
-        """(model, tokenizer)."""
-        if self._loaded is None:
-            from .generation import load_scoring_model
-
-            self._loaded = load_scoring_model(self.model_path)
-        return self._loaded
+class _StageStudent(StageModel):
+    """The base student for one run of stage 03 (``generation.StageModel``): the one model the stage
+    holds, its generator (the `llm` reflector) or its scoring model (``load_scoring_model``: CUDA if
+    available, else CPU), never both at once; released at the ``with`` block's end."""
 
     def for_cpu_sampling(self) -> dict:
         """``model``/``tokenizer`` for ``StudentReflector``, which samples on the CPU in float32: the
-        loaded student where it is loaded so (no CUDA), else nothing (the reflector loads its own)."""
+        scoring model where it is loaded so (no CUDA), else nothing (the reflector loads its own)."""
         import torch
 
-        model, tokenizer = self.load()
+        model, tokenizer = self.scoring()
         if model.device.type == "cpu" and model.dtype == torch.float32:
             return {"model": model, "tokenizer": tokenizer}
         return {}
-
-    def close(self) -> None:
-        import gc
-
-        if self._loaded is None:
-            return
-        cuda = self._loaded[0].device.type == "cuda"
-        self._loaded = None
-        gc.collect()
-        if cuda:
-            import torch
-
-            torch.cuda.empty_cache()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def run_reflection(
@@ -396,8 +366,6 @@ def run_reflection(
     outputs = [run.refinements, run.orion_sft_set]
 
     def work() -> dict:
-        from .generation import completion_nll, open_generator
-
         problems = read_jsonl(inputs[0], Problem)
         teacher_examples = read_jsonl(inputs[1], SFTExample)
         teacher_cots = {e.problem_id: e.response for e in teacher_examples}
@@ -406,13 +374,12 @@ def run_reflection(
             errors.setdefault(a.problem_id, []).append(a)
         model_path = run.student_model()
         template, system = student.prompt_template, student.system_prompt or None
-        # The base student is loaded once for the whole stage (on first use): the scorer (selection,
-        # mechanism) and the toy `student` reflector share it; it is released when the stage ends.
-        with _StageStudent(model_path) as base:
-            generator = None
+        # One model at a time (`generation.StageModel`): the `llm` reflector's generator, then the scorer
+        # (selection, mechanism), which shares a transformers generator's model and otherwise closes the
+        # engine before the student loads; the toy `student` reflector shares the scoring model.
+        with _StageStudent(model_path, generation, seed=cfg.seed) as base:
             if kind == "llm":
-                generator = open_generator(model_path, generation, seed=cfg.seed)
-                reflector: Reflector = LLMReflector(generator, cfg, system)
+                reflector: Reflector = LLMReflector(base.generator(), cfg, system)
             elif kind == "student":
                 reflector = StudentReflector(model_path, cfg, template, system, **base.for_cpu_sampling())
             else:
@@ -421,15 +388,11 @@ def run_reflection(
                   f"mask_wrong_step={cfg.mask_wrong_step}")
 
             def scorer(questions, completions):
-                model, tokenizer = base.load()
-                return completion_nll(model, tokenizer, questions, completions, prompt_template=template,
-                                      system=system)
+                return base.score(questions, completions, prompt_template=template, system=system)
 
             try:
                 refinements = refine(problems, teacher_cots, errors, reflector, cfg, scorer)
             finally:
-                if generator is not None:
-                    generator.close()
                 if isinstance(reflector, StudentReflector):
                     reflector.close()
             write_jsonl(outputs[0], refinements)

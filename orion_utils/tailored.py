@@ -572,6 +572,9 @@ def _exam_round(
     model_name: str,
 ) -> list[StudentAttempt]:
     def make() -> list[StudentAttempt]:
+        from .generation import release_memory
+
+        release_memory(before=model_dir)  # the last round's trainer, before the exam's generator starts
         generator = generator_factory(model_dir)
         try:
             return run_exam(generator, problems, cfg, grader, prompt_template, system, model_name)

@@ -20,6 +20,22 @@ from typing import Any
 
 import pytest
 
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+# tests/gpu/ (the GPU tier, `make test-gpu`) is collected only where CUDA is present
+collect_ignore = [] if _cuda_available() else ["gpu"]
+
+
+def pytest_report_header(config):
+    return None if _cuda_available() else "tests/gpu: not collected (the GPU tier needs CUDA)"
+
 QWEN_STYLE_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
@@ -66,7 +82,7 @@ def build_tiny_model_dir(path, seed: int = 0, architecture: str = "llama", **con
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    LlamaConfig, LlamaForCausalLM = {  # noqa: N806 - the architecture's classes
+    LlamaConfig, LlamaForCausalLM = {
         "llama": (LlamaConfig, LlamaForCausalLM),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
     }[architecture]
