@@ -3,8 +3,10 @@
 For each training question the student is shown the question, the teacher's correct CoT and one
 of its own wrong solutions, and asked to rewrite the teacher's CoT into one it can follow: keep
 the teacher's correct reasoning and, at the step where its own attempt went wrong, reflect on
-that mistake explicitly and correct it. Of m candidates, those whose final answer verifies are
-accepted and one is picked by a stated rule; with none accepted the teacher's CoT is kept.
+that mistake explicitly and correct it. Of m candidates, those whose final answer verifies AND that
+quote the wrong attempt near reflection language AND keep the teacher's derived values AND are not
+a near-copy of the teacher's CoT are accepted (``acceptance``), and one is picked by a stated rule;
+with none accepted the teacher's CoT is kept.
 
 A tiny toy student cannot follow such a prompt, so the toy domain has two stand-ins behind the same
 interface. ``student`` (the toy default): rules find the step where the student's attempt diverged
@@ -21,6 +23,7 @@ from typing import Optional, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
+from .acceptance import acceptance_line, acceptance_summary
 from .config import GenerationConfig, StudentConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_jsonl
@@ -57,6 +60,14 @@ class ReflectionConfig:
     # Take the quoted wrong step (the student's own wrong line, which the refined CoT quotes before
     # checking it) out of the SFT loss, so the student is not trained to write it again.
     mask_wrong_step: bool = True
+    # Acceptance beyond a verified answer (orion_utils.acceptance; defaults measured, README "Acceptance"):
+    # reflects: a line/equation/number only the wrong attempt has, quoted within this many characters of
+    # reflection language (None: not checked)
+    reflect_window: Optional[int] = 200
+    # keeps the teacher's reasoning: share of the teacher CoT's derived numbers found in the rewrite (0: off)
+    min_coverage: float = 0.5
+    # more than a copy: normalised similarity to the teacher CoT must stay below this (None: not checked)
+    max_copy_similarity: Optional[float] = 0.97
 
 
 @dataclass
@@ -228,7 +239,8 @@ def refine(
     scorer=None,
     batch_size: int = 64,
 ) -> list[Refinement]:
-    """ORION's refinement: candidates, acceptance by answer verification, selection, fallback.
+    """ORION's refinement: candidates, acceptance (a verified answer and ``acceptance``'s checks, each
+    candidate's statistics and first failed check in ``meta["candidates"]``), selection, fallback.
 
     ``scorer(questions, completions) -> list[float]`` gives the student's NLL of each completion
     (needed for selection='perplexity').
@@ -247,33 +259,57 @@ def refine(
         items.append(ReflectionItem(p, teacher_cots[p.id], wrong.response))
         item_problems.append(p)
     proposals = []  # (item, distinct candidates, accepted candidates)
-    verdicts = []  # per proposal: every candidate with its extracted answer and whether it verified
+    verdicts = []  # per proposal: every candidate, its extracted answer and each acceptance check's statistic
     for start in tqdm(range(0, len(items), batch_size), desc="reflection", unit="batch"):
         batch = items[start : start + batch_size]
         for item, candidates in zip(batch, reflector.propose(batch, cfg.m)):
             candidates = list(dict.fromkeys(candidates))  # identical rewrites count once
-            graded = [(c, grade(c, item.problem.answer)) for c in candidates]
-            proposals.append((item, candidates, [c for c, g in graded if g.correct]))
-            verdicts.append([{"answer": g.predicted, "verified": g.correct, "text": c} for c, g in graded])
+            checked = [_check(item, c, cfg) for c in candidates]
+            proposals.append((item, candidates, [c for c, v in zip(candidates, checked) if v["rejected"] is None]))
+            verdicts.append(checked)
     nll_by_item = _score_all(proposals, scorer) if cfg.selection == "perplexity" else {}
     for index, (item, candidates, accepted) in enumerate(proposals):
         pid = item.problem.id
         if not accepted:
+            reason = "no candidate accepted" if any(v["verified"] for v in verdicts[index]) else "no candidate verified"
             refinements[pid] = Refinement(pid, item.teacher_cot, item.teacher_cot, item.wrong_attempt, False,
                                           len(candidates), 0, cfg.selection, reflector.name,
-                                          {"reason": "no candidate verified", "candidates": verdicts[index]})
+                                          {"reason": reason, "candidates": verdicts[index]})
             continue
         nll = nll_by_item.get(index)
         pick = select_candidate(accepted, cfg.selection, nll)
         meta = {"reason": "accepted", "candidates": verdicts[index]}
         if nll is not None:
             meta["nll"] = float(nll[pick])
-        spans_of = getattr(reflector, "loss_mask_spans", None)
-        spans = spans_of(item, accepted[pick]) if spans_of else []
+        spans = _wrong_step_spans(reflector, item, accepted[pick], cfg)
         refinements[pid] = Refinement(pid, item.teacher_cot, accepted[pick], item.wrong_attempt, True,
                                       len(candidates), len(accepted), cfg.selection, reflector.name, meta,
                                       wrong_step_spans=spans)
     return [refinements[p.id] for p in problems if p.id in refinements]
+
+
+def _check(item: ReflectionItem, candidate: str, cfg: ReflectionConfig) -> dict:
+    """One candidate graded and put through the acceptance checks (``acceptance.check_candidate``)."""
+    from .acceptance import check_candidate, wrong_markers
+
+    g = grade(candidate, item.problem.answer)
+    markers = wrong_markers(item.wrong_attempt, item.teacher_cot, item.problem.question)
+    stats = check_candidate(candidate, g.correct, item.teacher_cot, item.problem.question, markers,
+                            cfg.reflect_window, cfg.min_coverage, cfg.max_copy_similarity)
+    return {"answer": g.predicted, "verified": g.correct, **stats, "text": candidate}
+
+
+def _wrong_step_spans(reflector, item: ReflectionItem, text: str, cfg: ReflectionConfig) -> list:
+    """Where the chosen rewrite quotes the wrong step: the reflector's own record where it keeps one
+    (the toy ``student`` reflector), else the quoted wrong line/equation the "reflects" check found."""
+    from .acceptance import wrong_markers, wrong_step_span
+
+    spans_of = getattr(reflector, "loss_mask_spans", None)
+    if spans_of is not None:
+        return spans_of(item, text)
+    span = wrong_step_span(text, wrong_markers(item.wrong_attempt, item.teacher_cot, item.problem.question),
+                           cfg.reflect_window)
+    return [list(span)] if span else []
 
 
 def _score_all(proposals, scorer) -> dict:
@@ -418,7 +454,8 @@ def run_reflection(
             else:
                 reflector = RuleReflector(cfg.seed)
             print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
-                  f"mask_wrong_step={cfg.mask_wrong_step}")
+                  f"reflect_window={cfg.reflect_window} min_coverage={cfg.min_coverage} "
+                  f"max_copy_similarity={cfg.max_copy_similarity}")
 
             def scorer(questions, completions):
                 model, tokenizer = base.load()
@@ -445,12 +482,14 @@ def run_reflection(
             rate = acceptance_rate(refinements)
             print(f"[reflection] acceptance rate {rate:.1%} over {sum(bool(r.wrong_attempt) for r in refinements)} "
                   f"questions with a student error")
+            checks = acceptance_summary(refinements, cfg.mask_wrong_step)
+            print(f"[reflection] {acceptance_line(checks)}")
             questions = {p.id: p.question for p in problems}
             mechanism = mechanism_perplexity(refinements, questions, scorer)
         print(f"[reflection] base-student perplexity, refined vs teacher CoTs of the {mechanism['n']} accepted "
               f"rewrites: {mechanism['refined']} vs {mechanism['teacher']}" if mechanism["n"] else
               "[reflection] no accepted rewrite to measure")
-        return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism}
+        return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism, "acceptance": checks}
 
     params = {"reflection": cfg, "reflector": kind, "student": student}
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")
