@@ -36,7 +36,7 @@ CUE_RE = re.compile(
 )
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
-EQUATION_RE = re.compile(r"[\d(][\d\s.,+\-*/×÷()^x]*[+\-*/×÷^x][\d\s.,+\-*/×÷()^x]*=\s*-?\$?\d[\d.,]*")
+EQUATION_RE = re.compile(r"[\d(][\d\s.,+\-*/×÷()^x]*[+\-*/×÷^x][\d\s.,+\-*/×÷()^x]*=\s*-?\$?\d+(?:[.,]\d+)*")
 
 
 def _norm(text: str) -> str:

@@ -510,9 +510,10 @@ def pick_refinement(refinements: Sequence[Refinement], problem_id: Optional[str]
 
 def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = True, show: bool = True) -> dict:
     """ORION's refinement of one question, replayed from ``refinements.jsonl``: the m candidate rewrites,
-    each graded again (``grading.grade``: does its answer verify?), each one's mean per-token NLL under
-    the base student (``generation.completion_nll``, as the selection scored them), and the candidate
-    ``select_candidate`` picks among the verified ones by the run's rule, checked against the stored pick."""
+    each graded again (``grading.grade``: does its answer verify?) with the first acceptance check it
+    failed (stored), each one's mean per-token NLL under the base student (``generation.completion_nll``,
+    as the selection scored them), and the candidate ``select_candidate`` picks among the accepted ones
+    by the run's rule, checked against the stored pick."""
     from .chat import run_prompt_format
     from .display import key_values, markdown, table
 
@@ -527,12 +528,16 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = Tru
         template, system = run_prompt_format(run)
         nll = completion_nll(run.student_model(), None, [problem.question] * len(texts), texts,
                              prompt_template=template, system=system)
-    verified = [i for i, g in enumerate(graded) if g.correct]
+    stored = r.meta.get("candidates", [])
+    # acceptable: verified again, and passed the stored acceptance checks (records without them: verified)
+    verified = [i for i, g in enumerate(graded) if g.correct and stored[i].get("rejected") in (None, "unverified")]
     pick = None
     if verified and (r.selection_rule != "perplexity" or score):
         chosen = select_candidate([texts[i] for i in verified], r.selection_rule, [nll[i] for i in verified])
         pick = verified[chosen]
     rows = [{"candidate": i, "answer": g.predicted, "verified": g.correct,
+             "rejected": None if g.correct and stored[i].get("rejected") == "unverified" else
+             ("unverified" if not g.correct else stored[i].get("rejected")),
              "nll": None if v is None else round(float(v), 4), "picked": i == pick, "text": t}
             for i, (t, g, v) in enumerate(zip(texts, graded, nll))]
     look = {"problem_id": r.problem_id, "question": problem.question, "gold": problem.answer,
@@ -546,6 +551,6 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = Tru
         key_values({k: look[k] for k in shown}, title="one question's reflection")
         if r.wrong_attempt:
             markdown(f"**The student's wrong attempt**\n\n```\n{r.wrong_attempt}\n```")
-        table(rows, ["candidate", "answer", "verified", "nll", "picked", "text"], max_chars=400,
+        table(rows, ["candidate", "answer", "verified", "rejected", "nll", "picked", "text"], max_chars=400,
               title=f"{len(rows)} candidate rewrites (nll: base student, lower = more natural to it)")
     return look
