@@ -108,3 +108,19 @@ def test_summary_counts_reasons_and_never_claims_masking_it_did_not_do():
     assert off["masked"] == 0 and "nothing masked" in acceptance_line(off)
     unmasked = _refine([TEACHER], reflect_window=None, min_coverage=0.0, max_copy_similarity=None)
     assert "masked in 0 of 1" in acceptance_line(acceptance_summary([unmasked]))
+
+
+def test_report_section_counts_rejections_masking_and_lengths(tmp_path):
+    from orion_utils.jsonl import write_jsonl
+    from orion_utils.report import acceptance_section
+    from orion_utils.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    assert acceptance_section(run) == []  # stage 03 did not run
+    run.refinements.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(run.refinements, [_refine([TEACHER, REFLECTS, REFLECTS.replace("72", "70")])])
+    text = "\n".join(acceptance_section(run))
+    assert "Of 3 candidates, 1 passed every check" in text
+    assert "unverified **1**, no reflection **1**, low coverage **0**, copy **0**" in text
+    assert "in **1 of 1** chosen rewrites" in text
+    assert f"{len(REFLECTS)} characters long on average, their teacher CoTs {len(TEACHER)}" in text
