@@ -87,7 +87,7 @@ def main() -> None:
     run = Path(args.run) if args.run else None
     if run is not None:
         attempts = [a for a in read_jsonl(run / "data" / "student_attempts.jsonl", StudentAttempt) if not a.correct]
-        table["exposure, long: R1 CoT vs a SmolLM2 wrong attempt"] = [
+        table["exposure, long: R1 CoT vs a wrong attempt of the run's student"] = [
             _share(tok, c, attempts[i % len(attempts)].response) for i, c in enumerate(cots)] if attempts else []
     table["exposure, long: R1 CoT vs its own final solution"] = [_share(tok, c, s) for c, s in zip(cots, solutions)]
     if run is not None:
@@ -95,7 +95,7 @@ def main() -> None:
         traces = read_jsonl(run / "data" / "teacher_traces.jsonl", TeacherTrace)
         attempts = read_jsonl(run / "data" / "student_attempts.jsonl", StudentAttempt)
         pairs = pairs_from_exposure(problems, traces, attempts)
-        table["exposure, short: GSM8K solution vs SmolLM2 wrong attempt (the run's pairs)"] = [
+        table["exposure, short: the run's pairs (its teacher CoT vs its student's wrong attempt)"] = [
             _share(tok, p.chosen, p.rejected) for p in pairs]
     from orion_utils.teachers.toy import ToyTeacher
     from orion_utils.toy.domain import generate_problems

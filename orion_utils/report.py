@@ -108,16 +108,17 @@ def acceptance_section(run: RunDir) -> list[str]:
     mask = ((run.config() or {}).get("reflection") or {}).get("mask_wrong_step", True)
     s = acceptance_summary(read_jsonl(run.refinements, Refinement), bool(mask))
     rejected = ", ".join(f"{k} **{v}**" for k, v in s["rejected"].items())
+    others = " (the others quote no wrong line or equation to locate)" if s["masked"] < s["chosen"] else ""
     masked = (f"`mask_wrong_step` took the quoted wrong step out of the loss in **{s['masked']} of {s['chosen']}** "
-              f"chosen rewrites (the others quote no wrong line or equation it could locate)"
-              if s["mask_wrong_step"] else "`mask_wrong_step` is off: nothing was masked")
+              f"chosen rewrites{others}" if s["mask_wrong_step"] else "`mask_wrong_step` is off: nothing was masked")
     length = (f" The chosen rewrites are {s['chosen_chars']:.0f} characters long on average, their teacher CoTs "
               f"{s['teacher_chars']:.0f}." if s["chosen"] else "")
     return ["### Acceptance checks", "",
-            f"A candidate is accepted when its answer verifies, it quotes the wrong attempt near reflection language, "
-            f"it keeps the teacher's derived values and it is not a near-copy of the teacher's CoT (README, "
-            f"\"Acceptance\"). Of {s['candidates']} candidates, {s['accepted_candidates']} passed every check; rejected, "
-            f"by the first check failed: {rejected}. {masked[0].upper()}{masked[1:]}.{length}", ""]
+            ("A candidate is accepted when its answer verifies, it quotes the wrong attempt near reflection "
+             "language, it keeps the teacher's derived values and it is not a near-copy of the teacher's CoT "
+             "(README, \"Acceptance of a rewrite\"). "
+             f"Of {s['candidates']} candidates, {s['accepted_candidates']} passed every check; rejected, by the "
+             f"first check failed: {rejected}. {masked}.{length}"), ""]
 
 
 def reflection_lines(info: Optional[dict]) -> list:
