@@ -122,13 +122,12 @@ def acceptance_section(run: RunDir) -> list[str]:
 
 
 def reflection_lines(info: Optional[dict]) -> list:
-    """One paragraph on ORION's reflection stage (this run): reflector, mask, acceptance, mechanism."""
+    """One paragraph on ORION's reflection stage (this run): reflector, acceptance, mechanism."""
     if not info:
         return []
     mech = info.get("mechanism") or {}
     text = f"ORION's reflection (this run): reflector `{info.get('reflector')}`"
-    if info.get("mask_wrong_step") is not None:  # what it masked: acceptance_section (this setting alone says nothing)
-        text += f", mask_wrong_step {'on' if info['mask_wrong_step'] else 'off'}"
+    # masking: acceptance_section counts what was masked (the setting alone never says that anything was)
     if info.get("acceptance_rate") is not None:
         text += f", acceptance rate {100 * info['acceptance_rate']:.1f}%"
     if mech.get("n") and mech.get("refined") is not None and mech.get("teacher") is not None:
