@@ -16,7 +16,12 @@ CoT's tokens marked key and the lengths, in the student's tokenizer (SmolLM2's b
   real teacher's reply to the corrupt prompt could not be measured here (no teacher API or 32B model
   on this machine); how closely R1 copies 10k tokens is the open question.
 
+- teacher, real model (``--local-teacher PATH``): a local model (``teachers.local.LocalTeacher``,
+  transformers) asked with the corrupt prompt to corrupt the run's teacher CoTs, end to end (prompt,
+  reply assembly, grading); how many replies used the tags, how many are wrong, their key share.
+
     python bench/edit_pairs.py [--run outputs/smol] [--tokenizer PATH] [--limit 291] [--toy 200]
+                               [--local-teacher PATH --local-n 8]
 """
 from __future__ import annotations
 
@@ -69,6 +74,9 @@ def main() -> None:
     ap.add_argument("--tokenizer", default="", help="default: the smollm2-135m-instruct student")
     ap.add_argument("--limit", type=int, default=291)
     ap.add_argument("--toy", type=int, default=200, help="toy problems for the toy teacher's pairs")
+    ap.add_argument("--local-teacher", default="", help="a local model (transformers) asked to corrupt the run's CoTs")
+    ap.add_argument("--local-n", type=int, default=8)
+    ap.add_argument("--local-tokens", type=int, default=384)
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -106,6 +114,20 @@ def main() -> None:
     for kind in ("corrupted", "rectified"):
         table[f"teacher, toy: the toy teacher's {kind} pairs"] = [
             _share(tok, p.chosen, p.rejected) for p in toy_pairs if p.meta["kind"] == kind]
+    if args.local_teacher and run is not None:  # a real model's reply to the corrupt prompt, end to end
+        from orion_utils.teachers.local import LocalTeacher
+
+        local = LocalTeacher(args.local_teacher, backend="transformers", max_tokens=args.local_tokens, seed=0)
+        problem_of = {p.id: p for p in read_jsonl(run / "data" / "train_problems.jsonl", Problem)}
+        good = [t for t in read_jsonl(run / "data" / "teacher_traces.jsonl", TeacherTrace) if t.correct]
+        good = good[: args.local_n]
+        replies = local.corrupt_many([(problem_of[t.problem_id], t) for t in good])
+        kept = [(t, r) for t, r in zip(good, replies) if r is not None]
+        tagged = sum(r.meta.get("reply_format") == "tagged" for _, r in kept)
+        wrong = sum(not r.correct for _, r in kept)
+        name = f"teacher, real model: {Path(args.local_teacher).name} corrupting the run's CoTs"
+        table[name] = [_share(tok, t.cot, r.cot) for t, r in kept if not r.correct]
+        print(f"{name}: {len(kept)} replies, {tagged} tagged, {wrong} wrong (kept as pairs)")
     table["teacher, long, simulated: R1 CoT vs itself with one number changed on"] = [
         _share(tok, c, _corrupt_one_number(c)) for c in cots]
     print(f"Key tokens of EDIT's dual pairs, in the tokenizer of {tok.name_or_path.split('/')[-1]}")
