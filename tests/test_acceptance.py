@@ -124,3 +124,29 @@ def test_report_section_counts_rejections_masking_and_lengths(tmp_path):
     assert "unverified **1**, no reflection **1**, low coverage **0**, copy **0**" in text
     assert "in **1 of 1** chosen rewrites" in text
     assert f"{len(REFLECTS)} characters long on average, their teacher CoTs {len(TEACHER)}" in text
+
+
+def test_stage_03_line_counts_rejections_and_masking(tiny_model_dir, tmp_path, capsys):
+    """run_reflection with the toy `rule` reflector: the stage line and the stage's record carry the counts."""
+    from orion_utils.config import StudentConfig
+    from orion_utils.jsonl import write_json, write_jsonl
+    from orion_utils.records import SFTExample
+    from orion_utils.reflection import run_reflection
+    from orion_utils.rundir import RunDir
+
+    teacher = ToyTeacher(error_rate=0.0, seed=0)
+    problems = generate_problems(4)
+    traces = {t.problem_id: t for t in teacher.collect(problems, 1)}
+    run = RunDir(tmp_path / "run")
+    write_json(run.data("student.json"), {"model": tiny_model_dir, "in_run_dir": False})
+    write_jsonl(run.data("train_problems.jsonl"), problems)
+    write_jsonl(run.training_set("sft"), [SFTExample(p.id, p.question, traces[p.id].cot, "teacher", {}) for p in problems])
+    write_jsonl(run.data("error_attempts.jsonl"),
+                [StudentAttempt(p.id, 0, teacher.corrupt(p, traces[p.id]).cot, None, False, "base") for p in problems])
+    stats = run_reflection(run, ReflectionConfig(reflector="rule", m=2, selection="first"), StudentConfig(model="toy"))
+    line = next(x for x in capsys.readouterr().out.splitlines() if "passed every check" in x)
+    assert line.startswith("[reflection] 8 candidates, 8 passed every check") and "masked in 4 of 4" in line
+    assert stats["acceptance"]["rejected"] == {r: 0 for r in REASONS}
+    off = run_reflection(run, ReflectionConfig(reflector="rule", m=2, selection="first", mask_wrong_step=False),
+                         StudentConfig(model="toy"))
+    assert off["acceptance"]["masked"] == 0 and "nothing masked" in capsys.readouterr().out
