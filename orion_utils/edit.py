@@ -48,6 +48,7 @@ from .training import OrionSFTTrainer, TrainerMethod, TrainResult, train_method,
 PathLike = Union[str, Path]
 
 PAIR_SOURCES = ("auto", "exposure", "teacher")
+SOURCE_LABELS = {"exposure": "error_exposure", "teacher": "teacher_prompts"}  # DualPair.source
 # teacher kinds (collection.TEACHER_KINDS) whose teacher can rectify and corrupt (a FeedbackTeacher)
 FEEDBACK_TEACHER_KINDS = ("toy", "api", "local")
 
@@ -60,7 +61,6 @@ def resolve_pair_source(source: str, teacher_kind: str) -> str:
     if source != "auto":
         return source
     return "teacher" if teacher_kind in FEEDBACK_TEACHER_KINDS else "exposure"
-SOURCE_LABELS = {"exposure": "error_exposure", "teacher": "teacher_prompts"}  # DualPair.source
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Optional, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
-from .acceptance import acceptance_line, acceptance_summary
+from .acceptance import acceptance_line, acceptance_summary, check_candidate, wrong_markers, wrong_step_span
 from .config import GenerationConfig, StudentConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_jsonl
@@ -293,8 +293,6 @@ def refine(
 
 def _check(item: ReflectionItem, candidate: str, cfg: ReflectionConfig) -> dict:
     """One candidate graded and put through the acceptance checks (``acceptance.check_candidate``)."""
-    from .acceptance import check_candidate, wrong_markers
-
     g = grade(candidate, item.problem.answer)
     markers = wrong_markers(item.wrong_attempt, item.teacher_cot, item.problem.question)
     stats = check_candidate(candidate, g.correct, item.teacher_cot, item.problem.question, markers,
@@ -305,8 +303,6 @@ def _check(item: ReflectionItem, candidate: str, cfg: ReflectionConfig) -> dict:
 def _wrong_step_spans(reflector, item: ReflectionItem, text: str, cfg: ReflectionConfig) -> list:
     """Where the chosen rewrite quotes the wrong step: the reflector's own record where it keeps one
     (the toy ``student`` reflector), else the quoted wrong line/equation the "reflects" check found."""
-    from .acceptance import wrong_markers, wrong_step_span
-
     spans_of = getattr(reflector, "loss_mask_spans", None)
     if spans_of is not None:
         return spans_of(item, text)
@@ -511,6 +507,12 @@ def pick_refinement(refinements: Sequence[Refinement], problem_id: Optional[str]
     raise ValueError("no refinements to look at")
 
 
+def _after_verification(rejected: Optional[str]) -> Optional[str]:
+    """The first acceptance check a candidate that verifies (now) failed: its stored reason, but for
+    ``unverified``, which a regrade overrides."""
+    return None if rejected == "unverified" else rejected
+
+
 def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = True, show: bool = True) -> dict:
     """ORION's refinement of one question, replayed from ``refinements.jsonl``: the m candidate rewrites,
     each graded again (``grading.grade``: does its answer verify?) with the first acceptance check it
@@ -533,14 +535,13 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = Tru
                              prompt_template=template, system=system)
     stored = r.meta.get("candidates", [])
     # acceptable: verified again, and passed the stored acceptance checks (records without them: verified)
-    verified = [i for i, g in enumerate(graded) if g.correct and stored[i].get("rejected") in (None, "unverified")]
+    verified = [i for i, g in enumerate(graded) if g.correct and _after_verification(stored[i].get("rejected")) is None]
     pick = None
     if verified and (r.selection_rule != "perplexity" or score):
         chosen = select_candidate([texts[i] for i in verified], r.selection_rule, [nll[i] for i in verified])
         pick = verified[chosen]
     rows = [{"candidate": i, "answer": g.predicted, "verified": g.correct,
-             "rejected": None if g.correct and stored[i].get("rejected") == "unverified" else
-             ("unverified" if not g.correct else stored[i].get("rejected")),
+             "rejected": "unverified" if not g.correct else _after_verification(stored[i].get("rejected")),
              "nll": None if v is None else round(float(v), 4), "picked": i == pick, "text": t}
             for i, (t, g, v) in enumerate(zip(texts, graded, nll))]
     look = {"problem_id": r.problem_id, "question": problem.question, "gold": problem.answer,
