@@ -38,20 +38,25 @@ def run_edit_stage(
     force: bool = False,
 ) -> dict:
     """EDIT: dual CoT pairs → stage-1 SFT on correct + rectified CoTs → key-reasoning-step learning."""
+    from dataclasses import replace
+
     from .collection import make_teacher
-    from .edit import run_edit
+    from .edit import resolve_pair_source, run_edit
 
     student, teacher_cfg = student or StudentConfig(), teacher_cfg or TeacherConfig()
     edit_dir = run.edit()
     out_dir = edit_dir.root
+    cfg_source, source = cfg.pair_source, resolve_pair_source(cfg.pair_source, teacher_cfg.kind)
+    cfg = replace(cfg, pair_source=source)
     inputs = [run.train_problems, run.teacher_traces]
-    if cfg.pair_source == "exposure":
+    if source == "exposure":
         inputs.append(run.error_attempts)
 
     def work() -> dict:
+        print(f"[edit] dual pairs: {source} (edit.pair_source={cfg_source}, teacher.kind={teacher_cfg.kind})")
         problems = read_jsonl(inputs[0], Problem)
         traces = read_jsonl(inputs[1], TeacherTrace)
-        attempts = read_jsonl(inputs[2], StudentAttempt) if cfg.pair_source == "exposure" else None
+        attempts = read_jsonl(inputs[2], StudentAttempt) if source == "exposure" else None
         teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
         result = run_edit(run.student_model(), problems, traces, out_dir, cfg, training_cfg, teacher=teacher,
                           attempts=attempts, prompt_template=student.prompt_template,

@@ -129,7 +129,7 @@ class EditConfig(TrainingConfig):
     whose values a profile's ``edit`` section inherits from its ``sft`` section) plus EDIT's own.
     Stage 1 is ``train_sft`` with the ``sft`` section; stage 2 trains with this one."""
 
-    pair_source: str = "exposure"  # "exposure" (teacher correct vs student wrong) | "teacher" (rectify/corrupt)
+    pair_source: str = "auto"  # auto: teacher if the teacher can rectify/corrupt, else exposure | teacher | exposure
     max_pairs_per_problem: int = 4  # 0 → no limit
     alpha: float = 1.0  # weight of the chosen CoT's key tokens (paper: 1.0)
     beta: float = 0.025  # weight of the rejected CoT's key tokens (paper: 0.025)

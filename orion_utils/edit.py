@@ -7,13 +7,16 @@ them likelier in the correct chain and less likely in the wrong one.
 
 Pipeline (the paper's two stages, with prompts of our own; ``run_edit``):
 
-1. **Dual pairs** (``build_dual_pairs``), from one of two sources:
+1. **Dual pairs** (``build_dual_pairs``), from one of two sources (``"auto"``, the default: the
+   teacher wherever it can be asked, ``resolve_pair_source``):
 
    - ``"teacher"``: the teacher interface. Wrong teacher CoTs are *rectified* (answer-hint
      prompt → D−+), correct ones are *corrupted* (contrastive prompt → D+−). Pairs:
      (CoT+, CoT+−) and (CoT−+, CoT−).
    - ``"exposure"``: ORION's error exposure already gives natural pairs, the teacher's correct
-     CoT against the student's own wrong attempts.
+     CoT against the student's own wrong attempts. Not the default: a long teacher CoT and a short
+     student attempt share little text, so the alignment marks most of the teacher's tokens as key
+     (``bench/edit_pairs.py`` measures it) and stage 2 becomes reweighted SFT.
 
 2. **Key tokens** (``key_token_ops`` / ``weights_from_ops`` / ``key_token_weights``): a
    token-level Levenshtein alignment of the two responses *in the student's tokenizer*, after
@@ -44,8 +47,20 @@ from .training import OrionSFTTrainer, TrainerMethod, TrainResult, train_method,
 
 PathLike = Union[str, Path]
 
-PAIR_SOURCES = ("exposure", "teacher")
+PAIR_SOURCES = ("auto", "exposure", "teacher")
 SOURCE_LABELS = {"exposure": "error_exposure", "teacher": "teacher_prompts"}  # DualPair.source
+# teacher kinds (collection.TEACHER_KINDS) whose teacher can rectify and corrupt (a FeedbackTeacher)
+FEEDBACK_TEACHER_KINDS = ("toy", "api", "local")
+
+
+def resolve_pair_source(source: str, teacher_kind: str) -> str:
+    """``auto``: EDIT's own construction, ``teacher`` (rectify/corrupt), where the profile's teacher can
+    be asked (``FEEDBACK_TEACHER_KINDS``), else ``exposure``; any other value is kept."""
+    if source not in PAIR_SOURCES:
+        raise ValueError(f"edit.pair_source must be one of {PAIR_SOURCES}, got {source!r}")
+    if source != "auto":
+        return source
+    return "teacher" if teacher_kind in FEEDBACK_TEACHER_KINDS else "exposure"
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,7 +335,11 @@ def build_dual_pairs(
     max_pairs_per_problem: int = 0,
 ) -> list[DualPair]:
     """Dual pairs from ``source``: ``"teacher"`` (needs ``teacher``) or ``"exposure"``
-    (needs ``attempts``)."""
+    (needs ``attempts``); ``"auto"``: ``"teacher"`` when ``teacher`` can rectify and corrupt."""
+    if source == "auto":
+        can = teacher is not None and all(hasattr(teacher, m) or hasattr(teacher, m + "_many")
+                                           for m in ("rectify", "corrupt"))
+        source = "teacher" if can else "exposure"
     if source == "teacher":
         if teacher is None or not all(
             hasattr(teacher, m) or hasattr(teacher, m + "_many") for m in ("rectify", "corrupt")

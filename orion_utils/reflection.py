@@ -3,8 +3,10 @@
 For each training question the student is shown the question, the teacher's correct CoT and one
 of its own wrong solutions, and asked to rewrite the teacher's CoT into one it can follow: keep
 the teacher's correct reasoning and, at the step where its own attempt went wrong, reflect on
-that mistake explicitly and correct it. Of m candidates, those whose final answer verifies are
-accepted and one is picked by a stated rule; with none accepted the teacher's CoT is kept.
+that mistake explicitly and correct it. Of m candidates, those whose final answer verifies AND that
+quote the wrong attempt near reflection language AND keep the teacher's derived values AND are not
+a near-copy of the teacher's CoT are accepted (``acceptance``), and one is picked by a stated rule;
+with none accepted the teacher's CoT is kept.
 
 A tiny toy student cannot follow such a prompt, so the toy domain has two stand-ins behind the same
 interface. ``student`` (the toy default): rules find the step where the student's attempt diverged
@@ -21,6 +23,7 @@ from typing import Optional, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
+from .acceptance import acceptance_line, acceptance_summary, check_candidate, wrong_markers, wrong_step_span
 from .config import GenerationConfig, StudentConfig
 from .generation import StageModel
 from .grading import grade
@@ -58,6 +61,17 @@ class ReflectionConfig:
     # Take the quoted wrong step (the student's own wrong line, which the refined CoT quotes before
     # checking it) out of the SFT loss, so the student is not trained to write it again.
     mask_wrong_step: bool = True
+    # Acceptance beyond a verified answer (orion_utils.acceptance; the measurements behind each default are
+    # in the README's "Acceptance of a rewrite", from bench/acceptance_checks.py):
+    # reflects: a line/equation/number only the wrong attempt has, quoted within this many characters of
+    # reflection language (None: not checked). Toy quotes: 0-59 chars; smol: median 25, p90 127
+    reflect_window: Optional[int] = 200
+    # keeps the teacher's reasoning: share of the teacher CoT's derived numbers found in the rewrite (0: off).
+    # Another question's long CoT: median 0.24, p90 0.50; toy verified candidates: p10 1.0
+    min_coverage: float = 0.5
+    # more than a copy: normalised similarity to the teacher CoT must stay below this (None: not checked).
+    # Toy rewrites (both reflectors) at most 0.943; a long CoT with one paragraph inserted at least 0.971
+    max_copy_similarity: Optional[float] = 0.95
 
 
 @dataclass
@@ -229,7 +243,8 @@ def refine(
     scorer=None,
     batch_size: int = 64,
 ) -> list[Refinement]:
-    """ORION's refinement: candidates, acceptance by answer verification, selection, fallback.
+    """ORION's refinement: candidates, acceptance (a verified answer and ``acceptance``'s checks, each
+    candidate's statistics and first failed check in ``meta["candidates"]``), selection, fallback.
 
     ``scorer(questions, completions) -> list[float]`` gives the student's NLL of each completion
     (needed for selection='perplexity').
@@ -248,33 +263,53 @@ def refine(
         items.append(ReflectionItem(p, teacher_cots[p.id], wrong.response))
         item_problems.append(p)
     proposals = []  # (item, distinct candidates, accepted candidates)
-    verdicts = []  # per proposal: every candidate with its extracted answer and whether it verified
+    verdicts = []  # per proposal: every candidate, its extracted answer and each acceptance check's statistic
     for start in tqdm(range(0, len(items), batch_size), desc="reflection", unit="batch"):
         batch = items[start : start + batch_size]
         for item, candidates in zip(batch, reflector.propose(batch, cfg.m)):
             candidates = list(dict.fromkeys(candidates))  # identical rewrites count once
-            graded = [(c, grade(c, item.problem.answer)) for c in candidates]
-            proposals.append((item, candidates, [c for c, g in graded if g.correct]))
-            verdicts.append([{"answer": g.predicted, "verified": g.correct, "text": c} for c, g in graded])
+            checked = [_check(item, c, cfg) for c in candidates]
+            proposals.append((item, candidates, [c for c, v in zip(candidates, checked) if v["rejected"] is None]))
+            verdicts.append(checked)
     nll_by_item = _score_all(proposals, scorer) if cfg.selection == "perplexity" else {}
     for index, (item, candidates, accepted) in enumerate(proposals):
         pid = item.problem.id
         if not accepted:
+            reason = "no candidate accepted" if any(v["verified"] for v in verdicts[index]) else "no candidate verified"
             refinements[pid] = Refinement(pid, item.teacher_cot, item.teacher_cot, item.wrong_attempt, False,
                                           len(candidates), 0, cfg.selection, reflector.name,
-                                          {"reason": "no candidate verified", "candidates": verdicts[index]})
+                                          {"reason": reason, "candidates": verdicts[index]})
             continue
         nll = nll_by_item.get(index)
         pick = select_candidate(accepted, cfg.selection, nll)
         meta = {"reason": "accepted", "candidates": verdicts[index]}
         if nll is not None:
             meta["nll"] = float(nll[pick])
-        spans_of = getattr(reflector, "loss_mask_spans", None)
-        spans = spans_of(item, accepted[pick]) if spans_of else []
+        spans = _wrong_step_spans(reflector, item, accepted[pick], cfg)
         refinements[pid] = Refinement(pid, item.teacher_cot, accepted[pick], item.wrong_attempt, True,
                                       len(candidates), len(accepted), cfg.selection, reflector.name, meta,
                                       wrong_step_spans=spans)
     return [refinements[p.id] for p in problems if p.id in refinements]
+
+
+def _check(item: ReflectionItem, candidate: str, cfg: ReflectionConfig) -> dict:
+    """One candidate graded and put through the acceptance checks (``acceptance.check_candidate``)."""
+    g = grade(candidate, item.problem.answer)
+    markers = wrong_markers(item.wrong_attempt, item.teacher_cot, item.problem.question)
+    stats = check_candidate(candidate, g.correct, item.teacher_cot, item.problem.question, markers,
+                            cfg.reflect_window, cfg.min_coverage, cfg.max_copy_similarity)
+    return {"answer": g.predicted, "verified": g.correct, **stats, "text": candidate}
+
+
+def _wrong_step_spans(reflector, item: ReflectionItem, text: str, cfg: ReflectionConfig) -> list:
+    """Where the chosen rewrite quotes the wrong step: the reflector's own record where it keeps one
+    (the toy ``student`` reflector), else the quoted wrong line/equation the "reflects" check found."""
+    spans_of = getattr(reflector, "loss_mask_spans", None)
+    if spans_of is not None:
+        return spans_of(item, text)
+    span = wrong_step_span(text, wrong_markers(item.wrong_attempt, item.teacher_cot, item.problem.question),
+                           cfg.reflect_window)
+    return [list(span)] if span else []
 
 
 def _score_all(proposals, scorer) -> dict:
@@ -385,7 +420,8 @@ def run_reflection(
             else:
                 reflector = RuleReflector(cfg.seed)
             print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
-                  f"mask_wrong_step={cfg.mask_wrong_step}")
+                  f"reflect_window={cfg.reflect_window} min_coverage={cfg.min_coverage} "
+                  f"max_copy_similarity={cfg.max_copy_similarity}")
 
             def scorer(questions, completions):
                 return base.score(questions, completions, prompt_template=template, system=system)
@@ -408,12 +444,14 @@ def run_reflection(
             rate = acceptance_rate(refinements)
             print(f"[reflection] acceptance rate {rate:.1%} over {sum(bool(r.wrong_attempt) for r in refinements)} "
                   f"questions with a student error")
+            checks = acceptance_summary(refinements, cfg.mask_wrong_step)
+            print(f"[reflection] {acceptance_line(checks)}")
             questions = {p.id: p.question for p in problems}
             mechanism = mechanism_perplexity(refinements, questions, scorer)
         print(f"[reflection] base-student perplexity, refined vs teacher CoTs of the {mechanism['n']} accepted "
               f"rewrites: {mechanism['refined']} vs {mechanism['teacher']}" if mechanism["n"] else
               "[reflection] no accepted rewrite to measure")
-        return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism}
+        return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism, "acceptance": checks}
 
     params = {"reflection": cfg, "reflector": kind, "student": student}
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")
@@ -432,11 +470,18 @@ def pick_refinement(refinements: Sequence[Refinement], problem_id: Optional[str]
     raise ValueError("no refinements to look at")
 
 
+def _after_verification(rejected: Optional[str]) -> Optional[str]:
+    """The first acceptance check a candidate that verifies (now) failed: its stored reason, but for
+    ``unverified``, which a regrade overrides."""
+    return None if rejected == "unverified" else rejected
+
+
 def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = True, show: bool = True) -> dict:
     """ORION's refinement of one question, replayed from ``refinements.jsonl``: the m candidate rewrites,
-    each graded again (``grading.grade``: does its answer verify?), each one's mean per-token NLL under
-    the base student (``generation.completion_nll``, as the selection scored them), and the candidate
-    ``select_candidate`` picks among the verified ones by the run's rule, checked against the stored pick."""
+    each graded again (``grading.grade``: does its answer verify?) with the first acceptance check it
+    failed (stored), each one's mean per-token NLL under the base student (``generation.completion_nll``,
+    as the selection scored them), and the candidate ``select_candidate`` picks among the accepted ones
+    by the run's rule, checked against the stored pick."""
     from .chat import run_prompt_format
     from .display import key_values, markdown, table
 
@@ -451,12 +496,15 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = Tru
         template, system = run_prompt_format(run)
         nll = completion_nll(run.student_model(), None, [problem.question] * len(texts), texts,
                              prompt_template=template, system=system)
-    verified = [i for i, g in enumerate(graded) if g.correct]
+    stored = r.meta.get("candidates", [])
+    # acceptable: verified again, and passed the stored acceptance checks (records without them: verified)
+    verified = [i for i, g in enumerate(graded) if g.correct and _after_verification(stored[i].get("rejected")) is None]
     pick = None
     if verified and (r.selection_rule != "perplexity" or score):
         chosen = select_candidate([texts[i] for i in verified], r.selection_rule, [nll[i] for i in verified])
         pick = verified[chosen]
     rows = [{"candidate": i, "answer": g.predicted, "verified": g.correct,
+             "rejected": "unverified" if not g.correct else _after_verification(stored[i].get("rejected")),
              "nll": None if v is None else round(float(v), 4), "picked": i == pick, "text": t}
             for i, (t, g, v) in enumerate(zip(texts, graded, nll))]
     look = {"problem_id": r.problem_id, "question": problem.question, "gold": problem.answer,
@@ -470,6 +518,6 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = Tru
         key_values({k: look[k] for k in shown}, title="one question's reflection")
         if r.wrong_attempt:
             markdown(f"**The student's wrong attempt**\n\n```\n{r.wrong_attempt}\n```")
-        table(rows, ["candidate", "answer", "verified", "nll", "picked", "text"], max_chars=400,
+        table(rows, ["candidate", "answer", "verified", "rejected", "nll", "picked", "text"], max_chars=400,
               title=f"{len(rows)} candidate rewrites (nll: base student, lower = more natural to it)")
     return look

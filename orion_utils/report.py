@@ -96,14 +96,38 @@ def reflection_section(run: RunDir, max_rows: int = 12) -> list[str]:
     return lines + [""]
 
 
+def acceptance_section(run: RunDir) -> list[str]:
+    """Stage 03's acceptance checks as they ran: rejections per first failed check, what was masked, and
+    the chosen rewrites' mean length against their teacher CoTs' (``acceptance.acceptance_summary``)."""
+    from .acceptance import acceptance_summary
+    from .jsonl import read_jsonl
+    from .records import Refinement
+
+    if not run.refinements.exists():
+        return []
+    mask = ((run.config() or {}).get("reflection") or {}).get("mask_wrong_step", True)
+    s = acceptance_summary(read_jsonl(run.refinements, Refinement), bool(mask))
+    rejected = ", ".join(f"{k} **{v}**" for k, v in s["rejected"].items())
+    others = " (the others quote no wrong line or equation to locate)" if s["masked"] < s["chosen"] else ""
+    masked = (f"`mask_wrong_step` took the quoted wrong step out of the loss in **{s['masked']} of {s['chosen']}** "
+              f"chosen rewrites{others}" if s["mask_wrong_step"] else "`mask_wrong_step` is off: nothing was masked")
+    length = (f" The chosen rewrites are {s['chosen_chars']:.0f} characters long on average, their teacher CoTs "
+              f"{s['teacher_chars']:.0f}." if s["chosen"] else "")
+    return ["### Acceptance checks", "",
+            ("A candidate is accepted when its answer verifies, it quotes the wrong attempt near reflection "
+             "language, it keeps the teacher's derived values and it is not a near-copy of the teacher's CoT "
+             "(README, \"Acceptance of a rewrite\"). "
+             f"Of {s['candidates']} candidates, {s['accepted_candidates']} passed every check; rejected, by the "
+             f"first check failed: {rejected}. {masked}.{length}"), ""]
+
+
 def reflection_lines(info: Optional[dict]) -> list:
-    """One paragraph on ORION's reflection stage (this run): reflector, mask, acceptance, mechanism."""
+    """One paragraph on ORION's reflection stage (this run): reflector, acceptance, mechanism."""
     if not info:
         return []
     mech = info.get("mechanism") or {}
     text = f"ORION's reflection (this run): reflector `{info.get('reflector')}`"
-    if info.get("mask_wrong_step") is not None:
-        text += f", quoted wrong step {'masked out of' if info['mask_wrong_step'] else 'kept in'} the loss"
+    # masking: acceptance_section counts what was masked (the setting alone never says that anything was)
     if info.get("acceptance_rate") is not None:
         text += f", acceptance rate {100 * info['acceptance_rate']:.1f}%"
     if mech.get("n") and mech.get("refined") is not None and mech.get("teacher") is not None:
@@ -373,6 +397,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
         text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy"), ""]
     text += _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
     text += reflection_section(run)
+    text += acceptance_section(run)
     text += ["## Training", ""] + _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
 
     if analysis:

@@ -418,3 +418,59 @@ def test_teacher_pairs_go_to_the_api_teacher_in_concurrent_batches(tmp_path):
     assert seconds < 8 * 0.3  # faster than one request after another
     assert any(p.meta["kind"] == "rectified" for p in pairs)
     assert [p.problem_id for p in pairs] == sorted((p.problem_id for p in pairs), key=lambda x: int(x[1:]))
+
+
+# ------------------------------------------------------------------ EDIT's own construction by default
+
+
+def test_pair_source_auto_asks_the_teacher_wherever_it_can():
+    from orion_utils.collection import TEACHER_KINDS
+    from orion_utils.edit import FEEDBACK_TEACHER_KINDS, resolve_pair_source
+    from orion_utils.teachers.api import APITeacher
+    from orion_utils.teachers.datasets import DatasetTeacher
+    from orion_utils.teachers.local import LocalTeacher
+    from orion_utils.teachers.toy import ToyTeacher
+
+    assert EditConfig().pair_source == "auto"
+    classes = {"toy": ToyTeacher, "api": APITeacher, "dataset": DatasetTeacher, "local": LocalTeacher}
+    assert set(classes) == set(TEACHER_KINDS)
+    for kind, cls in classes.items():  # the static list agrees with what each teacher can do
+        can = all(hasattr(cls, m) for m in ("rectify", "corrupt"))
+        assert (kind in FEEDBACK_TEACHER_KINDS) == can
+        assert resolve_pair_source("auto", kind) == ("teacher" if can else "exposure")
+        assert resolve_pair_source("exposure", kind) == "exposure"
+    with pytest.raises(ValueError, match="pair_source"):
+        resolve_pair_source("teachers", "toy")
+    traces = [_trace("p1", "1+1=2", "2", True), _trace("p2", "2+3=6", "6", False)]
+    pairs = build_dual_pairs("auto", PROBLEMS[:2], traces, teacher=FakeFeedbackTeacher())
+    assert {p.meta["kind"] for p in pairs} == {"corrupted", "rectified"}
+
+
+def test_corrupt_shows_the_full_cot_and_keeps_the_rewritten_cot_not_the_teachers_thinking():
+    from orion_utils.teachers.prompts import Completion, PromptedTeacher
+
+    p = Problem("q", "Compute 2 + 3 * 4.", "14")
+    correct = TeacherTrace("q", "First 3 * 4 = 12.\nThen 2 + 12 = 14.", "So \\boxed{14}.", "14", True, "t")
+    seen = []
+
+    class Replying(PromptedTeacher):  # a teacher's completion call (as LocalTeacher/APITeacher implement it)
+        def _complete(self, requests):
+            seen.extend(r.messages[-1]["content"] for r in requests)
+            return [Completion("I should change 12 to 13 and hide it.",
+                               "Here it is.\n<rewritten_reasoning>\nFirst 3 * 4 = 13.\nThen 2 + 13 = 15.\n"
+                               "</rewritten_reasoning>\n<rewritten_solution>\nSo \\boxed{15}.\n</rewritten_solution>")
+                    for _ in requests]
+
+    bad = Replying().corrupt(p, correct)
+    assert "First 3 * 4 = 12.\nThen 2 + 12 = 14." in seen[0] and "So \\boxed{14}." in seen[0]  # thinking shown
+    assert bad.thinking == "First 3 * 4 = 13.\nThen 2 + 13 = 15." and bad.solution == "So \\boxed{15}."
+    assert not bad.correct and "hide" not in bad.cot and bad.meta["reply_format"] == "tagged"
+    ops = key_token_ops([ord(c) for c in correct.cot], [ord(c) for c in bad.cot])  # near-copy: a few chars differ
+    assert ops.n_key_chosen <= 6
+
+    class Untagged(PromptedTeacher):
+        def _complete(self, requests):
+            return [Completion("my plan", "2 + 3 = 5, 5 * 4 = 20. \\boxed{20}") for _ in requests]
+
+    plain = Untagged().rectify(p, bad)
+    assert plain.thinking == "" and plain.solution.endswith("\\boxed{20}") and plain.meta["reply_format"] == "untagged"

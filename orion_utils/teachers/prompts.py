@@ -6,11 +6,15 @@ named template that a notebook can show and override:
 - ``COLLECT_TEMPLATE``: the question plus "Please reason step by step, and put your final answer
   within \\boxed{}." (the same text the student sees, ``chat.DEFAULT_PROMPT_TEMPLATE``).
 - ``RECTIFY_TEMPLATE``: EDIT's answer-hint prompt (D- -> D-+). The teacher is given the correct
-  final answer and its own earlier wrong solution and reasons again to the correct answer, keeping
-  what was right and changing the step that was wrong, so the dual pair differs at its key steps.
+  final answer and its own earlier wrong CoT in full (reasoning and solution) and rewrites it word for
+  word with the wrong step done right, so the dual pair differs at its key steps.
 - ``CORRUPT_TEMPLATE``: EDIT's contrastive prompt (D+ -> D+-). A few right/wrong demonstration
-  pairs, then the teacher's correct solution; the teacher writes the most likely wrong rationale
-  and answer, kept as close to the correct one as possible apart from the key mistake.
+  pairs, then the teacher's correct CoT in full (reasoning and solution); the teacher copies it with
+  exactly one key mistake carried through to a wrong answer.
+
+Both replies put the rewritten CoT between ``<rewritten_reasoning>``/``<rewritten_solution>`` tags;
+``rewritten_cot`` keeps that text as the trace's thinking and solution, never the teacher's own
+thinking about how to rewrite (``PromptedTeacher._traces``).
 - ``TAILOR_TEMPLATE``: Tailored Learning's feedback prompt: the question and the student's wrong
   rationales; the teacher writes a correct rationale that addresses those mistakes.
 
@@ -36,25 +40,32 @@ COLLECT_TEMPLATE = DEFAULT_PROMPT_TEMPLATE
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 _BOXED = BOXED_INSTRUCTION.replace("{", "{{").replace("}", "}}")  # inside str.format templates
 
-RECTIFY_TEMPLATE = (
-    """\
+RECTIFY_TEMPLATE = """\
 Question:
 {question}
 
 The correct final answer to this question is: {answer}
 
-An earlier solution reached a wrong answer:
+An earlier solution reached a wrong answer. Its full reasoning and its final solution:
+<earlier_reasoning>
+{wrong_reasoning}
+</earlier_reasoning>
 <earlier_solution>
 {wrong_solution}
 </earlier_solution>
 
-Solve the question again and reach the correct final answer {answer}. Keep every part of the \
-earlier reasoning that was right, and at the step where it went wrong, do that step correctly. \
-Write a complete, self-contained solution: do not mention that an answer or an earlier solution \
-was given to you.
-"""
-    + _BOXED
-)
+Rewrite it so that it reaches the correct final answer {answer}: copy the earlier reasoning and \
+solution word for word up to the step where it went wrong, do that step correctly, and carry the \
+correction through to the end. Change nothing else. Do not mention that an answer or an earlier \
+solution was given to you.
+
+Reply with the rewritten version only, in the same two parts, between these tags:
+<rewritten_reasoning>
+(the reasoning, the wrong step done correctly)
+</rewritten_reasoning>
+<rewritten_solution>
+(the final solution, with the final answer within \\boxed{{}})
+</rewritten_solution>"""
 
 RECTIFY_TEMPLATE_NO_WRONG = (
     """\
@@ -71,17 +82,30 @@ solution: do not mention that the answer was given to you.
 
 CORRUPT_TEMPLATE = """\
 You help build contrastive training data for a student model. For a question and its correct \
-solution, write the most likely WRONG solution: the one a capable but careless student would \
-most plausibly write. Keep it as close to the correct solution as possible, word for word where \
-you can, and introduce exactly one key mistake (a misread quantity, a wrong operation, an \
-arithmetic slip, a missed case) that leads to a wrong final answer. Do not point out or \
-correct the mistake. End with the wrong final answer within \\boxed{{}}.
+solution (its full reasoning and its final solution), write the most likely WRONG solution: the one \
+a capable but careless student would most plausibly write. Copy the correct reasoning and solution \
+word for word, except for exactly one key mistake at one step (a misread quantity, a wrong \
+operation, an arithmetic slip, a missed case), carried through to a wrong final answer. Change \
+nothing else. Do not point out or correct the mistake.
+
+Reply with the wrong version only, in the same two parts, between these tags:
+<rewritten_reasoning>
+(the reasoning, copied with the one mistake)
+</rewritten_reasoning>
+<rewritten_solution>
+(the final solution, with the wrong final answer within \\boxed{{}})
+</rewritten_solution>
 
 {demonstrations}Question:
 {question}
 
 Correct solution:
+<correct_reasoning>
+{correct_reasoning}
+</correct_reasoning>
+<correct_solution>
 {correct_solution}
+</correct_solution>
 
 Most likely wrong solution:"""
 
@@ -90,10 +114,20 @@ Question:
 {question}
 
 Correct solution:
+<correct_reasoning>
 {correct}
+</correct_reasoning>
+<correct_solution>
+{correct_answer}
+</correct_solution>
 
 Most likely wrong solution:
+<rewritten_reasoning>
 {wrong}
+</rewritten_reasoning>
+<rewritten_solution>
+{wrong_answer}
+</rewritten_solution>
 
 """
 
@@ -171,28 +205,36 @@ def rectify_messages(
     wrong: Optional[TeacherTrace],
     template: str = RECTIFY_TEMPLATE,
     include_wrong: bool = True,
-    include_wrong_thinking: bool = False,
+    include_wrong_thinking: bool = True,
     system: Optional[str] = None,
 ) -> list[dict]:
-    """EDIT's answer-hint prompt. The wrong trace's solution (not its long thinking, unless asked:
-    it can be tens of thousands of tokens) is shown so the rectified CoT stays close to it."""
+    """EDIT's answer-hint prompt. The wrong trace's full reasoning (thinking and solution) is shown, and
+    the teacher rewrites it with the wrong step done right, so the rectified CoT stays a near-copy of it
+    (``include_wrong_thinking=False``: its solution only)."""
     if not include_wrong or wrong is None:
         return _user(
             RECTIFY_TEMPLATE_NO_WRONG.format(question=problem.question, answer=problem.answer), system
         )
-    shown = wrong.solution.strip()
-    if include_wrong_thinking and wrong.thinking.strip():
-        shown = f"{wrong.thinking.strip()}\n\n{shown}"
+    reasoning = wrong.thinking.strip() if include_wrong_thinking else ""
     return _user(
-        template.format(question=problem.question, answer=problem.answer, wrong_solution=shown), system
+        template.format(question=problem.question, answer=problem.answer, wrong_reasoning=reasoning,
+                        wrong_solution=wrong.solution.strip()), system
     )
+
+
+def _split_demo(text: str) -> tuple[str, str]:
+    """A demonstration's reasoning and its final sentence ("The answer is ...")."""
+    reasoning, sep, answer = text.rpartition("The answer is")
+    return (reasoning.strip(), sep + answer) if sep else (text.strip(), "")
 
 
 def format_demonstrations(demos: Sequence[dict]) -> str:
-    return "".join(
-        DEMONSTRATION_TEMPLATE.format(question=d["question"], correct=d["correct"], wrong=d["wrong"])
-        for d in demos
-    )
+    out = []
+    for d in demos:
+        (correct, correct_answer), (wrong, wrong_answer) = _split_demo(d["correct"]), _split_demo(d["wrong"])
+        out.append(DEMONSTRATION_TEMPLATE.format(question=d["question"], correct=correct, wrong=wrong,
+                                                 correct_answer=correct_answer, wrong_answer=wrong_answer))
+    return "".join(out)
 
 
 def corrupt_messages(
@@ -202,15 +244,36 @@ def corrupt_messages(
     template: str = CORRUPT_TEMPLATE,
     system: Optional[str] = None,
 ) -> list[dict]:
-    """EDIT's contrastive prompt: right/wrong demonstrations, then the correct solution to corrupt."""
+    """EDIT's contrastive prompt: right/wrong demonstrations, then the correct CoT to corrupt, its full
+    reasoning (thinking) and its solution."""
     return _user(
         template.format(
             demonstrations=format_demonstrations(demos),
             question=problem.question,
+            correct_reasoning=correct.thinking.strip(),
             correct_solution=correct.solution.strip(),
         ),
         system,
     )
+
+
+_REWRITTEN = re.compile(r"<rewritten_reasoning>(.*?)(?:</rewritten_reasoning>|$)(?:.*?<rewritten_solution>(.*?)"
+                        r"(?:</rewritten_solution>|$))?", re.DOTALL)
+
+
+def rewritten_cot(completion: "Completion") -> tuple[str, str, str]:
+    """(thinking, solution, format) of the CoT a rectify/corrupt reply rewrote: the text between its
+    ``<rewritten_reasoning>``/``<rewritten_solution>`` tags in the reply's answer ("tagged"). The
+    teacher's own thinking is its reasoning about how to rewrite, never part of the rewritten CoT: a
+    reply without the tags keeps its answer alone as the solution ("untagged"). The tags, not
+    ``<think>``, mark the parts: an API reply's ``<think>`` text is split off as the teacher's thinking."""
+    match = _REWRITTEN.search(completion.solution or "")
+    if match is None:
+        return "", (completion.solution or "").strip(), "untagged"
+    reasoning, solution = match.group(1).strip(), (match.group(2) or "").strip()
+    if match.group(2) is None:  # no solution tag: what follows the reasoning
+        solution = completion.solution[match.end():].strip()
+    return reasoning, solution, "tagged"
 
 
 def tailor_messages(
@@ -335,10 +398,14 @@ class PromptedTeacher:
             if completion is None:
                 continue
             request = requests[i]
+            thinking, solution, shape = completion.thinking, completion.solution, {}
+            if request.kind in ("rectify", "corrupt"):  # keep the rewritten CoT, not the teacher's thinking
+                thinking, solution, form = rewritten_cot(completion)
+                shape = {"reply_format": form, "teacher_thinking_chars": len(completion.thinking or "")}
             out[i] = make_trace(
                 problems[i],
-                completion.thinking,
-                completion.solution,
+                thinking,
+                solution,
                 teacher=self.name,
                 sample_index=request.sample_index,
                 usage=completion.usage,
@@ -346,6 +413,7 @@ class PromptedTeacher:
                     "kind": request.kind,
                     "finish_reason": completion.finish_reason,
                     **completion.meta,
+                    **shape,
                     **extra_meta[i],
                 },
             )

@@ -1,0 +1,152 @@
+"""Stage 03's acceptance checks (orion_utils.acceptance): a verified copy of the teacher's CoT is not a
+reflection; the toy reflectors' rewrites pass; masking comes from the quoted wrong step."""
+from __future__ import annotations
+
+import pytest
+
+from orion_utils.acceptance import (
+    REASONS,
+    acceptance_line,
+    acceptance_summary,
+    copy_similarity,
+    reflection_evidence,
+    teacher_coverage,
+    wrong_markers,
+    wrong_step_span,
+)
+from orion_utils.records import Problem, StudentAttempt
+from orion_utils.reflection import ReflectionConfig, RuleReflector, refine
+from orion_utils.teachers.toy import ToyTeacher
+from orion_utils.toy.domain import generate_problems
+
+QUESTION = "Natalia sold 48 clips in April and half as many in May. How many clips did she sell in all?"
+TEACHER = ("<think>\nIn May she sold 48 / 2 = 24 clips.\nIn all she sold 48 + 24 = 72 clips.\n</think>\n\n"
+           "She sold \\boxed{72} clips.")
+WRONG = "In May she sold 48 * 2 = 96 clips.\nIn all she sold 48 + 96 = 144 clips.\nThe answer is \\boxed{144}."
+REFLECTS = ("<think>\nIn May she sold half as many as in April.\nIn May she sold 48 * 2 = 96 clips.\n"
+            "Wait, that is wrong: half as many means dividing, so 48 / 2 = 24 clips.\n"
+            "In all she sold 48 + 24 = 72 clips.\n</think>\n\nShe sold \\boxed{72} clips.")
+
+
+class Fixed:
+    """A reflector proposing given texts (the candidates under test), as ``reflection.Reflector``."""
+
+    name = "llm"
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def propose(self, items, m):
+        return [list(self.texts) for _ in items]
+
+
+def _refine(texts, **cfg):
+    p = Problem("q", QUESTION, "72")
+    errors = {"q": [StudentAttempt("q", 0, WRONG, "144", False, "s")]}
+    return refine([p], {"q": TEACHER}, errors, Fixed(texts), ReflectionConfig(m=len(texts), selection="first", **cfg))[0]
+
+
+def test_the_statistics_on_known_texts():
+    markers = wrong_markers(WRONG, TEACHER, QUESTION)
+    assert "96" in markers.numbers and "144" in markers.numbers and "48" not in markers.numbers
+    assert "48*2=96" in markers.equations
+    assert reflection_evidence(TEACHER, markers).distance is None  # the teacher's CoT quotes nothing of it
+    ev = reflection_evidence(REFLECTS, markers)
+    assert ev.kind == "line" and ev.distance is not None and ev.distance <= 5
+    start, end = wrong_step_span(REFLECTS, markers, 200)
+    assert REFLECTS[start:end] == "In May she sold 48 * 2 = 96 clips."
+    assert teacher_coverage(TEACHER, TEACHER, QUESTION) == 1.0
+    assert teacher_coverage("She sold \\boxed{72} clips.", TEACHER, QUESTION) == pytest.approx(1 / 3)  # {2, 24, 72}
+    assert copy_similarity(TEACHER, TEACHER) == 1.0 and copy_similarity(REFLECTS, TEACHER) < 0.9
+
+
+def test_a_verified_copy_is_rejected_and_a_reflection_accepted():
+    r = _refine([TEACHER, REFLECTS])
+    assert r.accepted and r.refined_cot == REFLECTS and r.n_accepted == 1
+    copy, reflection = r.meta["candidates"]
+    assert copy["verified"] and copy["rejected"] == "no reflection"
+    assert reflection["rejected"] is None and reflection["marker"] == "line"
+    assert [REFLECTS[a:b] for a, b in r.wrong_step_spans] == ["In May she sold 48 * 2 = 96 clips."]
+
+
+def test_each_check_rejects_its_case_and_can_be_switched_off():
+    truncated = "Wait, not 96: it is half. \\boxed{72}"  # reflects, verifies, keeps 1 of 3 derived values
+    wrong_answer = REFLECTS.replace("\\boxed{72}", "\\boxed{70}")
+    near_copy = TEACHER.replace("</think>", "Wait, not 96.\n</think>")  # quotes 96 near "not", else a copy
+    r = _refine([truncated, wrong_answer, near_copy], min_coverage=0.6, max_copy_similarity=0.9)
+    assert [c["rejected"] for c in r.meta["candidates"]] == ["low coverage", "unverified", "copy"]
+    assert not r.accepted and r.refined_cot == TEACHER and r.meta["reason"] == "no candidate accepted"
+    off = _refine([TEACHER], reflect_window=None, min_coverage=0.0, max_copy_similarity=None)
+    assert off.accepted and off.wrong_step_spans == []  # a copy quotes no wrong step: nothing to mask
+
+
+def test_toy_rule_reflector_passes_the_default_checks_and_is_masked():
+    teacher = ToyTeacher(error_rate=0.0, seed=0)
+    problems = generate_problems(12)
+    traces = {t.problem_id: t for t in teacher.collect(problems, 1)}
+    errors = {p.id: [StudentAttempt(p.id, 0, teacher.corrupt(p, traces[p.id]).cot, None, False, "toy")]
+              for p in problems}
+    refs = refine(problems, {p: t.cot for p, t in traces.items()}, errors, RuleReflector(0),
+                  ReflectionConfig(m=2, selection="first"))
+    s = acceptance_summary(refs)
+    assert s["candidates"] == 24 and s["accepted_candidates"] == 24 and s["chosen"] == 12 and s["masked"] == 12
+    for r in refs:
+        (a, b), = r.wrong_step_spans
+        assert "=" in r.refined_cot[a:b] and r.refined_cot[a:b].replace(" ", "") in r.wrong_attempt.replace(" ", "")
+    copies = refine(problems, {p: t.cot for p, t in traces.items()}, errors, Fixed([traces[problems[0].id].cot]),
+                    ReflectionConfig(m=1, selection="first"))
+    assert acceptance_summary(copies)["rejected"]["no reflection"] >= 1
+
+
+def test_summary_counts_reasons_and_never_claims_masking_it_did_not_do():
+    r = _refine([TEACHER, REFLECTS, REFLECTS.replace("72", "70")])
+    s = acceptance_summary([r])
+    assert s["rejected"] == {"unverified": 1, "no reflection": 1, "low coverage": 0, "copy": 0}
+    assert set(s["rejected"]) == set(REASONS) and s["masked"] == 1
+    assert "masked in 1 of 1" in acceptance_line(s)
+    off = acceptance_summary([r], mask_wrong_step=False)
+    assert off["masked"] == 0 and "nothing masked" in acceptance_line(off)
+    unmasked = _refine([TEACHER], reflect_window=None, min_coverage=0.0, max_copy_similarity=None)
+    assert "masked in 0 of 1" in acceptance_line(acceptance_summary([unmasked]))
+
+
+def test_report_section_counts_rejections_masking_and_lengths(tmp_path):
+    from orion_utils.jsonl import write_jsonl
+    from orion_utils.report import acceptance_section
+    from orion_utils.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    assert acceptance_section(run) == []  # stage 03 did not run
+    run.refinements.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(run.refinements, [_refine([TEACHER, REFLECTS, REFLECTS.replace("72", "70")])])
+    text = "\n".join(acceptance_section(run))
+    assert "Of 3 candidates, 1 passed every check" in text
+    assert "unverified **1**, no reflection **1**, low coverage **0**, copy **0**" in text
+    assert "in **1 of 1** chosen rewrites" in text
+    assert f"{len(REFLECTS)} characters long on average, their teacher CoTs {len(TEACHER)}" in text
+
+
+def test_stage_03_line_counts_rejections_and_masking(tiny_model_dir, tmp_path, capsys):
+    """run_reflection with the toy `rule` reflector: the stage line and the stage's record carry the counts."""
+    from orion_utils.config import StudentConfig
+    from orion_utils.jsonl import write_json, write_jsonl
+    from orion_utils.records import SFTExample
+    from orion_utils.reflection import run_reflection
+    from orion_utils.rundir import RunDir
+
+    teacher = ToyTeacher(error_rate=0.0, seed=0)
+    problems = generate_problems(4)
+    traces = {t.problem_id: t for t in teacher.collect(problems, 1)}
+    run = RunDir(tmp_path / "run")
+    write_json(run.data("student.json"), {"model": tiny_model_dir, "in_run_dir": False})
+    write_jsonl(run.data("train_problems.jsonl"), problems)
+    write_jsonl(run.training_set("sft"), [SFTExample(p.id, p.question, traces[p.id].cot, "teacher", {}) for p in problems])
+    write_jsonl(run.data("error_attempts.jsonl"),
+                [StudentAttempt(p.id, 0, teacher.corrupt(p, traces[p.id]).cot, None, False, "base") for p in problems])
+    stats = run_reflection(run, ReflectionConfig(reflector="rule", m=2, selection="first"), StudentConfig(model="toy"))
+    line = next(x for x in capsys.readouterr().out.splitlines() if "passed every check" in x)
+    assert line.startswith("[reflection] 8 candidates, 8 passed every check") and "masked in 4 of 4" in line
+    assert stats["acceptance"]["rejected"] == {r: 0 for r in REASONS}
+    off = run_reflection(run, ReflectionConfig(reflector="rule", m=2, selection="first", mask_wrong_step=False),
+                         StudentConfig(model="toy"))
+    assert off["acceptance"]["masked"] == 0 and "nothing masked" in capsys.readouterr().out
