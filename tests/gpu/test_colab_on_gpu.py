@@ -79,6 +79,10 @@ exposure:
 reflection:
   m: 2
   max_new_tokens: 64
+  # the test adds the teacher's CoT (a copy) as a candidate: acceptance by verification alone
+  reflect_window: null
+  min_coverage: 0.0
+  max_copy_similarity: null
 training:
   max_seq_len: 1024
   max_steps: 2

@@ -41,7 +41,9 @@ def test_stage_03_closes_the_engine_before_the_scorer_loads(tmp_path, monkeypatc
         return [cands + [i.teacher_cot] for cands, i in zip(real(self, items, m), items)]
 
     monkeypatch.setattr(LLMReflector, "propose", propose)
-    cfg = ReflectionConfig(reflector="llm", m=2, max_new_tokens=8, selection="perplexity")
+    # the teacher's CoT is a copy: acceptance by verification alone (the checks: tests/test_acceptance.py)
+    cfg = ReflectionConfig(reflector="llm", m=2, max_new_tokens=8, selection="perplexity",
+                           reflect_window=None, min_coverage=0.0, max_copy_similarity=None)
     with generation.watch_resident() as watch:
         stats = run_reflection(run, cfg, StudentConfig(model="tiny"), GenerationConfig(backend="vllm"))
     out = capsys.readouterr().out
