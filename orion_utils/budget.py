@@ -32,8 +32,9 @@ Nothing here raises on a long text.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 APPROX_CHARS_PER_TOKEN = 3.0
 APPROX_TOKENS_PER_MESSAGE = 8
@@ -149,7 +150,7 @@ def cut_middle(tokens: Sequence, keep: int, counter: TokenCounter) -> str:
 
 @dataclass
 class Fitted:
-    messages: Optional[list]  # None: left out
+    messages: list | None  # None: left out
     outcome: str  # fit | cut | left_out
     n_tokens: int  # the prompt's tokens (as built, for a left-out one)
     cut_tokens: int = 0
@@ -174,7 +175,7 @@ class BudgetCounts:
     def total(self) -> int:
         return self.fit + self.cut + self.left_out
 
-    def minus(self, before: Optional["BudgetCounts"]) -> "BudgetCounts":
+    def minus(self, before: BudgetCounts | None) -> BudgetCounts:
         if before is None:
             return BudgetCounts(**self.to_dict())
         return BudgetCounts(self.limit, self.context, self.reserve, self.counted, self.fit - before.fit,
@@ -258,7 +259,7 @@ def generator_budget(generator, reserve: int, max_model_len: int = 0) -> PromptB
                         TokenCounter(getattr(generator, "tokenizer", None)))
 
 
-def api_budget(max_context_tokens: int = 0, max_tokens: Optional[int] = None) -> PromptBudget:
+def api_budget(max_context_tokens: int = 0, max_tokens: int | None = None) -> PromptBudget:
     """An API teacher's budget, counted approximately (no tokenizer here)."""
     return PromptBudget(int(max_context_tokens or API_CONTEXT_TOKENS), int(max_tokens or API_MAX_OUTPUT_TOKENS))
 
@@ -268,7 +269,7 @@ def snapshot(teacher) -> dict:
     return {k: BudgetCounts(**v.to_dict()) for k, v in getattr(teacher, "prompt_counts", {}).items()}
 
 
-def since(teacher, before: dict, kinds: Optional[Sequence[str]] = None) -> dict:
+def since(teacher, before: dict, kinds: Sequence[str] | None = None) -> dict:
     """The teacher's counts by kind since ``snapshot`` gave ``before`` (of ``kinds``, else every kind)."""
     diff = {k: v.minus(before.get(k)) for k, v in snapshot(teacher).items() if kinds is None or k in kinds}
     return {k: v for k, v in diff.items() if v.total}

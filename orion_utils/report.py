@@ -112,7 +112,7 @@ def reflection_lines(info: Optional[dict]) -> list:
     return [text + ".", ""]
 
 
-def budget_lines(run: RunDir, analysis: Optional[dict] = None) -> list[str]:
+def budget_lines(run: RunDir, analysis: dict | None = None) -> list[str]:
     """The prompt budget (``orion_utils.budget``): per stage and prompt kind, how many prompts fit as
     built, were cut (the wrong text's middle) or were left out, and the limit they met."""
     rows = [(stage, kind, c) for stage, info in run.manifest().get("stages", {}).items()
@@ -122,9 +122,9 @@ def budget_lines(run: RunDir, analysis: Optional[dict] = None) -> list[str]:
     if not rows:
         return []
     return ["### Prompt budget", "",
-            "Prompts built from long texts, fitted to the engine that reads them (limit = context − max new "
-            "tokens): only a wrong attempt's middle is cut, never its final lines; an item whose fixed texts "
-            "do not fit is left out.", "",
+            ("Prompts built from long texts, fitted to the engine that reads them (limit = context − max new "
+             "tokens): only a wrong attempt's middle is cut, never its final lines; an item whose fixed texts "
+             "do not fit is left out."), "",
             "| stage | prompt | fit as built | cut | left out | limit (tokens) | counted by |", "|---|---|---|---|---|---|---|",
             *[f"| {s} | {k} | {c.get('fit', 0)} | {c.get('cut', 0)} | {c.get('left_out', 0)} | "
               f"{c.get('limit')} = {c.get('context')} − {c.get('reserve')} | {c.get('counted', '')} |" for s, k, c in rows],

@@ -4,6 +4,7 @@ SmolLM2-135M-Instruct's), and through the real prompted paths: the LLM reflector
 (the tiny model on transformers) asked to rectify, corrupt, tailor and judge."""
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_reflection_prompts_fit_after_cutting_and_keep_the_final_answer(which, c
     tokenizer = toy_tokenizer if which == "toy" else smol_tokenizer
     budget = PromptBudget(context, reserve, TokenCounter(tokenizer))
     counts = budget.counts()
-    for (p, t), (_, wrong) in zip(traces[:40], traces[1:41]):
+    for (p, t), (_, wrong) in itertools.pairwise(traces[:41]):
         attempt = wrong.cot
         fitted = budget.fit(lambda parts, p=p, t=t: reflection_messages(p.question, t.cot, parts[0]), [attempt])
         counts.add(fitted.outcome)
@@ -204,7 +205,7 @@ def test_local_teacher_fits_every_feedback_prompt(tiny_dir, traces, capsys):
     from orion_utils.teachers.local import LocalTeacher
 
     (p0, s0), (p1, s1) = _gsm8k_cot(2)
-    (q0, t0), (q1, t1), (q2, t2), (q3, t3) = traces[:4]  # correct LIMO traces (a few thousand tokens each)
+    (_, t0), (q1, t1), (q2, t2), (q3, t3) = traces[:4]  # correct LIMO traces (a few thousand tokens each)
     # a question that holds a whole real CoT: its tailoring prompt cannot fit 4096 byte-level tokens
     long_question = replace(q3, id="long", question=q3.question + "\n\n" + t3.cot)
     teacher = LocalTeacher(tiny_dir, backend="transformers", max_tokens=8, progress=False)
