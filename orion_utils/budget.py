@@ -7,7 +7,8 @@ step-consistency judge's (question, the CoT judged). An engine refuses a prompt 
 context, so each is fitted here first, by one rule:
 
 - **What fits**: ``limit = context - reserve``, where ``context`` is the reading engine's context length
-  (``max_model_len``; the model's own when unset) and ``reserve`` its ``max_new_tokens``: the student's
+  (vLLM's ``max_model_len``; on transformers the smaller of ``max_model_len`` and the model's own) and
+  ``reserve`` its ``max_new_tokens``: the student's
   generation section for the reflector, a local teacher's engine and ``teacher.max_tokens`` for a
   teacher. An API teacher has no tokenizer here: its context is ``teacher.max_context_tokens``
   (default ``API_CONTEXT_TOKENS``, deepseek-reasoner's 128K), and tokens are counted approximately as
@@ -241,15 +242,14 @@ class PromptBudget:
 
 
 def context_length(generator, max_model_len: int = 0) -> int:
-    """The context of an open generation backend: vLLM's engine (what it enforces), else
-    ``max_model_len``, else the model's ``max_position_embeddings`` (0 when unknown)."""
+    """The context of an open generation backend: vLLM's engine (what it enforces), else the smaller of
+    ``max_model_len`` and the model's ``max_position_embeddings`` that are known (0 when neither is)."""
     engine = getattr(getattr(getattr(generator, "llm", None), "llm_engine", None), "model_config", None)
     if getattr(engine, "max_model_len", None):
         return int(engine.max_model_len)
-    if max_model_len:
-        return int(max_model_len)
     config = getattr(getattr(generator, "model", None), "config", None)
-    return int(getattr(config, "max_position_embeddings", 0) or 0)
+    known = [int(n) for n in (max_model_len, getattr(config, "max_position_embeddings", 0)) if n]
+    return min(known) if known else 0
 
 
 def generator_budget(generator, reserve: int, max_model_len: int = 0) -> PromptBudget:

@@ -180,7 +180,7 @@ def test_llm_reflector_cuts_leaves_out_and_never_sends_a_long_prompt(tiny_dir, t
     items.append(ReflectionItem(traces[0][0], traces[0][1].cot, "\\boxed{1}"))
     generator = Recorder(TransformersBackend(tiny_dir, progress=False))
     cfg = ReflectionConfig(m=1, max_new_tokens=8, temperature=1.0)
-    reflector = LLMReflector(generator, cfg)
+    reflector = LLMReflector(generator, cfg, max_model_len=16384)  # more than the model has: its own 4096 rule
     out = reflector.propose(items, 1)
     assert len(out) == 4 and out[3] == []
     counts = reflector.budget_counts
