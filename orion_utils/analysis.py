@@ -489,9 +489,16 @@ class AnalysisConfig:
 
 def judge_consistency(judge, cots: Sequence[tuple[str, str]]) -> dict:
     """Mean share of steps the teacher judges consistent over (question, CoT) pairs, and counts."""
+    from .budget import since, snapshot, stage_line, summary
+
+    before = snapshot(judge)
     scores = judge.judge_many(list(cots))
     valid = [x for x in scores if x is not None]
-    return {"score": sum(valid) / len(valid) if valid else None, "n": len(valid), "failed": len(scores) - len(valid)}
+    counts = since(judge, before, ["judge"])  # the prompt budget (orion_utils.budget): left out = no score
+    if counts:
+        print(stage_line("analysis", counts))
+    return {"score": sum(valid) / len(valid) if valid else None, "n": len(valid), "failed": len(scores) - len(valid),
+            **({"prompt_budget": summary(counts)} if counts else {})}
 
 
 def make_judge(cfg: AnalysisConfig, teacher_cfg, data_cfg, run: RunDir):

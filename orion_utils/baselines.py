@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+from .budget import prompt_budget
 from .config import DataConfig, GenerationConfig, StudentConfig, TeacherConfig
 from .jsonl import read_jsonl, write_jsonl
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
@@ -66,7 +67,7 @@ def run_edit_stage(
         stage1 = edit_dir.stage1_examples
         if stage1.exists():
             write_jsonl(run.training_set("edit"), read_jsonl(stage1, SFTExample))
-        return {"edit": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}}
+        return {"edit": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}, **prompt_budget(teacher)}
 
     params = {"edit": cfg, "training": training_cfg, "teacher": teacher_cfg, "student": student}
     # run_edit resumes from what it finds in out_dir: kept only for a re-run with the same settings
@@ -112,7 +113,7 @@ def run_tailored_stage(
         if train_sets:
             examples = [e for path in train_sets for e in read_jsonl(path, SFTExample)]
             write_jsonl(run.training_set("tailored"), examples)
-        return {"rounds": len(rounds)}
+        return {"rounds": len(rounds), **prompt_budget(teacher)}
 
     params = {"tailored": cfg, "teacher": teacher_cfg, "student": student, "generation": generation}
     return run.run_stage("tailored", params, inputs, [tailored_dir.model], work, force=force, scratch=[out_dir],

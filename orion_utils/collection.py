@@ -27,13 +27,15 @@ def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_di
 
         if not cfg.base_url or not cfg.model:
             raise ValueError("teacher.kind='api' needs teacher.base_url and teacher.model")
-        return APITeacher(
+        teacher = APITeacher(
             base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env or None,
             concurrency=cfg.concurrency, cache_dir=cache_dir, timeout_s=cfg.timeout_s,
             max_retries=cfg.max_retries, temperature=cfg.temperature, top_p=cfg.top_p,
             max_tokens=cfg.max_tokens, price_input_per_m=cfg.price_input_per_m,
             price_output_per_m=cfg.price_output_per_m,
         )
+        teacher.max_context_tokens = cfg.max_context_tokens  # its prompt budget (orion_utils.budget)
+        return teacher
     if cfg.kind == "dataset":
         from .teachers.datasets import DatasetTeacher
 

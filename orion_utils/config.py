@@ -69,6 +69,9 @@ class TeacherConfig:
     seed: int = 0
     gpu_memory_utilization: float = 0.0  # local teacher on vLLM: share of GPU memory; 0: vLLM's default
     max_model_len: int = 0  # local teacher on vLLM: context length; 0: the model's own (may not fit the GPU)
+    # api: the model's context in tokens (prompt + output), for the prompt budget (orion_utils.budget);
+    # 0: 131072, deepseek-reasoner's 128K. Prompts are counted approximately there (3 characters a token).
+    max_context_tokens: int = 0
 
 
 @dataclass
@@ -303,6 +306,32 @@ def _resolve_paths(sections: dict) -> None:
                 setattr(obj, key, str(candidate.resolve()))
 
 
+# (section, its max_new_tokens field) of every section that generates, beside the context it generates in
+GENERATING_SECTIONS = (("exposure", "max_new_tokens"), ("reflection", "max_new_tokens"),
+                       ("evaluation", "max_new_tokens"), ("tailored", "exam_max_new_tokens"))
+
+
+def check_token_budgets(sections: dict) -> None:
+    """Every generating section leaves room for a prompt: its max_new_tokens below the context it runs in
+    (``generation.max_model_len`` for the student's sections; a teacher's ``max_model_len`` or
+    ``max_context_tokens`` for ``teacher.max_tokens``). A context left at 0 (the model's own) is checked
+    when the engine opens (``orion_utils.budget``)."""
+    problems = []
+    context = getattr(sections.get("generation"), "max_model_len", 0) or 0
+    for name, key in GENERATING_SECTIONS:
+        new = getattr(sections.get(name), key, 0) or 0
+        if context and new >= context:
+            problems.append(f"{name}.{key}={new} leaves no room for a prompt in generation.max_model_len={context}")
+    teacher = sections.get("teacher")
+    for key in ("max_model_len", "max_context_tokens"):
+        limit = getattr(teacher, key, 0) or 0
+        if limit and (getattr(teacher, "max_tokens", 0) or 0) >= limit:
+            problems.append(f"teacher.max_tokens={teacher.max_tokens} leaves no room for a prompt in "
+                            f"teacher.{key}={limit}")
+    if problems:
+        raise ConfigError("; ".join(problems) + " (max_new_tokens must be below the context length)")
+
+
 def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = None) -> Profile:
     """Load a profile by name (``configs/<name>.yaml``) or path, apply overrides, validate.
 
@@ -332,6 +361,7 @@ def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = Non
         if name not in sections:
             sections[name] = section_class(name)()
     _resolve_paths(sections)
+    check_token_budgets(sections)
     return Profile(
         name=str(raw.get("profile")),
         description=str(raw.get("description", "")),

@@ -231,7 +231,10 @@ def pairs_from_teacher(
     the API teacher's concurrency applies): each pass asks, for every question still short of
     ``max_pairs_per_problem`` pairs, as many of its next traces as it still needs.
     """
+    from .budget import is_left_out, since, snapshot, stage_line
+
     problem_of = {p.id: p for p in problems}
+    before = snapshot(teacher)  # the prompt budget's counts (orion_utils.budget): this call's are shown
     groups = {pid: list(g) for pid, g in _by_problem(traces).items() if pid in problem_of}
     order = {pid: k for k, pid in enumerate(groups)}
     kept = {pid: 0 for pid in groups}
@@ -252,6 +255,8 @@ def pairs_from_teacher(
         rectified = _ask_many(teacher, "rectify", [(problem_of[pid], groups[pid][j]) for pid, j in to_rectify])
         for (pid, j), other in [*zip(to_corrupt, corrupted), *zip(to_rectify, rectified)]:
             trace = groups[pid][j]
+            if is_left_out(other):  # its prompt does not fit the teacher's budget: no pair
+                continue
             if trace.correct:
                 if other.correct:
                     continue
@@ -276,6 +281,9 @@ def pairs_from_teacher(
                     "rejected_answer": rejected.answer,
                 },
             )))
+    counts = since(teacher, before)
+    if counts:
+        print(stage_line("edit", counts))
     return [pair for _, pair in sorted(found, key=lambda x: x[0])]
 
 

@@ -194,26 +194,43 @@ class StudentReflector:
 
 
 class LLMReflector:
-    """The student itself, prompted with REFLECTION_PROMPT, samples m rewrites per item."""
+    """The student itself, prompted with REFLECTION_PROMPT, samples m rewrites per item.
+
+    Each prompt is fitted to the engine first (``orion_utils.budget``: its context less
+    ``cfg.max_new_tokens``): the wrong attempt's middle is cut, never its ending; an item whose question
+    and teacher CoT do not fit gets no candidate (the teacher's CoT is kept). ``budget_counts`` says how
+    many prompts fit as built, were cut, were left out."""
 
     name = "llm"
 
-    def __init__(self, generator, cfg: ReflectionConfig, system: Optional[str] = None):
+    def __init__(self, generator, cfg: ReflectionConfig, system: Optional[str] = None, max_model_len: int = 0):
         self.generator, self.cfg, self.system = generator, cfg, system
+        self.max_model_len, self.budget, self.budget_counts = max_model_len, None, None
+
+    def _messages(self, item: ReflectionItem, wrong_attempt: str) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": REFLECTION_PROMPT.format(
+                question=item.problem.question, teacher_cot=item.teacher_cot, wrong_attempt=wrong_attempt)}]
 
     def propose(self, items: Sequence[ReflectionItem], m: int) -> list[list[str]]:
+        from .budget import generator_budget
         from .generation import SamplingConfig
 
-        messages = [
-            ([{"role": "system", "content": self.system}] if self.system else [])
-            + [{"role": "user", "content": REFLECTION_PROMPT.format(
-                question=i.problem.question, teacher_cot=i.teacher_cot, wrong_attempt=i.wrong_attempt)}]
-            for i in items
-        ]
+        if self.budget is None:
+            self.budget = generator_budget(self.generator, self.cfg.max_new_tokens, self.max_model_len)
+            self.budget_counts = self.budget.counts()
+        fitted = [self.budget.fit(lambda parts, i=i: self._messages(i, parts[0]), [i.wrong_attempt]) for i in items]
+        for f in fitted:
+            self.budget_counts.add(f.outcome)
+        keep = [k for k, f in enumerate(fitted) if f.messages is not None]
         sampling = SamplingConfig(n=m, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                   max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed)
-        outputs = self.generator.generate(messages, sampling, desc="reflecting")
-        return [[g.text for g in gens if g.finish_reason == "stop"] for gens in outputs]
+        outputs = self.generator.generate([fitted[k].messages for k in keep], sampling, desc="reflecting") \
+            if keep else []
+        out: list[list[str]] = [[] for _ in items]
+        for k, gens in zip(keep, outputs):
+            out[k] = [g.text for g in gens if g.finish_reason == "stop"]
+        return out
 
 
 def choose_wrong_attempt(errors: Sequence[StudentAttempt], rng: random.Random) -> Optional[StudentAttempt]:
@@ -414,7 +431,7 @@ def run_reflection(
         # engine before the student loads; the toy `student` reflector shares the scoring model.
         with _StageStudent(model_path, generation, seed=cfg.seed) as base:
             if kind == "llm":
-                reflector: Reflector = LLMReflector(base.generator(), cfg, system)
+                reflector: Reflector = LLMReflector(base.generator(), cfg, system, generation.max_model_len)
             elif kind == "student":
                 reflector = StudentReflector(model_path, cfg, template, system, **base.for_cpu_sampling())
             else:
@@ -431,6 +448,7 @@ def run_reflection(
             finally:
                 if isinstance(reflector, StudentReflector):
                     reflector.close()
+            budget = _budget_note(reflector)
             write_jsonl(outputs[0], refinements)
             by_id = {e.problem_id: e for e in teacher_examples}
             write_jsonl(outputs[1], [
@@ -451,10 +469,22 @@ def run_reflection(
         print(f"[reflection] base-student perplexity, refined vs teacher CoTs of the {mechanism['n']} accepted "
               f"rewrites: {mechanism['refined']} vs {mechanism['teacher']}" if mechanism["n"] else
               "[reflection] no accepted rewrite to measure")
-        return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism, "acceptance": checks}
+        return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism, "acceptance": checks,
+                **budget}
 
     params = {"reflection": cfg, "reflector": kind, "student": student}
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")
+
+
+def _budget_note(reflector) -> dict:
+    """The LLM reflector's prompt-budget counts: printed as the stage's line, kept in the manifest."""
+    from .budget import stage_line, summary
+
+    counts = getattr(reflector, "budget_counts", None)
+    if counts is None:
+        return {}
+    print(stage_line("reflection", {"reflect": counts}))
+    return {"prompt_budget": summary({"reflect": counts})}
 
 
 def pick_refinement(refinements: Sequence[Refinement], problem_id: Optional[str] = None) -> Refinement:

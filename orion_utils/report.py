@@ -136,6 +136,25 @@ def reflection_lines(info: Optional[dict]) -> list:
     return [text + ".", ""]
 
 
+def budget_lines(run: RunDir, analysis: dict | None = None) -> list[str]:
+    """The prompt budget (``orion_utils.budget``): per stage and prompt kind, how many prompts fit as
+    built, were cut (the wrong text's middle) or were left out, and the limit they met."""
+    rows = [(stage, kind, c) for stage, info in run.manifest().get("stages", {}).items()
+            for kind, c in (info.get("prompt_budget") or {}).items()]
+    rows += [("analysis", f"judge ({m})", c) for m, r in ((analysis or {}).get("methods") or {}).items()
+             for c in ((r.get("judge_consistency") or {}).get("prompt_budget") or {}).values()]
+    if not rows:
+        return []
+    return ["### Prompt budget", "",
+            ("Prompts built from long texts, fitted to the engine that reads them (limit = context − max new "
+             "tokens): only a wrong attempt's middle is cut, never its final lines; an item whose fixed texts "
+             "do not fit is left out."), "",
+            "| stage | prompt | fit as built | cut | left out | limit (tokens) | counted by |", "|---|---|---|---|---|---|---|",
+            *[f"| {s} | {k} | {c.get('fit', 0)} | {c.get('cut', 0)} | {c.get('left_out', 0)} | "
+              f"{c.get('limit')} = {c.get('context')} − {c.get('reserve')} | {c.get('counted', '')} |" for s, k, c in rows],
+            ""]
+
+
 def _read_json(path: Path, default):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -398,6 +417,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     text += _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
     text += reflection_section(run)
     text += acceptance_section(run)
+    text += budget_lines(run, analysis)
     text += ["## Training", ""] + _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
 
     if analysis:

@@ -548,8 +548,15 @@ def tailored_rationales(
     if many is None:
         return [replace(teacher.tailor(p, mistakes), sample_index=s)
                 for p, mistakes in items for s in range(cfg.tailor_samples)]
+    from .budget import is_left_out, since, snapshot, stage_line
+
+    before = snapshot(teacher)  # the prompt budget's counts (orion_utils.budget): this call's are shown
     groups = many(items, n=cfg.tailor_samples)
-    short = [p.id for (p, _), g in zip(items, groups) if len(g) < cfg.tailor_samples]
+    counts = since(teacher, before, ["tailor"])
+    if counts:
+        print(stage_line("tailored", counts))
+    # an item left out by the prompt budget gets no rationale (counted above); the others must all be there
+    short = [p.id for (p, _), g in zip(items, groups) if not is_left_out(g) and len(g) < cfg.tailor_samples]
     if short:
         from .teachers.prompts import TeacherRequestFailed
 
@@ -557,7 +564,7 @@ def tailored_rationales(
             f"tailor requests for {len(short)} of {len(items)} questions failed after every retry (first: "
             f"problem {short[0]!r}); they are recorded, and the next run retries only them"
         )
-    return [t for g in groups for t in g]
+    return [t for g in groups if not is_left_out(g) for t in g]
 
 
 def _exam_round(

@@ -31,6 +31,8 @@ def test_judge_through_the_api_teacher_is_cached(tmp_path):
                              cache_dir=str(tmp_path / "cache"), timeout_s=5.0, max_retries=2, progress=False)
         assert teacher.judge_many(cots) == [1.0, 0.5]
         summary = judge_consistency(teacher, cots)
+        budget = summary.pop("prompt_budget")["judge"]  # both prompts fit the API context as built
         assert summary == {"score": 0.75, "n": 2, "failed": 0}
+        assert (budget["fit"], budget["cut"], budget["left_out"], budget["context"]) == (2, 0, 0, 131072)
         assert server.request_count == 2  # the second judging came from the cache
     assert "5 - 1 = 2" in judge_messages(*cots[1])[-1]["content"]

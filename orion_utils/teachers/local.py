@@ -35,6 +35,14 @@ class LocalTeacher(PromptedTeacher):
                                              seed=self.seed, **self.backend_kwargs)
         return self._generator
 
+    def prompt_budget(self):
+        """Its engine's context (``max_model_len``, else the model's own) less ``max_tokens``, counted with
+        the engine's tokenizer (``budget.generator_budget``)."""
+        from ..budget import generator_budget
+
+        return generator_budget(self._generator_or_load(), self.max_tokens,
+                                int(self.backend_kwargs.get("max_model_len") or 0))
+
     def _complete(self, requests: Sequence[CompletionRequest]) -> list[Optional[Completion]]:
         from ..generation import SamplingConfig
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Optional, Sequence
 
+from ..budget import LEFT_OUT, Fitted, PromptBudget, api_budget
 from ..chat import DEFAULT_PROMPT_TEMPLATE, build_messages
 from ..records import Problem, TeacherTrace, as_problem
 from .base import make_trace
@@ -368,6 +369,38 @@ class PromptedTeacher:
     system_prompt: Optional[str] = None
     contrastive_demos: Sequence[dict] = DEFAULT_CONTRASTIVE_DEMOS
     rectify_include_wrong: bool = True
+    max_context_tokens: int = 0  # an API teacher's context (teacher.max_context_tokens); 0: budget.API_CONTEXT_TOKENS
+
+    # -- prompt budget (``orion_utils.budget``) ------------------------------------------------------
+
+    def prompt_budget(self) -> PromptBudget:
+        """What one prompt to this teacher may hold: an API teacher's context less ``max_tokens``,
+        counted approximately; a teacher with its engine here (``LocalTeacher``) overrides it."""
+        return api_budget(self.max_context_tokens, getattr(self, "max_tokens", None))
+
+    @property
+    def prompt_counts(self) -> dict:
+        """Prompts built so far by kind (rectify, corrupt, tailor, judge): fit as built / cut / left out."""
+        return self.__dict__.setdefault("_prompt_counts", {})
+
+    def _fit(self, kind: str, build, parts: Sequence[str] = ()) -> Fitted:
+        budget = self.__dict__.get("_budget") or self.__dict__.setdefault("_budget", self.prompt_budget())
+        fitted = budget.fit(build, parts)
+        self.prompt_counts.setdefault(kind, budget.counts()).add(fitted.outcome)
+        return fitted
+
+    def _fitted_traces(self, kind: str, problems: Sequence[Problem], fitted: Sequence[Fitted],
+                       sample_indexes: Sequence[int], metas: Sequence[dict]) -> list:
+        """Traces for the fitted prompts, in order; ``budget.LEFT_OUT`` where the prompt did not fit."""
+        keep = [i for i, f in enumerate(fitted) if f.messages is not None]
+        requests = [CompletionRequest(fitted[i].messages, sample_indexes[i], kind, problems[i].id) for i in keep]
+        cut = [{"prompt_cut_tokens": fitted[i].cut_tokens} if fitted[i].outcome == "cut" else {} for i in keep]
+        traces = self._traces([problems[i] for i in keep], requests,
+                              [{**metas[i], **c} for i, c in zip(keep, cut)]) if keep else []
+        out: list = [LEFT_OUT] * len(fitted)
+        for i, trace in zip(keep, traces):
+            out[i] = trace
+        return out
 
     def _complete(self, requests: Sequence[CompletionRequest]) -> list[Optional[Completion]]:
         """One Completion per request, in order; None where a request failed."""
@@ -446,67 +479,77 @@ class PromptedTeacher:
     def rectify_many(
         self, items: Sequence[tuple[Problem, TeacherTrace]], sample_index: int = 0
     ) -> list[Optional[TeacherTrace]]:
-        """EDIT's D-+ for many (problem, wrong trace) pairs; ``None`` where the request failed."""
-        requests = [
-            CompletionRequest(
-                rectify_messages(p, w, include_wrong=self.rectify_include_wrong, system=self.system_prompt),
-                sample_index,
-                "rectify",
-                p.id,
-            )
-            for p, w in items
-        ]
+        """EDIT's D-+ for many (problem, wrong trace) pairs; ``None`` where the request failed,
+        ``budget.LEFT_OUT`` where the prompt did not fit (the wrong solution's middle is cut first)."""
+        include = self.rectify_include_wrong
+
+        def fit(p: Problem, w: TeacherTrace) -> Fitted:
+            parts = [w.solution.strip()] if include and w is not None else []
+            return self._fit("rectify", lambda shown: rectify_messages(
+                p, replace(w, solution=shown[0]) if shown else w, include_wrong=include,
+                system=self.system_prompt), parts)
+
+        fitted = [fit(p, w) for p, w in items]
         metas = [{"source_sample_index": w.sample_index} for _, w in items]
-        return self._traces([p for p, _ in items], requests, metas)
+        return self._fitted_traces("rectify", [p for p, _ in items], fitted, [sample_index] * len(items), metas)
 
     def corrupt_many(
         self, items: Sequence[tuple[Problem, TeacherTrace]], sample_index: int = 0
     ) -> list[Optional[TeacherTrace]]:
-        """EDIT's D+- for many (problem, correct trace) pairs; a good corruption grades ``correct=False``."""
-        requests = [
-            CompletionRequest(
-                corrupt_messages(p, c, self.contrastive_demos, system=self.system_prompt),
-                sample_index,
-                "corrupt",
-                p.id,
-            )
-            for p, c in items
-        ]
+        """EDIT's D+- for many (problem, correct trace) pairs; a good corruption grades ``correct=False``.
+        The correct solution is never cut: ``budget.LEFT_OUT`` where the prompt does not fit."""
+        fitted = [self._fit("corrupt", lambda _, p=p, c=c: corrupt_messages(
+            p, c, self.contrastive_demos, system=self.system_prompt)) for p, c in items]
         metas = [{"source_sample_index": c.sample_index} for _, c in items]
-        return self._traces([p for p, _ in items], requests, metas)
+        return self._fitted_traces("corrupt", [p for p, _ in items], fitted, [sample_index] * len(items), metas)
 
     def tailor_many(
         self, items: Sequence[tuple[Problem, Sequence[str]]], n: int = 1
     ) -> list[list[TeacherTrace]]:
-        """Tailored Learning: n tailored rationales per (problem, wrong attempts); failed ones left out.
+        """Tailored Learning: n tailored rationales per (problem, wrong attempts); failed ones left out;
+        ``budget.LEFT_OUT`` in place of an item's list where its prompt does not fit (the attempts'
+        middles are cut first).
 
         n >= 2 gives the anchor/positive pair that the self-reflection triplet loss needs.
         """
-        flat = [(p, list(w), i) for p, w in items for i in range(n)]
-        requests = [
-            CompletionRequest(tailor_messages(p, w, system=self.system_prompt), i, "tailor", p.id)
-            for p, w, i in flat
-        ]
-        metas = [{"n_wrong_attempts": len(w)} for _, w, _ in flat]
-        traces = self._traces([p for p, _, _ in flat], requests, metas)
-        out: list[list[TeacherTrace]] = [[] for _ in items]
-        for k, trace in enumerate(traces):
-            if trace is not None:
-                out[k // n].append(trace)
+        fitted = [self._fit_tailor(p, w) for p, w in items]
+        flat = [(k, i) for k in range(len(items)) for i in range(n)]
+        traces = self._fitted_traces(
+            "tailor", [items[k][0] for k, _ in flat], [fitted[k] for k, _ in flat], [i for _, i in flat],
+            [{"n_wrong_attempts": len(items[k][1])} for k, _ in flat])
+        out: list = [[] if fitted[k].messages is not None else LEFT_OUT for k in range(len(items))]
+        for (k, _), trace in zip(flat, traces):
+            if trace is not None and trace is not LEFT_OUT:
+                out[k].append(trace)
         return out
+
+    def _fit_tailor(self, problem: Problem, wrong_attempts: Sequence[str], max_attempts: int = 4) -> Fitted:
+        unique: list[str] = []
+        for attempt in wrong_attempts:
+            text = attempt.strip()
+            if text and text not in unique:
+                unique.append(text)
+        return self._fit("tailor", lambda shown: tailor_messages(problem, shown, max_attempts=max_attempts,
+                                                                 system=self.system_prompt), unique[:max_attempts])
 
     def judge_many(self, items: Sequence[tuple[str, str]]) -> list[Optional[float]]:
         """Step-level consistency of (question, CoT) pairs as judged by the teacher: the share of
         steps it finds consistent, in [0, 1]; None where the request failed or gave no score."""
-        requests = [CompletionRequest(judge_messages(q, cot, self.system_prompt), 0, "judge") for q, cot in items]
-        scores: list[Optional[float]] = [None] * len(requests)
-        for i, completion in self._iter_complete(requests):
+        fitted = [self._fit("judge", lambda _, q=q, cot=cot: judge_messages(q, cot, self.system_prompt))
+                  for q, cot in items]  # the CoT judged is never cut: a prompt that does not fit is left out
+        keep = [i for i, f in enumerate(fitted) if f.messages is not None]
+        requests = [CompletionRequest(fitted[i].messages, 0, "judge") for i in keep]
+        scores: list[Optional[float]] = [None] * len(items)
+        for j, completion in (self._iter_complete(requests) if requests else ()):
             if completion is not None:
                 score = parse_judge_score(completion.solution)
-                scores[i] = score if score is not None else parse_judge_score(completion.thinking)
+                scores[keep[j]] = score if score is not None else parse_judge_score(completion.thinking)
         return scores
 
     def _one(self, traces: list[Optional[TeacherTrace]], what: str, problem: Problem) -> TeacherTrace:
+        if traces and traces[0] is LEFT_OUT:
+            raise TeacherRequestFailed(f"{what} prompt for problem {problem.id!r} does not fit the teacher's "
+                                       f"prompt budget ({self.prompt_counts[what].text()})")
         if traces and traces[0] is not None:
             return traces[0]
         raise TeacherRequestFailed(
@@ -521,13 +564,7 @@ class PromptedTeacher:
         return self._one(self.corrupt_many([(problem, correct)], sample_index), "corrupt", problem)
 
     def tailor(self, problem: Problem, wrong_attempts: Sequence[str], sample_index: int = 0) -> TeacherTrace:
-        requests = [
-            CompletionRequest(
-                tailor_messages(problem, list(wrong_attempts), system=self.system_prompt),
-                sample_index,
-                "tailor",
-                problem.id,
-            )
-        ]
-        traces = self._traces([problem], requests, [{"n_wrong_attempts": len(wrong_attempts)}])
+        fitted = self._fit_tailor(problem, list(wrong_attempts))
+        traces = self._fitted_traces("tailor", [problem], [fitted], [sample_index],
+                                     [{"n_wrong_attempts": len(wrong_attempts)}])
         return self._one(traces, "tailor", problem)
