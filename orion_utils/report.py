@@ -170,14 +170,35 @@ def cell_text(cell, scale: float = 100.0, digits: int = 1) -> str:
     return "–"
 
 
-def metrics_table(metrics: dict, key: str = "pass@1") -> str:
+def interval_text(interval: Optional[dict], scale: float = 100.0, digits: int = 1) -> str:
+    """' [lo, hi]' of a bootstrap interval (``analysis.bootstrap_interval``), '' without one."""
+    if not interval or interval.get("lo") is None:
+        return ""
+    return f" [{scale * interval['lo']:.{digits}f}, {scale * interval['hi']:.{digits}f}]"
+
+
+def metrics_table(metrics: dict, key: str = "pass@1", intervals: Optional[dict] = None) -> str:
     """Markdown table, one row per method, one column per benchmark. ``metrics``: ``metrics.json``
-    (numbers) or ``analysis.aggregate_metrics`` output (cells rendered 'mean ± std' over seeds)."""
+    (numbers) or ``analysis.aggregate_metrics`` output (cells rendered 'mean ± std' over seeds).
+    ``intervals``: ``analysis.json``'s ``intervals["cells"]``: each cell then ends in its 95% interval
+    '[lo, hi]' (bootstrap over problems, and seeds)."""
     benchmarks = sorted({b for per in metrics.values() for b in per})
     lines = ["| method | " + " | ".join(benchmarks) + " |", "|---|" + "---:|" * len(benchmarks)]
     for method, per in metrics.items():
-        lines.append(f"| {method} | " + " | ".join(cell_text((per.get(b) or {}).get(key)) for b in benchmarks) + " |")
+        lines.append(f"| {method} | " + " | ".join(
+            cell_text((per.get(b) or {}).get(key))
+            + interval_text((((intervals or {}).get(method) or {}).get(b) or {}).get(key)) for b in benchmarks) + " |")
     return "\n".join(lines)
+
+
+def intervals_note(analysis: Optional[dict]) -> list[str]:
+    """The sentence under the results tables that says what the brackets are."""
+    rule = ((analysis or {}).get("intervals") or {}).get("rule")
+    if not rule:
+        return []
+    return [f"[lo, hi]: {100 * rule['level']:g}% interval, percentile bootstrap over the benchmark's problems and, "
+            f"with several seeds, over the seeds (seeds drawn, then problems; {rule['resamples']} resamples, "
+            f"bootstrap seed {rule['seed']}).", ""]
 
 
 def _has_key(metrics: dict, key: str) -> bool:
@@ -259,7 +280,27 @@ def _comparison_text(comparison: dict) -> list[str]:
     return [head + (" (lower is better)" if comparison["lower_is_better"] else " (higher is better)")]
 
 
+def _headline_interval_text(evidence: dict, toy_note: str) -> str:
+    """The headline judged against paired bootstrap intervals of ORION − each baseline, benchmark by benchmark."""
+    parts = []
+    for row in evidence["rows"]:
+        vs = row.get("vs") or {}
+        each = ", ".join(f"{m} {d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}] {d['status']}" for m, d in vs.items())
+        n = next(iter(vs.values()), {}).get("n_problems")
+        parts.append(f"{row['benchmark']} ({n} problems; one problem = {100 / n:.1f} points): {row.get('status')}"
+                     f" — ORION − {each}" if n else f"{row['benchmark']}: no paired results")
+    rule = (f"Rule: per benchmark and baseline, a paired bootstrap 95% interval of ORION − baseline in pass@1 points "
+            f"(the same problems, and seeds, resampled for both). 'beats' when its lower bound is above "
+            f"{evidence['margin']:g}; otherwise 'too small to decide' when it is wider than "
+            f"{evidence['max_width']:g} points, 'no difference' when it contains 0, 'worse' when it lies below 0, "
+            f"'below the margin' when it lies above 0 but not surely above {evidence['margin']:g}. The claim needs "
+            f"'beats' against every baseline on every benchmark; benchmarks too small to decide count for neither side.")
+    return ("; ".join(parts) if parts else "no comparable numbers") + ". " + rule + toy_note
+
+
 def _headline_text(evidence: dict, seeds_note: str, toy_note: str) -> str:
+    if evidence.get("rule") == "paired bootstrap":
+        return _headline_interval_text(evidence, toy_note)
     parts = []
     for row in evidence["rows"]:
         diff, within = row["margin_points"], row["spread_points"]
@@ -361,6 +402,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     config = _read_json(run.config_file, {})
     toy = (analysis or {}).get("toy", (config.get("student") or {}).get("model") == "toy")
     seeds_note = f" — mean ± std over {n_seeds} seeds" if n_seeds > 1 else ""
+    cell_intervals = ((analysis or {}).get("intervals") or {}).get("cells")
 
     text = ["# Run report", ""]
     if toy:
@@ -368,9 +410,10 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     text += ["## Run", "", *_metadata(run, analysis), ""]
     text += ["## Results", "", f"### pass@1 (%){seeds_note}", "",
              "pass@1: mean over the sampled solutions of a problem, averaged over problems.", "",
-             metrics_table(table_metrics, "pass@1"), ""]
+             metrics_table(table_metrics, "pass@1", cell_intervals), ""]
     if _has_key(table_metrics, "greedy"):
-        text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy"), ""]
+        text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy", cell_intervals), ""]
+    text += intervals_note(analysis)
     text += _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
     text += reflection_section(run)
     text += ["## Training", ""] + _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
