@@ -631,6 +631,86 @@ def student_tokenizer(run: RunDir):
         return None
 
 
+# --- the training sets: questions, examples, tokens, and what was left out -------------------------
+
+# the profile section whose max_seq_len / overlong a method's training set is trained under
+TRAINING_SECTION = {"sft": "training", "orion": "training", "edit": "training", "tailored": "tailored"}
+LEFT_OUT_BY_TRAINING = "longer than max_seq_len: left out by training (overlong: drop)"
+NOT_IN_METHOD = "questions other methods train on, absent here"
+
+
+def _example_counter(run: RunDir, tokenizer: Any) -> Optional[Callable[[str, str], int]]:
+    """(question, response) → prompt + assistant-turn tokens in the student's chat format, as training
+    counts them; None without a tokenizer that has a chat template (lengths are then whitespace words)."""
+    if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
+        return None
+    from .chat import encode_for_training, run_prompt_format
+
+    template, system = run_prompt_format(run)
+    return lambda q, r: len(encode_for_training(tokenizer, q, r, template, system=system)["input_ids"])
+
+
+def training_set_table(run: RunDir, methods: Sequence[str], tokenizer: Any = None) -> dict:
+    """Per CoT-trained method: the questions, examples and tokens it trains on, and what was left out and
+    why; plus the question set of stage 01 (``data/question_set.json``) and whether every method trains
+    on the same question ids.
+
+    A method's examples are those of ``RunDir.training_files`` as its stage trains them: ORION's rewrites
+    kept to the question set as stage 04 keeps them (``collection.fit_to_question_set``: a rewrite longer
+    than max_seq_len replaced by the teacher CoT), and, under ``overlong: drop`` of the method's training
+    section (``TRAINING_SECTION``), an example longer than ``max_seq_len`` left out. Tokens: prompt +
+    assistant turn in the student's tokens (whitespace words of the response without a tokenizer, and
+    then no length check). Returns ``{"question_set", "same_question_ids", "counted_in", "methods":
+    {method: {"questions", "examples", "tokens", "left_out": {reason: n}, "question_ids"}}}``."""
+    from .collection import fit_to_question_set, read_question_set
+    from .records import SFTExample
+
+    qs_file = json.loads(run.question_set.read_text(encoding="utf-8")) if run.question_set.is_file() else None
+    qs = read_question_set(run)
+    config = _config(run)
+    count = _example_counter(run, tokenizer)
+    teacher = read_jsonl(run.teacher_sft_set, SFTExample) if run.teacher_sft_set.is_file() else []
+    rows: dict = {}
+    for m in methods:
+        files = run.training_files(m)
+        if m == "base" or not files:
+            continue
+        examples = [e for p in files for e in read_jsonl(p, SFTExample, tolerate_torn_tail=True)]
+        left: dict = {}
+        if m == "orion" and qs is not None:
+            examples, kept = fit_to_question_set(examples, teacher, qs, count)
+            if kept["replaced_by_teacher_cot"]:
+                left["rewrites longer than max_seq_len (the teacher CoT trained instead)"] = kept["replaced_by_teacher_cot"]
+        section = config.get(TRAINING_SECTION.get(m, "training")) or {}
+        limit = section.get("max_seq_len") if section.get("overlong") == "drop" and count is not None else None
+        trained, tokens = [], 0
+        for e in examples:
+            n = count(e.question, e.response) if count is not None else len(e.response.split())
+            if limit and n > limit:
+                left[LEFT_OUT_BY_TRAINING] = left.get(LEFT_OUT_BY_TRAINING, 0) + 1
+                continue
+            trained.append(e)
+            tokens += n
+        ids = sorted({e.problem_id for e in trained})
+        rows[m] = {"questions": len(ids), "examples": len(trained), "tokens": tokens, "left_out": left,
+                   "question_ids": ids}
+    union = set().union(*(set(r["question_ids"]) for r in rows.values())) if rows else set()
+    for r in rows.values():
+        missing = len(union) - len(r["question_ids"])
+        if missing:
+            r["left_out"][NOT_IN_METHOD] = missing
+    reasons: dict = {}
+    for why in ((qs_file or {}).get("left_out") or {}).values():
+        reasons[why] = reasons.get(why, 0) + 1
+    return {"question_set": None if qs_file is None else {
+                "same_questions": qs_file.get("same_questions"), "rule": qs_file.get("rule"),
+                "n": len(qs_file.get("questions") or []), "left_out": reasons,
+                "max_seq_len": qs_file.get("max_seq_len"), "overlong": qs_file.get("overlong")},
+            "same_question_ids": len({tuple(r["question_ids"]) for r in rows.values()}) <= 1,
+            "counted_in": "student tokens (prompt + assistant turn)" if count is not None else "response words",
+            "methods": rows}
+
+
 # =============================================================================================
 # One run
 # =============================================================================================
@@ -1106,6 +1186,7 @@ def analyse_run(
                 paths.append(r.eval_method_dir(m))
             paths += r.training_files(m)
             paths += [p for p in [r.loss_history(m), *r.phase_loss_histories(m)] if p.is_file()]
+        paths += [r.question_set] if r.question_set.is_file() else []
         return paths
 
     inputs = [p for r in [run, *others] for p in inputs_of(r)]
@@ -1149,6 +1230,8 @@ def analyse_run(
                                     intervals=intervals["headline"], max_width=cfg.decide_max_width_points),
             "reflection": reflection_summary(run),
         }
+        analysis["training_sets"] = training_set_table(
+            run, list(metrics_list[0]), student_tokenizer(run) if tokenizer == "auto" else tokenizer)
         analysis["figures"] = write_figures(run, agg_metrics, agg_methods, raws, [tuple(b) for b in cfg.buckets],
                                             (difficulty or {}).get("counts"))
         write_json(out_json, analysis)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Optional
 
+from .collection import (QuestionSetTeacher, TokenCounter, fitter, length_rule_applies, question_set_inputs,
+                         question_set_problems, read_question_set, stage01_traces)
 from .config import DataConfig, GenerationConfig, StudentConfig, TeacherConfig
 from .jsonl import read_jsonl, write_jsonl
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
@@ -47,9 +49,10 @@ def run_edit_stage(
     inputs = [run.train_problems, run.teacher_traces]
     if cfg.pair_source == "exposure":
         inputs.append(run.error_attempts)
+    inputs += question_set_inputs(run)
 
     def work() -> dict:
-        problems = read_jsonl(inputs[0], Problem)
+        problems = question_set_problems(run, read_jsonl(inputs[0], Problem))  # the question set (stage 01)
         traces = read_jsonl(inputs[1], TeacherTrace)
         attempts = read_jsonl(inputs[2], StudentAttempt) if cfg.pair_source == "exposure" else None
         teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
@@ -87,9 +90,12 @@ def run_tailored_stage(
     tailored_dir = run.tailored()
     out_dir = tailored_dir.root
     inputs = [run.train_problems]
+    qs_inputs = question_set_inputs(run)
+    if qs_inputs:  # the question set, and the stage-01 CoTs a question without a usable rationale falls back to
+        inputs += qs_inputs + [run.teacher_sft_set, run.teacher_traces]
 
     def work() -> dict:
-        problems = read_jsonl(inputs[0], Problem)
+        problems = question_set_problems(run, read_jsonl(inputs[0], Problem))  # the question set (stage 01)
         teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
         if not isinstance(teacher, FeedbackTeacher):
             raise ValueError(
@@ -97,6 +103,10 @@ def run_tailored_stage(
                 f"teacher.kind={teacher_cfg.kind!r} teacher cannot do; use kind 'api', 'local' or 'toy', "
                 f"or leave 'tailored' out of evaluation.methods"
             )
+        if read_question_set(run) is not None:
+            fits = fitter(TokenCounter(run.student_model(), student.prompt_template, student.system_prompt or None),
+                          cfg.max_seq_len) if length_rule_applies(cfg) else None
+            teacher = QuestionSetTeacher(teacher, stage01_traces(run), fits)
         rounds = run_tailored(run.student_model(), problems, teacher,
                               default_generator_factory(generation), cfg.rounds,
                               cfg, out_dir, prompt_template=student.prompt_template,

@@ -104,6 +104,8 @@ class TrainingConfig:
     max_seq_len: int = 512  # prompt + assistant turn
     overlong: str = "truncate"  # examples longer than max_seq_len: truncate (they lose their end of
     #                             turn) | drop (real long-CoT runs: a cut CoT teaches never finishing)
+    same_questions: bool = True  # every CoT-trained method trains on the same questions, decided once in stage 01
+    #                              (collection's docstring: the rule); false: each keeps what its own data gives
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     lr_scheduler: str = "cosine"

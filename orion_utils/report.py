@@ -201,6 +201,29 @@ def intervals_note(analysis: Optional[dict]) -> list[str]:
             f"bootstrap seed {rule['seed']}).", ""]
 
 
+def training_set_section(analysis: Optional[dict]) -> list[str]:
+    """The training-set table: per method the questions, examples and tokens it trained on, and what was
+    left out and why (``analysis.training_set_table``); the question set's rule above it."""
+    ts = (analysis or {}).get("training_sets") or {}
+    rows = ts.get("methods") or {}
+    if not rows:
+        return []
+    qs = ts.get("question_set") or {}
+    lines = ["### Training sets", ""]
+    if qs:
+        left = "; ".join(f"{n} {why}" for why, n in (qs.get("left_out") or {}).items())
+        lines += [f"Question set (stage 01, `data/question_set.json`): {qs.get('n')} questions"
+                  + (f"; left out of every method: {left}" if left else "") + f". Rule: {qs.get('rule')}.", ""]
+    same = ts.get("same_question_ids")
+    lines += [f"Every method trains on the same question ids: **{'yes' if same else 'no'}**. "
+              f"Tokens: {ts.get('counted_in', 'tokens')}, of the examples trained on.", "",
+              "| method | questions | examples | tokens | left out (why) |", "|---|---:|---:|---:|---|"]
+    for m, r in rows.items():
+        why = "; ".join(f"{n}: {reason}" for reason, n in (r.get("left_out") or {}).items()) or "–"
+        lines.append(f"| {m} | {r['questions']} | {r['examples']} | {r['tokens']} | {why} |")
+    return lines + [""]
+
+
 def _has_key(metrics: dict, key: str) -> bool:
     return any(key in (cells or {}) for per in metrics.values() for cells in per.values())
 
@@ -416,7 +439,8 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     text += intervals_note(analysis)
     text += _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
     text += reflection_section(run)
-    text += ["## Training", ""] + _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
+    text += ["## Training", ""] + training_set_section(analysis)
+    text += _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
 
     if analysis:
         text += ["## Analysis", "", f"Per method{seeds_note}; ↓ marks lower-is-better.", "",

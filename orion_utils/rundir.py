@@ -256,6 +256,8 @@ class RunDir:
     ``teacher_traces``             ``data/teacher_traces.jsonl``        01 collection (every CoT)
     ``teacher_sft_set``            ``data/training_set_sft.jsonl``      01 collection (one verified
                                                                         CoT per question)
+    ``question_set``               ``data/question_set.json``           01 collection (the questions
+                                                                        every method trains on)
     ``student_attempts``           ``data/student_attempts.jsonl``      02 exposure
     ``student_attempts_partial``   ``data/student_attempts.partial...`` 02 exposure (resume scratch)
     ``error_attempts``             ``data/error_attempts.jsonl``        02 exposure (unique wrong)
@@ -364,6 +366,11 @@ class RunDir:
     @property
     def teacher_sft_set(self) -> Path:
         return self.training_set("sft")
+
+    @property
+    def question_set(self) -> Path:
+        """The questions every CoT-trained method trains on, and why the others are left out (stage 01)."""
+        return self.data("question_set.json")
 
     @property
     def student_attempts(self) -> Path:
