@@ -57,6 +57,9 @@ training:
 evaluation:
   n_samples: 2
   max_new_tokens: 24
+tailored:
+  exam_samples: 2
+  exam_max_new_tokens: 24
 analysis:
   max_cots: 8
   judge_max_cots: 4
@@ -98,12 +101,14 @@ def executed_output(run_dir: Path, notebook: str) -> str:
 
 def check_common(run_dir: Path, profile: dict) -> dict:
     executed = {p.stem for p in (run_dir / "notebooks").glob("*.ipynb")}
-    assert executed == set(NOTEBOOKS) - {"05_edit", "06_tailored_learning"}  # baselines not in evaluation.methods
+    methods = profile["evaluation"]["methods"]
+    baselines = {"05_edit": "edit", "06_tailored_learning": "tailored"}
+    assert executed == set(NOTEBOOKS) - {nb for nb, m in baselines.items() if m not in methods}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["stages"].values())
     # the real benchmark loaders read every benchmark of the profile
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert list(metrics) == profile["evaluation"]["methods"] == ["base", "sft", "orion"]
+    assert list(metrics) == methods
     for method, per_benchmark in metrics.items():
         assert set(per_benchmark) == set(profile["data"]["benchmarks"])
         for bench, m in per_benchmark.items():
@@ -129,6 +134,7 @@ def test_colab_profile_rehearsal(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["student"]["model"].endswith("tiny_qwen2") and config["teacher"]["kind"] == "dataset"
     assert config["training"]["load_in_4bit"] is True  # the shipped profile's QLoRA, not overridden here
+    assert config["evaluation"]["methods"] == ["base", "sft", "orion"]
     manifest = check_common(run_dir, config)
     traces = read_jsonl(run_dir / "data" / "teacher_traces.jsonl", TeacherTrace)
     assert len(traces) == 8 and sum(t.correct for t in traces) == 6  # graded against the gold, not trusted
@@ -144,6 +150,8 @@ def test_paper_profile_rehearsal_with_the_api_teacher(tmp_path, monkeypatch):
         sent = server.request_count
     config = json.loads((run_dir / "config.json").read_text())
     assert config["teacher"]["kind"] == "api" and config["teacher"]["model"] == "deepseek-reasoner"
+    assert config["evaluation"]["methods"] == ["base", "sft", "orion", "edit", "tailored"]  # every baseline
+    assert config["edit"]["pair_source"] == "teacher"
     manifest = check_common(run_dir, config)
     traces = read_jsonl(run_dir / "data" / "teacher_traces.jsonl", TeacherTrace)
     assert len(traces) == 8 and all(t.correct for t in traces)  # the local server solves the arithmetic
