@@ -472,3 +472,38 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     path = run.report
     path.write_text("\n".join(text), encoding="utf-8")
     return path
+
+
+def write_students_report(run: RunDir, runs: dict) -> Path:
+    """The combined ``report.md`` of a profile with several ``students`` (``runner.run_students``): one
+    table, a row per student and method, pass@1 per benchmark with its interval (each student's
+    ``analysis.json``, else its ``metrics.json``), each student's headline verdict and a link to its report.
+    ``runs``: {student name: its run directory}."""
+    rows, benchmarks, verdicts = [], set(), []
+    for name, path in runs.items():
+        sub = RunDir(path)
+        if not sub.metrics.exists():
+            continue
+        analysis = _read_json(sub.analysis_file, {}) if sub.analysis_file.exists() else {}
+        metrics = analysis.get("metrics") or _read_json(sub.metrics, {})
+        cells = (analysis.get("intervals") or {}).get("cells") or {}
+        model = (_read_json(sub.student_info, {}) or {}).get("model") or ((sub.config() or {}).get("student") or {}).get("model", "?")
+        for method, per in metrics.items():
+            benchmarks |= set(per)
+            rows.append((name, model, method, per, cells.get(method) or {}))
+        headline = next((c for c in analysis.get("claims") or [] if c.get("id") == "headline"), None)
+        link = run.relative(sub.report) if sub.report.exists() else ""
+        verdicts.append(f"- `{name}` (`{model}`): headline — {headline['verdict'] if headline else 'not analysed'}"
+                        + (f"; [its report]({link})" if link else ""))
+    order = sorted(benchmarks)
+    lines = ["# Run report: several students", "",
+             f"One pipeline run per student of the profile's `students`, each in `students/<name>/` with its own "
+             f"report; here pass@1 (%) of every student and method, with its 95% interval where analysed.", "",
+             "| student | method | " + " | ".join(order) + " |", "|---|---|" + "---:|" * len(order)]
+    for name, _, method, per, cells in rows:
+        lines.append(f"| {name} | {method} | " + " | ".join(
+            cell_text((per.get(b) or {}).get("pass@1")) + interval_text((cells.get(b) or {}).get("pass@1"))
+            for b in order) + " |")
+    text = lines + ["", "## Per student", ""] + verdicts + [""]
+    run.report.write_text("\n".join(text), encoding="utf-8")
+    return run.report

@@ -283,6 +283,8 @@ class RunDir:
     ``figure(name)``               ``figures/<name>.png``               notebooks, analysis, report
     ``seed_dir(k)``                ``seeds/seed_<k>/``                  the runner (``seed_dirs()``:
                                                                         all there are)
+    ``student_dir(name)``          ``students/<name>/``                 the runner (a profile's
+                                                                        ``students``: one run each)
     =============================  ===================================  ============================
 
     ``edit()`` and ``tailored()`` give the layouts of those method folders (``EditDir``,
@@ -491,6 +493,10 @@ class RunDir:
     def seed_dir(self, seed: int) -> Path:
         """Where the runner puts seed ``seed``'s run when it is not the run's first seed."""
         return self.path("seeds", f"seed_{seed}")
+
+    def student_dir(self, name: str) -> Path:
+        """Where the runner puts the run of student ``name`` of a profile with several ``students``."""
+        return self.path("students", name)
 
     def write_config(self, resolved: dict) -> Path:
         """Record the resolved profile the run was made with (``config.json``)."""
