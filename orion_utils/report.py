@@ -497,8 +497,8 @@ def write_students_report(run: RunDir, runs: dict) -> Path:
                         + (f"; [its report]({link})" if link else ""))
     order = sorted(benchmarks)
     lines = ["# Run report: several students", "",
-             f"One pipeline run per student of the profile's `students`, each in `students/<name>/` with its own "
-             f"report; here pass@1 (%) of every student and method, with its 95% interval where analysed.", "",
+             "One pipeline run per student of the profile's `students`, each in `students/<name>/` with its own "
+             "report; here pass@1 (%) of every student and method, with its 95% interval where analysed.", "",
              "| student | method | " + " | ".join(order) + " |", "|---|---|" + "---:|" * len(order)]
     for name, _, method, per, cells in rows:
         lines.append(f"| {name} | {method} | " + " | ".join(
