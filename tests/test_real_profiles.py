@@ -9,16 +9,19 @@ CPU with one line saying so), long CoTs left out rather than cut, the real bench
 the three-method evaluation. Model sizes and token budgets are shrunk so that it runs in minutes.
 """
 import json
+import random
 from pathlib import Path
 
 import nbformat
 import pytest
 from conftest import build_tiny_model_dir
 from helpers import FakeOpenAIServer
+from helpers.openai_server import _default_answer
 
 from orion_utils.jsonl import read_jsonl
 from orion_utils.records import EvalSample, Refinement, TeacherTrace
 from orion_utils.runner import NOTEBOOKS, run_pipeline
+from orion_utils.teachers.prompts import CORRUPT_TEMPLATE
 
 pytestmark = pytest.mark.slow
 
@@ -141,10 +144,19 @@ def test_colab_profile_rehearsal(tmp_path):
     assert manifest["stages"]["teacher_cots"]["filter"]["questions_kept"] == 6
 
 
+def r1_stand_in(messages: list):
+    """The local server's arithmetic teacher, which also does what EDIT's contrastive prompt asks: a wrong
+    solution (the `paper` profile builds EDIT's dual CoTs from the teacher, `edit.pair_source: teacher`)."""
+    asked = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+    corrupt = CORRUPT_TEMPLATE.split("\n", 1)[0][:60] in asked
+    return _default_answer(messages, corrupt, random.Random(0))
+
+
 def test_paper_profile_rehearsal_with_the_api_teacher(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)  # the profile's api_key_env, inherited by the kernels
     faults = ("429", "500", "truncated", "empty")
-    with FakeOpenAIServer(api_key=SECRET, latency_s=0.01, fault_rate=0.2, faults=faults, seed=3) as server:
+    with FakeOpenAIServer(api_key=SECRET, latency_s=0.01, fault_rate=0.2, faults=faults, seed=3,
+                          answer_fn=r1_stand_in) as server:
         extra = f"teacher:\n  base_url: {server.base_url}\n  concurrency: 4\n  timeout_s: 10.0\n  max_retries: 8\n"
         run_dir = run_pipeline(str(rehearsal_profile(tmp_path, "paper", extra)), str(tmp_path / "run"))
         sent = server.request_count
