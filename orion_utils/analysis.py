@@ -75,7 +75,7 @@ DEFAULT_BUCKETS: tuple = (("hard", 0.0, 0.25), ("medium", 0.25, 0.75), ("easy", 
 TOKEN_KEYS = ("cot_perplexity", "cot_tokens_mean", "response_tokens_mean", "loss_delta_std")
 CONSISTENCY_KINDS = ("compute", "check")
 CLAIM_MARGIN_POINTS = 2.0
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 
 
 # =============================================================================================
@@ -297,6 +297,163 @@ def accuracy_by_difficulty(
     }
 
 
+# --- intervals ----------------------------------------------------------------------------------
+#
+# Every benchmark cell carries a 95% interval: a percentile bootstrap over the benchmark's problems,
+# and over the seeds when there are several (hierarchical: each resample draws the seeds with
+# replacement, then the problems with replacement, the same problems for every drawn seed since
+# every seed is evaluated on the same problems; the statistic is the mean over the drawn seeds of
+# the mean over the drawn problems of a problem's score, its pass@1 or greedy 0/1). The headline
+# claim compares ORION with each baseline through a *paired* bootstrap of ORION − baseline: the
+# same drawn problems and seeds for both methods, so the noise of which problems a benchmark has
+# cancels. Seed (``AnalysisConfig.bootstrap_seed``) and resamples (``bootstrap_resamples``) are
+# named knobs: the same run gives the same intervals.
+
+INTERVAL_METRICS = {"pass@1": "sample", "greedy": "greedy"}  # metric → the decoding it is computed from
+HEADLINE_STATUSES = ("beats", "below the margin", "no difference", "worse", "too small to decide")
+
+
+def problem_scores(samples: Iterable[EvalSample], decoding: str = "sample") -> dict:
+    """{problem id: mean correctness of its ``decoding`` samples} (pass@1 per problem, or greedy 0/1)."""
+    out: dict = {}
+    for s in samples:
+        if s.decoding == decoding:
+            out.setdefault(s.problem_id, []).append(bool(s.correct))
+    return {k: sum(v) / len(v) for k, v in out.items()}
+
+
+def _score_matrix(per_seed: Sequence[dict], problems: Sequence[str]):
+    import numpy as np
+
+    return np.array([[float(seed[p]) for p in problems] for seed in per_seed], dtype=float)
+
+
+def _resample_means(matrices: Sequence[Any], n_resamples: int, seed: int):
+    """Hierarchical bootstrap draws (seeds, then problems) applied alike to every matrix [seeds × problems];
+    returns one array of ``n_resamples`` means per matrix."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_seeds, n_problems = matrices[0].shape
+    out = [np.empty(n_resamples) for _ in matrices]
+    chunk = max(1, 2_000_000 // max(1, n_seeds * n_problems))
+    for start in range(0, n_resamples, chunk):
+        b = min(chunk, n_resamples - start)
+        seed_idx = rng.integers(0, n_seeds, size=(b, n_seeds))
+        prob_idx = rng.integers(0, n_problems, size=(b, n_problems))
+        for m, o in zip(matrices, out):
+            o[start:start + b] = m[seed_idx[:, :, None], prob_idx[:, None, :]].mean(axis=(1, 2))
+    return out
+
+
+def _common_problems(per_seed_groups: Sequence[Sequence[dict]]) -> list:
+    """Problems scored in every seed of every group, in a stable order."""
+    sets = [set(d) for group in per_seed_groups for d in group]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def bootstrap_interval(per_seed: Sequence[dict], n_resamples: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> Optional[dict]:
+    """A cell's value and its interval: ``per_seed`` is one ``{problem: score}`` per seed (scores in [0, 1]).
+
+    Returns ``{"mean", "lo", "hi", "level", "n_problems", "n_seeds", "n_resamples"}`` (fractions), or
+    None without problems. ``mean`` is the mean over seeds of the mean over problems (as metrics.json)."""
+    import numpy as np
+
+    per_seed = [d for d in per_seed if d]
+    problems = _common_problems([per_seed])
+    if not problems:
+        return None
+    matrix = _score_matrix(per_seed, problems)
+    (draws,) = _resample_means([matrix], n_resamples, seed)
+    tail = 100 * (1 - level) / 2
+    return {"mean": float(matrix.mean()), "lo": float(np.percentile(draws, tail)),
+            "hi": float(np.percentile(draws, 100 - tail)), "level": level, "n_problems": len(problems),
+            "n_seeds": len(per_seed), "n_resamples": n_resamples}
+
+
+def paired_difference(a_per_seed: Sequence[dict], b_per_seed: Sequence[dict], n_resamples: int = 2000,
+                      seed: int = 0, level: float = 0.95) -> Optional[dict]:
+    """ORION − baseline in points with a paired bootstrap interval: the same drawn seeds and problems for
+    both. ``a_per_seed``/``b_per_seed``: one ``{problem: score}`` per seed each, seeds in the same order
+    (seed k of a is paired with seed k of b; with different seed counts the first ones common to both).
+    Returns ``{"diff", "lo", "hi", "width", "level", "n_problems", "n_seeds"}`` in points, or None."""
+    import numpy as np
+
+    n = min(len(a_per_seed), len(b_per_seed))
+    pairs = [(a, b) for a, b in zip(a_per_seed[:n], b_per_seed[:n]) if a and b]
+    if not pairs:
+        return None
+    a_seeds, b_seeds = [a for a, _ in pairs], [b for _, b in pairs]
+    problems = _common_problems([a_seeds, b_seeds])
+    if not problems:
+        return None
+    diff = 100 * (_score_matrix(a_seeds, problems) - _score_matrix(b_seeds, problems))
+    (draws,) = _resample_means([diff], n_resamples, seed)
+    tail = 100 * (1 - level) / 2
+    lo, hi = float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
+    return {"diff": float(diff.mean()), "lo": lo, "hi": hi, "width": hi - lo, "level": level,
+            "n_problems": len(problems), "n_seeds": len(pairs)}
+
+
+def headline_status(d: Optional[dict], margin: float, max_width: float) -> Optional[str]:
+    """The rule the headline is judged by, for one paired interval of ORION − baseline (points):
+
+    * ``beats``: the lower bound is above ``margin`` (ORION wins by more than the margin);
+    * ``too small to decide``: otherwise, when the interval is wider than ``max_width`` points (the
+      benchmark has too few problems, or the seeds disagree too much, to tell the cases below apart);
+    * ``worse``: the upper bound is below 0; ``no difference``: the interval contains 0;
+    * ``below the margin``: ORION is better (lower bound above 0) but not surely by more than ``margin``.
+    """
+    if d is None:
+        return None
+    if d["lo"] > margin:
+        return "beats"
+    if d["width"] > max_width:
+        return "too small to decide"
+    if d["hi"] < 0:
+        return "worse"
+    if d["lo"] <= 0 <= d["hi"]:
+        return "no difference"
+    return "below the margin"
+
+
+def scores_by_seed(runs: Sequence[RunDir], methods: Optional[Sequence[str]] = None) -> dict:
+    """{method: {benchmark: {metric: [{problem: score} per seed]}}} from every run's ``eval/`` files
+    (metrics of ``INTERVAL_METRICS``; a seed without a method's file contributes nothing)."""
+    out: dict = {}
+    for r in runs:
+        metrics = json.loads(r.metrics.read_text(encoding="utf-8")) if r.metrics.exists() else {}
+        for m in methods or metrics:
+            for bench, samples in load_eval_samples(r, m).items():
+                for metric, decoding in INTERVAL_METRICS.items():
+                    scores = problem_scores(samples, decoding)
+                    if scores:
+                        out.setdefault(m, {}).setdefault(bench, {}).setdefault(metric, []).append(scores)
+    return out
+
+
+def cell_intervals(scores: dict, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """{method: {benchmark: {metric: bootstrap_interval}}} for every cell of ``scores_by_seed``."""
+    return {m: {b: {k: bootstrap_interval(v, n_resamples, seed, level) for k, v in per.items()}
+                for b, per in benches.items()} for m, benches in scores.items()}
+
+
+def headline_intervals(scores: dict, n_resamples: int = 2000, seed: int = 0, level: float = 0.95,
+                       metric: str = "pass@1") -> dict:
+    """{benchmark: {baseline: paired_difference(orion, baseline)}} of ``metric``, every baseline."""
+    orion = scores.get("orion") or {}
+    out: dict = {}
+    for bench, per in orion.items():
+        for m, benches in scores.items():
+            if m == "orion" or metric not in (benches.get(bench) or {}) or metric not in per:
+                continue
+            d = paired_difference(per[metric], benches[bench][metric], n_resamples, seed, level)
+            if d is not None:
+                out.setdefault(bench, {})[m] = d
+    return out
+
+
 # --- seeds --------------------------------------------------------------------------------------
 
 
@@ -468,6 +625,86 @@ def student_tokenizer(run: RunDir):
         return None
 
 
+# --- the training sets: questions, examples, tokens, and what was left out -------------------------
+
+# the profile section whose max_seq_len / overlong a method's training set is trained under
+TRAINING_SECTION = {"sft": "training", "orion": "training", "edit": "training", "tailored": "tailored"}
+LEFT_OUT_BY_TRAINING = "longer than max_seq_len: left out by training (overlong: drop)"
+NOT_IN_METHOD = "questions other methods train on, absent here"
+
+
+def _example_counter(run: RunDir, tokenizer: Any) -> Optional[Callable[[str, str], int]]:
+    """(question, response) → prompt + assistant-turn tokens in the student's chat format, as training
+    counts them; None without a tokenizer that has a chat template (lengths are then whitespace words)."""
+    if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
+        return None
+    from .chat import encode_for_training, run_prompt_format
+
+    template, system = run_prompt_format(run)
+    return lambda q, r: len(encode_for_training(tokenizer, q, r, template, system=system)["input_ids"])
+
+
+def training_set_table(run: RunDir, methods: Sequence[str], tokenizer: Any = None) -> dict:
+    """Per CoT-trained method: the questions, examples and tokens it trains on, and what was left out and
+    why; plus the question set of stage 01 (``data/question_set.json``) and whether every method trains
+    on the same question ids.
+
+    A method's examples are those of ``RunDir.training_files`` as its stage trains them: ORION's rewrites
+    kept to the question set as stage 04 keeps them (``collection.fit_to_question_set``: a rewrite longer
+    than max_seq_len replaced by the teacher CoT), and, under ``overlong: drop`` of the method's training
+    section (``TRAINING_SECTION``), an example longer than ``max_seq_len`` left out. Tokens: prompt +
+    assistant turn in the student's tokens (whitespace words of the response without a tokenizer, and
+    then no length check). Returns ``{"question_set", "same_question_ids", "counted_in", "methods":
+    {method: {"questions", "examples", "tokens", "left_out": {reason: n}, "question_ids"}}}``."""
+    from .collection import fit_to_question_set, read_question_set
+    from .records import SFTExample
+
+    qs_file = json.loads(run.question_set.read_text(encoding="utf-8")) if run.question_set.is_file() else None
+    qs = read_question_set(run)
+    config = _config(run)
+    count = _example_counter(run, tokenizer)
+    teacher = read_jsonl(run.teacher_sft_set, SFTExample) if run.teacher_sft_set.is_file() else []
+    rows: dict = {}
+    for m in methods:
+        files = run.training_files(m)
+        if m == "base" or not files:
+            continue
+        examples = [e for p in files for e in read_jsonl(p, SFTExample, tolerate_torn_tail=True)]
+        left: dict = {}
+        if m == "orion" and qs is not None:
+            examples, kept = fit_to_question_set(examples, teacher, qs, count)
+            if kept["replaced_by_teacher_cot"]:
+                left["rewrites longer than max_seq_len (the teacher CoT trained instead)"] = kept["replaced_by_teacher_cot"]
+        section = config.get(TRAINING_SECTION.get(m, "training")) or {}
+        limit = section.get("max_seq_len") if section.get("overlong") == "drop" and count is not None else None
+        trained, tokens = [], 0
+        for e in examples:
+            n = count(e.question, e.response) if count is not None else len(e.response.split())
+            if limit and n > limit:
+                left[LEFT_OUT_BY_TRAINING] = left.get(LEFT_OUT_BY_TRAINING, 0) + 1
+                continue
+            trained.append(e)
+            tokens += n
+        ids = sorted({e.problem_id for e in trained})
+        rows[m] = {"questions": len(ids), "examples": len(trained), "tokens": tokens, "left_out": left,
+                   "question_ids": ids}
+    union = set().union(*(set(r["question_ids"]) for r in rows.values())) if rows else set()
+    for r in rows.values():
+        missing = len(union) - len(r["question_ids"])
+        if missing:
+            r["left_out"][NOT_IN_METHOD] = missing
+    reasons: dict = {}
+    for why in ((qs_file or {}).get("left_out") or {}).values():
+        reasons[why] = reasons.get(why, 0) + 1
+    return {"question_set": None if qs_file is None else {
+                "same_questions": qs_file.get("same_questions"), "rule": qs_file.get("rule"),
+                "n": len(qs_file.get("questions") or []), "left_out": reasons,
+                "max_seq_len": qs_file.get("max_seq_len"), "overlong": qs_file.get("overlong")},
+            "same_question_ids": len({tuple(r["question_ids"]) for r in rows.values()}) <= 1,
+            "counted_in": "student tokens (prompt + assistant turn)" if count is not None else "response words",
+            "methods": rows}
+
+
 # =============================================================================================
 # One run
 # =============================================================================================
@@ -485,6 +722,13 @@ class AnalysisConfig:
     margin_points: float = CLAIM_MARGIN_POINTS  # the headline claim's margin, in points
     judge: bool = False  # real runs: the teacher judges the step consistency of training CoTs (costs calls)
     judge_max_cots: int = 64  # training CoTs judged per method
+    # intervals (every benchmark cell, and the headline's paired ORION − baseline differences)
+    bootstrap_resamples: int = 2000  # bootstrap resamples per interval
+    bootstrap_seed: int = 0  # the same run gives the same intervals
+    interval_level: float = 0.95
+    decide_max_width_points: float = 8.0  # headline: a paired interval wider than this (4 × the 2-point margin)
+    #   cannot tell "beats by the margin" from "no difference": "too small to decide". AIME24's 30 problems give
+    #   ~15-25 points, AMC23's 40 ~15-20; MATH500 ~5, GSM-Hard ~3 (one problem: 3.3, 2.5, 0.2, 0.08 points)
 
 
 def judge_consistency(judge, cots: Sequence[tuple[str, str]]) -> dict:
@@ -667,7 +911,8 @@ def _compare(orion: Optional[float], other: Optional[float], lower_is_better: bo
     return 1 if better else -1
 
 
-def claim_evidence(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MARGIN_POINTS) -> list[dict]:
+def claim_evidence(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MARGIN_POINTS,
+                   intervals: Optional[dict] = None, max_width: float = 8.0) -> list[dict]:
     """Each paper claim's verdict and the comparisons behind it, in numbers (no words).
 
     One dict per claim, in the report's order (``headline``, ``coherence``, ``stability``,
@@ -678,6 +923,14 @@ def claim_evidence(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_M
     ``key``, ``lower_is_better``, ORION's cell and ``others``, each with its ``method``, ``cell``,
     ``outcome`` (+1/0/-1, ``_compare``) and ``spread``) and ``base``, base's cell where the report
     quotes it for reference.
+
+    ``intervals`` (``headline_intervals``: per benchmark and baseline, the paired bootstrap interval of
+    ORION − baseline in points): the headline is judged against them (``headline_status`` with
+    ``margin`` and ``max_width``): a benchmark counts for the claim when ORION ``beats`` every baseline,
+    against it when any baseline is ``worse``, ``no difference`` or ``below the margin``, and for
+    neither when the rest is ``too small to decide``; each row adds ``vs`` (baseline → interval and
+    status) and the claim ``rule: "paired bootstrap"``. Without intervals (no per-problem results),
+    the point estimates and the seeds' spread decide, as ``rule: "point estimates"``.
     """
     has_orion = "orion" in agg_metrics or "orion" in agg_methods
     baselines = [m for m in agg_metrics if m != "orion"]
@@ -695,14 +948,30 @@ def claim_evidence(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_M
             best = max(others, key=lambda m: others[m]["mean"])
             diff = 100 * (o["mean"] - others[best]["mean"])
             within = 100 * spread(o, others[best])
-            # beating by the margin needs a difference beyond the seeds' spread too
-            outcomes.append(1 if diff > max(margin, within) else -1)
             numbers[bench] = {"orion": 100 * o["mean"], "best_baseline": best, "best": 100 * others[best]["mean"],
                               "margin_points": diff, "spread_points": within}
-            rows.append({"benchmark": bench, "orion": o, "best_baseline": best, "best": others[best],
-                         "margin_points": diff, "spread_points": within})
-    evidence = [{"id": "headline", "verdict": _verdict(outcomes), "numbers": numbers, "margin": margin,
-                 "baselines": baselines, "rows": rows}]
+            row = {"benchmark": bench, "orion": o, "best_baseline": best, "best": others[best],
+                   "margin_points": diff, "spread_points": within}
+            vs = (intervals or {}).get(bench) or {}
+            if intervals is not None and vs:
+                row["vs"] = {m: {**d, "status": headline_status(d, margin, max_width)} for m, d in vs.items()}
+                numbers[bench]["vs"] = {m: {k: v[k] for k in ("diff", "lo", "hi", "status")}
+                                        for m, v in row["vs"].items()}
+                statuses = [v["status"] for v in row["vs"].values()]
+                row["status"] = ("beats" if all(st == "beats" for st in statuses) else
+                                 "too small to decide" if all(st in ("beats", "too small to decide") for st in statuses)
+                                 else "does not beat")
+                outcomes.append({"beats": 1, "too small to decide": None}.get(row["status"], -1))
+            else:  # beating by the margin needs a difference beyond the seeds' spread too
+                outcomes.append(1 if diff > max(margin, within) else -1)
+            rows.append(row)
+    decided = [o for o in outcomes if o is not None]
+    verdict = _verdict(decided) if decided or not outcomes else "too small to decide"
+    if verdict == "supported" and len(decided) < len(outcomes):
+        verdict = "too small to decide"  # ORION beats where a benchmark can tell, the others cannot
+    evidence = [{"id": "headline", "verdict": verdict, "numbers": numbers, "margin": margin,
+                 "baselines": baselines, "rows": rows, "max_width": max_width,
+                 "rule": "paired bootstrap" if intervals is not None else "point estimates"}]
 
     def scalar(method: str, key: str) -> Optional[dict]:
         return (agg_methods.get(method) or {}).get(key)
@@ -748,7 +1017,7 @@ def claim_evidence(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_M
 
 
 def assess_claims(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MARGIN_POINTS, toy: bool = False,
-                  n_seeds: int = 1) -> list[dict]:
+                  n_seeds: int = 1, intervals: Optional[dict] = None, max_width: float = 8.0) -> list[dict]:
     """One entry per paper claim: {"id", "claim", "verdict", "text", "numbers"}.
 
     ``agg_metrics``: ``aggregate_metrics`` output; ``agg_methods``: per-method scalars aggregated over
@@ -757,7 +1026,8 @@ def assess_claims(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MA
     The verdicts and numbers are ``claim_evidence``'s; the claim's statement and the paragraph that
     explains its verdict are the report's words (``report.claim_entry``).
     """
-    return [claim_entry(e, n_seeds=n_seeds, toy=toy) for e in claim_evidence(agg_metrics, agg_methods, margin)]
+    return [claim_entry(e, n_seeds=n_seeds, toy=toy)
+            for e in claim_evidence(agg_metrics, agg_methods, margin, intervals, max_width)]
 
 
 # =============================================================================================
@@ -894,6 +1164,9 @@ def analyse_run(
          "difficulty": {"source", "buckets", "counts"},
          "metrics": {method: {bench: {metric: {"mean", "std", "n"}}}},
          "seeds": {"n", "runs", "methods": {method: {key: {"mean", "std", "n"}}}, "per_seed": [...]},
+         "intervals": {"cells": {method: {bench: {metric: {"mean", "lo", "hi", "level", "n_problems",
+                                                             "n_seeds", "n_resamples"}}}},
+                       "headline": {bench: {baseline: {"diff", "lo", "hi", "width", ...}}}, "rule": {...}},
          "claims": [{"id", "claim", "verdict", "text", "numbers"}], "figures": {name: path}}
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
@@ -914,6 +1187,7 @@ def analyse_run(
                 paths.append(r.eval_method_dir(m))
             paths += r.training_files(m)
             paths += [p for p in [r.loss_history(m), *r.phase_loss_histories(m)] if p.is_file()]
+        paths += [r.question_set] if r.question_set.is_file() else []
         return paths
 
     inputs = [p for r in [run, *others] for p in inputs_of(r)]
@@ -934,6 +1208,12 @@ def analyse_run(
         agg_metrics = aggregate_metrics(metrics_list)
         agg_methods = _aggregate_method_scalars(per_seed)
         toy = is_toy_run(run)
+        scores = scores_by_seed([run, *others], list(metrics_list[0]))
+        boot = (cfg.bootstrap_resamples, cfg.bootstrap_seed, cfg.interval_level)
+        intervals = {"cells": cell_intervals(scores, *boot), "headline": headline_intervals(scores, *boot),
+                     "rule": {"resamples": cfg.bootstrap_resamples, "seed": cfg.bootstrap_seed,
+                              "level": cfg.interval_level, "margin_points": cfg.margin_points,
+                              "decide_max_width_points": cfg.decide_max_width_points}}
         analysis = {
             "version": ANALYSIS_VERSION,
             "run": run.root.name,
@@ -946,9 +1226,13 @@ def analyse_run(
             "metrics": agg_metrics,
             "seeds": {"n": len(per_seed), "runs": [r.root.name for r in [run, *others]], "methods": agg_methods,
                       "per_seed": [{"run": r.root.name, "methods": s} for r, s in zip([run, *others], per_seed)]},
-            "claims": assess_claims(agg_metrics, agg_methods, cfg.margin_points, toy=toy, n_seeds=len(per_seed)),
+            "intervals": intervals,
+            "claims": assess_claims(agg_metrics, agg_methods, cfg.margin_points, toy=toy, n_seeds=len(per_seed),
+                                    intervals=intervals["headline"], max_width=cfg.decide_max_width_points),
             "reflection": reflection_summary(run),
         }
+        analysis["training_sets"] = training_set_table(
+            run, list(metrics_list[0]), student_tokenizer(run) if tokenizer == "auto" else tokenizer)
         analysis["figures"] = write_figures(run, agg_metrics, agg_methods, raws, [tuple(b) for b in cfg.buckets],
                                             (difficulty or {}).get("counts"))
         write_json(out_json, analysis)

@@ -10,6 +10,8 @@ import json
 from typing import Optional
 
 from .budget import prompt_budget
+from .collection import (QuestionSetTeacher, TokenCounter, fitter, length_rule_applies, question_set_inputs,
+                         question_set_problems, read_question_set, stage01_traces)
 from .config import DataConfig, GenerationConfig, StudentConfig, TeacherConfig
 from .jsonl import read_jsonl, write_jsonl
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
@@ -52,10 +54,11 @@ def run_edit_stage(
     inputs = [run.train_problems, run.teacher_traces]
     if source == "exposure":
         inputs.append(run.error_attempts)
+    inputs += question_set_inputs(run)
 
     def work() -> dict:
         print(f"[edit] dual pairs: {source} (edit.pair_source={cfg_source}, teacher.kind={teacher_cfg.kind})")
-        problems = read_jsonl(inputs[0], Problem)
+        problems = question_set_problems(run, read_jsonl(inputs[0], Problem))  # the question set (stage 01)
         traces = read_jsonl(inputs[1], TeacherTrace)
         attempts = read_jsonl(inputs[2], StudentAttempt) if source == "exposure" else None
         teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
@@ -93,9 +96,12 @@ def run_tailored_stage(
     tailored_dir = run.tailored()
     out_dir = tailored_dir.root
     inputs = [run.train_problems]
+    qs_inputs = question_set_inputs(run)
+    if qs_inputs:  # the question set, and the stage-01 CoTs a question without a usable rationale falls back to
+        inputs += qs_inputs + [run.teacher_sft_set, run.teacher_traces]
 
     def work() -> dict:
-        problems = read_jsonl(inputs[0], Problem)
+        problems = question_set_problems(run, read_jsonl(inputs[0], Problem))  # the question set (stage 01)
         teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
         if not isinstance(teacher, FeedbackTeacher):
             raise ValueError(
@@ -103,6 +109,10 @@ def run_tailored_stage(
                 f"teacher.kind={teacher_cfg.kind!r} teacher cannot do; use kind 'api', 'local' or 'toy', "
                 f"or leave 'tailored' out of evaluation.methods"
             )
+        if read_question_set(run) is not None:
+            fits = fitter(TokenCounter(run.student_model(), student.prompt_template, student.system_prompt or None),
+                          cfg.max_seq_len) if length_rule_applies(cfg) else None
+            teacher = QuestionSetTeacher(teacher, stage01_traces(run), fits)
         rounds = run_tailored(run.student_model(), problems, teacher,
                               default_generator_factory(generation), cfg.rounds,
                               cfg, out_dir, prompt_template=student.prompt_template,

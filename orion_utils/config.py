@@ -107,6 +107,8 @@ class TrainingConfig:
     max_seq_len: int = 512  # prompt + assistant turn
     overlong: str = "truncate"  # examples longer than max_seq_len: truncate (they lose their end of
     #                             turn) | drop (real long-CoT runs: a cut CoT teaches never finishing)
+    same_questions: bool = True  # every CoT-trained method trains on the same questions, decided once in stage 01
+    #                              (collection's docstring: the rule); false: each keeps what its own data gives
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     lr_scheduler: str = "cosine"
@@ -186,7 +188,7 @@ SECTIONS: dict[str, str] = {
     "analysis": "orion_utils.analysis:AnalysisConfig",
     "long_cots": "orion_utils.lengths:LongCotsConfig",
 }
-TOP_LEVEL = {"profile": str, "description": str, "base": str, "seeds": list}
+TOP_LEVEL = {"profile": str, "description": str, "base": str, "seeds": list, "students": list}
 # One training stack: a method's section is the shared training config plus the method's own fields,
 # and the training values a profile gives in its `training` section hold for these sections too (each may
 # still override them), so that only the method differs.
@@ -226,6 +228,7 @@ class Profile:
     # how it was loaded, so that a notebook can load the same profile: load_profile(source, overrides)
     source: str = ""  # the profile's name, or the absolute path of its YAML file when given as a file
     overrides: dict = field(default_factory=dict)
+    students: list = field(default_factory=list)  # several backbones: one pipeline run per entry (student_runs)
 
     def __getattr__(self, item: str) -> Any:
         sections = self.__dict__.get("sections", {})
@@ -241,6 +244,7 @@ class Profile:
             "profile": self.name,
             "description": self.description,
             "seeds": list(self.seeds),
+            **({"students": copy.deepcopy(self.students)} if self.students else {}),
             **{name: dataclasses.asdict(sec) for name, sec in self.sections.items()},
         }
 
@@ -362,6 +366,8 @@ def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = Non
             sections[name] = section_class(name)()
     _resolve_paths(sections)
     check_token_budgets(sections)
+    students = list(raw.get("students") or [])
+    student_runs(students)  # a malformed entry fails here, when the profile loads
     return Profile(
         name=str(raw.get("profile")),
         description=str(raw.get("description", "")),
@@ -369,4 +375,37 @@ def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = Non
         sections=sections,
         source=str(Path(name_or_path).resolve()) if _is_file(name_or_path) else str(name_or_path),
         overrides=copy.deepcopy(dict(overrides or {})),
+        students=students,
     )
+
+
+def _student_name(reference: str) -> str:
+    """A folder name for a student reference: its last path component, other characters as '-'."""
+    last = reference.rstrip("/").split("/")[-1] or reference
+    last = last[: -len(".gguf")] if last.lower().endswith(".gguf") else last
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in last)
+
+
+def student_runs(students: list) -> list[tuple[str, dict]]:
+    """A profile's top-level ``students`` as (name, overrides) pairs, one pipeline run each.
+
+    An entry is a student model reference (``student.model``: "toy", a hub id, a local path, a .gguf
+    file), or a mapping with a ``name`` and the sections it changes, e.g.
+    ``{name: toy-small, toy_student: {hidden_size: 64}}`` (its ``student`` section, if any, included).
+    Each run's overrides also set ``students: []``, so a student's run is an ordinary one-student run."""
+    out: list[tuple[str, dict]] = []
+    for i, entry in enumerate(students):
+        if isinstance(entry, str) and entry:
+            name, extra = _student_name(entry), {"student": {"model": entry}}
+        elif isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]:
+            name, extra = _student_name(entry["name"]), {k: v for k, v in entry.items() if k != "name"}
+            bad = [k for k, v in extra.items() if k not in SECTIONS or not isinstance(v, dict)]
+            if bad:
+                raise ConfigError(f"students[{i}]: {', '.join(map(repr, bad))} is not a section of values "
+                                  f"(an entry is a model reference, or a mapping with 'name' and sections)")
+        else:
+            raise ConfigError(f"students[{i}] should be a model reference or a mapping with a 'name', got {entry!r}")
+        if name in {n for n, _ in out}:
+            raise ConfigError(f"students: two entries are named {name!r}; give each a distinct 'name'")
+        out.append((name, {**extra, "students": []}))
+    return out

@@ -213,14 +213,58 @@ def cell_text(cell, scale: float = 100.0, digits: int = 1) -> str:
     return "–"
 
 
-def metrics_table(metrics: dict, key: str = "pass@1") -> str:
+def interval_text(interval: Optional[dict], scale: float = 100.0, digits: int = 1) -> str:
+    """' [lo, hi]' of a bootstrap interval (``analysis.bootstrap_interval``), '' without one."""
+    if not interval or interval.get("lo") is None:
+        return ""
+    return f" [{scale * interval['lo']:.{digits}f}, {scale * interval['hi']:.{digits}f}]"
+
+
+def metrics_table(metrics: dict, key: str = "pass@1", intervals: Optional[dict] = None) -> str:
     """Markdown table, one row per method, one column per benchmark. ``metrics``: ``metrics.json``
-    (numbers) or ``analysis.aggregate_metrics`` output (cells rendered 'mean ± std' over seeds)."""
+    (numbers) or ``analysis.aggregate_metrics`` output (cells rendered 'mean ± std' over seeds).
+    ``intervals``: ``analysis.json``'s ``intervals["cells"]``: each cell then ends in its 95% interval
+    '[lo, hi]' (bootstrap over problems, and seeds)."""
     benchmarks = sorted({b for per in metrics.values() for b in per})
     lines = ["| method | " + " | ".join(benchmarks) + " |", "|---|" + "---:|" * len(benchmarks)]
     for method, per in metrics.items():
-        lines.append(f"| {method} | " + " | ".join(cell_text((per.get(b) or {}).get(key)) for b in benchmarks) + " |")
+        lines.append(f"| {method} | " + " | ".join(
+            cell_text((per.get(b) or {}).get(key))
+            + interval_text((((intervals or {}).get(method) or {}).get(b) or {}).get(key)) for b in benchmarks) + " |")
     return "\n".join(lines)
+
+
+def intervals_note(analysis: Optional[dict]) -> list[str]:
+    """The sentence under the results tables that says what the brackets are."""
+    rule = ((analysis or {}).get("intervals") or {}).get("rule")
+    if not rule:
+        return []
+    return [f"[lo, hi]: {100 * rule['level']:g}% interval, percentile bootstrap over the benchmark's problems and, "
+            f"with several seeds, over the seeds (seeds drawn, then problems; {rule['resamples']} resamples, "
+            f"bootstrap seed {rule['seed']}).", ""]
+
+
+def training_set_section(analysis: Optional[dict]) -> list[str]:
+    """The training-set table: per method the questions, examples and tokens it trained on, and what was
+    left out and why (``analysis.training_set_table``); the question set's rule above it."""
+    ts = (analysis or {}).get("training_sets") or {}
+    rows = ts.get("methods") or {}
+    if not rows:
+        return []
+    qs = ts.get("question_set") or {}
+    lines = ["### Training sets", ""]
+    if qs:
+        left = "; ".join(f"{n} {why}" for why, n in (qs.get("left_out") or {}).items())
+        lines += [f"Question set (stage 01, `data/question_set.json`): {qs.get('n')} questions"
+                  + (f"; left out of every method: {left}" if left else "") + f". Rule: {qs.get('rule')}.", ""]
+    same = ts.get("same_question_ids")
+    lines += [f"Every method trains on the same question ids: **{'yes' if same else 'no'}**. "
+              f"Tokens: {ts.get('counted_in', 'tokens')}, of the examples trained on.", "",
+              "| method | questions | examples | tokens | left out (why) |", "|---|---:|---:|---:|---|"]
+    for m, r in rows.items():
+        why = "; ".join(f"{n}: {reason}" for reason, n in (r.get("left_out") or {}).items()) or "–"
+        lines.append(f"| {m} | {r['questions']} | {r['examples']} | {r['tokens']} | {why} |")
+    return lines + [""]
 
 
 def _has_key(metrics: dict, key: str) -> bool:
@@ -302,7 +346,27 @@ def _comparison_text(comparison: dict) -> list[str]:
     return [head + (" (lower is better)" if comparison["lower_is_better"] else " (higher is better)")]
 
 
+def _headline_interval_text(evidence: dict, toy_note: str) -> str:
+    """The headline judged against paired bootstrap intervals of ORION − each baseline, benchmark by benchmark."""
+    parts = []
+    for row in evidence["rows"]:
+        vs = row.get("vs") or {}
+        each = ", ".join(f"{m} {d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}] {d['status']}" for m, d in vs.items())
+        n = next(iter(vs.values()), {}).get("n_problems")
+        parts.append(f"{row['benchmark']} ({n} problems; one problem = {100 / n:.1f} points): {row.get('status')}"
+                     f" — ORION − {each}" if n else f"{row['benchmark']}: no paired results")
+    rule = (f"Rule: per benchmark and baseline, a paired bootstrap 95% interval of ORION − baseline in pass@1 points "
+            f"(the same problems, and seeds, resampled for both). 'beats' when its lower bound is above "
+            f"{evidence['margin']:g}; otherwise 'too small to decide' when it is wider than "
+            f"{evidence['max_width']:g} points, 'no difference' when it contains 0, 'worse' when it lies below 0, "
+            f"'below the margin' when it lies above 0 but not surely above {evidence['margin']:g}. The claim needs "
+            f"'beats' against every baseline on every benchmark; benchmarks too small to decide count for neither side.")
+    return ("; ".join(parts) if parts else "no comparable numbers") + ". " + rule + toy_note
+
+
 def _headline_text(evidence: dict, seeds_note: str, toy_note: str) -> str:
+    if evidence.get("rule") == "paired bootstrap":
+        return _headline_interval_text(evidence, toy_note)
     parts = []
     for row in evidence["rows"]:
         diff, within = row["margin_points"], row["spread_points"]
@@ -404,6 +468,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     config = _read_json(run.config_file, {})
     toy = (analysis or {}).get("toy", (config.get("student") or {}).get("model") == "toy")
     seeds_note = f" — mean ± std over {n_seeds} seeds" if n_seeds > 1 else ""
+    cell_intervals = ((analysis or {}).get("intervals") or {}).get("cells")
 
     text = ["# Run report", ""]
     if toy:
@@ -411,14 +476,16 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     text += ["## Run", "", *_metadata(run, analysis), ""]
     text += ["## Results", "", f"### pass@1 (%){seeds_note}", "",
              "pass@1: mean over the sampled solutions of a problem, averaged over problems.", "",
-             metrics_table(table_metrics, "pass@1"), ""]
+             metrics_table(table_metrics, "pass@1", cell_intervals), ""]
     if _has_key(table_metrics, "greedy"):
-        text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy"), ""]
+        text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy", cell_intervals), ""]
+    text += intervals_note(analysis)
     text += _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
     text += reflection_section(run)
     text += acceptance_section(run)
     text += budget_lines(run, analysis)
-    text += ["## Training", ""] + _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
+    text += ["## Training", ""] + training_set_section(analysis)
+    text += _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
 
     if analysis:
         text += ["## Analysis", "", f"Per method{seeds_note}; ↓ marks lower-is-better.", "",
@@ -450,3 +517,38 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     path = run.report
     path.write_text("\n".join(text), encoding="utf-8")
     return path
+
+
+def write_students_report(run: RunDir, runs: dict) -> Path:
+    """The combined ``report.md`` of a profile with several ``students`` (``runner.run_students``): one
+    table, a row per student and method, pass@1 per benchmark with its interval (each student's
+    ``analysis.json``, else its ``metrics.json``), each student's headline verdict and a link to its report.
+    ``runs``: {student name: its run directory}."""
+    rows, benchmarks, verdicts = [], set(), []
+    for name, path in runs.items():
+        sub = RunDir(path)
+        if not sub.metrics.exists():
+            continue
+        analysis = _read_json(sub.analysis_file, {}) if sub.analysis_file.exists() else {}
+        metrics = analysis.get("metrics") or _read_json(sub.metrics, {})
+        cells = (analysis.get("intervals") or {}).get("cells") or {}
+        model = (_read_json(sub.student_info, {}) or {}).get("model") or ((sub.config() or {}).get("student") or {}).get("model", "?")
+        for method, per in metrics.items():
+            benchmarks |= set(per)
+            rows.append((name, model, method, per, cells.get(method) or {}))
+        headline = next((c for c in analysis.get("claims") or [] if c.get("id") == "headline"), None)
+        link = run.relative(sub.report) if sub.report.exists() else ""
+        verdicts.append(f"- `{name}` (`{model}`): headline — {headline['verdict'] if headline else 'not analysed'}"
+                        + (f"; [its report]({link})" if link else ""))
+    order = sorted(benchmarks)
+    lines = ["# Run report: several students", "",
+             "One pipeline run per student of the profile's `students`, each in `students/<name>/` with its own "
+             "report; here pass@1 (%) of every student and method, with its 95% interval where analysed.", "",
+             "| student | method | " + " | ".join(order) + " |", "|---|---|" + "---:|" * len(order)]
+    for name, _, method, per, cells in rows:
+        lines.append(f"| {name} | {method} | " + " | ".join(
+            cell_text((per.get(b) or {}).get("pass@1")) + interval_text((cells.get(b) or {}).get("pass@1"))
+            for b in order) + " |")
+    text = lines + ["", "## Per student", ""] + verdicts + [""]
+    run.report.write_text("\n".join(text), encoding="utf-8")
+    return run.report

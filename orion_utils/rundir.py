@@ -256,6 +256,8 @@ class RunDir:
     ``teacher_traces``             ``data/teacher_traces.jsonl``        01 collection (every CoT)
     ``teacher_sft_set``            ``data/training_set_sft.jsonl``      01 collection (one verified
                                                                         CoT per question)
+    ``question_set``               ``data/question_set.json``           01 collection (the questions
+                                                                        every method trains on)
     ``student_attempts``           ``data/student_attempts.jsonl``      02 exposure
     ``student_attempts_partial``   ``data/student_attempts.partial...`` 02 exposure (resume scratch)
     ``error_attempts``             ``data/error_attempts.jsonl``        02 exposure (unique wrong)
@@ -281,6 +283,8 @@ class RunDir:
     ``figure(name)``               ``figures/<name>.png``               notebooks, analysis, report
     ``seed_dir(k)``                ``seeds/seed_<k>/``                  the runner (``seed_dirs()``:
                                                                         all there are)
+    ``student_dir(name)``          ``students/<name>/``                 the runner (a profile's
+                                                                        ``students``: one run each)
     =============================  ===================================  ============================
 
     ``edit()`` and ``tailored()`` give the layouts of those method folders (``EditDir``,
@@ -364,6 +368,11 @@ class RunDir:
     @property
     def teacher_sft_set(self) -> Path:
         return self.training_set("sft")
+
+    @property
+    def question_set(self) -> Path:
+        """The questions every CoT-trained method trains on, and why the others are left out (stage 01)."""
+        return self.data("question_set.json")
 
     @property
     def student_attempts(self) -> Path:
@@ -484,6 +493,10 @@ class RunDir:
     def seed_dir(self, seed: int) -> Path:
         """Where the runner puts seed ``seed``'s run when it is not the run's first seed."""
         return self.path("seeds", f"seed_{seed}")
+
+    def student_dir(self, name: str) -> Path:
+        """Where the runner puts the run of student ``name`` of a profile with several ``students``."""
+        return self.path("students", name)
 
     def write_config(self, resolved: dict) -> Path:
         """Record the resolved profile the run was made with (``config.json``)."""

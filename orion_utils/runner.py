@@ -150,6 +150,8 @@ def run_pipeline(
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     profile = load_profile(profile_name, overrides)
     run_path = Path(run_dir) if run_dir else NOTEBOOK_DIR.parent / "outputs" / profile.name  # whatever the cwd
+    if profile.students:
+        return run_students(profile_name, profile, run_path, force, overrides, only, log_output, jobs)
     notebooks = selected_notebooks(only)
     analysis = [nb for nb in notebooks if nb.stem == "08_analysis"]
     pipeline = [nb for nb in notebooks if nb.stem != "08_analysis"]
@@ -173,6 +175,28 @@ def run_pipeline(
         _execute(load_profile(profile_name, _merge(overrides or {}, seed_overrides(profile, profile.seeds[0]))),
                  run_path, analysis, force, log_output, "")
     print(f"[orion] finished in {time.time() - started:.0f}s; report: {run_path / 'report.md'}", flush=True)
+    return run_path
+
+
+def run_students(profile_name: str, profile: Profile, run_path: Path, force: bool = False,
+                 overrides: Optional[dict] = None, only: Optional[Sequence[str]] = None, log_output: bool = False,
+                 jobs: int = 1) -> Path:
+    """Several backbones in one profile: the whole pipeline once per entry of ``students``
+    (``config.student_runs``), each a complete run (its seeds included) in ``<run>/students/<name>/``,
+    then one combined ``report.md`` at ``<run>`` with a row per student and method
+    (``report.write_students_report``). Returns ``run_path``."""
+    from .config import _deep_merge, student_runs
+    from .report import write_students_report
+
+    run = RunDir(run_path)
+    runs = {}
+    for i, (name, extra) in enumerate(student_runs(profile.students), start=1):
+        print(f"[orion] student {name} ({i}/{len(profile.students)})", flush=True)
+        runs[name] = run_pipeline(profile_name, str(run.student_dir(name)), force,
+                                  _deep_merge(overrides or {}, extra), only, log_output, jobs)
+    run.write_config(profile.to_dict())
+    if any(RunDir(p).metrics.exists() for p in runs.values()):
+        print(f"[orion] students' report: {write_students_report(run, runs)}", flush=True)
     return run_path
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Optional, Sequence
 
+from .collection import TokenCounter, fit_to_question_set, question_set_inputs, read_question_set
 from .config import StudentConfig
 from .jsonl import read_jsonl
 from .methods import cot_methods
@@ -30,15 +31,26 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
         data_path = run.training_set(method)
         out_dir = run.model(method)
         inputs = [data_path] + ([run.toy_student] if run.toy_student.exists() else [])
+        qs_inputs = question_set_inputs(run)
+        if qs_inputs and method != "sft":  # the question set, and the teacher CoTs a too-long example falls back to
+            inputs += qs_inputs + [run.teacher_sft_set]
 
-        def work(method=method, data_path=data_path, out_dir=out_dir) -> dict:
+        def work(method=method, data_path=data_path, out_dir=out_dir, keep=bool(qs_inputs) and method != "sft") -> dict:
             examples = read_jsonl(data_path, SFTExample)
             if not examples:
                 raise ValueError(f"{data_path} is empty: no examples to train '{method}' on")
+            kept = {}
+            if keep:  # the question set: its questions only, a too-long rewrite replaced by the teacher CoT
+                count = TokenCounter(run.student_model(), student.prompt_template, student.system_prompt or None)
+                examples, kept = fit_to_question_set(examples, read_jsonl(run.teacher_sft_set, SFTExample),
+                                                     read_question_set(run), count)
+                if any(kept.values()):
+                    print(f"[{method}] question set: {kept['replaced_by_teacher_cot']} examples longer than "
+                          f"max_seq_len replaced by the teacher CoT, {kept['outside_question_set']} outside the set")
             result = train_sft(run.student_model(), examples, out_dir, cfg, prompt_template=student.prompt_template,
                                system=student.system_prompt or None)
             return {"backend": result.backend, "train_seconds": result.train_seconds,
-                    "n_examples": result.n_examples, "n_tokens": result.n_tokens}
+                    "n_examples": result.n_examples, "n_tokens": result.n_tokens, "question_set": kept}
 
         params = {"training": cfg, "student": student, "method": method}
         entries[method] = run.run_stage(f"train/{method}", params, inputs, [run.trained(method).model], work, force=force,

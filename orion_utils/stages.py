@@ -16,7 +16,7 @@ from .rundir import RunDir
 READS: dict[str, tuple[str, ...]] = {
     "prepare_data": ("data", "toy_domain"),
     "prepare_student": ("student", "toy_student", "toy_pretrain", "toy_domain", "data"),
-    "teacher_cots": ("teacher", "data"),
+    "teacher_cots": ("teacher", "data", "training", "student"),
     "error_exposure": ("exposure", "generation", "student", "training"),
     "reflection": ("reflection", "student", "generation"),
     "sft": ("training", "student"),

@@ -286,8 +286,14 @@ def test_analyse_run_on_a_fake_run(tmp_path):
 
     claims = {c["id"]: c for c in saved["claims"]}
     assert list(claims) == ["headline", "coherence", "stability", "verbosity"]
-    assert all(c["verdict"] == "supported" for c in claims.values())
+    assert all(c["verdict"] == "supported" for i, c in claims.items() if i != "headline")
     assert claims["headline"]["numbers"]["toy_test"]["margin_points"] == pytest.approx(100 * (0.875 - 0.6875))
+    # 4 problems: ORION − sft per problem +25, +50, 0, 0 points; a paired interval that wide cannot decide
+    vs = claims["headline"]["numbers"]["toy_test"]["vs"]
+    assert vs["sft"]["status"] == "too small to decide" and vs["sft"]["lo"] <= 2.0 < vs["sft"]["hi"]
+    assert claims["headline"]["verdict"] == "too small to decide"
+    cell = saved["intervals"]["cells"]["orion"]["toy_test"]["pass@1"]
+    assert cell["mean"] == pytest.approx(0.875) and cell["lo"] <= 0.875 <= cell["hi"] and cell["n_problems"] == 4
 
     # figures: valid PNGs of sensible size, all listed
     for name in ("accuracy_pass1", "accuracy_greedy", "loss_curves", "cot_lengths", "accuracy_by_difficulty",
@@ -297,12 +303,15 @@ def test_analyse_run_on_a_fake_run(tmp_path):
 
     # report: the table, figures linked and present, one paragraph per claim, the toy caveat
     report = run.path("report.md").read_text()
-    assert "| method | toy_test |" in report and "| orion | 87.5 |" in report and "| sft | 68.8 |" in report
+    assert "| method | toy_test |" in report and "| orion | 87.5 [" in report and "| sft | 68.8 [" in report
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert set(links) == set(saved["figures"].values())
     assert all(run.path(link).is_file() for link in links)
     assert len(re.findall(r"^### Claim \d", report, flags=re.M)) == 4
-    assert report.count("**Supported by this run.**") == 4
+    assert report.count("**Supported by this run.**") == 3
+    assert "**Too small to decide by this run.**" in report and "one problem = 25.0 points" in report
+    lo, hi = cell["lo"] * 100, cell["hi"] * 100
+    assert f"| orion | 87.5 [{lo:.1f}, {hi:.1f}] |" in report and "percentile bootstrap" in report
     assert "rule-assisted reflector" in report
     assert str(tmp_path) not in report  # no paths of this machine
 
@@ -353,7 +362,9 @@ def test_several_seeds_mean_std_in_report_and_figures(tmp_path):
     assert result["seeds"]["n"] == 2 and result["seeds"]["runs"] == ["seed0", "seed1"]
     assert result["seeds"]["methods"]["orion"]["cot_perplexity"]["n"] == 2
     report = run.path("report.md").read_text()
-    assert "| orion | 93.8 ± 8.8 |" in report
+    assert "| orion | 93.8 ± 8.8 [" in report
+    two = result["intervals"]["cells"]["orion"]["toy_test"]["pass@1"]
+    assert two["n_seeds"] == 2 and two["mean"] == pytest.approx(0.9375) and two["lo"] <= 0.9375 <= two["hi"]
     assert "mean ± std over 2 seeds" in report
     assert _is_png(run.path("figures", "accuracy_pass1.png"))
 
@@ -417,3 +428,71 @@ def test_toy_run_is_decided_by_config_json_when_there_is_one(tmp_path):
     assert not A.is_toy_run(run)
     write_json(run.config_file, {"student": {"model": "toy"}, "data": {"train_source": "toy"}})
     assert A.is_toy_run(run)
+
+
+# ------------------------------------------------------------------------------------------------
+# intervals: bootstrap over problems (and seeds), the headline judged against paired intervals
+
+
+def _scores(values, prefix="q"):
+    return {f"{prefix}{i}": float(v) for i, v in enumerate(values)}
+
+
+def test_bootstrap_interval_covers_the_mean_and_is_reproducible():
+    rng = __import__("random").Random(1)
+    seed_scores = [_scores([rng.random() < 0.6 for _ in range(200)]) for _ in range(3)]
+    a = A.bootstrap_interval(seed_scores, n_resamples=1000, seed=7)
+    b = A.bootstrap_interval(seed_scores, n_resamples=1000, seed=7)
+    assert a == b  # the same seed, the same interval
+    assert a != A.bootstrap_interval(seed_scores, n_resamples=1000, seed=8)
+    assert a["lo"] < a["mean"] < a["hi"] and a["n_problems"] == 200 and a["n_seeds"] == 3
+    assert 0.05 < a["hi"] - a["lo"] < 0.25  # ~ 2 × 1.96 × sqrt(.24 / 200) = 0.13 for one seed
+    one = A.bootstrap_interval(seed_scores[:1], n_resamples=1000, seed=7)
+    assert one["n_seeds"] == 1 and one["mean"] == pytest.approx(sum(seed_scores[0].values()) / 200)
+    # seeds that disagree widen the interval: the seed level is resampled too
+    far = [_scores([1.0] * 200), _scores([0.0] * 200)]
+    assert A.bootstrap_interval(far, n_resamples=500)["hi"] - A.bootstrap_interval(far, n_resamples=500)["lo"] > 0.9
+
+
+def test_paired_bootstrap_detects_a_known_difference_and_says_when_too_small():
+    rng = __import__("random").Random(0)
+    base = [rng.random() < 0.5 for _ in range(1000)]
+    # ORION solves every problem the baseline solves and 10% of the others more: +~5 points, paired
+    orion = [b or (i % 10 == 0) for i, b in enumerate(base)]
+    d = A.paired_difference([_scores(orion)], [_scores(base)], n_resamples=1000, seed=0)
+    assert d["diff"] == pytest.approx(100 * (sum(orion) - sum(base)) / 1000)
+    assert 2.0 < d["lo"] < d["diff"] < d["hi"]
+    assert A.headline_status(d, margin=2.0, max_width=8.0) == "beats"
+    # the same methods, equal: no difference; ORION worse: worse
+    same = A.paired_difference([_scores(base)], [_scores(base)], n_resamples=200)
+    assert same["lo"] == same["hi"] == 0.0 and A.headline_status(same, 2.0, 8.0) == "no difference"
+    flipped = A.paired_difference([_scores(base)], [_scores(orion)], n_resamples=500)
+    assert A.headline_status(flipped, 2.0, 8.0) == "worse"
+    # an AIME-sized benchmark (30 problems), ORION ahead by 2 problems (6.7 points): too small to decide
+    small_b = [i % 3 == 0 for i in range(30)]
+    small_o = [b or i in (1, 2) for i, b in enumerate(small_b)]
+    small = A.paired_difference([_scores(small_o)], [_scores(small_b)], n_resamples=2000, seed=0)
+    assert small["diff"] == pytest.approx(100 * 2 / 30) and small["lo"] <= 2.0 and small["width"] > 8.0
+    assert A.headline_status(small, 2.0, 8.0) == "too small to decide"
+    assert A.headline_status(small, 2.0, 100.0) in ("no difference", "below the margin")
+
+
+def test_headline_verdict_from_paired_intervals():
+    rng = __import__("random").Random(3)
+    big_b = [rng.random() < 0.5 for _ in range(1000)]
+    scores = {"sft": {"big": {"pass@1": [_scores(big_b)]}},
+              "orion": {"big": {"pass@1": [_scores([b or i % 10 == 0 for i, b in enumerate(big_b)])]}}}
+    agg = A.aggregate_metrics([{m: {b: {"pass@1": sum(v["pass@1"][0].values()) / len(v["pass@1"][0])}
+                                    for b, v in per.items()} for m, per in scores.items()}])
+    claim = A.assess_claims(agg, {}, intervals=A.headline_intervals(scores, 1000, 0))[0]
+    assert claim["verdict"] == "supported" and "beats" in claim["text"] and "paired bootstrap" in claim["text"]
+    # add a 30-problem benchmark where ORION is 2 problems ahead: the verdict cannot be "supported" from it
+    small_b = [i % 3 == 0 for i in range(30)]
+    scores["sft"]["small"] = {"pass@1": [_scores(small_b)]}
+    scores["orion"]["small"] = {"pass@1": [_scores([b or i in (1, 2) for i, b in enumerate(small_b)])]}
+    agg = A.aggregate_metrics([{m: {b: {"pass@1": sum(v["pass@1"][0].values()) / len(v["pass@1"][0])}
+                                    for b, v in per.items()} for m, per in scores.items()}])
+    claim = A.assess_claims(agg, {}, intervals=A.headline_intervals(scores, 1000, 0))[0]
+    assert claim["verdict"] == "too small to decide"
+    assert "small (30 problems; one problem = 3.3 points): too small to decide" in claim["text"]
+    assert claim["numbers"]["small"]["vs"]["sft"]["status"] == "too small to decide"

@@ -230,3 +230,17 @@ def test_a_notebook_run_by_the_runner_sees_the_overrides(tmp_path, monkeypatch):
         seen = json.loads((path / "seen.json").read_text())
         assert seen == {"profile": str((tmp_path / "mine.yaml").resolve()), "force": True, "n_samples": 5,
                         "greedy": False, "exposure_seed": seed, "data_seed": 0}
+
+
+def test_paper_profile_compares_every_method_on_the_same_questions():
+    from orion_utils.methods import METHODS
+    from orion_utils.runner import BASELINE_NOTEBOOKS
+
+    cfg = load_profile("paper")
+    assert cfg.evaluation.methods == list(METHODS) == ["base", "sft", "orion", "edit", "tailored"]
+    assert set(BASELINE_NOTEBOOKS.values()) <= set(cfg.evaluation.methods)  # no baseline notebook is skipped
+    assert cfg.edit.pair_source == "teacher" and cfg.teacher.kind == "api"  # EDIT's own pairs; a teacher to ask
+    assert cfg.training.same_questions and cfg.training.overlong == "drop"
+    # the baselines inherit the training stack's length rule, so the question set holds for them too
+    assert cfg.edit.max_seq_len == cfg.tailored.max_seq_len == cfg.training.max_seq_len
+    assert cfg.analysis.bootstrap_resamples > 0 and cfg.analysis.decide_max_width_points > cfg.analysis.margin_points

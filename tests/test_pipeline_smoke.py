@@ -73,3 +73,19 @@ def test_rerun_skips_unchanged_stages(smoke_run):
     nb = nbformat.read(smoke_run / "notebooks" / "04_sft.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert printed.count("up to date: skipped") == 2  # train/sft and train/orion
+
+
+def test_every_method_trains_on_the_same_questions(smoke_run):
+    """training.same_questions (on by default): the question ids of every method's training set are those of
+    stage 01's question set, and the report's training-set table says so."""
+    from orion_utils.rundir import RunDir
+
+    run = RunDir(smoke_run)
+    question_set = json.loads(run.question_set.read_text())
+    assert question_set["same_questions"] and question_set["questions"]
+    ids = {m: {e["problem_id"] for p in run.training_files(m) for e in read_jsonl(p)}
+           for m in ("sft", "orion", "edit", "tailored")}
+    assert all(v == set(question_set["questions"]) for v in ids.values()), {m: len(v) for m, v in ids.items()}
+    analysis = json.loads((smoke_run / "analysis.json").read_text())
+    assert analysis["training_sets"]["same_question_ids"] is True
+    assert "same question ids: **yes**" in (smoke_run / "report.md").read_text()

@@ -9,16 +9,19 @@ CPU with one line saying so), long CoTs left out rather than cut, the real bench
 the three-method evaluation. Model sizes and token budgets are shrunk so that it runs in minutes.
 """
 import json
+import random
 from pathlib import Path
 
 import nbformat
 import pytest
 from conftest import build_tiny_model_dir
 from helpers import FakeOpenAIServer
+from helpers.openai_server import _default_answer
 
 from orion_utils.jsonl import read_jsonl
 from orion_utils.records import EvalSample, Refinement, TeacherTrace
 from orion_utils.runner import NOTEBOOKS, run_pipeline
+from orion_utils.teachers.prompts import CORRUPT_TEMPLATE
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +60,9 @@ training:
 evaluation:
   n_samples: 2
   max_new_tokens: 24
+tailored:
+  exam_samples: 2
+  exam_max_new_tokens: 24
 analysis:
   max_cots: 8
   judge_max_cots: 4
@@ -98,12 +104,14 @@ def executed_output(run_dir: Path, notebook: str) -> str:
 
 def check_common(run_dir: Path, profile: dict) -> dict:
     executed = {p.stem for p in (run_dir / "notebooks").glob("*.ipynb")}
-    assert executed == set(NOTEBOOKS) - {"05_edit", "06_tailored_learning"}  # baselines not in evaluation.methods
+    methods = profile["evaluation"]["methods"]
+    baselines = {"05_edit": "edit", "06_tailored_learning": "tailored"}
+    assert executed == set(NOTEBOOKS) - {nb for nb, m in baselines.items() if m not in methods}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["stages"].values())
     # the real benchmark loaders read every benchmark of the profile
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert list(metrics) == profile["evaluation"]["methods"] == ["base", "sft", "orion"]
+    assert list(metrics) == methods
     for method, per_benchmark in metrics.items():
         assert set(per_benchmark) == set(profile["data"]["benchmarks"])
         for bench, m in per_benchmark.items():
@@ -129,21 +137,33 @@ def test_colab_profile_rehearsal(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["student"]["model"].endswith("tiny_qwen2") and config["teacher"]["kind"] == "dataset"
     assert config["training"]["load_in_4bit"] is True  # the shipped profile's QLoRA, not overridden here
+    assert config["evaluation"]["methods"] == ["base", "sft", "orion"]
     manifest = check_common(run_dir, config)
     traces = read_jsonl(run_dir / "data" / "teacher_traces.jsonl", TeacherTrace)
     assert len(traces) == 8 and sum(t.correct for t in traces) == 6  # graded against the gold, not trusted
     assert manifest["stages"]["teacher_cots"]["filter"]["questions_kept"] == 6
 
 
+def r1_stand_in(messages: list):
+    """The local server's arithmetic teacher, which also does what EDIT's contrastive prompt asks: a wrong
+    solution (the `paper` profile builds EDIT's dual CoTs from the teacher, `edit.pair_source: teacher`)."""
+    asked = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+    corrupt = CORRUPT_TEMPLATE.split("\n", 1)[0][:60] in asked
+    return _default_answer(messages, corrupt, random.Random(0))
+
+
 def test_paper_profile_rehearsal_with_the_api_teacher(tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)  # the profile's api_key_env, inherited by the kernels
     faults = ("429", "500", "truncated", "empty")
-    with FakeOpenAIServer(api_key=SECRET, latency_s=0.01, fault_rate=0.2, faults=faults, seed=3) as server:
+    with FakeOpenAIServer(api_key=SECRET, latency_s=0.01, fault_rate=0.2, faults=faults, seed=3,
+                          answer_fn=r1_stand_in) as server:
         extra = f"teacher:\n  base_url: {server.base_url}\n  concurrency: 4\n  timeout_s: 10.0\n  max_retries: 8\n"
         run_dir = run_pipeline(str(rehearsal_profile(tmp_path, "paper", extra)), str(tmp_path / "run"))
         sent = server.request_count
     config = json.loads((run_dir / "config.json").read_text())
     assert config["teacher"]["kind"] == "api" and config["teacher"]["model"] == "deepseek-reasoner"
+    assert config["evaluation"]["methods"] == ["base", "sft", "orion", "edit", "tailored"]  # every baseline
+    assert config["edit"]["pair_source"] == "teacher"
     manifest = check_common(run_dir, config)
     traces = read_jsonl(run_dir / "data" / "teacher_traces.jsonl", TeacherTrace)
     assert len(traces) == 8 and all(t.correct for t in traces)  # the local server solves the arithmetic
