@@ -96,6 +96,24 @@ def reflection_section(run: RunDir, max_rows: int = 12) -> list[str]:
     return lines + [""]
 
 
+def exposure_section(run: RunDir) -> list[str]:
+    """Error exposure's attempts: correct, wrong and unfinished apart, and the errors kept to reflect on."""
+    from .exposure import attempt_counts, load_exposure
+
+    if not run.student_attempts.exists() or not run.error_attempts.exists():
+        return []
+    attempts, errors, _ = load_exposure(run)
+    c = attempt_counts(attempts)
+    stage = run.stage_info("error_exposure") or {}  # what the stage recorded in the manifest
+    limit, included = stage.get("max_new_tokens", "?"), stage.get("unfinished_as_errors", False)
+    return ["## Error exposure", "",
+            f"{c['n_attempts']} student attempts: {c['n_correct']} correct, **{c['n_wrong']} wrong**, "
+            f"**{c['n_unfinished']} unfinished** (cut off at `exposure.max_new_tokens` = {limit} before a final "
+            f"answer). Errors to reflect on: {len(errors)} distinct wrong attempts; unfinished ones "
+            f"{'included' if included else 'left out'} (`exposure.unfinished_as_errors: {str(included).lower()}`).",
+            ""]
+
+
 def reflection_lines(info: Optional[dict]) -> list:
     """One paragraph on ORION's reflection stage (this run): reflector, mask, acceptance, mechanism."""
     if not info:
@@ -372,6 +390,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     if _has_key(table_metrics, "greedy"):
         text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy"), ""]
     text += _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
+    text += exposure_section(run)
     text += reflection_section(run)
     text += ["## Training", ""] + _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
 
