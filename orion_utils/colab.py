@@ -1,9 +1,17 @@
-"""Colab links for the notebooks, made from the repository's GitHub name in one place.
+"""Colab: the notebooks' links, their install cell's repository, and the run directory on Drive.
 
-The README's "Open in Colab" table and each notebook's install cell (``ORION_REPO``) both depend on
-where the repository lives, so they are written by ``orion colab-links --repo OWNER/NAME`` (for the
-project's repository or a fork) rather than by hand. The repository is read from
+Which toolkit a notebook's install cell clones, first found first: ``ORION_REPO``, the cell's form
+field (empty unless set: your fork's git URL); else the GitHub repository and branch the notebook was
+opened from (``colab.research.google.com/github/OWNER/NAME/blob/BRANCH/...``, read from the Colab
+kernel's Jupyter sessions, which name the notebook's ``github.com`` address; undocumented by Colab, so
+it is only the second source); else the default that ``orion colab-links --repo OWNER/NAME`` wrote
+(for a copy saved in Drive). With none of them the cell stops with a message naming ``ORION_REPO``.
+``orion colab-links`` also writes the README's "Open in Colab" table; the repository is read from
 ``[project.urls] Repository`` in ``pyproject.toml`` when ``--repo`` is not given.
+
+Each Colab notebook runs on its own VM whose ``/content`` is wiped, so a run directory meant to
+outlive one is put on Google Drive: ``run_dir = "/content/drive/MyDrive/orion/<profile>"`` in the
+parameters cell (``DRIVE_RUN_DIR``); the install cell mounts Drive for it (``mount_drive_for``).
 
 ``install_on_colab`` is what that install cell calls once the repository is cloned: it must run
 before the toolkit's dependencies are installed, so this module imports only the standard library
@@ -24,7 +32,10 @@ README = ROOT / "README.md"
 START, END = "<!-- colab-links:start -->", "<!-- colab-links:end -->"
 BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 _REPO_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-_ORION_REPO_LINE = re.compile(r'^(\s*ORION_REPO = )"[^"\n]*"', re.MULTILINE)
+# the install cell's fallback repository, the last string of its `source = ORION_REPO or (...)` line
+_ORION_REPO_LINE = re.compile(r'^(\s*source = ORION_REPO or .* else )"[^"\n]*"(\)\s*)$', re.MULTILINE)
+DRIVE = "/content/drive"  # where Colab mounts Google Drive
+DRIVE_RUN_DIR = "/content/drive/MyDrive/orion/{profile}"  # a run directory that outlives the Colab VM
 
 
 def parse_repo(repo: str) -> str:
@@ -71,19 +82,20 @@ def update_readme(repo: str, branch: str = "main", readme: Path = README) -> Non
 
 
 def set_notebook_repo(repo: str, notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
-    """Write the repository's git URL into each notebook's Colab install cell; returns the notebooks changed."""
+    """Write the repository's URL into each notebook's Colab install cell as its fallback (used when the
+    notebook was not opened from GitHub and ``ORION_REPO`` is empty); returns the notebooks changed."""
     import nbformat
 
     from .runner import NOTEBOOKS
 
-    url = f"https://github.com/{parse_repo(repo)}.git"
+    url = f"https://github.com/{parse_repo(repo)}"
     changed = []
     for name in NOTEBOOKS:
         path = notebook_dir / f"{name}.ipynb"
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
             if cell.cell_type == "code" and _ORION_REPO_LINE.search(cell.source):
-                new = _ORION_REPO_LINE.sub(lambda m: f'{m.group(1)}"{url}"', cell.source)
+                new = _ORION_REPO_LINE.sub(lambda m: f'{m.group(1)}"{url}"{m.group(2)}', cell.source)
                 if new != cell.source:
                     cell.source = new
                     nbformat.write(nb, path)
@@ -108,18 +120,47 @@ def colab_install_command(checkout: str, gpu: bool, python: str = sys.executable
     return [python, "-m", "pip", "install", "-q", "-e", f"{checkout}[gpu]" if gpu else checkout]
 
 
-def install_on_colab(checkout: str = "/content/orion-toolkit", gpu: Optional[bool] = None,
-                     run: Callable[[Sequence[str]], object] = subprocess.check_call) -> list[str]:
-    """Install the cloned toolkit on Colab and work from its ``notebooks/`` folder, as the notebooks'
-    relative ``run_dir`` expects; importable at once, without restarting the runtime.
+def on_drive(run_dir) -> bool:
+    """Whether ``run_dir`` is on Google Drive as Colab mounts it."""
+    path, drive = Path(str(run_dir)), Path(DRIVE).parts
+    return path.is_absolute() and path.parts[: len(drive)] == drive
 
-    ``gpu``: install the GPU extras (default: when ``nvidia-smi`` is found). Returns the pip command run."""
+
+def mount_drive_for(run_dir, mount: Optional[Callable[[str], object]] = None) -> bool:
+    """Mount Google Drive (Colab asks for the permission once) when ``run_dir`` is on it and it is not
+    mounted yet, and make ``run_dir``; True when ``run_dir`` is on Drive. ``mount``: ``google.colab``'s."""
+    if not on_drive(run_dir):
+        return False
+    if not (Path(DRIVE) / "MyDrive").is_dir():
+        if mount is None:
+            from google.colab import drive
+
+            mount = drive.mount
+        mount(DRIVE)
+    Path(str(run_dir)).mkdir(parents=True, exist_ok=True)
+    return True
+
+
+def install_on_colab(checkout: str = "/content/orion-toolkit", run_dir: Optional[str] = None,
+                     gpu: Optional[bool] = None, run: Callable[[Sequence[str]], object] = subprocess.check_call,
+                     mount: Optional[Callable[[str], object]] = None) -> list[str]:
+    """Install the cloned toolkit on Colab and work from its ``notebooks/`` folder, as the notebooks'
+    relative ``run_dir`` expects; importable at once, without restarting the runtime. A ``run_dir`` on
+    Google Drive (``DRIVE_RUN_DIR``) has Drive mounted (``mount_drive_for``).
+
+    ``gpu``: install the GPU extras (default: when ``nvidia-smi`` is found). pip runs once per checkout
+    (a notebook run later on the same VM, or by ``orion run``, finds it installed). Returns the pip command."""
     import os
 
     gpu = shutil.which("nvidia-smi") is not None if gpu is None else gpu
     command = colab_install_command(checkout, gpu)
-    run(command)
+    done = Path(checkout) / ".colab-installed"  # the command that installed this checkout
+    if not done.is_file() or done.read_text(encoding="utf-8") != " ".join(command):
+        run(command)
+        done.write_text(" ".join(command), encoding="utf-8")
     if checkout not in sys.path:
         sys.path.insert(0, checkout)
     os.chdir(Path(checkout) / "notebooks")
+    if run_dir is not None and mount_drive_for(run_dir, mount):
+        print(f"[colab] run_dir {run_dir} is on Google Drive: it outlives this VM")
     return command

@@ -3,6 +3,8 @@
 pass@1 is the mean over n sampled solutions per problem (temperature 0.6, top_p 0.95 by
 default), averaged over problems; greedy accuracy comes from one greedy solution per problem.
 Each generation is graded and saved as an ``EvalSample`` in ``eval/<method>/<benchmark>.jsonl``.
+A benchmark is generated in chunks of ``evaluation.chunk_questions`` problems, each saved once finished
+(``rundir.run_in_chunks``), so an interrupted evaluation resumes from its last finished chunk with the same results.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .methods import METHODS as _REGISTRY
 from .records import EvalSample, Problem
-from .rundir import RunDir
+from .rundir import RunDir, chunk_seed, run_in_chunks
 
 METHODS = tuple(_REGISTRY)  # every method a run can evaluate (orion_utils.methods)
 
@@ -33,6 +35,9 @@ class EvaluationConfig:
     # methods evaluated at once, each in its own process (a CPU core each for a small student; on one
     # GPU keep 1); the samples do not depend on it
     workers: int = 1
+    # questions per generation call; each finished chunk is saved (eval/<method>/<benchmark>.partial.jsonl),
+    # so a crash or a disconnect loses at most one; the samples do not depend on an interruption
+    chunk_questions: int = 64
 
 
 def grade_generations(method: str, benchmark: str, problems: Sequence[Problem], outputs, decoding: str) -> list[EvalSample]:
@@ -74,32 +79,52 @@ def evaluate_model(
     cfg: EvaluationConfig,
     generation: GenerationConfig,
     student: StudentConfig,
-) -> dict:
-    """Generate, grade and return ({benchmark: [EvalSample, ...]}, backend name) for one model."""
+    partials: Optional[dict] = None,
+) -> tuple[dict, str]:
+    """Generate, grade and return ({benchmark: [EvalSample, ...]}, backend name) for one model.
+
+    Each benchmark goes in chunks of ``cfg.chunk_questions`` problems (greedy, then sampled with
+    ``rundir.chunk_seed(cfg.seed, benchmark, its problem ids)``); ``partials`` ({benchmark: path}): where
+    each finished chunk is appended and read back from on a retry. A benchmark's samples: the greedy
+    ones, then the sampled ones, each in problem order."""
     from .generation import SamplingConfig, open_generator
 
-    generator = open_generator(model_path, generation, seed=cfg.seed)
     template, system = student.prompt_template, student.system_prompt or None
-    results = {}
-    try:
-        for name, problems in benchmarks.items():
-            questions = [p.question for p in problems]
+    generator = None
+
+    def generate(name: str, chunk: list, sampling, decoding: str) -> list[EvalSample]:
+        nonlocal generator
+        if generator is None:  # opened only when a chunk is left to generate
+            generator = open_generator(model_path, generation, seed=cfg.seed)
+        outputs = generator.generate([p.question for p in chunk], sampling, prompt_template=template, system=system,
+                                     desc=f"{method}/{name} {'greedy' if decoding == 'greedy' else 'sampled'}")
+        return grade_generations(method, name, chunk, outputs, decoding)
+
+    def chunk_of(name: str):
+        def make(index: int, chunk: list) -> list[EvalSample]:
             samples: list = []
             if cfg.greedy:
                 greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-                outputs = generator.generate(questions, greedy, prompt_template=template, system=system,
-                                             desc=f"{method}/{name} greedy")
-                samples += grade_generations(method, name, problems, outputs, "greedy")
+                samples += generate(name, chunk, greedy, "greedy")
             if cfg.n_samples > 0:
                 sampling = SamplingConfig(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-                outputs = generator.generate(questions, sampling, prompt_template=template, system=system,
-                                             desc=f"{method}/{name} sampled")
-                samples += grade_generations(method, name, problems, outputs, "sample")
-            results[name] = samples
+                                          max_new_tokens=cfg.max_new_tokens,
+                                          seed=chunk_seed(cfg.seed, name, [p.id for p in chunk]))
+                samples += generate(name, chunk, sampling, "sample")
+            return samples
+        return make
+
+    per_problem = int(cfg.greedy) + max(cfg.n_samples, 0)
+    results = {}
+    try:
+        for name, problems in benchmarks.items():
+            samples = run_in_chunks(problems, cfg.chunk_questions, chunk_of(name), partial=(partials or {}).get(name),
+                                    cls=EvalSample, per_item=per_problem, desc=f"evaluation/{method}/{name}")
+            results[name] = sorted(samples, key=lambda s: s.decoding != "greedy")  # stable: problem order kept
     finally:
-        generator.close()
-    return results, generator.name
+        if generator is not None:
+            generator.close()
+    return results, generator.name if generator is not None else "none (every chunk read back)"
 
 
 def load_benchmarks(run: RunDir) -> dict:
@@ -155,17 +180,22 @@ def evaluate_method(root: str, method: str, cfg: EvaluationConfig, generation: G
     outputs = [run.eval_file(method, name) for name in benchmarks] + [run.eval_summary(method)]
     inputs = run.benchmark_files() + ([Path(model_path)] if Path(model_path).exists() else [])
 
+    partials = {name: run.eval_partial(method, name) for name in benchmarks}  # chunks saved so far
+
     def work() -> dict:
-        results, backend = evaluate_model(model_path, method, benchmarks, cfg, generation, student)
+        results, backend = evaluate_model(model_path, method, benchmarks, cfg, generation, student, partials)
         for name, samples in results.items():
             write_jsonl(run.eval_file(method, name), samples)
         write_json(run.eval_summary(method), {name: summarise(s) for name, s in results.items()})
+        for path in partials.values():
+            path.unlink(missing_ok=True)
         return {"backend": backend}
 
     # neither the methods evaluated beside this one nor how many at a time change its samples
     params = {"evaluation": {**{k: v for k, v in cfg.__dict__.items() if k != "workers"}, "methods": None},
               "generation": generation, "student": student, "model": model_path if method == "base" else method}
-    return run.run_stage(f"evaluation/{method}", params, inputs, outputs, work, force=force)
+    return run.run_stage(f"evaluation/{method}", params, inputs, outputs, work, force=force,
+                         scratch=list(partials.values()))
 
 
 def _in_processes(fn, jobs: list, workers: int) -> None:

@@ -2,7 +2,9 @@
 
 The student samples k solutions per training question; each is graded against the gold
 answer. Wrong ones are kept (deduplicated) together with the student's pass rate per question.
-These are the mistakes ORION's reflection rewrites the teacher's CoTs around.
+These are the mistakes ORION's reflection rewrites the teacher's CoTs around. An attempt cut off at
+``max_new_tokens`` before it states a final answer is *unfinished*: counted apart, and by default
+not an error to reflect on (``exposure.unfinished_as_errors``).
 """
 from __future__ import annotations
 
@@ -12,13 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from tqdm.auto import tqdm
-
 from .config import GenerationConfig, StudentConfig
 from .grading import grade
-from .jsonl import JsonlAppender, read_jsonl, write_json, write_jsonl
+from .jsonl import read_jsonl, write_json, write_jsonl
 from .records import Problem, SFTExample, StudentAttempt
-from .rundir import RunDir
+from .rundir import RunDir, chunk_seed, run_in_chunks
 
 
 @dataclass
@@ -29,7 +29,12 @@ class ExposureConfig:
     top_p: float = 0.9
     max_new_tokens: int = 256
     priming_epochs: float = 1.0  # source=primed only: epochs of that short SFT
-    chunk_questions: int = 32  # questions per generation call; progress is saved after each
+    # questions per generation call; each finished chunk is saved, so a crash or a disconnect loses at most
+    # one (its samples do not depend on an interruption: rundir.chunk_seed)
+    chunk_questions: int = 32
+    # an attempt cut off at max_new_tokens with no final answer is "unfinished", counted apart from the wrong
+    # ones; False: it is not an error to reflect on (it shows no mistake, only that the budget ran out)
+    unfinished_as_errors: bool = False
     seed: int = 0
 
 
@@ -37,15 +42,40 @@ def _normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def dedupe_errors(attempts: list[StudentAttempt]) -> list[StudentAttempt]:
-    """Wrong attempts, one per distinct (whitespace-normalised) text per question."""
+def is_unfinished(finish_reason: str, answer: Optional[str]) -> bool:
+    """An attempt cut off at the token limit (``Generation.finish_reason == "length"``) before it stated
+    a final answer (``grading`` extracted none): unfinished, not wrong. One cut off after stating an
+    answer is graded on that answer."""
+    return finish_reason == "length" and answer is None
+
+
+def dedupe_errors(attempts: list[StudentAttempt], unfinished_as_errors: bool = False) -> list[StudentAttempt]:
+    """Wrong attempts, one per distinct (whitespace-normalised) text per question; unfinished ones only
+    with ``unfinished_as_errors``."""
     seen, unique = set(), []
     for a in attempts:
         key = (a.problem_id, _normalise(a.response))
-        if not a.correct and key not in seen:
+        if not a.correct and (unfinished_as_errors or not a.unfinished) and key not in seen:
             seen.add(key)
             unique.append(a)
     return unique
+
+
+def attempt_counts(attempts: list[StudentAttempt]) -> dict:
+    """Attempts, and how many are correct, wrong (finished with a wrong or no answer) and unfinished."""
+    unfinished = sum(a.unfinished for a in attempts)
+    correct = sum(a.correct for a in attempts)
+    return {"n_attempts": len(attempts), "n_correct": correct, "n_wrong": len(attempts) - correct - unfinished,
+            "n_unfinished": unfinished}
+
+
+def exposure_line(counts: dict, n_errors: int, cfg: ExposureConfig) -> str:
+    """The stage's line: wrong and unfinished attempts apart, and which of them are the errors kept."""
+    kept = "wrong and unfinished" if cfg.unfinished_as_errors else "wrong only"
+    return (f"[error_exposure] {counts['n_attempts']} attempts: {counts['n_correct']} correct, {counts['n_wrong']} wrong, "
+            f"{counts['n_unfinished']} unfinished (cut off at exposure.max_new_tokens={cfg.max_new_tokens} with no "
+            f"final answer); errors to reflect on: {n_errors} distinct ({kept}: exposure.unfinished_as_errors="
+            f"{cfg.unfinished_as_errors})")
 
 
 def pass_rates(attempts: list[StudentAttempt]) -> dict[str, float]:
@@ -61,45 +91,47 @@ def sample_and_grade(
     cfg: ExposureConfig,
     generation: GenerationConfig,
     student: StudentConfig,
-    partial_path: Path,
+    partial_path: Optional[Path],
     model_name: str,
 ) -> list[StudentAttempt]:
-    """Sample k solutions per problem, grade them, append each graded chunk to ``partial_path``.
+    """Sample k solutions per problem, grade them, append each graded chunk of ``cfg.chunk_questions``
+    problems to ``partial_path``.
 
-    Problems already in ``partial_path`` (from a crashed run) are not sampled again.
+    Chunks complete in ``partial_path`` (from a crashed run) are not sampled again; each chunk is sampled
+    with ``rundir.chunk_seed(cfg.seed, "exposure", its problem ids)``, so the attempts are the same
+    with or without an interruption.
     """
     from .generation import SamplingConfig, open_generator
 
-    done = read_jsonl(partial_path, StudentAttempt, tolerate_torn_tail=True) if partial_path.exists() else []
-    done_ids = {a.problem_id for a in done}
-    todo = [p for p in problems if p.id not in done_ids]
-    if not todo:
-        return done
-    generator = open_generator(model_path, generation, seed=cfg.seed)
-    sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-    attempts = list(done)
+    generator = None
+
+    def sample(index: int, chunk: list[Problem]) -> list[StudentAttempt]:
+        nonlocal generator
+        if generator is None:  # opened only when a chunk is left to sample
+            generator = open_generator(model_path, generation, seed=cfg.seed)
+        sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                                  max_new_tokens=cfg.max_new_tokens,
+                                  seed=chunk_seed(cfg.seed, "exposure", [p.id for p in chunk]))
+        outputs = generator.generate([p.question for p in chunk], sampling, prompt_template=student.prompt_template,
+                                     system=student.system_prompt or None, desc="sampling")
+        attempts = []
+        for problem, generations in zip(chunk, outputs):
+            for i, g in enumerate(generations):
+                result = grade(g.text, problem.answer)
+                attempts.append(StudentAttempt(
+                    problem_id=problem.id, sample_index=i, response=g.text, answer=result.predicted,
+                    correct=result.correct, model=model_name, reason=result.reason,
+                    meta={"n_tokens": g.n_tokens, "finish_reason": g.finish_reason},
+                    unfinished=is_unfinished(g.finish_reason, result.predicted),
+                ))
+        return attempts
+
     try:
-        with JsonlAppender(partial_path) as out:
-            chunks = range(0, len(todo), cfg.chunk_questions)
-            for start in tqdm(chunks, desc="error exposure", unit="chunk"):
-                chunk = todo[start : start + cfg.chunk_questions]
-                outputs = generator.generate([p.question for p in chunk], sampling,
-                                             prompt_template=student.prompt_template,
-                                             system=student.system_prompt or None, desc="sampling")
-                for problem, generations in zip(chunk, outputs):
-                    for i, g in enumerate(generations):
-                        result = grade(g.text, problem.answer)
-                        attempt = StudentAttempt(
-                            problem_id=problem.id, sample_index=i, response=g.text, answer=result.predicted,
-                            correct=result.correct, model=model_name, reason=result.reason,
-                            meta={"n_tokens": g.n_tokens, "finish_reason": g.finish_reason},
-                        )
-                        out.append(attempt)
-                        attempts.append(attempt)
+        return run_in_chunks(problems, cfg.chunk_questions, sample, partial=partial_path, cls=StudentAttempt,
+                             per_item=cfg.k, desc="error exposure")
     finally:
-        generator.close()
-    return attempts
+        if generator is not None:
+            generator.close()
 
 
 def run_error_exposure(
@@ -128,11 +160,15 @@ def run_error_exposure(
         if cfg.source == "primed":
             model_path, model_name = _primed_student(run, cfg, training, student, cots_path), "primed"
         attempts = sample_and_grade(model_path, problems, cfg, generation, student, partial, model_name)
+        errors = dedupe_errors(attempts, cfg.unfinished_as_errors)
         write_jsonl(attempts_path, attempts)
-        write_jsonl(errors_path, dedupe_errors(attempts))
+        write_jsonl(errors_path, errors)
         write_json(rates_path, pass_rates(attempts))
         partial.unlink(missing_ok=True)
-        return {"n_attempts": len(attempts), "model": model_name}
+        counts = attempt_counts(attempts)
+        print(exposure_line(counts, len(errors), cfg), flush=True)
+        return {**counts, "n_errors": len(errors), "unfinished_as_errors": cfg.unfinished_as_errors,
+                "max_new_tokens": cfg.max_new_tokens, "model": model_name}
 
     return run.run_stage("error_exposure", params, [problems_path, cots_path], [attempts_path, errors_path, rates_path],
                          work, force=force, stage_hint="01_teacher_cots", scratch=[partial])
@@ -180,12 +216,12 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, show: bool = True
     for a in by_problem[problem_id]:
         g = grade(a.response, gold.answer)
         rows.append({"sample": a.sample_index, "answer": g.predicted, "verdict": g.reason,
-                     "correct": g.correct, "response": a.response})
+                     "correct": g.correct, "unfinished": a.unfinished, "response": a.response})
     look = {"problem_id": problem_id, "question": gold.question, "gold": gold.answer, "samples": rows,
             "pass rate": rates[problem_id]}
     if show:
         key_values({k: look[k] for k in ("problem_id", "question", "gold", "pass rate")},
                    title="one question")
-        table(rows, ["sample", "answer", "verdict", "correct", "response"], max_chars=300,
+        table(rows, ["sample", "answer", "verdict", "correct", "unfinished", "response"], max_chars=300,
               title=f"its {len(rows)} student samples, graded")
     return look

@@ -89,6 +89,9 @@ class StudentAttempt:
     model: str  # which student produced it ("base", "primed", a checkpoint path ...)
     reason: str = ""  # grading reason: correct / wrong / no answer / timeout / error
     meta: dict = field(default_factory=dict)
+    # cut off at the token limit before stating a final answer (exposure.is_unfinished): not counted as
+    # wrong, and by default not an error to reflect on (exposure.unfinished_as_errors)
+    unfinished: bool = False
 
 
 @dataclass

@@ -121,6 +121,23 @@ def acceptance_section(run: RunDir) -> list[str]:
              f"first check failed: {rejected}. {masked}.{length}"), ""]
 
 
+def exposure_section(run: RunDir) -> list[str]:
+    """Error exposure's attempts: correct, wrong and unfinished apart, and the errors kept to reflect on."""
+    from .exposure import attempt_counts, load_exposure
+
+    if not run.student_attempts.exists() or not run.error_attempts.exists():
+        return []
+    attempts, errors, _ = load_exposure(run)
+    c = attempt_counts(attempts)
+    stage = run.stage_info("error_exposure") or {}  # what the stage recorded in the manifest
+    limit, included = stage.get("max_new_tokens", "?"), stage.get("unfinished_as_errors", False)
+    text = (f"{c['n_attempts']} student attempts: {c['n_correct']} correct, **{c['n_wrong']} wrong**, "
+            f"**{c['n_unfinished']} unfinished** (cut off at `exposure.max_new_tokens` = {limit} before a final "
+            f"answer). Errors to reflect on: {len(errors)} distinct wrong attempts; unfinished ones "
+            f"{'included' if included else 'left out'} (`exposure.unfinished_as_errors: {str(included).lower()}`).")
+    return ["## Error exposure", "", text, ""]
+
+
 def reflection_lines(info: Optional[dict]) -> list:
     """One paragraph on ORION's reflection stage (this run): reflector, acceptance, mechanism."""
     if not info:
@@ -481,6 +498,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
         text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy", cell_intervals), ""]
     text += intervals_note(analysis)
     text += _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
+    text += exposure_section(run)
     text += reflection_section(run)
     text += acceptance_section(run)
     text += budget_lines(run, analysis)

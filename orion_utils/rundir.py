@@ -26,7 +26,7 @@ from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from .jsonl import write_json
 
@@ -128,6 +128,101 @@ def read_or_make(path: PathLike, cls, make: Callable[[], Any], usable: Optional[
     else:
         write_jsonl(path, made)
     return made
+
+
+# --- long generation in chunks, saved as it goes ---------------------------------------------------
+# Stages that sample from a model for hours (exposure, evaluation) cut their questions into chunks of
+# ``chunk_questions``, in the order of the whole question list, and append each finished chunk's
+# records to a ``*.partial.jsonl`` file (``jsonl.JsonlAppender``), the stage's ``scratch``: a crash or a
+# Colab disconnect loses at most one chunk, and a retry with the same parameters and inputs reads back
+# the complete chunks and generates only the others. Results with and without an interruption are the
+# same: the chunks' boundaries come from the whole question list, not from what is left to do, and each
+# chunk is sampled with its own seed, made from the stage's seed and the chunk's question ids
+# (``chunk_seed``), never from a random stream that runs on across chunks.
+
+def chunk_seed(seed: int, *parts: Any) -> int:
+    """The sampling seed of one chunk: a hash of the stage's ``seed`` and what names the chunk (the
+    stage, a benchmark, the chunk's question ids), below 2**31 (vLLM adds the sample index to it)."""
+    blob = json.dumps([seed, *parts], sort_keys=True, default=str, ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(blob.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def _split_chunks(items: Sequence, size: int) -> list[list]:
+    """``items`` in consecutive chunks of ``size`` (the last may be shorter)."""
+    if size < 1:
+        raise ValueError(f"a chunk must hold at least one question, got chunk_questions={size}")
+    return [list(items[i: i + size]) for i in range(0, len(items), size)]
+
+
+def _complete_chunks(chunks: list[list], partial: Path, cls, per_item: int,
+                     item_id: Callable, record_id: Callable) -> dict[int, list]:
+    """The chunks complete in ``partial`` (every item with its ``per_item`` records), by index. The
+    records of an unfinished chunk (the one a crash cut off) are dropped from the file."""
+    from .jsonl import read_jsonl, write_jsonl
+
+    if not partial.exists():
+        return {}
+    chunk_of = {item_id(item): c for c, chunk in enumerate(chunks) for item in chunk}
+    saved: dict[int, list] = {}
+    read = read_jsonl(partial, cls, tolerate_torn_tail=True)
+    for record in read:
+        c = chunk_of.get(record_id(record))
+        if c is not None:
+            saved.setdefault(c, []).append(record)
+    done = {}
+    for c, records in saved.items():
+        counts: dict = {}
+        for r in records:
+            counts[record_id(r)] = counts.get(record_id(r), 0) + 1
+        if len(records) == per_item * len(chunks[c]) and all(counts.get(item_id(i)) == per_item for i in chunks[c]):
+            done[c] = records
+    kept = [r for c in sorted(done) for r in done[c]]
+    if len(kept) != len(read):
+        write_jsonl(partial, kept)  # atomically: the file holds whole chunks only (a torn last line the appender drops)
+    return done
+
+
+def run_in_chunks(
+    items: Sequence,
+    chunk_questions: int,
+    make: Callable[[int, list], list],
+    *,
+    partial: Optional[Path],
+    cls: type,
+    per_item: int,
+    item_id: Callable = lambda item: item.id,
+    record_id: Callable = lambda record: record.problem_id,
+    desc: str = "chunks",
+) -> list:
+    """Every item's records, chunk by chunk: ``make(index, chunk)`` returns the records of one chunk
+    (``per_item`` per item), appended to ``partial`` once the chunk is finished; chunks complete in
+    ``partial`` from an earlier attempt are read back, not made again. Records come back in chunk
+    order, whether or not the run was interrupted. ``partial`` None: nothing is saved."""
+    from tqdm.auto import tqdm
+
+    from .jsonl import JsonlAppender
+
+    chunks = _split_chunks(items, chunk_questions)
+    done = _complete_chunks(chunks, Path(partial), cls, per_item, item_id, record_id) if partial else {}
+    todo = [c for c in range(len(chunks)) if c not in done]
+    if done:
+        print(f"[{desc}] resumed: {len(done)} of {len(chunks)} chunks read back from {Path(partial).name}", flush=True)
+    if todo:
+        out = JsonlAppender(partial) if partial else None
+        try:
+            for c in tqdm(todo, desc=desc, unit="chunk"):
+                records = make(c, chunks[c])
+                if len(records) != per_item * len(chunks[c]):
+                    raise RuntimeError(f"[{desc}] chunk {c} made {len(records)} records, expected "
+                                       f"{per_item} per question x {len(chunks[c])} questions")
+                if out is not None:
+                    for record in records:
+                        out.append(record)
+                done[c] = records
+        finally:
+            if out is not None:
+                out.close()
+    return [r for c in range(len(chunks)) for r in done[c]]
 
 
 class TrainedDir:
@@ -276,6 +371,7 @@ class RunDir:
     ``primed_model``               ``models/exposure_primed/``          02 exposure (source primed)
     ``teacher_cache``              ``cache/teacher/``                   01/05/06 (teacher replies)
     ``eval_file(m, b)``            ``eval/<m>/<b>.jsonl``               07 evaluation
+    ``eval_partial(m, b)``         ``eval/<m>/<b>.partial.jsonl``       07 evaluation (resume scratch)
     ``eval_summary(m)``            ``eval/<m>/summary.json``            07 evaluation
     ``metrics``                    ``metrics.json``                     07 evaluation
     ``analysis_file``              ``analysis.json``                    08 analysis
@@ -292,7 +388,8 @@ class RunDir:
 
     Resuming, one rule: the run directory decides. ``run_stage`` skips a stage when its outputs
     exist and the fingerprint of its parameters and the content of its inputs matches the
-    manifest. Work a stage keeps in flight is its ``scratch``: exposure's partial attempts, and
+    manifest. Work a stage keeps in flight is its ``scratch``: exposure's partial attempts and
+    evaluation's partial samples (finished chunks, :func:`run_in_chunks`), and
     EDIT's and Tailored Learning's method folders, whose inner steps read finished steps back
     through :func:`read_or_make` (their records, a round's result, a stage's model). ``run_stage``
     keeps scratch only for a re-run with the same fingerprint, so nothing made under other
@@ -470,6 +567,10 @@ class RunDir:
         """A method's finished evaluation files (no ``*.partial.jsonl``), in benchmark order."""
         d = self.eval_method_dir(method)
         return sorted(p for p in d.glob("*.jsonl") if ".partial." not in p.name) if d.is_dir() else []
+
+    def eval_partial(self, method: str, benchmark: str) -> Path:
+        """The finished chunks of ``eval_file(method, benchmark)`` while it is made (:func:`run_in_chunks`)."""
+        return self.eval_method_dir(method) / f"{benchmark}.partial.jsonl"
 
     def eval_summary(self, method: str) -> Path:
         return self.eval_method_dir(method) / "summary.json"

@@ -32,8 +32,11 @@ def test_readme_table_and_install_cells_point_at_the_repository(tmp_path):
     for name in NOTEBOOKS:
         nb = nbformat.read(notebooks / f"{name}.ipynb", as_version=4)
         install = [c for c in nb.cells if "ORION_REPO = " in c.source]
-        assert len(install) == 1 and 'ORION_REPO = "https://github.com/me/orion.git"' in install[0].source
+        assert len(install) == 1 and 'if opened else "https://github.com/me/orion")' in install[0].source
+        assert 'ORION_REPO = ""  # @param' in install[0].source  # the form field stays empty: it overrides
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert colab.set_notebook_repo("you/fork", notebooks) == list(NOTEBOOKS)  # rewritten in place
+    assert 'else "https://github.com/you/fork")' in _colab_cell("04_sft", notebooks)
 
 
 def test_the_repository_can_come_from_pyproject(tmp_path):
@@ -84,7 +87,7 @@ def test_every_notebook_has_the_same_short_colab_cell_calling_the_package():
     cells = {name: _colab_cell(name) for name in NOTEBOOKS}
     assert len(set(cells.values())) == 1, "the Colab cell differs between notebooks"
     cell = cells["00_setup_and_data"]
-    assert len(cell.splitlines()) <= 10 and "install_on_colab(" in cell
+    assert len(cell.splitlines()) <= 15 and "install_on_colab(" in cell
     assert 'if "google.colab" in sys.modules' in cell
 
 
@@ -96,6 +99,56 @@ def test_colab_cell_does_nothing_outside_colab(tmp_path):
     namespace: dict = {}
     exec(code, namespace)  # google.colab is not imported here: only ORION_REPO is set
     assert namespace["ORION_REPO"] == ""
+
+
+SESSIONS = ('[{"id": "1", "name": "00_setup_and_data.ipynb", "path": "fileId=https%3A%2F%2Fgithub.com%2F'
+            'you%2Ffork%2Fblob%2Fdev%2Fnotebooks%2F00_setup_and_data.ipynb", "type": "notebook"}]')
+
+
+def _run_colab_cell(monkeypatch, tmp_path, sessions: str, form: str = "", default: str = ""):
+    """The install cell as Colab's IPython runs it, with google.colab present: the shell commands it runs
+    (curl answering ``sessions``) and what it hands ``install_on_colab``."""
+    import sys
+    import types
+
+    from IPython.core import interactiveshell
+
+    commands, installs = [], []
+    notebooks = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOK_DIR, notebooks)
+    if default:
+        colab.set_notebook_repo(default, notebooks)
+    cell = _colab_cell("00_setup_and_data", notebooks).replace('ORION_REPO = ""', f'ORION_REPO = "{form}"')
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(interactiveshell, "getoutput", lambda cmd: commands.append(cmd) or sessions)
+    monkeypatch.setattr(interactiveshell, "system", lambda cmd: commands.append(cmd) or 0)
+    monkeypatch.setattr(colab, "install_on_colab", lambda *args: installs.append(args))
+    shell = interactiveshell.InteractiveShell()
+    shell.user_ns["run_dir"] = "../outputs/colab"
+    result = shell.run_cell(cell)
+    return commands, installs, result
+
+
+def test_the_colab_cell_clones_where_the_notebook_was_opened_from(tmp_path, monkeypatch):
+    commands, installs, result = _run_colab_cell(monkeypatch, tmp_path, SESSIONS, default="me/orion")
+    assert result.success, result.error_in_exec
+    assert commands[0] == "curl -s http://$COLAB_JUPYTER_IP:$KMP_TARGET_PORT/api/sessions"
+    assert commands[1] == ("test -d /content/orion-toolkit || git clone -q --depth 1 "
+                           "https://github.com/you/fork -b dev /content/orion-toolkit")
+    assert installs == [("/content/orion-toolkit", "../outputs/colab")]
+
+
+def test_the_colab_cell_takes_the_form_field_then_the_default_then_stops_naming_it(tmp_path, monkeypatch):
+    commands, _, result = _run_colab_cell(monkeypatch, tmp_path / "a", SESSIONS, form="https://example.org/x.git")
+    assert result.success and commands[1].endswith("git clone -q --depth 1 https://example.org/x.git /content/orion-toolkit")
+    # opened from Drive (a saved copy): no github.com address in the session
+    drive = '[{"name": "00.ipynb", "path": "fileId=1AbCdEf"}]'
+    commands, _, result = _run_colab_cell(monkeypatch, tmp_path / "b", drive, default="me/orion")
+    assert result.success and "git clone -q --depth 1 https://github.com/me/orion /content" in commands[1]
+    commands, installs, result = _run_colab_cell(monkeypatch, tmp_path / "c", "")  # no sessions API at all
+    assert isinstance(result.error_in_exec, AssertionError) and "set ORION_REPO" in str(result.error_in_exec)
+    assert len(commands) == 1 and not installs
 
 
 def test_install_on_colab_installs_the_checkout_and_works_from_its_notebooks(tmp_path, monkeypatch):
@@ -110,6 +163,28 @@ def test_install_on_colab_installs_the_checkout_and_works_from_its_notebooks(tmp
     assert command[1:4] == ["-m", "pip", "install"]
     assert str(tmp_path) in sys.path and (tmp_path / "notebooks").samefile(".")
     assert colab.colab_install_command("/x", gpu=False)[-1] == "/x"
+    # the next notebook on the same VM (or under `orion run`) finds it installed; another command reinstalls
+    assert colab.install_on_colab(str(tmp_path), gpu=True, run=ran.append) == command and len(ran) == 1
+    colab.install_on_colab(str(tmp_path), gpu=False, run=ran.append)
+    assert len(ran) == 2
+
+
+def test_a_run_dir_on_drive_has_drive_mounted_once(tmp_path, monkeypatch):
+    drive = tmp_path / "content" / "drive"
+    monkeypatch.setattr(colab, "DRIVE", str(drive))
+    mounts = []
+
+    def mount(where):  # what google.colab.drive.mount leaves: the user's Drive under MyDrive
+        mounts.append(where)
+        (drive / "MyDrive").mkdir(parents=True)
+
+    assert not colab.mount_drive_for("../outputs/colab", mount) and not mounts
+    run_dir = str(drive / "MyDrive" / "orion" / "colab")
+    assert colab.on_drive(run_dir) and not colab.on_drive(str(tmp_path / "content" / "other"))
+    assert colab.mount_drive_for(run_dir, mount) and mounts == [str(drive)]
+    assert colab.mount_drive_for(run_dir, mount) and mounts == [str(drive)]  # mounted already
+    assert (drive / "MyDrive" / "orion" / "colab").is_dir()
+    assert colab.DRIVE_RUN_DIR.format(profile="colab") == "/content/drive/MyDrive/orion/colab"
 
 
 def test_colab_module_needs_only_the_standard_library_to_import():

@@ -56,3 +56,30 @@ def test_workers_must_be_positive(tmp_path, tiny_model_dir):
     run = _run_with_two_models(tmp_path / "run", tiny_model_dir)
     with pytest.raises(ValueError, match="workers"):
         run_evaluation(run, EvaluationConfig(methods=["base"], workers=0))
+
+
+def test_an_interrupted_evaluation_resumes_from_its_last_chunk_with_the_same_files(tmp_path, tiny_model_dir,
+                                                                                   monkeypatch):
+    from test_exposure import _counting_generators, _Interrupted
+
+    cfg = EvaluationConfig(methods=["base"], n_samples=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=2,
+                           chunk_questions=2)
+    gen, student = GenerationConfig(backend="transformers", batch_size=4), StudentConfig(model="unused")
+    whole = _run_with_two_models(tmp_path / "whole", tiny_model_dir)
+    calls = _counting_generators(monkeypatch)
+    metrics = run_evaluation(whole, cfg, gen, student)
+    assert calls == [2, 2, 2, 2, 1, 1] + [2] * 6  # toy_hard's 5 and toy_test's 6 problems: greedy + sampled per chunk
+
+    cut = _run_with_two_models(tmp_path / "cut", tiny_model_dir)
+    calls = _counting_generators(monkeypatch, fail_on_call=9)  # toy_hard done, toy_test's chunk 0 done, chunk 1 cut
+    with pytest.raises(_Interrupted):
+        run_evaluation(cut, cfg, gen, student)
+    assert not cut.eval_files("base") and cut.eval_partial("base", "toy_test").exists()
+    calls = _counting_generators(monkeypatch)
+    assert run_evaluation(cut, cfg, gen, student) == metrics
+    assert calls == [2] * 4  # only toy_test's chunks 1 and 2 (greedy + sampled each)
+    files = whole.eval_files("base")
+    assert [f.name for f in files] == [f.name for f in cut.eval_files("base")] == ["toy_hard.jsonl", "toy_test.jsonl"]
+    for a in files:
+        assert a.read_bytes() == (cut.eval_method_dir("base") / a.name).read_bytes()
+    assert not list(cut.eval_method_dir("base").glob("*.partial.jsonl"))
