@@ -161,12 +161,16 @@ def _normalise(text: str) -> str:
 
 
 def unique_wrong_rationales(attempts: Sequence[StudentAttempt]) -> dict[str, list[str]]:
-    """The student's distinct wrong rationales per question (whitespace-normalised duplicates dropped)."""
+    """The student's distinct wrong rationales per question (whitespace-normalised duplicates dropped).
+
+    An unfinished answer (cut off at ``exam_max_new_tokens`` before a final answer; exposure's rule,
+    ``exposure.is_unfinished``) is not a wrong rationale: it shows the teacher no mistake to tailor to,
+    and as the triplet's negative it would push the student away from reasoning that may be right."""
     out: dict[str, list[str]] = defaultdict(list)
     seen: set = set()
     for a in attempts:
         key = (a.problem_id, _normalise(a.response))
-        if not a.correct and key not in seen:
+        if not a.correct and not a.unfinished and key not in seen:
             seen.add(key)
             out[a.problem_id].append(a.response)
     return dict(out)
@@ -514,6 +518,8 @@ def run_exam(
     outputs = generator.generate(
         [p.question for p in problems], sampling, prompt_template=prompt_template, system=system
     )
+    from .exposure import is_unfinished
+
     attempts = []
     for problem, generations in zip(problems, outputs):
         for i, g in enumerate(generations):
@@ -528,6 +534,7 @@ def run_exam(
                     model=model_name,
                     reason=result.reason,
                     meta={"n_tokens": g.n_tokens, "finish_reason": g.finish_reason},
+                    unfinished=is_unfinished(g.finish_reason, result.predicted),
                 )
             )
     return attempts

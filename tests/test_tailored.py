@@ -125,6 +125,7 @@ def test_unique_wrong_rationales_and_triplet_examples():
         StudentAttempt("p1", 1, "1+1=3 ", "3", False, "s"),
         StudentAttempt("p1", 2, "1+1=2", "2", True, "s"),
         StudentAttempt("p2", 0, "x", None, False, "s"),
+        StudentAttempt("p2", 1, "so far 2+2 is", None, False, "s", unfinished=True),  # cut off: not a mistake
     ]
     wrong = unique_wrong_rationales(attempts)
     assert wrong == {"p1": ["1+1=3"], "p2": ["x"]}
