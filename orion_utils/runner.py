@@ -318,7 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     params.add_argument("--run-dir", default=None, help="default: ../outputs/<profile>")
     params.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="put an override in the cell's `overrides`, e.g. --set evaluation.n_samples=8")
-    links = sub.add_parser("colab-links", help="write the README's Colab links and the notebooks' ORION_REPO")
+    links = sub.add_parser("colab-links", help="write the README's Colab links and the install cell's default repository")
     links.add_argument("--repo", default=None, help="OWNER/NAME on GitHub (default: [project.urls] Repository)")
     links.add_argument("--branch", default="main")
     doctor = sub.add_parser("doctor", help="what this machine runs (device, dtype, backends and why) and how fast")
