@@ -626,8 +626,11 @@ class RunDir:
 
     def student_inputs(self) -> list[Path]:
         """The base student as a stage input: ``data/student.json`` (it names the student: a hub or packaged
-        student is its reference string) and, for a student inside the run (the toy), its model folder."""
-        self.require(self.student_info, stage_hint="00_setup_and_data")
+        student is its reference string) and, for a student inside the run (the toy), its model folder.
+        Before stage 00 it is the missing file alone, for ``run_stage`` to name with the stage's other
+        missing inputs."""
+        if not self.student_info.exists():
+            return [self.student_info]
         info = json.loads(self.student_info.read_text(encoding="utf-8"))
         return [self.student_info] + ([self.root / info["model"]] if info.get("in_run_dir") else [])
 
@@ -701,6 +704,8 @@ class RunDir:
     ) -> dict:
         """Run ``work`` unless the stage is up to date; record it in the manifest either way.
 
+        A pipeline stage's ``params`` and the models among its ``inputs`` come from its declaration
+        (``stages.fingerprint``), never written by hand.
         ``work`` writes the outputs and returns extra facts for the manifest (e.g. the backend).
         On failure the stage is marked failed and outputs it had written are removed, so nothing
         half-finished looks finished. ``scratch``: paths where ``work`` keeps progress to resume
