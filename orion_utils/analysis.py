@@ -64,6 +64,7 @@ from .jsonl import read_jsonl, write_json
 from .records import EvalSample
 from .report import DEFINITIONS, cell_text, claim_entry, write_report
 from .rundir import RunDir
+from .stages import fingerprint
 
 PathLike = Union[str, Path]
 Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -1139,6 +1140,7 @@ def analyse_run(
     scorer: Optional[Scorer] = None,
     tokenizer: Any = "auto",
     judge=None,
+    judge_from: Sequence = (),
     force: bool = False,
 ) -> dict:
     """Analyse a finished run: writes ``analysis.json``, the figures and ``report.md``; returns the analysis.
@@ -1150,7 +1152,8 @@ def analyse_run(
     for every seed (None: each run's own base student, loaded once; ``False``: no perplexity).
     ``tokenizer``: for token counts ("auto": the student's; None: whitespace words).
     ``judge``: a teacher with ``judge_many`` to score the step consistency of training CoTs (real
-    runs; see ``make_judge``), or None.
+    runs; see ``make_judge``), or None; ``judge_from``: the (teacher, data) sections it was made from,
+    for the stage's fingerprint.
 
     A stage in the manifest (``analysis``): skipped when ``metrics.json``, the eval outputs, the
     training sets and loss logs and the parameters are unchanged (``force=True`` redoes it).
@@ -1188,12 +1191,16 @@ def analyse_run(
             paths += r.training_files(m)
             paths += [p for p in [r.loss_history(m), *r.phase_loss_histories(m)] if p.is_file()]
         paths += [r.question_set] if r.question_set.is_file() else []
+        if (scorer is None or tokenizer == "auto") and r.student_info.is_file():  # the base student scores, counts
+            paths += r.student_inputs()
         return paths
 
     inputs = [p for r in [run, *others] for p in inputs_of(r)]
-    params = {"analysis": asdict(cfg), "version": ANALYSIS_VERSION, "seeds": [o.root.name for o in others],
+    params, _ = fingerprint(None, "analysis", cfg, *(judge_from if judge is not None else ()))
+    params.update({"version": ANALYSIS_VERSION, "seeds": [o.root.name for o in others],
+                   "judge": None if judge is None else getattr(judge, "name", type(judge).__name__),
               "scorer": "student" if scorer is None else ("none" if scorer is False else getattr(scorer, "__name__", "custom")),
-              "tokenizer": tokenizer if isinstance(tokenizer, str) or tokenizer is None else type(tokenizer).__name__}
+              "tokenizer": tokenizer if isinstance(tokenizer, str) or tokenizer is None else type(tokenizer).__name__})
     result: dict = {}
 
     def work() -> dict:

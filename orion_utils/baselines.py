@@ -16,6 +16,7 @@ from .config import DataConfig, GenerationConfig, StudentConfig, TeacherConfig
 from .jsonl import read_jsonl, write_jsonl
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
 from .rundir import RunDir
+from .stages import fingerprint
 from .teachers.base import FeedbackTeacher
 
 
@@ -51,10 +52,11 @@ def run_edit_stage(
     out_dir = edit_dir.root
     cfg_source, source = cfg.pair_source, resolve_pair_source(cfg.pair_source, teacher_cfg.kind)
     cfg = replace(cfg, pair_source=source)
+    params, models = fingerprint(run, "edit", cfg, training_cfg, teacher_cfg, data, student)
     inputs = [run.train_problems, run.teacher_traces]
     if source == "exposure":
         inputs.append(run.error_attempts)
-    inputs += question_set_inputs(run)
+    inputs += question_set_inputs(run) + models
 
     def work() -> dict:
         print(f"[edit] dual pairs: {source} (edit.pair_source={cfg_source}, teacher.kind={teacher_cfg.kind})")
@@ -72,7 +74,6 @@ def run_edit_stage(
             write_jsonl(run.training_set("edit"), read_jsonl(stage1, SFTExample))
         return {"edit": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}, **prompt_budget(teacher)}
 
-    params = {"edit": cfg, "training": training_cfg, "teacher": teacher_cfg, "student": student}
     # run_edit resumes from what it finds in out_dir: kept only for a re-run with the same settings
     return run.run_stage("edit", params, inputs, [edit_dir.model], work, force=force, scratch=[out_dir],
                          stage_hint="02_error_exposure")
@@ -99,6 +100,8 @@ def run_tailored_stage(
     qs_inputs = question_set_inputs(run)
     if qs_inputs:  # the question set, and the stage-01 CoTs a question without a usable rationale falls back to
         inputs += qs_inputs + [run.teacher_sft_set, run.teacher_traces]
+    params, models = fingerprint(run, "tailored", cfg, teacher_cfg, data, generation, student)
+    inputs += models
 
     def work() -> dict:
         problems = question_set_problems(run, read_jsonl(inputs[0], Problem))  # the question set (stage 01)
@@ -125,6 +128,5 @@ def run_tailored_stage(
             write_jsonl(run.training_set("tailored"), examples)
         return {"rounds": len(rounds), **prompt_budget(teacher)}
 
-    params = {"tailored": cfg, "teacher": teacher_cfg, "student": student, "generation": generation}
     return run.run_stage("tailored", params, inputs, [tailored_dir.model], work, force=force, scratch=[out_dir],
                          stage_hint="00_setup_and_data")

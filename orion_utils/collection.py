@@ -27,6 +27,7 @@ from .config import DataConfig, StudentConfig, TeacherConfig, TrainingConfig
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .records import Problem, SFTExample, TeacherTrace
 from .rundir import RunDir
+from .stages import fingerprint
 
 TEACHER_KINDS = ("toy", "api", "dataset", "local")
 
@@ -266,14 +267,9 @@ def run_collection(run: RunDir, teacher_cfg: TeacherConfig, data: Optional[DataC
             extra["teacher_usage"] = teacher.usage_summary()
         return extra
 
-    params: dict = {"teacher": teacher_cfg, "data": data}
-    inputs = [problems_path]
-    if training is not None:
-        params["question_set"] = {"same_questions": same, "max_seq_len": training.max_seq_len,
-                                  "overlong": training.overlong}
-    if by_length:  # the student's tokenizer and chat format measure the CoTs
-        params["student"] = {"prompt_template": student.prompt_template, "system_prompt": student.system_prompt}
-        inputs += [run.student_info] + ([run.toy_student] if run.toy_student.exists() else [])
+    # the student's tokenizer and chat format measure the CoTs only under the length rule
+    params, models = fingerprint(run, "teacher_cots", teacher_cfg, data, training, student if by_length else None)
+    inputs = [problems_path] + models
     return run.run_stage("teacher_cots", params, inputs, [traces_path, sft_path, qs_path], work, force=force,
                          stage_hint="00_setup_and_data")
 

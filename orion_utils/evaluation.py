@@ -19,6 +19,7 @@ from .jsonl import read_jsonl, write_json, write_jsonl
 from .methods import METHODS as _REGISTRY
 from .records import EvalSample, Problem
 from .rundir import RunDir, chunk_seed, run_in_chunks
+from .stages import fingerprint
 
 METHODS = tuple(_REGISTRY)  # every method a run can evaluate (orion_utils.methods)
 
@@ -191,9 +192,9 @@ def evaluate_method(root: str, method: str, cfg: EvaluationConfig, generation: G
             path.unlink(missing_ok=True)
         return {"backend": backend}
 
-    # neither the methods evaluated beside this one nor how many at a time change its samples
-    params = {"evaluation": {**{k: v for k, v in cfg.__dict__.items() if k != "workers"}, "methods": None},
-              "generation": generation, "student": student, "model": model_path if method == "base" else method}
+    # stages.NOT_IN_FINGERPRINT: neither the methods evaluated beside this one nor how many at a time change its samples
+    params, models = fingerprint(run, "evaluation", cfg, generation, student)
+    inputs += [m for m in models if m not in inputs]
     return run.run_stage(f"evaluation/{method}", params, inputs, outputs, work, force=force,
                          scratch=list(partials.values()))
 

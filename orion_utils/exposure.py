@@ -19,6 +19,7 @@ from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .records import Problem, SFTExample, StudentAttempt
 from .rundir import RunDir, chunk_seed, run_in_chunks
+from .stages import fingerprint
 
 
 @dataclass
@@ -149,8 +150,8 @@ def run_error_exposure(
         raise ValueError(f"exposure.source must be 'base' or 'primed', got {cfg.source!r}")
     problems_path, cots_path = run.train_problems, run.teacher_sft_set
     attempts_path, errors_path, rates_path = run.student_attempts, run.error_attempts, run.pass_rates
-    params = {"exposure": cfg, "generation": generation, "student": student,
-              "training": training if cfg.source == "primed" else None}
+    params, models = fingerprint(run, "error_exposure", cfg, generation, student,
+                                 training if cfg.source == "primed" else None)
 
     partial = run.student_attempts_partial  # attempts saved so far: resumed after a crash
 
@@ -170,7 +171,7 @@ def run_error_exposure(
         return {**counts, "n_errors": len(errors), "unfinished_as_errors": cfg.unfinished_as_errors,
                 "max_new_tokens": cfg.max_new_tokens, "model": model_name}
 
-    return run.run_stage("error_exposure", params, [problems_path, cots_path], [attempts_path, errors_path, rates_path],
+    return run.run_stage("error_exposure", params, [problems_path, cots_path, *models], [attempts_path, errors_path, rates_path],
                          work, force=force, stage_hint="01_teacher_cots", scratch=[partial])
 
 

@@ -16,6 +16,7 @@ from .config import DataConfig, GenerationConfig, StudentConfig
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .records import Problem
 from .rundir import RunDir, package_versions
+from .stages import fingerprint
 
 TOY_BENCHMARKS = {"toy_test": "test", "toy_hard": "hard"}
 
@@ -86,7 +87,7 @@ def run_prepare_data(run: RunDir, data: DataConfig, toy_domain=None, force: bool
         write_jsonl(train_path, problems)
         return {"n_train": len(problems), "benchmarks": {k: len(v) for k, v in benchmarks.items()}}
 
-    params = {"data": data, "toy_domain": toy_domain if data.train_source == "toy" else None}
+    params, _ = fingerprint(run, "prepare_data", data, toy_domain if data.train_source == "toy" else None)
     return run.run_stage("prepare_data", params, [], [train_path, bench_dir], work, force=force)
 
 
@@ -118,7 +119,8 @@ def run_prepare_student(
         if needs_conversion(student.model) and info_path.exists() and not force:
             recorded = json.loads(info_path.read_text(encoding="utf-8")).get("model", "")
             force = not Path(recorded).exists()  # the converted checkpoint was removed from the cache
-        return run.run_stage("prepare_student", {"student": student}, [], [info_path], work_real, force=force)
+        params, _ = fingerprint(run, "prepare_student", student)
+        return run.run_stage("prepare_student", params, [], [info_path], work_real, force=force)
 
     from .teachers.toy import ToyTeacher
     from .toy.domain import ToyDomainConfig, generate_problems
@@ -139,8 +141,7 @@ def run_prepare_student(
         write_json(info_path, {"model": run.relative(base_dir), "in_run_dir": True, "kind": "toy", "pretrain": stats})
         return {"pretrain": stats}
 
-    params = {"student": student, "toy_student": toy_student, "toy_pretrain": toy_pretrain, "toy_domain": toy_domain,
-              "seed": data.seed}
+    params, _ = fingerprint(run, "prepare_student", student, toy_student, toy_pretrain, toy_domain, data)
     return run.run_stage("prepare_student", params, [], [info_path, base_dir], work_toy, force=force)
 
 

@@ -30,6 +30,7 @@ from .grading import grade
 from .jsonl import read_jsonl, write_jsonl
 from .records import Problem, Refinement, SFTExample, StudentAttempt
 from .rundir import RunDir
+from .stages import fingerprint
 
 SELECTION_RULES = ("perplexity", "shortest", "first")
 REFLECTORS = ("student", "rule", "llm")
@@ -47,6 +48,7 @@ REFLECTION_PROMPT = """You are given a math problem, an expert's worked solution
 
 Rewrite the expert solution into one you can follow step by step. Keep the expert's correct reasoning. At the step where your earlier attempt went wrong, stop and reflect explicitly on that mistake: say what you did before, why it is wrong, and what the correct step is. Then continue to the end.
 Write your reasoning inside <think> </think>, then give the final solution with the answer in \\boxed{{}}."""
+PROMPTS = (REFLECTION_PROMPT,)  # in stage 03's fingerprint (stages.PROMPTS)
 
 
 @dataclass
@@ -414,7 +416,8 @@ def run_reflection(
     if cfg.selection not in SELECTION_RULES:
         raise ValueError(f"reflection.selection must be one of {SELECTION_RULES}, got {cfg.selection!r}")
     kind = resolve_reflector_kind(cfg, student)
-    inputs = [run.train_problems, run.teacher_sft_set, run.error_attempts]
+    params, models = fingerprint(run, "reflection", cfg, student, generation)
+    inputs = [run.train_problems, run.teacher_sft_set, run.error_attempts, *models]
     outputs = [run.refinements, run.orion_sft_set]
 
     def work() -> dict:
@@ -472,7 +475,6 @@ def run_reflection(
         return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism, "acceptance": checks,
                 **budget}
 
-    params = {"reflection": cfg, "reflector": kind, "student": student}
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")
 
 

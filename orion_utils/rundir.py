@@ -59,15 +59,28 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+_DIGESTS: dict = {}  # (path, size, mtime) → the file's content hash: a model is read once per process
+
+
+def _content_digest(f: Path) -> str:
+    st = f.stat()
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
 def file_digest(path: Path) -> str:
-    """Content hash of a file, or of a directory's files (a saved model)."""
+    """Content hash of a file, or of a directory's files (a saved model: names and contents)."""
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
+        h.update(_content_digest(f).encode())
     return h.hexdigest()[:16]
 
 
@@ -611,6 +624,16 @@ class RunDir:
         model = info["model"]
         return str(self.root / model) if info.get("in_run_dir") else model
 
+    def student_inputs(self) -> list[Path]:
+        """The base student as a stage input: ``data/student.json`` (it names the student: a hub or packaged
+        student is its reference string) and, for a student inside the run (the toy), its model folder.
+        Before stage 00 it is the missing file alone, for ``run_stage`` to name with the stage's other
+        missing inputs."""
+        if not self.student_info.exists():
+            return [self.student_info]
+        info = json.loads(self.student_info.read_text(encoding="utf-8"))
+        return [self.student_info] + ([self.root / info["model"]] if info.get("in_run_dir") else [])
+
     def method_model(self, method: str) -> str:
         """Where a method's trained model lives (``base`` is the untrained student)."""
         if method == "base":
@@ -681,6 +704,8 @@ class RunDir:
     ) -> dict:
         """Run ``work`` unless the stage is up to date; record it in the manifest either way.
 
+        A pipeline stage's ``params`` and the models among its ``inputs`` come from its declaration
+        (``stages.fingerprint``), never written by hand.
         ``work`` writes the outputs and returns extra facts for the manifest (e.g. the backend).
         On failure the stage is marked failed and outputs it had written are removed, so nothing
         half-finished looks finished. ``scratch``: paths where ``work`` keeps progress to resume

@@ -14,6 +14,7 @@ from .jsonl import read_jsonl
 from .methods import cot_methods
 from .records import SFTExample
 from .rundir import RunDir
+from .stages import fingerprint
 
 STAGE_OF_SET = cot_methods("04_sft")  # method → the notebook that writes its training set (orion_utils.methods)
 
@@ -30,7 +31,8 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
             raise ValueError(f"no training set for method {method!r}; known: {list(STAGE_OF_SET)}")
         data_path = run.training_set(method)
         out_dir = run.model(method)
-        inputs = [data_path] + ([run.toy_student] if run.toy_student.exists() else [])
+        params, models = fingerprint(run, "sft", cfg, student)
+        inputs = [data_path, *models]
         qs_inputs = question_set_inputs(run)
         if qs_inputs and method != "sft":  # the question set, and the teacher CoTs a too-long example falls back to
             inputs += qs_inputs + [run.teacher_sft_set]
@@ -52,7 +54,6 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
             return {"backend": result.backend, "train_seconds": result.train_seconds,
                     "n_examples": result.n_examples, "n_tokens": result.n_tokens, "question_set": kept}
 
-        params = {"training": cfg, "student": student, "method": method}
         entries[method] = run.run_stage(f"train/{method}", params, inputs, [run.trained(method).model], work, force=force,
                                         stage_hint=STAGE_OF_SET[method])
     return entries

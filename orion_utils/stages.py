@@ -8,9 +8,12 @@ take single sections, for code and tests that build them by hand.
 """
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
 
-from .rundir import RunDir
+from .rundir import RunDir, stable_hash
 
 # stage → the profile sections its module's function takes after ``run``, in that order
 READS: dict[str, tuple[str, ...]] = {
@@ -25,6 +28,58 @@ READS: dict[str, tuple[str, ...]] = {
     "evaluation": ("evaluation", "generation", "student"),
     "analysis": ("analysis", "teacher", "data"),
 }
+
+
+# What a stage's fingerprint (``RunDir.run_stage``'s params and inputs) takes besides the sections of READS.
+# A section's fields are all in it, except: the fields a stage reads alone (FIELDS), and the settings
+# that do not change any stage's results (NOT_IN_FINGERPRINT).
+FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("prepare_student", "data"): ("seed",),
+    ("teacher_cots", "training"): ("same_questions", "max_seq_len", "overlong"),  # the question-set rule
+}
+NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
+    # how many methods at a time, how many questions per saved chunk, which methods beside this one
+    "evaluation": ("workers", "chunk_questions", "methods"),
+    "exposure": ("chunk_questions",),
+}
+# stage → the modules whose ``PROMPTS`` (the prompt texts, or a stand-in for texts written in code) it sends
+PROMPTS: dict[str, tuple[str, ...]] = {
+    "teacher_cots": ("teachers.prompts",),
+    "reflection": ("reflection", "toy.reflect"),
+    "edit": ("teachers.prompts",),
+    "tailored": ("teachers.prompts", "toy.reflect"),
+    "analysis": ("teachers.prompts",),  # the step-consistency judge's
+}
+
+
+def prompts_hash(stage: str) -> dict:
+    """One hash per module listed in ``PROMPTS[stage]``: editing a prompt reruns the stages that send it."""
+    return {name: stable_hash(importlib.import_module(f"{__package__}.{name}").PROMPTS) for name in PROMPTS.get(stage, ())}
+
+
+def _section_params(stage: str, name: str, section: Any) -> Any:
+    if section is None:
+        return None
+    values = asdict(section) if is_dataclass(section) else dict(section)
+    keep = FIELDS.get((stage, name))
+    return {k: v for k, v in values.items()
+            if (keep is None or k in keep) and k not in NOT_IN_FINGERPRINT.get(name, ())}
+
+
+def fingerprint(run: Optional[RunDir], stage: str, *sections: Any) -> tuple[dict, list[Path]]:
+    """A stage's params and the models it loads, derived from its declaration (READS, FIELDS,
+    NOT_IN_FINGERPRINT, PROMPTS). ``sections``: the sections of ``READS[stage]`` in that order, as the
+    stage module's function takes them; None for one it does not read under these settings (a
+    trailing one may be left out). The base student (``RunDir.student_inputs``) is an input of every
+    stage that reads the ``student`` section, except the stage that writes it."""
+    names = READS[stage]
+    if len(sections) > len(names):
+        raise ValueError(f"stage {stage!r} reads {names}; got {len(sections)} sections")
+    given = dict(zip(names, sections))
+    params = {name: _section_params(stage, name, given.get(name)) for name in names}
+    params["prompts"] = prompts_hash(stage)
+    models = run.student_inputs() if run is not None and given.get("student") is not None and stage != "prepare_student" else []
+    return params, models
 
 
 def reads(*stages: str) -> list[str]:
@@ -117,4 +172,5 @@ def analysis(run: RunDir, cfg, *, force: bool = False) -> dict:
     from .analysis import analyse_run, make_judge
 
     analysis_cfg, teacher, data = _sections(cfg, "analysis")
-    return analyse_run(run, cfg=analysis_cfg, judge=make_judge(analysis_cfg, teacher, data, run), force=force)
+    return analyse_run(run, cfg=analysis_cfg, judge=make_judge(analysis_cfg, teacher, data, run),
+                       judge_from=(teacher, data), force=force)

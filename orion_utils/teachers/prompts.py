@@ -568,3 +568,9 @@ class PromptedTeacher:
         traces = self._fitted_traces("tailor", [problem], [fitted], [sample_index],
                                      [{"n_wrong_attempts": len(wrong_attempts)}])
         return self._one(traces, "tailor", problem)
+
+
+# Every text above that a teacher is sent: its hash is in the fingerprint of each stage that prompts a
+# teacher (``stages.PROMPTS``), so editing one reruns them.
+PROMPTS = (COLLECT_TEMPLATE, BOXED_INSTRUCTION, RECTIFY_TEMPLATE, RECTIFY_TEMPLATE_NO_WRONG, CORRUPT_TEMPLATE,
+           DEMONSTRATION_TEMPLATE, DEFAULT_CONTRASTIVE_DEMOS, TAILOR_TEMPLATE, ATTEMPT_TEMPLATE, JUDGE_TEMPLATE)

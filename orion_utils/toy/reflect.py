@@ -20,8 +20,10 @@ it must say that the reflector is rule-based. The same machinery writes the toy 
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from ..records import Problem
@@ -30,6 +32,9 @@ from .domain import LAST_STEP_CHECK, Step, gold_steps, parse_steps, solution_ste
 _BOXED_RE = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
 
 KINDS = ("start", "carry", "operation", "operand", "arithmetic", "missing", "extra", "answer")
+# The reflection texts are written in code below: this module's own source stands for them in the
+# fingerprint of the stages that write them (``stages.PROMPTS``), so any edit here reruns those stages.
+PROMPTS = (hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),)
 
 
 @dataclass(frozen=True)
