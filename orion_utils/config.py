@@ -5,7 +5,9 @@ A profile is a set of sections; each section is a flat dataclass owned by the st
 share it or when its stage's module imports torch: the training sections (``sft``, ``edit``,
 ``tailored``: ``TrainingConfig`` and the methods' extensions of it). Loading a profile imports no
 torch, transformers or TRL. A profile may start from another (``base: toy``) and override some keys.
-Unknown sections, unknown keys and wrong types are rejected with a message naming the key.
+Unknown sections, unknown keys, wrong types, values outside a knob's choices or range (each section's
+``__post_init__``, ``orion_utils.knobs``) and knobs that do not fit together (``cross_section_problems``) are
+rejected before any stage runs, in one ``ConfigError`` that names every such key, one line each.
 """
 from __future__ import annotations
 
@@ -134,7 +136,7 @@ class TrainingConfig:
     lora_target_modules: str = knob(
         "all-linear", "LoRA targets: all-linear or a comma-separated list (q_proj,k_proj,...)")
     load_in_4bit: bool = knob(False, "QLoRA: 4-bit base weights (CUDA + bitsandbytes; needs use_lora)")
-    learning_rate: float = knob(5e-4, "peak learning rate", gt=0.0)
+    learning_rate: float = knob(5e-4, "peak learning rate", ge=0.0)
     num_epochs: float = knob(2.0, "epochs over the training set (max_steps > 0 overrides)", gt=0.0)
     max_steps: int = knob(-1, "optimizer steps; > 0 overrides num_epochs, -1: by epochs", ge=-1)
     batch_size: int = knob(16, "examples per device per step", ge=1)

@@ -39,7 +39,7 @@ class PretrainConfig:
 
     max_steps: int = knob(850, "optimizer steps (the stopping rule; deterministic)", ge=1)
     time_budget_s: float = knob(
-        900.0, "safety cap: stop early if a step would start after this many seconds", gt=0.0)
+        900.0, "safety cap: stop early if a step would start after this many seconds", ge=0.0)
     batch_size: int = knob(12, "sequences per step", ge=1)
     lr: float = knob(3e-3, "peak learning rate", gt=0.0)
     lr_schedule: str = knob(
@@ -71,7 +71,7 @@ class PretrainConfig:
     seed: int = knob(0, "pre-training seed")
     threads: int = knob(1, "torch intra-op threads (1 is fastest for a ~1M-parameter model)", ge=1)
     prompt_template: str = knob("{question}", "how a question becomes the prompt")
-    log_every: int = knob(25, "log the loss every this many steps", ge=1)
+    log_every: int = knob(25, "log the loss every this many steps (0: never)", ge=0)
 
     def __post_init__(self) -> None:
         validate(self)
