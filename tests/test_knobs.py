@@ -155,3 +155,13 @@ def test_profile_table_shows_each_knobs_help(capsys):
     out = capsys.readouterr().out
     assert "section | key | value | help" in out
     assert "selection | 'perplexity' | which accepted rewrite is kept" in out
+
+
+@pytest.mark.parametrize("overrides,line", [
+    ({"training": {"load_in_4bit": True}}, "training.load_in_4bit: QLoRA trains adapters; set use_lora: true"),
+    ({"evaluation": {"n_samples": 0, "greedy": False}}, "evaluation.n_samples: 0 with greedy: false decodes nothing"),
+    ({"toy_domain": {"min_steps": 4, "max_steps": 3}}, "toy_domain.min_steps: need min_steps <= max_steps"),
+])
+def test_checks_across_the_knobs_of_one_section(overrides, line):
+    problems, _ = _load_problems(overrides)
+    assert problems == [line]  # once: the method sections inheriting `training` do not repeat it
