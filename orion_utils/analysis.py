@@ -54,13 +54,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import mean, median
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from .jsonl import read_jsonl, write_json
+from .knobs import knob, validate
 from .records import EvalSample
 from .report import DEFINITIONS, cell_text, claim_entry, write_report
 from .rundir import RunDir
@@ -75,6 +76,7 @@ Bucket = tuple  # (label, lo, hi): lo <= p < hi; the bucket with the largest hi 
 DEFAULT_BUCKETS: tuple = (("hard", 0.0, 0.25), ("medium", 0.25, 0.75), ("easy", 0.75, 1.0))
 TOKEN_KEYS = ("cot_perplexity", "cot_tokens_mean", "response_tokens_mean", "loss_delta_std")
 CONSISTENCY_KINDS = ("compute", "check")
+STEP_CONSISTENCY = ("auto", "on", "off")  # analysis.step_consistency
 CLAIM_MARGIN_POINTS = 2.0
 ANALYSIS_VERSION = 2
 
@@ -715,21 +717,30 @@ def training_set_table(run: RunDir, methods: Sequence[str], tokenizer: Any = Non
 class AnalysisConfig:
     """Parameters of the analysis stage (named, so a notebook can show and change them)."""
 
-    max_cots: Optional[int] = 512  # training CoTs scored per method for cot_perplexity (None: all)
-    batch_size: int = 16  # completion_nll batch size
-    buckets: list = field(default_factory=lambda: [list(b) for b in DEFAULT_BUCKETS])
-    step_consistency: str = "auto"  # auto (toy runs only) | on | off
-    consistency_kinds: list = field(default_factory=lambda: list(CONSISTENCY_KINDS))
-    margin_points: float = CLAIM_MARGIN_POINTS  # the headline claim's margin, in points
-    judge: bool = False  # real runs: the teacher judges the step consistency of training CoTs (costs calls)
-    judge_max_cots: int = 64  # training CoTs judged per method
+    max_cots: Optional[int] = knob(
+        512, "training CoTs scored per method for cot_perplexity (None: all)", ge=1)
+    batch_size: int = knob(16, "completion_nll batch size", ge=1)
+    buckets: list = knob(
+        factory=lambda: [list(b) for b in DEFAULT_BUCKETS], help="difficulty buckets of the base student's pass rate, [low, high] pairs")
+    step_consistency: str = knob(
+        "auto", "check the steps of training CoTs: auto (toy runs only), on or off", choices=STEP_CONSISTENCY)
+    consistency_kinds: list = knob(
+        factory=lambda: list(CONSISTENCY_KINDS), help="which step-consistency measures are computed", each=CONSISTENCY_KINDS)
+    margin_points: float = knob(CLAIM_MARGIN_POINTS, "the headline claim's margin, in points", ge=0.0)
+    judge: bool = knob(
+        False, "real runs: the teacher judges the step consistency of training CoTs (costs calls)")
+    judge_max_cots: int = knob(64, "training CoTs judged per method", ge=1)
     # intervals (every benchmark cell, and the headline's paired ORION − baseline differences)
-    bootstrap_resamples: int = 2000  # bootstrap resamples per interval
-    bootstrap_seed: int = 0  # the same run gives the same intervals
-    interval_level: float = 0.95
-    decide_max_width_points: float = 8.0  # headline: a paired interval wider than this (4 × the 2-point margin)
-    #   cannot tell "beats by the margin" from "no difference": "too small to decide". AIME24's 30 problems give
+    bootstrap_resamples: int = knob(2000, "bootstrap resamples per interval", ge=1)
+    bootstrap_seed: int = knob(0, "bootstrap seed: the same run gives the same intervals")
+    interval_level: float = knob(0.95, "confidence level of every interval", gt=0.0, le=1.0)
+    decide_max_width_points: float = knob(
+        8.0, "headline: a paired interval wider than this is too small to decide", gt=0.0)
+    # (4 × the 2-point margin) cannot tell "beats by the margin" from "no difference". AIME24's 30 problems give
     #   ~15-25 points, AMC23's 40 ~15-20; MATH500 ~5, GSM-Hard ~3 (one problem: 3.3, 2.5, 0.2, 0.08 points)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def judge_consistency(judge, cots: Sequence[tuple[str, str]]) -> dict:

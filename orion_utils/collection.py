@@ -23,13 +23,11 @@ from __future__ import annotations
 import json
 from typing import Callable, Optional
 
-from .config import DataConfig, StudentConfig, TeacherConfig, TrainingConfig
+from .config import TEACHER_KINDS, DataConfig, StudentConfig, TeacherConfig, TrainingConfig
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .records import Problem, SFTExample, TeacherTrace
 from .rundir import RunDir
 from .stages import fingerprint
-
-TEACHER_KINDS = ("toy", "api", "dataset", "local")
 
 
 def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_dir: Optional[str] = None):

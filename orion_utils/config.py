@@ -5,7 +5,9 @@ A profile is a set of sections; each section is a flat dataclass owned by the st
 share it or when its stage's module imports torch: the training sections (``sft``, ``edit``,
 ``tailored``: ``TrainingConfig`` and the methods' extensions of it). Loading a profile imports no
 torch, transformers or TRL. A profile may start from another (``base: toy``) and override some keys.
-Unknown sections, unknown keys and wrong types are rejected with a message naming the key.
+Unknown sections, unknown keys, wrong types, values outside a knob's choices or range (each section's
+``__post_init__``, ``orion_utils.knobs``) and knobs that do not fit together (``cross_section_problems``) are
+rejected before any stage runs, in one ``ConfigError`` that names every such key, one line each.
 """
 from __future__ import annotations
 
@@ -19,68 +21,101 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .device import DTYPE_CHOICES as DTYPES
 from .jsonl import _type_ok
+from .knobs import ConfigError, knob, validate
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
-
-class ConfigError(ValueError):
-    """A profile names an unknown key or gives a value of the wrong type."""
+# The allowed values of the enum knobs declared here (each read by the check in ``__post_init__``, the
+# help text and the stage that acts on it: training, edit, collection, generation import them from here).
+TEACHER_KINDS = ("toy", "api", "dataset", "local")
+FEEDBACK_TEACHER_KINDS = ("toy", "api", "local")  # teacher kinds whose teacher can rectify and corrupt (edit)
+TEACHER_WORDINGS = ("fixed", "varied")
+GENERATION_BACKENDS = ("auto", "transformers", "hf", "vllm")  # hf: transformers
+TRAINING_BACKENDS = ("auto", "trl", "unsloth")
+BATCHING_MODES = ("auto", "padding_free", "length_grouped", "padded")
+OVERLONG_MODES = ("truncate", "drop")
+PAIR_SOURCES = ("auto", "exposure", "teacher")
 
 
 @dataclass
 class StudentConfig:
-    model: str = "toy"  # "toy": build the local toy student; else a local path or a hub id
-    prompt_template: str = "{question}"  # how a question becomes the user turn
-    system_prompt: str = ""
-    dtype: str = "auto"
+    model: str = knob(
+        "toy", "\"toy\": build the local toy student; else a local path, a hub id or a .gguf file")
+    prompt_template: str = knob("{question}", "how a question becomes the user turn ({question} is replaced)")
+    system_prompt: str = knob("", "system turn of every student prompt (\"\": none)")
+    dtype: str = knob(
+        "auto", "the student's weights when trained/loaded: auto picks bf16/fp16 on CUDA, float32 elsewhere", choices=DTYPES)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass
 class DataConfig:
-    train_source: str = "toy"  # toy | s1k-1.1 | openr1-math-220k | limo | r1-samples
-    train_dir: str = ""  # local copy of the trace dataset ("" → the hub)
-    n_train: int = 200
-    benchmarks: list = field(default_factory=lambda: ["toy_test", "toy_hard"])
-    benchmark_dir: str = ""  # local benchmark JSONL files ("" → the hub)
-    benchmark_limit: int = 0  # 0 → every item
-    toy_test_size: int = 100
-    toy_hard_size: int = 100
-    seed: int = 0
+    train_source: str = knob(
+        "toy", "where the training questions (and a dataset teacher's CoTs) come from: toy | s1k-1.1 | openr1-math-220k | limo | r1-samples")
+    train_dir: str = knob("", "local copy of the trace dataset (\"\": the hub)")
+    n_train: int = knob(200, "training questions", ge=1)
+    benchmarks: list = knob(
+        factory=lambda: ["toy_test", "toy_hard"], help="benchmarks evaluated (toy_test, toy_hard, gsm8k, math500, aime24, ...)")
+    benchmark_dir: str = knob("", "local benchmark JSONL files (\"\": the hub)")
+    benchmark_limit: int = knob(0, "items per benchmark (0: every item)", ge=0)
+    toy_test_size: int = knob(100, "problems in the toy test benchmark", ge=1)
+    toy_hard_size: int = knob(100, "problems in the toy hard benchmark", ge=1)
+    seed: int = knob(0, "seed of the question sampling and the toy benchmarks")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass
 class TeacherConfig:
-    kind: str = "toy"  # toy | api | dataset | local
-    n_per_question: int = 1
-    error_rate: float = 0.1  # toy teacher only
-    wording: str = "fixed"  # toy teacher only: fixed (one wording per CoT) | varied (drawn line by line, as R1 does)
-    base_url: str = ""  # api
-    model: str = ""  # api model name, or local model path
-    api_key_env: str = ""  # name of the environment variable holding the key (never the key)
-    concurrency: int = 8
-    timeout_s: float = 600.0
-    max_retries: int = 6
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_tokens: int = 16384
-    price_input_per_m: float = 0.0
-    price_output_per_m: float = 0.0
-    seed: int = 0
-    gpu_memory_utilization: float = 0.0  # local teacher on vLLM: share of GPU memory; 0: vLLM's default
-    max_model_len: int = 0  # local teacher on vLLM: context length; 0: the model's own (may not fit the GPU)
+    kind: str = knob(
+        "toy", "who writes the CoTs: toy (the toy domain), api (an OpenAI-compatible server), dataset (existing traces), local (vLLM)", choices=TEACHER_KINDS)
+    n_per_question: int = knob(1, "teacher CoTs sampled per question", ge=1)
+    error_rate: float = knob(0.1, "toy teacher only: share of CoTs with a wrong step", ge=0.0, le=1.0)
+    wording: str = knob(
+        "fixed", "toy teacher only: fixed (one wording per CoT) or varied (drawn line by line, as R1 does)", choices=TEACHER_WORDINGS)
+    base_url: str = knob("", "api: the server's base URL")
+    model: str = knob("", "api: the model name; local: the model path")
+    api_key_env: str = knob("", "api: name of the environment variable holding the key (never the key)")
+    concurrency: int = knob(8, "api: requests in flight at once", ge=1)
+    timeout_s: float = knob(600.0, "api: seconds before a request is retried", gt=0)
+    max_retries: int = knob(6, "api: retries of a failed request", ge=0)
+    temperature: float = knob(0.6, "teacher sampling temperature", ge=0.0)
+    top_p: float = knob(0.95, "teacher nucleus sampling", gt=0.0, le=1.0)
+    max_tokens: int = knob(16384, "longest teacher output, in tokens", ge=1)
+    price_input_per_m: float = knob(0.0, "api: price of a million prompt tokens (for the cost line)", ge=0.0)
+    price_output_per_m: float = knob(0.0, "api: price of a million output tokens (for the cost line)", ge=0.0)
+    seed: int = knob(0, "teacher sampling seed")
+    gpu_memory_utilization: float = knob(
+        0.0, "local teacher on vLLM: share of GPU memory (0: vLLM's default)", ge=0.0, le=1.0)
+    max_model_len: int = knob(
+        0, "local teacher on vLLM: context length (0: the model's own; may not fit the GPU)", ge=0)
     # api: the model's context in tokens (prompt + output), for the prompt budget (orion_utils.budget);
     # 0: 131072, deepseek-reasoner's 128K. Prompts are counted approximately there (3 characters a token).
-    max_context_tokens: int = 0
+    max_context_tokens: int = knob(
+        0, "api: the model's context in tokens, for the prompt budget (0: 131072)", ge=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass
 class GenerationConfig:
-    backend: str = "auto"  # auto | transformers | vllm
-    batch_size: int = 64  # transformers: prompts per batch (vLLM schedules its own batches)
-    dtype: str = "auto"
-    gpu_memory_utilization: float = 0.0  # vLLM: share of GPU memory it may take; 0: vLLM's default
-    max_model_len: int = 0  # vLLM: context length (prompt + completion); 0: the model's own
+    backend: str = knob(
+        "auto", "student generation engine: auto (vLLM where installed and CUDA is there, else transformers)", choices=GENERATION_BACKENDS)
+    batch_size: int = knob(64, "transformers: prompts per batch (vLLM schedules its own batches)", ge=1)
+    dtype: str = knob(
+        "auto", "dtype the student generates in (auto: bf16/fp16 on CUDA, float32 elsewhere)", choices=DTYPES)
+    gpu_memory_utilization: float = knob(
+        0.0, "vLLM: share of GPU memory it may take (0: vLLM's default)", ge=0.0, le=1.0)
+    max_model_len: int = knob(0, "vLLM: context length, prompt + completion (0: the model's own)", ge=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 # --- the training sections: `training.py` trains with them (EDIT's stage 2 and Tailored Learning's rounds
@@ -92,40 +127,53 @@ class TrainingConfig:
     """Hyper-parameters of one SFT run. Flat and simple-typed: it is a profile section and a set of
     notebook parameters. ``sft`` and ``orion`` are trained with the same instance."""
 
-    backend: str = "auto"  # auto | trl | unsloth
-    use_lora: bool = False  # the toy student is tiny: full fine-tuning by default; real profiles set True
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "all-linear"  # or a comma-separated list: "q_proj,k_proj,v_proj,o_proj"
-    load_in_4bit: bool = False  # QLoRA (CUDA + bitsandbytes; needs use_lora)
-    learning_rate: float = 5e-4
-    num_epochs: float = 2.0
-    max_steps: int = -1  # > 0 overrides num_epochs
-    batch_size: int = 16  # per device
-    grad_accum: int = 1
-    max_seq_len: int = 512  # prompt + assistant turn
-    overlong: str = "truncate"  # examples longer than max_seq_len: truncate (they lose their end of
-    #                             turn) | drop (real long-CoT runs: a cut CoT teaches never finishing)
-    same_questions: bool = True  # every CoT-trained method trains on the same questions, decided once in stage 01
-    #                              (collection's docstring: the rule); false: each keeps what its own data gives
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    lr_scheduler: str = "cosine"
-    batching: str = "auto"  # auto | padding_free | length_grouped | padded  (auto: see training.resolve_batching)
-    gradient_checkpointing: bool = False
-    logging_steps: int = 5
-    seed: int = 0
+    backend: str = knob(
+        "auto", "training stack: auto (Unsloth where installed and CUDA is there, else TRL)", choices=TRAINING_BACKENDS)
+    use_lora: bool = knob(False, "train LoRA adapters instead of every weight")
+    lora_r: int = knob(16, "LoRA rank", ge=1)
+    lora_alpha: int = knob(32, "LoRA scaling alpha", gt=0)
+    lora_dropout: float = knob(0.0, "LoRA dropout", ge=0.0, le=1.0)
+    lora_target_modules: str = knob(
+        "all-linear", "LoRA targets: all-linear or a comma-separated list (q_proj,k_proj,...)")
+    load_in_4bit: bool = knob(False, "QLoRA: 4-bit base weights (CUDA + bitsandbytes; needs use_lora)")
+    learning_rate: float = knob(5e-4, "peak learning rate", ge=0.0)
+    num_epochs: float = knob(2.0, "epochs over the training set (max_steps > 0 overrides)", gt=0.0)
+    max_steps: int = knob(-1, "optimizer steps; > 0 overrides num_epochs, -1: by epochs", ge=-1)
+    batch_size: int = knob(16, "examples per device per step", ge=1)
+    grad_accum: int = knob(1, "gradient accumulation steps", ge=1)
+    max_seq_len: int = knob(512, "longest training sequence, prompt + assistant turn, in tokens", ge=1)
+    overlong: str = knob(
+        "truncate", "examples longer than max_seq_len: truncate (lose their end of turn) or drop", choices=OVERLONG_MODES)
+    # drop for real long-CoT runs: a cut CoT teaches never finishing
+    same_questions: bool = knob(
+        True, "every CoT-trained method trains on the same questions (decided in stage 01)")
+    # (collection's docstring: the rule); false: each keeps what its own data gives
+    warmup_ratio: float = knob(0.05, "share of the steps warming the learning rate up", ge=0.0, le=1.0)
+    weight_decay: float = knob(0.0, "AdamW weight decay", ge=0.0)
+    lr_scheduler: str = knob(
+        "cosine", "learning-rate schedule (a transformers scheduler name: cosine, linear, constant, ...)")
+    batching: str = knob(
+        "auto", "how sequences are batched (auto: see training.resolve_batching)", choices=BATCHING_MODES)
+    gradient_checkpointing: bool = knob(
+        False, "recompute activations in the backward pass (less memory, slower)")
+    logging_steps: int = knob(5, "log the loss every this many steps", ge=1)
+    seed: int = knob(0, "training seed")
     # --- additions (flat as well) ---
-    attn_implementation: str = "auto"  # auto (flash_attention_2 on CUDA when installed, else sdpa) | sdpa | eager | ...
-    length_group_window: int = 64  # length_grouped: sort within windows of this many batches
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
-    save_steps: int = 0  # checkpoint every N optimizer steps; 0: at the end of every epoch; < 0: never
-    keep_checkpoints: bool = False  # keep output_dir/checkpoints after the final model is written
-    progress_bar: bool = False  # show the Trainer's progress bar / log table
-    cpu_threads: int = 0  # CPU only: torch intra-op threads while training; 0: auto (device.cpu_threads_for:
-    #                       1 for a local model under 200M parameters; else torch's)
+    attn_implementation: str = knob(
+        "auto", "attention kernel: auto (flash_attention_2 on CUDA when installed, else sdpa) | sdpa | eager | ...")
+    length_group_window: int = knob(64, "length_grouped: sort within windows of this many batches", ge=1)
+    max_grad_norm: float = knob(1.0, "gradient clipping norm", ge=0.0)
+    optim: str = knob("adamw_torch", "optimizer (a transformers optim name)")
+    save_steps: int = knob(0, "checkpoint every N optimizer steps; 0: every epoch; < 0: never")
+    keep_checkpoints: bool = knob(False, "keep output_dir/checkpoints after the final model is written")
+    progress_bar: bool = knob(False, "show the Trainer's progress bar and log table")
+    cpu_threads: int = knob(
+        0, "CPU only: torch threads while training (0: auto, 1 for a small local model)", ge=0)
+    # auto: device.cpu_threads_for, 1 for a local model under 200M parameters; else torch's
+
+    def __post_init__(self) -> None:
+        four_bit = ["load_in_4bit: QLoRA trains adapters; set use_lora: true"] if self.load_in_4bit and not self.use_lora else []
+        validate(self, four_bit)
 
 
 @dataclass
@@ -134,14 +182,17 @@ class EditConfig(TrainingConfig):
     whose values a profile's ``edit`` section inherits from its ``sft`` section) plus EDIT's own.
     Stage 1 is ``train_sft`` with the ``sft`` section; stage 2 trains with this one."""
 
-    pair_source: str = "auto"  # auto: teacher if the teacher can rectify/corrupt, else exposure | teacher | exposure
-    max_pairs_per_problem: int = 4  # 0 → no limit
-    alpha: float = 1.0  # weight of the chosen CoT's key tokens (paper: 1.0)
-    beta: float = 0.025  # weight of the rejected CoT's key tokens (paper: 0.025)
-    nll_guard: Optional[float] = 5.0  # skip rejected key tokens whose NLL is already above this; None: no guard
+    pair_source: str = knob(
+        "auto", "where EDIT's dual CoT pairs come from: auto (teacher if it can rectify/corrupt, else exposure)", choices=PAIR_SOURCES)
+    max_pairs_per_problem: int = knob(4, "dual pairs kept per problem (0: no limit)", ge=0)
+    alpha: float = knob(1.0, "weight of the chosen CoT's key tokens (paper: 1.0)", ge=0.0)
+    beta: float = knob(0.025, "weight of the rejected CoT's key tokens (paper: 0.025)", ge=0.0)
+    nll_guard: Optional[float] = knob(
+        5.0, "skip rejected key tokens whose NLL is already above this (None: no guard)", gt=0.0)
     # stage 2 defaults where they differ from sft's (a profile's values come from its sft section)
-    num_epochs: float = 1.0
-    batch_size: int = 2  # pairs per step (2× sequences in the forward pass)
+    num_epochs: float = knob(
+        1.0, "stage-2 epochs (the sft section's value when the profile gives one)", gt=0.0)
+    batch_size: int = knob(2, "pairs per step (2 sequences each in the forward pass)", ge=1)
 
 
 @dataclass
@@ -150,25 +201,29 @@ class TailoredConfig(TrainingConfig):
     (``sft``'s fields, whose values a profile's ``tailored`` section inherits from its ``sft``
     section) plus Tailored Learning's own. Every round trains with it."""
 
-    rounds: int = 2  # learning rounds after the round-0 exam (1: teacher rationales only)
+    rounds: int = knob(2, "learning rounds after the round-0 exam (1: teacher rationales only)", ge=1)
     # exam
-    exam_samples: int = 4  # answers per question (paper: 4)
-    exam_temperature: float = 1.0  # paper: 1.0
-    exam_top_p: float = 1.0
-    exam_max_new_tokens: int = 1024
+    exam_samples: int = knob(4, "exam answers per question (paper: 4)", ge=1)
+    exam_temperature: float = knob(1.0, "exam sampling temperature (paper: 1.0)", ge=0.0)
+    exam_top_p: float = knob(1.0, "exam nucleus sampling", gt=0.0, le=1.0)
+    exam_max_new_tokens: int = knob(1024, "longest exam answer, in tokens", ge=1)
     # teacher
-    teacher_samples: int = 2  # round-1 rationales per question; ≥ 2 gives the triplet its positives
-    tailor_samples: int = 1  # rounds ≥ 2: tailored rationales per question the student got wrong
-    max_wrong_shown: int = 4  # wrong rationales shown to the teacher per question
+    teacher_samples: int = knob(
+        2, "round-1 rationales per question (>= 2 gives the triplet its positives)", ge=1)
+    tailor_samples: int = knob(1, "rounds >= 2: tailored rationales per question the student got wrong", ge=1)
+    max_wrong_shown: int = knob(4, "wrong rationales shown to the teacher per question", ge=1)
     # loss
-    prefix_weight: float = 0.0  # MLE weight of the prompt ("prefix") tokens; rationale tokens get 1. Paper:
-    #                             0.1, which cost the toy student 13 points of exam accuracy after round 1 (notebook 06)
-    lam: float = 0.5  # λ, weight of the self-reflection (triplet) loss
-    margin: float = 1.0  # triplet margin; distance is −cosine
-    triplet_layer: int = -1  # hidden state fed to the triplet loss: -1 the last (post-norm), -2 the one below...
+    prefix_weight: float = knob(
+        0.0, "MLE weight of the prompt tokens; rationale tokens get 1 (paper: 0.1)", ge=0.0)
+    # the paper's 0.1 cost the toy student 13 points of exam accuracy after round 1 (notebook 06)
+    lam: float = knob(0.5, "lambda, weight of the self-reflection (triplet) loss", ge=0.0)
+    margin: float = knob(1.0, "triplet margin; the distance is -cosine", ge=0.0)
+    triplet_layer: int = knob(
+        -1, "hidden state fed to the triplet loss: -1 the last (post-norm), -2 the one below, ...")
     # training defaults where they differ from sft's (a profile's values come from its sft section)
-    num_epochs: float = 1.0
-    batch_size: int = 4  # rationales per step, all of different questions
+    num_epochs: float = knob(
+        1.0, "epochs per round (the sft section's value when the profile gives one)", gt=0.0)
+    batch_size: int = knob(4, "rationales per step, all of different questions", ge=1)
 
 
 SECTIONS: dict[str, str] = {
@@ -203,20 +258,26 @@ def section_class(name: str) -> type:
 
 
 def build_section(cls: type, values: dict, where: str) -> Any:
-    """Make a section dataclass from a dict, naming any unknown key or wrongly typed value."""
+    """Make a section dataclass from a dict. One ``ConfigError`` names every unknown key, wrongly typed
+    value and value outside its choices or range (the section's ``__post_init__``), one line each."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where} should be a mapping of keys to values, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
+    problems = []
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"unknown key '{where}.{key}' (known keys: {', '.join(known)})")
-        if not _type_ok(value, hints[key]):
-            raise ConfigError(
-                f"'{where}.{key}' should be {getattr(hints[key], '__name__', hints[key])}, "
-                f"got {type(value).__name__} {value!r}"
-            )
-    return cls(**values)
+            problems.append(f"unknown key '{where}.{key}' (known keys: {', '.join(known)})")
+        elif not _type_ok(value, hints[key]):
+            problems.append(f"'{where}.{key}' should be {getattr(hints[key], '__name__', hints[key])}, "
+                            f"got {type(value).__name__} {value!r}")
+    if problems:
+        raise ConfigError("\n".join(problems), problems)
+    try:
+        return cls(**values)
+    except ConfigError as exc:  # the section's own checks: name the section in each line
+        lines = [f"{where}.{p}" for p in exc.problems]
+        raise ConfigError("\n".join(lines), lines) from None
 
 
 @dataclass
@@ -320,6 +381,13 @@ def check_token_budgets(sections: dict) -> None:
     (``generation.max_model_len`` for the student's sections; a teacher's ``max_model_len`` or
     ``max_context_tokens`` for ``teacher.max_tokens``). A context left at 0 (the model's own) is checked
     when the engine opens (``orion_utils.budget``)."""
+    problems = token_budget_problems(sections)
+    if problems:
+        raise ConfigError("; ".join(problems) + " (max_new_tokens must be below the context length)", problems)
+
+
+def token_budget_problems(sections: dict) -> list[str]:
+    """``check_token_budgets``'s problems, one line each."""
     problems = []
     context = getattr(sections.get("generation"), "max_model_len", 0) or 0
     for name, key in GENERATING_SECTIONS:
@@ -332,8 +400,69 @@ def check_token_budgets(sections: dict) -> None:
         if limit and (getattr(teacher, "max_tokens", 0) or 0) >= limit:
             problems.append(f"teacher.max_tokens={teacher.max_tokens} leaves no room for a prompt in "
                             f"teacher.{key}={limit}")
-    if problems:
-        raise ConfigError("; ".join(problems) + " (max_new_tokens must be below the context length)")
+    return problems
+
+
+def cross_section_problems(sections: dict) -> list[str]:
+    """Checks across sections that need no tokenizer (one line each): token budgets, and knobs that ask
+    something of another section (the teacher a method needs, the student a reflector works for)."""
+    problems = token_budget_problems(sections)
+    teacher, student = sections.get("teacher"), sections.get("student")
+    kind, model = getattr(teacher, "kind", "toy"), getattr(student, "model", "toy")
+    if getattr(sections.get("reflection"), "reflector", "") == "student" and model != "toy":
+        problems.append(f"reflection.reflector: 'student' is the toy domain's reflector, not for student.model="
+                        f"{model!r}; use 'llm' (or 'auto')")
+    if getattr(sections.get("edit"), "pair_source", "") == "teacher" and kind not in FEEDBACK_TEACHER_KINDS:
+        problems.append(f"edit.pair_source: 'teacher' needs a teacher that can rectify and corrupt "
+                        f"(teacher.kind one of {FEEDBACK_TEACHER_KINDS}), not teacher.kind={kind!r}; use 'auto'")
+    tailored = sections.get("tailored")
+    methods = getattr(sections.get("evaluation"), "methods", []) or []
+    if "tailored" in methods and kind == "dataset" and getattr(tailored, "rounds", 1) >= 2:
+        problems.append("evaluation.methods: 'tailored' with tailored.rounds >= 2 asks the teacher for tailored "
+                        "rationales, which teacher.kind='dataset' cannot write; set tailored.rounds: 1, "
+                        "another teacher.kind, or leave 'tailored' out")
+    if getattr(sections.get("analysis"), "judge", False) and kind not in ("api", "local"):
+        problems.append(f"analysis.judge: needs a prompted teacher (teacher.kind 'api' or 'local'), "
+                        f"not teacher.kind={kind!r}")
+    return problems
+
+
+def _build_sections(raw: dict) -> tuple[dict, list[str]]:
+    """The sections a raw profile gives, and every problem found in them (one line each)."""
+    sections, problems = {}, []
+
+    def build(name: str, values: Any) -> None:
+        try:
+            sections[name] = build_section(section_class(name), values, name)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+
+    for key, value in raw.items():
+        if key in TOP_LEVEL:
+            if not isinstance(value, TOP_LEVEL[key]):
+                problems.append(f"'{key}' should be {TOP_LEVEL[key].__name__}, got {type(value).__name__}")
+        elif key in RENAMED:
+            problems.append(f"section '{key}' is now called '{RENAMED[key]}': rename it in the profile")
+        elif key not in SECTIONS:
+            problems.append(f"unknown section '{key}' (known: {', '.join(sorted(set(SECTIONS) | set(TOP_LEVEL)))})")
+        elif key not in SECTION_BASES:
+            build(key, value or {})
+    for name, base in SECTION_BASES.items():
+        inherited = raw.get(base) or {}
+        own = raw.get(name) or {}
+        if not isinstance(own, dict):
+            build(name, own)
+        elif isinstance(inherited, dict) and inherited:
+            before = len(problems)
+            build(name, {**inherited, **own})
+            # a value it inherits is reported once, on the base section
+            stated = tuple(f"{base}.{k}:" for k in inherited if k not in own)
+            repeated = tuple(f"{name}.{k}:" for k in inherited if k not in own)
+            problems[before:] = [p for p in problems[before:] if not (
+                p.startswith(repeated) and any(q.startswith(stated) for q in problems[:before]))]
+        elif name in raw:
+            build(name, own)
+    return sections, problems
 
 
 def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = None) -> Profile:
@@ -344,28 +473,16 @@ def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = Non
     raw = _raw_profile(name_or_path)
     if overrides:
         raw = _deep_merge(raw, overrides)
-    sections = {}
-    for key, value in raw.items():
-        if key in TOP_LEVEL:
-            if not isinstance(value, TOP_LEVEL[key]):
-                raise ConfigError(f"'{key}' should be {TOP_LEVEL[key].__name__}, got {type(value).__name__}")
-            continue
-        if key in RENAMED:
-            raise ConfigError(f"section '{key}' is now called '{RENAMED[key]}': rename it in the profile")
-        if key not in SECTIONS:
-            raise ConfigError(
-                f"unknown section '{key}' (known: {', '.join(sorted(set(SECTIONS) | set(TOP_LEVEL)))})"
-            )
-        sections[key] = build_section(section_class(key), value or {}, key)
-    for name, base in SECTION_BASES.items():
-        inherited = raw.get(base) or {}
-        if isinstance(inherited, dict) and inherited:
-            sections[name] = build_section(section_class(name), {**inherited, **(raw.get(name) or {})}, name)
+    sections, problems = _build_sections(raw)
     for name in SECTIONS:  # sections a profile leaves out take their defaults
         if name not in sections:
             sections[name] = section_class(name)()
+    if not problems:  # cross-section checks read every section as built
+        problems = cross_section_problems(sections)
+    if problems:
+        raise ConfigError(f"profile {raw.get('profile')!r}: {len(problems)} problem(s):\n  " + "\n  ".join(problems),
+                          problems)
     _resolve_paths(sections)
-    check_token_budgets(sections)
     students = list(raw.get("students") or [])
     student_runs(students)  # a malformed entry fails here, when the profile loads
     return Profile(

@@ -70,6 +70,7 @@ _DTYPE_NAMES = {
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float16": "float16", "fp16": "float16", "half": "float16",
 }
+DTYPE_CHOICES = ("auto", *_DTYPE_NAMES)  # the names a profile's dtype knobs take (config.DTYPES)
 
 
 # --------------------------------------------------------------------------------------------------

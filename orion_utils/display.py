@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import html
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 from typing import Any, Iterable, Optional, Sequence
+
+from .knobs import help_text
 
 
 def _in_notebook() -> bool:
@@ -95,17 +97,19 @@ def report(path) -> None:
 
 
 def profile_rows(profile, sections: Sequence[str]) -> list[dict]:
-    """One row per knob of the named sections of a loaded profile (``config.Profile``): section, key, value."""
+    """One row per knob of the named sections of a loaded profile (``config.Profile``): section, key, value
+    and its one-line help (``knobs.help_text``: the field's help and allowed values)."""
     unknown = [s for s in sections if s not in profile.sections]
     if unknown:
         raise KeyError(f"no section {', '.join(map(repr, unknown))} in profile {profile.name!r}")
-    return [{"section": name, "key": key, "value": repr(value)}
-            for name in sections for key, value in asdict(profile.sections[name]).items()]
+    return [{"section": name, "key": f.name, "value": repr(getattr(profile.sections[name], f.name)),
+             "help": help_text(f)}
+            for name in sections for f in fields(profile.sections[name])]
 
 
 def profile_table(profile, sections: Sequence[str]) -> None:
-    """The knobs a notebook uses: every key of the named sections of the profile, with its value."""
+    """The knobs a notebook uses: every key of the named sections of the profile, with its value and help."""
     title = f"profile {profile.name}: {', '.join(sections)}"
     if getattr(profile, "overrides", None):
         title += f" (overrides: {profile.overrides!r})"
-    table(profile_rows(profile, sections), ["section", "key", "value"], max_chars=200, title=title)
+    table(profile_rows(profile, sections), ["section", "key", "value", "help"], max_chars=200, title=title)

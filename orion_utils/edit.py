@@ -40,17 +40,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from .chat import encode_for_training
-from .config import EditConfig, TrainingConfig
+from .config import FEEDBACK_TEACHER_KINDS, PAIR_SOURCES, EditConfig, TrainingConfig
 from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
 from .rundir import EditDir, KeyStepDir, SavedModel, read_or_make
 from .training import OrionSFTTrainer, TrainerMethod, TrainResult, train_method, train_sft
 
 PathLike = Union[str, Path]
 
-PAIR_SOURCES = ("auto", "exposure", "teacher")
 SOURCE_LABELS = {"exposure": "error_exposure", "teacher": "teacher_prompts"}  # DualPair.source
-# teacher kinds (collection.TEACHER_KINDS) whose teacher can rectify and corrupt (a FeedbackTeacher)
-FEEDBACK_TEACHER_KINDS = ("toy", "api", "local")
 
 
 def resolve_pair_source(source: str, teacher_kind: str) -> str:

@@ -8,7 +8,7 @@ A benchmark is generated in chunks of ``evaluation.chunk_questions`` problems, e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Optional, Sequence
@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 from .config import GenerationConfig, StudentConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
+from .knobs import knob, validate
 from .methods import METHODS as _REGISTRY
 from .records import EvalSample, Problem
 from .rundir import RunDir, chunk_seed, run_in_chunks
@@ -26,19 +27,24 @@ METHODS = tuple(_REGISTRY)  # every method a run can evaluate (orion_utils.metho
 
 @dataclass
 class EvaluationConfig:
-    methods: list = field(default_factory=lambda: list(METHODS))
-    n_samples: int = 4  # samples per problem for pass@1
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    greedy: bool = True  # also decode greedily once per problem
-    seed: int = 0
+    methods: list = knob(
+        factory=lambda: list(METHODS), help="methods evaluated (the registry: orion_utils.methods)", each=METHODS)
+    n_samples: int = knob(4, "samples per problem for pass@1 (0: greedy decoding only)", ge=0)
+    temperature: float = knob(0.6, "sampling temperature for pass@1", ge=0.0)
+    top_p: float = knob(0.95, "nucleus sampling for pass@1", gt=0.0, le=1.0)
+    max_new_tokens: int = knob(256, "longest answer, in tokens", ge=1)
+    greedy: bool = knob(True, "also decode greedily once per problem")
+    seed: int = knob(0, "sampling seed")
     # methods evaluated at once, each in its own process (a CPU core each for a small student; on one
     # GPU keep 1); the samples do not depend on it
-    workers: int = 1
+    workers: int = knob(1, "methods evaluated at once, one process each (on one GPU keep 1)", ge=1)
     # questions per generation call; each finished chunk is saved (eval/<method>/<benchmark>.partial.jsonl),
     # so a crash or a disconnect loses at most one; the samples do not depend on an interruption
-    chunk_questions: int = 64
+    chunk_questions: int = knob(64, "questions per generation call; each finished chunk is saved", ge=1)
+
+    def __post_init__(self) -> None:
+        nothing = ["n_samples: 0 with greedy: false decodes nothing"] if self.n_samples == 0 and not self.greedy else []
+        validate(self, nothing)
 
 
 def grade_generations(method: str, benchmark: str, problems: Sequence[Problem], outputs, decoding: str) -> list[EvalSample]:

@@ -17,26 +17,33 @@ from typing import Optional
 from .config import GenerationConfig, StudentConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
+from .knobs import knob, validate
 from .records import Problem, SFTExample, StudentAttempt
 from .rundir import RunDir, chunk_seed, run_in_chunks
 from .stages import fingerprint
 
+EXPOSURE_SOURCES = ("base", "primed")
 
 @dataclass
 class ExposureConfig:
-    source: str = "base"  # base: the student as it is | primed: after a short SFT on the teacher CoTs
-    k: int = 4  # samples per question
-    temperature: float = 0.8
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    priming_epochs: float = 1.0  # source=primed only: epochs of that short SFT
+    source: str = knob(
+        "base", "who makes the errors: base (the student as it is) or primed (after a short SFT on the teacher CoTs)", choices=EXPOSURE_SOURCES)
+    k: int = knob(4, "student samples per question", ge=1)
+    temperature: float = knob(0.8, "sampling temperature of the student's attempts", ge=0.0)
+    top_p: float = knob(0.9, "nucleus sampling of the student's attempts", gt=0.0, le=1.0)
+    max_new_tokens: int = knob(256, "longest student attempt, in tokens", ge=1)
+    priming_epochs: float = knob(1.0, "source=primed only: epochs of that short SFT", gt=0.0)
     # questions per generation call; each finished chunk is saved, so a crash or a disconnect loses at most
     # one (its samples do not depend on an interruption: rundir.chunk_seed)
-    chunk_questions: int = 32
+    chunk_questions: int = knob(32, "questions per generation call; each finished chunk is saved", ge=1)
     # an attempt cut off at max_new_tokens with no final answer is "unfinished", counted apart from the wrong
     # ones; False: it is not an error to reflect on (it shows no mistake, only that the budget ran out)
-    unfinished_as_errors: bool = False
-    seed: int = 0
+    unfinished_as_errors: bool = knob(
+        False, "an attempt cut off with no answer counts as an error to reflect on")
+    seed: int = knob(0, "sampling seed")
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def _normalise(text: str) -> str:
@@ -146,8 +153,8 @@ def run_error_exposure(
     """Write ``student_attempts.jsonl``, ``error_attempts.jsonl`` and ``pass_rates.json``."""
     generation = generation or GenerationConfig()
     student = student or StudentConfig()
-    if cfg.source not in ("base", "primed"):
-        raise ValueError(f"exposure.source must be 'base' or 'primed', got {cfg.source!r}")
+    if cfg.source not in EXPOSURE_SOURCES:
+        raise ValueError(f"exposure.source must be one of {EXPOSURE_SOURCES}, got {cfg.source!r}")
     problems_path, cots_path = run.train_problems, run.teacher_sft_set
     attempts_path, errors_path, rates_path = run.student_attempts, run.error_attempts, run.pass_rates
     params, models = fingerprint(run, "error_exposure", cfg, generation, student,

@@ -41,6 +41,7 @@ from typing import Any
 
 from . import device as device_rules
 from .chat import build_messages
+from .config import GENERATION_BACKENDS
 
 Prompt = str | list  # a question, or a list of {"role", "content"} messages
 
@@ -211,7 +212,7 @@ def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[st
     req = (requested or "auto").strip().lower()
     if req == "hf":
         req = "transformers"
-    if req not in ("auto", "transformers", "vllm"):
+    if req not in GENERATION_BACKENDS:
         raise ValueError(f"unknown generation backend {requested!r}: use 'auto', 'transformers' or 'vllm'")
     installed, words = _vllm_status()
     if req == "transformers":

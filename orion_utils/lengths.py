@@ -13,13 +13,18 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from .chat import encode_for_training
+from .knobs import knob, validate
 
 
 @dataclass
 class LongCotsConfig:
-    source: str = ""  # a trace dataset (limo, s1k-1.1, ...) whose CoT lengths notebook 01 shows; "": none
-    data_dir: str = ""  # its local file or directory ("": the hub)
-    limit: int = 0  # 0: every row
+    source: str = knob(
+        "", "a trace dataset (limo, s1k-1.1, ...) whose CoT lengths notebook 01 shows (\"\": none)")
+    data_dir: str = knob("", "its local file or directory (\"\": the hub)")
+    limit: int = knob(0, "rows read (0: every row)", ge=0)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 def token_lengths(tokenizer, pairs: Sequence[tuple[str, str]], prompt_template: str = "{question}",

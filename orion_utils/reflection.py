@@ -28,6 +28,7 @@ from .config import GenerationConfig, StudentConfig
 from .generation import StageModel
 from .grading import grade
 from .jsonl import read_jsonl, write_jsonl
+from .knobs import knob, validate
 from .records import Problem, Refinement, SFTExample, StudentAttempt
 from .rundir import RunDir
 from .stages import fingerprint
@@ -53,27 +54,35 @@ PROMPTS = (REFLECTION_PROMPT,)  # in stage 03's fingerprint (stages.PROMPTS)
 
 @dataclass
 class ReflectionConfig:
-    reflector: str = "auto"  # auto: student for the toy student, llm otherwise | student | rule | llm
-    m: int = 4  # candidates per (question, wrong attempt)
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 4096
-    selection: str = "perplexity"  # perplexity (lowest student NLL: most "tailored") | shortest | first
-    seed: int = 0
+    reflector: str = knob(
+        "auto", "who rewrites the teacher CoT around the error: auto (student for the toy student, llm otherwise)", choices=("auto",) + REFLECTORS)
+    m: int = knob(4, "candidate rewrites per (question, wrong attempt)", ge=1)
+    temperature: float = knob(0.7, "sampling temperature of the rewrites", ge=0.0)
+    top_p: float = knob(0.95, "nucleus sampling of the rewrites", gt=0.0, le=1.0)
+    max_new_tokens: int = knob(4096, "longest rewrite, in tokens", ge=1)
+    selection: str = knob(
+        "perplexity", "which accepted rewrite is kept: perplexity (lowest student NLL), shortest or first", choices=SELECTION_RULES)
+    seed: int = knob(0, "sampling seed")
     # Take the quoted wrong step (the student's own wrong line, which the refined CoT quotes before
     # checking it) out of the SFT loss, so the student is not trained to write it again.
-    mask_wrong_step: bool = True
+    mask_wrong_step: bool = knob(True, "take the quoted wrong step out of the SFT loss")
     # Acceptance beyond a verified answer (orion_utils.acceptance; the measurements behind each default are
     # in the README's "Acceptance of a rewrite", from bench/acceptance_checks.py):
     # reflects: a line/equation/number only the wrong attempt has, quoted within this many characters of
     # reflection language (None: not checked). Toy quotes: 0-59 chars; smol: median 25, p90 127
-    reflect_window: Optional[int] = 200
+    reflect_window: Optional[int] = knob(
+        200, "acceptance: characters between the quoted error and reflection language (None: not checked)", ge=0)
     # keeps the teacher's reasoning: share of the teacher CoT's derived numbers found in the rewrite (0: off).
     # Another question's long CoT: median 0.24, p90 0.50; toy verified candidates: p10 1.0
-    min_coverage: float = 0.5
+    min_coverage: float = knob(
+        0.5, "acceptance: share of the teacher CoT's derived numbers the rewrite keeps (0: off)", ge=0.0, le=1.0)
     # more than a copy: normalised similarity to the teacher CoT must stay below this (None: not checked).
     # Toy rewrites (both reflectors) at most 0.943; a long CoT with one paragraph inserted at least 0.971
-    max_copy_similarity: Optional[float] = 0.95
+    max_copy_similarity: Optional[float] = knob(
+        0.95, "acceptance: similarity to the teacher CoT must stay below this (None: not checked)", ge=0.0, le=1.0)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass

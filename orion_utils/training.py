@@ -57,7 +57,8 @@ import torch
 
 from . import device as device_rules
 from .chat import encode_for_training
-from .config import TrainingConfig
+from .config import BATCHING_MODES, OVERLONG_MODES, TrainingConfig
+from .config import TRAINING_BACKENDS as BACKENDS
 from .jsonl import write_json
 from .records import SFTExample
 from .rundir import TrainedDir, is_saved_model
@@ -81,9 +82,6 @@ __all__ = [
     "what_ran",
 ]
 
-BACKENDS = ("auto", "trl", "unsloth")
-BATCHING_MODES = ("auto", "padding_free", "length_grouped", "padded")
-OVERLONG_MODES = ("truncate", "drop")
 # attention kernels that run a flattened (padding-free) batch as separate sequences without a dense mask
 VARLEN_ATTENTION = (
     "flash_attention_2",

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from orion_utils.config import DataConfig, StudentConfig
+from orion_utils.config import ConfigError, DataConfig, StudentConfig
 from orion_utils.exposure import ExposureConfig, run_error_exposure
 from orion_utils.prepare import run_prepare_data, run_prepare_student
 from orion_utils.rundir import RunDir, StageInputMissing
@@ -20,8 +20,12 @@ def test_missing_model_path_is_named(tmp_path):
 
 def test_empty_training_set_is_refused(tmp_path):
     run = RunDir(tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"n_train: 0 is out of range; must be >= 1"):  # where the profile loads
+        DataConfig(n_train=0)
+    cfg = DataConfig(benchmarks=["toy_test"], toy_test_size=2)
+    cfg.n_train = 0  # changed after the check: the stage still refuses it
     with pytest.raises(ValueError, match="training set is empty"):
-        run_prepare_data(run, DataConfig(n_train=0, benchmarks=["toy_test"], toy_test_size=2))
+        run_prepare_data(run, cfg)
     assert not run.data("train_problems.jsonl").exists()
     assert not run.path("data", "benchmarks").exists()
 
@@ -48,3 +52,14 @@ def test_runner_rejects_unknown_profile_key(tmp_path):
                            "--run-dir", str(tmp_path / "r"), "--set", "exposure.kk=3"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "unknown key 'exposure.kk'" in proc.stderr
+
+
+def test_runner_reports_every_bad_knob_before_any_notebook(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "orion_utils.runner", "run", "--profile", "smoke",
+                           "--run-dir", str(tmp_path / "r"), "--set", "reflection.selection=perplexty",
+                           "--set", "evaluation.workers=0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "reflection.selection: 'perplexty' is not one of 'perplexity', 'shortest', 'first'" in proc.stderr
+    assert "evaluation.workers: 0 is out of range; must be >= 1" in proc.stderr
+    assert not (tmp_path / "r").exists()  # notebook 00 never started

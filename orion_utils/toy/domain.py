@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from ..knobs import knob, validate
 from ..records import Problem
 
 SPLITS = ("train", "pretrain", "test", "hard")
@@ -74,33 +75,32 @@ class ToyDomainConfig:
     define the harder split (``hard_variant()``), the toy stand-in for GSM-Hard.
     """
 
-    min_steps: int = 2
-    max_steps: int = 4
-    max_operand: int = 9  # the start and every added/removed amount: 1..max_operand
-    max_value: int = 20  # every running total stays within 2..max_value
-    max_multiplier: int = 3
-    ops: str = "+-*"
-    seed: int = 0
-    test_buckets: int = 25  # of 100 hash buckets reserved for test/hard problems
-    hard_min_steps: int = 4
-    hard_max_steps: int = 5
-    hard_max_operand: int = 12
-    hard_max_value: int = 30
+    min_steps: int = knob(2, "fewest steps of a problem", ge=1)
+    max_steps: int = knob(4, "most steps of a problem", ge=1)
+    max_operand: int = knob(9, "the start and every added/removed amount: 1..max_operand", ge=2)
+    max_value: int = knob(20, "every running total stays within 2..max_value", ge=2)
+    max_multiplier: int = knob(3, "multiplications use a factor in 2..max_multiplier", ge=2)
+    ops: str = knob("+-*", "allowed operations, a string over +-*")
+    seed: int = knob(0, "seed of the problem generator")
+    test_buckets: int = knob(25, "of 100 hash buckets, those reserved for test/hard problems", ge=1, le=99)
+    hard_min_steps: int = knob(4, "hard split: fewest steps", ge=1)
+    hard_max_steps: int = knob(5, "hard split: most steps", ge=1)
+    hard_max_operand: int = knob(12, "hard split: largest operand", ge=2)
+    hard_max_value: int = knob(30, "hard split: largest running total", ge=2)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_steps <= self.max_steps:
-            raise ValueError("need 1 <= min_steps <= max_steps")
-        if not 1 <= self.hard_min_steps <= self.hard_max_steps:
-            raise ValueError("need 1 <= hard_min_steps <= hard_max_steps")
+        problems = []
+        if self.min_steps > self.max_steps:
+            problems.append("min_steps: need min_steps <= max_steps")
+        if self.hard_min_steps > self.hard_max_steps:
+            problems.append("hard_min_steps: need hard_min_steps <= hard_max_steps")
         if max(self.max_steps, self.hard_max_steps) > len(DAYS):
-            raise ValueError(f"at most {len(DAYS)} steps (one per day of the week)")
-        bad = set(self.ops) - {"+", "-", "*"}
-        if bad or not self.ops:
-            raise ValueError(f"ops must be a non-empty string over '+-*', got {self.ops!r}")
-        if self.max_operand < 2 or self.max_value < self.max_operand:
-            raise ValueError("need 2 <= max_operand <= max_value")
-        if not 0 < self.test_buckets < 100:
-            raise ValueError("test_buckets must be in 1..99")
+            problems.append(f"max_steps: at most {len(DAYS)} steps (one per day of the week)")
+        if set(self.ops) - {"+", "-", "*"} or not self.ops:
+            problems.append(f"ops: must be a non-empty string over '+-*', got {self.ops!r}")
+        if self.max_value < self.max_operand:
+            problems.append("max_value: need max_operand <= max_value")
+        validate(self, problems)
 
     def hard_variant(self) -> "ToyDomainConfig":
         """The harder split's config: more steps, larger numbers, same operations."""

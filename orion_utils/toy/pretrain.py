@@ -27,52 +27,54 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..device import torch_threads
+from ..knobs import knob, validate
 from ..records import Problem, format_cot
 
+LR_SCHEDULES = ("wsd", "constant", "cosine")
+STYLES = ("full", "terse")  # teacher CoT styles (toy.teacher)
 
 @dataclass
 class PretrainConfig:
     """Pre-training of the toy student (simple types: a profile section)."""
 
-    max_steps: int = 850  # optimizer steps (the stopping rule; deterministic)
-    time_budget_s: float = 900.0  # safety cap: stop early if a step would start after this many seconds
-    batch_size: int = 12
-    lr: float = 3e-3
-    lr_schedule: str = "wsd"  # "wsd" (ramp, constant, linear decay), "constant" or "cosine"
-    ramp_steps: int = 50  # linear learning-rate ramp from 0
-    decay_frac: float = 0.3  # wsd: the last this fraction of the steps decays the learning rate ...
-    final_lr_frac: float = 0.25  # ... (wsd, cosine) down to this fraction of lr (not 0: see above)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    n_problems: int = 4000  # how many training problems the caller should generate for it
-    style: str = "full"  # teacher CoT style to pre-train on: "full" (with self-checks) or "terse"
+    max_steps: int = knob(850, "optimizer steps (the stopping rule; deterministic)", ge=1)
+    time_budget_s: float = knob(
+        900.0, "safety cap: stop early if a step would start after this many seconds", ge=0.0)
+    batch_size: int = knob(12, "sequences per step", ge=1)
+    lr: float = knob(3e-3, "peak learning rate", gt=0.0)
+    lr_schedule: str = knob(
+        "wsd", "wsd (ramp, constant, linear decay), constant or cosine", choices=LR_SCHEDULES)
+    ramp_steps: int = knob(50, "linear learning-rate ramp from 0, in steps", ge=0)
+    decay_frac: float = knob(
+        0.3, "wsd: the last this fraction of the steps decays the learning rate", ge=0.0, le=1.0)
+    final_lr_frac: float = knob(
+        0.25, "wsd, cosine: the learning rate decays to this fraction of lr", ge=0.0, le=1.0)
+    weight_decay: float = knob(0.0, "AdamW weight decay", ge=0.0)
+    max_grad_norm: float = knob(1.0, "gradient clipping norm", ge=0.0)
+    n_problems: int = knob(4000, "training problems generated for pre-training", ge=1)
+    style: str = knob(
+        "full", "teacher CoT style to pre-train on: full (with self-checks) or terse", choices=STYLES)
     # Share of pre-training CoTs with a caught slip (a wrong step, then a check in the toy reflector's
     # idiom that corrects it, as R1-style CoTs do): the base student then knows that idiom.
-    caught_slip_rate: float = 0.2
+    caught_slip_rate: float = knob(
+        0.2, "share of pre-training CoTs with a slip caught in the toy reflector's idiom", ge=0.0, le=1.0)
     # The student's own wording. A real student's pre-training is not its teacher's CoTs: it has seen
     # some text worded like an R1 teacher's, far more worded its own way. ``own_variant`` (a toy teacher
     # wording, 0-3; None: all pre-training CoTs in the teacher's fixed wording, as before) is the wording of
     # all pre-training CoTs but a ``teacher_wording_share`` of them, worded as the R1-style toy teacher
     # (``teacher.wording: varied``) writes: each line's wording drawn.
-    own_variant: Optional[int] = None
-    teacher_wording_share: float = 1.0
-    max_seq_len: int = 384
-    seed: int = 0
-    threads: int = 1  # torch intra-op threads; 1 is fastest for a ~1 M-parameter model on a busy 2-core box
-    prompt_template: str = "{question}"
-    log_every: int = 25
+    own_variant: Optional[int] = knob(
+        None, "the student's own wording, a toy teacher wording 0-3 (None: the teacher's fixed wording)", ge=0, le=3)
+    teacher_wording_share: float = knob(
+        1.0, "with own_variant: share of CoTs worded as the varied (R1-style) toy teacher", ge=0.0, le=1.0)
+    max_seq_len: int = knob(384, "longest pre-training sequence, in tokens", ge=1)
+    seed: int = knob(0, "pre-training seed")
+    threads: int = knob(1, "torch intra-op threads (1 is fastest for a ~1M-parameter model)", ge=1)
+    prompt_template: str = knob("{question}", "how a question becomes the prompt")
+    log_every: int = knob(25, "log the loss every this many steps (0: never)", ge=0)
 
     def __post_init__(self) -> None:
-        if self.lr_schedule not in ("wsd", "constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'wsd', 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if not 0.0 <= self.decay_frac <= 1.0 or not 0.0 <= self.final_lr_frac <= 1.0:
-            raise ValueError("decay_frac and final_lr_frac must be in [0, 1]")
-        if not 0.0 <= self.teacher_wording_share <= 1.0:
-            raise ValueError(f"teacher_wording_share must be in [0, 1], got {self.teacher_wording_share}")
-        if self.own_variant is not None and self.own_variant not in range(4):
-            raise ValueError(f"own_variant must be None or a toy teacher wording 0-3, got {self.own_variant}")
-        if not 0.0 <= self.caught_slip_rate <= 1.0:
-            raise ValueError(f"caught_slip_rate must be in [0, 1], got {self.caught_slip_rate}")
+        validate(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

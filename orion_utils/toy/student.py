@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from ..knobs import knob, validate
+
 ARCHITECTURES = ("llama", "qwen2")
 
 
@@ -15,22 +17,21 @@ ARCHITECTURES = ("llama", "qwen2")
 class ToyStudentConfig:
     """Size of the toy student (the default has about 0.7 M parameters)."""
 
-    architecture: str = "llama"  # "llama" or "qwen2"
-    hidden_size: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    num_kv_heads: int = 4
-    intermediate_size: int = 384
-    max_position_embeddings: int = 1024
-    rope_theta: float = 10000.0
-    tie_word_embeddings: bool = True
-    initializer_range: float = 0.02
+    architecture: str = knob("llama", "model family of the toy student", choices=ARCHITECTURES)
+    hidden_size: int = knob(128, "hidden size", ge=1)
+    num_layers: int = knob(3, "transformer layers", ge=1)
+    num_heads: int = knob(4, "attention heads", ge=1)
+    num_kv_heads: int = knob(4, "key/value heads (grouped-query attention)", ge=1)
+    intermediate_size: int = knob(384, "MLP width", ge=1)
+    max_position_embeddings: int = knob(1024, "longest sequence the model takes", ge=1)
+    rope_theta: float = knob(10000.0, "RoPE base", gt=0.0)
+    tie_word_embeddings: bool = knob(True, "share the input and output embeddings")
+    initializer_range: float = knob(0.02, "std of the initial weights", gt=0.0)
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
-        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+        divisible = (not isinstance(self.num_heads, int) or not isinstance(self.num_kv_heads, int) or min(
+            self.num_heads, self.num_kv_heads) < 1 or not (self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads))
+        validate(self, [] if divisible else ["hidden_size: must divide by num_heads, and num_heads by num_kv_heads"])
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
