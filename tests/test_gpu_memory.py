@@ -178,7 +178,7 @@ def _record_trained_models(monkeypatch) -> list:
 
 
 def test_tailored_exam_opens_after_the_trained_model_is_gone(tiny_model_dir, tmp_path, monkeypatch, no_automatic_gc):
-    from test_tailored import FakeTeacher, boxed_grader
+    from test_tailored import FakeGrade, FakeTeacher
 
     from orion_utils.tailored import TailoredConfig, default_generator_factory, run_tailored
 
@@ -193,8 +193,15 @@ def test_tailored_exam_opens_after_the_trained_model_is_gone(tiny_model_dir, tmp
     problems = [Problem("p1", "1+1", "2"), Problem("p2", "20+22", "42"), Problem("p3", "3+4", "7")]
     cfg = TailoredConfig(rounds=2, exam_samples=2, teacher_samples=2, batch_size=2, max_steps=1,
                          max_seq_len=128, exam_max_new_tokens=8, progress_bar=False)
+    def last_word_grader(response, gold):
+        # A random model's 8 tokens never reach a boxed answer; with no answer every attempt would count as
+        # unfinished and round 2 would have no wrong rationale to train on. Its last word is its answer here.
+        words = response.split()
+        predicted = words[-1] if words else "(empty)"
+        return FakeGrade(predicted == gold, "correct" if predicted == gold else "wrong", predicted)
+
     results = run_tailored(tiny_model_dir, problems, FakeTeacher(), factory, None, cfg, tmp_path / "tl",
-                           grader=boxed_grader)
+                           grader=last_word_grader)
     assert results[1].trained and results[2].trained
     assert opened == [(tiny_model_dir, []), (results[1].model_dir, [False])]  # round 1's model: gone
 
