@@ -518,8 +518,8 @@ def test_clear_errors(tiny_model_dir, tmp_path):
     if not (training._unsloth_installed() and device.cuda_available()):
         with pytest.raises(RuntimeError, match="backend='unsloth' was requested"):
             train_sft(tiny_model_dir, _examples(2), tmp_path / "d", _cfg(backend="unsloth"))
-    with pytest.raises(ValueError, match="load_in_4bit=True needs use_lora=True"):
-        train_sft(tiny_model_dir, _examples(2), tmp_path / "e", _cfg(load_in_4bit=True))
+    with pytest.raises(ValueError, match="load_in_4bit: QLoRA trains adapters; set use_lora: true"):
+        train_sft(tiny_model_dir, _examples(2), tmp_path / "e", _cfg(load_in_4bit=True))  # the config refuses it
     with pytest.raises(ValueError, match="none of the 2 examples"):
         train_sft(tiny_model_dir, _examples(2), tmp_path / "f", _cfg(max_seq_len=4))
 
