@@ -753,3 +753,38 @@ class RunDir:
         self._update_manifest(name, entry)
         print(f"[{name}] done in {entry['wall_seconds']:.1f}s")
         return entry
+
+
+def artifact_paths() -> dict[str, str]:
+    """Every path :class:`RunDir` names, relative to the run directory, keyed by the expression that names it
+    (``train_problems``, ``eval_file(<method>, <benchmark>)``, ``edit().stage1.model``); ``<arg>`` stands for
+    an argument. Read off the class itself, so it is the list the docs' paths are checked against
+    (``tests/test_docs_facts.py``) and a notebook can show (``display.table``)."""
+    import inspect
+    import tempfile
+
+    found: dict[str, str] = {}
+
+    def walk(obj: Any, prefix: str, root: Path) -> None:
+        for name, member in inspect.getmembers(type(obj)):
+            params = list(inspect.signature(member).parameters.values())[1:] if inspect.isfunction(member) else []
+            generic = isinstance(obj, RunDir) and name in ("path", "data", "model")  # any path at all
+            if name.startswith("_") or generic or not (
+                    isinstance(member, property) or (inspect.isfunction(member) and all(
+                        p.kind is p.POSITIONAL_OR_KEYWORD and p.annotation in ("str", "int") for p in params))):
+                continue
+            args = [f"<{p.name}>" for p in params]
+            expr = prefix + name + (f"({', '.join(args)})" if inspect.isfunction(member) else "")
+            try:
+                value = getattr(obj, name)(*args) if inspect.isfunction(member) else getattr(obj, name)
+            except Exception:  # needs a file of a real run (student_model)
+                continue
+            if isinstance(value, TrainedDir):
+                found[expr] = value.root.relative_to(root).as_posix()
+                walk(value, expr + ".", root)
+            elif isinstance(value, Path):
+                found[expr] = value.relative_to(root).as_posix()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        walk(RunDir(tmp), "", Path(tmp))
+    return found
