@@ -367,7 +367,7 @@ class RunDir:
     ``question_set``               ``data/question_set.json``           01 collection (the questions
                                                                         every method trains on)
     ``student_attempts``           ``data/student_attempts.jsonl``      02 exposure
-    ``student_attempts_partial``   ``data/student_attempts.partial...`` 02 exposure (resume scratch)
+    ``student_attempts_partial``   ``data/student_attempts.partial.jsonl``  02 exposure (resume scratch)
     ``error_attempts``             ``data/error_attempts.jsonl``        02 exposure (unique wrong)
     ``pass_rates``                 ``data/pass_rates.json``             02 exposure
     ``refinements``                ``data/refinements.jsonl``           03 reflection
@@ -397,7 +397,10 @@ class RunDir:
     =============================  ===================================  ============================
 
     ``edit()`` and ``tailored()`` give the layouts of those method folders (``EditDir``,
-    ``TailoredDir``); ``trained(m)`` that of any trained folder (``TrainedDir``).
+    ``TailoredDir``); ``trained(m)`` that of any trained folder (``TrainedDir``). This table is the one
+    place the docs list artifacts (the README and ARCHITECTURE.md link here); :func:`artifact_paths`
+    reads every path above off the class, and ``tests/test_docs_facts.py`` checks this table and every
+    run-directory path the docs spell against it.
 
     Resuming, one rule: the run directory decides. ``run_stage`` skips a stage when its outputs
     exist and the fingerprint of its parameters and the content of its inputs matches the

@@ -177,6 +177,22 @@ def notebook_problems(pieces) -> list[str]:
             for m in re.finditer(r"(?<![\w/])\d\d_[a-z][a-z_]*[a-z]", text) if m.group(0) not in NOTEBOOKS]
 
 
+DEFAULT = re.compile(r"`([a-z_]+)\.([a-z_]+)`(?:,? default | \((?:default )?)(-?[0-9][0-9,]*(?:\.[0-9]+)?)\b")
+
+
+def default_problems(pieces) -> list[str]:
+    """A knob's default a doc states (```section.knob`, default 200``, ```section.knob` (0.1)``) is its default."""
+    problems = []
+    for where, text in pieces:
+        for m in DEFAULT.finditer(text):
+            section, key, stated = m.groups()
+            if section in config.SECTIONS and key in section_fields(section):
+                default = getattr(config.section_class(section)(), key)
+                if not isinstance(default, (int, float)) or float(stated.replace(",", "")) != float(default):
+                    problems.append(f"{where}: `{section}.{key}` stated default {stated}, the code's is {default!r}")
+    return problems
+
+
 SPELLED = re.compile(r"""run\.(?:path|data|model)\(|["'][^"'\n]*\.(?:jsonl|json|md|png)["']""")
 
 
@@ -201,6 +217,10 @@ def test_every_section_the_docs_name_is_a_section():
 
 def test_every_notebook_the_docs_name_is_run():
     assert notebook_problems(doc_pieces()) == []
+
+
+def test_every_knob_default_the_docs_state_is_the_code_s():
+    assert default_problems(doc_pieces()) == []
 
 
 def test_notebooks_get_run_files_from_rundir():
@@ -235,6 +255,7 @@ def test_the_rundir_table_names_every_artifact_and_each_as_the_code_does():
     ("the scorer (`reflection.no_such_function`)", name_problems),
     ("values come from the ``sft`` section", section_problems),
     ("notebook `04_fine_tuning` trains them", notebook_problems),
+    ("it quotes a marker (`reflection.reflect_window`, default 201)", default_problems),
 ])
 def test_the_checks_catch_drift(text, check):
     assert check([("doc", text)]) != []
@@ -244,7 +265,8 @@ def test_the_checks_catch_drift(text, check):
     "`data/training_set_<method>.jsonl`, `models/edit/` (`pairs.jsonl`, `stage1/`), `eval/<m>/<b>.jsonl`",
     "`training.batching`, `reflection.refine`, `analysis.json`, `--set toy_pretrain.max_steps=40`",
     "the ``training`` section; `figures/*.png`; `models/tailored/round_<r>/`",
+    "it quotes a marker (`reflection.reflect_window`, default 200)",
 ])
 def test_the_checks_pass_true_facts(text):
     pieces = [("doc", text)]
-    assert path_problems(pieces) + name_problems(pieces) + section_problems(pieces) == []
+    assert path_problems(pieces) + name_problems(pieces) + section_problems(pieces) + default_problems(pieces) == []
