@@ -223,6 +223,17 @@ def test_every_knob_default_the_docs_state_is_the_code_s():
     assert default_problems(doc_pieces()) == []
 
 
+@pytest.mark.parametrize("doc, header", [("README.md", "| notebook | module | writes |"),
+                                         ("ARCHITECTURE.md", "| notebook | function | reads | writes |")])
+def test_the_stage_tables_list_the_notebooks_the_runner_runs(doc, header):
+    from orion_utils.runner import NOTEBOOKS
+
+    lines = (ROOT / doc).read_text(encoding="utf-8").split(header, 1)[1].splitlines()[2:]
+    rows = [re.match(r"\|\s*`?(\w*)`?\s*\|", line).group(1) for line in lines[:next(
+        (i for i, line in enumerate(lines) if not line.startswith("|")), len(lines))]]
+    assert [r for r in rows if r] == list(NOTEBOOKS)
+
+
 def test_notebooks_get_run_files_from_rundir():
     assert notebook_code_problems() == []
 
