@@ -505,7 +505,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     return path
 
 
-def _results_section(run: RunDir, analysis: Optional[dict], table_metrics: dict, figures: dict,
+def _results_section(run: RunDir, analysis: dict | None, table_metrics: dict, figures: dict,
                      seeds_note: str) -> list[str]:
     """The report's Results: pass@1 (and greedy) per method and benchmark, the intervals, the accuracy figures."""
     cell_intervals = ((analysis or {}).get("intervals") or {}).get("cells")
