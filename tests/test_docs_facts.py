@@ -264,6 +264,8 @@ def test_the_rundir_table_names_every_artifact_and_each_as_the_code_does():
     ("batches are length-aware (`training.batchng`)", name_problems),
     ("set `--set reflection.selecton=perplexity`", name_problems),
     ("the scorer (`reflection.no_such_function`)", name_problems),
+    ("in code, `cfg.training.batchng`", name_problems),
+    ("read `run.teacher_trace`", name_problems),
     ("values come from the ``sft`` section", section_problems),
     ("notebook `04_fine_tuning` trains them", notebook_problems),
     ("it quotes a marker (`reflection.reflect_window`, default 201)", default_problems),
