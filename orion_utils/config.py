@@ -2,7 +2,7 @@
 
 A profile is a set of sections; each section is a flat dataclass owned by the stage that uses it
 (``exposure`` → ``orion_utils.exposure.ExposureConfig`` ...), or defined here when several stages
-share it or when its stage's module imports torch: the training sections (``sft``, ``edit``,
+share it or when its stage's module imports torch: the training sections (``training``, ``edit``,
 ``tailored``: ``TrainingConfig`` and the methods' extensions of it). Loading a profile imports no
 torch, transformers or TRL. A profile may start from another (``base: toy``) and override some keys.
 Unknown sections, unknown keys, wrong types, values outside a knob's choices or range (each section's
@@ -178,9 +178,9 @@ class TrainingConfig:
 
 @dataclass
 class EditConfig(TrainingConfig):
-    """EDIT's knobs (the ``edit`` section of a profile): the shared training config (``sft``'s fields,
-    whose values a profile's ``edit`` section inherits from its ``sft`` section) plus EDIT's own.
-    Stage 1 is ``train_sft`` with the ``sft`` section; stage 2 trains with this one."""
+    """EDIT's knobs (the ``edit`` section of a profile): the shared training config (``training``'s fields,
+    whose values a profile's ``edit`` section inherits from its ``training`` section) plus EDIT's own.
+    Stage 1 is ``train_sft`` with the ``training`` section; stage 2 trains with this one."""
 
     pair_source: str = knob(
         "auto", "where EDIT's dual CoT pairs come from: auto (teacher if it can rectify/corrupt, else exposure)", choices=PAIR_SOURCES)
@@ -189,16 +189,16 @@ class EditConfig(TrainingConfig):
     beta: float = knob(0.025, "weight of the rejected CoT's key tokens (paper: 0.025)", ge=0.0)
     nll_guard: Optional[float] = knob(
         5.0, "skip rejected key tokens whose NLL is already above this (None: no guard)", gt=0.0)
-    # stage 2 defaults where they differ from sft's (a profile's values come from its sft section)
+    # stage 2 defaults where they differ from training's (a profile's values come from its training section)
     num_epochs: float = knob(
-        1.0, "stage-2 epochs (the sft section's value when the profile gives one)", gt=0.0)
+        1.0, "stage-2 epochs (the training section's value when the profile gives one)", gt=0.0)
     batch_size: int = knob(2, "pairs per step (2 sequences each in the forward pass)", ge=1)
 
 
 @dataclass
 class TailoredConfig(TrainingConfig):
     """Tailored Learning's knobs (the ``tailored`` section of a profile): the shared training config
-    (``sft``'s fields, whose values a profile's ``tailored`` section inherits from its ``sft``
+    (``training``'s fields, whose values a profile's ``tailored`` section inherits from its ``training``
     section) plus Tailored Learning's own. Every round trains with it."""
 
     rounds: int = knob(2, "learning rounds after the round-0 exam (1: teacher rationales only)", ge=1)
@@ -220,9 +220,9 @@ class TailoredConfig(TrainingConfig):
     margin: float = knob(1.0, "triplet margin; the distance is -cosine", ge=0.0)
     triplet_layer: int = knob(
         -1, "hidden state fed to the triplet loss: -1 the last (post-norm), -2 the one below, ...")
-    # training defaults where they differ from sft's (a profile's values come from its sft section)
+    # training defaults where they differ from training's (a profile's values come from its training section)
     num_epochs: float = knob(
-        1.0, "epochs per round (the sft section's value when the profile gives one)", gt=0.0)
+        1.0, "epochs per round (the training section's value when the profile gives one)", gt=0.0)
     batch_size: int = knob(4, "rationales per step, all of different questions", ge=1)
 
 

@@ -10,7 +10,7 @@ kernel, batching mode and Liger setting training picks, and then measures, on th
 (or ``--model``), for about a minute:
 
 * generation tokens/s of the backend the profile's ``generation.backend`` picks, and of transformers;
-* training tokens/s of the trainer the profile's ``sft`` section picks, and of TRL + PEFT (LoRA), with
+* training tokens/s of the trainer the profile's ``training`` section picks, and of TRL + PEFT (LoRA), with
   the share of the GPU's peak bf16/fp16 FLOP/s they reach (MFU). The TRL + PEFT reference runs in a
   fresh Python process (``python -m orion_utils.doctor REQUEST``), where Unsloth, imported here when it
   is the chosen trainer, has patched nothing.
@@ -323,84 +323,108 @@ def run_doctor(
     Sizes default to about a minute in all: on a GPU 64 prompts x 256 new tokens and 10 training
     steps of 1,024-token sequences; on a CPU 16 x 64 and 6 steps of 256 tokens.
     """
-    from .config import TrainingConfig, load_profile
-    from .training import unsloth_first
+    from .config import load_profile
+    from .training import _quiet, unsloth_first
 
     prof = load_profile(profile)
-    generation_cfg = prof.sections["generation"]
-    sft: TrainingConfig = prof.sections["training"]
+    generation_cfg, training_cfg = prof.sections["generation"], prof.sections["training"]
     with contextlib.suppress(Exception):
-        unsloth_first(sft)  # before this process imports transformers, as a training stage does
-    gen_request = generation_backend or generation_cfg.backend
+        unsloth_first(training_cfg)  # before this process imports transformers, as a training stage does
     report = DoctorReport()
+    gen_name, train_name, peak = _what_loads(report, generation_cfg, training_cfg,
+                                             generation_backend or generation_cfg.backend, peak_tflops)
+    if not benchmark:
+        return _done(report, print_table)
+
+    on_gpu = report.numbers["device"] == "cuda"
+    n_prompts = n_prompts or (64 if on_gpu else 16)
+    max_new_tokens = max_new_tokens or (256 if on_gpu else 64)
+    train_steps = train_steps or (10 if on_gpu else 6)
+    seq_tokens = seq_tokens or (1024 if on_gpu else 256)
+    with tempfile.TemporaryDirectory(prefix="orion-doctor-") as tmp, _quiet():
+        work = Path(tmp)
+        model_path, described = _benchmark_model(prof, model, work)
+        n_params = _n_params(model_path)
+        report.add("benchmark model", f"{n_params / 1e6:.2f} M parameters", described)
+        report.numbers["generation"] = _bench_generation(
+            report, model_path, generation_cfg, [gen_name, "transformers"], n_prompts, max_new_tokens)
+        trainers = _trainers(training_cfg, train_name, train_steps, seq_tokens)
+        report.numbers["training"] = _bench_training(
+            report, model_path, trainers, work, train_steps, seq_tokens, n_params, peak)
+    return _done(report, print_table)
+
+
+def _what_loads(report: DoctorReport, generation_cfg, training_cfg, gen_request: str,
+                peak_tflops: float | None) -> tuple[str, str, float | None]:
+    """The device, the backends the pipeline would pick, the GPU's peak: into ``report``; (generation backend,
+    training backend, peak FLOP/s)."""
     device, dtype, gpu = _machine(report, generation_cfg.dtype)
-    gen_name, train_name = _backends(report, gen_request, sft.backend, sft.use_lora, sft.attn_implementation)
+    gen_name, train_name = _backends(report, gen_request, training_cfg.backend, training_cfg.use_lora,
+                                     training_cfg.attn_implementation)
     peak = peak_tflops * 1e12 if peak_tflops else gpu_peak_flops(gpu)
     if device == "cuda":
         report.add("GPU peak (dense)", f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown",
                    "--peak-tflops overrides" if peak else f"{gpu} is not in the table: pass --peak-tflops")
     report.numbers.update(device=device, dtype=dtype, gpu=gpu, generation_backend=gen_name,
                           training_backend=train_name, peak_flops=peak)
-    if not benchmark:
-        return _done(report, print_table)
+    return gen_name, train_name, peak
 
-    on_gpu = device == "cuda"
-    n_prompts = n_prompts or (64 if on_gpu else 16)
-    max_new_tokens = max_new_tokens or (256 if on_gpu else 64)
-    train_steps = train_steps or (10 if on_gpu else 6)
-    seq_tokens = seq_tokens or (1024 if on_gpu else 256)
+
+def _bench_generation(report: DoctorReport, model_path: str, generation_cfg, backends: list[str],
+                      n_prompts: int, max_new_tokens: int) -> dict:
+    """Generation tokens/s of each backend (the chosen one and transformers), one row each."""
     vllm_kwargs = {k: v for k, v in (("gpu_memory_utilization", generation_cfg.gpu_memory_utilization),
                                      ("max_model_len", generation_cfg.max_model_len)) if v}
-    from .training import _quiet
+    results = {}
+    for backend in dict.fromkeys(backends):
+        kwargs = vllm_kwargs if backend == "vllm" else {}
+        try:
+            r = _measure_generation(model_path, backend, generation_cfg.dtype, n_prompts, max_new_tokens, kwargs)
+        except Exception as exc:  # noqa: BLE001 - a backend that fails here is a finding, not a crash
+            report.add(f"generate: {backend}", "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+            continue
+        results[backend] = r
+        report.add(f"generate: {backend}", f"{r['tokens_per_s']:,.0f} tokens/s",
+                   f"{n_prompts} prompts x up to {max_new_tokens} new tokens (sampled), {r['tokens']} tokens "
+                   f"in {r['seconds']:.1f} s; load {r['load_s']:.1f} s")
+    return results
 
-    with tempfile.TemporaryDirectory(prefix="orion-doctor-") as tmp, _quiet():
-        work = Path(tmp)
-        model_path, described = _benchmark_model(prof, model, work)
-        n_params = _n_params(model_path)
-        report.add("benchmark model", f"{n_params / 1e6:.2f} M parameters", described)
 
-        gen_results = {}
-        for backend in dict.fromkeys([gen_name, "transformers"]):
-            kwargs = vllm_kwargs if backend == "vllm" else {}
-            try:
-                r = _measure_generation(model_path, backend, generation_cfg.dtype, n_prompts, max_new_tokens, kwargs)
-            except Exception as exc:  # noqa: BLE001 - a backend that fails here is a finding, not a crash
-                report.add(f"generate: {backend}", "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
-                continue
-            gen_results[backend] = r
-            report.add(f"generate: {backend}", f"{r['tokens_per_s']:,.0f} tokens/s",
-                       f"{n_prompts} prompts x up to {max_new_tokens} new tokens (sampled), {r['tokens']} tokens "
-                       f"in {r['seconds']:.1f} s; load {r['load_s']:.1f} s")
-        report.numbers["generation"] = gen_results
+def _trainers(training_cfg, train_name: str, train_steps: int, seq_tokens: int) -> dict:
+    """The training runs to measure: the profile's trainer (``chosen``) and the TRL + PEFT reference when
+    that is not already the chosen one, each a short run of ``train_steps`` steps."""
+    chosen = replace(training_cfg, max_steps=train_steps, save_steps=-1, logging_steps=max(1, train_steps),
+                     max_seq_len=2 * seq_tokens, overlong="truncate", gradient_checkpointing=False,
+                     progress_bar=False, learning_rate=1e-5, batch_size=min(training_cfg.batch_size, 8), grad_accum=1)
+    trainers = {"chosen": chosen}
+    if not (train_name == "trl" and chosen.use_lora and not chosen.load_in_4bit):
+        trainers["trl+peft"] = replace(chosen, backend="trl", use_lora=True, load_in_4bit=False)
+    return trainers
 
-        base_cfg = replace(sft, max_steps=train_steps, save_steps=-1, logging_steps=max(1, train_steps),
-                           max_seq_len=2 * seq_tokens, overlong="truncate", gradient_checkpointing=False,
-                           progress_bar=False, learning_rate=1e-5, batch_size=min(sft.batch_size, 8), grad_accum=1)
-        trainers = {"chosen": base_cfg}
-        reference = replace(base_cfg, backend="trl", use_lora=True, load_in_4bit=False)
-        if not (train_name == "trl" and base_cfg.use_lora and not base_cfg.load_in_4bit):
-            trainers["trl+peft"] = reference
-        train_results = {}
-        for label, cfg in trainers.items():
-            n_examples = cfg.batch_size * train_steps
-            measure = _measure_training_fresh if label == "trl+peft" else _measure_training
-            try:
-                r = measure(model_path, cfg, work / f"train_{label}", n_examples, seq_tokens)
-            except Exception as exc:  # noqa: BLE001
-                report.add(f"train: {label}", "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
-                continue
-            r["mfu"] = mfu(r["tokens_per_s"], n_params, r["lora"], peak)
-            train_results[label] = r
-            what = f"{r['backend']}{' + PEFT LoRA' if r['lora'] and r['backend'] == 'trl' else ''}"
-            what += " LoRA" if r["lora"] and r["backend"] != "trl" else ("" if r["lora"] else " full")
-            share = f"MFU {r['mfu']:.1%}" if r["mfu"] is not None else "MFU n/a (no GPU peak figure)"
-            if label == "trl+peft":
-                share += "; in a fresh process (no Unsloth patches)"
-            report.add(f"train: {what}", f"{r['tokens_per_s']:,.0f} tokens/s",
-                       f"{share}; {r['supervised_tokens_per_s']:,.0f} supervised tokens/s; {train_steps} steps x "
-                       f"{cfg.batch_size} x ~{seq_tokens} tokens, batching={r['batching']}, {r['seconds']:.1f} s")
-        report.numbers["training"] = train_results
-    return _done(report, print_table)
+
+def _bench_training(report: DoctorReport, model_path: str, trainers: dict, work: Path, train_steps: int,
+                    seq_tokens: int, n_params: int, peak: float | None) -> dict:
+    """Training tokens/s and MFU of each trainer, one row each (the reference in a fresh process)."""
+    results = {}
+    for label, cfg in trainers.items():
+        n_examples = cfg.batch_size * train_steps
+        measure = _measure_training_fresh if label == "trl+peft" else _measure_training
+        try:
+            r = measure(model_path, cfg, work / f"train_{label}", n_examples, seq_tokens)
+        except Exception as exc:  # noqa: BLE001
+            report.add(f"train: {label}", "FAILED", f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+            continue
+        r["mfu"] = mfu(r["tokens_per_s"], n_params, r["lora"], peak)
+        results[label] = r
+        what = f"{r['backend']}{' + PEFT LoRA' if r['lora'] and r['backend'] == 'trl' else ''}"
+        what += " LoRA" if r["lora"] and r["backend"] != "trl" else ("" if r["lora"] else " full")
+        share = f"MFU {r['mfu']:.1%}" if r["mfu"] is not None else "MFU n/a (no GPU peak figure)"
+        if label == "trl+peft":
+            share += "; in a fresh process (no Unsloth patches)"
+        report.add(f"train: {what}", f"{r['tokens_per_s']:,.0f} tokens/s",
+                   f"{share}; {r['supervised_tokens_per_s']:,.0f} supervised tokens/s; {train_steps} steps x "
+                   f"{cfg.batch_size} x ~{seq_tokens} tokens, batching={r['batching']}, {r['seconds']:.1f} s")
+    return results
 
 
 def _done(report: DoctorReport, print_table: bool) -> DoctorReport:

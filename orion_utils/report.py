@@ -485,56 +485,72 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     config = _read_json(run.config_file, {})
     toy = (analysis or {}).get("toy", (config.get("student") or {}).get("model") == "toy")
     seeds_note = f" — mean ± std over {n_seeds} seeds" if n_seeds > 1 else ""
-    cell_intervals = ((analysis or {}).get("intervals") or {}).get("cells")
 
     text = ["# Run report", ""]
     if toy:
         text += [f"> {TOY_CAVEAT}", ""]
     text += ["## Run", "", *_metadata(run, analysis), ""]
-    text += ["## Results", "", f"### pass@1 (%){seeds_note}", "",
-             "pass@1: mean over the sampled solutions of a problem, averaged over problems.", "",
-             metrics_table(table_metrics, "pass@1", cell_intervals), ""]
-    if _has_key(table_metrics, "greedy"):
-        text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy", cell_intervals), ""]
-    text += intervals_note(analysis)
-    text += _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
+    text += _results_section(run, analysis, table_metrics, figures, seeds_note)
     text += exposure_section(run)
     text += reflection_section(run)
     text += acceptance_section(run)
     text += budget_lines(run, analysis)
     text += ["## Training", ""] + training_set_section(analysis)
     text += _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
-
     if analysis:
-        text += ["## Analysis", "", f"Per method{seeds_note}; ↓ marks lower-is-better.", "",
-                 analysis_table(analysis), ""]
-        errors = {m: r["cot_perplexity_error"] for m, r in (analysis.get("methods") or {}).items()
-                  if r.get("cot_perplexity_error")}
-        if errors:
-            text += ["No CoT perplexity for " + ", ".join(f"{m} ({e})" for m, e in errors.items()) + ".", ""]
-        text += reflection_lines(analysis.get("reflection"))
-        text += _figure("perplexity", figures, run) + _figure("cot_lengths", figures, run)
-        text += _figure("step_consistency", figures, run)
-        diff_table = difficulty_table(analysis)
-        if diff_table:
-            text += ["### Accuracy by difficulty", "",
-                     "Difficulty of a benchmark problem = the base student's pass rate on it (its sampled "
-                     "evaluation solutions, eval/base); n: problems per bucket in this run. Cells: pass@1 (%) averaged over "
-                     "the bucket's problems. "
-                     "base's own row is circular (its results define the buckets).", "", diff_table]
-            text += _figure("accuracy_by_difficulty", figures, run)
-        text += ["## Paper claims", ""]
-        if toy:
-            text += ["Toy run: the verdicts below say whether the pipeline's numbers point the paper's way on a "
-                     "synthetic task with a tiny student and a rule-assisted reflector standing in for free-form reflection; "
-                     "they do not test the paper.", ""]
-        for i, claim in enumerate(analysis.get("claims") or [], start=1):
-            text += [f"### Claim {i}: {claim['claim']} — {claim['verdict']}", "", claim["text"], ""]
-        text += ["## Definitions", ""]
-        text += [f"- **{k}**: {v}" for k, v in (analysis.get("definitions") or {}).items()] + [""]
+        text += _analysis_section(run, analysis, figures, seeds_note)
+        text += _claims_section(analysis, toy)
     path = run.report
     path.write_text("\n".join(text), encoding="utf-8")
     return path
+
+
+def _results_section(run: RunDir, analysis: dict | None, table_metrics: dict, figures: dict,
+                     seeds_note: str) -> list[str]:
+    """The report's Results: pass@1 (and greedy) per method and benchmark, the intervals, the accuracy figures."""
+    cell_intervals = ((analysis or {}).get("intervals") or {}).get("cells")
+    text = ["## Results", "", f"### pass@1 (%){seeds_note}", "",
+            "pass@1: mean over the sampled solutions of a problem, averaged over problems.", "",
+            metrics_table(table_metrics, "pass@1", cell_intervals), ""]
+    if _has_key(table_metrics, "greedy"):
+        text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy", cell_intervals), ""]
+    text += intervals_note(analysis)
+    return text + _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
+
+
+def _analysis_section(run: RunDir, analysis: dict, figures: dict, seeds_note: str) -> list[str]:
+    """The report's Analysis: the per-method table, reflection's numbers, their figures, accuracy by difficulty."""
+    text = ["## Analysis", "", f"Per method{seeds_note}; ↓ marks lower-is-better.", "",
+            analysis_table(analysis), ""]
+    errors = {m: r["cot_perplexity_error"] for m, r in (analysis.get("methods") or {}).items()
+              if r.get("cot_perplexity_error")}
+    if errors:
+        text += ["No CoT perplexity for " + ", ".join(f"{m} ({e})" for m, e in errors.items()) + ".", ""]
+    text += reflection_lines(analysis.get("reflection"))
+    text += _figure("perplexity", figures, run) + _figure("cot_lengths", figures, run)
+    text += _figure("step_consistency", figures, run)
+    diff_table = difficulty_table(analysis)
+    if diff_table:
+        text += ["### Accuracy by difficulty", "",
+                 "Difficulty of a benchmark problem = the base student's pass rate on it (its sampled "
+                 "evaluation solutions, eval/base); n: problems per bucket in this run. Cells: pass@1 (%) averaged over "
+                 "the bucket's problems. "
+                 "base's own row is circular (its results define the buckets).", "", diff_table]
+        text += _figure("accuracy_by_difficulty", figures, run)
+    return text
+
+
+def _claims_section(analysis: dict, toy: bool) -> list[str]:
+    """The report's Paper claims, one verdict and paragraph each, and the definitions of its terms."""
+    text = ["## Paper claims", ""]
+    if toy:
+        text += ["Toy run: the verdicts below say whether the pipeline's numbers point the paper's way on a "
+                 "synthetic task with a tiny student and a rule-assisted reflector standing in for free-form reflection; "
+                 "they do not test the paper.", ""]
+    for i, claim in enumerate(analysis.get("claims") or [], start=1):
+        text += [f"### Claim {i}: {claim['claim']} — {claim['verdict']}", "", claim["text"], ""]
+    text += ["## Definitions", ""]
+    return text + [f"- **{k}**: {v}" for k, v in (analysis.get("definitions") or {}).items()] + [""]
 
 
 def write_students_report(run: RunDir, runs: dict) -> Path:

@@ -367,7 +367,7 @@ class RunDir:
     ``question_set``               ``data/question_set.json``           01 collection (the questions
                                                                         every method trains on)
     ``student_attempts``           ``data/student_attempts.jsonl``      02 exposure
-    ``student_attempts_partial``   ``data/student_attempts.partial...`` 02 exposure (resume scratch)
+    ``student_attempts_partial``   ``data/student_attempts.partial.jsonl``  02 exposure (resume scratch)
     ``error_attempts``             ``data/error_attempts.jsonl``        02 exposure (unique wrong)
     ``pass_rates``                 ``data/pass_rates.json``             02 exposure
     ``refinements``                ``data/refinements.jsonl``           03 reflection
@@ -397,7 +397,10 @@ class RunDir:
     =============================  ===================================  ============================
 
     ``edit()`` and ``tailored()`` give the layouts of those method folders (``EditDir``,
-    ``TailoredDir``); ``trained(m)`` that of any trained folder (``TrainedDir``).
+    ``TailoredDir``); ``trained(m)`` that of any trained folder (``TrainedDir``). This table is the one
+    place the docs list artifacts (the README and ARCHITECTURE.md link here); :func:`artifact_paths`
+    reads every path above off the class, and ``tests/test_docs_facts.py`` checks this table and every
+    run-directory path the docs spell against it.
 
     Resuming, one rule: the run directory decides. ``run_stage`` skips a stage when its outputs
     exist and the fingerprint of its parameters and the content of its inputs matches the
@@ -753,3 +756,38 @@ class RunDir:
         self._update_manifest(name, entry)
         print(f"[{name}] done in {entry['wall_seconds']:.1f}s")
         return entry
+
+
+def artifact_paths() -> dict[str, str]:
+    """Every path :class:`RunDir` names, relative to the run directory, keyed by the expression that names it
+    (``train_problems``, ``eval_file(<method>, <benchmark>)``, ``edit().stage1.model``); ``<arg>`` stands for
+    an argument. Read off the class itself, so it is the list the docs' paths are checked against
+    (``tests/test_docs_facts.py``) and a notebook can show (``display.table``)."""
+    import inspect
+    import tempfile
+
+    found: dict[str, str] = {}
+
+    def walk(obj: Any, prefix: str, root: Path) -> None:
+        for name, member in inspect.getmembers(type(obj)):
+            params = list(inspect.signature(member).parameters.values())[1:] if inspect.isfunction(member) else []
+            generic = isinstance(obj, RunDir) and name in ("path", "data", "model")  # any path at all
+            if name.startswith("_") or generic or not (
+                    isinstance(member, property) or (inspect.isfunction(member) and all(
+                        p.kind is p.POSITIONAL_OR_KEYWORD and p.annotation in ("str", "int") for p in params))):
+                continue
+            args = [f"<{p.name}>" for p in params]
+            expr = prefix + name + (f"({', '.join(args)})" if inspect.isfunction(member) else "")
+            try:
+                value = getattr(obj, name)(*args) if inspect.isfunction(member) else getattr(obj, name)
+            except OSError:  # needs a file of a real run (student_model: StageInputMissing)
+                continue
+            if isinstance(value, TrainedDir):
+                found[expr] = value.root.relative_to(root).as_posix()
+                walk(value, expr + ".", root)
+            elif isinstance(value, Path):
+                found[expr] = value.relative_to(root).as_posix()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        walk(RunDir(tmp), "", Path(tmp))
+    return found
