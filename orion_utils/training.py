@@ -250,7 +250,7 @@ def build_sft_rows(
             enc = encode_for_training(
                 tokenizer, ex.question, ex.response, template=prompt_template, max_seq_len=max_seq_len, system=system
             )
-        spans = (ex.meta or {}).get("loss_mask_spans")
+        spans = ex.loss_mask_spans
         if spans:
             enc = dict(enc, labels=mask_response_spans(tokenizer, ex.question, ex.response, enc, spans,
                                                        template=prompt_template, system=system))
@@ -264,7 +264,7 @@ def build_sft_rows(
 def mask_response_spans(tokenizer, question: str, response: str, enc: dict, spans: Sequence, *,
                         template: str = "{question}", system: Optional[str] = None) -> list[int]:
     """``enc["labels"]`` with -100 on every response token overlapping a character span
-    ``[start, end)`` of ``response`` (``SFTExample.meta["loss_mask_spans"]``, e.g. ORION's quoted wrong
+    ``[start, end)`` of ``response`` (``SFTExample.loss_mask_spans``, e.g. ORION's quoted wrong
     step), found through the tokenizer's offsets of the assistant turn as ``encode_for_training``
     tokenises it."""
     from .chat import build_messages
