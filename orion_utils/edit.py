@@ -43,7 +43,16 @@ from .chat import encode_for_training
 from .config import FEEDBACK_TEACHER_KINDS, PAIR_SOURCES, EditConfig, TrainingConfig
 from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
 from .rundir import EditDir, KeyStepDir, SavedModel, read_or_make
-from .training import OrionSFTTrainer, TrainerMethod, TrainResult, train_method, train_sft
+from .training import (
+    OrionSFTTrainer,
+    TrainerMethod,
+    TrainResult,
+    link_or_copy_tree,
+    pad_rows,
+    token_nll,
+    train_method,
+    train_sft,
+)
 
 PathLike = Union[str, Path]
 
@@ -421,21 +430,6 @@ def encode_pair(
 # --------------------------------------------------------------------------------------------
 
 
-def token_nll(logits, labels):
-    """Per-token NLL (float32) of ``labels[:, 1:]`` under ``logits[:, :-1]``; 0 where the label is -100."""
-    import torch.nn.functional as F
-
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=-100,
-        reduction="none",
-    )
-    return nll.view(shift_labels.shape)
-
-
 def edit_loss(
     logits, labels, weights_chosen, weights_rejected, nll_guard: Optional[float] = 5.0
 ) -> tuple[Any, dict]:
@@ -477,10 +471,6 @@ def edit_loss(
     return loss, stats
 
 
-def _pad(rows: list[list], value, length: int) -> list[list]:
-    return [list(r) + [value] * (length - len(r)) for r in rows]
-
-
 class EditCollator:
     """B encoded pairs → one padded batch of 2B sequences (chosen first, then rejected).
 
@@ -520,10 +510,10 @@ class EditCollator:
             rows["rejected"].append(self._side(f["rejected"], w_r))
         seqs = rows["chosen"] + rows["rejected"]
         length = max(len(ids) for ids, _, _ in seqs)
-        ids = _pad([s[0] for s in seqs], self.pad_token_id, length)
-        mask = _pad([[1] * len(s[0]) for s in seqs], 0, length)
-        labels = _pad([s[1] for s in seqs], -100, length)
-        weights = _pad([s[2] for s in seqs], 0.0, length)
+        ids = pad_rows([s[0] for s in seqs], self.pad_token_id, length)
+        mask = pad_rows([[1] * len(s[0]) for s in seqs], 0, length)
+        labels = pad_rows([s[1] for s in seqs], -100, length)
+        weights = pad_rows([s[2] for s in seqs], 0.0, length)
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "attention_mask": torch.tensor(mask, dtype=torch.long),
@@ -698,7 +688,7 @@ def run_edit(
 
     def train_stage2() -> None:
         stage2 = train_edit_stage2(stage1_model_dir, pairs, layout.stage2.root, cfg, prompt_template, system)
-        _link_or_copy_tree(Path(stage2.model_dir), layout.model)
+        link_or_copy_tree(Path(stage2.model_dir), layout.model)
 
     if stage1_model_dir is None:
         stage1_model_dir = read_or_make(layout.stage1.model, SavedModel, train_stage1)
@@ -731,24 +721,6 @@ def _count(values) -> dict:
     for v in values:
         counts[v] += 1
     return counts
-
-
-def _link_or_copy_tree(src: Path, dst: Path) -> None:
-    """Place a saved model at ``dst`` (hard links where possible: no second copy on disk)."""
-    import os
-    import shutil
-
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, copy_function=link)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
 
 
 def look_inside(run, index: int = 0, alpha: float = 1.0, beta: float = 0.025,

@@ -34,10 +34,17 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from .chat import encode_for_training
 from .config import TailoredConfig, TrainingConfig
-from .edit import _link_or_copy_tree, _pad, token_nll
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
 from .rundir import RoundDir, TailoredDir, is_saved_model, read_or_make
-from .training import OrionSFTTrainer, TrainerMethod, TrainResult, train_method
+from .training import (
+    OrionSFTTrainer,
+    TrainerMethod,
+    TrainResult,
+    link_or_copy_tree,
+    pad_rows,
+    token_nll,
+    train_method,
+)
 
 PathLike = Union[str, Path]
 
@@ -297,10 +304,10 @@ class TailoredCollator:
                 weights.append([0.0] * len(ids))
         length = max(len(r) for r in rows)
         return {
-            "input_ids": torch.tensor(_pad(rows, self.pad_token_id, length), dtype=torch.long),
-            "attention_mask": torch.tensor(_pad([[1] * len(r) for r in rows], 0, length), dtype=torch.long),
-            "labels": torch.tensor(_pad(labels, -100, length), dtype=torch.long),
-            "mle_weights": torch.tensor(_pad(weights, 0.0, length), dtype=torch.float32),
+            "input_ids": torch.tensor(pad_rows(rows, self.pad_token_id, length), dtype=torch.long),
+            "attention_mask": torch.tensor(pad_rows([[1] * len(r) for r in rows], 0, length), dtype=torch.long),
+            "labels": torch.tensor(pad_rows(labels, -100, length), dtype=torch.long),
+            "mle_weights": torch.tensor(pad_rows(weights, 0.0, length), dtype=torch.float32),
             "n_anchors": torch.tensor(len(features), dtype=torch.long),
             "triplet_index": torch.tensor(with_both, dtype=torch.long),
         }
@@ -700,7 +707,7 @@ def run_tailored(
 
     final = layout.model
     if Path(model_dir).resolve() != final.resolve():
-        _link_or_copy_tree(Path(model_dir), final)
+        link_or_copy_tree(Path(model_dir), final)
     write_json(layout.rounds_summary, [asdict(r) for r in results])
     return results
 
