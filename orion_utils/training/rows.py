@@ -57,7 +57,7 @@ def mask_response_spans(tokenizer, question: str, response: str, enc: dict, span
     ``[start, end)`` of ``response`` (``SFTExample.loss_mask_spans``, e.g. ORION's quoted wrong
     step), found through the tokenizer's offsets of the assistant turn as ``encode_for_training``
     tokenises it."""
-    from .chat import build_messages
+    from ..chat import build_messages
 
     messages = build_messages(question, template, system)
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
