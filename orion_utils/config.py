@@ -118,8 +118,8 @@ class GenerationConfig:
         validate(self)
 
 
-# --- the training sections: `training.py` trains with them (EDIT's stage 2 and Tailored Learning's rounds
-# through their trainers in `edit` and `tailored`), which imports torch and TRL; here they cost nothing.
+# --- the training sections: `training` trains with them (EDIT's stage 2 and Tailored Learning's rounds
+# through their trainers in `edit` and `tailored_training`), which imports torch and TRL; here they cost nothing.
 
 
 @dataclass

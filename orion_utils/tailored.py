@@ -20,7 +20,7 @@ Rounds (the paper's schedule, with prompts of our own; ``run_tailored``):
 Loss (``TailoredTrainer``, a subclass of the project's one SFT trainer; ``tailored_loss``):
 ``weighted_mle_loss`` + λ · ``triplet_loss`` on a hidden state (``triplet_layer``; default the last) of
 each sequence's last token. A ``NoSameQuestionBatchSampler`` never puts two rationales of one question
-in one batch.
+in one batch. The training (losses, sampler, triplets, trainer) is in ``tailored_training``; the rounds here.
 """
 
 from __future__ import annotations

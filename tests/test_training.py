@@ -530,8 +530,8 @@ def test_warmup_is_whole_steps_and_a_label_rebuilding_collator_is_refused(tok):
     assert training.optimizer_steps(_cfg(num_epochs=2, batch_size=4, grad_accum=2), 10) == 2
     assert training.optimizer_steps(_cfg(num_epochs=1.5, batch_size=4, grad_accum=1), 40) == 15
     assert training.optimizer_steps(_cfg(max_steps=7), 10) == 7
-    args = training.trainer.sft_args(_cfg(num_epochs=3, batch_size=2, warmup_ratio=0.1), Path("unused"), "padded", "cpu",
-                              "float32", 40)
+    args = training.trainer.sft_args(_cfg(num_epochs=3, batch_size=2, warmup_ratio=0.1), Path("unused"), "padded",
+                                     "cpu", "float32", 40)
     assert args.warmup_steps == 6  # ceil(0.1 * 60): the same in every transformers version
 
     rows, _ = build_sft_rows(tok, _examples(1), prompt_template=TEMPLATE)
@@ -566,7 +566,7 @@ def _method_trainer(model_dir, tok, rows, cfg, method, tmp_path):
     with training.quiet():
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
         return training.build_trainer(model, tok, rows, cfg, tmp_path / method.name.replace(" ", "_"), "padded",
-                                       "cpu", "float32", method=method)
+                                      "cpu", "float32", method=method)
 
 
 def _sft_reference(model_dir, tok, examples, tmp_path):

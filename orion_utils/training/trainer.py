@@ -27,7 +27,7 @@ _COUNTERS_FILE = "orion_counters.json"
 class OrionSFTTrainer:
     """The project's one trainer: TRL's ``SFTTrainer`` + length-grouped sampling + exact counts of the
     supervised tokens and their NLL. The methods' trainers subclass it and override its loss
-    (``edit.EditTrainer``; ``tailored.TailoredTrainer``, which also brings its batch sampler).
+    (``edit.EditTrainer``; ``tailored_training.TailoredTrainer``, which also brings its batch sampler).
 
     It and its subclasses are ordinary classes written against TRL's ``SFTTrainer``, which a run puts
     beneath them when it builds its trainer (:func:`sft_trainer_class`): the ``SFTTrainer`` current at
