@@ -2,12 +2,12 @@
 attention kernel) vs naive padded random batches, on length-skewed long CoTs.
 
 One epoch of the same data from the same initial weights per mode, through the very trainer
-``train_sft`` uses (``training._build_trainer``), bf16 autocast, learning rate 0 so the weights stay
+``train_sft`` uses (``training.build_trainer``), bf16 autocast, learning rate 0 so the weights stay
 fixed, Liger kernels as ``train_sft`` would set them. Reports real (non-padding) tokens/s per mode,
 the padding-free / padded ratio, and the mean per-token loss of each mode (the same data at the
 same weights must give the same loss, to bf16 precision).
 
-The attention kernel is the one ``train_sft`` picks (``training._resolve_attn("auto", "cuda")``):
+The attention kernel is the one ``train_sft`` picks (``training.resolve_attn("auto", "cuda")``):
 FlashAttention 3/2 when installed; with sdpa, padding-free is correct but builds a dense mask over
 the whole flattened batch, and the script says so.
 
@@ -33,10 +33,10 @@ import torch
 from orion_utils.records import SFTExample
 from orion_utils.training import (
     TrainingConfig,
-    _build_trainer,
-    _quiet,
-    _resolve_attn,
     build_sft_rows,
+    build_trainer,
+    quiet,
+    resolve_attn,
     resolve_batching,
     resolve_liger,
 )
@@ -75,11 +75,11 @@ def skewed_examples(tokenizer, n: int, max_len: int, seed: int = 0) -> list[SFTE
 def run_mode(model_dir: Path, tokenizer, rows, cfg, batching: str, attn: str, liger: bool, work: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
-    with _quiet():
+    with quiet():
         model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch.float32, attn_implementation=attn, device_map={"": torch.cuda.current_device()}
         )
-        trainer = _build_trainer(model, tokenizer, rows, cfg, work / batching, batching, "cuda", "bfloat16", liger=liger)
+        trainer = build_trainer(model, tokenizer, rows, cfg, work / batching, batching, "cuda", "bfloat16", liger=liger)
         batches = list(trainer.get_train_dataloader())
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -110,12 +110,12 @@ def main(argv=None) -> int:
 
     from transformers import AutoTokenizer
 
-    attn = _resolve_attn("auto", "cuda")
+    attn = resolve_attn("auto", "cuda")
     picked, why = resolve_batching("auto", attn)
     liger, liger_why = resolve_liger("cuda", "trl")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        with _quiet():
+        with quiet():
             model_dir = make_student(tmp / "student", args.hidden, args.layers, args.max_len)
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
         cfg = TrainingConfig(learning_rate=0.0, num_epochs=1, batch_size=args.batch_size, max_seq_len=args.max_len,

@@ -31,9 +31,9 @@ import torch
 from orion_utils.records import SFTExample
 from orion_utils.training import (
     TrainingConfig,
-    _build_trainer,
-    _quiet,
     build_sft_rows,
+    build_trainer,
+    quiet,
     resolve_batching,
 )
 
@@ -89,9 +89,9 @@ def skewed_examples(tokenizer, n: int, seed: int = 0, lo: int = 20, hi: int = 10
 def run_mode(model_dir: Path, tokenizer, rows, cfg: TrainingConfig, batching: str, work: Path) -> dict:
     from transformers import AutoModelForCausalLM
 
-    with _quiet():
+    with quiet():
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
-        trainer = _build_trainer(model, tokenizer, rows, cfg, work / batching, batching, "cpu", "float32")
+        trainer = build_trainer(model, tokenizer, rows, cfg, work / batching, batching, "cpu", "float32")
         batches = list(trainer.get_train_dataloader())
         t0 = time.perf_counter()
         trainer.train()
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        with _quiet():
+        with quiet():
             model_dir = make_student(tmp / "student")
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
         examples = skewed_examples(tokenizer, args.n)

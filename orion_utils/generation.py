@@ -167,7 +167,7 @@ def _template_end_of_turn(tokenizer) -> int | None:
 # backend selection
 
 
-def _vllm_status() -> tuple[bool, str]:
+def vllm_status() -> tuple[bool, str]:
     """(installed, words) without importing vLLM (importing it takes seconds)."""
     try:
         found = importlib.util.find_spec("vllm") is not None
@@ -182,7 +182,7 @@ def _quiet_vllm_logs() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
-def _try_import_vllm() -> str | None:
+def try_import_vllm() -> str | None:
     """None if ``import vllm`` works, else why not."""
     _quiet_vllm_logs()
     try:
@@ -214,7 +214,7 @@ def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[st
         req = "transformers"
     if req not in GENERATION_BACKENDS:
         raise ValueError(f"unknown generation backend {requested!r}: use 'auto', 'transformers' or 'vllm'")
-    installed, words = _vllm_status()
+    installed, words = vllm_status()
     if req == "transformers":
         return "transformers", f"requested; vllm: {words}"
     if req == "vllm":
@@ -224,7 +224,7 @@ def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[st
                 "(pip install vllm, on a machine with a CUDA GPU); "
                 "use backend='auto' or backend='transformers' to run with transformers instead"
             )
-        problem = _try_import_vllm()
+        problem = try_import_vllm()
         if problem:
             raise RuntimeError(f"generation backend 'vllm' was requested but `import vllm` fails: {problem}")
         cuda = device_rules.cuda_available()
@@ -236,7 +236,7 @@ def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[st
         return "transformers", f"vllm: installed, but device={device} was requested"
     if not device_rules.cuda_available():
         return "transformers", "vllm: installed, but no CUDA device"
-    problem = _try_import_vllm()
+    problem = try_import_vllm()
     if problem:
         return "transformers", f"vllm: installed but import failed ({problem})"
     return "vllm", "vllm: installed and CUDA available"

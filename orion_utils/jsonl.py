@@ -93,12 +93,13 @@ class JsonlAppender:
         self.close()
 
 
-def _type_ok(value: Any, hint: Any) -> bool:
+def matches_type(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a dataclass field's type hint (records here, profile sections in ``config``)."""
     origin = typing.get_origin(hint)
     if hint is Any:
         return True
     if origin is Union:
-        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+        return any(matches_type(value, arg) for arg in typing.get_args(hint))
     if hint is type(None):
         return value is None
     if origin in (list, tuple):
@@ -130,7 +131,7 @@ def from_dict(cls: Type[T], row: dict, where: str = "") -> T:
             if has_default:
                 continue
             raise RecordError(f"{prefix}missing field {name!r} for {cls.__name__}")
-        if not _type_ok(row[name], hints[name]):
+        if not matches_type(row[name], hints[name]):
             raise RecordError(
                 f"{prefix}field {name!r} of {cls.__name__} should be {hints[name]}, "
                 f"got {type(row[name]).__name__} {str(row[name])[:60]!r}"

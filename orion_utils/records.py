@@ -122,6 +122,17 @@ class SFTExample:
     response: str
     source: str  # "teacher", "refined", "rectified", "tailored" ...
     meta: dict = field(default_factory=dict)
+    # character spans [start, end) of response left out of the loss (ORION's quoted wrong step:
+    # reflection.mask_wrong_step; training.build_sft_rows masks their tokens)
+    loss_mask_spans: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # files written before this was a field kept the spans in meta: such a record reads the same
+        if isinstance(self.meta, dict) and "loss_mask_spans" in self.meta:
+            meta = dict(self.meta)
+            spans = meta.pop("loss_mask_spans") or []
+            self.meta = meta
+            self.loss_mask_spans = self.loss_mask_spans or [list(s) for s in spans]
 
 
 @dataclass

@@ -465,10 +465,8 @@ def run_reflection(
             by_id = {e.problem_id: e for e in teacher_examples}
             write_jsonl(outputs[1], [
                 SFTExample(r.problem_id, by_id[r.problem_id].question, r.refined_cot,
-                           "refined" if r.accepted else "teacher",
-                           {"accepted": r.accepted,
-                            **({"loss_mask_spans": r.wrong_step_spans} if cfg.mask_wrong_step and r.wrong_step_spans
-                               else {})})
+                           "refined" if r.accepted else "teacher", {"accepted": r.accepted},
+                           loss_mask_spans=r.wrong_step_spans if cfg.mask_wrong_step else [])
                 for r in refinements
             ])
             rate = acceptance_rate(refinements)

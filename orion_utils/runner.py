@@ -185,7 +185,7 @@ def run_students(profile_name: str, profile: Profile, run_path: Path, force: boo
     (``config.student_runs``), each a complete run (its seeds included) in ``<run>/students/<name>/``,
     then one combined ``report.md`` at ``<run>`` with a row per student and method
     (``report.write_students_report``). Returns ``run_path``."""
-    from .config import _deep_merge, student_runs
+    from .config import deep_merge, student_runs
     from .report import write_students_report
 
     run = RunDir(run_path)
@@ -193,7 +193,7 @@ def run_students(profile_name: str, profile: Profile, run_path: Path, force: boo
     for i, (name, extra) in enumerate(student_runs(profile.students), start=1):
         print(f"[orion] student {name} ({i}/{len(profile.students)})", flush=True)
         runs[name] = run_pipeline(profile_name, str(run.student_dir(name)), force,
-                                  _deep_merge(overrides or {}, extra), only, log_output, jobs)
+                                  deep_merge(overrides or {}, extra), only, log_output, jobs)
     run.write_config(profile.to_dict())
     if any(RunDir(p).metrics.exists() for p in runs.values()):
         print(f"[orion] students' report: {write_students_report(run, runs)}", flush=True)

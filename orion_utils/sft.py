@@ -92,7 +92,7 @@ def look_inside(run: RunDir, method: str = "orion", problem_id: Optional[str] = 
 
     examples = read_jsonl(run.training_set(method), SFTExample)
     if problem_id is None:
-        ex = next((e for e in examples if (e.meta or {}).get("loss_mask_spans")), examples[0])
+        ex = next((e for e in examples if e.loss_mask_spans), examples[0])
     else:
         ex = next(e for e in examples if e.problem_id == problem_id)
     template, system = run_prompt_format(run)
@@ -104,7 +104,7 @@ def look_inside(run: RunDir, method: str = "orion", problem_id: Optional[str] = 
     segments = label_segments(tokenizer, row["input_ids"], row["labels"], prompt_len)
     look = {"method": method, "problem_id": ex.problem_id, "source": ex.source,
             "tokens": len(row["input_ids"]), "trained tokens": sum(label != -100 for label in row["labels"]),
-            "masked spans": len((ex.meta or {}).get("loss_mask_spans") or []), "segments": segments}
+            "masked spans": len(ex.loss_mask_spans), "segments": segments}
     if show:
         key_values({k: v for k, v in look.items() if k != "segments"},
                    title=f"one '{method}' training example")

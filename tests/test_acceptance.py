@@ -129,7 +129,7 @@ def test_report_section_counts_rejections_masking_and_lengths(tmp_path):
 def test_stage_03_line_counts_rejections_and_masking(tiny_model_dir, tmp_path, capsys):
     """run_reflection with the toy `rule` reflector: the stage line and the stage's record carry the counts."""
     from orion_utils.config import StudentConfig
-    from orion_utils.jsonl import write_json, write_jsonl
+    from orion_utils.jsonl import read_jsonl, write_json, write_jsonl
     from orion_utils.records import SFTExample
     from orion_utils.reflection import run_reflection
     from orion_utils.rundir import RunDir
@@ -147,6 +147,9 @@ def test_stage_03_line_counts_rejections_and_masking(tiny_model_dir, tmp_path, c
     line = next(x for x in capsys.readouterr().out.splitlines() if "passed every check" in x)
     assert line.startswith("[reflection] 8 candidates, 8 passed every check") and "masked in 4 of 4" in line
     assert stats["acceptance"]["rejected"] == {r: 0 for r in REASONS}
+    orion = read_jsonl(run.training_set("orion"), SFTExample)
+    assert all(ex.loss_mask_spans and "loss_mask_spans" not in ex.meta for ex in orion)  # a field, not meta
     off = run_reflection(run, ReflectionConfig(reflector="rule", m=2, selection="first", mask_wrong_step=False),
                          StudentConfig(model="toy"))
     assert off["acceptance"]["masked"] == 0 and "nothing masked" in capsys.readouterr().out
+    assert all(ex.loss_mask_spans == [] for ex in read_jsonl(run.training_set("orion"), SFTExample))

@@ -50,9 +50,9 @@ def test_doctor_on_cpu_measures_both_paths(tiny_model_dir, capsys):
 def test_doctor_names_what_loads_with_cuda_stood_in(monkeypatch, capsys):
     """No GPU here: CUDA, vLLM and Unsloth are stood in to check what the table says a GPU user gets."""
     monkeypatch.setattr(device, "cuda_available", lambda: True)
-    monkeypatch.setattr(generation, "_vllm_status", lambda: (True, "installed"))
-    monkeypatch.setattr(generation, "_try_import_vllm", lambda: None)
-    monkeypatch.setattr(training, "_unsloth_installed", lambda: True)
+    monkeypatch.setattr(generation, "vllm_status", lambda: (True, "installed"))
+    monkeypatch.setattr(generation, "try_import_vllm", lambda: None)
+    monkeypatch.setattr(training.selection, "unsloth_installed", lambda: True)
     report = doctor.DoctorReport()
     gen, train = doctor._backends(report, "auto", "auto", True, "auto")
     rows = {r[0]: r for r in report.rows}

@@ -171,7 +171,7 @@ def test_prompt_forms_template_and_system(gen):
 
 
 def test_select_backend_and_the_one_line(tiny_model_dir, monkeypatch, capsys):
-    monkeypatch.setattr(generation, "_vllm_status", lambda: (False, "not installed"))
+    monkeypatch.setattr(generation, "vllm_status", lambda: (False, "not installed"))
     assert select_backend() == ("transformers", "vllm: not installed")
     g = load_generator(tiny_model_dir, progress=False)
     lines = capsys.readouterr().out.splitlines()
@@ -189,20 +189,20 @@ def test_select_backend_and_the_one_line(tiny_model_dir, monkeypatch, capsys):
         select_backend("tgi")
 
     # installed: chosen only with CUDA, and never when another device is asked for
-    monkeypatch.setattr(generation, "_vllm_status", lambda: (True, "installed"))
-    monkeypatch.setattr(generation, "_try_import_vllm", lambda: None)
+    monkeypatch.setattr(generation, "vllm_status", lambda: (True, "installed"))
+    monkeypatch.setattr(generation, "try_import_vllm", lambda: None)
     monkeypatch.setattr(device, "cuda_available", lambda: False)
     assert select_backend() == ("transformers", "vllm: installed, but no CUDA device")
     monkeypatch.setattr(device, "cuda_available", lambda: True)
     assert select_backend() == ("vllm", "vllm: installed and CUDA available")
     assert select_backend(device="cpu")[0] == "transformers"
-    monkeypatch.setattr(generation, "_try_import_vllm", lambda: "ImportError: broken")
+    monkeypatch.setattr(generation, "try_import_vllm", lambda: "ImportError: broken")
     name, reason = select_backend()
     assert name == "transformers" and "import failed" in reason
 
 
 def test_requesting_vllm_without_it_is_a_clear_error(tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(generation, "_vllm_status", lambda: (False, "not installed"))
+    monkeypatch.setattr(generation, "vllm_status", lambda: (False, "not installed"))
     with pytest.raises(RuntimeError, match=r"'vllm' was requested but vLLM is not installed"):
         select_backend("vllm")
     with pytest.raises(RuntimeError, match="backend='transformers'"):
@@ -250,7 +250,7 @@ def _fake_vllm(calls: dict, tokenizer):
 def test_vllm_backend_maps_onto_the_same_interface(tiny_model_dir, tiny_tokenizer, monkeypatch, capsys):
     calls: dict = {}
     monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(calls, tiny_tokenizer))
-    monkeypatch.setattr(generation, "_vllm_status", lambda: (True, "installed"))
+    monkeypatch.setattr(generation, "vllm_status", lambda: (True, "installed"))
     monkeypatch.setattr(device, "cuda_available", lambda: True)
     monkeypatch.setattr(device, "resolve_dtype", lambda dtype, device: torch.bfloat16)
     g = load_generator(tiny_model_dir, seed=3, progress=False, gpu_memory_utilization=0.5, num_threads=1)

@@ -166,14 +166,14 @@ def no_automatic_gc():
 
 def _record_trained_models(monkeypatch) -> list:
     refs = []
-    real = training._load_model
+    real = training.backends.load_model
 
     def recording(*args, **kwargs):
         model = real(*args, **kwargs)
         refs.append(weakref.ref(model))
         return model
 
-    monkeypatch.setattr(training, "_load_model", recording)
+    monkeypatch.setattr(training.backends, "load_model", recording)
     return refs
 
 

@@ -7,13 +7,29 @@ import sys
 import pytest
 
 from orion_utils.jsonl import JsonlAppender, RecordError, read_jsonl, write_jsonl
-from orion_utils.records import Problem, StudentAttempt, TeacherTrace
+from orion_utils.records import Problem, SFTExample, StudentAttempt, TeacherTrace
 
 
 def test_round_trip(tmp_path):
     records = [Problem("p1", "What is 1+1?", "2", "toy", {"n_steps": 1}), Problem("p2", "Q", "3")]
     path = write_jsonl(tmp_path / "data" / "problems.jsonl", records)
     assert read_jsonl(path, Problem) == records
+
+
+def test_loss_mask_spans_is_a_field_and_old_files_still_read(tmp_path):
+    """SFTExample.loss_mask_spans is a typed field; a line written when the spans were a meta key reads
+    into the field (meta keeps the rest), so a training set from before trains the same."""
+    new = SFTExample("p1", "q", "2 + 2 = 5. 4", "refined", {"accepted": True}, loss_mask_spans=[[0, 9]])
+    path = write_jsonl(tmp_path / "new.jsonl", [new])
+    assert json.loads(path.read_text())["loss_mask_spans"] == [[0, 9]]
+    assert read_jsonl(path, SFTExample) == [new]
+    old = {"problem_id": "p1", "question": "q", "response": "2 + 2 = 5. 4", "source": "refined",
+           "meta": {"accepted": True, "loss_mask_spans": [[0, 9]]}}
+    (tmp_path / "old.jsonl").write_text(json.dumps(old) + "\n")
+    assert read_jsonl(tmp_path / "old.jsonl", SFTExample) == [new]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({**old, "meta": {}, "loss_mask_spans": "0-9"}) + "\n")
+    with pytest.raises(RecordError, match="loss_mask_spans"):
+        read_jsonl(tmp_path / "bad.jsonl", SFTExample)
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):

@@ -43,7 +43,7 @@ def run(tmp_path_factory, tiny_model_dir):
     span = [good[0].index(WRONG_STEP), good[0].index(WRONG_STEP) + len(WRONG_STEP)]
     write_jsonl(run.training_set("orion"), [
         SFTExample(p1.id, p1.question, "teacher cot", "teacher", {}),
-        SFTExample(p0.id, p0.question, good[0], "refined", {"loss_mask_spans": [span]})])
+        SFTExample(p0.id, p0.question, good[0], "refined", loss_mask_spans=[span])])
     write_jsonl(run.model("edit") / "pairs.jsonl", [
         DualPair(p0.id, p0.question, f"2 + 2 = 4 \\boxed{{{p0.answer}}}", "2 + 2 = 5 \\boxed{-1}",
                  "error_exposure")])

@@ -136,7 +136,7 @@ def test_build_sft_rows_masks_the_given_spans(tiny_tokenizer):
     s = response.index("2 + 2 = 5")
     e = s + len("2 + 2 = 5")
     plain = SFTExample("a", "q?", response, "refined", {})
-    masked = SFTExample("a", "q?", response, "refined", {"loss_mask_spans": [[s, e]]})
+    masked = SFTExample("a", "q?", response, "refined", loss_mask_spans=[[s, e]])
     (r0, r1), _ = build_sft_rows(tiny_tokenizer, [plain, masked])
     assert r0["input_ids"] == r1["input_ids"]
     dropped = [i for i, (a, b) in enumerate(zip(r0["labels"], r1["labels"])) if a != b]

@@ -214,8 +214,8 @@ def test_trainer_dataloader_uses_the_no_same_question_sampler(tiny_model_dir, ti
     rows, _ = tailored_rows(tiny_tokenizer, examples, cfg)
     method = dataclasses.replace(tailored_method(cfg), collator=lambda tok: RecordingCollator(tok.pad_token_id))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    trainer = training._build_trainer(model, tiny_tokenizer, rows, cfg, tmp_path, "no_same_question", "cpu",
-                                      "float32", method=method)
+    trainer = training.build_trainer(model, tiny_tokenizer, rows, cfg, tmp_path, "no_same_question", "cpu",
+                                     "float32", method=method)
     assert isinstance(trainer, training.sft_trainer_class())  # the one SFT trainer, its sampler overridden
     batches = list(trainer.get_train_dataloader())
     assert len(batches) == 3 and len(seen) == 3
@@ -414,8 +414,8 @@ def test_triplet_layer_picks_the_hidden_state_fed_to_the_triplet(tiny_model_dir,
     cfg = TailoredConfig(batch_size=1, triplet_layer=layer, lam=0.5)
     rows, _ = tailored_rows(tiny_tokenizer, examples, cfg)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    trainer = training._build_trainer(model, tiny_tokenizer, rows, cfg, tmp_path, "no_same_question", "cpu",
-                                      "float32", method=tailored_method(cfg))
+    trainer = training.build_trainer(model, tiny_tokenizer, rows, cfg, tmp_path, "no_same_question", "cpu",
+                                     "float32", method=tailored_method(cfg))
     batch = trainer.data_collator(rows)
     with torch.no_grad():
         got = float(trainer.compute_loss(model, dict(batch)))

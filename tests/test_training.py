@@ -140,9 +140,9 @@ def _segments(batch) -> list[tuple[list, list]]:
 def _trainer(model_dir, tok, rows, cfg, batching, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    with training._quiet():
+    with training.quiet():
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
-        return training._build_trainer(model, tok, rows, cfg, tmp_path / batching, batching, "cpu", "float32")
+        return training.build_trainer(model, tok, rows, cfg, tmp_path / batching, batching, "cpu", "float32")
 
 
 @pytest.mark.parametrize("batching", ["padded", "length_grouped", "padding_free"])
@@ -169,7 +169,7 @@ def test_batching_modes_give_the_same_loss_at_fixed_weights(tiny_model_dir, tok,
             ref_nll += float(out.loss) * n
             ref_n += n
     for batching in ("padded", "length_grouped", "padding_free"):
-        nll, n = training._epoch_nll(_trainer(tiny_model_dir, tok, rows, _cfg(batch_size=4), batching, tmp_path))
+        nll, n = training.trainer.epoch_nll(_trainer(tiny_model_dir, tok, rows, _cfg(batch_size=4), batching, tmp_path))
         assert n == ref_n
         assert nll == pytest.approx(ref_nll, rel=1e-5), batching
 
@@ -197,14 +197,14 @@ def test_length_grouped_batches():
 
 
 def test_backend_selection(monkeypatch):
-    if training._unsloth_installed() is False:
+    if training.selection.unsloth_installed() is False:
         assert select_training_backend() == ("trl", "unsloth: not installed")
-    monkeypatch.setattr(training, "_unsloth_installed", lambda: False)
+    monkeypatch.setattr(training.selection, "unsloth_installed", lambda: False)
     assert select_training_backend("auto") == ("trl", "unsloth: not installed")
     assert select_training_backend("trl") == ("trl", "requested")
     with pytest.raises(RuntimeError, match="unsloth is not installed"):
         select_training_backend("unsloth")
-    monkeypatch.setattr(training, "_unsloth_installed", lambda: True)
+    monkeypatch.setattr(training.selection, "unsloth_installed", lambda: True)
     monkeypatch.setattr(device, "cuda_available", lambda: False)
     assert select_training_backend("auto") == ("trl", "unsloth: no CUDA GPU")
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
@@ -234,7 +234,7 @@ def test_auto_dispatches_to_unsloth_when_available(monkeypatch, tiny_model_dir, 
     import types
     from types import SimpleNamespace
 
-    monkeypatch.setattr(training, "_unsloth_installed", lambda: True)
+    monkeypatch.setattr(training.selection, "unsloth_installed", lambda: True)
     monkeypatch.setattr(device, "cuda_available", lambda: True)
     monkeypatch.setattr(device, "device_and_dtype", lambda: ("cuda", "bfloat16"))
     monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))
@@ -246,7 +246,7 @@ def test_auto_dispatches_to_unsloth_when_available(monkeypatch, tiny_model_dir, 
         announce(SimpleNamespace(args=args, batching="padding_free", model=None))
         raise KeyboardInterrupt("stop here")
 
-    monkeypatch.setattr(training, "_train_unsloth", fake_unsloth)
+    monkeypatch.setattr(training.backends, "train_unsloth", fake_unsloth)
     with pytest.raises(KeyboardInterrupt):
         train_sft(tiny_model_dir, _examples(3), tmp_path / "out", _cfg())
     assert called == {"rows": 3}
@@ -285,11 +285,11 @@ def test_training_arguments_on_a_t4_are_fp16_with_loss_scaling(monkeypatch, tmp_
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     dev, dtype = device.device_and_dtype()
     assert (dev, dtype) == ("cuda", "float16")
-    args = training._sft_args(_cfg(), tmp_path, "padded", dev, dtype, 8)
+    args = training.trainer.sft_args(_cfg(), tmp_path, "padded", dev, dtype, 8)
     assert args.fp16 is True and args.bf16 is False
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     dev, dtype = device.device_and_dtype()
-    args = training._sft_args(_cfg(), tmp_path, "padded", dev, dtype, 8)
+    args = training.trainer.sft_args(_cfg(), tmp_path, "padded", dev, dtype, 8)
     assert dtype == "bfloat16" and args.bf16 is True and args.fp16 is False
 
 
@@ -310,7 +310,7 @@ def test_unsloth_gets_float16_on_a_t4(monkeypatch, tiny_model_dir, tmp_path):
     fake = types.ModuleType("unsloth")
     fake.FastLanguageModel = FastLanguageModel
     monkeypatch.setitem(sys.modules, "unsloth", fake)
-    monkeypatch.setattr(training, "_unsloth_installed", lambda: True)
+    monkeypatch.setattr(training.selection, "unsloth_installed", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
@@ -460,7 +460,7 @@ def test_resume_after_crash_and_atomic_model(tiny_model_dir, tmp_path, monkeypat
     out = tmp_path / "resume"
     cfg = _cfg(max_steps=6, save_steps=2, keep_checkpoints=True, batch_size=2)
     examples = _examples(6)
-    cls = training._trainer_class()
+    cls = training.sft_trainer_class()
     original_step = cls.training_step
 
     def crashing_step(self, *args, **kwargs):
@@ -493,7 +493,7 @@ def test_resume_after_crash_and_atomic_model(tiny_model_dir, tmp_path, monkeypat
     def boom(trainer, resume_from):
         raise RuntimeError("crash mid-training")
 
-    monkeypatch.setattr(training, "_run", boom)
+    monkeypatch.setattr(training.backends, "run_trainer", boom)
     with pytest.raises(RuntimeError, match="crash mid-training"):
         train_sft(tiny_model_dir, examples, out, cfg, prompt_template=TEMPLATE, resume=False)
     assert {p.name: p.read_bytes() for p in (out / "model").iterdir()} == before
@@ -515,7 +515,7 @@ def test_clear_errors(tiny_model_dir, tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         train_sft(tmp_path / "empty_dir", _examples(2), tmp_path / "c", _cfg())
-    if not (training._unsloth_installed() and device.cuda_available()):
+    if not (training.selection.unsloth_installed() and device.cuda_available()):
         with pytest.raises(RuntimeError, match="backend='unsloth' was requested"):
             train_sft(tiny_model_dir, _examples(2), tmp_path / "d", _cfg(backend="unsloth"))
     with pytest.raises(ValueError, match="load_in_4bit: QLoRA trains adapters; set use_lora: true"):
@@ -530,8 +530,8 @@ def test_warmup_is_whole_steps_and_a_label_rebuilding_collator_is_refused(tok):
     assert training.optimizer_steps(_cfg(num_epochs=2, batch_size=4, grad_accum=2), 10) == 2
     assert training.optimizer_steps(_cfg(num_epochs=1.5, batch_size=4, grad_accum=1), 40) == 15
     assert training.optimizer_steps(_cfg(max_steps=7), 10) == 7
-    args = training._sft_args(_cfg(num_epochs=3, batch_size=2, warmup_ratio=0.1), Path("unused"), "padded", "cpu",
-                              "float32", 40)
+    args = training.trainer.sft_args(_cfg(num_epochs=3, batch_size=2, warmup_ratio=0.1), Path("unused"), "padded",
+                                     "cpu", "float32", 40)
     assert args.warmup_steps == 6  # ceil(0.1 * 60): the same in every transformers version
 
     rows, _ = build_sft_rows(tok, _examples(1), prompt_template=TEMPLATE)
@@ -541,7 +541,7 @@ def test_warmup_is_whole_steps_and_a_label_rebuilding_collator_is_refused(tok):
         return {"input_ids": ids, "labels": ids.clone()}
 
     with pytest.raises(RuntimeError, match="does not keep the pre-tokenised labels"):
-        training._check_collated_labels(SimpleNamespace(data_collator=rebuilds_labels), rows[0])
+        training.trainer.check_collated_labels(SimpleNamespace(data_collator=rebuilds_labels), rows[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,10 +563,10 @@ def _loss_and_grads(trainer, batch, num_items):
 def _method_trainer(model_dir, tok, rows, cfg, method, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    with training._quiet():
+    with training.quiet():
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
-        return training._build_trainer(model, tok, rows, cfg, tmp_path / method.name.replace(" ", "_"), "padded",
-                                       "cpu", "float32", method=method)
+        return training.build_trainer(model, tok, rows, cfg, tmp_path / method.name.replace(" ", "_"), "padded",
+                                      "cpu", "float32", method=method)
 
 
 def _sft_reference(model_dir, tok, examples, tmp_path):

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Optional, Sequence
 
 from ..records import Problem, TeacherTrace, as_problem
-from ..toy.teacher import N_VARIANTS, _rng, render_cot, teacher_sample, write_cot, computations_with_slip
+from ..toy.teacher import N_VARIANTS, seeded_rng, render_cot, teacher_sample, write_cot, computations_with_slip
 from .base import make_trace
 
 
@@ -89,7 +89,7 @@ class ToyTeacher:
         _require_toy(problem)
         variant = int((correct.meta or {}).get("variant", 0))
         style = (correct.meta or {}).get("style", self.style)
-        rng = _rng("toy-corrupt", self.seed, problem.id, correct.sample_index)
+        rng = seeded_rng("toy-corrupt", self.seed, problem.id, correct.sample_index)
         at = rng.randrange(len(problem.meta["steps"]))
         comps = computations_with_slip(problem, at, rng)
         thinking, solution = render_cot(problem, comps, variant, style)
@@ -107,7 +107,7 @@ class ToyTeacher:
         thinking, solution = write_cot(problem, 0, self.style)
         meta: dict = {"variant": 0, "style": self.style, "slip_step": None, "tailored": False}
         for k, attempt in enumerate(wrong_attempts):
-            variant = _rng("toy-tailor", self.seed, problem.id, k).randrange(N_VARIANTS)
+            variant = seeded_rng("toy-tailor", self.seed, problem.id, k).randrange(N_VARIANTS)
             out = reflect_cot(problem, f"<think>\n{thinking}\n</think>\n\n{solution}", attempt, variant, voice="teacher")
             if out is None:
                 continue

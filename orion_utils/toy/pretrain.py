@@ -17,7 +17,6 @@ keeps the base model the same on a fast or a busy machine; ``time_budget_s`` is 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import random
@@ -158,13 +157,45 @@ def pretrain_student(
     tokens_seen, threads, config.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from ..chat import encode_for_training
     from .student import count_parameters
 
     cfg = cfg or PretrainConfig()
     out_dir = Path(out_dir)
+    tokenizer, rows = _training_rows(model_dir, problems, teacher, cfg)
+    with torch_threads(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        run = _train(model, rows, tokenizer.pad_token_id, cfg)
+        model.eval()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
+    tail = [h["loss"] for h in run["history"][-20:]]
+    return {
+        "steps": run["steps"],
+        "stopped_by": run["stopped_by"],
+        "seconds": round(run["seconds"], 1),
+        "cpu_seconds": round(run["cpu_seconds"], 1),  # process CPU time: what a busy machine does not inflate
+        "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
+        "loss_history": run["history"],
+        "params": count_parameters(model),
+        "n_examples": len(rows),
+        "tokens_seen": run["tokens_seen"],
+        "threads": torch.get_num_threads() if not cfg.threads else cfg.threads,
+        "config": cfg.to_dict(),
+    }
+
+
+def _training_rows(model_dir: Union[str, Path], problems: Sequence[Problem], teacher,
+                   cfg: PretrainConfig) -> tuple[object, list[dict]]:
+    """The student's tokenizer and its training rows: the teacher's correct CoTs, each encoded with the
+    loss on the assistant turn (``chat.encode_for_training``), cut at ``max_seq_len``."""
+    from transformers import AutoTokenizer
+
+    from ..chat import encode_for_training
+
     pairs = _teacher_responses(problems, teacher, cfg)
     if not pairs:
         raise ValueError("pretrain_student: the teacher gave no correct CoT for the given problems")
@@ -173,81 +204,77 @@ def pretrain_student(
         encode_for_training(tokenizer, q, r, template=cfg.prompt_template, max_seq_len=cfg.max_seq_len)
         for q, r in pairs
     ]
-    lengths = [len(r["input_ids"]) for r in rows]
-    pad_id = tokenizer.pad_token_id
+    return tokenizer, rows
 
-    threads = contextlib.ExitStack()
-    threads.enter_context(torch_threads(cfg.threads))
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    model.train()
+
+def _optimizer(model, cfg: PretrainConfig):
+    """AdamW, weight decay on the matrices only."""
+    import torch
+
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
     )
+
+
+def _padded_batch(batch: list[int], rows: list[dict], lengths: list[int], pad_id: int):
+    """``(input_ids, labels, attention_mask)`` of the rows in ``batch``, right-padded to the longest."""
+    import torch
+
+    width = max(lengths[i] for i in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for b, i in enumerate(batch):
+        n = lengths[i]
+        ids[b, :n] = torch.tensor(rows[i]["input_ids"])
+        labels[b, :n] = torch.tensor(rows[i]["labels"])
+        mask[b, :n] = 1
+    return ids, labels, mask
+
+
+def _train(model, rows: list[dict], pad_id: int, cfg: PretrainConfig) -> dict:
+    """The loop: ``max_steps`` optimizer steps on length-grouped padded batches at ``_lr_at``'s learning
+    rate (fewer if a step would start after ``time_budget_s``), the loss logged every ``log_every``.
+    Returns steps, stopped_by, seconds, cpu_seconds, history (one entry per step), tokens_seen."""
+    import torch
+
+    lengths = [len(r["input_ids"]) for r in rows]
+    rng = random.Random(cfg.seed)
+    model.train()
+    opt = _optimizer(model, cfg)
     history: list[dict] = []
     queue: list[list[int]] = []
-    tokens_seen = 0
-    step = 0
+    tokens_seen = step = 0
     t0, cpu0 = time.time(), time.process_time()
     stopped = "max_steps"
-    try:
-        while step < cfg.max_steps:
-            if time.time() - t0 > cfg.time_budget_s:
-                stopped = "time_budget"
-                break
-            if not queue:
-                queue = _batches(lengths, cfg.batch_size, rng)
-            batch = queue.pop()
-            width = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, i in enumerate(batch):
-                n = lengths[i]
-                ids[b, :n] = torch.tensor(rows[i]["input_ids"])
-                labels[b, :n] = torch.tensor(rows[i]["labels"])
-                mask[b, :n] = 1
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, cfg)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            opt.step()
-            tokens_seen += int((labels != -100).sum())
-            history.append({"step": step + 1, "loss": float(loss.detach()), "lr": _lr_at(step, cfg),
-                            "seconds": round(time.time() - t0, 2)})
-            step += 1
-            if cfg.log_every and step % cfg.log_every == 0:
-                recent = [h["loss"] for h in history[-cfg.log_every:]]
-                print(f"[pretrain] step {step}/{cfg.max_steps} loss {sum(recent) / len(recent):.4f} "
-                      f"{time.time() - t0:.0f}s", flush=True)
-        seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
-        model.eval()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out_dir))
-        tokenizer.save_pretrained(str(out_dir))
-    finally:
-        threads.close()
-    tail = [h["loss"] for h in history[-20:]]
-    return {
-        "steps": step,
-        "stopped_by": stopped,
-        "seconds": round(seconds, 1),
-        "cpu_seconds": round(cpu_seconds, 1),  # process CPU time: what a busy machine does not inflate
-        "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
-        "loss_history": history,
-        "params": count_parameters(model),
-        "n_examples": len(rows),
-        "tokens_seen": tokens_seen,
-        "threads": torch.get_num_threads() if not cfg.threads else cfg.threads,
-        "config": cfg.to_dict(),
-    }
+    while step < cfg.max_steps:
+        if time.time() - t0 > cfg.time_budget_s:
+            stopped = "time_budget"
+            break
+        if not queue:
+            queue = _batches(lengths, cfg.batch_size, rng)
+        ids, labels, mask = _padded_batch(queue.pop(), rows, lengths, pad_id)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        tokens_seen += int((labels != -100).sum())
+        history.append({"step": step + 1, "loss": float(loss.detach()), "lr": _lr_at(step, cfg),
+                        "seconds": round(time.time() - t0, 2)})
+        step += 1
+        if cfg.log_every and step % cfg.log_every == 0:
+            recent = [h["loss"] for h in history[-cfg.log_every:]]
+            print(f"[pretrain] step {step}/{cfg.max_steps} loss {sum(recent) / len(recent):.4f} "
+                  f"{time.time() - t0:.0f}s", flush=True)
+    return {"steps": step, "stopped_by": stopped, "seconds": time.time() - t0,
+            "cpu_seconds": time.process_time() - cpu0, "history": history, "tokens_seen": tokens_seen}
 
 
 def greedy_responses(

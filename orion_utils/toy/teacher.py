@@ -71,7 +71,8 @@ class Computation:
         return f"{self.a} {self.op} {self.b} = {self.result}"
 
 
-def _rng(*parts) -> random.Random:
+def seeded_rng(*parts) -> random.Random:
+    """A generator seeded by ``parts`` joined with ``|``: the same parts draw the same numbers in any process."""
     return random.Random("|".join(str(p) for p in parts))
 
 
@@ -254,10 +255,10 @@ def write_cot(
     if slip_at is None:
         comps = correct_computations(problem)
         if caught_at is not None:
-            kind, wrong = caught_slip(problem, comps, caught_at, rng or _rng("caught", problem.id, caught_at))
+            kind, wrong = caught_slip(problem, comps, caught_at, rng or seeded_rng("caught", problem.id, caught_at))
             caught = (caught_at, kind, wrong)
     else:
-        comps = computations_with_slip(problem, slip_at, rng or _rng("slip", problem.id, slip_at))
+        comps = computations_with_slip(problem, slip_at, rng or seeded_rng("slip", problem.id, slip_at))
     return render_cot(problem, comps, variant, style, caught, varied)
 
 
@@ -282,19 +283,19 @@ def teacher_sample(
     otherwise, with probability ``caught_slip_rate``, a caught slip at a random step, or one step too
     many (``meta["caught_slip_step"]`` = the number of steps) (the CoT stays correct). The caught-slip draw has its own random
     stream, so a rate of 0 gives exactly the CoTs without it."""
-    rng = _rng("toy-teacher", seed, problem.id, sample_index)
+    rng = seeded_rng("toy-teacher", seed, problem.id, sample_index)
     if wording not in WORDINGS:
         raise ValueError(f"wording must be one of {WORDINGS}, got {wording!r}")
     varies = wording == "varied" and variant is None  # a variant passed fixes the wording
     drawn = 0 if sample_index == 0 else rng.randrange(N_VARIANTS)  # drawn either way: the stream stays the same
     variant = drawn if variant is None else variant
-    varied = _rng("toy-teacher-wording", seed, problem.id, sample_index) if varies else None
+    varied = seeded_rng("toy-teacher-wording", seed, problem.id, sample_index) if varies else None
     slip_at = None
     if rng.random() < error_rate:
         slip_at = rng.randrange(len(problem.meta["steps"]))
     caught_at = None
     if slip_at is None and caught_slip_rate > 0:
-        crng = _rng("toy-teacher-caught", seed, problem.id, sample_index)
+        crng = seeded_rng("toy-teacher-caught", seed, problem.id, sample_index)
         if crng.random() < caught_slip_rate:
             comps = correct_computations(problem)
             caught_at = crng.randrange(len(comps) + 1)

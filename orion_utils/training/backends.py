@@ -1,0 +1,143 @@
+"""The two ways a run loads, trains and saves the model: TRL (+ PEFT LoRA, QLoRA in 4 bit) and Unsloth;
+each loads the model in the precision ``device`` gives, trains it with the one trainer and saves it
+LoRA-merged to a folder the run then publishes."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from .. import device as device_rules
+from ..config import TrainingConfig
+from .selection import resolve_liger
+from .trainer import build_trainer, run_trainer
+
+# Unsloth's own LoRA targets (its FastLanguageModel.get_peft_model does not take "all-linear")
+_UNSLOTH_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _lora_targets(spec: str, unsloth: bool = False):
+    spec = (spec or "all-linear").strip()
+    if spec.lower() == "all-linear":
+        return list(_UNSLOTH_ALL_LINEAR) if unsloth else "all-linear"
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
+def train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None,
+               announce=None):
+    """TRL (+ PEFT): load the model, train (resuming from ``resume_from``), save it merged to ``model_tmp``."""
+    model = load_model(base_model, cfg, attn, device, dtype)
+    liger = resolve_liger(device, "trl")[0] and method is None  # the methods' losses read the logits
+    trainer = build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, _lora_config(cfg), method,
+                             liger=liger)
+    if announce is not None:
+        announce(trainer)  # the [training] line, from the trainer as built
+    seconds = run_trainer(trainer, resume_from)
+    _save_merged(trainer.model, tokenizer, base_model, cfg, ckpt_dir, device, dtype, model_tmp)
+    return trainer, seconds
+
+
+def load_model(base_model: str, cfg: TrainingConfig, attn: str, device: str, dtype: str):
+    """The base model to train, in the precision ``device.training_load_dtype`` gives (4-bit: QLoRA)."""
+    from transformers import AutoModelForCausalLM
+
+    load_dtype = device_rules.training_load_dtype(device, dtype, use_lora=cfg.use_lora,
+                                                  load_in_4bit=cfg.load_in_4bit)
+    load_kwargs: dict = {"attn_implementation": attn, "dtype": load_dtype}
+    if cfg.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        load_kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=getattr(torch, dtype),
+        )
+    if device == "cuda":
+        load_kwargs["device_map"] = {"": torch.cuda.current_device()}
+    return AutoModelForCausalLM.from_pretrained(base_model, **load_kwargs)
+
+
+def _lora_config(cfg: TrainingConfig):
+    """PEFT's ``LoraConfig`` when ``use_lora``, else None (full fine-tuning)."""
+    if not cfg.use_lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=_lora_targets(cfg.lora_target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _save_merged(trained, tokenizer, base_model: str, cfg: TrainingConfig, ckpt_dir: Path, device: str, dtype: str,
+                 model_tmp: Path) -> None:
+    """The trained model, LoRA merged, in its saved precision, with the tokenizer, to ``model_tmp``."""
+    from accelerate.utils import is_peft_model
+
+    if is_peft_model(trained):
+        if cfg.load_in_4bit:
+            # merging into 4-bit weights loses precision: reload the base in 16 bit and merge the adapter there
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            adapter_dir = ckpt_dir / "final_adapter"
+            trained.save_pretrained(str(adapter_dir))
+            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))
+            trained = PeftModel.from_pretrained(base, str(adapter_dir))
+        trained = trained.merge_and_unload()
+    save_dtype = device_rules.saved_dtype(device, dtype)
+    if save_dtype is not None:
+        trained = trained.to(save_dtype)
+    trained.save_pretrained(str(model_tmp))
+    tokenizer.save_pretrained(str(model_tmp))
+
+
+def train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None,
+                   announce=None):
+    """Unsloth: FastLanguageModel (4-bit/16-bit LoRA or full fine-tuning) + the same TRL trainer,
+    saved merged with ``save_pretrained_merged(..., save_method="merged_16bit")``."""
+    # Unsloth patches transformers/TRL and asks to be imported before them: the stage entry points and
+    # _train_rows import it first (unsloth_first); here it is already in sys.modules.
+    import unsloth  # noqa: F401
+    from unsloth import FastLanguageModel
+
+    compute = getattr(torch, dtype)
+    model, u_tokenizer = FastLanguageModel.from_pretrained(
+        model_name=base_model,
+        max_seq_length=cfg.max_seq_len,
+        dtype=compute,
+        load_in_4bit=cfg.load_in_4bit,
+        full_finetuning=not cfg.use_lora,
+        use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+        random_state=cfg.seed,
+    )
+    if cfg.use_lora:
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=cfg.lora_r,
+            target_modules=_lora_targets(cfg.lora_target_modules, unsloth=True),
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            bias="none",
+            use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
+            random_state=cfg.seed,
+        )
+    # token ids come from `tokenizer` (encode_for_training); Unsloth's tokenizer only pads/collates.
+    # Gradient checkpointing is Unsloth's own (set above), not the Trainer's on top of it.
+    trainer = build_trainer(
+        model, u_tokenizer, rows, dataclasses.replace(cfg, gradient_checkpointing=False), ckpt_dir, batching, device, dtype,
+        method=method,
+    )
+    if announce is not None:
+        announce(trainer)  # the [training] line, from the trainer as built
+    seconds = run_trainer(trainer, resume_from)
+    if cfg.use_lora:
+        model.save_pretrained_merged(str(model_tmp), tokenizer, save_method="merged_16bit")
+    else:
+        model.save_pretrained(str(model_tmp))
+        tokenizer.save_pretrained(str(model_tmp))
+    return trainer, seconds

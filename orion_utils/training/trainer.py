@@ -1,0 +1,289 @@
+"""The project's one trainer, :class:`OrionSFTTrainer` (TRL's ``SFTTrainer`` + length-grouped sampling +
+exact counts of the supervised tokens and their NLL), put on TRL's current ``SFTTrainer`` by
+:func:`sft_trainer_class`; a method's changes to it (:class:`TrainerMethod`); its arguments
+(``sft_args``) and how a run builds and runs it (``build_trainer``, ``run_trainer``); ``token_nll``
+for the methods' own losses."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .. import device as device_rules
+from ..config import TrainingConfig
+from ..jsonl import write_json
+from .rows import LengthGroupedSampler
+
+_COUNTERS_FILE = "orion_counters.json"
+
+
+class OrionSFTTrainer:
+    """The project's one trainer: TRL's ``SFTTrainer`` + length-grouped sampling + exact counts of the
+    supervised tokens and their NLL. The methods' trainers subclass it and override its loss
+    (``edit.EditTrainer``; ``tailored_training.TailoredTrainer``, which also brings its batch sampler).
+
+    It and its subclasses are ordinary classes written against TRL's ``SFTTrainer``, which a run puts
+    beneath them when it builds its trainer (:func:`sft_trainer_class`): the ``SFTTrainer`` current at
+    that moment, which under the unsloth backend is the one Unsloth patched into TRL on import. So the
+    trainers cost no TRL import where they are defined, and an Unsloth run trains on Unsloth's
+    trainer whatever was imported before it."""
+
+    def __init__(self, *args, batching: str = "padded", lengths=None, length_group_window: int = 64, **kwargs):
+        self.batching = batching
+        self.lengths = lengths
+        self.length_group_window = length_group_window
+        self.nll_sum = 0.0  # sum of per-token NLL of the supervised tokens seen in training
+        self.n_supervised = 0
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.batching == "length_grouped":
+            lengths = self.lengths
+            if lengths is None:
+                lengths = [len(ids) for ids in (train_dataset or self.train_dataset)["input_ids"]]
+            return LengthGroupedSampler(
+                lengths, self.args.per_device_train_batch_size, seed=self.args.seed, window=self.length_group_window
+            )
+        return super()._get_train_sampler(train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        n = int((inputs["labels"][:, 1:] != -100).sum())
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            loss = out[0] if return_outputs else out
+            denom = n if num_items_in_batch is None else float(num_items_in_batch)
+            self.nll_sum += float(loss.detach()) * float(denom)
+            self.n_supervised += n
+        return out
+
+    # -- for the methods' trainers (EDIT, Tailored Learning), which override compute_loss --------
+
+    def count_supervised(self, nll_sum: float, n_tokens: int) -> None:
+        """Add a training batch's summed NLL over its ``n_tokens`` likelihood tokens to the counters."""
+        self.nll_sum += float(nll_sum)
+        self.n_supervised += int(n_tokens)
+
+    def record_stats(self, stats: dict) -> None:
+        """Loss components of one step, averaged into the next log line (and the loss history)."""
+        buf = self.__dict__.setdefault("_stat_buffer", {})
+        for k, v in stats.items():
+            if not (isinstance(v, float) and math.isnan(v)):
+                buf.setdefault(k, []).append(float(v))
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        buf = self.__dict__.get("_stat_buffer")
+        if buf and "loss" in logs:
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in buf.items() if v}}
+            buf.clear()
+        super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if folder.is_dir():
+            write_json(folder / _COUNTERS_FILE, {"nll_sum": self.nll_sum, "n_supervised": self.n_supervised})
+
+
+_ON_SFT_TRAINER: dict = {}  # (trainer class, TRL's SFTTrainer) -> the class a run instantiates
+
+
+def sft_trainer_class(cls: type = OrionSFTTrainer) -> type:
+    """``cls`` (:class:`OrionSFTTrainer` or a method's subclass of it) on TRL's current ``SFTTrainer``:
+    the class a run instantiates. One per (class, ``SFTTrainer``), each on its parent's, so that
+    ``isinstance(trainer, sft_trainer_class())`` holds for every method's trainer."""
+    import trl
+
+    if not (isinstance(cls, type) and issubclass(cls, OrionSFTTrainer)):
+        raise TypeError(f"a trainer must subclass training.OrionSFTTrainer, got {cls!r}")
+    if issubclass(cls, trl.SFTTrainer):
+        return cls  # already on it
+    key = (cls, trl.SFTTrainer)
+    if key not in _ON_SFT_TRAINER:
+        parent = trl.SFTTrainer if cls is OrionSFTTrainer else sft_trainer_class(cls.__base__)
+        _ON_SFT_TRAINER[key] = type(cls.__name__, (cls, parent),
+                                    {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    return _ON_SFT_TRAINER[key]
+
+
+@dataclass
+class TrainerMethod:
+    """What a method changes in the one SFT training run (EDIT's stage 2, Tailored Learning's rounds):
+    its trainer (a subclass of :class:`OrionSFTTrainer` that overrides ``compute_loss`` and, for
+    Tailored Learning, the batch sampler), its data collator and its log columns. Everything else —
+    backend, precision, batching rule, ``overlong``, resume, files — is :func:`train_method`'s, i.e.
+    ``train_sft``'s."""
+
+    name: str  # what the [training] line says, e.g. "edit stage 2"
+    trainer_class: type  # a subclass of OrionSFTTrainer (put on TRL's SFTTrainer by sft_trainer_class)
+    collator: Callable[[object], object]  # tokenizer -> data collator
+    trainer_kwargs: dict = dataclasses.field(default_factory=dict)
+    batching: Optional[Callable[[str], tuple[str, str]]] = None  # resolved mode -> (mode, reason)
+    log_keys: tuple = ()  # loss components kept in loss_history.json
+
+
+def optimizer_steps(cfg, n_rows: int) -> int:
+    """Optimizer steps of a run, counted as the Trainer counts them (any flat training config:
+    ``TrainingConfig``, ``EditConfig``, ``TailoredConfig``)."""
+    if cfg.max_steps and cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = max(1, math.ceil(n_rows / cfg.batch_size) // cfg.grad_accum)
+    return math.ceil(cfg.num_epochs * per_epoch)
+
+
+def warmup_steps(cfg, n_rows: int) -> int:
+    """``warmup_ratio`` as whole steps: a float < 1 reads as a ratio only in transformers >= 5."""
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    return math.ceil(cfg.warmup_ratio * optimizer_steps(cfg, n_rows))
+
+
+def checkpointing_argument(args_class) -> str:
+    """The TrainingArguments field that turns on activation checkpointing: transformers renamed
+    ``gradient_checkpointing`` (a deprecated alias since 5.x, gone in 6)."""
+    import dataclasses as dc
+
+    fields = {f.name for f in dc.fields(args_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+
+
+def sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, dtype: str, n_rows: int,
+              liger: bool = False):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **{checkpointing_argument(SFTConfig): cfg.gradient_checkpointing},
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps,
+        warmup_steps=warmup_steps(cfg, n_rows),
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        optim=cfg.optim,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if cfg.save_steps > 0 else ("epoch" if cfg.save_steps == 0 else "no"),
+        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        save_total_limit=1,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        **device_rules.trainer_autocast(device, dtype),
+        use_cpu=(device == "cpu"),
+        report_to="none",
+        disable_tqdm=not cfg.progress_bar,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=(device == "cuda"),
+        # the dataset is pre-tokenised (and pre-truncated) with encode_for_training
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+        padding_free=(batching == "padding_free"),
+        completion_only_loss=None,
+        use_liger_kernel=liger,
+    )
+
+
+def build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config=None, method=None,
+                   liger=False):
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    args = sft_args(cfg, ckpt_dir, batching, device, dtype, len(rows), liger=liger)
+    extra: dict = {}
+    if method is not None:
+        args.remove_unused_columns = False  # the method's collator reads its own columns
+        extra = {"data_collator": method.collator(tokenizer), **method.trainer_kwargs}
+    trainer = sft_trainer_class(method.trainer_class if method is not None else OrionSFTTrainer)(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        batching=batching,
+        lengths=[int(r.get("length", len(r["input_ids"]))) for r in rows],
+        length_group_window=cfg.length_group_window,
+        **extra,
+    )
+    if method is None:
+        check_collated_labels(trainer, rows[0])
+    if not cfg.progress_bar:
+        for cb in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(cb)
+        with contextlib.suppress(Exception):
+            from transformers.utils.notebook import NotebookProgressCallback
+
+            trainer.remove_callback(NotebookProgressCallback)
+    return trainer
+
+
+def check_collated_labels(trainer, row: dict) -> None:
+    """The loss must fall on exactly the assistant tokens we labelled. Some TRL versions rebuild
+    labels from input_ids in their collator (training on the prompt too, silently): stop loudly."""
+    batch = trainer.data_collator([dict(row)])
+    expected = sum(1 for t in row["labels"][1:] if t != -100)
+    got = int((batch["labels"] != -100).sum())
+    if got != expected:
+        import trl
+
+        raise RuntimeError(
+            f"the installed TRL {trl.__version__} does not keep the pre-tokenised labels (its collator supervises "
+            f"{got} tokens of an example where {expected} are the assistant turn); upgrade TRL: pip install -U trl"
+        )
+
+
+def epoch_nll(trainer) -> tuple[float, int]:
+    """Sum of per-token NLL and number of supervised tokens over one pass of the training dataloader
+    at the current weights (no update), batched exactly as training batches them."""
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    nll, n_tok = 0.0, 0
+    try:
+        with torch.no_grad():
+            for batch in trainer.get_train_dataloader():
+                batch = trainer._prepare_inputs(batch)
+                n = int((batch["labels"][:, 1:] != -100).sum())
+                loss = trainer.compute_loss(model, batch, num_items_in_batch=n)
+                nll += float(loss) * n
+                n_tok += n
+    finally:
+        model.train(was_training)
+    return nll, n_tok
+
+
+def run_trainer(trainer, resume_from: Optional[Path]) -> float:
+    if resume_from is not None:
+        counters = resume_from / _COUNTERS_FILE
+        if counters.is_file():
+            c = json.loads(counters.read_text())
+            trainer.nll_sum, trainer.n_supervised = float(c["nll_sum"]), int(c["n_supervised"])
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    return time.perf_counter() - t0
+
+
+def token_nll(logits, labels):
+    """Per-token NLL (float32) of ``labels[:, 1:]`` under ``logits[:, :-1]``; 0 where the label is -100
+    (the methods' losses weight it: EDIT's key tokens, Tailored Learning's weighted MLE)."""
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    )
+    return nll.view(shift_labels.shape)
