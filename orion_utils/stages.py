@@ -4,7 +4,9 @@
 ``force`` redoes work that is up to date. ``READS`` is the one place that says which profile sections a
 stage takes, in the order its module's function takes them; the notebooks call these functions and
 show those sections (``reads``). The stage modules' own functions (``reflection.run_reflection``, ...)
-take single sections, for code and tests that build them by hand.
+take single sections, for code and tests that build them by hand; those of stages 05 and 06 (EDIT and
+Tailored Learning: ``run_edit_stage``, ``run_tailored_stage``) are here, beside their wrappers. Stage 04
+trains the evaluated methods of the registry (``sft_plan``).
 """
 from __future__ import annotations
 
