@@ -1,14 +1,18 @@
 """The methods a run trains and evaluates, named once.
 
-Each entry says what a method is, which notebook trains it, which stage writes the CoTs it is
-fine-tuned on (the methods stage 04 trains), whether its notebook runs only when the method is
-evaluated, and its colour in figures. Evaluation, stage 04, the runner and the plots read their lists
-from here, so a new method is one entry here plus the code that makes its data (ARCHITECTURE.md).
-Imports nothing heavy.
+Each entry says what a method is, which notebook trains it, where the CoTs it is fine-tuned on come
+from (the methods stage 04 trains), whether its notebook runs only when the method is evaluated, the
+layout of its folder ``models/<name>/`` and its colour in figures. Evaluation, stage 04, the runner,
+``RunDir`` and the plots read their lists and paths from here, so a new method is one entry here plus
+the code that makes its data (ARCHITECTURE.md, "A method"). Imports nothing heavy.
 """
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from .layouts import EditDir, TailoredDir, TrainedDir
 
 
 @dataclass(frozen=True)
@@ -16,8 +20,13 @@ class Method:
     name: str
     summary: str
     trained_in: str = ""  # the notebook that trains it ("": not trained, the base student)
-    cots_from: str = ""  # stage 04's methods: the notebook that writes its training set (data/training_set_<name>.jsonl)
+    # stage 04's methods: the notebook whose outputs its set (data/training_set_<name>.jsonl) comes from
+    cots_from: str = ""
+    # "module:function" in orion_utils that stage 04 calls to make that set from stage 01's outputs:
+    # (problems, teacher traces, a count of the student's tokens) -> SFTExamples; "": an earlier stage writes it
+    builds_set: str = ""
     only_when_evaluated: bool = False  # its notebook runs only when evaluation.methods lists it
+    folder: type = TrainedDir  # the layout of models/<name>/ (orion_utils.layouts): phases, training files
     colour: str = "#DD8452"
 
 
@@ -27,15 +36,35 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("orion", "fine-tuned on the teacher's CoTs rewritten by the student around its own errors",
            "04_sft", "03_error_aware_reflection", colour="#C44E52"),
     Method("edit", "EDIT: SFT on the teacher's CoTs, then key reasoning steps learnt from dual CoT pairs",
-           "05_edit", only_when_evaluated=True, colour="#55A868"),
-    Method("tailored", "Tailored Learning: rounds of teacher rationales, weighted MLE + a self-reflection triplet",
-           "06_tailored_learning", only_when_evaluated=True, colour="#8172B3"),
+           "05_edit", only_when_evaluated=True, folder=EditDir, colour="#55A868"),
+    Method("tailored",
+           "Tailored Learning: rounds of teacher rationales, weighted MLE + a self-reflection triplet",
+           "06_tailored_learning", only_when_evaluated=True, folder=TailoredDir, colour="#8172B3"),
 )}
+
+
+def method(name: str) -> Method:
+    """The registry's entry for ``name``; an unknown name is an error that lists the known ones."""
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}: the registry (orion_utils.methods) has {list(METHODS)}")
+    return METHODS[name]
 
 
 def cot_methods(notebook: str = "04_sft") -> dict[str, str]:
     """The methods ``notebook`` fine-tunes on a set of CoTs → the notebook that writes each set."""
     return {m.name: m.cots_from for m in METHODS.values() if m.trained_in == notebook and m.cots_from}
+
+
+def methods_to_train(notebook: str, evaluated: Sequence[str]) -> list[str]:
+    """What ``notebook`` trains in a run that evaluates ``evaluated``: its methods that are evaluated,
+    in registry order (a model nobody evaluates is not trained)."""
+    return [name for name in cot_methods(notebook) if name in evaluated]
+
+
+def set_builder(name: str) -> Callable:
+    """The function that makes ``name``'s training set (its ``builds_set``), imported when asked for."""
+    module, function = method(name).builds_set.split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), function)
 
 
 def notebooks_run_when_evaluated() -> dict[str, str]:

@@ -3,7 +3,7 @@
 ``outputs/<run>/`` holds the resolved config, ``manifest.json`` (per stage: parameter hash,
 inputs with content hashes, outputs, wall time, package versions, backend), ``data/*.jsonl``,
 ``models/``, ``eval/``, ``figures/``, executed notebooks, ``report.md`` and ``metrics.json``.
-Code finds an artifact through :class:`RunDir` (and the method-folder layouts below it), never by
+Code finds an artifact through :class:`RunDir` (and the method-folder layouts, ``layouts``), never by
 spelling its file name: the table in :class:`RunDir`'s docstring is the one list of them.
 
 Resuming: the run directory decides. A stage (``RunDir.run_stage``) is skipped when its outputs
@@ -29,6 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from .jsonl import write_json
+
+# the method folders' layouts, named here with every other artifact (RunDir.trained builds them)
+from .layouts import EditDir, KeyStepDir, RoundDir, TailoredDir, TrainedDir, is_saved_model  # noqa: F401
+from .methods import method as registered
 
 PathLike = Union[str, Path]
 
@@ -238,114 +242,6 @@ def run_in_chunks(
     return [r for c in range(len(chunks)) for r in done[c]]
 
 
-class TrainedDir:
-    """The folder one training run (``training.train_sft`` / ``train_method``) writes.
-
-    ``model/`` the saved model, ``loss_history.json`` the logged losses, ``train_result.json``
-    the training facts, ``checkpoints/`` (with ``fingerprint.json``, the fingerprint of the data
-    and settings the checkpoints belong to) while training runs.
-    """
-
-    def __init__(self, root: PathLike):
-        self.root = Path(root)
-
-    @property
-    def model(self) -> Path:
-        return self.root / "model"
-
-    @property
-    def loss_history(self) -> Path:
-        return self.root / "loss_history.json"
-
-    @property
-    def train_result(self) -> Path:
-        return self.root / "train_result.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def checkpoint_fingerprint(self) -> Path:
-        return self.checkpoints / "fingerprint.json"
-
-
-def is_saved_model(path: PathLike) -> bool:
-    """A folder written by ``save_pretrained`` (it has the model's ``config.json``)."""
-    return (Path(path) / "config.json").is_file()
-
-
-class KeyStepDir(TrainedDir):
-    """EDIT stage 2 (key-reasoning-step learning): a trained folder plus ``pairs_with_ops.jsonl``
-    (the dual pairs with their key operations in the student's tokenizer)."""
-
-    @property
-    def pairs_with_ops(self) -> Path:
-        return self.root / "pairs_with_ops.jsonl"
-
-
-class EditDir(TrainedDir):
-    """``models/edit/`` (``edit.run_edit``): ``pairs.jsonl`` (dual CoT pairs), ``stage1_examples.jsonl``
-    (stage 1's training set), ``stage1/`` and ``stage2/`` (trained folders), the final ``model/`` and
-    the joined ``loss_history.json``."""
-
-    @property
-    def pairs(self) -> Path:
-        return self.root / "pairs.jsonl"
-
-    @property
-    def stage1_examples(self) -> Path:
-        return self.root / "stage1_examples.jsonl"
-
-    @property
-    def stage1(self) -> TrainedDir:
-        return TrainedDir(self.root / "stage1")
-
-    @property
-    def stage2(self) -> KeyStepDir:
-        return KeyStepDir(self.root / "stage2")
-
-
-class RoundDir(TrainedDir):
-    """One Tailored Learning round ``round_<r>/``: ``exam.jsonl`` (the student's graded attempts),
-    ``teacher.jsonl`` (the teacher's rationales), ``train.jsonl`` (the round's training set),
-    ``result.json`` (the round's facts), and the trained folder's files."""
-
-    @property
-    def exam(self) -> Path:
-        return self.root / "exam.jsonl"
-
-    @property
-    def teacher(self) -> Path:
-        return self.root / "teacher.jsonl"
-
-    @property
-    def train(self) -> Path:
-        return self.root / "train.jsonl"
-
-    @property
-    def result(self) -> Path:
-        return self.root / "result.json"
-
-
-class TailoredDir(TrainedDir):
-    """``models/tailored/`` (``tailored.run_tailored``): ``round_<r>/`` per round (``round_0`` is the
-    base student's exam), ``rounds.json`` (every round's facts), the final ``model/`` and the joined
-    ``loss_history.json``."""
-
-    def round(self, r: int) -> RoundDir:
-        return RoundDir(self.root / f"round_{r}")
-
-    def rounds(self) -> list[RoundDir]:
-        """The rounds on disk, in round order."""
-        found = [p for p in self.root.glob("round_*") if p.is_dir() and p.name[len("round_"):].isdigit()]
-        return [RoundDir(p) for p in sorted(found, key=lambda p: int(p.name[len("round_"):]))]
-
-    @property
-    def rounds_summary(self) -> Path:
-        return self.root / "rounds.json"
-
-
 class RunDir:
     """Paths and the manifest of one run.
 
@@ -372,15 +268,15 @@ class RunDir:
     ``pass_rates``                 ``data/pass_rates.json``             02 exposure
     ``refinements``                ``data/refinements.jsonl``           03 reflection
     ``orion_sft_set``              ``data/training_set_orion.jsonl``    03 reflection
-    ``training_set(m)``            ``data/training_set_<m>.jsonl``      01/03 (sft, orion); 05/06
-                                                                        write a copy for edit,
+    ``training_set(m)``            ``data/training_set_<m>.jsonl``      01/03 (sft, orion) or 04
+                                                                        (a ``builds_set`` method);
+                                                                        05/06 write a copy for edit,
                                                                         tailored
     ``training_files(m)``          the files method ``m`` trained on    (see ``training_files``)
     ``model(m)``                   ``models/<m>/``                      04 sft, 05 edit, 06 tailored
-    ``trained(m)``                 ``models/<m>/`` as a ``TrainedDir``  (``edit()``, ``tailored()``)
+    ``trained(m)``                 ``models/<m>/`` in its layout        (``methods.Method.folder``)
     ``loss_history(m)``            ``models/<m>/loss_history.json``     04/05/06
-    ``phase_loss_histories(m)``    ``models/edit/stage{1,2}/...``,      05 edit, 06 tailored
-                                   ``models/tailored/round_<r>/...``
+    ``phase_loss_histories(m)``    ``models/<m>/<phase>/loss_hist...``  05 edit, 06 tailored
     ``primed_model``               ``models/exposure_primed/``          02 exposure (source primed)
     ``teacher_cache``              ``cache/teacher/``                   01/05/06 (teacher replies)
     ``eval_file(m, b)``            ``eval/<m>/<b>.jsonl``               07 evaluation
@@ -396,11 +292,12 @@ class RunDir:
                                                                         ``students``: one run each)
     =============================  ===================================  ============================
 
-    ``edit()`` and ``tailored()`` give the layouts of those method folders (``EditDir``,
-    ``TailoredDir``); ``trained(m)`` that of any trained folder (``TrainedDir``). This table is the one
-    place the docs list artifacts (the README and ARCHITECTURE.md link here); :func:`artifact_paths`
-    reads every path above off the class, and ``tests/test_docs_facts.py`` checks this table and every
-    run-directory path the docs spell against it.
+    ``trained(m)`` gives a method folder in the layout the method registry names for it
+    (``orion_utils.layouts``: ``TrainedDir``, EDIT's ``EditDir``, Tailored Learning's ``TailoredDir``;
+    ``edit()`` and ``tailored()`` are those two, typed); no path here depends on a method's name. This
+    table is the one place the docs list artifacts (the README and ARCHITECTURE.md link here);
+    :func:`artifact_paths` reads every path above off the class, and ``tests/test_docs_facts.py`` checks
+    this table and every run-directory path the docs spell against it.
 
     Resuming, one rule: the run directory decides. ``run_stage`` skips a stage when its outputs
     exist and the fingerprint of its parameters and the content of its inputs matches the
@@ -512,48 +409,39 @@ class RunDir:
         return self.training_set("orion")
 
     def training_set(self, method: str) -> Path:
-        """``data/training_set_<method>.jsonl``: the training set of ``sft`` and ``orion``, and a copy of
+        """``data/training_set_<method>.jsonl``: the set a stage-04 method trains on, and a copy of
         EDIT's stage-1 set and Tailored Learning's round sets that their stages write."""
         return self.data(f"training_set_{method}.jsonl")
 
     def training_files(self, method: str) -> list[Path]:
-        """The files ``method`` was trained on, where its training stage wrote them: ``sft`` and
-        ``orion`` their ``training_set``; ``edit`` its stage-1 examples (the SFT stage; stage 2 learns
-        key steps from the pairs); ``tailored`` every round's ``train.jsonl``; ``base`` none.
-        Only files that exist are listed."""
-        if method == "base":
-            return []
-        if method == "edit":
-            files = [self.edit().stage1_examples]
-        elif method == "tailored":
-            files = [r.train for r in self.tailored().rounds()]
-        else:
-            files = [self.training_set(method)]
+        """The files ``method`` was trained on, where its training wrote them: a method fine-tuned on a
+        set of CoTs (its registry entry's ``cots_from``) its ``training_set``, plus what its folder's
+        layout keeps (EDIT's stage-1 examples, Tailored Learning's rounds); ``base`` none. Only files
+        that exist are listed."""
+        entry = registered(method)
+        files = [self.training_set(method)] if entry.cots_from else []
+        files += self.trained(method).training_files() if entry.trained_in else []
         return [p for p in files if p.is_file()]
 
     def trained(self, method: str) -> TrainedDir:
-        return TrainedDir(self.model(method))
+        """``models/<method>/`` in the layout its registry entry names (``methods.Method.folder``)."""
+        return registered(method).folder(self.model(method))
 
     def edit(self) -> EditDir:
-        return EditDir(self.model("edit"))
+        return self.trained("edit")
 
     def tailored(self) -> TailoredDir:
-        return TailoredDir(self.model("tailored"))
+        return self.trained("tailored")
 
     def loss_history(self, method: str) -> Path:
-        """A method's loss curve (EDIT and Tailored Learning: their phases joined, steps running on)."""
+        """A method's loss curve (one trained in phases: the phases joined, steps running on)."""
         return self.trained(method).loss_history
 
     def phase_loss_histories(self, method: str) -> list[Path]:
-        """The per-phase loss curves the joined one is made of: EDIT's ``stage1``/``stage2``, Tailored
-        Learning's rounds in round order; none for one-phase methods. Only files that exist."""
-        if method == "edit":
-            files = [self.edit().stage1.loss_history, self.edit().stage2.loss_history]
-        elif method == "tailored":
-            files = [r.loss_history for r in self.tailored().rounds()]
-        else:
-            files = []
-        return [p for p in files if p.is_file()]
+        """The per-phase loss curves the joined one is made of (``TrainedDir.phases``: EDIT's
+        ``stage1``/``stage2``, Tailored Learning's rounds in round order); none for one-phase methods.
+        Only files that exist."""
+        return [p.loss_history for p in self.trained(method).phases() if p.loss_history.is_file()]
 
     @property
     def toy_student(self) -> Path:
@@ -638,10 +526,8 @@ class RunDir:
         return [self.student_info] + ([self.root / info["model"]] if info.get("in_run_dir") else [])
 
     def method_model(self, method: str) -> str:
-        """Where a method's trained model lives (``base`` is the untrained student)."""
-        if method == "base":
-            return self.student_model()
-        return str(self.trained(method).model)
+        """Where a method's trained model lives (a method no notebook trains, ``base``, is the student)."""
+        return str(self.trained(method).model) if registered(method).trained_in else self.student_model()
 
     @property
     def manifest_path(self) -> Path:
@@ -722,40 +608,51 @@ class RunDir:
             print(f"[{name}] up to date: skipped (parameters and inputs unchanged; force=True reruns it)")
             return self.stage_info(name)
         attempt = {"param_hash": stable_hash(params), "inputs": self._digests(inputs)}
+        self._clear_stale_scratch(name, attempt, scratch, force)
+        self._update_manifest(name, {"status": "running", **attempt})
+        started = time.time()
+        extra = self._work_or_clean_up(name, attempt, outputs, work)
+        entry = {"status": "done", "param_hash": attempt["param_hash"],
+                 "params": asdict(params) if is_dataclass(params) else params, "inputs": attempt["inputs"],
+                 "outputs": [str(o) for o in outputs], **_provenance(started), **extra}
+        self._update_manifest(name, entry)
+        print(f"[{name}] done in {entry['wall_seconds']:.1f}s")
+        return entry
+
+    def _clear_stale_scratch(self, name: str, attempt: dict, scratch: Iterable[PathLike],
+                             force: bool) -> None:
+        """Remove the stage's ``scratch`` unless the last attempt had the same params and inputs."""
         previous = self.stage_info(name) or {}
         if force or any(previous.get(k) != v for k, v in attempt.items()):
             for path in map(Path, scratch):
                 if path.exists():
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
-        self._update_manifest(name, {"status": "running", **attempt})
+
+    def _work_or_clean_up(self, name: str, attempt: dict, outputs: list[Path],
+                          work: Callable[[], Optional[dict]]) -> dict:
+        """``work()``'s facts; on failure the outputs it created are removed and the stage marked failed."""
         existed = {o for o in outputs if o.exists()}
-        started = time.time()
         try:
             extra = work() or {}
         except BaseException as exc:
             for o in outputs:
                 if o.exists() and o not in existed:
                     shutil.rmtree(o) if o.is_dir() else o.unlink()
-            self._update_manifest(name, {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:500], **attempt})
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            self._update_manifest(name, {"status": "failed", "error": error, **attempt})
             raise
         missing = [str(o) for o in outputs if not o.exists()]
         if missing:
             raise RuntimeError(f"[{name}] finished without writing {missing}")
-        entry = {
-            "status": "done",
-            "param_hash": attempt["param_hash"],
-            "params": asdict(params) if is_dataclass(params) else params,
-            "inputs": attempt["inputs"],
-            "outputs": [str(o) for o in outputs],
-            "wall_seconds": round(time.time() - started, 2),
+        return extra
+
+
+def _provenance(started: float) -> dict:
+    """What a finished stage's manifest entry records about when and where it ran."""
+    return {"wall_seconds": round(time.time() - started, 2),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "package_versions": package_versions(),
-            "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
-            **extra,
-        }
-        self._update_manifest(name, entry)
-        print(f"[{name}] done in {entry['wall_seconds']:.1f}s")
-        return entry
+            "host": {"platform": platform.platform(), "cpus": os.cpu_count()}}
 
 
 def artifact_paths() -> dict[str, str]:
@@ -780,7 +677,7 @@ def artifact_paths() -> dict[str, str]:
             expr = prefix + name + (f"({', '.join(args)})" if inspect.isfunction(member) else "")
             try:
                 value = getattr(obj, name)(*args) if inspect.isfunction(member) else getattr(obj, name)
-            except OSError:  # needs a file of a real run (student_model: StageInputMissing)
+            except (OSError, KeyError):  # needs a file of a real run (student_model: StageInputMissing) or a registered method
                 continue
             if isinstance(value, TrainedDir):
                 found[expr] = value.root.relative_to(root).as_posix()

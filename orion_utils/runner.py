@@ -297,7 +297,8 @@ def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log
         print(f"[orion] ({i}/{total}) {nb.stem} done in {time.time() - t0:.0f}s", flush=True)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The `orion` command line: run, params, colab-links, doctor."""
     parser = argparse.ArgumentParser(prog="orion", description="Reasoning-distillation pipeline runner")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the numbered notebooks for a profile with papermill")
@@ -328,41 +329,53 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     doctor.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, for MFU")
     doctor.add_argument("--no-benchmark", action="store_true", help="only say what loads; measure nothing")
     doctor.add_argument("--json", default=None, metavar="PATH", help="also write the table and numbers as JSON")
-    args = parser.parse_args(argv)
-    if args.command == "doctor":
-        from .doctor import main_doctor
+    return parser
 
-        try:
-            return main_doctor(args)
-        except (ConfigError, FileNotFoundError, OSError) as exc:
-            print(f"[orion] error: {exc}", file=sys.stderr)
-            return 1
-    if args.command == "params":
-        try:
-            print(parameters_cell(args.profile, args.notebook, args.run_dir, parse_overrides(args.overrides)))
-        except (ConfigError, ValueError) as exc:
-            print(f"[orion] error: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    if args.command == "colab-links":
-        from .colab import write_colab_links
 
-        try:
-            repo = write_colab_links(args.repo, args.branch)
-        except ValueError as exc:
-            print(f"[orion] error: {exc}", file=sys.stderr)
-            return 1
-        print(f"[orion] Colab links written for github.com/{repo} ({args.branch})")
-        return 0
+def _doctor(args) -> int:
+    from .doctor import main_doctor
+
+    return main_doctor(args)
+
+
+def _params(args) -> int:
+    print(parameters_cell(args.profile, args.notebook, args.run_dir, parse_overrides(args.overrides)))
+    return 0
+
+
+def _colab_links(args) -> int:
+    from .colab import write_colab_links
+
+    repo = write_colab_links(args.repo, args.branch)
+    print(f"[orion] Colab links written for github.com/{repo} ({args.branch})")
+    return 0
+
+
+def _run(args) -> int:
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    run_pipeline(args.profile, args.run_dir, args.force, parse_overrides(args.overrides), args.only,
+                 args.log_output, args.jobs)
+    return 0
+
+
+# command → (what runs it, the errors it reports as one line and exit status 1)
+COMMANDS = {
+    "doctor": (_doctor, (ConfigError, FileNotFoundError, OSError)),
+    "params": (_params, (ConfigError, ValueError)),
+    "colab-links": (_colab_links, (ValueError,)),
+    "run": (_run, (ConfigError, NotebookFailed, FileNotFoundError)),
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    command, errors = COMMANDS[args.command]
     try:
-        if args.jobs < 1:
-            raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-        run_pipeline(args.profile, args.run_dir, args.force, parse_overrides(args.overrides), args.only,
-                     args.log_output, args.jobs)
-    except (ConfigError, NotebookFailed, FileNotFoundError) as exc:
+        return command(args)
+    except errors as exc:
         print(f"[orion] error: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Stage 04, supervised fine-tuning: `sft` on the teacher's CoTs, `orion` on the refined CoTs.
+"""Stage 04, supervised fine-tuning: every method of the registry trained on a set of CoTs (`sft` on the
+teacher's CoTs, `orion` on the refined CoTs), those that are evaluated.
 
-Both start from the same base student with the same hyperparameters, so the only difference is
-the training text. Each method's model, loss curve and training facts go to ``models/<method>/``.
+All start from the same base student with the same hyperparameters, so the only difference is
+the training text; a method whose entry names a ``builds_set`` gets its set made here first. Each
+method's model, loss curve and training facts go to ``models/<method>/``.
 """
 from __future__ import annotations
 
@@ -10,53 +12,80 @@ from typing import Optional, Sequence
 
 from .collection import TokenCounter, fit_to_question_set, question_set_inputs, read_question_set
 from .config import StudentConfig
-from .jsonl import read_jsonl
-from .methods import cot_methods
-from .records import SFTExample
+from .jsonl import read_jsonl, write_jsonl
+from .methods import cot_methods, set_builder
+from .methods import method as registered
+from .records import Problem, SFTExample, TeacherTrace
 from .rundir import RunDir
 from .stages import fingerprint
 
-STAGE_OF_SET = cot_methods("04_sft")  # method → the notebook that writes its training set (orion_utils.methods)
-
 
 def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
-            methods: Sequence[str] = tuple(STAGE_OF_SET), force: bool = False) -> dict:
-    """Train each method on its training set; returns {method: manifest entry}."""
+            methods: Optional[Sequence[str]] = None, force: bool = False) -> dict:
+    """Train each of ``methods`` (default: every method stage 04 trains, ``methods.cot_methods``) on its
+    training set; returns {method: manifest entry}. ``stages.sft`` passes the methods that are evaluated
+    (``methods.methods_to_train``)."""
+    student, known = student or StudentConfig(), cot_methods("04_sft")
+    entries = {}
+    for method in known if methods is None else methods:
+        if method not in known:
+            raise ValueError(f"no training set for method {method!r}; known: {list(known)}")
+        if registered(method).builds_set:
+            _build_set(run, method, cfg, student, force)
+        entries[method] = _train(run, method, cfg, student, force)
+    return entries
+
+
+def _build_set(run: RunDir, method: str, cfg, student: StudentConfig, force: bool) -> dict:
+    """A method's training set made by its registry entry's ``builds_set`` from stage 01's questions and
+    teacher traces, lengths in the student's tokens; its own stage ``set/<method>``."""
+    params, models = fingerprint(run, "sft", cfg, student)
+    params["builds_set"] = registered(method).builds_set
+    inputs = [run.train_problems, run.teacher_traces, *models]
+
+    def work() -> dict:
+        count = TokenCounter(run.student_model(), student.prompt_template, student.system_prompt or None)
+        build = set_builder(method)
+        examples = build(read_jsonl(inputs[0], Problem), read_jsonl(inputs[1], TeacherTrace), count)
+        write_jsonl(run.training_set(method), examples)
+        return {"n_examples": len(examples)}
+
+    return run.run_stage(f"set/{method}", params, inputs, [run.training_set(method)], work, force=force,
+                         stage_hint=registered(method).cots_from)
+
+
+def _train(run: RunDir, method: str, cfg, student: StudentConfig, force: bool) -> dict:
+    """One method fine-tuned on ``RunDir.training_set(method)``: stage ``train/<method>``."""
     from .training import train_sft
 
-    student = student or StudentConfig()
-    entries = {}
-    for method in methods:
-        if method not in STAGE_OF_SET:
-            raise ValueError(f"no training set for method {method!r}; known: {list(STAGE_OF_SET)}")
-        data_path = run.training_set(method)
-        out_dir = run.model(method)
-        params, models = fingerprint(run, "sft", cfg, student)
-        inputs = [data_path, *models]
-        qs_inputs = question_set_inputs(run)
-        if qs_inputs and method != "sft":  # the question set, and the teacher CoTs a too-long example falls back to
-            inputs += qs_inputs + [run.teacher_sft_set]
+    data_path, out_dir = run.training_set(method), run.model(method)
+    params, models = fingerprint(run, "sft", cfg, student)
+    inputs = [data_path, *models]
+    # under the question-set rule, a set other than the teacher's own is cut to the question set, and a
+    # too-long example falls back to the teacher's CoT
+    keep = bool(question_set_inputs(run)) and data_path != run.teacher_sft_set
+    if keep:
+        inputs += question_set_inputs(run) + [run.teacher_sft_set]
 
-        def work(method=method, data_path=data_path, out_dir=out_dir, keep=bool(qs_inputs) and method != "sft") -> dict:
-            examples = read_jsonl(data_path, SFTExample)
-            if not examples:
-                raise ValueError(f"{data_path} is empty: no examples to train '{method}' on")
-            kept = {}
-            if keep:  # the question set: its questions only, a too-long rewrite replaced by the teacher CoT
-                count = TokenCounter(run.student_model(), student.prompt_template, student.system_prompt or None)
-                examples, kept = fit_to_question_set(examples, read_jsonl(run.teacher_sft_set, SFTExample),
-                                                     read_question_set(run), count)
-                if any(kept.values()):
-                    print(f"[{method}] question set: {kept['replaced_by_teacher_cot']} examples longer than "
-                          f"max_seq_len replaced by the teacher CoT, {kept['outside_question_set']} outside the set")
-            result = train_sft(run.student_model(), examples, out_dir, cfg, prompt_template=student.prompt_template,
-                               system=student.system_prompt or None)
-            return {"backend": result.backend, "train_seconds": result.train_seconds,
-                    "n_examples": result.n_examples, "n_tokens": result.n_tokens, "question_set": kept}
+    def work() -> dict:
+        examples = read_jsonl(data_path, SFTExample)
+        if not examples:
+            raise ValueError(f"{data_path} is empty: no examples to train '{method}' on")
+        kept = {}
+        if keep:  # the question set: its questions only, a too-long rewrite replaced by the teacher CoT
+            count = TokenCounter(run.student_model(), student.prompt_template, student.system_prompt or None)
+            examples, kept = fit_to_question_set(examples, read_jsonl(run.teacher_sft_set, SFTExample),
+                                                 read_question_set(run), count)
+            if any(kept.values()):
+                print(f"[{method}] question set: {kept['replaced_by_teacher_cot']} examples longer than "
+                      f"max_seq_len replaced by the teacher CoT, {kept['outside_question_set']} outside the set")
+        result = train_sft(run.student_model(), examples, out_dir, cfg, prompt_template=student.prompt_template,
+                           system=student.system_prompt or None)
+        return {"backend": result.backend, "train_seconds": result.train_seconds,
+                "n_examples": result.n_examples, "n_tokens": result.n_tokens, "question_set": kept}
 
-        entries[method] = run.run_stage(f"train/{method}", params, inputs, [run.trained(method).model], work, force=force,
-                                        stage_hint=STAGE_OF_SET[method])
-    return entries
+    return run.run_stage(f"train/{method}", params, inputs, [run.trained(method).model], work, force=force,
+                         stage_hint=registered(method).cots_from)
 
 
 def load_loss_history(run: RunDir, method: str) -> list[dict]:

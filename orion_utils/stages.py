@@ -4,16 +4,21 @@
 ``force`` redoes work that is up to date. ``READS`` is the one place that says which profile sections a
 stage takes, in the order its module's function takes them; the notebooks call these functions and
 show those sections (``reads``). The stage modules' own functions (``reflection.run_reflection``, ...)
-take single sections, for code and tests that build them by hand.
+take single sections, for code and tests that build them by hand; those of stages 05 and 06 (EDIT and
+Tailored Learning: ``run_edit_stage``, ``run_tailored_stage``) are here, beside their wrappers. Stage 04
+trains the evaluated methods of the registry (``sft_plan``).
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .rundir import RunDir, stable_hash
+
+if TYPE_CHECKING:
+    from .config import DataConfig, GenerationConfig, StudentConfig, TeacherConfig
 
 # stage → the profile sections its module's function takes after ``run``, in that order
 READS: dict[str, tuple[str, ...]] = {
@@ -138,25 +143,154 @@ def reflection(run: RunDir, cfg, *, force: bool = False) -> dict:
     return run_reflection(run, *_sections(cfg, "reflection"), force=force)
 
 
+def sft_plan(cfg) -> list[str]:
+    """The methods stage 04 trains for this profile: those of the registry it fine-tunes on a set of CoTs
+    that ``evaluation.methods`` lists (``methods.methods_to_train``)."""
+    from .methods import methods_to_train
+
+    return methods_to_train("04_sft", cfg.evaluation.methods)
+
+
 def sft(run: RunDir, cfg, *, force: bool = False) -> dict:
-    """Stage 04: every method fine-tuned on a set of CoTs, ``sft`` and ``orion`` (``sft.run_sft``)."""
+    """Stage 04: every evaluated method fine-tuned on a set of CoTs (``sft_plan``; ``sft.run_sft``)."""
     from .sft import run_sft
 
-    return run_sft(run, *_sections(cfg, "sft"), force=force)
+    return run_sft(run, *_sections(cfg, "sft"), methods=sft_plan(cfg), force=force)
 
 
 def edit(run: RunDir, cfg, *, force: bool = False) -> dict:
-    """Stage 05: EDIT on the run's data (``baselines.run_edit_stage``)."""
-    from .baselines import run_edit_stage
-
+    """Stage 05: EDIT on the run's data (``run_edit_stage``)."""
     return run_edit_stage(run, *_sections(cfg, "edit"), force=force)
 
 
 def tailored(run: RunDir, cfg, *, force: bool = False) -> dict:
-    """Stage 06: Tailored Learning on the run's data (``baselines.run_tailored_stage``)."""
-    from .baselines import run_tailored_stage
-
+    """Stage 06: Tailored Learning on the run's data (``run_tailored_stage``)."""
     return run_tailored_stage(run, *_sections(cfg, "tailored"), force=force)
+
+
+# --- stages 05 and 06: the EDIT and Tailored Learning baselines on the run's data ------------------------
+# Both start from the same base student and the same training questions and teacher CoTs as the stage-04
+# methods; their final models land in models/<method>/model (RunDir.trained) so evaluation treats every
+# method alike, and their phases' loss curves are joined into the folder's loss_history.json.
+
+def join_phase_losses(folder) -> None:
+    """One loss curve across a method's phases (``TrainedDir.phases``: EDIT's two stages, Tailored
+    Learning's rounds), steps running on, each point labelled with its phase's folder name."""
+    import json
+
+    history, offset = [], 0
+    for phase in folder.phases():
+        if not phase.loss_history.exists():
+            continue
+        for h in json.loads(phase.loss_history.read_text()):
+            history.append({**h, "step": h.get("step", 0) + offset, "phase": phase.root.name})
+        offset = history[-1]["step"] if history else offset
+    folder.loss_history.write_text(json.dumps(history, indent=1))
+
+
+def _copy_training_files(run: RunDir, method: str) -> None:
+    """``data/training_set_<method>.jsonl``: every example the method's folder trained on, in one file."""
+    from .jsonl import read_jsonl, write_jsonl
+    from .records import SFTExample
+
+    files = run.training_files(method)
+    if files:
+        write_jsonl(run.training_set(method), [e for path in files for e in read_jsonl(path, SFTExample)])
+
+
+def run_edit_stage(run: RunDir, cfg, training_cfg, teacher_cfg: Optional[TeacherConfig] = None,
+                   data: Optional[DataConfig] = None, student: Optional[StudentConfig] = None,
+                   force: bool = False) -> dict:
+    """EDIT: dual CoT pairs → stage-1 SFT on correct + rectified CoTs → key-reasoning-step learning."""
+    from dataclasses import replace
+
+    from .budget import prompt_budget
+    from .collection import make_teacher, question_set_inputs, question_set_problems
+    from .config import StudentConfig, TeacherConfig
+    from .edit import resolve_pair_source, run_edit
+    from .jsonl import read_jsonl
+    from .records import Problem, StudentAttempt, TeacherTrace
+
+    student, teacher_cfg = student or StudentConfig(), teacher_cfg or TeacherConfig()
+    folder = run.trained("edit")
+    cfg_source, source = cfg.pair_source, resolve_pair_source(cfg.pair_source, teacher_cfg.kind)
+    cfg = replace(cfg, pair_source=source)
+    params, models = fingerprint(run, "edit", cfg, training_cfg, teacher_cfg, data, student)
+    inputs = [run.train_problems, run.teacher_traces] + ([run.error_attempts] if source == "exposure" else [])
+    inputs += question_set_inputs(run) + models
+
+    def work() -> dict:
+        print(f"[edit] dual pairs: {source} (edit.pair_source={cfg_source}, teacher.kind={teacher_cfg.kind})")
+        problems = question_set_problems(run, read_jsonl(inputs[0], Problem))  # the question set (stage 01)
+        attempts = read_jsonl(inputs[2], StudentAttempt) if source == "exposure" else None
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
+        traces = read_jsonl(inputs[1], TeacherTrace)
+        result = run_edit(run.student_model(), problems, traces, folder.root, cfg, training_cfg,
+                          teacher=teacher, attempts=attempts, prompt_template=student.prompt_template,
+                          system=student.system_prompt or None)
+        join_phase_losses(folder)
+        _copy_training_files(run, "edit")
+        facts = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+        return {"edit": facts, **prompt_budget(teacher)}
+
+    # run_edit resumes from what it finds in its folder: kept only for a re-run with the same settings
+    return run.run_stage("edit", params, inputs, [folder.model], work, force=force, scratch=[folder.root],
+                         stage_hint="02_error_exposure")
+
+
+def run_tailored_stage(run: RunDir, cfg, teacher_cfg: Optional[TeacherConfig] = None,
+                       data: Optional[DataConfig] = None, generation: Optional[GenerationConfig] = None,
+                       student: Optional[StudentConfig] = None, force: bool = False) -> dict:
+    """Tailored Learning: exam → teacher feedback on the student's mistakes → training, for several rounds."""
+    from .budget import prompt_budget
+    from .collection import (
+        QuestionSetTeacher,
+        TokenCounter,
+        fitter,
+        length_rule_applies,
+        make_teacher,
+        question_set_inputs,
+        question_set_problems,
+        read_question_set,
+        stage01_traces,
+    )
+    from .config import GenerationConfig, StudentConfig, TeacherConfig
+    from .jsonl import read_jsonl
+    from .records import Problem
+    from .tailored import default_generator_factory, run_tailored
+    from .teachers.base import FeedbackTeacher
+
+    student, teacher_cfg = student or StudentConfig(), teacher_cfg or TeacherConfig()
+    generation, folder = generation or GenerationConfig(), run.trained("tailored")
+    inputs = [run.train_problems]
+    # the question set, and the stage-01 CoTs a question without a usable rationale falls back to
+    if question_set_inputs(run):
+        inputs += question_set_inputs(run) + [run.teacher_sft_set, run.teacher_traces]
+    params, models = fingerprint(run, "tailored", cfg, teacher_cfg, data, generation, student)
+    inputs += models
+
+    def work() -> dict:
+        problems = question_set_problems(run, read_jsonl(inputs[0], Problem))  # the question set (stage 01)
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
+        if not isinstance(teacher, FeedbackTeacher):
+            raise ValueError(
+                f"Tailored Learning asks the teacher to explain the student's wrong answers, which a "
+                f"teacher.kind={teacher_cfg.kind!r} teacher cannot do; use kind 'api', 'local' or 'toy', "
+                f"or leave 'tailored' out of evaluation.methods"
+            )
+        if read_question_set(run) is not None:
+            count = TokenCounter(run.student_model(), student.prompt_template, student.system_prompt or None)
+            fits = fitter(count, cfg.max_seq_len) if length_rule_applies(cfg) else None
+            teacher = QuestionSetTeacher(teacher, stage01_traces(run), fits)
+        rounds = run_tailored(run.student_model(), problems, teacher, default_generator_factory(generation),
+                              cfg.rounds, cfg, folder.root, prompt_template=student.prompt_template,
+                              system=student.system_prompt or None)
+        join_phase_losses(folder)
+        _copy_training_files(run, "tailored")
+        return {"rounds": len(rounds), **prompt_budget(teacher)}
+
+    return run.run_stage("tailored", params, inputs, [folder.model], work, force=force, scratch=[folder.root],
+                         stage_hint="00_setup_and_data")
 
 
 def evaluation(run: RunDir, cfg, *, force: bool = False) -> dict:

@@ -58,7 +58,8 @@ def _small_run(root: Path) -> RunDir:
 
 
 def _fingerprint(record, run, stage, overrides=None):
-    sets = {"evaluation": {"methods": ["base"], "workers": 1}}
+    # stage 04 trains only evaluated methods (stages.sft_plan): there, one of them
+    sets = {"evaluation": {"methods": ["base", "sft"] if stage == "sft" else ["base"], "workers": 1}}
     for section, values in (overrides or {}).items():
         sets[section] = {**sets.get(section, {}), **values}
     cfg = load_profile("smoke", sets)

@@ -95,8 +95,10 @@ def test_stages_take_the_sections_reads_names_in_their_modules_order():
         assert list(inspect.signature(wrapper).parameters) == ["run", "cfg", "force"]
         if stage == "analysis":
             continue  # analyse_run and make_judge take its sections by keyword
-        module_name, function = re.search(r"from \.(\w+) import (\w+)", inspect.getsource(wrapper)).groups()
-        module = __import__(f"orion_utils.{module_name}", fromlist=[function])
+        source = inspect.getsource(wrapper)
+        function = re.search(r"return (\w+)\(run, \*_sections", source).group(1)
+        imported = re.search(rf"from \.(\w+) import {function}\b", source)  # else a function of stages itself
+        module = __import__(f"orion_utils.{imported.group(1)}", fromlist=[function]) if imported else stages
         params = list(inspect.signature(getattr(module, function)).parameters)[1:1 + len(sections)]
         names = [sections[0] if p == "cfg" else p.removesuffix("_cfg") for p in params]
         assert names == list(sections), (stage, params)
