@@ -677,7 +677,12 @@ def artifact_paths() -> dict[str, str]:
             expr = prefix + name + (f"({', '.join(args)})" if inspect.isfunction(member) else "")
             try:
                 value = getattr(obj, name)(*args) if inspect.isfunction(member) else getattr(obj, name)
-            except (OSError, KeyError):  # needs a file of a real run (student_model: StageInputMissing) or a registered method
+            except KeyError:  # a method's name must be registered: name `sft`'s folder, then put <method> back
+                value = getattr(obj, name)(*["sft" if a == "<method>" else a for a in args])
+                value = (type(value)(Path(str(value.root).replace("/sft", "/<method>"))) if isinstance(value, TrainedDir)
+                         else Path(str(value).replace("/sft", "/<method>").replace("_sft.", "_<method>."))
+                         if isinstance(value, Path) else value)
+            except OSError:  # needs a file of a real run (student_model: StageInputMissing)
                 continue
             if isinstance(value, TrainedDir):
                 found[expr] = value.root.relative_to(root).as_posix()
