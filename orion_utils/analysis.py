@@ -2,7 +2,7 @@
 
 This module reads a run and applies the measures; the measures themselves are ``measures``'s, the
 intervals and seed aggregates ``stats``'s, the verdicts ``claims``'s, the training-set table
-``training_sets``'s, and the words (metric definitions, claim statements, the report) ``report``'s.
+``training_sets``'s, the choice of figures ``figures``'s, and the words (metric definitions, claim statements, the report) ``report``'s.
 Their public names are importable from here too (``from orion_utils.analysis import bootstrap_interval``).
 
 The ORION paper claims that ORION's CoTs are more coherent and
@@ -55,12 +55,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .claims import (  # noqa: F401 (re-exported: the analysis's names, importable from here)
     CLAIM_MARGIN_POINTS, assess_claims, claim_evidence, flatten_numbers, look_inside, outcome, spread,
 )
+from .figures import write_figures  # noqa: F401 (re-exported)
 from .jsonl import read_jsonl, write_json
 from .knobs import knob, validate
 from .measures import (  # noqa: F401 (re-exported)
     CONSISTENCY_KINDS, DEFAULT_BUCKETS, Bucket, accuracy_by_difficulty, arithmetic_ok, bench_problem_key,
-    bucket_of, consistency_summary, cot_perplexity, difficulty_from_samples, length_stats, loss_delta_std,
-    loss_deltas, loss_values, per_problem_accuracy, step_check, step_consistency, token_lengths,
+    bucket_of, concat_segments, consistency_summary, cot_perplexity, difficulty_from_samples, length_stats,
+    loss_delta_std, loss_deltas, loss_values, per_problem_accuracy, step_check, step_consistency, token_lengths,
 )
 from .records import EvalSample
 from .report import DEFINITIONS, write_report
@@ -129,18 +130,6 @@ def loss_segments(run: RunDir, method: str) -> list[list[dict]]:
         if isinstance(hist, list) and hist:
             segments.append(hist)
     return segments
-
-
-def concat_segments(segments: Sequence[Sequence[dict]]) -> list[dict]:
-    """One history from stage histories, steps offset so that stages follow each other."""
-    out, offset = [], 0
-    for seg in segments:
-        rows = [h for h in seg if isinstance(h, dict) and "loss" in h]
-        steps = [h.get("step") or i + 1 for i, h in enumerate(rows)]
-        for h, s in zip(rows, steps):
-            out.append({**h, "step": s + offset, "stage_step": s})
-        offset += max(steps, default=0)
-    return out
 
 
 def load_eval_samples(run: RunDir, method: str) -> dict:
@@ -214,7 +203,6 @@ def scores_by_seed(runs: Sequence[RunDir], methods: Optional[Sequence[str]] = No
                     if scores:
                         out.setdefault(m, {}).setdefault(bench, {}).setdefault(metric, []).append(scores)
     return out
-
 
 
 def _aggregate_method_scalars(per_seed: Sequence[dict]) -> dict:
@@ -321,7 +309,8 @@ def _difficulty(base: dict, buckets: Sequence[Bucket]) -> tuple[dict, dict, dict
 
 
 def _scored_cots(cots: Sequence[tuple[str, str]], max_cots: Optional[int]) -> list:
-    """At most ``max_cots`` CoTs, chosen by a stable hash of the question (the same questions across methods)."""
+    """At most ``max_cots`` CoTs, chosen by a stable hash of the question (the same questions across
+    methods)."""
     if max_cots is None or len(cots) <= max_cots:
         return list(cots)
     order = sorted(range(len(cots)), key=lambda i: (_stable_order(cots[i][0]), i))
@@ -349,7 +338,8 @@ def _perplexity_numbers(method: str, chosen: Sequence[tuple[str, str]], scorer, 
 
 def _cot_numbers(method: str, cots: Sequence[tuple[str, str]], cfg: AnalysisConfig, tokenizer: Any, scorer,
                  default_scorer: bool, judge) -> tuple[dict, Optional[list]]:
-    """The training CoTs' lengths, perplexity (and the judge's consistency); and their lengths for the figures."""
+    """The training CoTs' lengths, perplexity (and the judge's consistency); and their lengths for the
+    figures."""
     if not cots:
         return dict(cot_tokens_mean=None, cot_tokens=None, cot_nll_mean=None, cot_perplexity=None,
                     cot_perplexity_n=None), None
@@ -371,7 +361,8 @@ def _response_numbers(per_bench: dict, all_samples: Sequence[EvalSample]) -> dic
     stats = length_stats([s.n_tokens for s in all_samples])
     correct = [s.n_tokens for s in all_samples if s.correct]
     return {"response_tokens": stats, "response_tokens_mean": stats["mean"],
-            "response_tokens_by_benchmark": {b: mean(s.n_tokens for s in ss) for b, ss in per_bench.items() if ss},
+            "response_tokens_by_benchmark": {b: mean(s.n_tokens for s in ss)
+                                             for b, ss in per_bench.items() if ss},
             "response_tokens_mean_correct": mean(correct) if correct else None}
 
 
@@ -429,7 +420,8 @@ def analyse_methods(
         cot_row, cot_lengths = _cot_numbers(m, cots, cfg, tokenizer, scorer, default_scorer, judge)
         out[m] = {"training_set": files or None, "n_training_cots": len(cots) if files else None, **cot_row,
                   **_response_numbers(per_bench, all_samples), **_loss_numbers(segments),
-                  "accuracy_by_difficulty": _difficulty_numbers(per_bench, all_samples, maps, pooled, buckets),
+                  "accuracy_by_difficulty":
+                      _difficulty_numbers(per_bench, all_samples, maps, pooled, buckets),
                   "step_consistency": None if not consistency else {
                       "training": consistency_summary((c for _, c in cots), kinds) if cots else None,
                       "evaluation": consistency_summary((s.response for s in all_samples), kinds)
@@ -440,85 +432,6 @@ def analyse_methods(
             raw["response_lengths"][m] = [s.n_tokens for s in all_samples]
         raw["loss"][m] = segments
     return out, difficulty, raw
-
-
-# =============================================================================================
-# Figures
-# =============================================================================================
-
-
-def write_figures(run: RunDir, agg_metrics: dict, agg_methods: dict, raws: Sequence[dict],
-                  buckets: Sequence[Bucket] = DEFAULT_BUCKETS, difficulty_counts: Optional[dict] = None) -> dict:
-    """All analysis figures in ``figures/``; returns {name: path relative to the run}."""
-    import matplotlib.pyplot as plt
-
-    from . import plots
-
-    made = {}
-
-    def keep(name: str, fig) -> None:
-        plt.close(fig)
-        made[name] = run.relative(run.figure(name))
-
-    keep("accuracy_pass1", plots.accuracy_bars(_means(agg_metrics), "pass@1", run.figure("accuracy_pass1"),
-                                               errors=_stds(agg_metrics)))
-    if any("greedy" in per for benches in agg_metrics.values() for per in benches.values()):
-        keep("accuracy_greedy", plots.accuracy_bars(_means(agg_metrics), "greedy",
-                                                    run.figure("accuracy_greedy"),
-                                                    errors=_stds(agg_metrics)))
-    per_seed_loss = [{m: concat_segments(segs) for m, segs in r["loss"].items() if segs} for r in raws]
-    if any(per_seed_loss):
-        keep("loss_curves", plots.loss_curves(per_seed_loss[0], run.figure("loss_curves"),
-                                              extra_seeds=per_seed_loss[1:]))
-    cot = _pool([r["cot_lengths"] for r in raws])
-    resp = _pool([r["response_lengths"] for r in raws])
-    if cot or resp:
-        keep("cot_lengths", plots.length_distributions(cot, resp, run.figure("cot_lengths"),
-                                                       n_seeds=len(raws)))
-    panels: dict = {}
-    for m, a in agg_methods.items():
-        for bench, cells in (a.get("accuracy_by_difficulty") or {}).items():
-            panels.setdefault(bench, {})[m] = cells
-    if panels:
-        order = sorted(b for b in panels if b != "all") + (["all"] if "all" in panels else [])
-        keep("accuracy_by_difficulty", plots.difficulty_bars({b: panels[b] for b in order}, [b[0] for b in buckets],
-                                                             run.figure("accuracy_by_difficulty"),
-                                                             counts=difficulty_counts))
-    ppl = {m: a["cot_perplexity"] for m, a in agg_methods.items() if a.get("cot_perplexity")}
-    if ppl:
-        keep("perplexity", plots.metric_bars(ppl, "perplexity (lower = more tailored)",
-                                             "Base student's perplexity of each method's training CoTs",
-                                             run.figure("perplexity")))
-    cons = {m: {"training CoTs": a.get("step_consistency_training"), "evaluation outputs": a.get("step_consistency_evaluation")}
-            for m, a in agg_methods.items()
-            if a.get("step_consistency_training") or a.get("step_consistency_evaluation")}
-    if cons:
-        keep("step_consistency", plots.grouped_metric_bars(cons, "steps with right arithmetic (%)",
-                                                           "Step-level consistency",
-                                                           run.figure("step_consistency"),
-                                                           scale=100))
-    if run.pass_rates.exists():
-        rates = json.loads(run.pass_rates.read_text(encoding="utf-8"))
-        if rates:
-            keep("pass_rates", plots.pass_rate_histogram(rates, run.figure("pass_rates")))
-    return made
-
-
-def _means(agg: dict) -> dict:
-    return {m: {b: {k: c["mean"] for k, c in per.items() if c} for b, per in benches.items()} for m, benches in agg.items()}
-
-
-def _stds(agg: dict) -> dict:
-    return {m: {b: {k: c["std"] for k, c in per.items() if c and c["n"] > 1} for b, per in benches.items()}
-            for m, benches in agg.items()}
-
-
-def _pool(dicts: Sequence[dict]) -> dict:
-    out: dict = {}
-    for d in dicts:
-        for k, v in d.items():
-            out.setdefault(k, []).extend(v)
-    return out
 
 
 # =============================================================================================
@@ -543,6 +456,18 @@ def seed_run_dirs(run: RunDir) -> list:
     return [p for p in run.seed_dirs() if RunDir(p).metrics.exists()]
 
 
+def _seed_runs(run: RunDir, seeds_run_dirs: Optional[Sequence[Union[RunDir, PathLike]]]) -> list[RunDir]:
+    """The other seeds' runs (None: those under ``<run>/seeds/``); each, and ``run``, must have been
+    evaluated."""
+    if seeds_run_dirs is None:
+        seeds_run_dirs = seed_run_dirs(run)
+    others = [r if isinstance(r, RunDir) else RunDir(r) for r in seeds_run_dirs]
+    run.require(run.metrics, stage_hint="07_evaluation")
+    for o in others:
+        o.require(o.metrics, stage_hint="07_evaluation (of that seed)")
+    return others
+
+
 def _analysis_inputs(r: RunDir, scorer, tokenizer) -> list[Path]:
     """What the analysis of one seed's run reads: its metrics, eval outputs, training sets and loss logs,
     the question set, and the base student when it scores or counts."""
@@ -559,7 +484,8 @@ def _analysis_inputs(r: RunDir, scorer, tokenizer) -> list[Path]:
     return paths
 
 
-def _analysis_params(cfg: AnalysisConfig, others: Sequence[RunDir], scorer, tokenizer, judge, judge_from) -> dict:
+def _analysis_params(cfg: AnalysisConfig, others: Sequence[RunDir], scorer, tokenizer, judge,
+                     judge_from) -> dict:
     """The stage's parameters: the ``analysis`` section (and the judge's sections), the seeds, the scorers."""
     params, _ = fingerprint(None, "analysis", cfg, *(judge_from if judge is not None else ()))
     params.update({"version": ANALYSIS_VERSION, "seeds": [o.root.name for o in others],
@@ -570,7 +496,8 @@ def _analysis_params(cfg: AnalysisConfig, others: Sequence[RunDir], scorer, toke
 
 
 def _intervals(runs: Sequence[RunDir], methods: Sequence[str], cfg: AnalysisConfig) -> dict:
-    """``analysis.json``'s ``intervals``: every cell's bootstrap interval, the headline's paired ones, the rule."""
+    """``analysis.json``'s ``intervals``: every cell's bootstrap interval, the headline's paired ones,
+    the rule."""
     scores = scores_by_seed(runs, methods)
     boot = (cfg.bootstrap_resamples, cfg.bootstrap_seed, cfg.interval_level)
     return {"cells": cell_intervals(scores, *boot), "headline": headline_intervals(scores, *boot),
@@ -579,7 +506,8 @@ def _intervals(runs: Sequence[RunDir], methods: Sequence[str], cfg: AnalysisConf
                      "decide_max_width_points": cfg.decide_max_width_points}}
 
 
-def _build_analysis(run: RunDir, others: Sequence[RunDir], cfg: AnalysisConfig, scorer, tokenizer, judge) -> dict:
+def _build_analysis(run: RunDir, others: Sequence[RunDir], cfg: AnalysisConfig, scorer, tokenizer,
+                    judge) -> dict:
     """The whole ``analysis.json`` of ``run`` and the other seeds' runs; writes the figures."""
     runs = [run, *others]
     per_seed, raws, metrics_list = [], [], []
@@ -659,12 +587,7 @@ def analyse_run(
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     cfg = cfg or AnalysisConfig()
-    if seeds_run_dirs is None:
-        seeds_run_dirs = seed_run_dirs(run)
-    others = [r if isinstance(r, RunDir) else RunDir(r) for r in seeds_run_dirs]
-    run.require(run.metrics, stage_hint="07_evaluation")
-    for o in others:
-        o.require(o.metrics, stage_hint="07_evaluation (of that seed)")
+    others = _seed_runs(run, seeds_run_dirs)
     out_json, out_report = run.analysis_file, run.report
     inputs = [p for r in [run, *others] for p in _analysis_inputs(r, scorer, tokenizer)]
     params = _analysis_params(cfg, others, scorer, tokenizer, judge, judge_from)

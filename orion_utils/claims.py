@@ -128,8 +128,10 @@ def _coherence_evidence(agg_methods: dict, trained: Sequence[str]) -> dict:
     o2, n2, c2 = _compare(agg_methods, "step_consistency_training", False, trained)
     o3, n3, c3 = _compare(agg_methods, "step_consistency_evaluation", False, trained)
     return {"id": "coherence", "verdict": _verdict(o1 + o2 + o3),
-            "numbers": {"cot_perplexity": n1, "step_consistency_training": n2, "step_consistency_evaluation": n3},
-            "comparisons": [c1, c2, c3], "base": (agg_methods.get("base") or {}).get("step_consistency_evaluation")}
+            "numbers": {"cot_perplexity": n1, "step_consistency_training": n2,
+                        "step_consistency_evaluation": n3},
+            "comparisons": [c1, c2, c3],
+            "base": (agg_methods.get("base") or {}).get("step_consistency_evaluation")}
 
 
 def _lower_is_better_evidence(agg_methods: dict, trained: Sequence[str], claim: str, key: str,
@@ -164,7 +166,8 @@ def claim_evidence(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_M
     return [_headline_evidence(agg_metrics, agg_methods, margin, intervals, max_width),
             _coherence_evidence(agg_methods, trained),
             _lower_is_better_evidence(agg_methods, trained, "stability", "loss_delta_std", with_base=False),
-            _lower_is_better_evidence(agg_methods, trained, "verbosity", "response_tokens_mean", with_base=True)]
+            _lower_is_better_evidence(agg_methods, trained, "verbosity", "response_tokens_mean",
+                                      with_base=True)]
 
 
 def assess_claims(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MARGIN_POINTS, toy: bool = False,

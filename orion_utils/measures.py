@@ -79,6 +79,19 @@ def loss_delta_std(history: Sequence) -> Optional[float]:
     return math.sqrt(sum((d - m) ** 2 for d in deltas) / len(deltas))
 
 
+def concat_segments(segments: Sequence[Sequence[dict]]) -> list[dict]:
+    """One history from stage histories, steps offset so that stages follow each other."""
+    out, offset = [], 0
+    for seg in segments:
+        rows = [h for h in seg if isinstance(h, dict) and "loss" in h]
+        steps = [h.get("step") or i + 1 for i, h in enumerate(rows)]
+        for h, s in zip(rows, steps):
+            out.append({**h, "step": s + offset, "stage_step": s})
+        offset += max(steps, default=0)
+    return out
+
+
+
 def length_stats(lengths: Sequence[float]) -> Optional[dict]:
     """n, mean, population std, median, 90th percentile (nearest rank), min, max; None if empty."""
     values = sorted(float(x) for x in lengths)

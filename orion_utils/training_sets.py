@@ -37,7 +37,8 @@ def _method_examples(run: RunDir, method: str, qs: Any, count) -> tuple[list[SFT
     to the question set as stage 04 keeps them)."""
     from .collection import fit_to_question_set
 
-    examples = [e for p in run.training_files(method) for e in read_jsonl(p, SFTExample, tolerate_torn_tail=True)]
+    examples = [e for p in run.training_files(method)
+                for e in read_jsonl(p, SFTExample, tolerate_torn_tail=True)]
     left: dict = {}
     if method == "orion" and qs is not None:
         teacher = read_jsonl(run.teacher_sft_set, SFTExample) if run.teacher_sft_set.is_file() else []
@@ -48,7 +49,8 @@ def _method_examples(run: RunDir, method: str, qs: Any, count) -> tuple[list[SFT
 
 
 def _trained_row(examples: Sequence[SFTExample], left: dict, count, limit: Optional[int]) -> dict:
-    """The row of one method: the examples training keeps (``limit``: its max_seq_len under overlong: drop)."""
+    """The row of one method: the examples training keeps (``limit``: its max_seq_len under
+    overlong: drop)."""
     trained, tokens = [], 0
     for e in examples:
         n = count(e.question, e.response) if count is not None else len(e.response.split())
@@ -58,7 +60,8 @@ def _trained_row(examples: Sequence[SFTExample], left: dict, count, limit: Optio
         trained.append(e)
         tokens += n
     ids = sorted({e.problem_id for e in trained})
-    return {"questions": len(ids), "examples": len(trained), "tokens": tokens, "left_out": left, "question_ids": ids}
+    return {"questions": len(ids), "examples": len(trained), "tokens": tokens, "left_out": left,
+            "question_ids": ids}
 
 
 def _question_set_summary(qs_file: Optional[dict]) -> Optional[dict]:
@@ -105,5 +108,6 @@ def training_set_table(run: RunDir, methods: Sequence[str], tokenizer: Any = Non
     qs_file = json.loads(run.question_set.read_text(encoding="utf-8")) if run.question_set.is_file() else None
     return {"question_set": _question_set_summary(qs_file),
             "same_question_ids": len({tuple(r["question_ids"]) for r in rows.values()}) <= 1,
-            "counted_in": "student tokens (prompt + assistant turn)" if count is not None else "response words",
+            "counted_in": ("student tokens (prompt + assistant turn)" if count is not None
+                           else "response words"),
             "methods": rows}
