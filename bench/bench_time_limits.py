@@ -100,8 +100,8 @@ def main() -> int:
     big = "The answer is 42. " * 100_000 + SECRET[3:20]
     rows.append(("redact a 1.8 MB text", 1.0, *timed(1.0, lambda: redact(big).endswith(REDACTED))))
     with tempfile.TemporaryDirectory() as tmp:
-        for fault in ("stall", "drip"):
-            rows.append((f"API teacher: {fault}ed reply, timeout_s=0.5", 3.0, *stalled_reply(fault, Path(tmp))))
+        for fault, what in (("stall", "a stalled"), ("drip", "a dripping")):
+            rows.append((f"API teacher: {what} reply, timeout_s=0.5", 3.0, *stalled_reply(fault, Path(tmp))))
         for seconds in (3600, 30):
             rows.append((f"API teacher: Retry-After {seconds} s > max 5 s", 3.0,
                          *long_retry_after(seconds, Path(tmp))))
