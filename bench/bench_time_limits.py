@@ -69,8 +69,8 @@ def without_subprocesses() -> bool:
 
 
 def teacher(server: FakeOpenAIServer, cache_dir: Path, **kw) -> APITeacher:
-    settings = dict(api_key_env=None, concurrency=8, timeout_s=2.0, max_retries=6, backoff_base_s=0.02,
-                    backoff_max_s=0.2, progress=False)
+    settings = {"api_key_env": None, "concurrency": 8, "timeout_s": 2.0, "max_retries": 6, "backoff_base_s": 0.02,
+                "backoff_max_s": 0.2, "progress": False}
     return APITeacher(server.base_url, "fake-reasoner", cache_dir=cache_dir, **{**settings, **kw})
 
 

@@ -52,28 +52,46 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .claims import (  # noqa: F401 (re-exported: the analysis's names, importable from here)
-    CLAIM_MARGIN_POINTS, assess_claims, claim_evidence, flatten_numbers, look_inside, outcome, spread,
-)
-from .figures import write_figures  # noqa: F401 (re-exported)
+from .claims import CLAIM_MARGIN_POINTS, assess_claims, claim_evidence, look_inside, spread
+from .figures import write_figures
 from .jsonl import read_jsonl, write_json
 from .knobs import knob, validate
-from .measures import (  # noqa: F401 (re-exported)
-    CONSISTENCY_KINDS, DEFAULT_BUCKETS, Bucket, accuracy_by_difficulty, arithmetic_ok, bench_problem_key,
-    bucket_of, concat_segments, consistency_summary, cot_perplexity, difficulty_from_samples, length_stats,
-    loss_delta_std, loss_deltas, loss_values, per_problem_accuracy, step_check, step_consistency, token_lengths,
+from .measures import (
+    CONSISTENCY_KINDS,
+    DEFAULT_BUCKETS,
+    Bucket,
+    accuracy_by_difficulty,
+    arithmetic_ok,
+    bench_problem_key,
+    bucket_of,
+    concat_segments,
+    consistency_summary,
+    cot_perplexity,
+    difficulty_from_samples,
+    length_stats,
+    loss_delta_std,
+    loss_deltas,
+    loss_values,
+    step_check,
+    step_consistency,
+    token_lengths,
 )
 from .records import EvalSample
 from .report import DEFINITIONS, write_report
 from .rundir import RunDir
 from .stages import fingerprint
-from .stats import (  # noqa: F401 (re-exported)
-    HEADLINE_STATUSES, INTERVAL_METRICS, aggregate_metrics, aggregate_values, bootstrap_interval,
-    cell_intervals, headline_intervals, headline_status, paired_difference, problem_scores,
+from .stats import (
+    INTERVAL_METRICS,
+    aggregate_metrics,
+    aggregate_values,
+    bootstrap_interval,
+    cell_intervals,
+    headline_intervals,
+    headline_status,
+    paired_difference,
+    problem_scores,
 )
-from .training_sets import (  # noqa: F401 (re-exported)
-    LEFT_OUT_BY_TRAINING, NOT_IN_METHOD, TRAINING_SECTION, training_set_table,
-)
+from .training_sets import LEFT_OUT_BY_TRAINING, NOT_IN_METHOD, training_set_table
 
 PathLike = Union[str, Path]
 Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -82,6 +100,21 @@ Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 TOKEN_KEYS = ("cot_perplexity", "cot_tokens_mean", "response_tokens_mean", "loss_delta_std")
 STEP_CONSISTENCY = ("auto", "on", "off")  # analysis.step_consistency
 ANALYSIS_VERSION = 2
+
+# the stage's own names, and those of the modules it is made of that code, tests and notebooks use from here
+__all__ = [
+    "ANALYSIS_VERSION", "CLAIM_MARGIN_POINTS", "CONSISTENCY_KINDS", "DEFAULT_BUCKETS", "INTERVAL_METRICS",
+    "LEFT_OUT_BY_TRAINING", "NOT_IN_METHOD", "STEP_CONSISTENCY", "TOKEN_KEYS", "AnalysisConfig", "Bucket",
+    "PathLike", "Scorer", "accuracy_by_difficulty", "aggregate_metrics", "aggregate_values",
+    "analyse_methods", "analyse_run", "arithmetic_ok", "assess_claims", "bench_problem_key",
+    "bootstrap_interval", "bucket_of", "cell_intervals", "claim_evidence", "concat_segments",
+    "consistency_summary", "cot_perplexity", "difficulty_from_samples", "headline_intervals",
+    "headline_status", "is_toy_run", "judge_consistency", "length_stats", "load_eval_samples",
+    "look_inside", "loss_delta_std", "loss_deltas", "loss_segments", "loss_values", "make_judge",
+    "paired_difference", "problem_scores", "reflection_summary", "scores_by_seed", "seed_run_dirs",
+    "spread", "step_check", "step_consistency", "student_scorer", "student_tokenizer", "token_lengths",
+    "training_cots", "training_set_table", "write_figures",
+]
 
 
 # =============================================================================================
@@ -341,8 +374,8 @@ def _cot_numbers(method: str, cots: Sequence[tuple[str, str]], cfg: AnalysisConf
     """The training CoTs' lengths, perplexity (and the judge's consistency); and their lengths for the
     figures."""
     if not cots:
-        return dict(cot_tokens_mean=None, cot_tokens=None, cot_nll_mean=None, cot_perplexity=None,
-                    cot_perplexity_n=None), None
+        return {"cot_tokens_mean": None, "cot_tokens": None, "cot_nll_mean": None, "cot_perplexity": None,
+                "cot_perplexity_n": None}, None
     lengths = token_lengths([c for _, c in cots], tokenizer)
     stats = length_stats(lengths)
     chosen = _scored_cots(cots, cfg.max_cots)
@@ -356,8 +389,8 @@ def _cot_numbers(method: str, cots: Sequence[tuple[str, str]], cfg: AnalysisConf
 def _response_numbers(per_bench: dict, all_samples: Sequence[EvalSample]) -> dict:
     """Lengths of the trained model's evaluation outputs (all, per benchmark, the correct ones)."""
     if not all_samples:
-        return dict(response_tokens=None, response_tokens_mean=None, response_tokens_by_benchmark=None,
-                    response_tokens_mean_correct=None)
+        return {"response_tokens": None, "response_tokens_mean": None, "response_tokens_by_benchmark": None,
+                "response_tokens_mean_correct": None}
     stats = length_stats([s.n_tokens for s in all_samples])
     correct = [s.n_tokens for s in all_samples if s.correct]
     return {"response_tokens": stats, "response_tokens_mean": stats["mean"],
