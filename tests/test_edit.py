@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 
 import pytest
 
@@ -108,16 +107,14 @@ def _similar(seq, rng, rate=0.1, vocab=32_000):
     return out
 
 
-def test_key_token_weights_is_fast_on_4000_token_pairs():
+def test_key_token_weights_on_4000_token_pairs():
+    """How fast: bench/bench_edit_alignment.py (target < 0.5 s a pair)."""
     rng = random.Random(0)
     chosen = [rng.randrange(32_000) for _ in range(4000)]
     similar = _similar(chosen[:300], rng, 0.0) + _similar(chosen[300:], rng, 0.1)
     different = [rng.randrange(32_000) for _ in range(4000)]
     for rejected in (similar, different):
-        start = time.perf_counter()
         w_c, w_r = key_token_weights(chosen, rejected)
-        elapsed = time.perf_counter() - start
-        assert elapsed < 0.5, f"{elapsed:.3f} s for a pair of ~4,000-token sequences"
         assert len(w_c) == len(chosen) and len(w_r) == len(rejected)
     assert sum(w_c) == len(chosen) * A  # nothing in common with `different`
 
@@ -410,12 +407,9 @@ def test_teacher_pairs_go_to_the_api_teacher_in_concurrent_batches(tmp_path):
     with FakeOpenAIServer(latency_s=0.3) as server:
         teacher = APITeacher(server.base_url, "fake-reasoner", api_key_env=None, concurrency=4,
                              cache_dir=tmp_path / "cache", timeout_s=5.0, progress=False)
-        start = time.perf_counter()
         pairs = pairs_from_teacher(problems, traces, teacher, max_pairs_per_problem=1)
-        seconds = time.perf_counter() - start
         assert server.request_count == 8
         assert server.max_in_flight == 4  # four requests at once, the teacher's concurrency
-    assert seconds < 8 * 0.3  # faster than one request after another
     assert any(p.meta["kind"] == "rectified" for p in pairs)
     assert [p.problem_id for p in pairs] == sorted((p.problem_id for p in pairs), key=lambda x: int(x[1:]))
 

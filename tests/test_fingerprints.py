@@ -176,6 +176,7 @@ def _orion_run(run_dir: Path, *sets: str) -> dict:
     return json.loads((run_dir / "manifest.json").read_text())["stages"]
 
 
+@pytest.mark.slow  # `orion run` twice, notebooks 00-02 through papermill: the toy student pre-trained twice
 def test_retrained_student_reruns_error_exposure(tmp_path):
     """The issue's scenario: a changed toy_pretrain re-trains the student and exposure follows it."""
     run_dir = tmp_path / "R"

@@ -6,7 +6,6 @@ import json
 import multiprocessing
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MATH500 = SHARED_DATA / "benchmarks" / "math500.jsonl"
 
 TIMEOUT = 2.0
-SLACK = 1.5  # seconds allowed beyond the timeout on a loaded 2-core machine
+SLACK = 1.5  # seconds allowed beyond the timeout on a loaded 2-core machine (bench/bench_time_limits.py)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,10 +65,7 @@ def test_extract_answer(response, expected):
 def test_extract_answer_is_robust():
     assert extract_answer(None) is None  # type: ignore[arg-type]
     assert extract_answer("\\boxed{12") == "12"  # cut off inside the box: what is there
-    big = "x" * 1_000_000 + "\\boxed{5}"
-    t = time.perf_counter()
-    assert extract_answer(big) == "5"
-    assert time.perf_counter() - t < 0.5
+    assert extract_answer("x" * 1_000_000 + "\\boxed{5}") == "5"  # how fast: bench/bench_time_limits.py
 
 
 # ------------------------------------------------------------------------------------------
@@ -228,7 +224,7 @@ def test_rel_tol_parameter():
 
 
 # ------------------------------------------------------------------------------------------
-# hostile inputs: all come back, not correct, within the timeout
+# hostile inputs: all come back, not correct (within the timeout: bench/bench_time_limits.py)
 # ------------------------------------------------------------------------------------------
 
 PWNED = Path(tempfile.gettempdir()) / "orion_grading_pwned"
@@ -264,23 +260,17 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("name, response", HOSTILE, ids=[h[0] for h in HOSTILE])
-def test_hostile_inputs_return_in_time(name, response):
-    grading.warm_up(2)  # a worker killed by the previous case is restarted outside the timing
-    t = time.perf_counter()
+def test_hostile_inputs_come_back_not_correct(name, response):
     res = grade(response, "5", timeout_s=TIMEOUT)
-    elapsed = time.perf_counter() - t
     assert not res.correct
     assert res.reason in ("wrong", "no answer", "timeout", "error")
-    assert elapsed < TIMEOUT + SLACK, (name, elapsed, res.reason)
     assert not PWNED.exists()
 
 
 def test_a_real_timeout_kills_and_recovers():
     grading.warm_up(2)
-    t = time.perf_counter()
     res = grade("\\boxed{10^{10^{10^{10}}} + x}", "5", timeout_s=1.0)
-    assert res.reason == "timeout" and not res.correct
-    assert time.perf_counter() - t < 1.0 + SLACK
+    assert res.reason == "timeout" and not res.correct  # killed (how soon: bench/bench_time_limits.py)
     # the next pair that needs math-verify is served (by the spare worker) at once
     assert grade("\\boxed{\\sin(x)}", "\\sin x", timeout_s=TIMEOUT).correct
 
@@ -373,10 +363,8 @@ def test_without_subprocesses(monkeypatch):
     monkeypatch.setattr(grading.pool, "_POOL", grading.pool._Pool())
     assert grade("\\boxed{1,000}", "1000").correct
     assert grade("\\boxed{x^2+2x+1}", "(x+1)^2").correct
-    t = time.perf_counter()
     assert grade("\\boxed{\\sin(x)}", "\\sin x", timeout_s=10.0).reason == "error"
     assert grade("\\boxed{10^{10^{10^{10}}} + x}", "5", timeout_s=1.0).reason == "error"
-    assert time.perf_counter() - t < 5.0
     assert grading.pool._POOL.broken
 
 

