@@ -15,7 +15,7 @@ from .records import SFTExample
 from .rundir import RunDir
 
 # the profile section whose max_seq_len / overlong a method's training set is trained under
-TRAINING_SECTION = {"sft": "training", "orion": "training", "edit": "training", "tailored": "tailored"}
+TRAINING_SECTION = {"tailored": "tailored"}  # every other method trains under the `training` section
 LEFT_OUT_BY_TRAINING = "longer than max_seq_len: left out by training (overlong: drop)"
 NOT_IN_METHOD = "questions other methods train on, absent here"
 REPLACED_BY_TEACHER_COT = "rewrites longer than max_seq_len (the teacher CoT trained instead)"
@@ -36,11 +36,13 @@ def _method_examples(run: RunDir, method: str, qs: Any, count) -> tuple[list[SFT
     """A method's examples as its stage reads them, and what was left out so far (ORION's rewrites kept
     to the question set as stage 04 keeps them)."""
     from .collection import fit_to_question_set
+    from .methods import cot_methods
 
     examples = [e for p in run.training_files(method)
                 for e in read_jsonl(p, SFTExample, tolerate_torn_tail=True)]
     left: dict = {}
-    if method == "orion" and qs is not None:
+    # stage 04 cuts every set but the teacher's own to the question set (sft.run_sft)
+    if method in cot_methods() and run.training_set(method) != run.teacher_sft_set and qs is not None:
         teacher = read_jsonl(run.teacher_sft_set, SFTExample) if run.teacher_sft_set.is_file() else []
         examples, kept = fit_to_question_set(examples, teacher, qs, count)
         if kept["replaced_by_teacher_cot"]:
