@@ -1,0 +1,180 @@
+"""The generation interface both backends implement (``orion_utils.generation`` says how they behave):
+``SamplingConfig``, ``Generation``, the prompt text each model sees (``render_prompt``, an assistant
+prefix included) and the tokens that end its turn (``end_of_turn_token_ids``), and ``GenerationBackend``."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from .chat import build_messages
+
+Prompt = str | list  # a question, or a list of {"role", "content"} messages
+
+
+
+
+@dataclass
+class SamplingConfig:
+    n: int = 1  # samples per prompt
+    temperature: float = 0.0  # 0 -> greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingConfig.n must be >= 1, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Generation:
+    text: str  # decoded completion only, special tokens skipped
+    n_tokens: int  # completion tokens generated (up to and including EOS)
+    finish_reason: str  # "stop" (EOS) or "length"
+
+
+# --------------------------------------------------------------------------------------------------
+# prompts and stop tokens (shared by both backends)
+
+
+def render_prompt(tokenizer, prompt: Prompt, prompt_template: str = "{question}", system: str | None = None) -> str:
+    """The exact text the model sees before its answer (see the module docstring)."""
+    if isinstance(prompt, str):
+        messages = build_messages(prompt, prompt_template, system)
+    elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
+        messages = list(prompt)
+    else:
+        raise TypeError(
+            f"a prompt must be a question (str) or a list of message dicts, got {type(prompt).__name__}"
+        )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _encode_prompts(tokenizer, prompts, prompt_template, system) -> list[list[int]]:
+    if isinstance(prompts, (str, dict)):
+        raise TypeError("prompts must be a sequence of prompts (wrap a single prompt in a list)")
+    texts = [render_prompt(tokenizer, p, prompt_template, system) for p in prompts]
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _as_id_list(value) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+def end_of_turn_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Token ids that end the assistant's turn: generation-config EOS, tokenizer EOS, chat-template end-of-turn.
+
+    The last one is found by rendering a one-turn conversation and taking the first special token
+    after the assistant's content (``<|im_end|>`` for Qwen, ``<|eot_id|>`` for Llama 3, ...), so a base
+    tokenizer whose EOS is ``<|endoftext|>`` still stops at the end of a chat turn.
+    """
+    ids: list[int] = []
+    ids += _as_id_list(getattr(generation_config, "eos_token_id", None))
+    ids += _as_id_list(getattr(tokenizer, "eos_token_id", None))
+    ids += _as_id_list(_template_end_of_turn(tokenizer))
+    out: list[int] = []
+    for i in ids:
+        if i not in out:
+            out.append(i)
+    if not out:
+        raise ValueError("cannot tell when to stop: the tokenizer and generation config define no EOS token")
+    return out
+
+
+def _template_end_of_turn(tokenizer) -> int | None:
+    sentinel = "ORION_SENTINEL_REPLY"
+    try:
+        full = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False
+        )
+        tail = full[full.rindex(sentinel) + len(sentinel):]
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        special |= {i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+        return next((int(t) for t in tokenizer(tail, add_special_tokens=False)["input_ids"] if t in special), None)
+    except Exception:  # noqa: BLE001 - no chat template, or one that rejects this conversation: EOS ids will do
+        return None
+
+
+
+# --------------------------------------------------------------------------------------------------
+# the interface
+
+
+class GenerationBackend(ABC):
+    name: str
+    model_path: str
+
+    @abstractmethod
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        sampling: SamplingConfig,
+        *,
+        prompt_template: str = "{question}",
+        system: str | None = None,
+        desc: str = "generating",
+    ) -> list[list[Generation]]:
+        """Per prompt (input order), ``sampling.n`` generations."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Free the model (and GPU memory). The backend cannot generate afterwards."""
+
+    # Whether ``score`` runs on the model this backend already holds (see ``StageModel``).
+    can_score: bool = False
+
+    def score(
+        self,
+        questions: Sequence[str],
+        completions: Sequence[str],
+        *,
+        prompt_template: str = "{question}",
+        system: str | None = None,
+        **kwargs,
+    ) -> list[float]:
+        """Mean per-token NLL of each completion given its question, as ``completion_nll`` computes it
+        (``kwargs`` go to it), on this backend's own model (no second model loaded)."""
+        raise NotImplementedError(f"the {self.name} backend does not score completions")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if getattr(self, "_closed", False):
+            raise RuntimeError(f"this {self.name} generator was closed")
+
+
+def _finish(token_ids: Sequence[int], stop_ids: set, tokenizer) -> Generation:
+    """Cut a generated row at its first stop token (kept in the count); the rest is padding."""
+    for k, tid in enumerate(token_ids):
+        if tid in stop_ids:
+            kept, reason = token_ids[: k + 1], "stop"
+            break
+    else:
+        kept, reason = token_ids, "length"
+    return Generation(text=tokenizer.decode(kept, skip_special_tokens=True), n_tokens=len(kept), finish_reason=reason)
+
+
+def _expand_greedy(rows: list[list[Generation]], n: int) -> list[list[Generation]]:
+    return [[replace(r[0]) for _ in range(n)] for r in rows]
+
