@@ -10,7 +10,9 @@ Prompts: a ``str`` is a question, rendered with ``orion_utils.chat.build_message
 chat template (``add_generation_prompt=True``), exactly as ``chat.prompt_text`` does; a ``list[dict]``
 is a ready message list. The rendered text is tokenized with ``add_special_tokens=False`` (the chat
 template already carries any BOS), the same way ``chat.encode_for_training`` does, so generation
-sees the very tokens training saw.
+sees the very tokens training saw. ``assistant_prefix`` starts the answer: its tokens (tokenized on their
+own, as a training answer is) follow the assistant header, the model continues them, and each
+``Generation`` holds the continuation only.
 
 Both backends honour the same ``SamplingConfig``: ``temperature == 0`` is greedy (one generation per
 prompt, copied ``n`` times: n identical greedy runs would be wasted work); otherwise nucleus sampling
@@ -40,6 +42,7 @@ from .sampling import (
     Prompt,
     SamplingConfig,
     _encode_prompts,  # noqa: F401 - re-exported for the tests
+    encode_prompts,
     end_of_turn_token_ids,
     render_prompt,
 )
@@ -65,6 +68,7 @@ __all__ = [
     "TransformersBackend",
     "VLLMBackend",
     "completion_nll",
+    "encode_prompts",
     "end_of_turn_token_ids",
     "live_models",
     "load_generator",

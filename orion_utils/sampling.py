@@ -48,8 +48,11 @@ class Generation:
 # prompts and stop tokens (shared by both backends)
 
 
-def render_prompt(tokenizer, prompt: Prompt, prompt_template: str = "{question}", system: str | None = None) -> str:
-    """The exact text the model sees before its answer (see the module docstring)."""
+def render_prompt(tokenizer, prompt: Prompt, prompt_template: str = "{question}", system: str | None = None,
+                  assistant_prefix: str = "") -> str:
+    """The exact text the model sees before its answer (see ``orion_utils.generation``): the conversation
+    up to the chat template's assistant header, then ``assistant_prefix``, the start of the answer that
+    the model continues."""
     if isinstance(prompt, str):
         messages = build_messages(prompt, prompt_template, system)
     elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
@@ -58,16 +61,37 @@ def render_prompt(tokenizer, prompt: Prompt, prompt_template: str = "{question}"
         raise TypeError(
             f"a prompt must be a question (str) or a list of message dicts, got {type(prompt).__name__}"
         )
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + assistant_prefix
 
 
-def _encode_prompts(tokenizer, prompts, prompt_template, system) -> list[list[int]]:
+def prefixes_for(prompts: Sequence, assistant_prefix: str | Sequence[str] | None) -> list[str]:
+    """One assistant prefix per prompt: none, the same for all (a ``str``) or one each (a sequence)."""
+    if assistant_prefix is None or isinstance(assistant_prefix, str):
+        return [assistant_prefix or ""] * len(prompts)
+    prefixes = list(assistant_prefix)
+    if len(prefixes) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(prefixes)} assistant prefixes")
+    return prefixes
+
+
+def encode_prompts(tokenizer, prompts, prompt_template="{question}", system=None, assistant_prefix=None) -> list[list[int]]:
+    """Token ids of each rendered prompt, then of its assistant prefix, each tokenized on its own as
+    ``chat.encode_for_training`` tokenizes a prompt and its answer: a prefix's tokens are the ones its
+    text has at the start of a training answer."""
     if isinstance(prompts, (str, dict)):
         raise TypeError("prompts must be a sequence of prompts (wrap a single prompt in a list)")
+    prefixes = prefixes_for(prompts, assistant_prefix)
     texts = [render_prompt(tokenizer, p, prompt_template, system) for p in prompts]
     if not texts:
         return []
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    ids = [list(row) for row in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    if any(prefixes):
+        ids = [row + (tokenizer(pre, add_special_tokens=False)["input_ids"] if pre else [])
+               for row, pre in zip(ids, prefixes)]
+    return ids
+
+
+_encode_prompts = encode_prompts  # the name the tests import
 
 
 def _as_id_list(value) -> list[int]:
@@ -130,8 +154,11 @@ class GenerationBackend(ABC):
         prompt_template: str = "{question}",
         system: str | None = None,
         desc: str = "generating",
+        assistant_prefix: str | Sequence[str] | None = None,
     ) -> list[list[Generation]]:
-        """Per prompt (input order), ``sampling.n`` generations."""
+        """Per prompt (input order), ``sampling.n`` generations. ``assistant_prefix`` (one for all prompts,
+        or one each) starts the answer: the model continues it, and each ``Generation`` holds the
+        continuation only (the caller has the prefix)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -13,9 +13,9 @@ from .sampling import (
     GenerationBackend,
     Prompt,
     SamplingConfig,
-    _encode_prompts,
     _expand_greedy,
     _finish,
+    encode_prompts,
     end_of_turn_token_ids,
 )
 
@@ -109,13 +109,14 @@ class TransformersBackend(GenerationBackend):
         prompt_template: str = "{question}",
         system: str | None = None,
         desc: str = "generating",
+        assistant_prefix: str | Sequence[str] | None = None,
     ) -> list[list[Generation]]:
         from tqdm.auto import tqdm
 
         self._check_open()
         sampling.validate()
         torch = self._torch
-        encoded = _encode_prompts(self.tokenizer, prompts, prompt_template, system)
+        encoded = encode_prompts(self.tokenizer, prompts, prompt_template, system, assistant_prefix)
         if not encoded:
             return []
         if any(len(e) == 0 for e in encoded):

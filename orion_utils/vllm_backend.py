@@ -14,8 +14,8 @@ from .sampling import (
     GenerationBackend,
     Prompt,
     SamplingConfig,
-    _encode_prompts,
     _expand_greedy,
+    encode_prompts,
     end_of_turn_token_ids,
 )
 
@@ -123,10 +123,11 @@ class VLLMBackend(GenerationBackend):
         prompt_template: str = "{question}",
         system: str | None = None,
         desc: str = "generating",
+        assistant_prefix: str | Sequence[str] | None = None,
     ) -> list[list[Generation]]:
         self._check_open()
         sampling.validate()
-        encoded = _encode_prompts(self.tokenizer, prompts, prompt_template, system)
+        encoded = encode_prompts(self.tokenizer, prompts, prompt_template, system, assistant_prefix)
         if not encoded:
             return []
         use_tqdm: Any = False
