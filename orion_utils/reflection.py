@@ -409,27 +409,14 @@ def run_reflection(
     outputs = [run.refinements, run.orion_sft_set]
 
     def work() -> dict:
-        problems = read_jsonl(inputs[0], Problem)
-        teacher_examples = read_jsonl(inputs[1], SFTExample)
-        teacher_cots = {e.problem_id: e.response for e in teacher_examples}
-        errors: dict[str, list] = {}
-        for a in read_jsonl(inputs[2], StudentAttempt):
-            errors.setdefault(a.problem_id, []).append(a)
+        problems, teacher_examples, teacher_cots, errors = _read_inputs(*inputs[:3])
         model_path = run.student_model()
         template, system = student.prompt_template, student.system_prompt or None
         # One model at a time (`generation.StageModel`): the `llm` reflector's generator, then the scorer
         # (selection, mechanism), which shares a transformers generator's model and otherwise closes the
         # engine before the student loads; the toy `student` reflector samples with the same generator.
         with StageModel(model_path, generation, seed=cfg.seed) as base:
-            if kind == "llm":
-                reflector: Reflector = LLMReflector(base.generator(), cfg, system, generation.max_model_len)
-            elif kind == "student":
-                reflector = StudentReflector(base.generator(), cfg, template, system)
-            else:
-                reflector = RuleReflector(cfg.seed)
-            print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
-                  f"reflect_window={cfg.reflect_window} min_coverage={cfg.min_coverage} "
-                  f"max_copy_similarity={cfg.max_copy_similarity}")
+            reflector = _make_reflector(kind, base, cfg, template, system, generation.max_model_len)
 
             def scorer(questions, completions):
                 return base.score(questions, completions, prompt_template=template, system=system)
@@ -457,13 +444,44 @@ def run_reflection(
             print(f"[reflection] {acceptance_line(checks)}")
             questions = {p.id: p.question for p in problems}
             mechanism = mechanism_perplexity(refinements, questions, scorer)
-        print(f"[reflection] base-student perplexity, refined vs teacher CoTs of the {mechanism['n']} accepted "
-              f"rewrites: {mechanism['refined']} vs {mechanism['teacher']}" if mechanism["n"] else
-              "[reflection] no accepted rewrite to measure")
+        _print_mechanism(mechanism)
         return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism, "acceptance": checks,
                 **budget}
 
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")
+
+
+def _read_inputs(problems_path, teacher_set_path, errors_path) -> tuple:
+    """Stage 03's inputs: the training questions, the teacher's SFT examples, their CoTs by question and
+    the student's wrong attempts by question."""
+    problems = read_jsonl(problems_path, Problem)
+    teacher_examples = read_jsonl(teacher_set_path, SFTExample)
+    teacher_cots = {e.problem_id: e.response for e in teacher_examples}
+    errors: dict[str, list] = {}
+    for a in read_jsonl(errors_path, StudentAttempt):
+        errors.setdefault(a.problem_id, []).append(a)
+    return problems, teacher_examples, teacher_cots, errors
+
+
+def _make_reflector(kind: str, base: StageModel, cfg: ReflectionConfig, template: str, system: Optional[str],
+                    max_model_len: int) -> Reflector:
+    """The reflector of ``kind``, sampling with the stage's one model (``base``); its settings printed."""
+    if kind == "llm":
+        reflector: Reflector = LLMReflector(base.generator(), cfg, system, max_model_len)
+    elif kind == "student":
+        reflector = StudentReflector(base.generator(), cfg, template, system)
+    else:
+        reflector = RuleReflector(cfg.seed)
+    print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
+          f"reflect_window={cfg.reflect_window} min_coverage={cfg.min_coverage} "
+          f"max_copy_similarity={cfg.max_copy_similarity}")
+    return reflector
+
+
+def _print_mechanism(mechanism: dict) -> None:
+    print(f"[reflection] base-student perplexity, refined vs teacher CoTs of the {mechanism['n']} accepted "
+          f"rewrites: {mechanism['refined']} vs {mechanism['teacher']}" if mechanism["n"] else
+          "[reflection] no accepted rewrite to measure")
 
 
 def _budget_note(reflector) -> dict:

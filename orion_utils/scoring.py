@@ -87,33 +87,51 @@ def completion_nll(
     required), or a ``TransformersBackend``. Scoring several times: load once, pass the model.
     """
     import torch
-    import torch.nn.functional as F
 
     from .chat import encode_for_training
 
     if len(questions) != len(completions):
         raise ValueError(f"{len(questions)} questions but {len(completions)} completions")
-    if isinstance(model_path_or_model, GenerationBackend) and model_path_or_model.can_score:
-        model = model_path_or_model.model
-        tokenizer = tokenizer or model_path_or_model.tokenizer
-    elif isinstance(model_path_or_model, (str, os.PathLike)):
-        from .generation import load_scoring_model
-
-        model, loaded_tokenizer = load_scoring_model(model_path_or_model, device)
-        tokenizer = tokenizer or loaded_tokenizer
-    else:
-        model = model_path_or_model
-        if tokenizer is None:
-            raise ValueError("pass the tokenizer with a loaded model")
+    model, tokenizer = _model_and_tokenizer(model_path_or_model, tokenizer, device)
     if not questions:
         return []
     dev = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    split = _body_and_head(model)
-
     encoded = [
         encode_for_training(tokenizer, q, c, prompt_template, system=system) for q, c in zip(questions, completions)
     ]
+    nll = [math.nan] * len(encoded)
+    was_training = model.training
+    model.eval()
+    try:
+        threads = device_rules.torch_threads(device_rules.cpu_threads_for(model, str(dev), num_threads))
+        with torch.inference_mode(), threads:
+            for batch in _length_batches(encoded, batch_size, max_batch_tokens):
+                scores = _score_batch(model, [encoded[i] for i in batch], tokenizer.pad_token_id or 0, max_logit_bytes)
+                for i, score in zip(batch, scores):
+                    nll[i] = score
+    finally:
+        model.train(was_training)
+    return nll
+
+
+def _model_and_tokenizer(model_path_or_model, tokenizer, device: str):
+    """The model ``completion_nll`` scores with and its tokenizer: a scoring backend's own, a checkpoint
+    path's (loaded for this call), or a loaded model's (the tokenizer then required)."""
+    if isinstance(model_path_or_model, GenerationBackend) and model_path_or_model.can_score:
+        return model_path_or_model.model, tokenizer or model_path_or_model.tokenizer
+    if isinstance(model_path_or_model, (str, os.PathLike)):
+        from .generation import load_scoring_model
+
+        model, loaded_tokenizer = load_scoring_model(model_path_or_model, device)
+        return model, tokenizer or loaded_tokenizer
+    if tokenizer is None:
+        raise ValueError("pass the tokenizer with a loaded model")
+    return model_path_or_model, tokenizer
+
+
+def _length_batches(encoded: list, batch_size: int, max_batch_tokens: int) -> list[list[int]]:
+    """Indices of ``encoded`` in batches, longest first: at most ``batch_size`` rows and
+    ``max_batch_tokens`` padded tokens each (a longer sequence gets a batch of its own)."""
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]["input_ids"]))
     batches: list[list[int]] = []
     for i in order:
@@ -123,37 +141,37 @@ def completion_nll(
             cur.append(i)
         else:
             batches.append([i])
+    return batches
 
-    nll = [math.nan] * len(encoded)
-    was_training = model.training
-    model.eval()
-    try:
-        threads = device_rules.torch_threads(device_rules.cpu_threads_for(model, str(dev), num_threads))
-        with torch.inference_mode(), threads:
-            for batch in batches:
-                width = max(len(encoded[i]["input_ids"]) for i in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                labels = torch.full((len(batch), width), -100, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for b, i in enumerate(batch):
-                    n = len(encoded[i]["input_ids"])
-                    ids[b, :n] = torch.tensor(encoded[i]["input_ids"])
-                    labels[b, :n] = torch.tensor(encoded[i]["labels"])
-                    mask[b, :n] = 1
-                inputs = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "use_cache": False}
-                if split is None:  # the whole model: its (post-processed) logits, one row at a time
-                    states, head = model(**inputs).logits, None
-                else:
-                    states, head = split[0](**inputs).last_hidden_state, split[1]
-                for b, i in enumerate(batch):
-                    target = labels[b, 1:].to(dev)
-                    keep = target != -100
-                    if keep.any():
-                        nll[i] = _mean_nll(states[b, :-1][keep], target[keep], head, max_logit_bytes, F)
-                del states
-    finally:
-        model.train(was_training)
-    return nll
+
+def _score_batch(model, rows: list, pad_id: int, max_logit_bytes: int | None) -> list[float]:
+    """Mean NLL of each encoded row's labelled tokens (NaN: none), one right-padded forward pass."""
+    import torch
+    import torch.nn.functional as F
+
+    dev = next(model.parameters()).device
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[b, :n] = torch.tensor(r["input_ids"])
+        labels[b, :n] = torch.tensor(r["labels"])
+        mask[b, :n] = 1
+    inputs = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "use_cache": False}
+    split = _body_and_head(model)
+    if split is None:  # the whole model: its (post-processed) logits, one row at a time
+        states, head = model(**inputs).logits, None
+    else:
+        states, head = split[0](**inputs).last_hidden_state, split[1]
+    out = []
+    for b in range(len(rows)):
+        target = labels[b, 1:].to(dev)
+        keep = target != -100
+        out.append(_mean_nll(states[b, :-1][keep], target[keep], head, max_logit_bytes, F) if keep.any() else math.nan)
+    del states
+    return out
 
 
 def _mean_nll(states, targets, head, max_logit_bytes, F) -> float:
