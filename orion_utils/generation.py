@@ -35,13 +35,12 @@ import os
 
 from . import device as device_rules
 from .config import GENERATION_BACKENDS
-from .memory import ResidentWatch, _track, live_models, release_memory, resident_models, watch_resident
+from .memory import ResidentWatch, live_models, release_memory, resident_models, track_model, watch_resident
 from .sampling import (
     Generation,
     GenerationBackend,
     Prompt,
     SamplingConfig,
-    _encode_prompts,  # noqa: F401 - re-exported for the tests
     encode_prompts,
     end_of_turn_token_ids,
     render_prompt,
@@ -51,9 +50,10 @@ from .transformers_backend import TransformersBackend
 from .vllm_backend import (
     CPU_KV_CACHE_BYTES,
     VLLMBackend,
-    _quiet_vllm_logs,
-    _vllm_device,  # noqa: F401 - re-exported
+    quiet_vllm_logs,
 )
+
+_encode_prompts = encode_prompts  # the name the tests import
 
 __all__ = [
     "CPU_KV_CACHE_BYTES",
@@ -100,7 +100,7 @@ def _vllm_status() -> tuple[bool, str]:
 
 def _try_import_vllm() -> str | None:
     """None if ``import vllm`` works, else why not."""
-    _quiet_vllm_logs()
+    quiet_vllm_logs()
     try:
         import vllm  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - a broken install must not break the pipeline: fall back
@@ -285,6 +285,6 @@ def load_scoring_model(model_path, device: str = "auto"):
     dev = device_rules.resolve_device(device)
     release_memory(before=os.fspath(model_path))
     model = AutoModelForCausalLM.from_pretrained(os.fspath(model_path), dtype=device_rules.resolve_dtype("auto", dev))
-    model = _track(model.to(dev).eval(), f"scoring {os.fspath(model_path)}")
+    model = track_model(model.to(dev).eval(), f"scoring {os.fspath(model_path)}")
     return model, AutoTokenizer.from_pretrained(os.fspath(model_path))
 

@@ -33,7 +33,7 @@ def resident_models() -> list[str]:
     return [what for _, what in _RESIDENT]
 
 
-def _track(obj, what: str):
+def track_model(obj, what: str):
     """Register a model just loaded; returns it."""
     _RESIDENT.append((weakref.ref(obj), what))
     if _WATCHES:
@@ -64,7 +64,7 @@ def live_models(device: str | None = None) -> list[str]:
     on a GPU only. Each as "class (N M parameters on device)"."""
     import sys
 
-    from .vllm_backend import _vllm_device
+    from .vllm_backend import vllm_device
 
     gc.collect()
     modeling = sys.modules.get("transformers.modeling_utils")
@@ -85,7 +85,7 @@ def live_models(device: str | None = None) -> list[str]:
         if id(m) in inner:
             continue  # a model's own sub-model (Qwen2ForCausalLM.model)
         params = list(m.parameters()) if hasattr(m, "parameters") else []
-        where = str(params[0].device) if params else (_vllm_device() if kinds[-1] is not kinds[0] else "?")
+        where = str(params[0].device) if params else (vllm_device() if kinds[-1] is not kinds[0] else "?")
         if device is not None and not where.startswith(device):
             continue
         out.append(f"{type(m).__name__} ({sum(p.numel() for p in params) / 1e6:.1f} M parameters on {where})")

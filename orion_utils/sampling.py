@@ -91,9 +91,6 @@ def encode_prompts(tokenizer, prompts, prompt_template="{question}", system=None
     return ids
 
 
-_encode_prompts = encode_prompts  # the name the tests import
-
-
 def _as_id_list(value) -> list[int]:
     if value is None:
         return []
@@ -191,7 +188,7 @@ class GenerationBackend(ABC):
             raise RuntimeError(f"this {self.name} generator was closed")
 
 
-def _finish(token_ids: Sequence[int], stop_ids: set, tokenizer) -> Generation:
+def finish_generation(token_ids: Sequence[int], stop_ids: set, tokenizer) -> Generation:
     """Cut a generated row at its first stop token (kept in the count); the rest is padding."""
     for k, tid in enumerate(token_ids):
         if tid in stop_ids:
@@ -202,6 +199,6 @@ def _finish(token_ids: Sequence[int], stop_ids: set, tokenizer) -> Generation:
     return Generation(text=tokenizer.decode(kept, skip_special_tokens=True), n_tokens=len(kept), finish_reason=reason)
 
 
-def _expand_greedy(rows: list[list[Generation]], n: int) -> list[list[Generation]]:
+def expand_greedy(rows: list[list[Generation]], n: int) -> list[list[Generation]]:
     return [[replace(r[0]) for _ in range(n)] for r in rows]
 

@@ -7,16 +7,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import device as device_rules
-from .memory import _track, release_memory
+from .memory import release_memory, track_model
 from .sampling import (
     Generation,
     GenerationBackend,
     Prompt,
     SamplingConfig,
-    _expand_greedy,
-    _finish,
     encode_prompts,
     end_of_turn_token_ids,
+    expand_greedy,
+    finish_generation,
 )
 
 
@@ -59,7 +59,7 @@ class TransformersBackend(GenerationBackend):
             model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs).to(self.device)
         else:  # an already loaded model (e.g. right after training)
             self.device, self.dtype = str(next(model.parameters()).device), model.dtype
-        self.model = _track(model.eval(), f"transformers {self.model_path}")
+        self.model = track_model(model.eval(), f"transformers {self.model_path}")
         self.num_threads = device_rules.cpu_threads_for(self.model, self.device, num_threads)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(self.model_path, padding_side="left")
@@ -140,9 +140,9 @@ class TransformersBackend(GenerationBackend):
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
                 new_tokens = out[:, input_ids.shape[1]:].tolist()
                 for (i, j), toks in zip(batch, new_tokens):
-                    results[i][j] = _finish(toks, stop_ids, self.tokenizer)
+                    results[i][j] = finish_generation(toks, stop_ids, self.tokenizer)
         if sampling.greedy:
-            return _expand_greedy(results, sampling.n)
+            return expand_greedy(results, sampling.n)
         return results  # type: ignore[return-value]
 
     can_score = True

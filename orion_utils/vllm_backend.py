@@ -8,26 +8,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import device as device_rules
-from .memory import _track, release_memory
+from .memory import release_memory, track_model
 from .sampling import (
     Generation,
     GenerationBackend,
     Prompt,
     SamplingConfig,
-    _expand_greedy,
     encode_prompts,
     end_of_turn_token_ids,
+    expand_greedy,
 )
 
 
-def _quiet_vllm_logs() -> None:
+def quiet_vllm_logs() -> None:
     """vLLM logs every engine step at INFO; keep warnings only, unless the user set VLLM_LOGGING_LEVEL
     (read once, when vLLM is first imported). Our one [generation] line says what runs."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
 
-def _vllm_device() -> str:
+def vllm_device() -> str:
     """The device the installed vLLM runs on: its platform's device type ("cuda", "cpu", ...)."""
     try:
         from vllm.platforms import current_platform
@@ -71,7 +71,7 @@ class VLLMBackend(GenerationBackend):
     name = "vllm"
 
     def __init__(self, model_path: str, *, dtype: str = "auto", seed: int = 0, progress: bool = True, **llm_kwargs):
-        _quiet_vllm_logs()
+        quiet_vllm_logs()
         import vllm
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
@@ -84,7 +84,7 @@ class VLLMBackend(GenerationBackend):
             gen_config = None
         self.eos_token_ids = end_of_turn_token_ids(self.tokenizer, gen_config)
         self._SamplingParams = vllm.SamplingParams
-        self.device = _vllm_device()
+        self.device = vllm_device()
         _, dtype = device_rules.device_and_dtype("cpu" if self.device == "cpu" else "cuda", dtype)
         if self.device == "cpu":
             context = llm_kwargs.get("max_model_len") or getattr(
@@ -97,7 +97,7 @@ class VLLMBackend(GenerationBackend):
             if not os.environ.get("VLLM_CPU_KVCACHE_SPACE") and "gpu_memory_utilization" not in llm_kwargs:
                 defaults["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
             llm_kwargs = {**defaults, **llm_kwargs}
-        self.llm = _track(vllm.LLM(model=self.model_path, dtype=dtype, seed=seed, **llm_kwargs),
+        self.llm = track_model(vllm.LLM(model=self.model_path, dtype=dtype, seed=seed, **llm_kwargs),
                           f"vllm {self.model_path}")
         engine_dtype = getattr(getattr(getattr(self.llm, "llm_engine", None), "model_config", None), "dtype", None)
         self.dtype = device_rules.dtype_name(engine_dtype) if engine_dtype is not None else str(dtype)
@@ -154,7 +154,7 @@ class VLLMBackend(GenerationBackend):
             ]
             results.append(gens)
         if sampling.greedy:
-            return _expand_greedy(results, sampling.n)
+            return expand_greedy(results, sampling.n)
         return results
 
     def close(self) -> None:
