@@ -172,24 +172,6 @@ def test_seeded_sampling_over_long_prompt_batches(engine):
     assert engine.generate(prompts, cfg) == a
 
 
-def test_close_frees_the_engine(engine):
-    """Runs last in this module: the engine's processes end and the backend refuses to generate."""
-    import psutil
-
-    me = psutil.Process()
-    engine_procs = [p for p in me.children(recursive=True) if p.is_running() and p.name().startswith("VLLM::")]
-    assert {p.name() for p in engine_procs} >= {"VLLM::EngineCore"}, "vLLM's engine core runs in a child process"
-    engine.close()
-    assert engine.llm is None
-    deadline = time.time() + 30
-    while time.time() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in engine_procs):
-        time.sleep(0.5)
-    assert not [p for p in engine_procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    with pytest.raises(RuntimeError, match="closed"):
-        engine.generate(QUESTIONS[:1], SamplingConfig())
-    engine.close()  # twice is fine
-
-
 def test_an_assistant_prefix_is_continued_as_on_transformers(engine, hf, model):
     """The answer's start (``assistant_prefix``) is tokenized after the prompt, the same ids on both
     backends, and greedy continuations agree token for token; the toy student reflector, which puts its
@@ -219,3 +201,22 @@ def test_an_assistant_prefix_is_continued_as_on_transformers(engine, hf, model):
     assert on_vllm == Prefixed(hf, reflection).propose(items, 2)
     assert on_vllm[0] == [engine.tokenizer.decode(ref[:j])] * 2
     assert on_vllm[1] == [prefixes[1] + g.text for g in got[1] * 2 if g.finish_reason == "stop"]
+
+
+def test_close_frees_the_engine(engine):
+    """Runs last in this module: the engine's processes end and the backend refuses to generate."""
+    import psutil
+
+    me = psutil.Process()
+    engine_procs = [p for p in me.children(recursive=True) if p.is_running() and p.name().startswith("VLLM::")]
+    assert {p.name() for p in engine_procs} >= {"VLLM::EngineCore"}, "vLLM's engine core runs in a child process"
+    engine.close()
+    assert engine.llm is None
+    deadline = time.time() + 30
+    while time.time() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in engine_procs):
+        time.sleep(0.5)
+    assert not [p for p in engine_procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.generate(QUESTIONS[:1], SamplingConfig())
+    engine.close()  # twice is fine
+
