@@ -97,7 +97,6 @@ def _vllm_status() -> tuple[bool, str]:
     return found, ("installed" if found else "not installed")
 
 
-
 def _try_import_vllm() -> str | None:
     """None if ``import vllm`` works, else why not."""
     quiet_vllm_logs()
@@ -106,7 +105,6 @@ def _try_import_vllm() -> str | None:
     except Exception as exc:  # noqa: BLE001 - a broken install must not break the pipeline: fall back
         return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
     return None
-
 
 
 def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[str, str]:
@@ -147,7 +145,6 @@ def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[st
     if problem:
         return "transformers", f"vllm: installed but import failed ({problem})"
     return "vllm", "vllm: installed and CUDA available"
-
 
 
 def load_generator(
@@ -202,6 +199,10 @@ def open_generator(model_path: str, generation, *, seed: int = 0, **backend_kwar
 
 _TRANSFORMERS_KWARGS = {"progress", "num_threads", "attn_implementation", "model", "tokenizer"}
 _TRANSFORMERS_ONLY_KWARGS = _TRANSFORMERS_KWARGS - {"progress"}
+
+
+# --------------------------------------------------------------------------------------------------
+# the one model a stage holds (orion_utils.memory: one model at a time)
 
 
 class StageModel:
@@ -275,7 +276,6 @@ class StageModel:
         self.close()
 
 
-
 def load_scoring_model(model_path, device: str = "auto"):
     """``(model, tokenizer)`` of a checkpoint as ``completion_nll`` loads a path: on ``device``
     (``"auto"``: CUDA if available, else CPU) in ``device.resolve_dtype("auto", ...)``, in eval mode.
@@ -287,4 +287,3 @@ def load_scoring_model(model_path, device: str = "auto"):
     model = AutoModelForCausalLM.from_pretrained(os.fspath(model_path), dtype=device_rules.resolve_dtype("auto", dev))
     model = track_model(model.to(dev).eval(), f"scoring {os.fspath(model_path)}")
     return model, AutoTokenizer.from_pretrained(os.fspath(model_path))
-

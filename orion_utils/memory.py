@@ -112,4 +112,3 @@ def release_memory(before: str = "") -> list[str]:
         print(f"[memory] before loading {before}: still on the GPU: {'; '.join(left)} "
               f"({free / 2**30:.1f} of {total / 2**30:.1f} GiB free)", flush=True)
     return left
-

@@ -12,8 +12,6 @@ from .chat import build_messages
 Prompt = str | list  # a question, or a list of {"role", "content"} messages
 
 
-
-
 @dataclass
 class SamplingConfig:
     n: int = 1  # samples per prompt
@@ -133,7 +131,6 @@ def _template_end_of_turn(tokenizer) -> int | None:
         return None
 
 
-
 # --------------------------------------------------------------------------------------------------
 # the interface
 
@@ -201,4 +198,3 @@ def finish_generation(token_ids: Sequence[int], stop_ids: set, tokenizer) -> Gen
 
 def expand_greedy(rows: list[list[Generation]], n: int) -> list[list[Generation]]:
     return [[replace(r[0]) for _ in range(n)] for r in rows]
-

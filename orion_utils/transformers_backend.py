@@ -162,4 +162,3 @@ class TransformersBackend(GenerationBackend):
         self.model = None
         self._closed = True
         release_memory()
-

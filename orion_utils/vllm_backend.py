@@ -26,7 +26,6 @@ def quiet_vllm_logs() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
-
 def vllm_device() -> str:
     """The device the installed vLLM runs on: its platform's device type ("cuda", "cpu", ...)."""
     try:
@@ -35,7 +34,6 @@ def vllm_device() -> str:
         return str(current_platform.device_type)
     except (ImportError, AttributeError):  # a vLLM without this API: it runs where torch sees CUDA
         return "cuda" if device_rules.cuda_available() else "cpu"
-
 
 
 CPU_KV_CACHE_BYTES = 2 * 2**30  # vLLM on CPU: KV cache size when neither the caller nor VLLM_CPU_KVCACHE_SPACE sets one
@@ -179,4 +177,3 @@ class VLLMBackend(GenerationBackend):
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
         release_memory()
-
