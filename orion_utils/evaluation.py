@@ -18,6 +18,7 @@ from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .knobs import knob, validate
 from .methods import METHODS as _REGISTRY
+from .processes import run_jobs
 from .records import EvalSample, Problem
 from .rundir import RunDir, chunk_seed, run_in_chunks
 from .stages import fingerprint
@@ -167,11 +168,11 @@ def run_evaluation(
             raise FileNotFoundError(
                 f"no trained model for method '{method}' at {model_path}: run its training notebook first, "
                 f"or leave it out of evaluation.methods")
-    jobs = [(str(run.root), method, cfg, generation, student, force) for method in cfg.methods]
-    if cfg.workers > 1 and len(jobs) > 1:
-        _in_processes(evaluate_method, jobs, cfg.workers)
+    jobs = {method: (str(run.root), method, cfg, generation, student, force) for method in cfg.methods}
+    if cfg.workers > 1 and len(jobs) > 1:  # each method in its own process; what it prints is shown here
+        run_jobs(evaluate_method, jobs, cfg.workers, capture=True, keep_going=True, label="evaluation")
     else:
-        for job in jobs:
+        for job in jobs.values():
             evaluate_method(*job)
     metrics = {method: _read_summary(run.eval_summary(method)) for method in cfg.methods}
     write_json(run.metrics, metrics)
@@ -203,40 +204,6 @@ def evaluate_method(root: str, method: str, cfg: EvaluationConfig, generation: G
     inputs += [m for m in models if m not in inputs]
     return run.run_stage(f"evaluation/{method}", params, inputs, outputs, work, force=force,
                          scratch=list(partials.values()))
-
-
-def _in_processes(fn, jobs: list, workers: int) -> None:
-    """``fn(*job)`` for every job, ``workers`` at a time in fresh processes; what each prints is shown
-    here when it finishes (a notebook would not see a worker's output); the first failure is raised
-    once the others have finished (what they finished is kept)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_printing_into_result, fn, *job) for job in jobs]
-        print(f"[evaluation] {len(jobs)} methods, {workers} at a time in separate processes", flush=True)
-        errors = []
-        for future in as_completed(futures):
-            printed, error = future.result()
-            print(printed, end="", flush=True)
-            if error is not None:
-                errors.append(error)
-    if errors:
-        raise errors[0]
-
-
-def _printing_into_result(fn, *args) -> tuple:
-    """In a worker: run ``fn(*args)``; return (what it printed, the exception it raised or None)."""
-    import contextlib
-    import io
-
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        try:
-            fn(*args)
-        except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it
-            return printed.getvalue(), exc
-    return printed.getvalue(), None
 
 
 def _read_summary(path: Path) -> dict:

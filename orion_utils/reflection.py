@@ -17,6 +17,7 @@ rule into the teacher's CoT.
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from typing import Optional, Protocol, Sequence
@@ -127,30 +128,33 @@ class StudentReflector:
     student model then samples m continuations from there (``cfg.temperature``/``top_p``); the
     refinement stage accepts those whose answer verifies and selects one as usual.
 
-    It samples on the CPU. ``model``/``tokenizer``: the student already loaded there (stage 03 loads
-    it once and scores with the same model); without them it is loaded from ``model_path`` on first
-    use. ``close()`` drops the reference."""
+    It samples through a generation backend (``orion_utils.generation``, transformers or vLLM, each
+    with its own thread and device rules): the question in the student's template, the beginning as the
+    answer's start (``assistant_prefix``), which the model continues; a continuation that does not end
+    its turn within the context is dropped. ``generator``: an open backend (stage 03 passes the one its
+    ``StageModel`` holds, which also scores), or a model path, opened on first use with the transformers
+    backend and closed by ``close()``."""
 
     name = "student"
 
-    def __init__(self, model_path: str, cfg: ReflectionConfig, prompt_template: str = "{question}",
-                 system: Optional[str] = None, batch_size: int = 64, model=None, tokenizer=None):
-        if (model is None) != (tokenizer is None):
-            raise ValueError("pass the loaded model and its tokenizer together")
-        self.model_path, self.cfg = model_path, cfg
-        self.template, self.system, self.batch_size = prompt_template, system, batch_size
-        self._model, self._tokenizer = model, tokenizer
+    def __init__(self, generator, cfg: ReflectionConfig, prompt_template: str = "{question}",
+                 system: Optional[str] = None):
+        owned = isinstance(generator, (str, os.PathLike))
+        self.model_path = os.fspath(generator) if owned else getattr(generator, "model_path", "")
+        self._generator, self._owns = (None if owned else generator), owned
+        self.cfg, self.template, self.system = cfg, prompt_template, system
 
-    def _load(self):
-        if self._model is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+    def generator(self):
+        if self._generator is None:
+            from .generation import load_generator
 
-            self._model = AutoModelForCausalLM.from_pretrained(self.model_path).eval()
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        return self._model, self._tokenizer
+            self._generator = load_generator(self.model_path, "transformers", progress=False)
+        return self._generator
 
     def close(self) -> None:
-        self._model = self._tokenizer = None
+        generator, self._generator = self._generator, None
+        if generator is not None and self._owns:
+            generator.close()
 
     def start(self, item: ReflectionItem):
         from .toy.reflect import rewrite_start
@@ -165,43 +169,34 @@ class StudentReflector:
         return [list(begin.wrong_span)]
 
     def propose(self, items: Sequence[ReflectionItem], m: int) -> list[list[str]]:
-        import torch
+        from .generation import SamplingConfig
 
-        from .chat import prompt_text
-        from .device import cpu_threads_for, torch_threads
-
-        model, tok = self._load()
-        starts = [self.start(i) for i in items]
-        rows = [(k, prompt_text(tok, i.problem.question, self.template, self.system), s.text)
-                for k, (i, s) in enumerate(zip(items, starts)) if s is not None]
+        starts = [(k, self.start(i)) for k, i in enumerate(items)]
+        rows = [(k, items[k].problem.question, s.text) for k, s in starts if s is not None]
         out: list[list[str]] = [[] for _ in items]
         if not rows:
             return out
-        eos = tok.convert_tokens_to_ids(tok.eos_token)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-        limit = int(getattr(model.config, "max_position_embeddings", 1024))
-        encoded = [(k, tok(p, add_special_tokens=False)["input_ids"] + tok(t, add_special_tokens=False)["input_ids"], t)
-                   for k, p, t in rows]
-        with torch.random.fork_rng(), torch.inference_mode(), torch_threads(cpu_threads_for(model, "cpu")):
-            torch.manual_seed(self.cfg.seed)
-            for b in range(0, len(encoded), self.batch_size):
-                batch = encoded[b : b + self.batch_size]
-                width = max(len(ids) for _, ids, _ in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for r, (_, seq, _) in enumerate(batch):  # left padding
-                    ids[r, width - len(seq):] = torch.tensor(seq)
-                    mask[r, width - len(seq):] = 1
-                new = max(1, min(self.cfg.max_new_tokens, limit - width))
-                gen = model.generate(input_ids=ids.repeat_interleave(m, 0), attention_mask=mask.repeat_interleave(m, 0),
-                                     do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p, top_k=0,
-                                     max_new_tokens=new, eos_token_id=eos, pad_token_id=pad)
-                for r, row in enumerate(gen[:, width:].tolist()):
-                    k, _, text = batch[r // m]
-                    if eos not in row:
-                        continue  # ran out of tokens: not a finished rewrite
-                    out[k].append(text + tok.decode(row[: row.index(eos)], skip_special_tokens=True))
+        gen = self.generator()
+        sampling = SamplingConfig(n=m, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                  max_new_tokens=self._room(gen, rows), seed=self.cfg.seed)
+        outputs = gen.generate([q for _, q, _ in rows], sampling, prompt_template=self.template, system=self.system,
+                               desc="reflecting", assistant_prefix=[t for _, _, t in rows])
+        for (k, _, text), gens in zip(rows, outputs):
+            out[k] = [text + g.text for g in gens if g.finish_reason == "stop"]
         return out
+
+    def _room(self, gen, rows) -> int:
+        """``cfg.max_new_tokens``, at most what the context leaves after the longest prompt."""
+        from .budget import context_length
+        from .generation import encode_prompts
+
+        context = context_length(gen)
+        if not context:
+            return self.cfg.max_new_tokens
+        encoded = encode_prompts(gen.tokenizer, [q for _, q, _ in rows], self.template, self.system,
+                                 [t for _, _, t in rows])
+        longest = max(len(ids) for ids in encoded)
+        return max(1, min(self.cfg.max_new_tokens, context - longest))
 
 
 class LLMReflector:
@@ -397,22 +392,6 @@ def resolve_reflector_kind(cfg: ReflectionConfig, student: StudentConfig) -> str
     return cfg.reflector
 
 
-class _StageStudent(StageModel):
-    """The base student for one run of stage 03 (``generation.StageModel``): the one model the stage
-    holds, its generator (the `llm` reflector) or its scoring model (``load_scoring_model``: CUDA if
-    available, else CPU), never both at once; released at the ``with`` block's end."""
-
-    def for_cpu_sampling(self) -> dict:
-        """``model``/``tokenizer`` for ``StudentReflector``, which samples on the CPU in float32: the
-        scoring model where it is loaded so (no CUDA), else nothing (the reflector loads its own)."""
-        import torch
-
-        model, tokenizer = self.scoring()
-        if model.device.type == "cpu" and model.dtype == torch.float32:
-            return {"model": model, "tokenizer": tokenizer}
-        return {}
-
-
 def run_reflection(
     run: RunDir,
     cfg: ReflectionConfig,
@@ -430,27 +409,14 @@ def run_reflection(
     outputs = [run.refinements, run.orion_sft_set]
 
     def work() -> dict:
-        problems = read_jsonl(inputs[0], Problem)
-        teacher_examples = read_jsonl(inputs[1], SFTExample)
-        teacher_cots = {e.problem_id: e.response for e in teacher_examples}
-        errors: dict[str, list] = {}
-        for a in read_jsonl(inputs[2], StudentAttempt):
-            errors.setdefault(a.problem_id, []).append(a)
+        problems, teacher_examples, teacher_cots, errors = _read_inputs(*inputs[:3])
         model_path = run.student_model()
         template, system = student.prompt_template, student.system_prompt or None
         # One model at a time (`generation.StageModel`): the `llm` reflector's generator, then the scorer
         # (selection, mechanism), which shares a transformers generator's model and otherwise closes the
-        # engine before the student loads; the toy `student` reflector shares the scoring model.
-        with _StageStudent(model_path, generation, seed=cfg.seed) as base:
-            if kind == "llm":
-                reflector: Reflector = LLMReflector(base.generator(), cfg, system, generation.max_model_len)
-            elif kind == "student":
-                reflector = StudentReflector(model_path, cfg, template, system, **base.for_cpu_sampling())
-            else:
-                reflector = RuleReflector(cfg.seed)
-            print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
-                  f"reflect_window={cfg.reflect_window} min_coverage={cfg.min_coverage} "
-                  f"max_copy_similarity={cfg.max_copy_similarity}")
+        # engine before the student loads; the toy `student` reflector samples with the same generator.
+        with StageModel(model_path, generation, seed=cfg.seed) as base:
+            reflector = _make_reflector(kind, base, cfg, template, system, generation.max_model_len)
 
             def scorer(questions, completions):
                 return base.score(questions, completions, prompt_template=template, system=system)
@@ -476,13 +442,44 @@ def run_reflection(
             print(f"[reflection] {acceptance_line(checks)}")
             questions = {p.id: p.question for p in problems}
             mechanism = mechanism_perplexity(refinements, questions, scorer)
-        print(f"[reflection] base-student perplexity, refined vs teacher CoTs of the {mechanism['n']} accepted "
-              f"rewrites: {mechanism['refined']} vs {mechanism['teacher']}" if mechanism["n"] else
-              "[reflection] no accepted rewrite to measure")
+        _print_mechanism(mechanism)
         return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism, "acceptance": checks,
                 **budget}
 
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")
+
+
+def _read_inputs(problems_path, teacher_set_path, errors_path) -> tuple:
+    """Stage 03's inputs: the training questions, the teacher's SFT examples, their CoTs by question and
+    the student's wrong attempts by question."""
+    problems = read_jsonl(problems_path, Problem)
+    teacher_examples = read_jsonl(teacher_set_path, SFTExample)
+    teacher_cots = {e.problem_id: e.response for e in teacher_examples}
+    errors: dict[str, list] = {}
+    for a in read_jsonl(errors_path, StudentAttempt):
+        errors.setdefault(a.problem_id, []).append(a)
+    return problems, teacher_examples, teacher_cots, errors
+
+
+def _make_reflector(kind: str, base: StageModel, cfg: ReflectionConfig, template: str, system: Optional[str],
+                    max_model_len: int) -> Reflector:
+    """The reflector of ``kind``, sampling with the stage's one model (``base``); its settings printed."""
+    if kind == "llm":
+        reflector: Reflector = LLMReflector(base.generator(), cfg, system, max_model_len)
+    elif kind == "student":
+        reflector = StudentReflector(base.generator(), cfg, template, system)
+    else:
+        reflector = RuleReflector(cfg.seed)
+    print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
+          f"reflect_window={cfg.reflect_window} min_coverage={cfg.min_coverage} "
+          f"max_copy_similarity={cfg.max_copy_similarity}")
+    return reflector
+
+
+def _print_mechanism(mechanism: dict) -> None:
+    print(f"[reflection] base-student perplexity, refined vs teacher CoTs of the {mechanism['n']} accepted "
+          f"rewrites: {mechanism['refined']} vs {mechanism['teacher']}" if mechanism["n"] else
+          "[reflection] no accepted rewrite to measure")
 
 
 def _budget_note(reflector) -> dict:

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from .config import ConfigError, Profile, load_profile
 from .methods import notebooks_run_when_evaluated
+from .processes import run_jobs
 from .rundir import RunDir
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -208,17 +209,9 @@ def _merge(a: dict, b: dict) -> dict:
 
 
 def _execute_parallel(runs: list, jobs: int) -> None:
-    """``_execute`` each run in its own process, ``jobs`` at a time; the first failure is raised once
-    the others have finished (their stages are kept, so a re-run resumes)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_execute, *args) for args in runs]
-        errors = [f.exception() for f in futures]
-    failed = [e for e in errors if e is not None]
-    if failed:
-        raise failed[0]
+    """``_execute`` each run in its own process, ``jobs`` at a time (``processes.run_jobs``); the first
+    failure is raised once the others have finished (their stages are kept, so a re-run resumes)."""
+    run_jobs(_execute, {args[5].strip() or str(args[1]): args for args in runs}, jobs, keep_going=True, label="orion")
 
 
 def _upstream(name: str) -> set:
@@ -236,34 +229,12 @@ def _upstream(name: str) -> set:
 def _execute_graph(profile: Profile, run_path: Path, notebooks: list, force: bool, log_output: bool, label: str,
                    jobs: int) -> None:
     """``_execute`` one run's notebooks, up to ``jobs`` at once in separate processes, each started when
-    the selected notebooks upstream of it (``NEEDS``) have finished. After a failure nothing new starts;
-    the first failure is raised once the running notebooks have finished."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    todo = {nb.stem: nb for nb in notebooks}
-    done: set = set()
-    failures: list = []
-    running: dict = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        while todo or running:
-            ready = [name for name in todo if not failures
-                     and not any(n in todo or n in running.values() for n in _upstream(name))]
-            for name in ready[: jobs - len(running)]:
-                position = [nb.stem for nb in notebooks].index(name) + 1
-                running[pool.submit(_execute, profile, run_path, [todo.pop(name)], force, log_output, label,
-                                    position, len(notebooks))] = name
-            if not running:
-                break
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                name = running.pop(future)
-                if future.exception() is not None:
-                    failures.append(future.exception())
-                else:
-                    done.add(name)
-    if failures:
-        raise failures[0]
+    the selected notebooks upstream of it (``NEEDS``) have finished (``processes.run_jobs``). After a
+    failure nothing new starts; the first failure is raised once the running notebooks have finished."""
+    names = [nb.stem for nb in notebooks]
+    work = {nb.stem: (profile, run_path, [nb], force, log_output, label, i, len(notebooks))
+            for i, nb in enumerate(notebooks, start=1)}
+    run_jobs(_execute, work, jobs, needs={name: _upstream(name) & set(names) for name in names}, label="orion")
 
 
 def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log_output: bool, label: str,

@@ -120,65 +120,89 @@ def resolve_student(reference: str, cache_dir: Optional[os.PathLike] = None, pro
 
 def convert_gguf(gguf: Path, target: Path, progress: bool = True) -> Path:
     """Dequantize a GGUF file into a float32 safetensors checkpoint at ``target`` (atomic)."""
-    import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = Path(gguf)
     target.parent.mkdir(parents=True, exist_ok=True)
     steps = tqdm(total=4, desc=f"converting {gguf.name}", unit="step", disable=not progress)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        steps.set_postfix_str("tokenizer")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            steps.update()
-            steps.set_postfix_str("weights (dequantizing)")
-            loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                          dtype=torch.float32)
-        except ImportError as exc:  # the gguf package itself
-            raise StudentModelError(f"reading {gguf.name} needs the 'gguf' package: pip install gguf ({exc})") from None
-        except Exception as exc:  # noqa: BLE001 - any parse failure means the file is not a usable GGUF model
-            raise StudentModelError(
-                f"{gguf} is not a readable GGUF model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                "if it is a packaged student, reinstall its package") from None
-        steps.update()
-        # transformers marks a GGUF-loaded model as quantized and save_pretrained refuses it: the weights
-        # are already dequantized, so copy them into a plain model of the same config.
+        tokenizer, loaded = _read_gguf(gguf, steps)
         steps.set_postfix_str("plain checkpoint")
-        config = loaded.config
-        for attr in ("quantization_config",):
-            if hasattr(config, attr):
-                delattr(config, attr)
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
-        missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-        if missing or unexpected:
-            raise StudentModelError(f"{gguf.name}: weights do not match the model config "
-                                    f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        if getattr(loaded, "generation_config", None) is not None:
-            plain.generation_config = loaded.generation_config
+        plain = _plain_copy(loaded, gguf.name)
         del loaded
         steps.update()
         steps.set_postfix_str("writing safetensors")
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / SOURCE_FILE).write_text(json.dumps({
-            "gguf": gguf.name, "size": gguf.stat().st_size, "dtype": "float32",
-            "note": "dequantized from the GGUF file; the source weights were quantized (e.g. Q4_1)",
-        }, indent=2), encoding="utf-8")
+        _write_checkpoint(plain, tokenizer, gguf, tmp)
         steps.update()
-        if target.exists():  # another process finished first, or a leftover without SOURCE_FILE
-            if (target / SOURCE_FILE).is_file():
-                shutil.rmtree(tmp, ignore_errors=True)
-                return target
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        return _publish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         steps.close()
+
+
+def _read_gguf(gguf: Path, steps):
+    """``(tokenizer, model)`` read from the GGUF file, the weights dequantized to float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    steps.set_postfix_str("tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        steps.update()
+        steps.set_postfix_str("weights (dequantizing)")
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except ImportError as exc:  # the gguf package itself
+        raise StudentModelError(f"reading {gguf.name} needs the 'gguf' package: pip install gguf ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - any parse failure means the file is not a usable GGUF model
+        raise StudentModelError(
+            f"{gguf} is not a readable GGUF model ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "if it is a packaged student, reinstall its package") from None
+    steps.update()
+    return tokenizer, loaded
+
+
+def _plain_copy(loaded, name: str):
+    """The GGUF-loaded model's weights in a plain model of the same config. transformers marks a GGUF-loaded
+    model as quantized and save_pretrained refuses it; the weights are already dequantized."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = loaded.config
+    for attr in ("quantization_config",):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise StudentModelError(f"{name}: weights do not match the model config "
+                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if getattr(loaded, "generation_config", None) is not None:
+        plain.generation_config = loaded.generation_config
+    return plain
+
+
+def _write_checkpoint(plain, tokenizer, gguf: Path, folder: Path) -> None:
+    """The safetensors checkpoint, its tokenizer and ``SOURCE_FILE`` (what it was converted from) in ``folder``."""
+    plain.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / SOURCE_FILE).write_text(json.dumps({
+        "gguf": gguf.name, "size": gguf.stat().st_size, "dtype": "float32",
+        "note": "dequantized from the GGUF file; the source weights were quantized (e.g. Q4_1)",
+    }, indent=2), encoding="utf-8")
+
+
+def _publish(tmp: Path, target: Path) -> Path:
+    """Move the finished conversion into place, unless another process finished one first."""
+    if target.exists():  # another process finished first, or a leftover without SOURCE_FILE
+        if (target / SOURCE_FILE).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return target
+        shutil.rmtree(target)
+    os.replace(tmp, target)
     return target
 
 

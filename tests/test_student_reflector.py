@@ -206,23 +206,86 @@ def test_mechanism_perplexity_compares_rewrites_with_the_teacher_cots():
     assert mechanism_perplexity(refs[2:], {}, scorer) == {"n": 0, "refined": None, "teacher": None}
 
 
-def test_student_reflector_takes_an_already_loaded_model(problems, tiny_model_dir):
-    """Given the loaded model and tokenizer, the reflector samples exactly what it samples after
-    loading them itself; ``close()`` drops them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_student_reflector_samples_through_an_open_generator(problems, tiny_model_dir):
+    """Given an open generation backend, the reflector samples exactly what it samples after opening one
+    itself; ``close()`` closes only a backend it opened."""
+    from orion_utils.generation import TransformersBackend
 
     p = next(q for q in problems if q.meta["n_steps"] >= 3 and q.meta["steps"][1]["op"] in "+-")
     item = ReflectionItem(p, format_cot(*write_cot(p)), _slipped_attempt(p, 1))
     cfg = ReflectionConfig(reflector="student", m=4, temperature=1.0, top_p=1.0, max_new_tokens=60, seed=0)
-    own = StudentReflector(tiny_model_dir, cfg).propose([item], 4)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    shared = StudentReflector("not a path", cfg, model=model, tokenizer=tok)
-    assert shared.propose([item], 4) == own
+    own = StudentReflector(tiny_model_dir, cfg)
+    expected = own.propose([item], 4)
+    opened = own.generator()
+    own.close()
+    assert opened._closed
+    gen = TransformersBackend(tiny_model_dir, progress=False)
+    shared = StudentReflector(gen, cfg)
+    assert shared.propose([item], 4) == expected
     shared.close()
-    assert shared._model is None and shared._tokenizer is None
-    with pytest.raises(ValueError, match="together"):
-        StudentReflector(tiny_model_dir, cfg, model=model)
+    assert not gen._closed  # the caller's backend: still open
+    gen.close()
+
+
+def _stopping_model(path, question: str, prefix: str):
+    """A tiny model edited so that greedy decoding of ``question`` after the answer's start ``prefix`` ends
+    its turn at a known step: (model dir, its greedy tokens ``ref`` after the prefix before the edit, the
+    step j at which it now says its end-of-turn token). The prompt's and the prefix's tokens are built
+    here by hand: the chat template's text, then the prefix's own tokens."""
+    import torch
+    from conftest import build_tiny_model_dir
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = build_tiny_model_dir(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    head = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    assert head.endswith("<|im_start|>assistant\n")
+    ids = tok(head, add_special_tokens=False)["input_ids"] + tok(prefix, add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        ref = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             do_sample=False, max_new_tokens=24, pad_token_id=tok.pad_token_id,
+                             eos_token_id=eos)[0, len(ids):].tolist()
+    j = next(k for k in range(2, len(ref)) if ref[k] not in ref[:k] and eos not in ref[: k + 1])
+    w = model.lm_head.weight.data  # swap two output rows: the model says <|im_end|> where it said ref[j]
+    w[[eos, ref[j]]] = w[[ref[j], eos]]
+    model.save_pretrained(path)
+    return path, ref, j
+
+
+def test_an_assistant_prefix_is_continued_not_repeated(tmp_path):
+    """``generate(..., assistant_prefix=...)``: the model continues the answer's start (greedy: the tokens
+    a hand-built prompt + prefix gives) and the generation holds the continuation only; the student
+    reflector puts its rule-written beginning there, and returns beginning + continuation."""
+    from types import SimpleNamespace
+
+    from orion_utils.generation import SamplingConfig, TransformersBackend
+
+    question, prefix = "What is 12 + 30?", "<think>\n12 + 30 = "
+    path, ref, j = _stopping_model(tmp_path / "stops", question, prefix)
+    gen = TransformersBackend(path, progress=False, batch_size=4)
+    tok = gen.tokenizer
+    greedy = SamplingConfig(max_new_tokens=24)
+    (plain,), (prefixed,) = gen.generate([question], greedy), gen.generate([question], greedy, assistant_prefix=prefix)
+    assert prefixed[0].finish_reason == "stop" and prefixed[0].n_tokens == j + 1
+    assert prefixed[0].text == tok.decode(ref[:j], skip_special_tokens=True)
+    assert plain[0] != prefixed[0]  # without the prefix the model writes something else
+    with pytest.raises(ValueError, match="assistant prefixes"):
+        gen.generate([question, question], greedy, assistant_prefix=[prefix])
+
+    class Prefixed(StudentReflector):  # the beginning a rule would write: here, the prefix above
+        def start(self, item):
+            return SimpleNamespace(text=prefix, wrong_span=None) if item.wrong_attempt else None
+
+    problem = Problem("q", question, "42")
+    items = [ReflectionItem(problem, "teacher", "wrong"), ReflectionItem(problem, "teacher", "")]
+    cfg = ReflectionConfig(reflector="student", m=2, temperature=0.0, max_new_tokens=24)
+    out = Prefixed(gen, cfg).propose(items, 2)
+    assert out == [[prefix + prefixed[0].text] * 2, []]
+    assert Prefixed(gen, ReflectionConfig(reflector="student", m=2, temperature=0.0, max_new_tokens=j)
+                    ).propose(items, 2) == [[], []]  # one token short of its end of turn: unfinished, dropped
+    gen.close()
 
 
 def test_stage_03_loads_the_student_once(problems, tiny_model_dir, tmp_path, monkeypatch):
@@ -254,7 +317,7 @@ def test_stage_03_loads_the_student_once(problems, tiny_model_dir, tmp_path, mon
     given = []
 
     def finishing(self, items, m):  # a competent student's continuation: the teacher's rest (verifies)
-        given.append(self._model is not None)  # the stage passed its loaded student
+        given.append(self._generator is not None)  # the stage passed its open student
         out = []
         for i in items:
             b = self.start(i)

@@ -172,6 +172,37 @@ def test_seeded_sampling_over_long_prompt_batches(engine):
     assert engine.generate(prompts, cfg) == a
 
 
+def test_an_assistant_prefix_is_continued_as_on_transformers(engine, hf, model):
+    """The answer's start (``assistant_prefix``) is tokenized after the prompt, the same ids on both
+    backends, and greedy continuations agree token for token; the toy student reflector, which puts its
+    rule-written beginning there, gives the same rewrites through vLLM as through transformers."""
+    from types import SimpleNamespace
+
+    from orion_utils.records import Problem
+    from orion_utils.reflection import ReflectionConfig, ReflectionItem, StudentReflector
+
+    cfg = SamplingConfig(max_new_tokens=24)
+    prefixes = ["<think>\n", "Let me add: 12 + 30 = ", "", "2*3 is ", "The trip takes "]
+    got = engine.generate(QUESTIONS, cfg, assistant_prefix=prefixes)
+    assert got == hf.generate(QUESTIONS, cfg, assistant_prefix=prefixes)
+    assert got != engine.generate(QUESTIONS, cfg)  # the prefixes were read
+    # the rewrites: the question whose greedy answer ends its turn at step j (no beginning), and one
+    # with a beginning
+    _, j, ref = model
+    starts = {QUESTIONS[STOP_QUESTION]: "", QUESTIONS[1]: prefixes[1]}
+
+    class Prefixed(StudentReflector):  # the beginning a rule would write: here, the ones above
+        def start(self, item):
+            return SimpleNamespace(text=starts[item.problem.question], wrong_span=None)
+
+    items = [ReflectionItem(Problem(str(i), q, "0"), "teacher", "wrong") for i, q in enumerate(starts)]
+    reflection = ReflectionConfig(reflector="student", m=2, temperature=0.0, max_new_tokens=24)
+    on_vllm = Prefixed(engine, reflection).propose(items, 2)
+    assert on_vllm == Prefixed(hf, reflection).propose(items, 2)
+    assert on_vllm[0] == [engine.tokenizer.decode(ref[:j])] * 2
+    assert on_vllm[1] == [prefixes[1] + g.text for g in got[1] * 2 if g.finish_reason == "stop"]
+
+
 def test_close_frees_the_engine(engine):
     """Runs last in this module: the engine's processes end and the backend refuses to generate."""
     import psutil
@@ -188,3 +219,4 @@ def test_close_frees_the_engine(engine):
     with pytest.raises(RuntimeError, match="closed"):
         engine.generate(QUESTIONS[:1], SamplingConfig())
     engine.close()  # twice is fine
+

@@ -1,6 +1,7 @@
 """The whole notebook pipeline on the `smoke` profile with `generation.backend: vllm`: every stage that
-generates with the student through the generation backend (error exposure, Tailored Learning's exam,
-evaluation; the toy student reflector of stage 03 still samples with transformers' own `generate`) runs on vLLM's real engine (its CPU build), the toy student in float32.
+generates with the student through the generation backend (error exposure, the toy student reflector of
+stage 03, Tailored Learning's exam, evaluation) runs on vLLM's real engine (its CPU build), the toy student
+in float32.
 Run by `make test-vllm` in .venv-vllm."""
 import json
 import re
@@ -16,7 +17,7 @@ from orion_utils.runner import NOTEBOOKS, run_pipeline
 pytestmark = pytest.mark.slow
 
 # the stages that generate with the student, and so must say which backend ran
-GENERATING = {"02_error_exposure", "06_tailored_learning", "07_evaluation"}
+GENERATING = {"02_error_exposure", "03_error_aware_reflection", "06_tailored_learning", "07_evaluation"}
 
 
 @pytest.fixture(scope="module")

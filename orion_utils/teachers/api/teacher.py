@@ -92,33 +92,19 @@ class APITeacher(PromptedTeacher):
     ):
         api_key_env = check_key_env_name(api_key_env)
         _check_limits(concurrency, max_retries, timeout_s)
-        self.base_url = base_url
-        self.model = model
-        self.api_key_env = api_key_env
-        self.concurrency = int(concurrency)
-        self.timeout_s = float(timeout_s)
-        self.retry_policy = RetryPolicy(
-            max_retries=int(max_retries),
-            backoff_base_s=float(backoff_base_s),
-            backoff_max_s=float(backoff_max_s),
-            max_retry_after_s=float(max_retry_after_s),
-        )
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_tokens = max_tokens
-        self.seed = seed
+        # where and how requests go
+        self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
+        self.concurrency, self.timeout_s = int(concurrency), float(timeout_s)
+        self.retry_policy = RetryPolicy(max_retries=int(max_retries), backoff_base_s=float(backoff_base_s),
+                                        backoff_max_s=float(backoff_max_s), max_retry_after_s=float(max_retry_after_s))
+        # what is asked (part of each request body, so of its cache key)
+        self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
         self.extra_body = dict(extra_body or {})
-        self.prompt_template = prompt_template
-        self.system_prompt = system_prompt
-        self.contrastive_demos = tuple(contrastive_demos)
-        self.rectify_include_wrong = rectify_include_wrong
-        self.progress = progress
-        self.name = name or model
-        if cache_dir is None:
-            log.warning(
-                "APITeacher without cache_dir: replies are kept in memory only and are paid again next run"
-            )
-        self.cache = TeacherCache(cache_dir, synchronous=cache_synchronous)
+        self.prompt_template, self.system_prompt = prompt_template, system_prompt
+        self.contrastive_demos, self.rectify_include_wrong = tuple(contrastive_demos), rectify_include_wrong
+        self.progress, self.name = progress, name or model
+        # what is kept: replies, and what they cost
+        self.cache = _open_cache(cache_dir, cache_synchronous)
         preload()
         self.ledger = UsageLedger(
             Prices(float(price_input_per_m), float(price_output_per_m), price_cached_input_per_m)
@@ -290,6 +276,13 @@ class APITeacher(PromptedTeacher):
             self.max_retries,
             ", ".join(f"{r}: {n}" for r, n in reasons.most_common()),
         )
+
+
+def _open_cache(cache_dir, synchronous: str) -> TeacherCache:
+    """The teacher's reply cache; without ``cache_dir`` an in-memory one, said in a warning."""
+    if cache_dir is None:
+        log.warning("APITeacher without cache_dir: replies are kept in memory only and are paid again next run")
+    return TeacherCache(cache_dir, synchronous=synchronous)
 
 
 def _check_limits(concurrency: int, max_retries: int, timeout_s: float) -> None:

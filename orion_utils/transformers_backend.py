@@ -1,0 +1,164 @@
+"""The transformers generation backend: batched ``model.generate`` (``orion_utils.generation`` says how
+both backends sample, stop and seed)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from . import device as device_rules
+from .memory import release_memory, track_model
+from .sampling import (
+    Generation,
+    GenerationBackend,
+    Prompt,
+    SamplingConfig,
+    encode_prompts,
+    end_of_turn_token_ids,
+    expand_greedy,
+    finish_generation,
+)
+
+
+class TransformersBackend(GenerationBackend):
+    """Batched ``model.generate`` with left padding and the KV cache.
+
+    Prompts are sorted by length (longest first, so an out-of-memory shows up in the first batch)
+    and cut into batches of at most ``batch_size`` sequences (a prompt with n samples takes n rows);
+    results come back in input order. ``num_threads`` (default ``"auto"``, see ``device.cpu_threads_for``)
+    sets torch's intra-op threads for the duration of each ``generate`` call only.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        batch_size: int = 32,
+        dtype: Any = "auto",
+        device: str = "auto",
+        progress: bool = True,
+        num_threads: int | str | None = "auto",
+        attn_implementation: str | None = None,
+        model=None,
+        tokenizer=None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_path = os.fspath(model_path) if model_path is not None else getattr(model, "name_or_path", "")
+        self.batch_size = int(batch_size)
+        self.progress = progress
+        if model is None:
+            self.device = device_rules.resolve_device(device)
+            self.dtype = device_rules.resolve_dtype(dtype, self.device)
+            kwargs = {"dtype": self.dtype}
+            if attn_implementation:
+                kwargs["attn_implementation"] = attn_implementation
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs).to(self.device)
+        else:  # an already loaded model (e.g. right after training)
+            self.device, self.dtype = str(next(model.parameters()).device), model.dtype
+        self.model = track_model(model.eval(), f"transformers {self.model_path}")
+        self.num_threads = device_rules.cpu_threads_for(self.model, self.device, num_threads)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(self.model_path, padding_side="left")
+        # a tokenizer passed in (maybe the training one) is not modified: padding is done here, on the left
+        self.tokenizer = tokenizer
+        self.eos_token_ids = end_of_turn_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
+        self._torch = torch
+        self._closed = False
+
+    # -- generation -------------------------------------------------------------------------------
+    def _generate_kwargs(self, sampling: SamplingConfig) -> dict:
+        # every knob explicit: the checkpoint's generation_config.json (e.g. Qwen's top_k=20,
+        # repetition_penalty=1.05) must not change what SamplingConfig asks for.
+        kw: dict[str, Any] = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "eos_token_id": self.eos_token_ids,
+            "pad_token_id": self.pad_token_id,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "repetition_penalty": 1.0,
+            "use_cache": True,
+        }
+        if sampling.greedy:
+            kw.update(do_sample=False)
+        else:
+            kw.update(do_sample=True, temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=0)
+        return kw
+
+    def _left_pad(self, rows: list[list[int]]):
+        torch = self._torch
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            if r:
+                ids[b, width - len(r):] = torch.tensor(r, dtype=torch.long)
+                mask[b, width - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        sampling: SamplingConfig,
+        *,
+        prompt_template: str = "{question}",
+        system: str | None = None,
+        desc: str = "generating",
+        assistant_prefix: str | Sequence[str] | None = None,
+    ) -> list[list[Generation]]:
+        from tqdm.auto import tqdm
+
+        self._check_open()
+        sampling.validate()
+        torch = self._torch
+        encoded = encode_prompts(self.tokenizer, prompts, prompt_template, system, assistant_prefix)
+        if not encoded:
+            return []
+        if any(len(e) == 0 for e in encoded):
+            raise ValueError("a prompt rendered to zero tokens")
+        per_prompt = 1 if sampling.greedy else sampling.n
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: ties keep input order
+        rows = [(i, j) for i in order for j in range(per_prompt)]
+        batches = [rows[k: k + self.batch_size] for k in range(0, len(rows), max(1, self.batch_size))]
+        results: list[list[Generation | None]] = [[None] * per_prompt for _ in encoded]
+        stop_ids = set(self.eos_token_ids)
+        gen_kwargs = self._generate_kwargs(sampling)
+        devices = []
+        if str(self.device).startswith("cuda"):
+            index = torch.device(self.device).index
+            devices = [index if index is not None else torch.cuda.current_device()]
+        threads = device_rules.torch_threads(self.num_threads)
+        with torch.random.fork_rng(devices=devices), torch.inference_mode(), threads:
+            torch.manual_seed(sampling.seed)
+            for batch in tqdm(batches, desc=desc, unit="batch", disable=not self.progress):
+                input_ids, attention_mask = self._left_pad([encoded[i] for i, _ in batch])
+                out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
+                new_tokens = out[:, input_ids.shape[1]:].tolist()
+                for (i, j), toks in zip(batch, new_tokens):
+                    results[i][j] = finish_generation(toks, stop_ids, self.tokenizer)
+        if sampling.greedy:
+            return expand_greedy(results, sampling.n)
+        return results  # type: ignore[return-value]
+
+    can_score = True
+
+    def score(self, questions, completions, *, prompt_template: str = "{question}", system: str | None = None,
+              **kwargs):
+        self._check_open()
+        from .scoring import completion_nll
+
+        kwargs.setdefault("num_threads", self.num_threads)
+        return completion_nll(self, None, questions, completions, prompt_template=prompt_template, system=system,
+                              **kwargs)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.model = None
+        self._closed = True
+        release_memory()
