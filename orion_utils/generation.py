@@ -21,11 +21,11 @@ with ``temperature``/``top_p`` and no top-k or repetition penalty, whatever the 
 Generation stops at any end-of-turn token: the tokenizer's EOS, the model's generation-config EOS and
 the token that ends an assistant turn in the chat template (``end_of_turn_token_ids``).
 
-Reproducibility: the transformers backend seeds a forked torch RNG with ``sampling.seed`` on each
+Reproducibility: the transformers backend seeds a forked torch RNG with ``SamplingConfig.seed`` on each
 call (the caller's global RNG is left untouched); a rerun with the same prompts, ``batch_size`` and
 device gives the same samples. Samples are drawn batch-wise, so changing ``batch_size`` or the prompt
 set changes which sample a prompt gets (greedy output does not change). vLLM seeds each request with
-``sampling.seed`` (its n samples with seed, seed+1, ...), so a prompt's samples there do not depend on
+``SamplingConfig.seed`` (its n samples with seed, seed+1, ...), so a prompt's samples there do not depend on
 the batch.
 """
 from __future__ import annotations

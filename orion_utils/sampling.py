@@ -150,7 +150,7 @@ class GenerationBackend(ABC):
         desc: str = "generating",
         assistant_prefix: str | Sequence[str] | None = None,
     ) -> list[list[Generation]]:
-        """Per prompt (input order), ``sampling.n`` generations. ``assistant_prefix`` (one for all prompts,
+        """Per prompt (input order), ``SamplingConfig.n`` generations. ``assistant_prefix`` (one for all prompts,
         or one each) starts the answer: the model continues it, and each ``Generation`` holds the
         continuation only (the caller has the prefix)."""
 
