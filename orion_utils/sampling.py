@@ -139,7 +139,6 @@ class GenerationBackend(ABC):
     name: str
     model_path: str
 
-    @abstractmethod
     def generate(
         self,
         prompts: Sequence[Prompt],
@@ -152,7 +151,18 @@ class GenerationBackend(ABC):
     ) -> list[list[Generation]]:
         """Per prompt (input order), ``SamplingConfig.n`` generations. ``assistant_prefix`` (one for all prompts,
         or one each) starts the answer: the model continues it, and each ``Generation`` holds the
-        continuation only (the caller has the prefix)."""
+        continuation only (the caller has the prefix). Greedy decoding generates once per prompt."""
+        self._check_open()
+        sampling.validate()
+        encoded = encode_prompts(self.tokenizer, prompts, prompt_template, system, assistant_prefix)
+        if not encoded:
+            return []
+        results = self._generate(encoded, sampling, desc)
+        return expand_greedy(results, sampling.n) if sampling.greedy else results
+
+    @abstractmethod
+    def _generate(self, encoded: list[list[int]], sampling: SamplingConfig, desc: str) -> list[list[Generation]]:
+        """Per encoded prompt, its generations (one under greedy decoding): the backend's own part."""
 
     @abstractmethod
     def close(self) -> None:

@@ -3,7 +3,6 @@ both backends sample, stop and seed)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from . import device as device_rules
@@ -11,11 +10,8 @@ from .memory import release_memory, track_model
 from .sampling import (
     Generation,
     GenerationBackend,
-    Prompt,
     SamplingConfig,
-    encode_prompts,
     end_of_turn_token_ids,
-    expand_greedy,
     finish_generation,
 )
 
@@ -101,24 +97,10 @@ class TransformersBackend(GenerationBackend):
                 mask[b, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        sampling: SamplingConfig,
-        *,
-        prompt_template: str = "{question}",
-        system: str | None = None,
-        desc: str = "generating",
-        assistant_prefix: str | Sequence[str] | None = None,
-    ) -> list[list[Generation]]:
+    def _generate(self, encoded: list[list[int]], sampling: SamplingConfig, desc: str) -> list[list[Generation]]:
         from tqdm.auto import tqdm
 
-        self._check_open()
-        sampling.validate()
         torch = self._torch
-        encoded = encode_prompts(self.tokenizer, prompts, prompt_template, system, assistant_prefix)
-        if not encoded:
-            return []
         if any(len(e) == 0 for e in encoded):
             raise ValueError("a prompt rendered to zero tokens")
         per_prompt = 1 if sampling.greedy else sampling.n
@@ -141,8 +123,6 @@ class TransformersBackend(GenerationBackend):
                 new_tokens = out[:, input_ids.shape[1]:].tolist()
                 for (i, j), toks in zip(batch, new_tokens):
                     results[i][j] = finish_generation(toks, stop_ids, self.tokenizer)
-        if sampling.greedy:
-            return expand_greedy(results, sampling.n)
         return results  # type: ignore[return-value]
 
     can_score = True

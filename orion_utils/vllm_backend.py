@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from . import device as device_rules
@@ -12,11 +11,8 @@ from .memory import release_memory, track_model
 from .sampling import (
     Generation,
     GenerationBackend,
-    Prompt,
     SamplingConfig,
-    encode_prompts,
     end_of_turn_token_ids,
-    expand_greedy,
 )
 
 
@@ -113,21 +109,7 @@ class VLLMBackend(GenerationBackend):
             detokenize=False,  # text is decoded by generate() from the token ids
         )
 
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        sampling: SamplingConfig,
-        *,
-        prompt_template: str = "{question}",
-        system: str | None = None,
-        desc: str = "generating",
-        assistant_prefix: str | Sequence[str] | None = None,
-    ) -> list[list[Generation]]:
-        self._check_open()
-        sampling.validate()
-        encoded = encode_prompts(self.tokenizer, prompts, prompt_template, system, assistant_prefix)
-        if not encoded:
-            return []
+    def _generate(self, encoded: list[list[int]], sampling: SamplingConfig, desc: str) -> list[list[Generation]]:
         use_tqdm: Any = False
         if self.progress:  # vLLM calls this with its own desc=...: ours wins (versions wanting a bool see True)
             from tqdm.auto import tqdm
@@ -151,8 +133,6 @@ class VLLMBackend(GenerationBackend):
                 for c in sorted(request.outputs, key=lambda c: getattr(c, "index", 0))
             ]
             results.append(gens)
-        if sampling.greedy:
-            return expand_greedy(results, sampling.n)
         return results
 
     def close(self) -> None:
