@@ -9,7 +9,7 @@ from collections import defaultdict
 from typing import Any, Optional, Sequence
 
 from .config import FEEDBACK_TEACHER_KINDS, PAIR_SOURCES
-from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
+from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace, text_key
 
 SOURCE_LABELS = {"exposure": "error_exposure", "teacher": "teacher_prompts"}  # DualPair.source
 
@@ -22,10 +22,6 @@ def resolve_pair_source(source: str, teacher_kind: str) -> str:
     if source != "auto":
         return source
     return "teacher" if teacher_kind in FEEDBACK_TEACHER_KINDS else "exposure"
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _by_problem(items) -> dict[str, list]:
@@ -166,7 +162,7 @@ def pairs_from_exposure(
             continue
         seen: set[str] = set()
         for attempt in wrong:
-            key = _normalise(attempt.response)
+            key = text_key(attempt.response)
             if key in seen:
                 continue
             if max_pairs_per_problem and len(seen) >= max_pairs_per_problem:
@@ -234,7 +230,7 @@ def stage1_examples(
     examples, seen = [], set()
 
     def add(pid: str, response: str, source: str, meta: dict) -> None:
-        key = (pid, _normalise(response))
+        key = (pid, text_key(response))
         if pid in question_of and key not in seen:
             seen.add(key)
             examples.append(

@@ -18,7 +18,7 @@ from .config import GenerationConfig, StudentConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .knobs import knob, validate
-from .records import Problem, SFTExample, StudentAttempt
+from .records import Problem, SFTExample, StudentAttempt, text_key
 from .rundir import RunDir, chunk_seed, run_in_chunks
 from .stages import fingerprint
 
@@ -46,10 +46,6 @@ class ExposureConfig:
         validate(self)
 
 
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
-
-
 def is_unfinished(finish_reason: str, answer: Optional[str]) -> bool:
     """An attempt cut off at the token limit (``Generation.finish_reason == "length"``) before it stated
     a final answer (``grading`` extracted none): unfinished, not wrong. One cut off after stating an
@@ -62,7 +58,7 @@ def dedupe_errors(attempts: list[StudentAttempt], unfinished_as_errors: bool = F
     with ``unfinished_as_errors``."""
     seen, unique = set(), []
     for a in attempts:
-        key = (a.problem_id, _normalise(a.response))
+        key = (a.problem_id, text_key(a.response))
         if not a.correct and (unfinished_as_errors or not a.unfinished) and key not in seen:
             seen.add(key)
             unique.append(a)

@@ -73,6 +73,12 @@ def as_problem(item: Any) -> Problem:
     return Problem(id=str(pid), question=question, answer=str(answer), source=str(item.get("source") or ""), meta=meta)
 
 
+def text_key(text: str) -> str:
+    """A text with its whitespace folded: two responses with the same key are the same response
+    (how exposure, EDIT's pairs and Tailored Learning's rationales drop duplicates)."""
+    return " ".join(text.split())
+
+
 def format_cot(thinking: str, solution: str) -> str:
     return f"<think>\n{thinking.strip()}\n</think>\n\n{solution.strip()}"
 

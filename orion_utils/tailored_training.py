@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence, Union
 
 from .chat import encode_for_training
 from .config import TailoredConfig, TrainingConfig
-from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
+from .records import Problem, SFTExample, StudentAttempt, TeacherTrace, text_key
 from .training import OrionSFTTrainer, TrainerMethod, TrainResult, pad_rows, token_nll, train_method
 
 PathLike = Union[str, Path]
@@ -134,23 +134,17 @@ class NoSameQuestionBatchSampler:
 # --------------------------------------------------------------------------------------------
 
 
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
-
-
 def unique_wrong_rationales(attempts: Sequence[StudentAttempt]) -> dict[str, list[str]]:
     """The student's distinct wrong rationales per question (whitespace-normalised duplicates dropped).
 
     An unfinished answer (cut off at ``exam_max_new_tokens`` before a final answer; exposure's rule,
     ``exposure.is_unfinished``) is not a wrong rationale: it shows the teacher no mistake to tailor to,
     and as the triplet's negative it would push the student away from reasoning that may be right."""
+    from .exposure import dedupe_errors
+
     out: dict[str, list[str]] = defaultdict(list)
-    seen: set = set()
-    for a in attempts:
-        key = (a.problem_id, _normalise(a.response))
-        if not a.correct and not a.unfinished and key not in seen:
-            seen.add(key)
-            out[a.problem_id].append(a.response)
+    for a in dedupe_errors(list(attempts)):
+        out[a.problem_id].append(a.response)
     return dict(out)
 
 
@@ -175,7 +169,7 @@ def triplet_examples(
         if not t.correct or t.problem_id not in question_of:
             continue
         cot = t.cot
-        others = [c for c in positive_pool.get(t.problem_id, []) if _normalise(c) != _normalise(cot)]
+        others = [c for c in positive_pool.get(t.problem_id, []) if text_key(c) != text_key(cot)]
         negatives = wrong.get(t.problem_id, [])
         examples.append(
             SFTExample(
