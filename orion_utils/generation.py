@@ -53,8 +53,6 @@ from .vllm_backend import (
     quiet_vllm_logs,
 )
 
-_encode_prompts = encode_prompts  # the name the tests import
-
 __all__ = [
     "CPU_KV_CACHE_BYTES",
     "CPU_LOGIT_BYTES",

@@ -53,7 +53,7 @@ def test_prompts_render_byte_identically_in_every_stage(smol_dir, tokenizer):
     (message lists) all go through the student's chat template, which adds SmolLM2's default system
     prompt: the same bytes and the same tokens everywhere."""
     from orion_utils.chat import prompt_text
-    from orion_utils.generation import _encode_prompts, render_prompt
+    from orion_utils.generation import encode_prompts, render_prompt
     from orion_utils.reflection import REFLECTION_PROMPT
 
     q = "Tom has 3 apples and buys 4 more. How many apples does he have?"
@@ -62,7 +62,7 @@ def test_prompts_render_byte_identically_in_every_stage(smol_dir, tokenizer):
     assert gen_text.startswith(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n<|im_start|>user\n{q}\n")
     assert gen_text.endswith("\\boxed{}.<|im_end|>\n<|im_start|>assistant\n") and gen_text.count("system") == 1
     enc = encode_for_training(tokenizer, q, "<think>\n3 + 4 = 7\n</think>\n\n\\boxed{7}", DEFAULT_PROMPT_TEMPLATE)
-    gen_ids = _encode_prompts(tokenizer, [q], DEFAULT_PROMPT_TEMPLATE, None)[0]
+    gen_ids = encode_prompts(tokenizer, [q], DEFAULT_PROMPT_TEMPLATE, None)[0]
     assert enc["input_ids"][: enc["prompt_len"]] == gen_ids
     assert tokenizer.decode(gen_ids) == gen_text
     # reflection: a ready message list (no system message, as LLMReflector sends it without one)
