@@ -147,6 +147,16 @@ def question_set_inputs(run: RunDir) -> list:
     return [run.question_set] if run.question_set.is_file() else []
 
 
+def kept_to_question_set(run: RunDir, method: str) -> bool:
+    """Stage 04's rule (``sft.run_sft``): under the question set, a method's set of CoTs other than the
+    teacher's own is cut to the set's questions, a too-long example replaced by the teacher CoT
+    (``fit_to_question_set``); EDIT and Tailored Learning keep to it in their own stages."""
+    from .methods import cot_methods
+
+    return (method in cot_methods() and bool(question_set_inputs(run))
+            and run.training_set(method) != run.teacher_sft_set)
+
+
 def fit_to_question_set(examples: list[SFTExample], teacher_examples: list[SFTExample], qs: Optional[dict],
                         count: Optional[Callable[[str, str], int]] = None) -> tuple[list[SFTExample], dict]:
     """A method's examples kept to the question set: only its questions, and (``overlong: drop``) an

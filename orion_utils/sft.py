@@ -10,7 +10,13 @@ from __future__ import annotations
 import json
 from typing import Optional, Sequence
 
-from .collection import TokenCounter, fit_to_question_set, question_set_inputs, read_question_set
+from .collection import (
+    TokenCounter,
+    fit_to_question_set,
+    kept_to_question_set,
+    question_set_inputs,
+    read_question_set,
+)
 from .config import StudentConfig
 from .jsonl import read_jsonl, write_jsonl
 from .methods import cot_methods, set_builder
@@ -61,9 +67,7 @@ def _train(run: RunDir, method: str, cfg, student: StudentConfig, force: bool) -
     data_path, out_dir = run.training_set(method), run.model(method)
     params, models = fingerprint(run, "sft", cfg, student)
     inputs = [data_path, *models]
-    # under the question-set rule, a set other than the teacher's own is cut to the question set, and a
-    # too-long example falls back to the teacher's CoT
-    keep = bool(question_set_inputs(run)) and data_path != run.teacher_sft_set
+    keep = kept_to_question_set(run, method)
     if keep:
         inputs += question_set_inputs(run) + [run.teacher_sft_set]
 

@@ -35,14 +35,12 @@ def _example_counter(run: RunDir, tokenizer: Any) -> Optional[Callable[[str, str
 def _method_examples(run: RunDir, method: str, qs: Any, count) -> tuple[list[SFTExample], dict]:
     """A method's examples as its stage reads them, and what was left out so far (ORION's rewrites kept
     to the question set as stage 04 keeps them)."""
-    from .collection import fit_to_question_set
-    from .methods import cot_methods
+    from .collection import fit_to_question_set, kept_to_question_set
 
     examples = [e for p in run.training_files(method)
                 for e in read_jsonl(p, SFTExample, tolerate_torn_tail=True)]
     left: dict = {}
-    # stage 04 cuts every set but the teacher's own to the question set (sft.run_sft)
-    if method in cot_methods() and run.training_set(method) != run.teacher_sft_set and qs is not None:
+    if qs is not None and kept_to_question_set(run, method):
         teacher = read_jsonl(run.teacher_sft_set, SFTExample) if run.teacher_sft_set.is_file() else []
         examples, kept = fit_to_question_set(examples, teacher, qs, count)
         if kept["replaced_by_teacher_cot"]:
