@@ -677,13 +677,8 @@ def artifact_paths() -> dict[str, str]:
             expr = prefix + name + (f"({', '.join(args)})" if inspect.isfunction(member) else "")
             try:
                 value = getattr(obj, name)(*args) if inspect.isfunction(member) else getattr(obj, name)
-            except KeyError:  # a method's name must be registered: name `sft`'s folder, then put <method> back
-                value = getattr(obj, name)(*["sft" if a == "<method>" else a for a in args])
-                value = (type(value)(Path(str(value.root).replace("/sft", "/<method>"))) if isinstance(value, TrainedDir)
-                         else Path(str(value).replace("/sft", "/<method>").replace("_sft.", "_<method>."))
-                         if isinstance(value, Path) else value)
-            except OSError:  # needs a file of a real run (student_model: StageInputMissing)
-                continue
+            except (KeyError, OSError):  # a method the registry must know (its folder's layout, walked
+                continue  # below), or a file of a real run (student_model: StageInputMissing)
             if isinstance(value, TrainedDir):
                 found[expr] = value.root.relative_to(root).as_posix()
                 walk(value, expr + ".", root)
@@ -691,5 +686,8 @@ def artifact_paths() -> dict[str, str]:
                 found[expr] = value.relative_to(root).as_posix()
 
     with tempfile.TemporaryDirectory() as tmp:
-        walk(RunDir(tmp), "", Path(tmp))
+        run = RunDir(tmp)
+        walk(run, "", Path(tmp))
+        found["trained(<method>)"] = "models/<method>"  # a one-phase method's folder (methods.Method.folder)
+        walk(TrainedDir(run.model("<method>")), "trained(<method>).", Path(tmp))
     return found
