@@ -35,7 +35,7 @@ import os
 
 from . import device as device_rules
 from .config import GENERATION_BACKENDS
-from .memory import ResidentWatch, live_models, release_memory, resident_models, track_model, watch_resident
+from .memory import ResidentWatch, live_models, release_memory, resident_models, watch_resident
 from .sampling import (
     Generation,
     GenerationBackend,
@@ -45,7 +45,14 @@ from .sampling import (
     end_of_turn_token_ids,
     render_prompt,
 )
-from .scoring import CPU_LOGIT_BYTES, GPU_LOGIT_SHARE, completion_nll, logit_budget, logit_chunk_tokens
+from .scoring import (
+    CPU_LOGIT_BYTES,
+    GPU_LOGIT_SHARE,
+    completion_nll,
+    load_scoring_model,
+    logit_budget,
+    logit_chunk_tokens,
+)
 from .transformers_backend import TransformersBackend
 from .vllm_backend import (
     CPU_KV_CACHE_BYTES,
@@ -272,16 +279,3 @@ class StageModel:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def load_scoring_model(model_path, device: str = "auto"):
-    """``(model, tokenizer)`` of a checkpoint as ``completion_nll`` loads a path: on ``device``
-    (``"auto"``: CUDA if available, else CPU) in ``device.resolve_dtype("auto", ...)``, in eval mode.
-    A caller that scores several times (a stage) loads it once with this and passes both on."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dev = device_rules.resolve_device(device)
-    release_memory(before=os.fspath(model_path))
-    model = AutoModelForCausalLM.from_pretrained(os.fspath(model_path), dtype=device_rules.resolve_dtype("auto", dev))
-    model = track_model(model.to(dev).eval(), f"scoring {os.fspath(model_path)}")
-    return model, AutoTokenizer.from_pretrained(os.fspath(model_path))

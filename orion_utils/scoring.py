@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 
 from . import device as device_rules
-from .sampling import GenerationBackend
+from .memory import release_memory, track_model
 
 CPU_LOGIT_BYTES = 2**30  # on a CPU, the logits of one chunk of scored tokens take at most this
 GPU_LOGIT_SHARE = 0.5  # on CUDA, at most this share of the memory free when a batch's logits are computed
@@ -84,7 +84,8 @@ def completion_nll(
 
     ``model_path_or_model``: a checkpoint path (loaded on ``device`` by ``load_scoring_model``, for this
     call only; ``tokenizer`` may then be None), a loaded causal LM (used where it is; ``tokenizer``
-    required), or a ``TransformersBackend``. Scoring several times: load once, pass the model.
+    required; a ``TransformersBackend`` scores its own with ``score``). Scoring several times: load once,
+    pass the model.
     """
     import torch
 
@@ -115,13 +116,9 @@ def completion_nll(
 
 
 def _model_and_tokenizer(model_path_or_model, tokenizer, device: str):
-    """The model ``completion_nll`` scores with and its tokenizer: a scoring backend's own, a checkpoint
+    """The model ``completion_nll`` scores with and its tokenizer: a checkpoint
     path's (loaded for this call), or a loaded model's (the tokenizer then required)."""
-    if isinstance(model_path_or_model, GenerationBackend) and model_path_or_model.can_score:
-        return model_path_or_model.model, tokenizer or model_path_or_model.tokenizer
     if isinstance(model_path_or_model, (str, os.PathLike)):
-        from .generation import load_scoring_model
-
         model, loaded_tokenizer = load_scoring_model(model_path_or_model, device)
         return model, tokenizer or loaded_tokenizer
     if tokenizer is None:
@@ -186,3 +183,16 @@ def _mean_nll(states, targets, head, max_logit_bytes, F) -> float:
         total += F.cross_entropy(logits, targets[start : start + step], reduction="sum").item()
         del logits
     return total / len(targets)
+
+
+def load_scoring_model(model_path, device: str = "auto"):
+    """``(model, tokenizer)`` of a checkpoint as ``completion_nll`` loads a path: on ``device``
+    (``"auto"``: CUDA if available, else CPU) in ``device.resolve_dtype("auto", ...)``, in eval mode.
+    A caller that scores several times (a stage) loads it once with this and passes both on."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = device_rules.resolve_device(device)
+    release_memory(before=os.fspath(model_path))
+    model = AutoModelForCausalLM.from_pretrained(os.fspath(model_path), dtype=device_rules.resolve_dtype("auto", dev))
+    model = track_model(model.to(dev).eval(), f"scoring {os.fspath(model_path)}")
+    return model, AutoTokenizer.from_pretrained(os.fspath(model_path))

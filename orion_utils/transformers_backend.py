@@ -133,8 +133,8 @@ class TransformersBackend(GenerationBackend):
         from .scoring import completion_nll
 
         kwargs.setdefault("num_threads", self.num_threads)
-        return completion_nll(self, None, questions, completions, prompt_template=prompt_template, system=system,
-                              **kwargs)
+        return completion_nll(self.model, self.tokenizer, questions, completions,
+                              prompt_template=prompt_template, system=system, **kwargs)
 
     def close(self) -> None:
         if self._closed:

@@ -304,7 +304,7 @@ def test_completion_nll_matches_hand_computation(tiny_model_dir, gen):
     assert by_path == pytest.approx(expected, abs=1e-5)
     loaded, loaded_tok = generation.load_scoring_model(tiny_model_dir)  # what a path loads, kept
     assert not loaded.training and completion_nll(loaded, loaded_tok, qs, cs, batch_size=16) == by_path
-    assert completion_nll(gen, None, qs[:1], cs[:1], max_batch_tokens=1) == pytest.approx(expected[:1], abs=1e-5)
+    assert gen.score(qs[:1], cs[:1], max_batch_tokens=1) == pytest.approx(expected[:1], abs=1e-5)
     assert completion_nll(model, tok, [], []) == []
 
 
