@@ -45,7 +45,7 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
 def _build_set(run: RunDir, method: str, cfg, student: StudentConfig, force: bool) -> dict:
     """A method's training set made by its registry entry's ``builds_set`` from stage 01's questions and
     teacher traces, lengths in the student's tokens; its own stage ``set/<method>``."""
-    params, models = fingerprint(run, "sft", cfg, student)
+    params, models = fingerprint(run, "sft", None, student)  # the builder reads no training knob
     params["builds_set"] = registered(method).builds_set
     inputs = [run.train_problems, run.teacher_traces, *models]
 

@@ -202,9 +202,9 @@ class _Exam:
         return read_or_make(rdir.exam, StudentAttempt, make)
 
 
-def exam_stats(attempts: Sequence[StudentAttempt]) -> dict:
-    """An exam's counts for its ``RoundResult``: attempts, accuracy, distinct wrong rationales."""
-    wrong = unique_wrong_rationales(attempts)
+def exam_stats(attempts: Sequence[StudentAttempt], wrong: dict[str, list[str]]) -> dict:
+    """An exam's counts for its ``RoundResult``: attempts, accuracy, distinct wrong rationales (``wrong``:
+    ``unique_wrong_rationales(attempts)``)."""
     return {
         "n_exam_attempts": len(attempts),
         "exam_accuracy": (sum(a.correct for a in attempts) / len(attempts)) if attempts else None,
@@ -245,14 +245,15 @@ def run_tailored(
     model_dir = str(student_dir)
     attempts = exam.sit(layout.round(0), model_dir, "base")
     wrong = unique_wrong_rationales(attempts)
-    results = [RoundResult(round=0, model_dir=model_dir, trained=False, **exam_stats(attempts))]
+    results = [RoundResult(round=0, model_dir=model_dir, trained=False, **exam_stats(attempts, wrong))]
     write_json(layout.round(0).result, asdict(results[0]))
     positive_pool: dict[str, list[str]] = defaultdict(list)
     for r in range(1, rounds + 1):
         rdir, stats = layout.round(r), {}
         if r > 1:  # the last round's student sits the exam again: the teacher tailors to its new mistakes
             attempts = exam.sit(rdir, model_dir, f"round_{r - 1}")
-            wrong, stats = unique_wrong_rationales(attempts), exam_stats(attempts)
+            wrong = unique_wrong_rationales(attempts)
+            stats = exam_stats(attempts, wrong)
         traces, source = _round_rationales(r, rdir, problems, teacher, wrong, cfg)
         result = _learning_round(r, rdir, model_dir, problems, traces, source, positive_pool, wrong, exam, stats)
         results.append(result)

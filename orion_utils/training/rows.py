@@ -36,10 +36,8 @@ def build_sft_rows(
             if overlong == "drop":
                 overlong_dropped += 1
                 continue
-            truncated += 1
-            enc = encode_for_training(
-                tokenizer, ex.question, ex.response, template=prompt_template, max_seq_len=max_seq_len, system=system
-            )
+            truncated += 1  # cut as encode_for_training(max_seq_len=...) cuts, without encoding again
+            enc = dict(full, input_ids=full["input_ids"][:max_seq_len], labels=full["labels"][:max_seq_len])
         spans = ex.loss_mask_spans
         if spans:
             enc = dict(enc, labels=mask_response_spans(tokenizer, ex.question, ex.response, enc, spans,
