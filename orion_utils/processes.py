@@ -57,7 +57,11 @@ def run_jobs(
     if failed:
         name, error = next(iter(failed.items()))
         skipped = [n for n in jobs if n not in results and n not in failed]
-        error.add_note(f"[{label}] job {name!r} failed" + (f"; not run: {', '.join(skipped)}" if skipped else ""))
+        note = f"[{label}] job {name!r} failed" + (f"; not run: {', '.join(skipped)}" if skipped else "")
+        if hasattr(error, "add_note"):  # Python >= 3.11
+            error.add_note(note)
+        else:
+            print(note, flush=True)
         raise error
     return {name: results[name] for name in jobs}
 

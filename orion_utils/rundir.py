@@ -677,17 +677,20 @@ def artifact_paths() -> dict[str, str]:
             expr = prefix + name + (f"({', '.join(args)})" if inspect.isfunction(member) else "")
             try:
                 value = getattr(obj, name)(*args) if inspect.isfunction(member) else getattr(obj, name)
-            except (KeyError, OSError):  # a method the registry must know (its folder's layout, walked
-                continue  # below), or a file of a real run (student_model: StageInputMissing)
+            except OSError:  # needs a file of a real run (student_model: StageInputMissing)
+                continue
             if isinstance(value, TrainedDir):
                 found[expr] = value.root.relative_to(root).as_posix()
                 walk(value, expr + ".", root)
             elif isinstance(value, Path):
                 found[expr] = value.relative_to(root).as_posix()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        run = RunDir(tmp)
-        walk(run, "", Path(tmp))
-        found["trained(<method>)"] = "models/<method>"  # a one-phase method's folder (methods.Method.folder)
-        walk(TrainedDir(run.model("<method>")), "trained(<method>).", Path(tmp))
+    from unittest import mock
+
+    from .methods import METHODS, Method
+
+    # "<method>" stands for any method: registered for the walk as a one-phase trained method
+    placeholder = Method("<method>", "any one-phase trained method", trained_in="04_sft")
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(METHODS, {"<method>": placeholder}):
+        walk(RunDir(tmp), "", Path(tmp))
     return found
