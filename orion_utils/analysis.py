@@ -545,8 +545,10 @@ def _build_analysis(run: RunDir, others: Sequence[RunDir], cfg: AnalysisConfig, 
     runs = [run, *others]
     per_seed, raws, metrics_list = [], [], []
     difficulty = None
+    own_tokenizer = student_tokenizer(run) if tokenizer == "auto" else tokenizer  # loaded once for this run
     for r in runs:
-        methods, diff, raw = analyse_methods(r, cfg, scorer=scorer, tokenizer=tokenizer, judge=judge)
+        methods, diff, raw = analyse_methods(r, cfg, scorer=scorer, judge=judge,
+                                             tokenizer=own_tokenizer if r is run else tokenizer)
         per_seed.append(methods)
         raws.append(raw)
         metrics_list.append(json.loads(r.metrics.read_text(encoding="utf-8")))
@@ -571,8 +573,7 @@ def _build_analysis(run: RunDir, others: Sequence[RunDir], cfg: AnalysisConfig, 
         "claims": assess_claims(agg_metrics, agg_methods, cfg.margin_points, toy=toy, n_seeds=len(per_seed),
                                 intervals=intervals["headline"], max_width=cfg.decide_max_width_points),
         "reflection": reflection_summary(run),
-        "training_sets": training_set_table(
-            run, list(metrics_list[0]), student_tokenizer(run) if tokenizer == "auto" else tokenizer),
+        "training_sets": training_set_table(run, list(metrics_list[0]), own_tokenizer),
         "figures": write_figures(run, agg_metrics, agg_methods, raws, [tuple(b) for b in cfg.buckets],
                                  (difficulty or {}).get("counts")),
     }
