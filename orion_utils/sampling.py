@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from .chat import build_messages
+from .chat import prompt_text
 
 Prompt = str | list  # a question, or a list of {"role", "content"} messages
 
@@ -46,20 +46,15 @@ class Generation:
 # prompts and stop tokens (shared by both backends)
 
 
-def render_prompt(tokenizer, prompt: Prompt, prompt_template: str = "{question}", system: str | None = None,
-                  assistant_prefix: str = "") -> str:
+def render_prompt(tokenizer, prompt: Prompt, prompt_template: str = "{question}", system: str | None = None) -> str:
     """The exact text the model sees before its answer (see ``orion_utils.generation``): the conversation
-    up to the chat template's assistant header, then ``assistant_prefix``, the start of the answer that
-    the model continues."""
+    up to the chat template's assistant header (a question: ``chat.prompt_text``). An assistant prefix
+    is tokenized on its own after it (``encode_prompts``)."""
     if isinstance(prompt, str):
-        messages = build_messages(prompt, prompt_template, system)
-    elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
-        messages = list(prompt)
-    else:
-        raise TypeError(
-            f"a prompt must be a question (str) or a list of message dicts, got {type(prompt).__name__}"
-        )
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + assistant_prefix
+        return prompt_text(tokenizer, prompt, prompt_template, system)
+    if isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
+        return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    raise TypeError(f"a prompt must be a question (str) or a list of message dicts, got {type(prompt).__name__}")
 
 
 def prefixes_for(prompts: Sequence, assistant_prefix: str | Sequence[str] | None) -> list[str]:

@@ -98,14 +98,11 @@ class VLLMBackend(GenerationBackend):
         self._closed = False
 
     def sampling_params(self, sampling: SamplingConfig):
-        if sampling.greedy:  # n identical greedy runs would be wasted: one, copied n times
-            return self._SamplingParams(
-                n=1, temperature=0.0, top_p=1.0, max_tokens=sampling.max_new_tokens, seed=sampling.seed,
-                stop_token_ids=list(self.eos_token_ids), detokenize=False,
-            )
+        greedy = sampling.greedy  # n identical greedy runs would be wasted: one, copied n times
         return self._SamplingParams(
-            n=sampling.n, temperature=float(sampling.temperature), top_p=float(sampling.top_p),
-            max_tokens=sampling.max_new_tokens, seed=sampling.seed, stop_token_ids=list(self.eos_token_ids),
+            n=1 if greedy else sampling.n, temperature=0.0 if greedy else float(sampling.temperature),
+            top_p=1.0 if greedy else float(sampling.top_p), max_tokens=sampling.max_new_tokens, seed=sampling.seed,
+            stop_token_ids=list(self.eos_token_ids),
             detokenize=False,  # text is decoded by generate() from the token ids
         )
 
