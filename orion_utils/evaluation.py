@@ -95,15 +95,14 @@ def evaluate_model(
     ``rundir.chunk_seed(cfg.seed, benchmark, its problem ids)``); ``partials`` ({benchmark: path}): where
     each finished chunk is appended and read back from on a retry. A benchmark's samples: the greedy
     ones, then the sampled ones, each in problem order."""
-    from .generation import SamplingConfig, open_generator
+    from .generation import SamplingConfig, StageModel
 
     template, system = student.prompt_template, student.system_prompt or None
-    generator = None
+    backends: list[str] = []  # the backend that generated, if any chunk was left to generate
 
     def generate(name: str, chunk: list, sampling, decoding: str) -> list[EvalSample]:
-        nonlocal generator
-        if generator is None:  # opened only when a chunk is left to generate
-            generator = open_generator(model_path, generation, seed=cfg.seed)
+        generator = model.generator()  # opened only when a chunk is left to generate
+        backends[:] = [generator.name]
         outputs = generator.generate([p.question for p in chunk], sampling, prompt_template=template, system=system,
                                      desc=f"{method}/{name} {'greedy' if decoding == 'greedy' else 'sampled'}")
         return grade_generations(method, name, chunk, outputs, decoding)
@@ -124,15 +123,12 @@ def evaluate_model(
 
     per_problem = int(cfg.greedy) + max(cfg.n_samples, 0)
     results = {}
-    try:
+    with StageModel(model_path, generation, seed=cfg.seed) as model:
         for name, problems in benchmarks.items():
             samples = run_in_chunks(problems, cfg.chunk_questions, chunk_of(name), partial=(partials or {}).get(name),
                                     cls=EvalSample, per_item=per_problem, desc=f"evaluation/{method}/{name}")
             results[name] = sorted(samples, key=lambda s: s.decoding != "greedy")  # stable: problem order kept
-    finally:
-        if generator is not None:
-            generator.close()
-    return results, generator.name if generator is not None else "none (every chunk read back)"
+    return results, backends[0] if backends else "none (every chunk read back)"
 
 
 def load_benchmarks(run: RunDir) -> dict:

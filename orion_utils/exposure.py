@@ -105,14 +105,10 @@ def sample_and_grade(
     with ``rundir.chunk_seed(cfg.seed, "exposure", its problem ids)``, so the attempts are the same
     with or without an interruption.
     """
-    from .generation import SamplingConfig, open_generator
-
-    generator = None
+    from .generation import SamplingConfig, StageModel
 
     def sample(index: int, chunk: list[Problem]) -> list[StudentAttempt]:
-        nonlocal generator
-        if generator is None:  # opened only when a chunk is left to sample
-            generator = open_generator(model_path, generation, seed=cfg.seed)
+        generator = student_model.generator()  # opened only when a chunk is left to sample
         sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_new_tokens=cfg.max_new_tokens,
                                   seed=chunk_seed(cfg.seed, "exposure", [p.id for p in chunk]))
@@ -130,12 +126,9 @@ def sample_and_grade(
                 ))
         return attempts
 
-    try:
+    with StageModel(model_path, generation, seed=cfg.seed) as student_model:
         return run_in_chunks(problems, cfg.chunk_questions, sample, partial=partial_path, cls=StudentAttempt,
                              per_item=cfg.k, desc="error exposure")
-    finally:
-        if generator is not None:
-            generator.close()
 
 
 def run_error_exposure(
