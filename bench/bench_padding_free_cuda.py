@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 
+from orion_utils.config import TrainingConfig
 from orion_utils.records import SFTExample
 from orion_utils.training import (
-    TrainingConfig,
     build_sft_rows,
     build_trainer,
     quiet,

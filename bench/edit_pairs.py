@@ -10,7 +10,7 @@ CoT's tokens marked key and the lengths, in the student's tokenizer (SmolLM2's b
   what it measures is the alignment of a long text with a short one), and vs the CoT's own final
   solution (the best case for exposure: an "attempt" that is the teacher's own summary).
 - exposure, short: the run's real pairs (GSM8K worked solutions vs SmolLM2's wrong attempts).
-- teacher, toy: the toy teacher's real ``corrupt``/``rectify`` (``edit.pairs_from_teacher``).
+- teacher, toy: the toy teacher's real ``corrupt``/``rectify`` (``edit_pairs.pairs_from_teacher``).
 - teacher, long, simulated: a long CoT with one number changed from the middle of its reasoning on
   and its final answer changed, i.e. what a reply that follows the corrupt prompt exactly gives. A
   real teacher's reply to the corrupt prompt could not be measured here (no teacher API or 32B model
@@ -31,7 +31,8 @@ import re
 import statistics
 from pathlib import Path
 
-from orion_utils.edit import key_token_ops, pairs_from_exposure, pairs_from_teacher
+from orion_utils.edit import key_token_ops
+from orion_utils.edit_pairs import pairs_from_exposure, pairs_from_teacher
 from orion_utils.records import format_cot
 from orion_utils.teachers.datasets import split_reasoning_solution
 

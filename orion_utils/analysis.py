@@ -3,7 +3,7 @@
 This module reads a run and applies the measures; the measures themselves are ``measures``'s, the
 intervals and seed aggregates ``stats``'s, the verdicts ``claims``'s, the training-set table
 ``training_sets``'s, the choice of figures ``figures``'s, and the words (metric definitions, claim statements, the report) ``report``'s.
-Their public names are importable from here too (``from orion_utils.analysis import bootstrap_interval``).
+The names it uses itself are importable from here too; the others from their own module (``stats.bootstrap_interval``).
 
 The ORION paper claims that ORION's CoTs are more coherent and
 logically consistent, that training on them is more stable, that the trained student is less
@@ -52,7 +52,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .claims import CLAIM_MARGIN_POINTS, assess_claims, claim_evidence, look_inside, spread
+from .claims import CLAIM_MARGIN_POINTS, assess_claims, look_inside
 from .figures import write_figures
 from .jsonl import read_jsonl, write_json
 from .knobs import knob, validate
@@ -61,19 +61,14 @@ from .measures import (
     DEFAULT_BUCKETS,
     Bucket,
     accuracy_by_difficulty,
-    arithmetic_ok,
     bench_problem_key,
     bucket_of,
-    concat_segments,
     consistency_summary,
     cot_perplexity,
     difficulty_from_samples,
     length_stats,
     loss_delta_std,
-    loss_deltas,
     loss_values,
-    step_check,
-    step_consistency,
     token_lengths,
 )
 from .records import EvalSample
@@ -84,14 +79,11 @@ from .stats import (
     INTERVAL_METRICS,
     aggregate_metrics,
     aggregate_values,
-    bootstrap_interval,
     cell_intervals,
     headline_intervals,
-    headline_status,
-    paired_difference,
     problem_scores,
 )
-from .training_sets import LEFT_OUT_BY_TRAINING, NOT_IN_METHOD, training_set_table
+from .training_sets import training_set_table
 
 PathLike = Union[str, Path]
 Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -101,19 +93,16 @@ TOKEN_KEYS = ("cot_perplexity", "cot_tokens_mean", "response_tokens_mean", "loss
 STEP_CONSISTENCY = ("auto", "on", "off")  # analysis.step_consistency
 ANALYSIS_VERSION = 2
 
-# the stage's own names, and those of the modules it is made of that code, tests and notebooks use from here
+# the stage's own names, and those it uses from the modules it is made of
 __all__ = [
     "ANALYSIS_VERSION", "CLAIM_MARGIN_POINTS", "CONSISTENCY_KINDS", "DEFAULT_BUCKETS", "INTERVAL_METRICS",
-    "LEFT_OUT_BY_TRAINING", "NOT_IN_METHOD", "STEP_CONSISTENCY", "TOKEN_KEYS", "AnalysisConfig", "Bucket",
-    "PathLike", "Scorer", "accuracy_by_difficulty", "aggregate_metrics", "aggregate_values",
-    "analyse_methods", "analyse_run", "arithmetic_ok", "assess_claims", "bench_problem_key",
-    "bootstrap_interval", "bucket_of", "cell_intervals", "claim_evidence", "concat_segments",
-    "consistency_summary", "cot_perplexity", "difficulty_from_samples", "headline_intervals",
-    "headline_status", "is_toy_run", "judge_consistency", "length_stats", "load_eval_samples",
-    "look_inside", "loss_delta_std", "loss_deltas", "loss_segments", "loss_values", "make_judge",
-    "paired_difference", "problem_scores", "reflection_summary", "scores_by_seed", "seed_run_dirs",
-    "spread", "step_check", "step_consistency", "student_scorer", "student_tokenizer", "token_lengths",
-    "training_cots", "training_set_table", "write_figures",
+    "STEP_CONSISTENCY", "TOKEN_KEYS", "AnalysisConfig", "Bucket", "PathLike", "Scorer",
+    "accuracy_by_difficulty", "aggregate_metrics", "aggregate_values", "analyse_methods", "analyse_run",
+    "assess_claims", "bench_problem_key", "bucket_of", "cell_intervals", "consistency_summary",
+    "cot_perplexity", "difficulty_from_samples", "headline_intervals", "is_toy_run", "judge_consistency",
+    "length_stats", "load_eval_samples", "look_inside", "loss_delta_std", "loss_segments", "loss_values",
+    "make_judge", "problem_scores", "reflection_summary", "scores_by_seed", "seed_run_dirs", "student_scorer",
+    "student_tokenizer", "token_lengths", "training_cots", "training_set_table", "write_figures",
 ]
 
 

@@ -40,17 +40,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from .chat import encode_for_training
-from .config import FEEDBACK_TEACHER_KINDS, EditConfig, TrainingConfig
-from .edit_pairs import (
-    SOURCE_LABELS,
-    build_dual_pairs,
-    pairs_from_exposure,
-    pairs_from_teacher,
-    resolve_pair_source,
-    stage1_examples,
-)
+from .config import EditConfig, TrainingConfig
+from .edit_pairs import build_dual_pairs, stage1_examples
+from .layouts import EditDir, KeyStepDir
 from .records import DualPair, Problem, StudentAttempt, TeacherTrace
-from .rundir import EditDir, KeyStepDir, SavedModel, read_or_make
+from .rundir import SavedModel, read_or_make
 from .training import (
     OrionSFTTrainer,
     TrainerMethod,
@@ -524,21 +518,15 @@ def look_inside(run, index: int = 0, alpha: float = 1.0, beta: float = 0.025,
 
 __all__ = [
     "EditConfig",
-    "FEEDBACK_TEACHER_KINDS",
-    "SOURCE_LABELS",
-    "resolve_pair_source",
     "KeyOps",
     "key_token_ops",
     "weights_from_ops",
     "key_token_weights",
     "show_key_tokens",
     "common_prefix_len",
-    "pairs_from_teacher",
-    "pairs_from_exposure",
     "build_dual_pairs",
     "stage1_examples",
     "encode_pair",
-    "token_nll",
     "edit_loss",
     "EditCollator",
     "EditTrainer",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .config import GenerationConfig, StudentConfig
+from .config import GenerationConfig, StudentConfig, TrainingConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .knobs import knob, validate
@@ -177,7 +177,7 @@ def _primed_student(run: RunDir, cfg: ExposureConfig, training, student: Student
     from dataclasses import replace
 
     from .generation import release_memory
-    from .training import TrainingConfig, train_sft
+    from .training import train_sft
 
     train_cfg = replace(training or TrainingConfig(), num_epochs=cfg.priming_epochs)
     result = train_sft(run.student_model(), read_jsonl(cots_path, SFTExample), run.primed_model,

@@ -35,57 +35,35 @@ import os
 
 from . import device as device_rules
 from .config import GENERATION_BACKENDS
-from .memory import ResidentWatch, live_models, release_memory, resident_models, watch_resident
+from .memory import release_memory
 from .sampling import (
     Generation,
     GenerationBackend,
     Prompt,
     SamplingConfig,
     encode_prompts,
-    end_of_turn_token_ids,
     render_prompt,
 )
-from .scoring import (
-    CPU_LOGIT_BYTES,
-    GPU_LOGIT_SHARE,
-    completion_nll,
-    load_scoring_model,
-    logit_budget,
-    logit_chunk_tokens,
-)
+from .scoring import completion_nll, load_scoring_model
 from .transformers_backend import TransformersBackend
-from .vllm_backend import (
-    CPU_KV_CACHE_BYTES,
-    VLLMBackend,
-    quiet_vllm_logs,
-)
+from .vllm_backend import VLLMBackend, quiet_vllm_logs
 
 __all__ = [
-    "CPU_KV_CACHE_BYTES",
-    "CPU_LOGIT_BYTES",
-    "GPU_LOGIT_SHARE",
     "Generation",
     "GenerationBackend",
     "Prompt",
-    "ResidentWatch",
     "SamplingConfig",
     "StageModel",
     "TransformersBackend",
     "VLLMBackend",
     "completion_nll",
     "encode_prompts",
-    "end_of_turn_token_ids",
-    "live_models",
     "load_generator",
     "load_scoring_model",
-    "logit_budget",
-    "logit_chunk_tokens",
     "open_generator",
     "release_memory",
     "render_prompt",
-    "resident_models",
     "select_backend",
-    "watch_resident",
 ]
 
 

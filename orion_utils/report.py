@@ -7,7 +7,7 @@ and mean ± std over seeds in every cell when several seeds were analysed.
 
 The report's words live here, including those ``analysis.json`` stores: the metric ``DEFINITIONS``,
 and each claim's statement and paragraph (``claim_entry``, from the verdicts and numbers of
-``analysis.claim_evidence``). The analysis computes; this module says it.
+``claims.claim_evidence``). The analysis computes; this module says it.
 """
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def cell_text(cell, scale: float = 100.0, digits: int = 1) -> str:
 
 
 def interval_text(interval: Optional[dict], scale: float = 100.0, digits: int = 1) -> str:
-    """' [lo, hi]' of a bootstrap interval (``analysis.bootstrap_interval``), '' without one."""
+    """' [lo, hi]' of a bootstrap interval (``stats.bootstrap_interval``), '' without one."""
     if not interval or interval.get("lo") is None:
         return ""
     return f" [{scale * interval['lo']:.{digits}f}, {scale * interval['hi']:.{digits}f}]"
@@ -338,7 +338,7 @@ CLAIMS = {
     "stability": "Training on ORION's CoTs is more stable",
     "verbosity": "ORION's outputs are less verbose",
 }
-"""What each claim id (``analysis.claim_evidence``) stands for; ``{margin}``: the headline's margin in points."""
+"""What each claim id (``claims.claim_evidence``) stands for; ``{margin}``: the headline's margin in points."""
 
 COMPARED = {
     "cot_perplexity": ("base-student perplexity of the training CoTs", 1.0, 2),
@@ -429,7 +429,7 @@ _CLAIM_TEXTS = {"headline": _headline_text, "coherence": _coherence_text, "stabi
 
 def claim_entry(evidence: dict, n_seeds: int = 1, toy: bool = False) -> dict:
     """A claim as ``analysis.json`` stores it and the report shows it: ``{"id", "claim", "verdict", "text",
-    "numbers"}``, from one entry of ``analysis.claim_evidence``. ``text``: the verdict in bold, then the
+    "numbers"}``, from one entry of ``claims.claim_evidence``. ``text``: the verdict in bold, then the
     comparisons behind it, with the notes on seeds (``n_seeds``) and, for the headline, on toy runs."""
     seeds_note = (f" Numbers are means over {n_seeds} seeds (± sample std); a difference within the sum of the two "
                   "stds counts as no difference." if n_seeds > 1 else

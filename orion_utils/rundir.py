@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 from .jsonl import write_json
 
 # the method folders' layouts, named here with every other artifact (RunDir.trained builds them)
-from .layouts import EditDir, KeyStepDir, RoundDir, TailoredDir, TrainedDir, is_saved_model  # noqa: F401
+from .layouts import EditDir, TailoredDir, TrainedDir, is_saved_model
 from .methods import method as registered
 
 PathLike = Union[str, Path]

@@ -207,7 +207,8 @@ def run_edit_stage(run: RunDir, cfg, training_cfg, teacher_cfg: Optional[Teacher
     from .budget import prompt_budget
     from .collection import make_teacher, question_set_inputs, question_set_problems
     from .config import StudentConfig, TeacherConfig
-    from .edit import resolve_pair_source, run_edit
+    from .edit import run_edit
+    from .edit_pairs import resolve_pair_source
     from .jsonl import read_jsonl
     from .records import Problem, StudentAttempt, TeacherTrace
 

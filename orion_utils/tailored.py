@@ -31,23 +31,14 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from .config import TailoredConfig
+from .layouts import RoundDir, TailoredDir, is_saved_model
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
-from .rundir import RoundDir, TailoredDir, is_saved_model, read_or_make
+from .rundir import read_or_make
 from .tailored_training import (
-    NoSameQuestionBatchSampler,
-    TailoredCollator,
-    TailoredTrainer,
-    cosine_distance,
     encode_triplet_example,
-    last_token_hidden,
-    tailored_loss,
-    tailored_method,
-    tailored_rows,
     train_tailored_round,
     triplet_examples,
-    triplet_loss,
     unique_wrong_rationales,
-    weighted_mle_loss,
 )
 from .training import link_or_copy_tree
 
@@ -379,19 +370,9 @@ def look_inside(run, round_index: Optional[int] = None, show: bool = True) -> Op
 
 __all__ = [
     "TailoredConfig",
-    "weighted_mle_loss",
-    "cosine_distance",
-    "triplet_loss",
-    "last_token_hidden",
-    "NoSameQuestionBatchSampler",
     "unique_wrong_rationales",
     "triplet_examples",
     "encode_triplet_example",
-    "TailoredCollator",
-    "tailored_loss",
-    "tailored_rows",
-    "tailored_method",
-    "TailoredTrainer",
     "train_tailored_round",
     "RoundResult",
     "default_generator_factory",

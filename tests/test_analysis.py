@@ -8,6 +8,8 @@ import re
 import pytest
 
 from orion_utils import analysis as A
+from orion_utils import measures as M
+from orion_utils import stats as S
 from orion_utils.jsonl import write_json, write_jsonl
 from orion_utils.records import EvalSample, Problem, SFTExample
 from orion_utils.rundir import RunDir
@@ -29,7 +31,7 @@ def test_loss_delta_std_known_value():
 def test_loss_delta_std_reads_histories_in_step_order_and_skips_non_loss_rows():
     history = [{"step": 3, "loss": 0.7}, {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.8},
                {"step": 4, "eval_loss": 5.0}, {"step": 4, "loss": 0.4}]
-    assert A.loss_deltas(history) == pytest.approx([-0.2, -0.1, -0.3])
+    assert M.loss_deltas(history) == pytest.approx([-0.2, -0.1, -0.3])
     assert A.loss_delta_std(history) == pytest.approx(math.sqrt(0.02 / 3))
 
 
@@ -37,7 +39,7 @@ def test_loss_delta_std_segments_do_not_diff_across_stages():
     # within stages: +1, +1 and -1, -1 → deltas [1, 1, -1, -1]: mean 0, std 1; across the jump would add -9
     segments = [[{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}, {"step": 3, "loss": 3.0}],
                 [{"step": 1, "loss": 12.0}, {"step": 2, "loss": 11.0}, {"step": 3, "loss": 10.0}]]
-    assert A.loss_deltas(segments) == pytest.approx([1, 1, -1, -1])
+    assert M.loss_deltas(segments) == pytest.approx([1, 1, -1, -1])
     assert A.loss_delta_std(segments) == pytest.approx(1.0)
 
 
@@ -84,7 +86,7 @@ def test_cot_perplexity_is_geometric_mean_of_per_cot_perplexities():
     (10**30, "*", 10**30, 10**60, True),
 ])
 def test_arithmetic_ok(a, op, b, r, ok):
-    assert A.arithmetic_ok(a, op, b, r) is ok
+    assert M.arithmetic_ok(a, op, b, r) is ok
 
 
 COT_MIXED = (
@@ -96,10 +98,10 @@ COT_MIXED = (
 
 def test_step_consistency_counts_compute_and_check_lines_not_reflections():
     # compute 2+3=5 (right), check 5-3=2 (right), compute 5*3=16 (wrong); the reflection line is left out
-    assert A.step_check(COT_MIXED) == (2, 3)
-    assert A.step_consistency(COT_MIXED) == pytest.approx(2 / 3)
-    assert A.step_consistency("no computation here") is None
-    assert A.step_consistency(COT_MIXED, kinds=("compute", "check", "reflect")) == pytest.approx(3 / 5)
+    assert M.step_check(COT_MIXED) == (2, 3)
+    assert M.step_consistency(COT_MIXED) == pytest.approx(2 / 3)
+    assert M.step_consistency("no computation here") is None
+    assert M.step_consistency(COT_MIXED, kinds=("compute", "check", "reflect")) == pytest.approx(3 / 5)
 
 
 def test_step_consistency_never_evaluates_text(monkeypatch):
@@ -113,7 +115,7 @@ def test_step_consistency_never_evaluates_text(monkeypatch):
     monkeypatch.setattr(sympy, "sympify", refuse)
     monkeypatch.setattr(sympy, "parse_expr", refuse, raising=False)
     monkeypatch.setattr(builtins, "eval", refuse)
-    assert A.step_consistency(COT_MIXED) == pytest.approx(2 / 3)
+    assert M.step_consistency(COT_MIXED) == pytest.approx(2 / 3)
 
 
 def test_consistency_summary_pooled_and_per_text():
@@ -392,7 +394,7 @@ def test_training_cots_discovery_for_edit_and_tailored(tmp_path):
     write_json(run.model("edit") / "stage2" / "loss_history.json", [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}])
     segments = A.loss_segments(run, "edit")
     assert len(segments) == 2
-    assert [h["step"] for h in A.concat_segments(segments)] == [1, 2, 3, 4]
+    assert [h["step"] for h in M.concat_segments(segments)] == [1, 2, 3, 4]
 
 
 def test_student_scorer_with_a_real_tiny_model(tmp_path, tiny_model_dir):
@@ -441,17 +443,17 @@ def _scores(values, prefix="q"):
 def test_bootstrap_interval_covers_the_mean_and_is_reproducible():
     rng = __import__("random").Random(1)
     seed_scores = [_scores([rng.random() < 0.6 for _ in range(200)]) for _ in range(3)]
-    a = A.bootstrap_interval(seed_scores, n_resamples=1000, seed=7)
-    b = A.bootstrap_interval(seed_scores, n_resamples=1000, seed=7)
+    a = S.bootstrap_interval(seed_scores, n_resamples=1000, seed=7)
+    b = S.bootstrap_interval(seed_scores, n_resamples=1000, seed=7)
     assert a == b  # the same seed, the same interval
-    assert a != A.bootstrap_interval(seed_scores, n_resamples=1000, seed=8)
+    assert a != S.bootstrap_interval(seed_scores, n_resamples=1000, seed=8)
     assert a["lo"] < a["mean"] < a["hi"] and a["n_problems"] == 200 and a["n_seeds"] == 3
     assert 0.05 < a["hi"] - a["lo"] < 0.25  # ~ 2 × 1.96 × sqrt(.24 / 200) = 0.13 for one seed
-    one = A.bootstrap_interval(seed_scores[:1], n_resamples=1000, seed=7)
+    one = S.bootstrap_interval(seed_scores[:1], n_resamples=1000, seed=7)
     assert one["n_seeds"] == 1 and one["mean"] == pytest.approx(sum(seed_scores[0].values()) / 200)
     # seeds that disagree widen the interval: the seed level is resampled too
     far = [_scores([1.0] * 200), _scores([0.0] * 200)]
-    assert A.bootstrap_interval(far, n_resamples=500)["hi"] - A.bootstrap_interval(far, n_resamples=500)["lo"] > 0.9
+    assert S.bootstrap_interval(far, n_resamples=500)["hi"] - S.bootstrap_interval(far, n_resamples=500)["lo"] > 0.9
 
 
 def test_paired_bootstrap_detects_a_known_difference_and_says_when_too_small():
@@ -459,22 +461,22 @@ def test_paired_bootstrap_detects_a_known_difference_and_says_when_too_small():
     base = [rng.random() < 0.5 for _ in range(1000)]
     # ORION solves every problem the baseline solves and 10% of the others more: +~5 points, paired
     orion = [b or (i % 10 == 0) for i, b in enumerate(base)]
-    d = A.paired_difference([_scores(orion)], [_scores(base)], n_resamples=1000, seed=0)
+    d = S.paired_difference([_scores(orion)], [_scores(base)], n_resamples=1000, seed=0)
     assert d["diff"] == pytest.approx(100 * (sum(orion) - sum(base)) / 1000)
     assert 2.0 < d["lo"] < d["diff"] < d["hi"]
-    assert A.headline_status(d, margin=2.0, max_width=8.0) == "beats"
+    assert S.headline_status(d, margin=2.0, max_width=8.0) == "beats"
     # the same methods, equal: no difference; ORION worse: worse
-    same = A.paired_difference([_scores(base)], [_scores(base)], n_resamples=200)
-    assert same["lo"] == same["hi"] == 0.0 and A.headline_status(same, 2.0, 8.0) == "no difference"
-    flipped = A.paired_difference([_scores(base)], [_scores(orion)], n_resamples=500)
-    assert A.headline_status(flipped, 2.0, 8.0) == "worse"
+    same = S.paired_difference([_scores(base)], [_scores(base)], n_resamples=200)
+    assert same["lo"] == same["hi"] == 0.0 and S.headline_status(same, 2.0, 8.0) == "no difference"
+    flipped = S.paired_difference([_scores(base)], [_scores(orion)], n_resamples=500)
+    assert S.headline_status(flipped, 2.0, 8.0) == "worse"
     # an AIME-sized benchmark (30 problems), ORION ahead by 2 problems (6.7 points): too small to decide
     small_b = [i % 3 == 0 for i in range(30)]
     small_o = [b or i in (1, 2) for i, b in enumerate(small_b)]
-    small = A.paired_difference([_scores(small_o)], [_scores(small_b)], n_resamples=2000, seed=0)
+    small = S.paired_difference([_scores(small_o)], [_scores(small_b)], n_resamples=2000, seed=0)
     assert small["diff"] == pytest.approx(100 * 2 / 30) and small["lo"] <= 2.0 and small["width"] > 8.0
-    assert A.headline_status(small, 2.0, 8.0) == "too small to decide"
-    assert A.headline_status(small, 2.0, 100.0) in ("no difference", "below the margin")
+    assert S.headline_status(small, 2.0, 8.0) == "too small to decide"
+    assert S.headline_status(small, 2.0, 100.0) in ("no difference", "below the margin")
 
 
 def test_headline_verdict_from_paired_intervals():

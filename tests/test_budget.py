@@ -200,7 +200,7 @@ def test_local_teacher_fits_every_feedback_prompt(tiny_dir, traces, capsys):
     from dataclasses import replace
 
     from orion_utils.config import TailoredConfig
-    from orion_utils.edit import pairs_from_teacher
+    from orion_utils.edit_pairs import pairs_from_teacher
     from orion_utils.tailored import tailored_rationales
     from orion_utils.teachers.local import LocalTeacher
 

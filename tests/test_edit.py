@@ -17,11 +17,11 @@ from orion_utils.edit import (
     encode_pair,
     key_token_ops,
     key_token_weights,
-    pairs_from_exposure,
     stage1_examples,
     train_edit_stage2,
     weights_from_ops,
 )
+from orion_utils.edit_pairs import pairs_from_exposure
 from orion_utils.records import DualPair, Problem, StudentAttempt, TeacherTrace
 
 A, B = 1.0, 0.025  # the paper's α and β
@@ -348,8 +348,8 @@ def test_train_edit_stage2_runs_and_saves_a_full_model(tiny_model_dir, tmp_path)
 def test_run_edit_with_teacher_pairs_trains_both_stages_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
+    from orion_utils.config import TrainingConfig
     from orion_utils.edit import run_edit
-    from orion_utils.training import TrainingConfig
 
     traces = [
         _trace("p1", "1+1=2", "2", True),
@@ -397,7 +397,7 @@ def test_toy_teacher_pairs_differ_only_at_the_slip(tiny_tokenizer):
 def test_teacher_pairs_go_to_the_api_teacher_in_concurrent_batches(tmp_path):
     """Rectify and corrupt requests go out as one batched call each (corrupt_many / rectify_many),
     so the API teacher's concurrency applies: against the local fake OpenAI server they overlap."""
-    from orion_utils.edit import pairs_from_teacher
+    from orion_utils.edit_pairs import pairs_from_teacher
     from orion_utils.teachers.api import APITeacher
     from helpers import FakeOpenAIServer
 
@@ -419,7 +419,8 @@ def test_teacher_pairs_go_to_the_api_teacher_in_concurrent_batches(tmp_path):
 
 def test_pair_source_auto_asks_the_teacher_wherever_it_can():
     from orion_utils.collection import TEACHER_KINDS
-    from orion_utils.edit import FEEDBACK_TEACHER_KINDS, resolve_pair_source
+    from orion_utils.config import FEEDBACK_TEACHER_KINDS
+    from orion_utils.edit_pairs import resolve_pair_source
     from orion_utils.teachers.api import APITeacher
     from orion_utils.teachers.datasets import DatasetTeacher
     from orion_utils.teachers.local import LocalTeacher

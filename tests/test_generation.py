@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from orion_utils import device, generation
+from orion_utils import device, generation, sampling
 from orion_utils.chat import build_messages, encode_for_training, prompt_text
 from orion_utils.generation import (
     Generation,
@@ -152,8 +152,8 @@ def test_end_of_turn_tokens_include_the_chat_templates_turn_end():
     tok = build_tiny_tokenizer()
     im_end, eot = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     tok.eos_token = "<|endoftext|>"  # a base model's EOS: the chat turn still ends at <|im_end|>
-    assert generation.end_of_turn_token_ids(tok) == [eot, im_end]
-    assert generation.end_of_turn_token_ids(tok, GenerationConfig(eos_token_id=[im_end, 7])) == [im_end, 7, eot]
+    assert sampling.end_of_turn_token_ids(tok) == [eot, im_end]
+    assert sampling.end_of_turn_token_ids(tok, GenerationConfig(eos_token_id=[im_end, 7])) == [im_end, 7, eot]
 
 
 def test_prompt_forms_template_and_system(gen):

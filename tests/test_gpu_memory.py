@@ -9,14 +9,15 @@ import weakref
 import pytest
 import torch
 
-from orion_utils import device, generation, training
+from orion_utils import device, generation, memory, scoring, training
 from orion_utils.chat import encode_for_training
 from orion_utils.config import GenerationConfig, StudentConfig
-from orion_utils.generation import TransformersBackend, completion_nll, logit_budget, logit_chunk_tokens
+from orion_utils.generation import TransformersBackend, completion_nll
 from orion_utils.jsonl import read_jsonl, write_json, write_jsonl
 from orion_utils.records import Problem, Refinement, SFTExample, StudentAttempt, format_cot
 from orion_utils.reflection import LLMReflector, ReflectionConfig, run_reflection
 from orion_utils.rundir import RunDir
+from orion_utils.scoring import logit_budget, logit_chunk_tokens
 from orion_utils.toy.domain import ToyDomainConfig, generate_problems
 from orion_utils.toy.teacher import write_cot
 
@@ -79,12 +80,12 @@ def test_chunked_nll_equals_the_whole_logits_computation(arch, tiny_model_dir, t
 def test_logit_chunks_are_sized_from_free_memory(monkeypatch):
     """The CPU's fixed budget, an explicit one, and CUDA's share of free memory (the CUDA calls are
     faked: no GPU here)."""
-    assert logit_budget("cpu") == generation.CPU_LOGIT_BYTES
+    assert logit_budget("cpu") == scoring.CPU_LOGIT_BYTES
     assert logit_budget("cpu", max_logit_bytes=1234) == 1234
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev=None: (6 * 2**30, 24 * 2**30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda dev=None: 3 * 2**30)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev=None: 1 * 2**30)
-    assert logit_budget("cuda:0") == int(generation.GPU_LOGIT_SHARE * 8 * 2**30)
+    assert logit_budget("cuda:0") == int(scoring.GPU_LOGIT_SHARE * 8 * 2**30)
     # 152k vocabulary in bf16: 10 bytes + 8 per logit; 4 GiB holds 1,570 tokens, not 32k
     assert logit_chunk_tokens(4 * 2**30, 152_064, torch.bfloat16) == 4 * 2**30 // (152_064 * 10)
     assert logit_chunk_tokens(1, 152_064, torch.float32) == 1
@@ -127,7 +128,7 @@ def test_stage_03_with_the_llm_reflector_holds_one_model_at_a_time(engine_scores
     # the teacher's CoT is a copy: acceptance by verification alone (the checks: tests/test_acceptance.py)
     cfg = ReflectionConfig(reflector="llm", m=2, max_new_tokens=8, selection="perplexity",
                            reflect_window=None, min_coverage=0.0, max_copy_similarity=None)
-    with generation.watch_resident() as watch:
+    with memory.watch_resident() as watch:
         stats = run_reflection(run, cfg, StudentConfig(model="toy-like"), GenerationConfig(backend="transformers"))
     refinements = read_jsonl(run.refinements, Refinement)
     assert stats["reflector"] == "llm" and stats["mechanism"]["n"] == 3 == len(refinements) and sampled
@@ -138,19 +139,19 @@ def test_stage_03_with_the_llm_reflector_holds_one_model_at_a_time(engine_scores
     else:
         assert watch.loads == [f"transformers {tiny_model_dir}", f"scoring {tiny_model_dir}"]
         assert "closing the transformers engine before the student loads for scoring" in capsys.readouterr().out
-    assert generation.resident_models() == []  # released at the stage's end
+    assert memory.resident_models() == []  # released at the stage's end
 
 
 def test_a_stage_model_never_holds_generator_and_scorer_together(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(TransformersBackend, "can_score", False)
-    with generation.watch_resident() as watch, \
+    with memory.watch_resident() as watch, \
             generation.StageModel(tiny_model_dir, GenerationConfig(backend="transformers")) as stage:
         gen = stage.generator()
         nll = stage.score(QS, CS)
         assert gen._closed and stage.generator() is not gen  # scoring closed it; asking again reopens it
         assert stage.score(QS, CS) == nll  # ... and drops the scoring model first
     assert watch.peak == 1 and len(watch.loads) == 4
-    assert generation.resident_models() == []
+    assert memory.resident_models() == []
 
 
 @pytest.fixture
@@ -208,8 +209,8 @@ def test_tailored_exam_opens_after_the_trained_model_is_gone(tiny_model_dir, tmp
 
 def test_primed_exposure_samples_after_the_trained_model_is_gone(tiny_model_dir, tmp_path, monkeypatch,
                                                                  no_automatic_gc):
+    from orion_utils.config import TrainingConfig
     from orion_utils.exposure import ExposureConfig, run_error_exposure
-    from orion_utils.training import TrainingConfig
 
     run = _reflection_run(tmp_path, tiny_model_dir)
     trained = _record_trained_models(monkeypatch)

@@ -18,6 +18,7 @@ from orion_utils.records import Problem, SFTExample
 from orion_utils.report import training_set_section
 from orion_utils.rundir import RunDir
 from orion_utils.teachers.toy import ToyTeacher
+from orion_utils.training_sets import LEFT_OUT_BY_TRAINING, NOT_IN_METHOD
 
 
 def _run_with_questions(root, student_dir, n_train=16) -> RunDir:
@@ -108,8 +109,8 @@ def test_with_the_option_off_the_sets_may_differ_and_the_table_says_why(tmp_path
     table = A.training_set_table(run, ["sft", "orion", "edit", "tailored"], TokenCounter(tiny_model_dir).tokenizer)
     assert table["same_question_ids"] is False
     sft = table["methods"]["sft"]
-    assert sft["left_out"][A.LEFT_OUT_BY_TRAINING] > 0  # the teacher CoTs training drops
-    assert sft["left_out"][A.NOT_IN_METHOD] > 0  # ... whose questions the other methods keep
+    assert sft["left_out"][LEFT_OUT_BY_TRAINING] > 0  # the teacher CoTs training drops
+    assert sft["left_out"][NOT_IN_METHOD] > 0  # ... whose questions the other methods keep
     assert "same question ids: **no**" in "\n".join(training_set_section({"training_sets": table}))
 
 

@@ -187,7 +187,8 @@ def test_stages_finishing_at_once_in_separate_processes_all_reach_the_manifest(t
 def test_read_or_make_keeps_one_record_and_models_under_the_same_rule(tmp_path):
     """A step's result (one record, ``.json``) and a model folder are read back like records; a result
     that can no longer serve (``usable`` says no) is made again."""
-    from orion_utils.rundir import SavedModel, is_saved_model, read_or_make
+    from orion_utils.layouts import is_saved_model
+    from orion_utils.rundir import SavedModel, read_or_make
 
     made = []
 

@@ -73,7 +73,8 @@ def test_prompts_render_byte_identically_in_every_stage(smol_dir, tokenizer):
 
 
 def test_eos_is_the_end_of_turn_token(smol_dir, tokenizer):
-    from orion_utils.generation import SamplingConfig, end_of_turn_token_ids, load_generator
+    from orion_utils.generation import SamplingConfig, load_generator
+    from orion_utils.sampling import end_of_turn_token_ids
 
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert end_of_turn_token_ids(tokenizer)[0] == im_end
@@ -89,7 +90,7 @@ def test_short_pipeline_on_gsm8k(smol_dir, tmp_path, monkeypatch):
     """Exposure -> LLM reflection -> one LoRA step -> evaluation, on three real GSM8K questions."""
     import orion_utils.generation as generation
     from orion_utils.collection import run_collection
-    from orion_utils.config import DataConfig, GenerationConfig, StudentConfig, TeacherConfig
+    from orion_utils.config import DataConfig, GenerationConfig, StudentConfig, TeacherConfig, TrainingConfig
     from orion_utils.evaluation import EvaluationConfig, run_evaluation
     from orion_utils.exposure import ExposureConfig, load_exposure, run_error_exposure
     from orion_utils.jsonl import read_jsonl
@@ -98,7 +99,6 @@ def test_short_pipeline_on_gsm8k(smol_dir, tmp_path, monkeypatch):
     from orion_utils.reflection import ReflectionConfig, run_reflection
     from orion_utils.rundir import RunDir
     from orion_utils.sft import run_sft
-    from orion_utils.training import TrainingConfig
 
     prompts_seen: list = []
     original = generation.TransformersBackend.generate

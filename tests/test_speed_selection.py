@@ -2,7 +2,7 @@
 here: CUDA and the optional packages are stood in; the GPU run itself is bench/bench_padding_free_cuda.py."""
 import importlib.util
 
-from orion_utils import training
+from orion_utils import config, training
 
 
 def _installed(monkeypatch, *names):
@@ -38,7 +38,7 @@ def test_liger_only_on_cuda_with_trl_when_installed(monkeypatch):
 
 
 def test_sft_args_pass_the_flags_to_trl(tmp_path):
-    cfg = training.TrainingConfig(max_steps=2)
+    cfg = config.TrainingConfig(max_steps=2)
     args = training.trainer.sft_args(cfg, tmp_path, "padding_free", "cpu", "float32", 10, liger=True)
     assert args.padding_free is True and args.use_liger_kernel is True
     args = training.trainer.sft_args(cfg, tmp_path, "length_grouped", "cpu", "float32", 10)

@@ -154,7 +154,7 @@ def test_verdicts_count_differences_within_the_spread_as_none():
     assert C.outcome(1.0, 1.1, True, within=0.2) == 0
     assert C.outcome(1.0, 1.5, True, within=0.2) == 1
     assert C.outcome(1.6, 1.0, True, within=0.2) == -1
-    assert A.spread(_cell(1, 0.1), _cell(2, 0.3)) == pytest.approx(0.4) and A.spread(None, _cell(1, 0.5)) == 0.5
+    assert C.spread(_cell(1, 0.1), _cell(2, 0.3)) == pytest.approx(0.4) and C.spread(None, _cell(1, 0.5)) == 0.5
     agg_metrics = {"sft": {"t": {"pass@1": _cell(0.50, 0.04)}}, "orion": {"t": {"pass@1": _cell(0.53, 0.04)}}}
     methods = {"sft": {"cot_perplexity": _cell(1.02, 0.01)}, "orion": {"cot_perplexity": _cell(1.00, 0.02)}}
     claims = {c["id"]: c for c in A.assess_claims(agg_metrics, methods, n_seeds=3)}

@@ -14,16 +14,18 @@ import pytest
 
 from orion_utils.records import Problem, SFTExample, StudentAttempt, TeacherTrace
 from orion_utils.tailored import (
-    NoSameQuestionBatchSampler,
-    TailoredCollator,
     TailoredConfig,
     encode_triplet_example,
-    last_token_hidden,
     run_tailored,
-    tailored_loss,
     triplet_examples,
-    triplet_loss,
     unique_wrong_rationales,
+)
+from orion_utils.tailored_training import (
+    NoSameQuestionBatchSampler,
+    TailoredCollator,
+    last_token_hidden,
+    tailored_loss,
+    triplet_loss,
     weighted_mle_loss,
 )
 
@@ -200,7 +202,7 @@ def test_trainer_dataloader_uses_the_no_same_question_sampler(tiny_model_dir, ti
     from transformers import AutoModelForCausalLM
 
     from orion_utils import training
-    from orion_utils.tailored import tailored_method, tailored_rows
+    from orion_utils.tailored_training import tailored_method, tailored_rows
 
     seen = []
 
@@ -407,7 +409,7 @@ def test_triplet_layer_picks_the_hidden_state_fed_to_the_triplet(tiny_model_dir,
     from transformers import AutoModelForCausalLM
 
     from orion_utils import training
-    from orion_utils.tailored import tailored_method, tailored_rows
+    from orion_utils.tailored_training import tailored_method, tailored_rows
 
     examples = [SFTExample("p1", "What is 1+1?", "1+1=2 \\boxed{2}", "teacher",
                            meta={"positive": "one and one: \\boxed{2}", "negative": "1+1=3 \\boxed{3}"})]

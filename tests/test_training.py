@@ -13,10 +13,10 @@ import torch
 
 from orion_utils import device, training
 from orion_utils.chat import build_messages, encode_for_training, prompt_text
+from orion_utils.config import TrainingConfig
 from orion_utils.records import SFTExample
 from orion_utils.training import (
     LengthGroupedSampler,
-    TrainingConfig,
     TrainResult,
     build_sft_rows,
     length_grouped_batches,
@@ -611,7 +611,8 @@ def test_edit_trainer_with_beta_zero_and_unit_weights_equals_sft(tiny_model_dir,
 def test_tailored_trainer_with_lambda_zero_and_unit_weights_equals_sft(tiny_model_dir, tok, tmp_path):
     """Unit weights: rationale tokens 1 and no prefix term (prefix_weight 0), so the anchors carry
     exactly SFT's labels; responses of different lengths (Tailored Learning's MLE is a token mean)."""
-    from orion_utils.tailored import TailoredConfig, tailored_method, tailored_rows
+    from orion_utils.tailored import TailoredConfig
+    from orion_utils.tailored_training import tailored_method, tailored_rows
 
     examples = [SFTExample(f"q{i}", e.question, e.response, "teacher",
                            meta={"positive": e.response + " again", "negative": "<think>no</think> \\boxed{0}"})

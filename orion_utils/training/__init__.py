@@ -7,9 +7,9 @@ loss of its own (EDIT's stage 2, Tailored Learning's rounds) trains on the same 
 :func:`train_method`, with its subclass of :class:`OrionSFTTrainer` (a :class:`TrainerMethod`). The
 run's steps, in order: load the tokenizer, build the training rows, choose attention and batching,
 find a checkpoint to resume from, train and publish the model, write the results (``train._train_rows``).
-Its settings, :class:`~orion_utils.config.TrainingConfig`, live in ``config`` (importable from here too).
+Its settings, :class:`~orion_utils.config.TrainingConfig`, live in ``config``.
 
-The package, one concern per module (everything below is importable from ``orion_utils.training``):
+The package, one concern per module (what the other stages use is importable from ``orion_utils.training``):
 
 * ``selection``: backend, attention kernel, Liger and batching mode, each with its reason.
 * ``rows``: SFT examples → training rows (loss masks included), length-grouped batches, padding.
@@ -47,11 +47,9 @@ the supervised tokens of an optimizer step divided by their number (see ``bench/
 """
 from __future__ import annotations
 
-from ..config import TrainingConfig
 from .files import link_or_copy_tree, looks_like_local_path
-from .rows import LengthGroupedSampler, build_sft_rows, length_grouped_batches, mask_response_spans, pad_rows
+from .rows import LengthGroupedSampler, build_sft_rows, length_grouped_batches, pad_rows
 from .selection import (
-    VARLEN_ATTENTION,
     resolve_attn,
     resolve_batching,
     resolve_liger,
@@ -63,7 +61,6 @@ from .trainer import (
     OrionSFTTrainer,
     TrainerMethod,
     build_trainer,
-    checkpointing_argument,
     optimizer_steps,
     sft_trainer_class,
     token_nll,
@@ -71,20 +68,16 @@ from .trainer import (
 )
 
 __all__ = [
-    "VARLEN_ATTENTION",
     "LengthGroupedSampler",
     "OrionSFTTrainer",
     "TrainResult",
     "TrainerMethod",
-    "TrainingConfig",
     "TrainingWarning",
     "build_sft_rows",
     "build_trainer",
-    "checkpointing_argument",
     "length_grouped_batches",
     "link_or_copy_tree",
     "looks_like_local_path",
-    "mask_response_spans",
     "optimizer_steps",
     "pad_rows",
     "quiet",

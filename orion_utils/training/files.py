@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Union
 
 from ..config import TrainingConfig
 from ..jsonl import write_json
-from ..rundir import TrainedDir, is_saved_model
+from ..layouts import TrainedDir, is_saved_model
 
 
 def publish_dir(tmp_dir: Path, final_dir: Path) -> None:

@@ -16,8 +16,8 @@ from typing import Callable, Optional, Sequence, Union
 from .. import device as device_rules
 from ..config import TrainingConfig
 from ..jsonl import write_json
+from ..layouts import TrainedDir
 from ..records import SFTExample
-from ..rundir import TrainedDir
 from . import backends
 from .files import check_base_model, loss_history_from, prepare_checkpoints, publish_dir, training_fingerprint
 from .rows import build_sft_rows

@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may come from the h
 if UNSLOTH:
     import unsloth  # noqa: F401 - Unsloth patches transformers/TRL: imported before them
 
-from orion_utils import generation, stages
+from orion_utils import generation, memory, stages
 from orion_utils.config import load_profile
 from orion_utils.rundir import RunDir
 
@@ -231,7 +231,7 @@ def run_measured(stage: str, colab_run, monkeypatch, capsys) -> StageMemory:
     monkeypatch.setattr(generation.VLLMBackend, "close", reporting_close)
     real_release()
     torch.cuda.reset_peak_memory_stats()
-    with generation.watch_resident() as watch, DeviceMemory() as device:
+    with memory.watch_resident() as watch, DeviceMemory() as device:
         getattr(stages, stage)(colab_run["run"], colab_run["cfg"])
     record.torch_peak = torch.cuda.max_memory_allocated()
     record.device_before, record.device_peak = device.before, device.peak

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from orion_utils import generation
+from orion_utils import generation, memory
 from orion_utils.config import GenerationConfig, StudentConfig
 from orion_utils.jsonl import read_jsonl, write_json, write_jsonl
 from orion_utils.records import Refinement, SFTExample, StudentAttempt, format_cot
@@ -44,7 +44,7 @@ def test_stage_03_closes_the_engine_before_the_scorer_loads(tmp_path, monkeypatc
     # the teacher's CoT is a copy: acceptance by verification alone (the checks: tests/test_acceptance.py)
     cfg = ReflectionConfig(reflector="llm", m=2, max_new_tokens=8, selection="perplexity",
                            reflect_window=None, min_coverage=0.0, max_copy_similarity=None)
-    with generation.watch_resident() as watch:
+    with memory.watch_resident() as watch:
         stats = run_reflection(run, cfg, StudentConfig(model="tiny"), GenerationConfig(backend="vllm"))
     out = capsys.readouterr().out
     refinements = read_jsonl(run.refinements, Refinement)
@@ -57,4 +57,4 @@ def test_stage_03_closes_the_engine_before_the_scorer_loads(tmp_path, monkeypatc
                                     [r.refined_cot for r in refinements], prompt_template=student.prompt_template,
                                     system=student.system_prompt or None)
     assert [r.meta["nll"] for r in refinements] == pytest.approx(nll, abs=1e-5)
-    assert generation.resident_models() == [] and generation.live_models() == []
+    assert memory.resident_models() == [] and memory.live_models() == []
