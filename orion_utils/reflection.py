@@ -387,8 +387,6 @@ def resolve_reflector_kind(cfg: ReflectionConfig, student: StudentConfig) -> str
         return "student" if student.model == "toy" else "llm"
     if cfg.reflector not in REFLECTORS:
         raise ValueError(f"reflection.reflector must be auto or one of {REFLECTORS}, got {cfg.reflector!r}")
-    if cfg.reflector == "student" and student.model != "toy":
-        raise ValueError("reflection.reflector 'student' is the toy domain's reflector; use 'llm' for a real student")
     return cfg.reflector
 
 

@@ -102,7 +102,7 @@ def test_every_problem_of_a_profile_is_reported_together():
 
 
 @pytest.mark.parametrize("overrides,knob", [
-    ({"reflection": {"reflector": "student"}, "student": {"model": "some/real-model"}}, "reflection.reflector"),
+    ({"reflection": {"reflector": "student"}, "teacher": {"kind": "dataset"}}, "reflection.reflector"),
     ({"teacher": {"kind": "dataset"}, "edit": {"pair_source": "teacher"}}, "edit.pair_source"),
     ({"teacher": {"kind": "dataset"}, "evaluation": {"methods": ["base", "tailored"]}, "tailored": {"rounds": 2}},
      "evaluation.methods"),
@@ -118,6 +118,7 @@ def test_cross_section_checks_pass_where_the_pair_is_sound():
     load_profile("toy", {"teacher": {"kind": "dataset"}, "evaluation": {"methods": ["base", "tailored"]},
                          "tailored": {"rounds": 1}, "edit": {"pair_source": "auto"}})
     load_profile("toy", {"reflection": {"reflector": "llm"}, "student": {"model": "some/real-model"}})
+    load_profile("toy", {"reflection": {"reflector": "student"}, "student": {"model": "some/real-model"}})
     load_profile("toy", {"teacher": {"kind": "api"}, "analysis": {"judge": True}})
 
 

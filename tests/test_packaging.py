@@ -205,3 +205,8 @@ def test_the_cuda12_route_for_older_drivers():
     probe = device.GPUProbe(gpu_present=True, driver="550.54.15", torch_version=pin.version, torch_cuda="13.0",
                             cuda_available=False)
     assert f"pip install torch=={pin.version} --index-url {index}" in device.gpu_problem(probe)
+
+
+def test_demo_smol_seeds_runs_the_three_seed_smol_toy_profile():
+    assert make_dry_run("demo-smol-seeds", VENV="venv-x")[-1] == "venv-x/bin/orion run --profile smol_toy3 --jobs 2"
+    assert "make demo-smol-seeds" in (ROOT / "README.md").read_text()

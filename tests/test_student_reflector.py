@@ -124,8 +124,8 @@ def test_resolve_reflector_kind():
     assert resolve_reflector_kind(ReflectionConfig(reflector="auto"), toy) == "student"
     assert resolve_reflector_kind(ReflectionConfig(reflector="auto"), real) == "llm"
     assert resolve_reflector_kind(ReflectionConfig(reflector="rule"), toy) == "rule"
-    with pytest.raises(ValueError):
-        resolve_reflector_kind(ReflectionConfig(reflector="student"), real)
+    # a real student continues the rule-begun rewrite too (the profile's check asks for the toy teacher)
+    assert resolve_reflector_kind(ReflectionConfig(reflector="student"), real) == "student"
     with pytest.raises(ValueError):
         resolve_reflector_kind(ReflectionConfig(reflector="nope"), toy)
 
