@@ -470,7 +470,8 @@ def reflection_summary(run: RunDir) -> Optional[dict]:
         return None
     section = _config(run).get("reflection") or {}
     return {"reflector": info.get("reflector"), "mask_wrong_step": section.get("mask_wrong_step"),
-            "acceptance_rate": info.get("acceptance_rate"), "mechanism": info.get("mechanism")}
+            "acceptance_rate": info.get("acceptance_rate"), "mechanism": info.get("mechanism"),
+            "compare": info.get("compare")}
 
 
 def seed_run_dirs(run: RunDir) -> list:
@@ -562,6 +563,7 @@ def _build_analysis(run: RunDir, others: Sequence[RunDir], cfg: AnalysisConfig, 
         "claims": assess_claims(agg_metrics, agg_methods, cfg.margin_points, toy=toy, n_seeds=len(per_seed),
                                 intervals=intervals["headline"], max_width=cfg.decide_max_width_points),
         "reflection": reflection_summary(run),
+        "reflection_seeds": [{"run": r.root.name, **(reflection_summary(r) or {})} for r in runs],
         "training_sets": training_set_table(run, list(metrics_list[0]), own_tokenizer),
         "figures": write_figures(run, agg_metrics, agg_methods, raws, [tuple(b) for b in cfg.buckets],
                                  (difficulty or {}).get("counts")),

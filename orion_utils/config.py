@@ -409,9 +409,10 @@ def cross_section_problems(sections: dict) -> list[str]:
     something of another section (the teacher a method needs, the student a reflector works for)."""
     problems = token_budget_problems(sections)
     kind = getattr(sections.get("teacher"), "kind", "toy")
-    if getattr(sections.get("reflection"), "reflector", "") == "student" and kind != "toy":
-        problems.append(f"reflection.reflector: 'student' continues a rewrite begun by the toy domain's rules, "
-                        f"which read the toy teacher's CoTs, not teacher.kind={kind!r}; use 'llm' (or 'auto')")
+    for key in ("reflector", "compare"):
+        if getattr(sections.get("reflection"), key, "") == "student" and kind != "toy":
+            problems.append(f"reflection.{key}: 'student' continues a rewrite begun by the toy domain's rules, "
+                            f"which read the toy teacher's CoTs, not teacher.kind={kind!r}; use 'llm'")
     if getattr(sections.get("edit"), "pair_source", "") == "teacher" and kind not in FEEDBACK_TEACHER_KINDS:
         problems.append(f"edit.pair_source: 'teacher' needs a teacher that can rectify and corrupt "
                         f"(teacher.kind one of {FEEDBACK_TEACHER_KINDS}), not teacher.kind={kind!r}; use 'auto'")

@@ -64,6 +64,10 @@ class ReflectionConfig:
     selection: str = knob(
         "perplexity", "which accepted rewrite is kept: perplexity (lowest student NLL), shortest or first", choices=SELECTION_RULES)
     seed: int = knob(0, "sampling seed")
+    # A second reflector run on the same wrong attempts, measured beside the run's own and never trained on:
+    # its acceptance rate, mechanism and rewrites go to the report (``data/refinements_compare.jsonl``).
+    compare: str = knob(
+        "", "also run this reflector on the same errors, for the report only ('' none)", choices=("",) + REFLECTORS)
     # Take the quoted wrong step (the student's own wrong line, which the refined CoT quotes before
     # checking it) out of the SFT loss, so the student is not trained to write it again.
     mask_wrong_step: bool = knob(True, "take the quoted wrong step out of the SFT loss")
@@ -83,7 +87,8 @@ class ReflectionConfig:
         0.95, "acceptance: similarity to the teacher CoT must stay below this (None: not checked)", ge=0.0, le=1.0)
 
     def __post_init__(self) -> None:
-        validate(self)
+        same = self.compare and self.compare == self.reflector
+        validate(self, [f"compare: {self.compare!r} is the reflector itself; name another one or ''"] if same else [])
 
 
 @dataclass
@@ -402,9 +407,11 @@ def run_reflection(
     if cfg.selection not in SELECTION_RULES:
         raise ValueError(f"reflection.selection must be one of {SELECTION_RULES}, got {cfg.selection!r}")
     kind = resolve_reflector_kind(cfg, student)
+    if cfg.compare == kind:
+        raise ValueError(f"reflection.compare: {cfg.compare!r} is this run's reflector already; name another one or ''")
     params, models = fingerprint(run, "reflection", cfg, student, generation)
     inputs = [run.train_problems, run.teacher_sft_set, run.error_attempts, *models]
-    outputs = [run.refinements, run.orion_sft_set]
+    outputs = [run.refinements, run.orion_sft_set] + ([run.reflector_comparison] if cfg.compare else [])
 
     def work() -> dict:
         problems, teacher_examples, teacher_cots, errors = _read_inputs(*inputs[:3])
@@ -440,11 +447,34 @@ def run_reflection(
             print(f"[reflection] {acceptance_line(checks)}")
             questions = {p.id: p.question for p in problems}
             mechanism = mechanism_perplexity(refinements, questions, scorer)
+            compared = {}
+            if cfg.compare:
+                compared = _compare(cfg, base, (template, system, generation.max_model_len),
+                                    (problems, teacher_cots, errors), scorer, outputs[2])
         _print_mechanism(mechanism)
         return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism, "acceptance": checks,
-                **budget}
+                **budget, **compared}
 
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")
+
+
+def _compare(cfg: ReflectionConfig, base: StageModel, prompting: tuple, data: tuple, scorer, path) -> dict:
+    """``reflection.compare``: the other reflector on the same questions and wrong attempts (``refine`` draws
+    them with the same seed), its refinements written to ``path`` and never trained on; the manifest's
+    ``compare`` entry: its name, acceptance rate, acceptance checks and mechanism."""
+    problems, teacher_cots, errors = data
+    reflector = _make_reflector(cfg.compare, base, cfg, *prompting)
+    try:
+        refinements = refine(problems, teacher_cots, errors, reflector, cfg, scorer)
+    finally:
+        if isinstance(reflector, StudentReflector):
+            reflector.close()
+    write_jsonl(path, refinements)
+    rate = acceptance_rate(refinements)
+    mechanism = mechanism_perplexity(refinements, {p.id: p.question for p in problems}, scorer)
+    print(f"[reflection] compared: reflector {reflector.name}, acceptance rate {rate:.1%} (not trained on)")
+    return {"compare": {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism,
+                        "acceptance": acceptance_summary(refinements, cfg.mask_wrong_step)}}
 
 
 def _read_inputs(problems_path, teacher_set_path, errors_path) -> tuple:

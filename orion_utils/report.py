@@ -96,6 +96,38 @@ def reflection_section(run: RunDir, max_rows: int = 12) -> list[str]:
     return lines + [""]
 
 
+def comparison_section(run: RunDir) -> list[str]:
+    """``reflection.compare``: the second reflector run on the same wrong attempts, never trained on: its
+    acceptance rate and mechanism beside the run's reflector's, and its rewrites (an accepted one, else a
+    finished candidate that was not)."""
+    from .jsonl import read_jsonl
+    from .records import Refinement
+
+    info = (run.stage_info("reflection") or {}).get("compare")
+    if not info or not run.reflector_comparison.exists():
+        return []
+    refinements = [r for r in read_jsonl(run.reflector_comparison, Refinement) if r.wrong_attempt]
+    checks = info.get("acceptance") or {}
+    text = (f"The `{info['reflector']}` reflector ran beside `{run.stage_info('reflection').get('reflector')}` on "
+            f"the same {len(refinements)} wrong attempts (`reflection.compare`; its rewrites are never trained on, "
+            f"`data/{run.reflector_comparison.name}`): {sum(r.n_candidates for r in refinements)} distinct finished "
+            f"candidates, {sum(r.n_accepted for r in refinements)} passed every check; acceptance rate "
+            f"**{100 * info['acceptance_rate']:.1f}%** (the run's reflector: "
+            f"{100 * (run.stage_info('reflection').get('acceptance_rate') or 0):.1f}%).")
+    mech = info.get("mechanism") or {}
+    if mech.get("n"):
+        text += (f" Base-student perplexity of its {mech['n']} accepted rewrites {mech['refined']:.3f} vs "
+                 f"{mech['teacher']:.3f} for the teacher CoTs they replace.")
+    if checks.get("rejected"):
+        text += " Rejected, by the first check failed: " + ", ".join(f"{k} {v}" for k, v in checks["rejected"].items()) + "."
+    lines = [f"### The `{info['reflector']}` reflector beside it", "", text, ""]
+    for r in [r for r in refinements if r.accepted][:2]:
+        lines += [f"Accepted ({r.problem_id}):", "", "```", r.refined_cot.strip()[:2000], "```", ""]
+    if not any(r.accepted for r in refinements):
+        lines += ["No rewrite of it was accepted.", ""]
+    return lines
+
+
 def acceptance_section(run: RunDir) -> list[str]:
     """Stage 03's acceptance checks as they ran: rejections per first failed check, what was masked, and
     the chosen rewrites' mean length against their teacher CoTs' (``acceptance.acceptance_summary``)."""
@@ -151,6 +183,36 @@ def reflection_lines(info: Optional[dict]) -> list:
         text += (f"; base-student perplexity of the {mech['n']} accepted rewrites {mech['refined']:.3f} vs "
                  f"{mech['teacher']:.3f} for the teacher CoTs they replace (lower = more natural to the student)")
     return [text + ".", ""]
+
+
+def _pct(rate) -> str:
+    return "" if rate is None else f"{100 * rate:.1f}%"
+
+
+def _mechanism_cell(mech: Optional[dict]) -> str:
+    mech = mech or {}
+    if not mech.get("n") or mech.get("refined") is None or mech.get("teacher") is None:
+        return "n = 0"
+    return f"{mech['refined']:.3f} vs {mech['teacher']:.3f} (n = {mech['n']})"
+
+
+def reflection_seed_lines(rows: Optional[list]) -> list[str]:
+    """Per seed: the reflector's acceptance rate and the mechanism (base-student perplexity of the accepted
+    rewrites vs the teacher CoTs they replace), and the compared reflector's (``reflection.compare``)."""
+    rows = [r for r in rows or [] if r.get("reflector")]
+    if len(rows) < 2:
+        return []
+    compared = any(r.get("compare") for r in rows)
+    head = "| run | reflector | acceptance | perplexity: accepted rewrites vs teacher CoTs |"
+    lines = ["Reflection per seed (stage 03 of each run):", "", head + (" compared | its acceptance | its perplexity |"
+                                                                           if compared else ""),
+             "|---|---|---:|---|" + ("---|---:|---|" if compared else "")]
+    for r in rows:
+        c = r.get("compare") or {}
+        extra = f" {c.get('reflector', '')} | {_pct(c.get('acceptance_rate'))} | {_mechanism_cell(c.get('mechanism')) if c else ''} |"
+        lines.append(f"| {r['run']} | {r['reflector']} | {_pct(r.get('acceptance_rate'))} | "
+                     f"{_mechanism_cell(r.get('mechanism'))} |" + (extra if compared else ""))
+    return lines + [""]
 
 
 def budget_lines(run: RunDir, analysis: dict | None = None) -> list[str]:
@@ -494,6 +556,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     text += exposure_section(run)
     text += reflection_section(run)
     text += acceptance_section(run)
+    text += comparison_section(run)
     text += budget_lines(run, analysis)
     text += ["## Training", ""] + training_set_section(analysis)
     text += _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
@@ -527,6 +590,7 @@ def _analysis_section(run: RunDir, analysis: dict, figures: dict, seeds_note: st
     if errors:
         text += ["No CoT perplexity for " + ", ".join(f"{m} ({e})" for m, e in errors.items()) + ".", ""]
     text += reflection_lines(analysis.get("reflection"))
+    text += reflection_seed_lines(analysis.get("reflection_seeds"))
     text += _figure("perplexity", figures, run) + _figure("cot_lengths", figures, run)
     text += _figure("step_consistency", figures, run)
     diff_table = difficulty_table(analysis)

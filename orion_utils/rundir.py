@@ -267,6 +267,8 @@ class RunDir:
     ``error_attempts``             ``data/error_attempts.jsonl``        02 exposure (unique wrong)
     ``pass_rates``                 ``data/pass_rates.json``             02 exposure
     ``refinements``                ``data/refinements.jsonl``           03 reflection
+    ``reflector_comparison``       ``data/refinements_compare.jsonl``   03 reflection (``compare``:
+                                                                        never trained on)
     ``orion_sft_set``              ``data/training_set_orion.jsonl``    03 reflection
     ``training_set(m)``            ``data/training_set_<m>.jsonl``      01/03 (sft, orion) or 04
                                                                         (a ``builds_set`` method);
@@ -403,6 +405,10 @@ class RunDir:
     @property
     def refinements(self) -> Path:
         return self.data("refinements.jsonl")
+
+    @property
+    def reflector_comparison(self) -> Path:
+        return self.data("refinements_compare.jsonl")
 
     @property
     def orion_sft_set(self) -> Path:

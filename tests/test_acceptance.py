@@ -153,3 +153,66 @@ def test_stage_03_line_counts_rejections_and_masking(tiny_model_dir, tmp_path, c
                          StudentConfig(model="toy"))
     assert off["acceptance"]["masked"] == 0 and "nothing masked" in capsys.readouterr().out
     assert all(ex.loss_mask_spans == [] for ex in read_jsonl(run.training_set("orion"), SFTExample))
+
+
+def test_a_compared_reflector_is_reported_and_never_trained_on(tiny_model_dir, tmp_path):
+    """``reflection.compare``: a second reflector on the same wrong attempts; its refinements go to their own
+    file and the report, the run's refinements and ORION's training set stay as without it."""
+    from orion_utils.config import StudentConfig
+    from orion_utils.jsonl import read_jsonl, write_json, write_jsonl
+    from orion_utils.knobs import ConfigError
+    from orion_utils.records import Refinement, SFTExample
+    from orion_utils.reflection import run_reflection
+    from orion_utils.report import comparison_section
+    from orion_utils.rundir import RunDir
+
+    teacher = ToyTeacher(error_rate=0.0, seed=0)
+    problems = generate_problems(3)
+    traces = {t.problem_id: t for t in teacher.collect(problems, 1)}
+    run = RunDir(tmp_path / "run")
+    write_json(run.data("student.json"), {"model": tiny_model_dir, "in_run_dir": False})
+    write_jsonl(run.data("train_problems.jsonl"), problems)
+    write_jsonl(run.training_set("sft"), [SFTExample(p.id, p.question, traces[p.id].cot, "teacher", {}) for p in problems])
+    write_jsonl(run.data("error_attempts.jsonl"),
+                [StudentAttempt(p.id, 0, teacher.corrupt(p, traces[p.id]).cot, None, False, "base") for p in problems])
+    cfg = dict(reflector="student", m=2, selection="first", max_new_tokens=16)
+    alone = run_reflection(run, ReflectionConfig(**cfg), StudentConfig(model="toy"))
+    assert "compare" not in alone and comparison_section(run) == []
+    own, trained = run.refinements.read_text(), run.training_set("orion").read_text()
+    both = run_reflection(run, ReflectionConfig(**cfg, compare="rule"), StudentConfig(model="toy"))
+    assert run.refinements.read_text() == own and run.training_set("orion").read_text() == trained
+    compared = read_jsonl(run.reflector_comparison, Refinement)
+    assert [r.problem_id for r in compared] == [p.id for p in problems] and {r.reflector for r in compared} == {"rule"}
+    assert [r.wrong_attempt for r in compared] == [r.wrong_attempt for r in read_jsonl(run.refinements, Refinement)]
+    info = both["compare"]
+    assert info["reflector"] == "rule" and info["acceptance_rate"] == 1.0 and info["mechanism"]["n"] == 3
+    text = "\n".join(comparison_section(run))
+    assert "The `rule` reflector beside it" in text and "acceptance rate **100.0%**" in text
+    assert f"the run's reflector: {100 * both['acceptance_rate']:.1f}%" in text and "Accepted (" in text
+    with pytest.raises(ConfigError, match="compare"):
+        ReflectionConfig(reflector="rule", compare="rule")
+    with pytest.raises(ValueError, match="compare"):  # auto resolves to the compared reflector
+        run_reflection(run, ReflectionConfig(compare="student"), StudentConfig(model="toy"))
+
+
+def test_the_student_reflector_is_compared_only_on_the_toy_teacher():
+    from orion_utils.config import TeacherConfig, cross_section_problems
+
+    problems = cross_section_problems({"reflection": ReflectionConfig(reflector="llm", compare="student"),
+                                       "teacher": TeacherConfig(kind="dataset")})
+    assert any(p.startswith("reflection.compare: 'student'") for p in problems)
+    assert not cross_section_problems({"reflection": ReflectionConfig(reflector="llm", compare="student"),
+                                       "teacher": TeacherConfig(kind="toy")})
+
+
+def test_report_lists_reflection_per_seed():
+    from orion_utils.report import reflection_seed_lines
+
+    rows = [{"run": f"seed_{k}", "reflector": "student", "acceptance_rate": 0.1 * k,
+             "mechanism": {"n": k, "refined": 4.0, "teacher": 3.8} if k else {"n": 0, "refined": None, "teacher": None},
+             "compare": {"reflector": "llm", "acceptance_rate": 0.03, "mechanism": {"n": 1, "refined": 5.0, "teacher": 3.1}}}
+            for k in range(3)]
+    text = "\n".join(reflection_seed_lines(rows))
+    assert "| seed_1 | student | 10.0% | 4.000 vs 3.800 (n = 1) | llm | 3.0% | 5.000 vs 3.100 (n = 1) |" in text
+    assert "| seed_0 | student | 0.0% | n = 0 |" in text
+    assert reflection_seed_lines(rows[:1]) == []  # one seed: the report's reflection line says it
