@@ -136,13 +136,12 @@ def training_cots(run: RunDir, method: str) -> tuple[list[tuple[str, str]], list
 
 
 def loss_segments(run: RunDir, method: str) -> list[list[dict]]:
-    """A method's training loss histories, one per training stage.
-
-    ``RunDir.loss_history`` when present; otherwise the phase histories (EDIT's stages, Tailored
-    Learning's rounds: ``RunDir.phase_loss_histories``).
+    """A method's training loss histories, one per training stage: the phase histories where the method has
+    phases (EDIT's stages, Tailored Learning's rounds: ``RunDir.phase_loss_histories``; their joined curve
+    would put a phase's restart inside one segment), else ``RunDir.loss_history``.
     """
     top = run.loss_history(method)
-    files = [top] if top.is_file() else run.phase_loss_histories(method)
+    files = run.phase_loss_histories(method) or ([top] if top.is_file() else [])
     segments = []
     for f in files:
         try:
