@@ -534,6 +534,7 @@ def _build_analysis(run: RunDir, others: Sequence[RunDir], cfg: AnalysisConfig, 
     runs = [run, *others]
     per_seed, raws, metrics_list = [], [], []
     difficulty = None
+    reflections = [reflection_summary(r) for r in runs]
     own_tokenizer = student_tokenizer(run) if tokenizer == "auto" else tokenizer  # loaded once for this run
     for r in runs:
         methods, diff, raw = analyse_methods(r, cfg, scorer=scorer, judge=judge,
@@ -561,8 +562,8 @@ def _build_analysis(run: RunDir, others: Sequence[RunDir], cfg: AnalysisConfig, 
         "intervals": intervals,
         "claims": assess_claims(agg_metrics, agg_methods, cfg.margin_points, toy=toy, n_seeds=len(per_seed),
                                 intervals=intervals["headline"], max_width=cfg.decide_max_width_points),
-        "reflection": reflection_summary(run),
-        "reflection_seeds": [{"run": r.root.name, **(reflection_summary(r) or {})} for r in runs],
+        "reflection": reflections[0],
+        "reflection_seeds": [{"run": r.root.name, **(info or {})} for r, info in zip(runs, reflections)],
         "training_sets": training_set_table(run, list(metrics_list[0]), own_tokenizer),
         "figures": write_figures(run, agg_metrics, agg_methods, raws, [tuple(b) for b in cfg.buckets],
                                  (difficulty or {}).get("counts")),

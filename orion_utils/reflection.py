@@ -421,17 +421,12 @@ def run_reflection(
         # (selection, mechanism), which shares a transformers generator's model and otherwise closes the
         # engine before the student loads; the toy `student` reflector samples with the same generator.
         with StageModel(model_path, generation, seed=cfg.seed) as base:
-            reflector = _make_reflector(kind, base, cfg, template, system, generation.max_model_len)
+            prompting, data = (template, system, generation.max_model_len), (problems, teacher_cots, errors)
 
             def scorer(questions, completions):
                 return base.score(questions, completions, prompt_template=template, system=system)
 
-            try:
-                refinements = refine(problems, teacher_cots, errors, reflector, cfg, scorer)
-            finally:
-                if isinstance(reflector, StudentReflector):
-                    reflector.close()
-            budget = _budget_note(reflector)
+            refinements, summary = _reflect(kind, base, cfg, prompting, data, scorer)
             write_jsonl(outputs[0], refinements)
             by_id = {e.problem_id: e for e in teacher_examples}
             write_jsonl(outputs[1], [
@@ -440,41 +435,37 @@ def run_reflection(
                            loss_mask_spans=r.wrong_step_spans if cfg.mask_wrong_step else [])
                 for r in refinements
             ])
-            rate = acceptance_rate(refinements)
-            print(f"[reflection] acceptance rate {rate:.1%} over {sum(bool(r.wrong_attempt) for r in refinements)} "
-                  f"questions with a student error")
-            checks = acceptance_summary(refinements, cfg.mask_wrong_step)
-            print(f"[reflection] {acceptance_line(checks)}")
-            questions = {p.id: p.question for p in problems}
-            mechanism = mechanism_perplexity(refinements, questions, scorer)
-            compared = {}
-            if cfg.compare:
-                compared = _compare(cfg, base, (template, system, generation.max_model_len),
-                                    (problems, teacher_cots, errors), scorer, outputs[2])
-        _print_mechanism(mechanism)
-        return {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism, "acceptance": checks,
-                **budget, **compared}
+            if cfg.compare:  # the same wrong attempts (``refine`` draws them with the same seed), never trained on
+                print(f"[reflection] compare: reflector {cfg.compare} on the same wrong attempts (not trained on)")
+                compared, summary["compare"] = _reflect(cfg.compare, base, cfg, prompting, data, scorer)
+                write_jsonl(outputs[2], compared)
+        return summary
 
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")
 
 
-def _compare(cfg: ReflectionConfig, base: StageModel, prompting: tuple, data: tuple, scorer, path) -> dict:
-    """``reflection.compare``: the other reflector on the same questions and wrong attempts (``refine`` draws
-    them with the same seed), its refinements written to ``path`` and never trained on; the manifest's
-    ``compare`` entry: its name, acceptance rate, acceptance checks and mechanism."""
+def _reflect(kind: str, base: StageModel, cfg: ReflectionConfig, prompting: tuple, data: tuple,
+             scorer) -> tuple[list[Refinement], dict]:
+    """One reflector of ``kind`` over the stage's wrong attempts (``data``: questions, teacher CoTs by
+    question, wrong attempts by question): its refinements, and what the manifest keeps of it (name,
+    acceptance rate, acceptance checks, mechanism, prompt budget), each printed as a stage line."""
     problems, teacher_cots, errors = data
-    reflector = _make_reflector(cfg.compare, base, cfg, *prompting)
+    reflector = _make_reflector(kind, base, cfg, *prompting)
     try:
         refinements = refine(problems, teacher_cots, errors, reflector, cfg, scorer)
     finally:
         if isinstance(reflector, StudentReflector):
             reflector.close()
-    write_jsonl(path, refinements)
+    budget = _budget_note(reflector)
     rate = acceptance_rate(refinements)
+    print(f"[reflection] acceptance rate {rate:.1%} over {sum(bool(r.wrong_attempt) for r in refinements)} "
+          f"questions with a student error")
+    checks = acceptance_summary(refinements, cfg.mask_wrong_step)
+    print(f"[reflection] {acceptance_line(checks)}")
     mechanism = mechanism_perplexity(refinements, {p.id: p.question for p in problems}, scorer)
-    print(f"[reflection] compared: reflector {reflector.name}, acceptance rate {rate:.1%} (not trained on)")
-    return {"compare": {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism,
-                        "acceptance": acceptance_summary(refinements, cfg.mask_wrong_step)}}
+    _print_mechanism(mechanism)
+    return refinements, {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism,
+                         "acceptance": checks, **budget}
 
 
 def _read_inputs(problems_path, teacher_set_path, errors_path) -> tuple:

@@ -98,28 +98,25 @@ def reflection_section(run: RunDir, max_rows: int = 12) -> list[str]:
 
 def comparison_section(run: RunDir) -> list[str]:
     """``reflection.compare``: the second reflector run on the same wrong attempts, never trained on: its
-    acceptance rate and mechanism beside the run's reflector's, and its rewrites (an accepted one, else a
-    finished candidate that was not)."""
+    acceptance (``acceptance.acceptance_line``) and mechanism beside the run's reflector's, and up to two of
+    its accepted rewrites."""
+    from .acceptance import acceptance_line
     from .jsonl import read_jsonl
     from .records import Refinement
 
-    info = (run.stage_info("reflection") or {}).get("compare")
+    stage = run.stage_info("reflection") or {}
+    info = stage.get("compare")
     if not info or not run.reflector_comparison.exists():
         return []
     refinements = [r for r in read_jsonl(run.reflector_comparison, Refinement) if r.wrong_attempt]
-    checks = info.get("acceptance") or {}
-    text = (f"The `{info['reflector']}` reflector ran beside `{run.stage_info('reflection').get('reflector')}` on "
-            f"the same {len(refinements)} wrong attempts (`reflection.compare`; its rewrites are never trained on, "
-            f"`data/{run.reflector_comparison.name}`): {sum(r.n_candidates for r in refinements)} distinct finished "
-            f"candidates, {sum(r.n_accepted for r in refinements)} passed every check; acceptance rate "
-            f"**{100 * info['acceptance_rate']:.1f}%** (the run's reflector: "
-            f"{100 * (run.stage_info('reflection').get('acceptance_rate') or 0):.1f}%).")
-    mech = info.get("mechanism") or {}
-    if mech.get("n"):
-        text += (f" Base-student perplexity of its {mech['n']} accepted rewrites {mech['refined']:.3f} vs "
-                 f"{mech['teacher']:.3f} for the teacher CoTs they replace.")
-    if checks.get("rejected"):
-        text += " Rejected, by the first check failed: " + ", ".join(f"{k} {v}" for k, v in checks["rejected"].items()) + "."
+    text = (f"The `{info['reflector']}` reflector ran beside `{stage.get('reflector')}` on the same "
+            f"{len(refinements)} wrong attempts (`reflection.compare`; its rewrites are never trained on, "
+            f"`data/{run.reflector_comparison.name}`): acceptance rate **{100 * info['acceptance_rate']:.1f}%** "
+            f"(the run's reflector: {100 * (stage.get('acceptance_rate') or 0):.1f}%); "
+            f"{acceptance_line(info['acceptance'])}.")
+    mechanism = mechanism_text(info.get("mechanism"))
+    if mechanism:
+        text += f" {mechanism[0].upper()}{mechanism[1:]}."
     lines = [f"### The `{info['reflector']}` reflector beside it", "", text, ""]
     for r in [r for r in refinements if r.accepted][:2]:
         lines += [f"Accepted ({r.problem_id}):", "", "```", r.refined_cot.strip()[:2000], "```", ""]
@@ -179,10 +176,18 @@ def reflection_lines(info: Optional[dict]) -> list:
     # masking: acceptance_section counts what was masked (the setting alone never says that anything was)
     if info.get("acceptance_rate") is not None:
         text += f", acceptance rate {100 * info['acceptance_rate']:.1f}%"
-    if mech.get("n") and mech.get("refined") is not None and mech.get("teacher") is not None:
-        text += (f"; base-student perplexity of the {mech['n']} accepted rewrites {mech['refined']:.3f} vs "
-                 f"{mech['teacher']:.3f} for the teacher CoTs they replace (lower = more natural to the student)")
+    if mechanism_text(mech):
+        text += f"; {mechanism_text(mech)} (lower = more natural to the student)"
     return [text + ".", ""]
+
+
+def mechanism_text(mech: Optional[dict]) -> str:
+    """ORION's mechanism in words (``reflection.mechanism_perplexity``); '' when no rewrite was accepted."""
+    mech = mech or {}
+    if not mech.get("n") or mech.get("refined") is None or mech.get("teacher") is None:
+        return ""
+    return (f"base-student perplexity of the {mech['n']} accepted rewrites {mech['refined']:.3f} vs "
+            f"{mech['teacher']:.3f} for the teacher CoTs they replace")
 
 
 def _pct(rate) -> str:
@@ -190,8 +195,7 @@ def _pct(rate) -> str:
 
 
 def _mechanism_cell(mech: Optional[dict]) -> str:
-    mech = mech or {}
-    if not mech.get("n") or mech.get("refined") is None or mech.get("teacher") is None:
+    if not mechanism_text(mech):
         return "n = 0"
     return f"{mech['refined']:.3f} vs {mech['teacher']:.3f} (n = {mech['n']})"
 

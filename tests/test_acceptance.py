@@ -126,23 +126,33 @@ def test_report_section_counts_rejections_masking_and_lengths(tmp_path):
     assert f"{len(REFLECTS)} characters long on average, their teacher CoTs {len(TEACHER)}" in text
 
 
-def test_stage_03_line_counts_rejections_and_masking(tiny_model_dir, tmp_path, capsys):
-    """run_reflection with the toy `rule` reflector: the stage line and the stage's record carry the counts."""
-    from orion_utils.config import StudentConfig
-    from orion_utils.jsonl import read_jsonl, write_json, write_jsonl
+def _stage_03_inputs(tmp_path, model_dir, n: int):
+    """A run directory holding what stage 03 reads: ``n`` toy questions, the toy teacher's CoTs, one wrong
+    attempt per question (the teacher's CoT corrupted) and ``model_dir`` as the base student."""
+    from orion_utils.jsonl import write_json, write_jsonl
     from orion_utils.records import SFTExample
-    from orion_utils.reflection import run_reflection
     from orion_utils.rundir import RunDir
 
     teacher = ToyTeacher(error_rate=0.0, seed=0)
-    problems = generate_problems(4)
+    problems = generate_problems(n)
     traces = {t.problem_id: t for t in teacher.collect(problems, 1)}
     run = RunDir(tmp_path / "run")
-    write_json(run.data("student.json"), {"model": tiny_model_dir, "in_run_dir": False})
+    write_json(run.data("student.json"), {"model": model_dir, "in_run_dir": False})
     write_jsonl(run.data("train_problems.jsonl"), problems)
     write_jsonl(run.training_set("sft"), [SFTExample(p.id, p.question, traces[p.id].cot, "teacher", {}) for p in problems])
     write_jsonl(run.data("error_attempts.jsonl"),
                 [StudentAttempt(p.id, 0, teacher.corrupt(p, traces[p.id]).cot, None, False, "base") for p in problems])
+    return run, problems
+
+
+def test_stage_03_line_counts_rejections_and_masking(tiny_model_dir, tmp_path, capsys):
+    """run_reflection with the toy `rule` reflector: the stage line and the stage's record carry the counts."""
+    from orion_utils.config import StudentConfig
+    from orion_utils.jsonl import read_jsonl
+    from orion_utils.records import SFTExample
+    from orion_utils.reflection import run_reflection
+
+    run, _ = _stage_03_inputs(tmp_path, tiny_model_dir, 4)
     stats = run_reflection(run, ReflectionConfig(reflector="rule", m=2, selection="first"), StudentConfig(model="toy"))
     line = next(x for x in capsys.readouterr().out.splitlines() if "passed every check" in x)
     assert line.startswith("[reflection] 8 candidates, 8 passed every check") and "masked in 4 of 4" in line
@@ -159,22 +169,13 @@ def test_a_compared_reflector_is_reported_and_never_trained_on(tiny_model_dir, t
     """``reflection.compare``: a second reflector on the same wrong attempts; its refinements go to their own
     file and the report, the run's refinements and ORION's training set stay as without it."""
     from orion_utils.config import StudentConfig
-    from orion_utils.jsonl import read_jsonl, write_json, write_jsonl
+    from orion_utils.jsonl import read_jsonl
     from orion_utils.knobs import ConfigError
-    from orion_utils.records import Refinement, SFTExample
+    from orion_utils.records import Refinement
     from orion_utils.reflection import run_reflection
     from orion_utils.report import comparison_section
-    from orion_utils.rundir import RunDir
 
-    teacher = ToyTeacher(error_rate=0.0, seed=0)
-    problems = generate_problems(3)
-    traces = {t.problem_id: t for t in teacher.collect(problems, 1)}
-    run = RunDir(tmp_path / "run")
-    write_json(run.data("student.json"), {"model": tiny_model_dir, "in_run_dir": False})
-    write_jsonl(run.data("train_problems.jsonl"), problems)
-    write_jsonl(run.training_set("sft"), [SFTExample(p.id, p.question, traces[p.id].cot, "teacher", {}) for p in problems])
-    write_jsonl(run.data("error_attempts.jsonl"),
-                [StudentAttempt(p.id, 0, teacher.corrupt(p, traces[p.id]).cot, None, False, "base") for p in problems])
+    run, problems = _stage_03_inputs(tmp_path, tiny_model_dir, 3)
     cfg = dict(reflector="student", m=2, selection="first", max_new_tokens=16)
     alone = run_reflection(run, ReflectionConfig(**cfg), StudentConfig(model="toy"))
     assert "compare" not in alone and comparison_section(run) == []
