@@ -29,7 +29,8 @@ def quantiles(xs) -> str:
     xs = sorted(x for x in xs if x is not None)
     if not xs:
         return "n=0"
-    q = lambda p: xs[min(len(xs) - 1, int(p * len(xs)))]
+    def q(p):
+        return xs[min(len(xs) - 1, int(p * len(xs)))]
     return f"n={len(xs)} min {xs[0]:.3f} p10 {q(.1):.3f} median {statistics.median(xs):.3f} p90 {q(.9):.3f} max {xs[-1]:.3f}"
 
 

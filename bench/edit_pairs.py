@@ -48,7 +48,8 @@ def _row(name: str, stats: list) -> str:
     if not stats:
         return f"| {name} | 0 | | | | |"
     share = sorted(s for s, _, _ in stats)
-    q = lambda p: share[min(len(share) - 1, int(p * len(share)))]
+    def q(p):
+        return share[min(len(share) - 1, int(p * len(share)))]
     return (f"| {name} | {len(stats)} | {100 * statistics.median(share):.1f} | {100 * q(.1):.1f}–{100 * q(.9):.1f} "
             f"| {statistics.median(c for _, c, _ in stats):.0f} | {statistics.median(r for _, _, r in stats):.0f} |")
 

@@ -185,7 +185,8 @@ def acceptance_summary(refinements, mask_wrong_step: bool = True) -> dict:
     rejected = {reason: sum(c.get("rejected") == reason for c in cands) for reason in REASONS}
     chosen = [r for r in refinements if r.accepted]
     masked = sum(bool(r.wrong_step_spans) for r in chosen) if mask_wrong_step else 0
-    mean = (lambda xs: round(sum(xs) / len(xs), 1) if xs else None)
+    def mean(xs):
+        return round(sum(xs) / len(xs), 1) if xs else None
     return {"candidates": len(cands), "rejected": rejected,
             "accepted_candidates": sum(c.get("rejected") is None and "rejected" in c for c in cands),
             "chosen": len(chosen), "masked": masked, "mask_wrong_step": bool(mask_wrong_step),

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
+
 from .config import ConfigError, Profile, load_profile
 from .methods import notebooks_run_when_evaluated
 from .processes import run_jobs
@@ -74,7 +76,9 @@ def notebook_parameters(profile: Profile, run_dir: Path, force: bool) -> dict:
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict:
-    """``section.key=value`` pairs (values as Python literals, else strings) → nested dict."""
+    """``section.key=value`` pairs → nested dict. A value is read as a Python literal (``['base', 'sft']``,
+    ``8``, ``False``), else as YAML, the profiles' own syntax (``[base, sft]``, ``false``), else as a string
+    (also where YAML would read a mapping or nothing: ``Q: {question}`` is a prompt)."""
     overrides: dict = {}
     for pair in pairs:
         if "=" not in pair or "." not in pair.split("=", 1)[0]:
@@ -84,7 +88,12 @@ def parse_overrides(pairs: Sequence[str]) -> dict:
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
-            value = raw
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw
+            if isinstance(value, dict) or not raw.strip():
+                value = raw
         overrides.setdefault(section, {})[key] = value
     return overrides
 
@@ -277,7 +286,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default=None, help="default: outputs/<profile> in the checkout")
     run.add_argument("--force", action="store_true", help="re-run every stage even if it is up to date")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                     help="override a profile value, e.g. --set evaluation.n_samples=8")
+                     help="override a profile value (a Python literal or YAML), e.g. --set evaluation.n_samples=8, "
+                          "--set 'evaluation.methods=[base, sft]'")
     run.add_argument("--only", action="append", default=None, metavar="PREFIX",
                      help="run only the notebooks whose names start with PREFIX (repeatable), e.g. --only 07")
     run.add_argument("--log-output", action="store_true", help="stream the notebooks' output")

@@ -82,6 +82,9 @@ def test_overrides_from_the_command_line():
     assert overrides == {"evaluation": {"n_samples": 8}, "student": {"model": "some/model"},
                          "data": {"benchmarks": ["gsm8k"]}}
     assert load_profile("toy", overrides).evaluation.n_samples == 8
+    # the profiles' YAML syntax works too; what neither reads stays a string
+    assert parse_overrides(["evaluation.methods=[base, sft]", "evaluation.greedy=false", "student.prompt_template=Q: {question}"]) \
+        == {"evaluation": {"methods": ["base", "sft"], "greedy": False}, "student": {"prompt_template": "Q: {question}"}}
     with pytest.raises(ConfigError):
         parse_overrides(["n_samples=8"])
 
