@@ -73,7 +73,7 @@ test-gpu:
 	$(GPU_PYTHON) -m pytest -q -s -rs tests/gpu
 
 # JOBS notebooks at once where they read nothing from each other (the baselines train beside exposure and
-# reflection); on a 2-core CPU the toy demo takes about 14 minutes this way instead of 22 one at a time
+# reflection); on a 2-core CPU the toy pipeline takes about 8 minutes this way (README, "What the toy demo gives")
 JOBS ?= 2
 demo: setup
 	$(BIN)/orion run --profile $(PROFILE) --jobs $(JOBS)
