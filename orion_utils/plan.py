@@ -286,7 +286,7 @@ class _Planner:
             if cfg.keep_checkpoints:
                 row.kept_gb += ckpt
         row.notes.append(f"{label}{seen:,.0f} examples seen (x epochs) x {rows_per_example} row(s) x {seq_mean:,.0f} tokens, "
-                         f"{steps} optimizer steps")
+                         f"{steps} optimizer steps, peak {mem['total'] / pm.GIB:.1f} GiB")
 
     def sft_logits(self) -> str:
         """SFT's loss: Unsloth's fused cross-entropy (``training.backend`` auto on CUDA picks Unsloth, which the
