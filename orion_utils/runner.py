@@ -278,7 +278,7 @@ def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log
 
 
 def _parser() -> argparse.ArgumentParser:
-    """The `orion` command line: run, params, colab-links, doctor."""
+    """The `orion` command line: run, params, colab-links, doctor, plan."""
     parser = argparse.ArgumentParser(prog="orion", description="Reasoning-distillation pipeline runner")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the numbered notebooks for a profile with papermill")
@@ -310,6 +310,18 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak, for MFU")
     doctor.add_argument("--no-benchmark", action="store_true", help="only say what loads; measure nothing")
     doctor.add_argument("--json", default=None, metavar="PATH", help="also write the table and numbers as JSON")
+    plan = sub.add_parser("plan", help="each stage's tokens, time, peak GPU memory, disk and API cost on a card")
+    plan.add_argument("--profile", default="toy", help="smoke | toy | colab | paper | path to a YAML profile")
+    plan.add_argument("--gpu", default=None, help="T4 | L4 | A10G | A100-40 | A100-80 | H100 | H200 "
+                                                  "(default: the profile's card in the README's table, else T4)")
+    plan.add_argument("--doctor", default=None, metavar="JSON", help="`orion doctor --json` output: its tokens/s")
+    plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                      help="plan with a profile value changed, e.g. --set data.benchmark_limit=100")
+    plan.add_argument("--disk-gb", type=float, default=None, help="disk available (default: the card's, Colab ~100)")
+    plan.add_argument("--saved", choices=("merged", "adapter"), default="merged",
+                      help="how trained models are kept: merged 16-bit (today's training stack) or LoRA adapters")
+    plan.add_argument("--cot-median", type=int, default=None, metavar="TOKENS",
+                      help="median teacher CoT length (default: plan.COT_MEDIAN for the profile's data.train_source)")
     return parser
 
 
@@ -317,6 +329,12 @@ def _doctor(args) -> int:
     from .doctor import main_doctor
 
     return main_doctor(args)
+
+
+def _plan(args) -> int:
+    from .plan import main_plan
+
+    return main_plan(args, parse_overrides(args.overrides))
 
 
 def _params(args) -> int:
@@ -344,6 +362,7 @@ def _run(args) -> int:
 COMMANDS = {
     "doctor": (_doctor, (ConfigError, FileNotFoundError, OSError)),
     "params": (_params, (ConfigError, ValueError)),
+    "plan": (_plan, (ConfigError, ValueError, OSError)),
     "colab-links": (_colab_links, (ValueError,)),
     "run": (_run, (ConfigError, NotebookFailed, FileNotFoundError)),
 }
