@@ -136,6 +136,8 @@ class TrainingConfig:
     lora_target_modules: str = knob(
         "all-linear", "LoRA targets: all-linear or a comma-separated list (q_proj,k_proj,...)")
     load_in_4bit: bool = knob(False, "QLoRA: 4-bit base weights (CUDA + bitsandbytes; needs use_lora)")
+    merge_lora: bool = knob(
+        False, "with use_lora: save the merged model instead of the LoRA adapter (vLLM, PEFT and the next stage load an adapter)")
     learning_rate: float = knob(5e-4, "peak learning rate", ge=0.0)
     num_epochs: float = knob(2.0, "epochs over the training set (max_steps > 0 overrides)", gt=0.0)
     max_steps: int = knob(-1, "optimizer steps; > 0 overrides num_epochs, -1: by epochs", ge=-1)

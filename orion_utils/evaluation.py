@@ -92,7 +92,8 @@ def evaluate_model(
     """Generate, grade and return ({benchmark: [EvalSample, ...]}, backend name) for one model.
 
     Each benchmark goes in chunks of ``cfg.chunk_questions`` problems (greedy, then sampled with
-    ``rundir.chunk_seed(cfg.seed, benchmark, its problem ids)``); ``partials`` ({benchmark: path}): where
+    ``rundir.chunk_seed(cfg.seed, benchmark, its problem ids)``, both submitted in one ``generate_groups``
+    call); ``partials`` ({benchmark: path}): where
     each finished chunk is appended and read back from on a retry. A benchmark's samples: the greedy
     ones, then the sampled ones, each in problem order."""
     from .generation import SamplingConfig, StageModel
@@ -100,25 +101,24 @@ def evaluate_model(
     template, system = student.prompt_template, student.system_prompt or None
     backends: list[str] = []  # the backend that generated, if any chunk was left to generate
 
-    def generate(name: str, chunk: list, sampling, decoding: str) -> list[EvalSample]:
-        generator = model.generator()  # opened only when a chunk is left to generate
-        backends[:] = [generator.name]
-        outputs = generator.generate([p.question for p in chunk], sampling, prompt_template=template, system=system,
-                                     desc=f"{method}/{name} {'greedy' if decoding == 'greedy' else 'sampled'}")
-        return grade_generations(method, name, chunk, outputs, decoding)
-
     def chunk_of(name: str):
         def make(index: int, chunk: list) -> list[EvalSample]:
-            samples: list = []
+            groups = []  # (decoding, sampling): the chunk's greedy and sampled requests, submitted together
             if cfg.greedy:
-                greedy = SamplingConfig(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
-                samples += generate(name, chunk, greedy, "greedy")
+                groups.append(("greedy", SamplingConfig(n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
+                                                        seed=cfg.seed)))
             if cfg.n_samples > 0:
-                sampling = SamplingConfig(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
-                                          max_new_tokens=cfg.max_new_tokens,
-                                          seed=chunk_seed(cfg.seed, name, [p.id for p in chunk]))
-                samples += generate(name, chunk, sampling, "sample")
-            return samples
+                groups.append(("sample", SamplingConfig(n=cfg.n_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                                                        max_new_tokens=cfg.max_new_tokens,
+                                                        seed=chunk_seed(cfg.seed, name, [p.id for p in chunk]))))
+            generator = model.generator()  # opened only when a chunk is left to generate
+            backends[:] = [generator.name]
+            questions = [p.question for p in chunk]
+            outputs = generator.generate_groups([(questions, sampling) for _, sampling in groups],
+                                                prompt_template=template, system=system,
+                                                desc=f"{method}/{name} " + " + ".join(d for d, _ in groups))
+            return [s for (decoding, _), out in zip(groups, outputs)
+                    for s in grade_generations(method, name, chunk, out, decoding)]
         return make
 
     per_problem = int(cfg.greedy) + max(cfg.n_samples, 0)

@@ -12,8 +12,9 @@ PathLike = str | Path
 
 
 def is_saved_model(path: PathLike) -> bool:
-    """A folder written by ``save_pretrained`` (it has the model's ``config.json``)."""
-    return (Path(path) / "config.json").is_file()
+    """A folder written by ``save_pretrained``: a model (its ``config.json``) or a LoRA adapter
+    (``adapter_config.json``, ``orion_utils.adapters``)."""
+    return (Path(path) / "config.json").is_file() or (Path(path) / "adapter_config.json").is_file()
 
 
 class TrainedDir:

@@ -155,6 +155,21 @@ class GenerationBackend(ABC):
         results = self._generate(encoded, sampling, desc)
         return expand_greedy(results, sampling.n) if sampling.greedy else results
 
+    def generate_groups(
+        self,
+        groups: Sequence[tuple[Sequence[Prompt], SamplingConfig]],
+        *,
+        prompt_template: str = "{question}",
+        system: str | None = None,
+        desc: str = "generating",
+    ) -> list[list[list[Generation]]]:
+        """Several ``(prompts, sampling)`` groups submitted together (e.g. a chunk's greedy and sampled
+        requests): per group, what ``generate`` gives it alone. A backend that schedules its own batches
+        (vLLM) takes every group in one call, so no group ends in a low-batch tail of its own; this
+        default generates the groups one after another."""
+        return [self.generate(prompts, sampling, prompt_template=prompt_template, system=system, desc=desc)
+                for prompts, sampling in groups]
+
     @abstractmethod
     def _generate(self, encoded: list[list[int]], sampling: SamplingConfig, desc: str) -> list[list[Generation]]:
         """Per encoded prompt, its generations (one under greedy decoding): the backend's own part."""

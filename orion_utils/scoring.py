@@ -189,10 +189,12 @@ def load_scoring_model(model_path, device: str = "auto"):
     """``(model, tokenizer)`` of a checkpoint as ``completion_nll`` loads a path: on ``device``
     (``"auto"``: CUDA if available, else CPU) in ``device.resolve_dtype("auto", ...)``, in eval mode.
     A caller that scores several times (a stage) loads it once with this and passes both on."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from .adapters import load_causal_lm
 
     dev = device_rules.resolve_device(device)
     release_memory(before=os.fspath(model_path))
-    model = AutoModelForCausalLM.from_pretrained(os.fspath(model_path), dtype=device_rules.resolve_dtype("auto", dev))
+    model = load_causal_lm(os.fspath(model_path), dtype=device_rules.resolve_dtype("auto", dev))  # adapters merged in
     model = track_model(model.to(dev).eval(), f"scoring {os.fspath(model_path)}")
     return model, AutoTokenizer.from_pretrained(os.fspath(model_path))

@@ -41,7 +41,9 @@ class TransformersBackend(GenerationBackend):
         tokenizer=None,
     ):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from .adapters import load_causal_lm
 
         self.model_path = os.fspath(model_path) if model_path is not None else getattr(model, "name_or_path", "")
         self.batch_size = int(batch_size)
@@ -52,7 +54,7 @@ class TransformersBackend(GenerationBackend):
             kwargs = {"dtype": self.dtype}
             if attn_implementation:
                 kwargs["attn_implementation"] = attn_implementation
-            model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs).to(self.device)
+            model = load_causal_lm(self.model_path, **kwargs).to(self.device)  # a LoRA adapter: merged in
         else:  # an already loaded model (e.g. right after training)
             self.device, self.dtype = str(next(model.parameters()).device), model.dtype
         self.model = track_model(model.eval(), f"transformers {self.model_path}")

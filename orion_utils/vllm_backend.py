@@ -6,13 +6,16 @@ import contextlib
 import os
 from typing import Any
 
+from . import adapters
 from . import device as device_rules
 from .memory import release_memory, track_model
 from .sampling import (
     Generation,
     GenerationBackend,
     SamplingConfig,
+    encode_prompts,
     end_of_turn_token_ids,
+    expand_greedy,
 )
 
 
@@ -72,8 +75,16 @@ class VLLMBackend(GenerationBackend):
         self.model_path = os.fspath(model_path)
         self.progress = progress
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        # a LoRA adapter (orion_utils.adapters): the engine holds its base and applies the adapter per request
+        weights, self._lora = adapters.model_source(self.model_path), None
+        if adapters.is_adapter(self.model_path):
+            from vllm.lora.request import LoRARequest
+
+            self._lora = LoRARequest("adapter", 1, self.model_path)
+            llm_kwargs = {"enable_lora": True, "max_loras": 1,
+                          "max_lora_rank": adapters.vllm_lora_rank(self.model_path), **llm_kwargs}
         try:
-            gen_config = GenerationConfig.from_pretrained(self.model_path)
+            gen_config = GenerationConfig.from_pretrained(weights)
         except OSError:  # no generation_config.json
             gen_config = None
         self.eos_token_ids = end_of_turn_token_ids(self.tokenizer, gen_config)
@@ -82,7 +93,7 @@ class VLLMBackend(GenerationBackend):
         _, dtype = device_rules.device_and_dtype("cpu" if self.device == "cpu" else "cuda", dtype)
         if self.device == "cpu":
             context = llm_kwargs.get("max_model_len") or getattr(
-                AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None) or 0
+                AutoConfig.from_pretrained(weights), "max_position_embeddings", None) or 0
             defaults: dict[str, Any] = {
                 "enforce_eager": True,
                 "enable_chunked_prefill": False,
@@ -91,7 +102,7 @@ class VLLMBackend(GenerationBackend):
             if not os.environ.get("VLLM_CPU_KVCACHE_SPACE") and "gpu_memory_utilization" not in llm_kwargs:
                 defaults["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
             llm_kwargs = {**defaults, **llm_kwargs}
-        self.llm = track_model(vllm.LLM(model=self.model_path, dtype=dtype, seed=seed, **llm_kwargs),
+        self.llm = track_model(vllm.LLM(model=weights, tokenizer=self.model_path, dtype=dtype, seed=seed, **llm_kwargs),
                           f"vllm {self.model_path}")
         engine_dtype = getattr(getattr(getattr(self.llm, "llm_engine", None), "model_config", None), "dtype", None)
         self.dtype = device_rules.dtype_name(engine_dtype) if engine_dtype is not None else str(dtype)
@@ -106,7 +117,30 @@ class VLLMBackend(GenerationBackend):
             detokenize=False,  # text is decoded by generate() from the token ids
         )
 
+    def generate_groups(self, groups, *, prompt_template: str = "{question}", system: str | None = None,
+                        desc: str = "generating") -> list[list[list[Generation]]]:
+        """Every group in one ``LLM.generate`` call, each prompt with its group's sampling parameters: the
+        engine batches them together (continuous batching), and a seeded request samples what it samples alone."""
+        self._check_open()
+        encoded: list[list[int]] = []
+        params: list = []
+        for prompts, sampling in groups:
+            sampling.validate()
+            ids = encode_prompts(self.tokenizer, prompts, prompt_template, system)
+            encoded += ids
+            params += [self.sampling_params(sampling)] * len(ids)
+        rows = self._run(encoded, params, desc) if encoded else []
+        out, start = [], 0
+        for prompts, sampling in groups:
+            part, start = rows[start:start + len(prompts)], start + len(prompts)
+            out.append(expand_greedy(part, sampling.n) if sampling.greedy else part)
+        return out
+
     def _generate(self, encoded: list[list[int]], sampling: SamplingConfig, desc: str) -> list[list[Generation]]:
+        return self._run(encoded, self.sampling_params(sampling), desc)
+
+    def _run(self, encoded: list[list[int]], params, desc: str) -> list[list[Generation]]:
+        """``params``: one SamplingParams for every prompt, or one per prompt."""
         use_tqdm: Any = False
         if self.progress:  # vLLM calls this with its own desc=...: ours wins (versions wanting a bool see True)
             from tqdm.auto import tqdm
@@ -115,7 +149,7 @@ class VLLMBackend(GenerationBackend):
                 return tqdm(*args, **{**kwargs, "desc": desc})
 
         outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in encoded], self.sampling_params(sampling), use_tqdm=use_tqdm
+            [{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=use_tqdm, lora_request=self._lora
         )
         # The text is decoded here from the token ids, as the transformers backend does (vLLM's
         # incremental detokenizer holds back a trailing incomplete UTF-8 sequence, so its text can differ).

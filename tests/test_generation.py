@@ -321,3 +321,11 @@ def test_prompt_templates_take_braces_literally_except_the_question():
         {"role": "system", "content": "sys"}, {"role": "user", "content": "Solve: Q"}]
     with pytest.raises(ValueError, match="must contain \\{question\\}"):
         fill_template("Solve it.", "Q")
+
+
+def test_groups_are_generated_as_each_group_alone(gen):
+    """``generate_groups`` (evaluation's greedy + sampled chunk): on transformers, one group after another."""
+    greedy = SamplingConfig(n=2, max_new_tokens=6)
+    hot = SamplingConfig(n=2, temperature=1.0, top_p=0.9, max_new_tokens=6, seed=4)
+    together = gen.generate_groups([(["What is 2+2?", "Hi"], greedy), (["Hi"], hot)])
+    assert together == [gen.generate(["What is 2+2?", "Hi"], greedy), gen.generate(["Hi"], hot)]

@@ -436,7 +436,8 @@ def test_lora_trains_and_merges(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "lora"
-    cfg = _cfg(use_lora=True, lora_r=4, lora_alpha=8, max_steps=4, learning_rate=5e-2, batching="padding_free")
+    cfg = _cfg(use_lora=True, lora_r=4, lora_alpha=8, max_steps=4, learning_rate=5e-2, batching="padding_free",
+               merge_lora=True)
     with pytest.warns(training.TrainingWarning, match="dense mask"):  # correct on sdpa, just not faster
         result = train_sft(tiny_model_dir, _examples(8), out, cfg, prompt_template=TEMPLATE)
     assert result.batching == "padding_free"
@@ -452,6 +453,41 @@ def test_lora_trains_and_merges(tiny_model_dir, tmp_path):
     assert not torch.allclose(w, w0)  # the adapter was merged in
     assert torch.equal(merged.model.embed_tokens.weight, base.model.embed_tokens.weight)  # frozen outside LoRA
     assert len(result.loss_history) == 4
+
+
+def test_lora_saves_its_adapter_which_loads_and_trains_on(tiny_model_dir, tmp_path):
+    """``merge_lora`` off (the default): the method's model is PEFT's adapter + the tokenizer; generation and
+    scoring load base + adapter merged in memory (the logits PEFT gives), and training from it continues the
+    adapter on the same base (EDIT's stage 2, a Tailored round), never an adapter on top of an adapter."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from orion_utils.adapters import adapter_base, is_adapter, load_causal_lm
+    from orion_utils.generation import SamplingConfig, TransformersBackend
+
+    cfg = _cfg(use_lora=True, lora_r=4, lora_alpha=8, max_steps=3, learning_rate=5e-2)
+    first = train_sft(tiny_model_dir, _examples(8), tmp_path / "one", cfg, prompt_template=TEMPLATE)
+    model_dir = Path(first.model_dir)
+    files = {p.name for p in model_dir.iterdir()}
+    assert is_adapter(model_dir) and "config.json" not in files and "model.safetensors" not in files
+    assert adapter_base(model_dir) == str(tiny_model_dir)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(model_dir)).eval()
+    merged = load_causal_lm(model_dir).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, peft(ids).logits, atol=1e-5)
+        assert not torch.allclose(merged(ids).logits, base(ids).logits)  # the adapter is applied
+    with TransformersBackend(str(model_dir), progress=False, device="cpu") as gen:
+        out = gen.generate(["What is 2+2?"], SamplingConfig(max_new_tokens=5))
+    assert out[0][0].n_tokens >= 1
+
+    second = train_sft(model_dir, _examples(8), tmp_path / "two", cfg, prompt_template=TEMPLATE)
+    again = Path(second.model_dir)
+    assert is_adapter(again) and adapter_base(again) == str(tiny_model_dir)  # the same base, not the adapter
+    w1, w2 = load_file(str(model_dir / "adapter_model.safetensors")), load_file(str(again / "adapter_model.safetensors"))
+    assert set(w1) == set(w2) and any(not torch.equal(w1[k], w2[k]) for k in w1)  # trained further
 
 
 def test_resume_after_crash_and_atomic_model(tiny_model_dir, tmp_path, monkeypatch, capsys):

@@ -1,6 +1,8 @@
 """The two ways a run loads, trains and saves the model: TRL (+ PEFT LoRA, QLoRA in 4 bit) and Unsloth;
-each loads the model in the precision ``device`` gives, trains it with the one trainer and saves it
-LoRA-merged to a folder the run then publishes."""
+each loads the model in the precision ``device`` gives, trains it with the one trainer and saves it to a
+folder the run then publishes: the LoRA adapter (``orion_utils.adapters``) or, with ``training.merge_lora`` or
+full fine-tuning, the whole model. A base that is itself an adapter (EDIT's stage 1, a previous Tailored
+round) is trained further as that adapter."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .. import device as device_rules
+from ..adapters import is_adapter, load_trainable
 from ..config import TrainingConfig
 from .selection import resolve_liger
 from .trainer import build_trainer, run_trainer
@@ -26,15 +29,16 @@ def _lora_targets(spec: str, unsloth: bool = False):
 
 def train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None,
                announce=None):
-    """TRL (+ PEFT): load the model, train (resuming from ``resume_from``), save it merged to ``model_tmp``."""
+    """TRL (+ PEFT): load the model, train (resuming from ``resume_from``), save it to ``model_tmp``."""
     model = load_model(base_model, cfg, attn, device, dtype)
     liger = resolve_liger(device, "trl")[0] and method is None  # the methods' losses read the logits
-    trainer = build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, _lora_config(cfg), method,
+    lora = None if is_adapter(base_model) else _lora_config(cfg)  # an adapter base is trained as it is
+    trainer = build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, lora, method,
                              liger=liger)
     if announce is not None:
         announce(trainer)  # the [training] line, from the trainer as built
     seconds = run_trainer(trainer, resume_from)
-    _save_merged(trainer.model, tokenizer, base_model, cfg, ckpt_dir, device, dtype, model_tmp)
+    _save(trainer.model, tokenizer, cfg, ckpt_dir, device, dtype, model_tmp)
     return trainer, seconds
 
 
@@ -54,6 +58,8 @@ def load_model(base_model: str, cfg: TrainingConfig, attn: str, device: str, dty
         )
     if device == "cuda":
         load_kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if is_adapter(base_model):
+        return load_trainable(base_model, **load_kwargs)
     return AutoModelForCausalLM.from_pretrained(base_model, **load_kwargs)
 
 
@@ -73,22 +79,26 @@ def _lora_config(cfg: TrainingConfig):
     )
 
 
-def _save_merged(trained, tokenizer, base_model: str, cfg: TrainingConfig, ckpt_dir: Path, device: str, dtype: str,
-                 model_tmp: Path) -> None:
-    """The trained model, LoRA merged, in its saved precision, with the tokenizer, to ``model_tmp``."""
+def _save(trained, tokenizer, cfg: TrainingConfig, ckpt_dir: Path, device: str, dtype: str, model_tmp: Path) -> None:
+    """The trained model with the tokenizer, to ``model_tmp``: a LoRA-trained model as its adapter (the base it
+    names is the run's student), or merged (``training.merge_lora``) in its saved precision; a fully
+    fine-tuned model in its saved precision."""
     from accelerate.utils import is_peft_model
 
     if is_peft_model(trained):
+        if not cfg.merge_lora:
+            trained.save_pretrained(str(model_tmp))
+            tokenizer.save_pretrained(str(model_tmp))
+            return
         if cfg.load_in_4bit:
             # merging into 4-bit weights loses precision: reload the base in 16 bit and merge the adapter there
-            from peft import PeftModel
-            from transformers import AutoModelForCausalLM
+            from ..adapters import load_causal_lm
 
             adapter_dir = ckpt_dir / "final_adapter"
             trained.save_pretrained(str(adapter_dir))
-            base = AutoModelForCausalLM.from_pretrained(base_model, dtype=getattr(torch, dtype))
-            trained = PeftModel.from_pretrained(base, str(adapter_dir))
-        trained = trained.merge_and_unload()
+            trained = load_causal_lm(adapter_dir, dtype=getattr(torch, dtype))
+        else:
+            trained = trained.merge_and_unload()
     save_dtype = device_rules.saved_dtype(device, dtype)
     if save_dtype is not None:
         trained = trained.to(save_dtype)
@@ -98,8 +108,10 @@ def _save_merged(trained, tokenizer, base_model: str, cfg: TrainingConfig, ckpt_
 
 def train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None,
                    announce=None):
-    """Unsloth: FastLanguageModel (4-bit/16-bit LoRA or full fine-tuning) + the same TRL trainer,
-    saved merged with ``save_pretrained_merged(..., save_method="merged_16bit")``."""
+    """Unsloth: FastLanguageModel (4-bit/16-bit LoRA or full fine-tuning) + the same TRL trainer; a LoRA model
+    saved as its adapter (``save_pretrained``), or merged with ``save_pretrained_merged(..., save_method=
+    "merged_16bit")`` under ``training.merge_lora``. An adapter base loads as base + adapter (Unsloth reads
+    ``adapter_config.json``) and is trained further as it is."""
     # Unsloth patches transformers/TRL and asks to be imported before them: the stage entry points and
     # _train_rows import it first (unsloth_first); here it is already in sys.modules.
     import unsloth  # noqa: F401
@@ -115,7 +127,7 @@ def train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, de
         use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
         random_state=cfg.seed,
     )
-    if cfg.use_lora:
+    if cfg.use_lora and not is_adapter(base_model):
         model = FastLanguageModel.get_peft_model(
             model,
             r=cfg.lora_r,
@@ -135,9 +147,9 @@ def train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, de
     if announce is not None:
         announce(trainer)  # the [training] line, from the trainer as built
     seconds = run_trainer(trainer, resume_from)
-    if cfg.use_lora:
+    if cfg.use_lora and cfg.merge_lora:
         model.save_pretrained_merged(str(model_tmp), tokenizer, save_method="merged_16bit")
-    else:
+    else:  # the adapter alone under LoRA, else the whole model
         model.save_pretrained(str(model_tmp))
         tokenizer.save_pretrained(str(model_tmp))
     return trainer, seconds

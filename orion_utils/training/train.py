@@ -19,6 +19,7 @@ from ..jsonl import write_json
 from ..layouts import TrainedDir
 from ..records import SFTExample
 from . import backends
+from ..adapters import model_source
 from .files import check_base_model, loss_history_from, prepare_checkpoints, publish_dir, training_fingerprint
 from .rows import build_sft_rows
 from .selection import (
@@ -33,7 +34,7 @@ from .trainer import TrainerMethod
 
 @dataclass
 class TrainResult:
-    model_dir: str  # a full model (LoRA merged) + tokenizer, loadable with from_pretrained
+    model_dir: str  # the model + tokenizer: a full model, or a LoRA adapter (orion_utils.adapters)
     backend: str  # "trl" or "unsloth"
     loss_history: list[dict]  # [{"step":..,"epoch":..,"loss":..,"learning_rate":..,"grad_norm":..}, ...]
     train_seconds: float
@@ -93,7 +94,7 @@ def train_sft(
 ) -> TrainResult:
     """Fine-tune ``base_model`` on ``examples`` (loss on the assistant turn only) and write
 
-    * ``output_dir/model``: the full model (LoRA merged) + tokenizer, published by an atomic rename,
+    * ``output_dir/model``: the model (a LoRA adapter, or the whole model) + tokenizer, published by an atomic rename,
     * ``output_dir/loss_history.json`` and ``output_dir/train_result.json`` (written last),
     * ``output_dir/checkpoints`` while training (removed at the end unless ``keep_checkpoints``).
 
@@ -203,7 +204,8 @@ def _cpu_threads(cfg: TrainingConfig, base_model: str, device: str) -> Optional[
     """torch's intra-op threads while training on CPU (``cpu_threads``; auto: ``device.cpu_threads_for``)."""
     if device != "cpu":
         return None
-    return device_rules.cpu_threads_for(base_model, device, cfg.cpu_threads if cfg.cpu_threads > 0 else "auto")
+    return device_rules.cpu_threads_for(model_source(base_model), device,
+                                        cfg.cpu_threads if cfg.cpu_threads > 0 else "auto")
 
 
 def _load_tokenizer(base_model: str, who: str):

@@ -151,6 +151,16 @@ def test_seeds_reproduce_and_differ(engine):
     assert engine.generate(QUESTIONS[1:2], cfg) == a[1:2]
 
 
+def test_groups_in_one_call_equal_each_group_alone(engine):
+    """Evaluation submits a chunk's greedy and sampled requests together (``generate_groups``): each group
+    gets exactly what it gets alone, greedy rows copied n times as in ``generate``."""
+    greedy = SamplingConfig(n=2, max_new_tokens=8)
+    hot = SamplingConfig(n=3, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=21)
+    together = engine.generate_groups([(QUESTIONS, greedy), (QUESTIONS[:3], hot)])
+    assert together == [engine.generate(QUESTIONS, greedy), engine.generate(QUESTIONS[:3], hot)]
+    assert engine.generate_groups([]) == []
+
+
 def test_top_p_is_honoured(engine):
     greedy = engine.generate(QUESTIONS, SamplingConfig(max_new_tokens=8))
     nucleus = engine.generate(QUESTIONS, SamplingConfig(n=2, temperature=1.0, top_p=1e-6, max_new_tokens=8, seed=3))
@@ -220,3 +230,29 @@ def test_close_frees_the_engine(engine):
         engine.generate(QUESTIONS[:1], SamplingConfig())
     engine.close()  # twice is fine
 
+
+
+def test_a_lora_adapter_is_served_as_transformers_merges_it(model, tmp_path):
+    """A method's model saved as a LoRA adapter (``training.merge_lora`` off): vLLM holds the base and applies
+    the adapter per request (``enable_lora``); its greedy tokens are those of transformers on base + adapter.
+    Its own engine, after the shared one is closed (one engine at a time on 2 cores)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = model[0]
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+                          LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                                     init_lora_weights=False))  # random B: the adapter changes the outputs
+    adapter = tmp_path / "adapter"
+    peft.save_pretrained(str(adapter))
+    AutoTokenizer.from_pretrained(path).save_pretrained(str(adapter))
+    cfg = SamplingConfig(max_new_tokens=12)
+    with TransformersBackend(str(adapter), batch_size=4, progress=False, dtype="float32", device="cpu") as hf_lora:
+        want = hf_lora.generate(QUESTIONS, cfg)
+    with TransformersBackend(path, batch_size=4, progress=False, dtype="float32", device="cpu") as hf_base:
+        assert hf_base.generate(QUESTIONS, cfg) != want  # the adapter matters
+    g = load_generator(str(adapter), backend="vllm", seed=0, progress=False, kv_cache_memory_bytes=KV_CACHE)
+    try:
+        assert [[s.text for s in r] for r in g.generate(QUESTIONS, cfg)] == [[s.text for s in r] for r in want]
+    finally:
+        g.close()
