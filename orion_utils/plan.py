@@ -156,9 +156,9 @@ def cot_lengths(profile: Profile, median: Optional[int] = None) -> tuple[pm.Leng
 
 
 class _Planner:
-    def __init__(self, profile: Profile, card: pm.Card, measured: Optional[pm.Measured], saved: str,
+    def __init__(self, profile: Profile, card: pm.Card, measured: Optional[pm.Measured],
                  typical: Typical, cot_median: Optional[int]):
-        self.p, self.card, self.measured, self.saved, self.t = profile, card, measured, saved, typical
+        self.p, self.card, self.measured, self.t = profile, card, measured, typical
         toy = profile.section_dict("toy_student") if "toy_student" in profile.sections else None
         self.arch, self.arch_source = pm.find_arch(profile.student.model, toy)
         self.cot, self.cot_source = cot_lengths(profile, cot_median)
@@ -246,11 +246,12 @@ class _Planner:
                                       f"{mem['logits'] / pm.GIB:.1f} GiB (half the free memory at most)")
 
     def model_gb(self) -> tuple[float, str]:
-        """Disk of one trained model as the training stack saves it."""
+        """Disk of one trained model as the training stack saves it: the LoRA adapter, or merged under
+        ``training.merge_lora`` and for full fine-tuning."""
         a, tr = self.arch, self.p.training
         if a is None:
             return 0.0, "unknown size"
-        if self.saved == "adapter" and tr.use_lora:
+        if tr.use_lora and not tr.merge_lora:
             return a.lora_params(tr.lora_r, tr.lora_target_modules) * 2 / pm.GB, f"LoRA adapter r={tr.lora_r}"
         return a.params * 2 / pm.GB, "merged 16-bit model"
 
@@ -459,7 +460,7 @@ def _tailored_row(pl: _Planner) -> Row:
 
 
 def make_plan(profile_name: str, gpu: Optional[str] = None, *, overrides: Optional[dict] = None,
-              doctor: Optional[str] = None, disk_gb: Optional[float] = None, saved: str = "merged",
+              doctor: Optional[str] = None, disk_gb: Optional[float] = None,
               cot_median: Optional[int] = None, typical: Typical = TYPICAL) -> Plan:
     """The plan of ``profile_name`` (a name or a YAML path) on ``gpu`` (a ``plan_model.CARDS`` name)."""
     profile = load_profile(profile_name, overrides)
@@ -468,7 +469,7 @@ def make_plan(profile_name: str, gpu: Optional[str] = None, *, overrides: Option
         raise ValueError(f"--gpu {gpu!r}: known cards are {', '.join(pm.CARDS)}")
     card = pm.CARDS[gpu]
     measured = pm.Measured.from_doctor_json(doctor) if doctor else None
-    pl = _Planner(profile, card, measured, saved, typical, cot_median)
+    pl = _Planner(profile, card, measured, typical, cot_median)
     rows = _stages(pl)
     plan = Plan(profile.name, card, pl.arch, pl.arch_source, pl.backend, len(profile.seeds), rows, pl.warnings,
                 [], disk_gb if disk_gb is not None else card.disk_gb, card.session_h)
@@ -486,7 +487,7 @@ def _header(plan: Plan, profile: Profile, pl: _Planner, measured, doctor) -> lis
     return [f"orion plan: profile {plan.profile} on {c.name} ({c.memory_gib:.1f} GiB, disk {plan.disk_gb:.0f} GB"
             f"{f', {c.session_h:.0f} h session' if c.session_h else ''}), {plan.seeds} seed(s)",
             f"student {profile.student.model} ({shape}; {plan.arch_source}); generation {plan.backend}; {rate}",
-            f"models kept as: {pl.model_gb()[1]} (--saved)"]
+            f"models kept as: {pl.model_gb()[1]} (training.merge_lora)"]
 
 
 def _warn(plan: Plan) -> None:
@@ -550,6 +551,6 @@ def format_plan(plan: Plan) -> str:
 def main_plan(args: argparse.Namespace, overrides: dict) -> int:
     """The ``orion plan`` subcommand (argparse namespace from ``runner.main``)."""
     plan = make_plan(args.profile, args.gpu, overrides=overrides, doctor=args.doctor, disk_gb=args.disk_gb,
-                     saved=args.saved, cot_median=args.cot_median)
+                     cot_median=args.cot_median)
     print(format_plan(plan))
     return 0

@@ -318,8 +318,6 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="plan with a profile value changed, e.g. --set data.benchmark_limit=100")
     plan.add_argument("--disk-gb", type=float, default=None, help="disk available (default: the card's, Colab ~100)")
-    plan.add_argument("--saved", choices=("merged", "adapter"), default="merged",
-                      help="how trained models are kept: merged 16-bit (today's training stack) or LoRA adapters")
     plan.add_argument("--cot-median", type=int, default=None, metavar="TOKENS",
                       help="median teacher CoT length (default: plan.COT_MEDIAN for the profile's data.train_source)")
     return parser

@@ -168,7 +168,8 @@ def test_no_paper_stage_over_80_gb_and_its_api_requests_by_hand():
 
 
 def test_disk_counts_merged_models_or_adapters():
-    merged, adapter = make_plan("paper", "H100"), make_plan("paper", "H100", saved="adapter")
+    merged = make_plan("paper", "H100", overrides={"training": {"merge_lora": True}})
+    adapter = make_plan("paper", "H100")  # training.merge_lora off: LoRA adapters kept
     # each of the paper's 7 trained models per seed (sft, orion, EDIT stages 1 and 2, Tailored rounds 1 and 2 ...)
     # is 15.2 GB merged; an r=64 adapter is 161,480,704 x 2 B = 0.32 GB
     sft = next(r for r in merged.rows if r.what == "train sft")
