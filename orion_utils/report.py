@@ -168,8 +168,8 @@ def exposure_section(run: RunDir) -> list[str]:
     stage = run.stage_info("error_exposure") or {}  # what the stage recorded in the manifest
     limit, included = stage.get("max_new_tokens", "?"), stage.get("unfinished_as_errors", False)
     text = (f"{c['n_attempts']} student attempts: {c['n_correct']} correct, **{c['n_wrong']} wrong**, "
-            f"**{c['n_unfinished']} unfinished** (cut off at `exposure.max_new_tokens` = {limit} before a final "
-            f"answer). Errors to reflect on: {len(errors)} distinct wrong attempts; unfinished ones "
+            f"**{c['n_unfinished']} unfinished** (cut off at `exposure.max_new_tokens` = {limit}, whatever answer "
+            f"they state; never correct). Errors to reflect on: {len(errors)} distinct wrong attempts; unfinished ones "
             f"{'included' if included else 'left out'} (`exposure.unfinished_as_errors: {str(included).lower()}`).")
     return ["## Error exposure", "", text, ""]
 
