@@ -230,7 +230,8 @@ def results_table(metrics: dict, key: str = "pass@1") -> str:
 def look_inside(run: RunDir, method: Optional[str] = None, benchmark: Optional[str] = None, index: int = 0,
                 show: bool = True) -> Optional[dict]:
     """One evaluation sample graded again: the response, the answer ``grading.grade`` extracts from it
-    and its verdict against the gold answer (and whether that matches the stored verdict). Default: the
+    and its verdict against the gold answer (and whether that matches the stored verdict: an unfinished one
+    counts as wrong whatever it states). Default: the
     first evaluated method's first benchmark."""
     from .display import key_values, markdown
 
