@@ -41,12 +41,6 @@ class Generation:
     n_tokens: int  # completion tokens generated (up to and including EOS)
     finish_reason: str  # "stop" (EOS) or "length"
 
-    @property
-    def unfinished(self) -> bool:
-        """Cut off at ``max_new_tokens`` (``is_unfinished``)."""
-        return is_unfinished(self.finish_reason)
-
-
 def is_unfinished(finish_reason: str | None, answer: object = None) -> bool:
     """The one rule for a cut-off output, at every stage: a generation that hit ``max_new_tokens``
     (``finish_reason == "length"``) is *unfinished*, whatever an extractor can pull from it (a box, a cued
