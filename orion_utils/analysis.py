@@ -5,10 +5,11 @@ intervals and seed aggregates ``stats``'s, the verdicts ``claims``'s, the traini
 ``training_sets``'s, the choice of figures ``figures``'s, and the words (metric definitions, claim statements, the report) ``report``'s.
 The names it uses itself are importable from here too; the others from their own module (``stats.bootstrap_interval``).
 
-The ORION paper claims that ORION's CoTs are more coherent and
-logically consistent, that training on them is more stable, that the trained student is less
-verbose, and that ORION beats every baseline by more than 2 points. This module turns each claim
-into numbers computed from the run directory alone:
+The ORION paper claims three things: ORION beats all baselines by more than 2 points on GSM-Hard,
+MATH500, AIME24 and AMC23; its CoTs have higher coherence and logical consistency; training on them is
+more stable (``claims.PAPER_CLAIMS``). This module turns each claim into numbers computed from the run
+directory alone, and measures more of its own (output length, unfinished outputs: ``claims.own_evidence``,
+reported apart, never as a claim of the paper):
 
 ``cot_perplexity``
     How "tailored" a method's training CoTs are to the student: the **base** student's perplexity of
@@ -33,7 +34,9 @@ into numbers computed from the run directory alone:
     mathematics (``x^2 - 1 = 0`` reads as ``2 - 1 = 0``), so it is off there; instead, with
     ``analysis.judge`` on, the teacher judges the steps of up to ``judge_max_cots`` training CoTs
     per method (``make_judge``, ``judge_consistency``: the mean share of steps judged consistent;
-    it costs teacher calls).
+    it costs teacher calls). The judge did not select ORION's rewrites, so the coherence claim is decided by
+    it (and by the toy's checked steps) before the base student's perplexity, which ``reflection.selection:
+    perplexity`` minimised to choose them (``claims._coherence_evidence``).
 
 Seeds: a profile may list several seeds. ``orion run`` writes the first seed's run to the run
 directory and each further seed's complete run to ``<run>/seeds/seed_<k>``; ``analyse_run`` finds
@@ -52,7 +55,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .claims import CLAIM_MARGIN_POINTS, assess_claims, look_inside
+from .claims import CLAIM_MARGIN_POINTS, assess_claims, assess_own, look_inside
 from .figures import write_figures
 from .jsonl import read_jsonl, write_json
 from .knobs import knob, validate
@@ -91,14 +94,14 @@ Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 
 TOKEN_KEYS = ("cot_perplexity", "cot_tokens_mean", "response_tokens_mean", "loss_delta_std")
 STEP_CONSISTENCY = ("auto", "on", "off")  # analysis.step_consistency
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3  # 3: the paper's three claims, own_measurements apart, coherence by the judge first
 
 # the stage's own names, and those it uses from the modules it is made of
 __all__ = [
     "ANALYSIS_VERSION", "CLAIM_MARGIN_POINTS", "CONSISTENCY_KINDS", "DEFAULT_BUCKETS", "INTERVAL_METRICS",
     "STEP_CONSISTENCY", "TOKEN_KEYS", "AnalysisConfig", "Bucket", "PathLike", "Scorer",
     "accuracy_by_difficulty", "aggregate_metrics", "aggregate_values", "analyse_methods", "analyse_run",
-    "assess_claims", "bench_problem_key", "bucket_of", "cell_intervals", "consistency_summary",
+    "assess_claims", "assess_own", "bench_problem_key", "bucket_of", "cell_intervals", "consistency_summary",
     "cot_perplexity", "difficulty_from_samples", "headline_intervals", "is_toy_run", "judge_consistency",
     "length_stats", "load_eval_samples", "look_inside", "loss_delta_std", "loss_segments", "loss_values",
     "make_judge", "problem_scores", "reflection_summary", "scores_by_seed", "seed_run_dirs", "student_scorer",
@@ -238,6 +241,7 @@ def _aggregate_method_scalars(per_seed: Sequence[dict]) -> dict:
         for part in ("training", "evaluation"):
             agg[f"step_consistency_{part}"] = aggregate_values(
                 ((r.get("step_consistency") or {}).get(part) or {}).get("score") for r in rows)
+        agg["judge_consistency"] = aggregate_values((r.get("judge_consistency") or {}).get("score") for r in rows)
         abd: dict = {}
         for r in rows:
             for bench, buckets in (r.get("accuracy_by_difficulty") or {}).items():
@@ -561,7 +565,9 @@ def _build_analysis(run: RunDir, others: Sequence[RunDir], cfg: AnalysisConfig, 
                   "per_seed": [{"run": r.root.name, "methods": s} for r, s in zip(runs, per_seed)]},
         "intervals": intervals,
         "claims": assess_claims(agg_metrics, agg_methods, cfg.margin_points, toy=toy, n_seeds=len(per_seed),
-                                intervals=intervals["headline"], max_width=cfg.decide_max_width_points),
+                                intervals=intervals["headline"], max_width=cfg.decide_max_width_points,
+                                selection=(_config(run).get("reflection") or {}).get("selection")),
+        "own_measurements": assess_own(agg_metrics, agg_methods, n_seeds=len(per_seed)),
         "reflection": reflections[0],
         "reflection_seeds": [{"run": r.root.name, **(info or {})} for r, info in zip(runs, reflections)],
         "training_sets": training_set_table(run, list(metrics_list[0]), own_tokenizer),
@@ -608,7 +614,8 @@ def analyse_run(
          "intervals": {"cells": {method: {bench: {metric: {"mean", "lo", "hi", "level", "n_problems",
                                                              "n_seeds", "n_resamples"}}}},
                        "headline": {bench: {baseline: {"diff", "lo", "hi", "width", ...}}}, "rule": {...}},
-         "claims": [{"id", "claim", "verdict", "text", "numbers"}], "figures": {name: path}}
+         "claims": [{"id", "claim", "verdict", "text", "numbers"}],  # the paper's three
+         "own_measurements": [{"id", "measure", "verdict", "text", "numbers"}], "figures": {name: path}}
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     cfg = cfg or AnalysisConfig()

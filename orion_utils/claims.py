@@ -1,10 +1,16 @@
-"""The paper's claims as verdicts and the numbers behind them (no words: those are ``report``'s).
+"""The paper's claims as verdicts and the numbers behind them (no words: those are ``claim_words``'s).
 
-``claim_evidence`` judges each claim on seed-aggregated cells (``stats.aggregate_values``): the headline
-(ORION beats every baseline by more than ``margin`` points, per benchmark, by the paired bootstrap
-intervals of ``stats.headline_intervals`` when there are per-problem results), coherence (the base
-student's perplexity of the training CoTs, step consistency), stability (``loss_delta_std``) and
-verbosity (``response_tokens_mean``). ``assess_claims`` adds the report's words; ``look_inside`` shows
+The paper (ORION, arXiv 2505.22131) claims three things, and only these are its claims here
+(``PAPER_CLAIMS``): the headline (ORION beats every baseline by more than ``margin`` points on GSM-Hard,
+MATH500, AIME24 and AMC23; per benchmark, by the paired bootstrap intervals of ``stats.headline_intervals``
+when there are per-problem results), coherence (CoTs of higher coherence and logical consistency) and
+stability (``loss_delta_std``). ``claim_evidence`` judges each on seed-aggregated cells
+(``stats.aggregate_values``). Coherence is judged by measures that did not choose ORION's rewrites (the
+judge's step consistency, ``judge_consistency``; the toy domain's checked arithmetic) when the run has
+them; the base student's perplexity of the training CoTs decides only when nothing else does, and it is
+flagged ``circular`` when ``reflection.selection: perplexity`` chose the rewrites by that very quantity.
+What else we measure (output length, ``response_tokens_mean``; unfinished outputs) is ``own_evidence``,
+never a paper claim. ``assess_claims`` and ``assess_own`` add the report's words; ``look_inside`` shows
 one claim of a finished run.
 """
 from __future__ import annotations
@@ -12,11 +18,16 @@ from __future__ import annotations
 import json
 from typing import Any, Optional, Sequence
 
-from .report import cell_text, claim_entry
+from .claim_words import claim_entry, own_entry
+from .report import cell_text
 from .rundir import RunDir
 from .stats import headline_status
 
 CLAIM_MARGIN_POINTS = 2.0
+PAPER_CLAIMS = ("headline", "coherence", "stability")  # the paper's three claims, in its order
+OWN_MEASUREMENTS = ("verbosity", "unfinished")  # ours, reported apart from the paper's claims
+# coherence measures that did not select ORION's rewrites (perplexity, ``cot_perplexity``, may have)
+INDEPENDENT_COHERENCE = ("judge_consistency", "step_consistency_training", "step_consistency_evaluation")
 
 
 def _verdict(outcomes: Sequence[int]) -> str:
@@ -122,15 +133,22 @@ def _compare(agg_methods: dict, key: str, lower: bool, against: Sequence[str]) -
     return outs, nums, comparison
 
 
-def _coherence_evidence(agg_methods: dict, trained: Sequence[str]) -> dict:
+def _coherence_evidence(agg_methods: dict, trained: Sequence[str], selection: Optional[str] = None) -> dict:
+    """Coherence by the measures that did not choose ORION's rewrites (``INDEPENDENT_COHERENCE``) when any
+    compares; else by the base student's perplexity of the training CoTs, ``circular`` when ``selection``
+    (``reflection.selection``) is ``perplexity``: the rewrites were chosen by minimising that quantity.
+    ``basis``: ``independent``, ``perplexity`` or ``none``."""
     with_cots = [m for m in trained if (agg_methods.get(m) or {}).get("cot_perplexity")]
-    o1, n1, c1 = _compare(agg_methods, "cot_perplexity", True, with_cots)
-    o2, n2, c2 = _compare(agg_methods, "step_consistency_training", False, trained)
-    o3, n3, c3 = _compare(agg_methods, "step_consistency_evaluation", False, trained)
-    return {"id": "coherence", "verdict": _verdict(o1 + o2 + o3),
-            "numbers": {"cot_perplexity": n1, "step_consistency_training": n2,
-                        "step_consistency_evaluation": n3},
-            "comparisons": [c1, c2, c3],
+    independent, numbers, comparisons = [], {}, []
+    for key in INDEPENDENT_COHERENCE:
+        outs, numbers[key], comparison = _compare(agg_methods, key, False, trained)
+        independent += outs
+        comparisons.append(comparison)
+    o_ppl, numbers["cot_perplexity"], c_ppl = _compare(agg_methods, "cot_perplexity", True, with_cots)
+    basis = "independent" if independent else "perplexity" if o_ppl else "none"
+    return {"id": "coherence", "verdict": _verdict(independent if independent else o_ppl),
+            "numbers": numbers, "comparisons": [*comparisons, c_ppl], "basis": basis,
+            "selection": selection, "circular": selection == "perplexity",
             "base": (agg_methods.get("base") or {}).get("step_consistency_evaluation")}
 
 
@@ -142,17 +160,19 @@ def _lower_is_better_evidence(agg_methods: dict, trained: Sequence[str], claim: 
 
 
 def claim_evidence(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MARGIN_POINTS,
-                   intervals: Optional[dict] = None, max_width: float = 8.0) -> list[dict]:
-    """Each paper claim's verdict and the comparisons behind it, in numbers (no words).
+                   intervals: Optional[dict] = None, max_width: float = 8.0,
+                   selection: Optional[str] = None) -> list[dict]:
+    """Each of the paper's three claims' verdict and the comparisons behind it, in numbers (no words).
 
-    One dict per claim, in the report's order (``headline``, ``coherence``, ``stability``,
-    ``verbosity``): ``id``, ``verdict``, ``numbers`` (the seed means stored in ``analysis.json``) and
-    the seed-aggregated cells that ``report.claim_entry`` puts into words. ``headline`` adds
+    One dict per claim, in the report's order (``PAPER_CLAIMS``: ``headline``, ``coherence``,
+    ``stability``): ``id``, ``verdict``, ``numbers`` (the seed means stored in ``analysis.json``) and
+    the seed-aggregated cells that ``claim_words.claim_entry`` puts into words. ``headline`` adds
     ``margin``, ``baselines`` and ``rows`` (per benchmark: ORION's and the best baseline's pass@1
     cells, ``margin_points``, ``spread_points``); the others add ``comparisons`` (per compared metric:
     ``key``, ``lower_is_better``, ORION's cell and ``others``, each with its ``method``, ``cell``,
     ``outcome`` (+1/0/-1, the function ``outcome``) and ``spread``) and ``base``, base's cell where the report
-    quotes it for reference.
+    quotes it for reference. ``coherence`` adds ``basis``, ``selection`` and ``circular``
+    (``_coherence_evidence``: ``selection`` is the run's ``reflection.selection``).
 
     ``intervals`` (``headline_intervals``: per benchmark and baseline, the paired bootstrap interval of
     ORION − baseline in points): the headline is judged against them (``headline_status`` with
@@ -164,24 +184,50 @@ def claim_evidence(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_M
     """
     trained = [m for m in agg_methods if m not in ("orion", "base")]
     return [_headline_evidence(agg_metrics, agg_methods, margin, intervals, max_width),
-            _coherence_evidence(agg_methods, trained),
-            _lower_is_better_evidence(agg_methods, trained, "stability", "loss_delta_std", with_base=False),
-            _lower_is_better_evidence(agg_methods, trained, "verbosity", "response_tokens_mean",
-                                      with_base=True)]
+            _coherence_evidence(agg_methods, trained, selection),
+            _lower_is_better_evidence(agg_methods, trained, "stability", "loss_delta_std", with_base=False)]
+
+
+def _unfinished_evidence(agg_metrics: dict) -> dict:
+    """Per method and benchmark, the share of unfinished outputs (sampled: ``unfinished_rate``; greedy:
+    ``greedy_unfinished_rate``); measured, no verdict."""
+    numbers: dict = {}
+    for method, per in agg_metrics.items():
+        for bench, cells in per.items():
+            for key in ("unfinished_rate", "greedy_unfinished_rate"):
+                if (cells or {}).get(key):
+                    numbers.setdefault(key, {}).setdefault(method, {})[bench] = cells[key]
+    return {"id": "unfinished", "verdict": "measured" if numbers else "cannot be assessed", "numbers": numbers}
+
+
+def own_evidence(agg_metrics: dict, agg_methods: dict) -> list[dict]:
+    """What we measure beside the paper's claims (``OWN_MEASUREMENTS``), in numbers: ``verbosity`` (ORION's mean
+    output length against every other trained method's, with a verdict as for a claim) and ``unfinished``
+    (``_unfinished_evidence``). Never a claim of the paper."""
+    trained = [m for m in agg_methods if m not in ("orion", "base")]
+    return [_lower_is_better_evidence(agg_methods, trained, "verbosity", "response_tokens_mean", with_base=True),
+            _unfinished_evidence(agg_metrics)]
+
+
+def assess_own(agg_metrics: dict, agg_methods: dict, n_seeds: int = 1) -> list[dict]:
+    """Our own measurements in the report's words (``claim_words.own_entry``): {"id", "measure", "verdict", "text",
+    "numbers"}."""
+    return [own_entry(e, n_seeds=n_seeds) for e in own_evidence(agg_metrics, agg_methods)]
 
 
 def assess_claims(agg_metrics: dict, agg_methods: dict, margin: float = CLAIM_MARGIN_POINTS, toy: bool = False,
-                  n_seeds: int = 1, intervals: Optional[dict] = None, max_width: float = 8.0) -> list[dict]:
-    """One entry per paper claim: {"id", "claim", "verdict", "text", "numbers"}.
+                  n_seeds: int = 1, intervals: Optional[dict] = None, max_width: float = 8.0,
+                  selection: Optional[str] = None) -> list[dict]:
+    """One entry per paper claim (the paper's three, ``PAPER_CLAIMS``): {"id", "claim", "verdict", "text", "numbers"}.
 
     ``agg_metrics``: ``aggregate_metrics`` output; ``agg_methods``: per-method scalars aggregated over
     seeds (``{"mean","std","n"}`` cells). Comparisons use seed means. Verdicts: "supported" (every
     comparison favours ORION), "not supported" (none does), "mixed", or "cannot be assessed".
     The verdicts and numbers are ``claim_evidence``'s; the claim's statement and the paragraph that
-    explains its verdict are the report's words (``report.claim_entry``).
+    explains its verdict are the report's words (``claim_words.claim_entry``).
     """
     return [claim_entry(e, n_seeds=n_seeds, toy=toy)
-            for e in claim_evidence(agg_metrics, agg_methods, margin, intervals, max_width)]
+            for e in claim_evidence(agg_metrics, agg_methods, margin, intervals, max_width, selection)]
 
 
 def flatten_numbers(numbers: Any, prefix: str = "") -> dict:
@@ -198,12 +244,15 @@ def flatten_numbers(numbers: Any, prefix: str = "") -> dict:
 
 def look_inside(run: RunDir, claim: str = "stability", show: bool = True) -> Optional[dict]:
     """One of the paper's claims as this run's ``analysis.json`` assessed it: the claim, its verdict, the
-    sentence that explains it, and every number behind it (per method, flattened)."""
+    sentence that explains it, and every number behind it (per method, flattened). ``claim`` may also name
+    one of our own measurements (``OWN_MEASUREMENTS``)."""
     from .display import key_values
 
     path = run.analysis_file
-    claims = json.loads(path.read_text(encoding="utf-8")).get("claims", []) if path.exists() else []
-    found = next((c for c in claims if c.get("id") == claim), claims[0] if claims else None)
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    claims = saved.get("claims", [])
+    own = [{**m, "claim": m.get("measure")} for m in saved.get("own_measurements", [])]
+    found = next((c for c in claims + own if c.get("id") == claim), claims[0] if claims else None)
     if found is None:
         print("no claims assessed in this run (analysis.json is missing or has none)")
         return None

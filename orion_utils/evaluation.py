@@ -2,6 +2,9 @@
 
 pass@1 is the mean over n sampled solutions per problem (temperature 0.6, top_p 0.95 by
 default), averaged over problems; greedy accuracy comes from one greedy solution per problem.
+An output cut off at ``max_new_tokens`` is *unfinished* (``sampling.is_unfinished``), whatever answer
+can be read from it: it counts as wrong in both, and its rate is reported beside them
+(``unfinished_rate``, ``greedy_unfinished_rate``).
 Each generation is graded and saved as an ``EvalSample`` in ``eval/<method>/<benchmark>.jsonl``.
 A benchmark is generated in chunks of ``evaluation.chunk_questions`` problems, each saved once finished
 (``rundir.run_in_chunks``), so an interrupted evaluation resumes from its last finished chunk with the same results.
@@ -21,6 +24,7 @@ from .methods import METHODS as _REGISTRY
 from .processes import run_jobs
 from .records import EvalSample, Problem
 from .rundir import RunDir, chunk_seed, run_in_chunks
+from .sampling import is_unfinished
 from .stages import fingerprint
 
 METHODS = tuple(_REGISTRY)  # every method a run can evaluate (orion_utils.methods)
@@ -54,14 +58,17 @@ def grade_generations(method: str, benchmark: str, problems: Sequence[Problem], 
         rel_tol = problem.meta.get("rel_tol") if isinstance(problem.meta, dict) else None
         for i, g in enumerate(generations):
             result = grade(g.text, problem.answer, rel_tol=rel_tol)
+            # an unfinished one counts as wrong (EvalSample keeps the grader's verdict in meta["graded_correct"])
             samples.append(EvalSample(method, benchmark, problem.id, decoding, i, g.text, result.predicted,
                                       problem.answer, result.correct, result.reason, g.n_tokens,
-                                      {"finish_reason": g.finish_reason}))
+                                      {"finish_reason": g.finish_reason}, unfinished=is_unfinished(g.finish_reason)))
     return samples
 
 
 def summarise(samples: Sequence[EvalSample]) -> dict:
-    """pass@1 (mean over samples, then problems), greedy accuracy, counts and response lengths."""
+    """pass@1 (mean over samples, then problems), greedy accuracy, counts and response lengths, and the share
+    of unfinished outputs beside each accuracy: ``unfinished_rate`` (sampled), ``greedy_unfinished_rate``.
+    An unfinished output counts as wrong in the accuracy (``EvalSample.correct`` is False)."""
     sampled = [s for s in samples if s.decoding == "sample"]
     greedy = [s for s in samples if s.decoding == "greedy"]
     summary: dict = {}
@@ -72,8 +79,10 @@ def summarise(samples: Sequence[EvalSample]) -> dict:
         summary["pass@1"] = mean(mean(v) for v in per_problem.values())
         summary["n_problems"] = len(per_problem)
         summary["n_samples"] = len(sampled) // max(len(per_problem), 1)
+        summary["unfinished_rate"] = mean(s.unfinished for s in sampled)
     if greedy:
         summary["greedy"] = mean(s.correct for s in greedy)
+        summary["greedy_unfinished_rate"] = mean(s.unfinished for s in greedy)
         summary.setdefault("n_problems", len(greedy))
     summary["response_tokens_mean"] = mean(s.n_tokens for s in samples) if samples else 0.0
     summary["no_answer_rate"] = mean(s.reason == "no answer" for s in samples) if samples else 0.0
@@ -221,7 +230,8 @@ def results_table(metrics: dict, key: str = "pass@1") -> str:
 def look_inside(run: RunDir, method: Optional[str] = None, benchmark: Optional[str] = None, index: int = 0,
                 show: bool = True) -> Optional[dict]:
     """One evaluation sample graded again: the response, the answer ``grading.grade`` extracts from it
-    and its verdict against the gold answer (and whether that matches the stored verdict). Default: the
+    and its verdict against the gold answer (and whether that matches the stored verdict: an unfinished one
+    counts as wrong whatever it states). Default: the
     first evaluated method's first benchmark."""
     from .display import key_values, markdown
 
@@ -239,8 +249,8 @@ def look_inside(run: RunDir, method: Optional[str] = None, benchmark: Optional[s
     s = samples[min(index, len(samples) - 1)]
     g = grade(s.response, s.gold)
     look = {"method": s.method, "benchmark": s.benchmark, "problem_id": s.problem_id, "decoding": s.decoding,
-            "gold": s.gold, "extracted answer": g.predicted, "verdict": g.reason, "correct": g.correct,
-            "stored verdict": s.correct, "response": s.response}
+            "gold": s.gold, "extracted answer": g.predicted, "verdict": g.reason, "correct": g.correct and not s.unfinished,
+            "unfinished": s.unfinished, "stored verdict": s.correct, "response": s.response}
     if show:
         markdown(f"**Response** ({s.method} on {s.benchmark}, {s.decoding})\n\n```\n{s.response}\n```")
         key_values({k: v for k, v in look.items() if k != "response"}, title="the grader on this sample")

@@ -3,8 +3,8 @@
 The student samples k solutions per training question; each is graded against the gold
 answer. Wrong ones are kept (deduplicated) together with the student's pass rate per question.
 These are the mistakes ORION's reflection rewrites the teacher's CoTs around. An attempt cut off at
-``max_new_tokens`` before it states a final answer is *unfinished*: counted apart, and by default
-not an error to reflect on (``exposure.unfinished_as_errors``).
+``max_new_tokens`` is *unfinished* (``sampling.is_unfinished``), whatever answer can be read from it:
+counted apart, never correct, and by default not an error to reflect on (``exposure.unfinished_as_errors``).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .jsonl import read_jsonl, write_json, write_jsonl
 from .knobs import knob, validate
 from .records import Problem, SFTExample, StudentAttempt, text_key
 from .rundir import RunDir, chunk_seed, run_in_chunks
+from .sampling import is_unfinished  # the one cut-off rule; importable from here too
 from .stages import fingerprint
 
 EXPOSURE_SOURCES = ("base", "primed")
@@ -36,21 +37,14 @@ class ExposureConfig:
     # questions per generation call; each finished chunk is saved, so a crash or a disconnect loses at most
     # one (its samples do not depend on an interruption: rundir.chunk_seed)
     chunk_questions: int = knob(32, "questions per generation call; each finished chunk is saved", ge=1)
-    # an attempt cut off at max_new_tokens with no final answer is "unfinished", counted apart from the wrong
-    # ones; False: it is not an error to reflect on (it shows no mistake, only that the budget ran out)
+    # an attempt cut off at max_new_tokens is "unfinished", counted apart from the wrong ones whatever answer
+    # it states; False: it is not an error to reflect on (it shows no mistake, only that the budget ran out)
     unfinished_as_errors: bool = knob(
-        False, "an attempt cut off with no answer counts as an error to reflect on")
+        False, "an attempt cut off at max_new_tokens counts as an error to reflect on")
     seed: int = knob(0, "sampling seed")
 
     def __post_init__(self) -> None:
         validate(self)
-
-
-def is_unfinished(finish_reason: str, answer: Optional[str]) -> bool:
-    """An attempt cut off at the token limit (``Generation.finish_reason == "length"``) before it stated
-    a final answer (``grading`` extracted none): unfinished, not wrong. One cut off after stating an
-    answer is graded on that answer."""
-    return finish_reason == "length" and answer is None
 
 
 def dedupe_errors(attempts: list[StudentAttempt], unfinished_as_errors: bool = False) -> list[StudentAttempt]:
@@ -66,7 +60,8 @@ def dedupe_errors(attempts: list[StudentAttempt], unfinished_as_errors: bool = F
 
 
 def attempt_counts(attempts: list[StudentAttempt]) -> dict:
-    """Attempts, and how many are correct, wrong (finished with a wrong or no answer) and unfinished."""
+    """Attempts, and how many are correct, wrong (finished with a wrong or no answer) and unfinished (cut off:
+    never correct, ``sampling.is_unfinished``)."""
     unfinished = sum(a.unfinished for a in attempts)
     correct = sum(a.correct for a in attempts)
     return {"n_attempts": len(attempts), "n_correct": correct, "n_wrong": len(attempts) - correct - unfinished,
@@ -77,8 +72,8 @@ def exposure_line(counts: dict, n_errors: int, cfg: ExposureConfig) -> str:
     """The stage's line: wrong and unfinished attempts apart, and which of them are the errors kept."""
     kept = "wrong and unfinished" if cfg.unfinished_as_errors else "wrong only"
     return (f"[error_exposure] {counts['n_attempts']} attempts: {counts['n_correct']} correct, {counts['n_wrong']} wrong, "
-            f"{counts['n_unfinished']} unfinished (cut off at exposure.max_new_tokens={cfg.max_new_tokens} with no "
-            f"final answer); errors to reflect on: {n_errors} distinct ({kept}: exposure.unfinished_as_errors="
+            f"{counts['n_unfinished']} unfinished (cut off at exposure.max_new_tokens={cfg.max_new_tokens}, "
+            f"whatever answer they state); errors to reflect on: {n_errors} distinct ({kept}: exposure.unfinished_as_errors="
             f"{cfg.unfinished_as_errors})")
 
 
@@ -117,12 +112,12 @@ def sample_and_grade(
         attempts = []
         for problem, generations in zip(chunk, outputs):
             for i, g in enumerate(generations):
-                result = grade(g.text, problem.answer)
+                result, cut_off = grade(g.text, problem.answer), is_unfinished(g.finish_reason)
                 attempts.append(StudentAttempt(
                     problem_id=problem.id, sample_index=i, response=g.text, answer=result.predicted,
-                    correct=result.correct, model=model_name, reason=result.reason,
+                    correct=result.correct and not cut_off, model=model_name, reason=result.reason,
                     meta={"n_tokens": g.n_tokens, "finish_reason": g.finish_reason},
-                    unfinished=is_unfinished(g.finish_reason, result.predicted),
+                    unfinished=cut_off,
                 ))
         return attempts
 

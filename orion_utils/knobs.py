@@ -22,6 +22,22 @@ class ConfigError(ValueError):
         super().__init__(message or "\n".join(self.problems))
 
 
+DAI_2025 = "Dai et al., Capture the Key in Reasoning to Enhance CoT Distillation Generalization, ACL 2025 (arXiv 2405.19737)"
+WANG_2023 = "Wang et al., Democratizing Reasoning Ability: Tailored Learning from Large Language Model, EMNLP 2023 (arXiv 2310.13332)"
+CITED_VALUES: dict[tuple[str, str], tuple[Any, str]] = {
+    ("edit", "alpha"): (1.0, DAI_2025),
+    ("edit", "beta"): (0.025, DAI_2025),
+    ("edit", "pair_source"): ("teacher", DAI_2025),  # the teacher rectifies wrong CoTs and corrupts right ones
+    ("tailored", "lam"): (0.5, WANG_2023),
+    ("tailored", "prefix_weight"): (0.1, WANG_2023),
+    ("tailored", "exam_samples"): (4, WANG_2023),
+    ("tailored", "exam_temperature"): (1.0, WANG_2023),
+}
+"""(section, knob) → (value, source): the knob values a paper we can cite gives, the only ones a help text, a
+profile or a comment may label "paper" or "as published" (``tests/test_paper_labels.py`` checks). ORION's own
+paper (arXiv 2505.22131) publishes only its abstract: ORION's prompts and hyperparameters are ours."""
+
+
 def knob(default: Any = dataclasses.MISSING, help: str = "", *, factory: Optional[Callable[[], Any]] = None,
          choices: Optional[Sequence] = None, each: Optional[Sequence] = None, ge: Optional[float] = None,
          gt: Optional[float] = None, le: Optional[float] = None) -> Any:

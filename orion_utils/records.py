@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .sampling import is_unfinished
+
 
 @dataclass
 class Problem:
@@ -95,8 +97,8 @@ class StudentAttempt:
     model: str  # which student produced it ("base", "primed", a checkpoint path ...)
     reason: str = ""  # grading reason: correct / wrong / no answer / timeout / error
     meta: dict = field(default_factory=dict)
-    # cut off at the token limit before stating a final answer (exposure.is_unfinished): not counted as
-    # wrong, and by default not an error to reflect on (exposure.unfinished_as_errors)
+    # cut off at the token limit, whatever answer it states (sampling.is_unfinished): counted apart from the
+    # wrong ones, never correct, and by default not an error to reflect on (exposure.unfinished_as_errors)
     unfinished: bool = False
 
 
@@ -153,10 +155,20 @@ class EvalSample:
     response: str
     answer: Optional[str]
     gold: str
-    correct: bool
-    reason: str
+    correct: bool  # counts as correct in pass@1 and greedy accuracy: never when unfinished
+    reason: str  # the grader's reason for the extracted answer
     n_tokens: int
-    meta: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # finish_reason; an unfinished one's grader verdict: graded_correct
+    # cut off at evaluation.max_new_tokens, whatever answer it states (sampling.is_unfinished): counted as wrong
+    unfinished: bool = False
+
+    def __post_init__(self) -> None:
+        # the one rule, also for files written before this field: a cut-off output is unfinished, never correct
+        if not self.unfinished and isinstance(self.meta, dict) and is_unfinished(self.meta.get("finish_reason")):
+            self.unfinished = True
+        if self.unfinished and self.correct:
+            self.meta = {**(self.meta if isinstance(self.meta, dict) else {}), "graded_correct": True}
+            self.correct = False
 
 
 @dataclass

@@ -1,13 +1,14 @@
 """`report.md`: run metadata, the results table of every method, the figures, and the paper's claims.
 
-``write_report(run)`` works from ``metrics.json`` alone (tables and the accuracy/loss figures);
-with the analysis (``analysis.analyse_run`` passes it, or ``analysis.json`` is read when present)
-it adds the analysis table, accuracy by difficulty, one paragraph per paper claim, the definitions,
-and mean ± std over seeds in every cell when several seeds were analysed.
+``write_report(run)`` works from ``metrics.json`` alone (tables, the unfinished rates and the accuracy/loss
+figures); with the analysis (``analysis.analyse_run`` passes it, or ``analysis.json`` is read when present)
+it adds the analysis table, accuracy by difficulty, one paragraph per paper claim (the paper's three), our
+own measurements apart from them, the definitions, and mean ± std over seeds in every cell when several
+seeds were analysed.
 
-The report's words live here, including those ``analysis.json`` stores: the metric ``DEFINITIONS``,
-and each claim's statement and paragraph (``claim_entry``, from the verdicts and numbers of
-``claims.claim_evidence``). The analysis computes; this module says it.
+The report's words live here, including those ``analysis.json`` stores: the metric ``DEFINITIONS``; each
+claim's statement and paragraph are ``claim_words``'s (``claim_entry``, ``own_entry``, from the verdicts
+and numbers of ``claims.claim_evidence`` and ``claims.own_evidence``). The analysis computes; these say it.
 """
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ DEFINITIONS = {  # analysis.json's "definitions", the report's last section
     "step_consistency": "toy domain: share of written computation steps 'a op b = c' (compute and check lines; "
                         "reflection lines excluded) whose arithmetic is right, checked with sympy; "
                         "'score' pools steps, 'mean_per_text' averages per text",
+    "judge_consistency": "real runs with analysis.judge: the mean share of a training CoT's steps that the judge (the "
+                         "teacher, asked whether each step follows; not the base student whose perplexity may have "
+                         "chosen ORION's rewrites) finds consistent",
+    "unfinished_rate": "share of evaluation outputs cut off at evaluation.max_new_tokens, whatever answer can be "
+                       "read from them (sampled; greedy_unfinished_rate: greedy); pass@1 and greedy accuracy count "
+                       "them as wrong",
     "seeds": "mean ± sample std (n-1) over seeds; std 0 for one seed",
 }
 
@@ -161,8 +168,8 @@ def exposure_section(run: RunDir) -> list[str]:
     stage = run.stage_info("error_exposure") or {}  # what the stage recorded in the manifest
     limit, included = stage.get("max_new_tokens", "?"), stage.get("unfinished_as_errors", False)
     text = (f"{c['n_attempts']} student attempts: {c['n_correct']} correct, **{c['n_wrong']} wrong**, "
-            f"**{c['n_unfinished']} unfinished** (cut off at `exposure.max_new_tokens` = {limit} before a final "
-            f"answer). Errors to reflect on: {len(errors)} distinct wrong attempts; unfinished ones "
+            f"**{c['n_unfinished']} unfinished** (cut off at `exposure.max_new_tokens` = {limit}, whatever answer "
+            f"they state; never correct). Errors to reflect on: {len(errors)} distinct wrong attempts; unfinished ones "
             f"{'included' if included else 'left out'} (`exposure.unfinished_as_errors: {str(included).lower()}`).")
     return ["## Error exposure", "", text, ""]
 
@@ -358,9 +365,11 @@ def analysis_table(analysis: dict) -> str:
     """Per method: training-CoT perplexity, lengths, step consistency, loss stability (seed cells)."""
     agg = (analysis.get("seeds") or {}).get("methods") or {}
     rows = analysis.get("methods") or {}
+    judged = any((agg.get(m) or {}).get("judge_consistency") for m in rows)  # the judge's column, when it ran
     lines = ["| method | training CoTs | CoT perplexity ↓ | CoT tokens | output tokens ↓ | "
-             "step consistency, CoTs (%) | step consistency, outputs (%) | loss Δ std ↓ |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "step consistency, CoTs (%) | step consistency, outputs (%) | loss Δ std ↓ |"
+             + (" judge consistency, CoTs (%) |" if judged else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if judged else "")]
     for m in rows:
         a = agg.get(m, {})
         n = rows[m].get("n_training_cots")
@@ -368,7 +377,7 @@ def analysis_table(analysis: dict) -> str:
             f"| {m} | {n if n is not None else '–'} | {cell_text(a.get('cot_perplexity'), 1, 3)} | "
             f"{cell_text(a.get('cot_tokens_mean'), 1, 1)} | {cell_text(a.get('response_tokens_mean'), 1, 1)} | "
             f"{cell_text(a.get('step_consistency_training'))} | {cell_text(a.get('step_consistency_evaluation'))} | "
-            f"{cell_text(a.get('loss_delta_std'), 1, 4)} |")
+            f"{cell_text(a.get('loss_delta_std'), 1, 4)} |" + (f" {cell_text(a.get('judge_consistency'))} |" if judged else ""))
     return "\n".join(lines)
 
 
@@ -396,118 +405,56 @@ def difficulty_table(analysis: dict) -> str:
     return "\n".join(out)
 
 
-# --- the paper's claims, in words ----------------------------------------------------------------
-
-CLAIMS = {
-    "headline": "ORION beats every baseline by more than {margin:g} points",
-    "coherence": "ORION's CoTs are more coherent and logically consistent",
-    "stability": "Training on ORION's CoTs is more stable",
-    "verbosity": "ORION's outputs are less verbose",
-}
-"""What each claim id (``claims.claim_evidence``) stands for; ``{margin}``: the headline's margin in points."""
-
-COMPARED = {
-    "cot_perplexity": ("base-student perplexity of the training CoTs", 1.0, 2),
-    "step_consistency_training": ("step consistency of the training CoTs (%)", 100.0, 1),
-    "step_consistency_evaluation": ("step consistency of the evaluation outputs (%)", 100.0, 1),
-    "loss_delta_std": ("std of successive training-loss differences", 1.0, 4),
-    "response_tokens_mean": ("mean tokens per evaluation output", 1.0, 1),
-}
-"""How a claim's paragraph names and formats each compared metric: (label, scale, digits)."""
-
-
-def _comparison_text(comparison: dict) -> list[str]:
-    """'label: ORION x vs a y, b z (lower is better)' for one compared metric; [] with nothing compared."""
-    label, scale, digits = COMPARED[comparison["key"]]
-    texts = []
-    for other in comparison["others"]:
-        tie = " (within the seeds' spread: no difference)" if other["outcome"] == 0 and other["spread"] else ""
-        texts.append(f"{other['method']} {cell_text(other['cell'], scale, digits)}{tie}")
-    if not texts:
+def unfinished_section(run: RunDir, metrics: dict, seeds_note: str = "") -> list[str]:
+    """Beside each accuracy, the share of unfinished outputs per method and benchmark (``metrics.json``'s
+    ``unfinished_rate`` and ``greedy_unfinished_rate``) and how they count: as wrong."""
+    keys = [(k, label) for k, label in (("unfinished_rate", "sampled, beside pass@1"),
+                                        ("greedy_unfinished_rate", "greedy, beside greedy accuracy"))
+            if _has_key(metrics, k)]
+    if not keys:
         return []
-    head = f"{label}: ORION {cell_text(comparison['orion'], scale, digits)} vs " + ", ".join(texts)
-    return [head + (" (lower is better)" if comparison["lower_is_better"] else " (higher is better)")]
+    limit = ((run.config() or {}).get("evaluation") or {}).get("max_new_tokens", "?")
+    text = [f"### Unfinished outputs (%){seeds_note}", "",
+            f"An output is **unfinished** when it hit `evaluation.max_new_tokens` = {limit} before its turn ended, "
+            "whatever answer can be read from it (a box or a cued \"the answer is X\" written before the cut). "
+            "pass@1 and greedy accuracy count an unfinished output as **wrong**; here is how many there were.", ""]
+    for key, label in keys:
+        text += [f"Unfinished, {label}:", "", metrics_table(metrics, key), ""]
+    return text
 
 
-def _headline_interval_text(evidence: dict, toy_note: str) -> str:
-    """The headline judged against paired bootstrap intervals of ORION − each baseline, benchmark by benchmark."""
-    parts = []
-    for row in evidence["rows"]:
-        vs = row.get("vs") or {}
-        each = ", ".join(f"{m} {d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}] {d['status']}" for m, d in vs.items())
-        n = next(iter(vs.values()), {}).get("n_problems")
-        parts.append(f"{row['benchmark']} ({n} problems; one problem = {100 / n:.1f} points): {row.get('status')}"
-                     f" — ORION − {each}" if n else f"{row['benchmark']}: no paired results")
-    rule = (f"Rule: per benchmark and baseline, a paired bootstrap 95% interval of ORION − baseline in pass@1 points "
-            f"(the same problems, and seeds, resampled for both). 'beats' when its lower bound is above "
-            f"{evidence['margin']:g}; otherwise 'too small to decide' when it is wider than "
-            f"{evidence['max_width']:g} points, 'no difference' when it contains 0, 'worse' when it lies below 0, "
-            f"'below the margin' when it lies above 0 but not surely above {evidence['margin']:g}. The claim needs "
-            f"'beats' against every baseline on every benchmark; benchmarks too small to decide count for neither side.")
-    return ("; ".join(parts) if parts else "no comparable numbers") + ". " + rule + toy_note
+def tailored_exam_section(run: RunDir) -> list[str]:
+    """Tailored Learning's exams, round by round (``rounds.json``): accuracy, and the wrong and the unfinished
+    answers apart (an unfinished one is neither correct nor a wrong rationale)."""
+    path = run.tailored().rounds_summary
+    rounds = [r for r in _read_json(path, []) if r.get("n_exam_attempts")] if path.exists() else []
+    if not rounds:
+        return []
+    limit = ((run.config() or {}).get("tailored") or {}).get("exam_max_new_tokens", "?")
+    lines = ["## Tailored Learning's exams", "",
+             f"Each round's exam: the student's answers, graded. Unfinished: cut off at "
+             f"`tailored.exam_max_new_tokens` = {limit}, whatever answer can be read from them; neither correct nor "
+             "a wrong rationale for the teacher to tailor to.", "",
+             "| round | answers | exam accuracy (%) | wrong | unfinished | distinct wrong rationales |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rounds:
+        acc = r.get("exam_accuracy")
+        lines.append(f"| {r.get('round')} | {r['n_exam_attempts']} | {'–' if acc is None else f'{100 * acc:.1f}'} | "
+                     f"{r.get('n_exam_wrong', '–')} | {r.get('n_exam_unfinished', '–')} | {r.get('n_wrong_rationales')} |")
+    return lines + [""]
 
 
-def _headline_text(evidence: dict, seeds_note: str, toy_note: str) -> str:
-    if evidence.get("rule") == "paired bootstrap":
-        return _headline_interval_text(evidence, toy_note)
-    parts = []
-    for row in evidence["rows"]:
-        diff, within = row["margin_points"], row["spread_points"]
-        note = "; within the seeds' spread: no difference" if within and abs(diff) <= within else ""
-        parts.append(f"{row['benchmark']}: ORION {cell_text(row['orion'], 100, 1)} vs best baseline "
-                     f"{row['best_baseline']} {cell_text(row['best'], 100, 1)} ({diff:+.1f} points{note})")
-    return (f"pass@1 (%), ORION against the strongest of {', '.join(evidence['baselines']) or 'no baseline'} per "
-            f"benchmark (needs > {evidence['margin']:g} points on each): "
-            + ("; ".join(parts) if parts else "no comparable numbers") + "." + seeds_note + toy_note)
-
-
-def _coherence_text(evidence: dict, seeds_note: str, toy_note: str) -> str:
-    texts = [_comparison_text(c) for c in evidence["comparisons"]]
-    outcomes = [o["outcome"] for c in evidence["comparisons"] for o in c["others"]]
-    step_compared = any(t for c, t in zip(evidence["comparisons"], texts) if c["key"].startswith("step_consistency"))
-    base_note = ""
-    if evidence["base"]:
-        base_note = f" For reference, base's outputs: {cell_text(evidence['base'], 100, 1)}%."
-    return ("; ".join(t for ts in texts for t in ts) or "no comparable numbers") + "." + base_note \
-        + (" Ties count for neither side." if 0 in outcomes else "") \
-        + (" Step consistency is measured on the toy domain's written computations only; reflection lines are "
-           "excluded because they quote the wrong computation on purpose." if step_compared else "") \
-        + seeds_note
-
-
-def _stability_text(evidence: dict, seeds_note: str, toy_note: str) -> str:
-    return (("; ".join(_comparison_text(evidence["comparisons"][0])) or "no comparable numbers") + "."
-            + " The methods train on different texts, so their loss scales differ; read this as a rough indicator."
-            + seeds_note)
-
-
-def _verbosity_text(evidence: dict, seeds_note: str, toy_note: str) -> str:
-    base_note = ""
-    if evidence["base"]:
-        base_note = f" For reference, base: {cell_text(evidence['base'], 1.0, 1)} tokens."
-    return ("; ".join(_comparison_text(evidence["comparisons"][0])) or "no comparable numbers") + "." \
-        + base_note + seeds_note
-
-
-_CLAIM_TEXTS = {"headline": _headline_text, "coherence": _coherence_text, "stability": _stability_text,
-                "verbosity": _verbosity_text}
-
-
-def claim_entry(evidence: dict, n_seeds: int = 1, toy: bool = False) -> dict:
-    """A claim as ``analysis.json`` stores it and the report shows it: ``{"id", "claim", "verdict", "text",
-    "numbers"}``, from one entry of ``claims.claim_evidence``. ``text``: the verdict in bold, then the
-    comparisons behind it, with the notes on seeds (``n_seeds``) and, for the headline, on toy runs."""
-    seeds_note = (f" Numbers are means over {n_seeds} seeds (± sample std); a difference within the sum of the two "
-                  "stds counts as no difference." if n_seeds > 1 else
-                  " One seed: no spread is known, so every difference counts.")
-    toy_note = (" Toy run: a rule-assisted reflector stands in for free-form reflection (rules find the diverging "
-                "step and phrase its check; with `reflector: student` the tiny student writes the rest), so this is "
-                "a check of the pipeline and of the mechanism, not of the paper.") if toy else ""
-    claim_id, verdict = evidence["id"], evidence["verdict"]
-    body = _CLAIM_TEXTS[claim_id](evidence, seeds_note, toy_note)
-    return {"id": claim_id, "claim": CLAIMS[claim_id].format(margin=evidence.get("margin")),
-            "verdict": verdict, "text": f"**{verdict.capitalize()} by this run.** " + body,
-            "numbers": evidence["numbers"]}
+def own_section(analysis: dict) -> list[str]:
+    """Our own measurements (``analysis.json``'s ``own_measurements``): output length, unfinished outputs;
+    not claims of the paper."""
+    own = analysis.get("own_measurements") or []
+    if not own:
+        return []
+    text = ["## Our own measurements", "",
+            "Not claims of the paper: what else this run measures about ORION beside the other methods.", ""]
+    for m in own:
+        text += [f"### {m['measure']} — {m['verdict']}", "", m["text"], ""]
+    return text
 
 
 def _figure(name: str, figures: dict, run: RunDir) -> list[str]:
@@ -558,6 +505,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     text += ["## Run", "", *_metadata(run, analysis), ""]
     text += _results_section(run, analysis, table_metrics, figures, seeds_note)
     text += exposure_section(run)
+    text += tailored_exam_section(run)
     text += reflection_section(run)
     text += acceptance_section(run)
     text += comparison_section(run)
@@ -577,11 +525,13 @@ def _results_section(run: RunDir, analysis: dict | None, table_metrics: dict, fi
     """The report's Results: pass@1 (and greedy) per method and benchmark, the intervals, the accuracy figures."""
     cell_intervals = ((analysis or {}).get("intervals") or {}).get("cells")
     text = ["## Results", "", f"### pass@1 (%){seeds_note}", "",
-            "pass@1: mean over the sampled solutions of a problem, averaged over problems.", "",
+            "pass@1: mean over the sampled solutions of a problem, averaged over problems; an unfinished solution "
+            "(cut off at `evaluation.max_new_tokens`) counts as wrong.", "",
             metrics_table(table_metrics, "pass@1", cell_intervals), ""]
     if _has_key(table_metrics, "greedy"):
         text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy", cell_intervals), ""]
     text += intervals_note(analysis)
+    text += unfinished_section(run, table_metrics, seeds_note)
     return text + _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
 
 
@@ -609,14 +559,18 @@ def _analysis_section(run: RunDir, analysis: dict, figures: dict, seeds_note: st
 
 
 def _claims_section(analysis: dict, toy: bool) -> list[str]:
-    """The report's Paper claims, one verdict and paragraph each, and the definitions of its terms."""
-    text = ["## Paper claims", ""]
+    """The report's Paper claims (the paper's three), one verdict and paragraph each; our own measurements
+    apart from them (``own_section``); and the definitions of its terms."""
+    text = ["## Paper claims", "",
+            "The ORION paper (Wu, Li, Liu et al., arXiv 2505.22131) claims three things; each is checked here. "
+            "What else this run measures is under \"Our own measurements\", not a claim of the paper.", ""]
     if toy:
         text += ["Toy run: the verdicts below say whether the pipeline's numbers point the paper's way on a "
                  "synthetic task with a tiny student and a rule-assisted reflector standing in for free-form reflection; "
                  "they do not test the paper.", ""]
     for i, claim in enumerate(analysis.get("claims") or [], start=1):
         text += [f"### Claim {i}: {claim['claim']} — {claim['verdict']}", "", claim["text"], ""]
+    text += own_section(analysis)
     text += ["## Definitions", ""]
     return text + [f"- **{k}**: {v}" for k, v in (analysis.get("definitions") or {}).items()] + [""]
 

@@ -41,6 +41,13 @@ class Generation:
     n_tokens: int  # completion tokens generated (up to and including EOS)
     finish_reason: str  # "stop" (EOS) or "length"
 
+def is_unfinished(finish_reason: str | None, answer: object = None) -> bool:
+    """The one rule for a cut-off output, at every stage: a generation that hit ``max_new_tokens``
+    (``finish_reason == "length"``) is *unfinished*, whatever an extractor can pull from it (a box, a cued
+    "the answer is X" written before it ran out). It is counted apart from the wrong outputs, and never
+    as a correct one. ``answer`` (what was extracted) is accepted and changes nothing."""
+    return finish_reason == "length"
+
 
 # --------------------------------------------------------------------------------------------------
 # prompts and stop tokens (shared by both backends)

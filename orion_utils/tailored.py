@@ -58,7 +58,9 @@ class RoundResult:
     model_dir: str  # the student after this round (round 0: the base student)
     trained: bool
     n_exam_attempts: int = 0
-    exam_accuracy: Optional[float] = None
+    exam_accuracy: Optional[float] = None  # correct / attempts: an unfinished answer is not correct
+    n_exam_wrong: int = 0  # finished with a wrong answer or none
+    n_exam_unfinished: int = 0  # cut off at exam_max_new_tokens, whatever answer it states (apart from the wrong)
     n_wrong_rationales: int = 0
     n_teacher_rationales: int = 0  # correct ones kept
     n_teacher_dropped: int = 0  # wrong ones dropped
@@ -96,7 +98,9 @@ def run_exam(
     system: Optional[str] = None,
     model_name: str = "student",
 ) -> list[StudentAttempt]:
-    """The student answers every question ``exam_samples`` times; each answer is graded."""
+    """The student answers every question ``exam_samples`` times; each answer is graded. One cut off at
+    ``exam_max_new_tokens`` is unfinished (``sampling.is_unfinished``) whatever answer it states: not
+    correct, and not a wrong rationale either (``unique_wrong_rationales``)."""
     from .generation import SamplingConfig
 
     sampling = SamplingConfig(
@@ -109,23 +113,23 @@ def run_exam(
     outputs = generator.generate(
         [p.question for p in problems], sampling, prompt_template=prompt_template, system=system
     )
-    from .exposure import is_unfinished
+    from .sampling import is_unfinished
 
     attempts = []
     for problem, generations in zip(problems, outputs):
         for i, g in enumerate(generations):
-            result = grader(g.text, problem.answer)
+            result, cut_off = grader(g.text, problem.answer), is_unfinished(g.finish_reason)
             attempts.append(
                 StudentAttempt(
                     problem_id=problem.id,
                     sample_index=i,
                     response=g.text,
                     answer=result.predicted,
-                    correct=result.correct,
+                    correct=result.correct and not cut_off,
                     model=model_name,
                     reason=result.reason,
                     meta={"n_tokens": g.n_tokens, "finish_reason": g.finish_reason},
-                    unfinished=is_unfinished(g.finish_reason, result.predicted),
+                    unfinished=cut_off,
                 )
             )
     return attempts
@@ -194,11 +198,16 @@ class _Exam:
 
 
 def exam_stats(attempts: Sequence[StudentAttempt], wrong: dict[str, list[str]]) -> dict:
-    """An exam's counts for its ``RoundResult``: attempts, accuracy, distinct wrong rationales (``wrong``:
-    ``unique_wrong_rationales(attempts)``)."""
+    """An exam's counts for its ``RoundResult``: attempts, accuracy, the wrong and the unfinished answers apart
+    (``exposure.attempt_counts``), distinct wrong rationales (``wrong``: ``unique_wrong_rationales(attempts)``)."""
+    from .exposure import attempt_counts
+
+    counts = attempt_counts(list(attempts))
     return {
         "n_exam_attempts": len(attempts),
-        "exam_accuracy": (sum(a.correct for a in attempts) / len(attempts)) if attempts else None,
+        "exam_accuracy": (counts["n_correct"] / len(attempts)) if attempts else None,
+        "n_exam_wrong": counts["n_wrong"],
+        "n_exam_unfinished": counts["n_unfinished"],
         "n_wrong_rationales": sum(len(v) for v in wrong.values()),
     }
 

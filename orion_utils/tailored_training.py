@@ -137,8 +137,8 @@ class NoSameQuestionBatchSampler:
 def unique_wrong_rationales(attempts: Sequence[StudentAttempt]) -> dict[str, list[str]]:
     """The student's distinct wrong rationales per question (whitespace-normalised duplicates dropped).
 
-    An unfinished answer (cut off at ``exam_max_new_tokens`` before a final answer; exposure's rule,
-    ``exposure.is_unfinished``) is not a wrong rationale: it shows the teacher no mistake to tailor to,
+    An unfinished answer (cut off at ``exam_max_new_tokens``, whatever answer it states: the one rule,
+    ``sampling.is_unfinished``) is not a wrong rationale: it shows the teacher no mistake to tailor to,
     and as the triplet's negative it would push the student away from reasoning that may be right."""
     from .exposure import dedupe_errors
 

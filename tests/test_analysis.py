@@ -216,15 +216,24 @@ def _metrics_of(samples):
         per.setdefault(s.problem_id, []).append(s.correct)
     return {"pass@1": sum(sum(v) / len(v) for v in per.values()) / len(per),
             "greedy": sum(s.correct for s in greedy) / len(greedy),
+            "unfinished_rate": sum(s.unfinished for s in sampled) / len(sampled),
+            "greedy_unfinished_rate": sum(s.unfinished for s in greedy) / len(greedy),
             "n_problems": len(per), "response_tokens_mean": sum(s.n_tokens for s in samples) / len(samples)}
 
 
-def make_fake_run(root, correct=CORRECT, student=None) -> RunDir:
+def _cut_off(sample: EvalSample) -> EvalSample:
+    """The same sample as one that hit max_new_tokens: unfinished, so never correct."""
+    return EvalSample(**{**sample.__dict__, "meta": {"finish_reason": "length"}, "unfinished": False})
+
+
+def make_fake_run(root, correct=CORRECT, student=None, reflection=None) -> RunDir:
     run = RunDir(root)
     write_json(run.path("config.json"), {"profile": "toy", "description": "fake", "seeds": [0],
                                          "student": {"model": "toy", "prompt_template": "{question}",
                                                      "system_prompt": ""},
-                                         "teacher": {"kind": "toy"}, "data": {"train_source": "toy"}})
+                                         "teacher": {"kind": "toy"}, "data": {"train_source": "toy"},
+                                         "evaluation": {"max_new_tokens": 64},
+                                         **({"reflection": reflection} if reflection else {})})
     write_json(run.data("student.json"), student or {"model": "models/base", "in_run_dir": True, "kind": "toy"})
     train = [Problem(f"t{i}", f"Mia has 2 apples. She buys 3 more. ({i})", "5", "toy") for i in range(3)]
     write_jsonl(run.data("train_problems.jsonl"), train)
@@ -240,6 +249,8 @@ def make_fake_run(root, correct=CORRECT, student=None) -> RunDir:
     for m, per in correct.items():
         response, n_tokens = (GOOD_RESPONSE, 10) if m == "orion" else (BAD_RESPONSE, 20)
         samples = _samples(m, per, response=response, n_tokens=n_tokens)
+        if m == "sft":  # its last sample of p0 (a wrong one) was cut off at max_new_tokens: 1 of 16 sampled
+            samples[3] = _cut_off(samples[3])
         write_jsonl(run.eval_dir() / m / "toy_test.jsonl", samples)
         metrics[m] = {"toy_test": _metrics_of(samples)}
     write_json(run.path("metrics.json"), metrics)
@@ -287,8 +298,15 @@ def test_analyse_run_on_a_fake_run(tmp_path):
     assert m["sft"]["step_consistency"]["evaluation"]["score"] == pytest.approx(0.5)  # 2+3=6 wrong, 6*2=12 right
 
     claims = {c["id"]: c for c in saved["claims"]}
-    assert list(claims) == ["headline", "coherence", "stability", "verbosity"]
+    assert list(claims) == ["headline", "coherence", "stability"]  # the paper's three claims, no more
     assert all(c["verdict"] == "supported" for i, c in claims.items() if i != "headline")
+    assert claims["headline"]["claim"] == ("ORION beats all baselines by more than 2 points on GSM-Hard, MATH500, "
+                                           "AIME24 and AMC23")
+    # coherence: decided by the checked steps (which did not choose the rewrites), the perplexity not counted
+    assert "Decided by measures that did not choose ORION's rewrites" in claims["coherence"]["text"]
+    own = {c["id"]: c for c in saved["own_measurements"]}
+    assert list(own) == ["verbosity", "unfinished"] and own["verbosity"]["verdict"] == "yes"  # 10 vs 20 tokens
+    assert own["unfinished"]["numbers"]["unfinished_rate"]["sft"]["toy_test"]["mean"] == pytest.approx(1 / 16)
     assert claims["headline"]["numbers"]["toy_test"]["margin_points"] == pytest.approx(100 * (0.875 - 0.6875))
     # 4 problems: ORION − sft per problem +25, +50, 0, 0 points; a paired interval that wide cannot decide
     vs = claims["headline"]["numbers"]["toy_test"]["vs"]
@@ -309,8 +327,16 @@ def test_analyse_run_on_a_fake_run(tmp_path):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert set(links) == set(saved["figures"].values())
     assert all(run.path(link).is_file() for link in links)
-    assert len(re.findall(r"^### Claim \d", report, flags=re.M)) == 4
-    assert report.count("**Supported by this run.**") == 3
+    assert len(re.findall(r"^### Claim \d", report, flags=re.M)) == 3
+    assert report.count("**Supported by this run.**") == 2
+    claims_part, own_part = report.split("## Paper claims")[1].split("## Our own measurements")
+    assert "verbose" not in claims_part and "Output length" in own_part and "Unfinished outputs" in own_part
+    assert "this run compares on toy_test" in claims_part
+    # the unfinished rate per method and benchmark beside the accuracy, and how it counts
+    results = report.split("## Results")[1].split("\n## ")[0]
+    assert "### Unfinished outputs (%)" in results and "`evaluation.max_new_tokens` = 64" in results
+    assert "count an unfinished output as **wrong**" in results
+    assert f"| sft | {100 / 16:.1f} |" in results and "| orion | 0.0 |" in results
     assert "**Too small to decide by this run.**" in report and "one problem = 25.0 points" in report
     lo, hi = cell["lo"] * 100, cell["hi"] * 100
     assert f"| orion | 87.5 [{lo:.1f}, {hi:.1f}] |" in report and "percentile bootstrap" in report
@@ -346,10 +372,64 @@ def test_claims_not_supported_and_mixed():
     claims = {c["id"]: c for c in A.assess_claims(agg_metrics, agg_methods)}
     assert claims["headline"]["verdict"] == "mixed"  # +1 point on a, +10 on b
     assert claims["coherence"]["verdict"] == "not supported"  # higher perplexity
+    assert "favours ORION by construction" not in claims["coherence"]["text"]  # not chosen by perplexity here
     assert claims["stability"]["verdict"] == "not supported"
-    assert claims["verbosity"]["verdict"] == "not supported"  # a tie is not support
+    assert "verbosity" not in claims
+    own = {c["id"]: c for c in A.assess_own(agg_metrics, agg_methods)}
+    assert own["verbosity"]["verdict"] == "no"  # a tie is not shorter
     assert "+1.0 points" in claims["headline"]["text"] and "+10.0 points" in claims["headline"]["text"]
     assert A.assess_claims({"sft": {}}, {})[0]["verdict"] == "cannot be assessed"
+
+
+def _cell(x):
+    return {"mean": x, "std": 0, "n": 1}
+
+
+def test_coherence_by_perplexity_alone_says_it_is_circular_when_perplexity_chose_the_rewrites():
+    agg_methods = {"sft": {"cot_perplexity": _cell(4.0)}, "orion": {"cot_perplexity": _cell(2.0)}}
+    circular = {c["id"]: c for c in A.assess_claims({}, agg_methods, selection="perplexity")}["coherence"]
+    assert circular["verdict"] == "supported"
+    # the caveat stands next to the verdict, before the numbers
+    assert circular["text"].startswith("**Supported by this run.** Only the base student's perplexity")
+    assert "favours ORION by construction" in circular["text"] and "not evidence for the claim" in circular["text"]
+    plain = {c["id"]: c for c in A.assess_claims({}, agg_methods, selection="first")}["coherence"]
+    assert plain["verdict"] == "supported" and "by construction" not in plain["text"]
+
+
+def test_coherence_is_decided_by_the_judge_not_by_the_perplexity_that_chose_the_rewrites():
+    # the perplexity favours ORION (it chose ORION's rewrites); the judge, which did not, finds sft more consistent
+    agg_methods = {"sft": {"cot_perplexity": _cell(4.0), "judge_consistency": _cell(0.9)},
+                   "orion": {"cot_perplexity": _cell(2.0), "judge_consistency": _cell(0.6)}}
+    claim = {c["id"]: c for c in A.assess_claims({}, agg_methods, selection="perplexity")}["coherence"]
+    assert claim["verdict"] == "not supported"
+    assert "the judge's step consistency of the training CoTs (%): ORION 60.0 vs sft 90.0" in claim["text"]
+    assert "shown for reference and not counted: `reflection.selection: perplexity`" in claim["text"]
+
+
+def test_the_judge_decides_coherence_in_a_run(tmp_path):
+    """The step-consistency judge through the real API teacher path (a local OpenAI-compatible server stands
+    in for the paid API): it finds ORION's refined CoTs less consistent, the base student's perplexity (which
+    chose them, ``selection: perplexity``) finds them better; the judge decides, and the report says why."""
+    from helpers import FakeOpenAIServer
+
+    from orion_utils.teachers.api import APITeacher
+
+    def judge(messages):
+        cot = messages[-1]["content"]
+        return "checked", "Consistent steps: 1 of 2" if "Wait" in cot else "Consistent steps: 2 of 2"
+
+    run = make_fake_run(tmp_path / "run", reflection={"selection": "perplexity"})
+    with FakeOpenAIServer(answer_fn=judge) as server:
+        teacher = APITeacher(server.base_url, "fake-judge", api_key_env=None, concurrency=4,
+                             cache_dir=str(tmp_path / "cache"), timeout_s=5.0, max_retries=2, progress=False)
+        result = A.analyse_run(run, cfg=A.AnalysisConfig(step_consistency="off"), scorer=fake_scorer,
+                               tokenizer=None, judge=teacher)
+    assert result["seeds"]["methods"]["orion"]["judge_consistency"]["mean"] == pytest.approx(0.5)
+    assert result["seeds"]["methods"]["sft"]["judge_consistency"]["mean"] == pytest.approx(1.0)
+    coherence = {c["id"]: c for c in result["claims"]}["coherence"]
+    assert coherence["verdict"] == "not supported"
+    report = run.path("report.md").read_text()
+    assert "judge consistency, CoTs (%)" in report and "favours ORION by construction" in report
 
 
 def test_several_seeds_mean_std_in_report_and_figures(tmp_path):

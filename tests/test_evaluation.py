@@ -83,3 +83,59 @@ def test_an_interrupted_evaluation_resumes_from_its_last_chunk_with_the_same_fil
     for a in files:
         assert a.read_bytes() == (cut.eval_method_dir("base") / a.name).read_bytes()
     assert not list(cut.eval_method_dir("base").glob("*.partial.jsonl"))
+
+
+# ------------------------------------------------------------------------------------------------
+# unfinished outputs: cut off at max_new_tokens, counted apart and as wrong
+
+
+def test_a_cut_off_output_is_unfinished_whatever_answer_it_states_and_counts_as_wrong():
+    from orion_utils.evaluation import grade_generations, summarise
+    from orion_utils.records import Problem
+    from orion_utils.sampling import Generation
+
+    problem = Problem("a", "What is 3 + 4?", "7")
+    sampled = [Generation("3 + 4 = 7, so \\boxed{7}. Let me check once more: 3 +", 12, "length"),  # a box, cut off
+               Generation("3 + 4 = 7. The answer is 7. Wait, let me double", 12, "length"),  # a cued answer, cut off
+               Generation("3 + 4 = 7, so \\boxed{7}", 8, "stop"),
+               Generation("3 + 4 = 8, so \\boxed{8}", 8, "stop")]
+    greedy = [Generation("\\boxed{7} but let me", 12, "length")]
+    samples = (grade_generations("sft", "b", [problem], [greedy], "greedy")
+               + grade_generations("sft", "b", [problem], [sampled], "sample"))
+    assert [s.unfinished for s in samples] == [True, True, True, False, False]
+    assert [s.correct for s in samples] == [False, False, False, True, False]  # the cut-off ones never count
+    assert samples[1].answer == "7" and samples[1].meta["graded_correct"] is True  # the grader's verdict is kept
+    s = summarise(samples)
+    assert s["pass@1"] == pytest.approx(0.25) and s["unfinished_rate"] == pytest.approx(0.5)
+    assert s["greedy"] == 0.0 and s["greedy_unfinished_rate"] == 1.0
+
+
+def test_an_eval_file_written_before_the_unfinished_field_reads_by_the_same_rule():
+    from orion_utils.jsonl import from_dict
+    from orion_utils.records import EvalSample
+
+    old = {"method": "sft", "benchmark": "b", "problem_id": "a", "decoding": "sample", "sample_index": 0,
+           "response": "\\boxed{7} and", "answer": "7", "gold": "7", "correct": True, "reason": "correct",
+           "n_tokens": 12, "meta": {"finish_reason": "length"}}
+    sample = from_dict(EvalSample, old)
+    assert sample.unfinished and not sample.correct
+    finished = from_dict(EvalSample, {**old, "meta": {"finish_reason": "stop"}})
+    assert not finished.unfinished and finished.correct
+
+
+def test_the_stage_reports_the_unfinished_rate_beside_accuracy(tmp_path, tiny_model_dir):
+    from orion_utils.jsonl import read_jsonl
+    from orion_utils.records import EvalSample
+
+    # a random tiny model rarely ends its turn within 6 tokens: most outputs are cut off
+    run = _run_with_two_models(tmp_path / "run", tiny_model_dir)
+    cfg = EvaluationConfig(methods=["base"], n_samples=2, temperature=1.0, top_p=1.0, max_new_tokens=6)
+    metrics = run_evaluation(run, cfg, GenerationConfig(backend="transformers", batch_size=8), StudentConfig(model="unused"))
+    for bench, summary in metrics["base"].items():
+        samples = read_jsonl(run.eval_file("base", bench), EvalSample)
+        for decoding, key in (("sample", "unfinished_rate"), ("greedy", "greedy_unfinished_rate")):
+            own = [s for s in samples if s.decoding == decoding]
+            cut = [s for s in own if s.meta["finish_reason"] == "length"]
+            assert summary[key] == pytest.approx(len(cut) / len(own))
+            assert all(s.unfinished and not s.correct for s in cut)
+        assert summary["unfinished_rate"] > 0

@@ -101,16 +101,19 @@ def _attempt(pid, i, response, answer, correct, finish):
 def test_unfinished_attempts_are_counted_apart_and_not_errors_by_default():
     attempts = [
         _attempt("q1", 0, "so 3 + 4 = 7 and", None, False, "length"),  # cut off, no answer: unfinished
-        _attempt("q1", 1, "The answer is 8. Wait, let me check 3 +", "8", False, "length"),  # cut off after answering
+        # cut off after a cued answer: still unfinished, whatever an extractor pulls from it
+        _attempt("q1", 1, "The answer is 8. Wait, let me check 3 +", "8", False, "length"),
         _attempt("q1", 2, "I give up.", None, False, "stop"),  # finished without an answer: wrong
         _attempt("q1", 3, "\\boxed{7}", "7", True, "stop"),
         _attempt("q2", 0, "\\boxed{9}", "9", False, "stop"),
     ]
-    assert [a.unfinished for a in attempts] == [True, False, False, False, False]
-    assert attempt_counts(attempts) == {"n_attempts": 5, "n_correct": 1, "n_wrong": 3, "n_unfinished": 1}
-    assert [a.sample_index for a in dedupe_errors(attempts)] == [1, 2, 0]
+    assert [a.unfinished for a in attempts] == [True, True, False, False, False]
+    assert attempt_counts(attempts) == {"n_attempts": 5, "n_correct": 1, "n_wrong": 2, "n_unfinished": 2}
+    assert [a.sample_index for a in dedupe_errors(attempts)] == [2, 0]
     assert [(a.problem_id, a.sample_index) for a in dedupe_errors(attempts, unfinished_as_errors=True)] == \
         [("q1", 0), ("q1", 1), ("q1", 2), ("q2", 0)]
+    # the rule itself: the finish reason decides, never what was extracted
+    assert is_unfinished("length", "8") and is_unfinished("length") and not is_unfinished("stop", None)
     # a record written before the field existed reads as finished
     old = {"problem_id": "q", "sample_index": 0, "response": "", "answer": None, "correct": False, "model": "base"}
     from orion_utils.jsonl import from_dict
@@ -124,8 +127,9 @@ def test_the_stage_and_the_report_show_wrong_and_unfinished_apart(tmp_path, tiny
     cfg = ExposureConfig(k=3, chunk_questions=4, max_new_tokens=6, temperature=1.0, top_p=1.0)
     info = run_error_exposure(run, cfg, GEN, STUDENT)
     attempts, errors, _ = load_exposure(run)
-    unfinished = [a for a in attempts if a.meta["finish_reason"] == "length" and a.answer is None]
+    unfinished = [a for a in attempts if a.meta["finish_reason"] == "length"]  # whatever answer they state
     assert unfinished and [a.unfinished for a in attempts] == [a in unfinished for a in attempts]
+    assert not any(a.correct for a in unfinished)
     assert info["n_unfinished"] == len(unfinished) and info["n_errors"] == len(errors)
     assert not any(a.unfinished for a in errors)
     assert info["n_wrong"] == len(attempts) - len(unfinished) - info["n_correct"]

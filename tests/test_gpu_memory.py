@@ -178,11 +178,26 @@ def _record_trained_models(monkeypatch) -> list:
     return refs
 
 
+def _ends_at_any_token(model_dir, path) -> str:
+    """A copy of a tiny model whose every token ends its turn: each answer is one token and finished (a random
+    model's answers are otherwise cut off, and a cut-off answer is never a wrong rationale to train on)."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, path)
+    config = json.loads((path / "generation_config.json").read_text())
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    config["eos_token_id"] = list(range(vocab))
+    (path / "generation_config.json").write_text(json.dumps(config))
+    return str(path)
+
+
 def test_tailored_exam_opens_after_the_trained_model_is_gone(tiny_model_dir, tmp_path, monkeypatch, no_automatic_gc):
     from test_tailored import FakeGrade, FakeTeacher
 
     from orion_utils.tailored import TailoredConfig, default_generator_factory, run_tailored
 
+    tiny_model_dir = _ends_at_any_token(tiny_model_dir, tmp_path / "student")
     trained = _record_trained_models(monkeypatch)
     opened = []
     real_factory = default_generator_factory(GenerationConfig(backend="transformers"))
@@ -195,8 +210,8 @@ def test_tailored_exam_opens_after_the_trained_model_is_gone(tiny_model_dir, tmp
     cfg = TailoredConfig(rounds=2, exam_samples=2, teacher_samples=2, batch_size=2, max_steps=1,
                          max_seq_len=128, exam_max_new_tokens=8, progress_bar=False)
     def last_word_grader(response, gold):
-        # A random model's 8 tokens never reach a boxed answer; with no answer every attempt would count as
-        # unfinished and round 2 would have no wrong rationale to train on. Its last word is its answer here.
+        # A random model's answer never reaches a boxed answer; its last word is its answer here, so that
+        # round 2 has wrong rationales to train on.
         words = response.split()
         predicted = words[-1] if words else "(empty)"
         return FakeGrade(predicted == gold, "correct" if predicted == gold else "wrong", predicted)

@@ -338,6 +338,9 @@ def test_multi_round_run_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     assert [r.round for r in results] == [0, 1, 2]
     r0, r1, r2 = results
     assert r0.exam_accuracy == 0.5 and r0.n_wrong_rationales == 6 and not r0.trained
+    assert (r0.n_exam_wrong, r0.n_exam_unfinished) == (6, 0)  # every answer finished here
+    rounds_json = json.loads((out / "rounds.json").read_text())
+    assert [(r["n_exam_wrong"], r["n_exam_unfinished"]) for r in rounds_json][:1] == [(6, 0)]
     # round 1: teacher rationales for all questions, the wrong one dropped; negatives from the round-0 exam
     assert (r1.n_teacher_rationales, r1.n_teacher_dropped, r1.n_train) == (5, 1, 5)
     assert r1.trained and r1.n_triplets == 4  # p3 has a single correct rationale: no positive
@@ -425,3 +428,56 @@ def test_triplet_layer_picks_the_hidden_state_fed_to_the_triplet(tiny_model_dir,
         both = {k: tailored_loss(out.logits, out.hidden_states[k], batch, 0.5, 1.0) for k in (-1, -2)}
     assert got == pytest.approx(float(both[layer][0]), rel=1e-6)
     assert both[-1][1]["triplet"] != pytest.approx(both[-2][1]["triplet"], abs=1e-5)
+
+
+class ScriptedExamGenerator:
+    """A test double for the student's generator (the counting under test needs known finish reasons): per
+    question, a cut-off answer that boxed the right value, a cut-off one with a cued right answer, a finished
+    right one and a finished wrong one."""
+
+    def generate(self, questions, sampling, prompt_template="{question}", system=None):
+        out = []
+        for q in questions:
+            gold = str(eval(q))  # the questions are sums
+            out.append([FakeGeneration(f"{q} = {gold}, so \\boxed{{{gold}}}. Let me verify: {q} is", 16, "length"),
+                        FakeGeneration(f"{q} = {gold}. The answer is {gold}. Wait, let me check", 16, "length"),
+                        FakeGeneration(f"{q} = {gold}, \\boxed{{{gold}}}", 8),
+                        FakeGeneration(f"{q} = 0, \\boxed{{0}}", 8)][: sampling.n])
+        return out
+
+
+def test_the_exam_counts_cut_off_answers_apart_from_wrong_ones_whatever_they_state():
+    from orion_utils.grading import grade
+    from orion_utils.tailored import RoundResult, exam_stats, run_exam
+
+    problems = [Problem("p1", "1+1", "2"), Problem("p2", "20+22", "42")]
+    cfg = TailoredConfig(exam_samples=4, exam_max_new_tokens=16)
+    attempts = run_exam(ScriptedExamGenerator(), problems, cfg, grade)
+    assert [a.unfinished for a in attempts[:4]] == [True, True, False, False]
+    assert [a.correct for a in attempts[:4]] == [False, False, True, False]  # a cut-off right answer is not correct
+    assert attempts[1].answer == "2"  # the cued answer was read, and still does not finish it
+    wrong = unique_wrong_rationales(attempts)
+    assert {pid: len(v) for pid, v in wrong.items()} == {"p1": 1, "p2": 1}  # the finished wrong ones only
+    stats = exam_stats(attempts, wrong)
+    assert stats == {"n_exam_attempts": 8, "exam_accuracy": 0.25, "n_exam_wrong": 2, "n_exam_unfinished": 4,
+                     "n_wrong_rationales": 2}
+    assert RoundResult(round=0, model_dir="m", trained=False, **stats).n_exam_unfinished == 4
+
+
+def test_a_real_students_exam_counts_every_cut_off(tiny_model_dir):
+    from orion_utils.config import GenerationConfig
+    from orion_utils.grading import grade
+    from orion_utils.tailored import default_generator_factory, exam_stats, run_exam
+
+    # a random tiny model rarely ends its turn within 6 tokens: most exam answers are cut off
+    problems = [Problem("p1", "1+1", "2"), Problem("p2", "20+22", "42")]
+    cfg = TailoredConfig(exam_samples=3, exam_max_new_tokens=6, exam_temperature=1.0)
+    generator = default_generator_factory(GenerationConfig(backend="transformers"))(tiny_model_dir)
+    try:
+        attempts = run_exam(generator, problems, cfg, grade)
+    finally:
+        generator.close()
+    cut = [a for a in attempts if a.meta["finish_reason"] == "length"]
+    stats = exam_stats(attempts, unique_wrong_rationales(attempts))
+    assert cut and stats["n_exam_unfinished"] == len(cut) and not any(a.correct for a in cut)
+    assert stats["n_exam_wrong"] == len(attempts) - len(cut) - sum(a.correct for a in attempts)
