@@ -193,7 +193,8 @@ def student_scorer(run: RunDir, batch_size: int = 16, device: str = "auto") -> S
         from .generation import completion_nll, load_scoring_model
 
         if "model" not in state:  # loaded as stage 03 loads it; scored in bounded memory (completion_nll)
-            state["model"], state["tokenizer"] = load_scoring_model(run.student_model(), device)
+            dtype = (_config(run).get("generation") or {}).get("dtype", "auto")  # the fix NonFiniteError names
+            state["model"], state["tokenizer"] = load_scoring_model(run.student_model(), device, dtype)
         return completion_nll(state["model"], state["tokenizer"], list(questions), list(completions),
                               prompt_template=template, system=system, batch_size=batch_size)
 

@@ -32,6 +32,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from .config import TailoredConfig
 from .layouts import RoundDir, TailoredDir, is_saved_model
+from .numerics import degenerate_note, n_degenerate
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
 from .rundir import read_or_make
 from .tailored_training import (
@@ -60,6 +61,7 @@ class RoundResult:
     n_exam_attempts: int = 0
     exam_accuracy: Optional[float] = None
     n_wrong_rationales: int = 0
+    n_exam_degenerate: int = 0  # exam answers of one short string repeated to the end (numerics.is_degenerate)
     n_teacher_rationales: int = 0  # correct ones kept
     n_teacher_dropped: int = 0  # wrong ones dropped
     n_train: int = 0
@@ -190,7 +192,9 @@ class _Exam:
                 if hasattr(generator, "close"):
                     generator.close()
 
-        return read_or_make(rdir.exam, StudentAttempt, make)
+        attempts = read_or_make(rdir.exam, StudentAttempt, make)
+        print(f"[tailored] {rdir.root.name} exam ({model_name}): {degenerate_note([a.response for a in attempts], 'answers')}")
+        return attempts
 
 
 def exam_stats(attempts: Sequence[StudentAttempt], wrong: dict[str, list[str]]) -> dict:
@@ -200,6 +204,7 @@ def exam_stats(attempts: Sequence[StudentAttempt], wrong: dict[str, list[str]]) 
         "n_exam_attempts": len(attempts),
         "exam_accuracy": (sum(a.correct for a in attempts) / len(attempts)) if attempts else None,
         "n_wrong_rationales": sum(len(v) for v in wrong.values()),
+        "n_exam_degenerate": n_degenerate(a.response for a in attempts),  # numerics: a float16 symptom
     }
 
 
