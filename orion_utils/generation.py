@@ -76,7 +76,8 @@ __all__ = [
 def vllm_status() -> tuple[bool, str]:
     """(installed, words) without importing vLLM (importing it takes seconds)."""
     try:
-        found = importlib.util.find_spec("vllm") is not None
+        spec = importlib.util.find_spec("vllm")
+        found = spec is not None and spec.origin is not None  # not a bare folder named vllm (tests/vllm)
     except (ImportError, ValueError):
         found = False
     return found, ("installed" if found else "not installed")
