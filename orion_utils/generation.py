@@ -102,8 +102,8 @@ def vllm_missing_message(problem: str) -> str:
     """Why a requested vLLM cannot run here (``problem``) and the two ways on: install it, or accept
     transformers explicitly."""
     return (f"generation.backend is 'vllm' but {problem}. Install it: pip install '{_gpu_extra_vllm()}' (what "
-            "the gpu extra installs: pip install -e \".[gpu]\"; README, GPU install); or generate with transformers on purpose (much slower, "
-            "and the only way on the CUDA 12 route, gpu-cu12, which has no vLLM): "
+            "the gpu extra installs: pip install -e \".[gpu]\"; README, GPU install); or generate with "
+            "transformers on purpose (much slower, and the only way on the CUDA 12 route, gpu-cu12, which has no vLLM): "
             "--set generation.backend=transformers (in a notebook: overrides = {\"generation\": "
             "{\"backend\": \"transformers\"}})")
 
@@ -176,8 +176,8 @@ def load_generator(
 
     ``seed`` seeds the vLLM engine; sampling itself is seeded per call by ``SamplingConfig.seed`` in
     both backends. ``batch_size`` and ``batch_tokens`` bound the transformers backend's batches
-    (``TransformersBackend``); vLLM schedules its own. ``backend_kwargs`` go to the backend: ``progress=False`` silences the progress bar;
-    ``num_threads`` and ``attn_implementation`` are for transformers; anything else is for
+    (``TransformersBackend``); vLLM schedules its own. ``backend_kwargs`` go to the backend:
+    ``progress=False`` silences the progress bar; ``num_threads`` and ``attn_implementation`` are for transformers; anything else is for
     ``vllm.LLM`` (``gpu_memory_utilization``, ``max_model_len``, ``tensor_parallel_size`` ...).
     Keyword arguments the chosen backend does not take are dropped and named at the end of the line,
     so one call works whichever backend "auto" picks.
