@@ -299,3 +299,25 @@ def generation_grader():
     from orion_utils.grading import grade
 
     return grade
+
+
+# --------------------------------------------------------------------------------------------------
+# the fixes the errors name are knobs that act
+
+
+def test_the_fixes_named_are_knobs_that_act(tiny_model_dir, monkeypatch):
+    from orion_utils.config import load_profile
+
+    # training.dtype: float32 on a (faked) T4 trains without autocast; EDIT's and Tailored's sections inherit it
+    fake_gpu(monkeypatch, "Tesla T4", (7, 5))
+    paper = load_profile("paper", {"training": {"dtype": "float32"}})
+    assert paper.edit.dtype == paper.tailored.dtype == "float32"
+    assert device.device_and_dtype("auto", paper.training.dtype) == ("cuda", "float32")
+    assert device.trainer_autocast("cuda", "float32") == {"bf16": False, "fp16": False}
+    assert device.device_and_dtype("auto", load_profile("colab").training.dtype) == ("cuda", "float16")
+    monkeypatch.undo()
+    # generation.dtype: the scoring model a stage loads (after closing an engine that cannot score) follows it
+    monkeypatch.setattr(TransformersBackend, "can_score", False)
+    with generation.StageModel(tiny_model_dir, GenerationConfig(backend="transformers", dtype="float16")) as stage:
+        model, _ = stage.scoring()
+        assert next(model.parameters()).dtype == torch.float16
