@@ -71,6 +71,7 @@ from .measures import (
     loss_values,
     token_lengths,
 )
+from .numerics import NonFiniteError
 from .records import EvalSample
 from .report import DEFINITIONS, write_report
 from .rundir import RunDir
@@ -347,7 +348,7 @@ def _perplexity_numbers(method: str, chosen: Sequence[tuple[str, str]], scorer, 
         try:
             nlls = list(scorer([q for q, _ in chosen], [c for _, c in chosen]))
         except Exception as exc:  # the default student cannot be loaded (offline hub id ...)
-            if not default_scorer:
+            if not default_scorer or isinstance(exc, NonFiniteError):  # NaN scores stop the stage (numerics)
                 raise
             row["cot_perplexity_error"] = f"{type(exc).__name__}: {exc}"[:300]
             print(f"[analysis] {method}: no cot_perplexity ({row['cot_perplexity_error']})")

@@ -321,3 +321,30 @@ def test_the_fixes_named_are_knobs_that_act(tiny_model_dir, monkeypatch):
     with generation.StageModel(tiny_model_dir, GenerationConfig(backend="transformers", dtype="float16")) as stage:
         model, _ = stage.scoring()
         assert next(model.parameters()).dtype == torch.float16
+
+
+def test_nan_perplexity_stops_the_analysis_which_records_other_scorer_failures(tmp_path, tiny_model_dir, monkeypatch):
+    """The analysis's default scorer (the base student, in config.json's generation.dtype) is allowed to fail
+    to load (recorded, the analysis goes on); NaN scores are not a load failure: they stop it."""
+    from orion_utils.analysis import _perplexity_numbers, student_scorer
+    from orion_utils.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.write_config({"student": {"prompt_template": "{question}"}, "generation": {"dtype": "float16"}})
+    write_json(run.student_info, {"model": tiny_model_dir, "in_run_dir": False, "kind": "pretrained"})
+    real = generation.load_scoring_model
+
+    def load_with_nan_logits(*args, **kwargs):
+        model, tok = real(*args, **kwargs)
+        nan_logits(model)
+        return model, tok
+
+    monkeypatch.setattr(generation, "load_scoring_model", load_with_nan_logits)
+    with pytest.raises(NonFiniteError, match="computed in float16 on the CPU"):
+        _perplexity_numbers("sft", list(zip(QS, CS)), student_scorer(run), default_scorer=True)
+
+    def cannot_load(questions, completions):
+        raise OSError("no such model")
+
+    row = _perplexity_numbers("sft", list(zip(QS, CS)), cannot_load, default_scorer=True)
+    assert row["cot_perplexity"] is None and row["cot_perplexity_error"] == "OSError: no such model"
