@@ -74,6 +74,7 @@ from .measures import (
     loss_values,
     token_lengths,
 )
+from .numerics import NonFiniteError
 from .records import EvalSample
 from .report import DEFINITIONS, write_report
 from .rundir import RunDir
@@ -196,7 +197,8 @@ def student_scorer(run: RunDir, batch_size: int = 16, device: str = "auto") -> S
         from .generation import completion_nll, load_scoring_model
 
         if "model" not in state:  # loaded as stage 03 loads it; scored in bounded memory (completion_nll)
-            state["model"], state["tokenizer"] = load_scoring_model(run.student_model(), device)
+            dtype = (_config(run).get("generation") or {}).get("dtype", "auto")  # the fix NonFiniteError names
+            state["model"], state["tokenizer"] = load_scoring_model(run.student_model(), device, dtype)
         return completion_nll(state["model"], state["tokenizer"], list(questions), list(completions),
                               prompt_template=template, system=system, batch_size=batch_size)
 
@@ -350,7 +352,7 @@ def _perplexity_numbers(method: str, chosen: Sequence[tuple[str, str]], scorer, 
         try:
             nlls = list(scorer([q for q, _ in chosen], [c for _, c in chosen]))
         except Exception as exc:  # the default student cannot be loaded (offline hub id ...)
-            if not default_scorer:
+            if not default_scorer or isinstance(exc, NonFiniteError):  # NaN scores stop the stage (numerics)
                 raise
             row["cot_perplexity_error"] = f"{type(exc).__name__}: {exc}"[:300]
             print(f"[analysis] {method}: no cot_perplexity ({row['cot_perplexity_error']})")

@@ -107,9 +107,13 @@ class TeacherConfig:
 class GenerationConfig:
     backend: str = knob(
         "auto", "student generation engine: auto (vLLM where installed and CUDA is there, else transformers)", choices=GENERATION_BACKENDS)
-    batch_size: int = knob(64, "transformers: prompts per batch (vLLM schedules its own batches)", ge=1)
+    batch_size: int = knob(64, "transformers: most sequences per batch (vLLM schedules its own batches)", ge=1)
+    # the KV cache grows with both: a batch of batch_size long generations would not fit a 16 GB card
+    batch_tokens: int = knob(
+        0, "transformers: most tokens per batch, prompt + max_new_tokens per sequence (0: batch_size x 2048)", ge=0)
     dtype: str = knob(
-        "auto", "dtype the student generates in (auto: bf16/fp16 on CUDA, float32 elsewhere)", choices=DTYPES)
+        "auto", "dtype the student generates and is scored in (auto: bf16/fp16 on CUDA, float32 elsewhere)",
+        choices=DTYPES)
     gpu_memory_utilization: float = knob(
         0.0, "vLLM: share of GPU memory it may take (0: vLLM's default)", ge=0.0, le=1.0)
     max_model_len: int = knob(0, "vLLM: context length, prompt + completion (0: the model's own)", ge=0)
@@ -171,6 +175,9 @@ class TrainingConfig:
     progress_bar: bool = knob(False, "show the Trainer's progress bar and log table")
     cpu_threads: int = knob(
         0, "CPU only: torch threads while training (0: auto, 1 for a small local model)", ge=0)
+    dtype: str = knob(
+        "auto", "compute dtype of training: auto (bf16 on CUDA >= 8.0, fp16 on older CUDA, float32 on a CPU)",
+        choices=DTYPES)
     # auto: device.cpu_threads_for, 1 for a local model under 200M parameters; else torch's
 
     def __post_init__(self) -> None:

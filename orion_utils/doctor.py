@@ -157,7 +157,7 @@ def _backends(report: DoctorReport, gen_request: str, train_request: str, use_lo
     try:
         gen_name, gen_why = gen_mod.select_backend(gen_request)
     except RuntimeError as exc:
-        gen_name, gen_why = "transformers", f"'{gen_request}' cannot load: {exc}"
+        gen_name, gen_why = "transformers", f"'{gen_request}' cannot load, a run stops (measured: transformers): {exc}"
     installed, _ = gen_mod.vllm_status()
     if installed:
         problem = gen_mod.try_import_vllm()

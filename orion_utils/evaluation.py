@@ -21,6 +21,7 @@ from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .knobs import knob, validate
 from .methods import METHODS as _REGISTRY
+from .numerics import degenerate_note, n_degenerate
 from .processes import run_jobs
 from .records import EvalSample, Problem
 from .rundir import RunDir, chunk_seed, run_in_chunks
@@ -86,6 +87,7 @@ def summarise(samples: Sequence[EvalSample]) -> dict:
         summary.setdefault("n_problems", len(greedy))
     summary["response_tokens_mean"] = mean(s.n_tokens for s in samples) if samples else 0.0
     summary["no_answer_rate"] = mean(s.reason == "no answer" for s in samples) if samples else 0.0
+    summary["n_degenerate"] = n_degenerate(s.response for s in samples)  # numerics: a float16 symptom
     return summary
 
 
@@ -200,6 +202,7 @@ def evaluate_method(root: str, method: str, cfg: EvaluationConfig, generation: G
         for name, samples in results.items():
             write_jsonl(run.eval_file(method, name), samples)
         write_json(run.eval_summary(method), {name: summarise(s) for name, s in results.items()})
+        print(f"[evaluation/{method}] {degenerate_note(s.response for v in results.values() for s in v)}", flush=True)
         for path in partials.values():
             path.unlink(missing_ok=True)
         return {"backend": backend}

@@ -18,6 +18,7 @@ from .config import GenerationConfig, StudentConfig, TrainingConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .knobs import knob, validate
+from .numerics import degenerate_note, n_degenerate
 from .records import Problem, SFTExample, StudentAttempt, text_key
 from .rundir import RunDir, chunk_seed, run_in_chunks
 from .sampling import is_unfinished  # the one cut-off rule; importable from here too
@@ -157,8 +158,9 @@ def run_error_exposure(
         write_jsonl(errors_path, errors)
         write_json(rates_path, pass_rates(attempts))
         partial.unlink(missing_ok=True)
-        counts = attempt_counts(attempts)
-        print(exposure_line(counts, len(errors), cfg), flush=True)
+        counts = {**attempt_counts(attempts), "n_degenerate": n_degenerate(a.response for a in attempts)}
+        print(f"{exposure_line(counts, len(errors), cfg)}; {degenerate_note([a.response for a in attempts], 'attempts')}",
+              flush=True)
         return {**counts, "n_errors": len(errors), "unfinished_as_errors": cfg.unfinished_as_errors,
                 "max_new_tokens": cfg.max_new_tokens, "model": model_name}
 

@@ -22,9 +22,10 @@ Generation stops at any end-of-turn token: the tokenizer's EOS, the model's gene
 the token that ends an assistant turn in the chat template (``end_of_turn_token_ids``).
 
 Reproducibility: the transformers backend seeds a forked torch RNG with ``SamplingConfig.seed`` on each
-call (the caller's global RNG is left untouched); a rerun with the same prompts, ``batch_size`` and
-device gives the same samples. Samples are drawn batch-wise, so changing ``batch_size`` or the prompt
-set changes which sample a prompt gets (greedy output does not change). vLLM seeds each request with
+call (the caller's global RNG is left untouched); a rerun with the same prompts, ``batch_size``,
+``batch_tokens`` and device gives the same samples. Samples are drawn batch-wise, so changing either
+bound, ``max_new_tokens`` (a batch's token cost) or the prompt set changes which sample a prompt gets
+(greedy output does not change). vLLM seeds each request with
 ``SamplingConfig.seed`` (its n samples with seed, seed+1, ...), so a prompt's samples there do not depend on
 the batch.
 """
@@ -49,6 +50,7 @@ from .transformers_backend import TransformersBackend
 from .vllm_backend import VLLMBackend, quiet_vllm_logs
 
 __all__ = [
+    "BackendUnavailableError",
     "Generation",
     "GenerationBackend",
     "Prompt",
@@ -74,7 +76,8 @@ __all__ = [
 def vllm_status() -> tuple[bool, str]:
     """(installed, words) without importing vLLM (importing it takes seconds)."""
     try:
-        found = importlib.util.find_spec("vllm") is not None
+        spec = importlib.util.find_spec("vllm")
+        found = spec is not None and spec.origin is not None  # not a bare folder named vllm (tests/vllm)
     except (ImportError, ValueError):
         found = False
     return found, ("installed" if found else "not installed")
@@ -90,12 +93,42 @@ def try_import_vllm() -> str | None:
     return None
 
 
+class BackendUnavailableError(RuntimeError):
+    """``generation.backend: vllm`` on a CUDA machine whose vLLM does not import (or a broken vLLM
+    anywhere): the run stops, never falls back to transformers silently."""
+
+
+def vllm_missing_message(problem: str) -> str:
+    """Why a requested vLLM cannot run here (``problem``) and the two ways on: install it, or accept
+    transformers explicitly."""
+    return (f"generation.backend is 'vllm' but {problem}. Install it: pip install '{_gpu_extra_vllm()}' (what "
+            "the gpu extra installs: pip install -e \".[gpu]\"; README, GPU install); or generate with "
+            "transformers on purpose (much slower, and the only way on the CUDA 12 route, gpu-cu12, which has no vLLM): "
+            "--set generation.backend=transformers (in a notebook: overrides = {\"generation\": "
+            "{\"backend\": \"transformers\"}})")
+
+
+def _gpu_extra_vllm() -> str:
+    """The gpu extra's vLLM requirement, as pyproject.toml states it (``"vllm>=0.33"``)."""
+    import re
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8") if pyproject.is_file() else ""
+    found = re.search(r'^gpu = \[(.*?)^\]', text, re.MULTILINE | re.DOTALL)
+    req = re.search(r'"(vllm[^"]*)"', found.group(1)) if found else None
+    return req.group(1) if req else "vllm"
+
+
 def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[str, str]:
     """Pick a generation backend: ``(name, reason)``.
 
     ``"auto"`` picks vLLM iff it is importable AND CUDA is available (and ``device`` is auto or CUDA),
-    else transformers. ``"transformers"`` (alias ``"hf"``) is always honoured; ``"vllm"`` raises a clear
-    error when vLLM is not installed.
+    else transformers. ``"transformers"`` (alias ``"hf"``) is always honoured. ``"vllm"`` (the GPU
+    profiles' setting) is vLLM: on a CUDA machine it must import, else :class:`BackendUnavailableError`
+    names the fix (never a silent fall back to transformers); without CUDA it is vLLM's CPU build when
+    installed, else transformers, said in the reason (a GPU profile rehearsed on a CPU); a vLLM that is
+    installed but does not import raises everywhere.
     """
     req = (requested or "auto").strip().lower()
     if req == "hf":
@@ -106,16 +139,14 @@ def select_backend(requested: str = "auto", *, device: str = "auto") -> tuple[st
     if req == "transformers":
         return "transformers", f"requested; vllm: {words}"
     if req == "vllm":
+        cuda = device_rules.cuda_available()
         if not installed:
-            raise RuntimeError(
-                "generation backend 'vllm' was requested but vLLM is not installed "
-                "(pip install vllm, on a machine with a CUDA GPU); "
-                "use backend='auto' or backend='transformers' to run with transformers instead"
-            )
+            if not cuda:
+                return "transformers", "vllm requested, but not installed and no CUDA device: a CPU run"
+            raise BackendUnavailableError(vllm_missing_message("vLLM is not installed on this CUDA machine"))
         problem = try_import_vllm()
         if problem:
-            raise RuntimeError(f"generation backend 'vllm' was requested but `import vllm` fails: {problem}")
-        cuda = device_rules.cuda_available()
+            raise BackendUnavailableError(vllm_missing_message(f"`import vllm` fails here: {problem}"))
         return "vllm", "requested" + ("; CUDA available" if cuda else "; no CUDA device: vLLM's CPU build")
     # auto
     if not installed:
@@ -138,13 +169,15 @@ def load_generator(
     dtype: str = "auto",
     device: str = "auto",
     seed: int = 0,
+    batch_tokens: int = 0,
     **backend_kwargs,
 ) -> GenerationBackend:
     """Load a generator and print one line saying which backend runs, where, and why.
 
     ``seed`` seeds the vLLM engine; sampling itself is seeded per call by ``SamplingConfig.seed`` in
-    both backends. ``backend_kwargs`` go to the backend: ``progress=False`` silences the progress bar;
-    ``num_threads`` and ``attn_implementation`` are for transformers; anything else is for
+    both backends. ``batch_size`` and ``batch_tokens`` bound the transformers backend's batches
+    (``TransformersBackend``); vLLM schedules its own. ``backend_kwargs`` go to the backend:
+    ``progress=False`` silences the progress bar; ``num_threads`` and ``attn_implementation`` are for transformers; anything else is for
     ``vllm.LLM`` (``gpu_memory_utilization``, ``max_model_len``, ``tensor_parallel_size`` ...).
     Keyword arguments the chosen backend does not take are dropped and named at the end of the line,
     so one call works whichever backend "auto" picks.
@@ -162,7 +195,8 @@ def load_generator(
         gen: GenerationBackend = VLLMBackend(model_path, dtype=dtype, seed=seed, **kwargs)
         dev, dt = gen.device, gen.dtype  # what the engine runs, from vLLM itself
     else:
-        gen = TransformersBackend(model_path, batch_size=batch_size, dtype=dtype, device=device, **kwargs)
+        gen = TransformersBackend(model_path, batch_size=batch_size, batch_tokens=batch_tokens, dtype=dtype,
+                                  device=device, **kwargs)
         dev, dt = gen.device, device_rules.dtype_name(gen.dtype)
     note = f" [ignored by {name}: {', '.join(ignored)}]" if ignored else ""
     print(f"[generation] backend={name} device={dev} dtype={dt} model={model_path} ({reason}){note}", flush=True)
@@ -177,7 +211,8 @@ def open_generator(model_path: str, generation, *, seed: int = 0, **backend_kwar
     if generation.max_model_len:
         vllm_kwargs["max_model_len"] = int(generation.max_model_len)
     return load_generator(model_path, backend=generation.backend, batch_size=generation.batch_size,
-                          dtype=generation.dtype, seed=seed, **vllm_kwargs, **backend_kwargs)
+                          batch_tokens=generation.batch_tokens, dtype=generation.dtype, seed=seed, **vllm_kwargs,
+                          **backend_kwargs)
 
 
 _TRANSFORMERS_KWARGS = {"progress", "num_threads", "attn_implementation", "model", "tokenizer"}
@@ -225,7 +260,7 @@ class StageModel:
                 print(f"[generation] closing the {gen.name} engine before the student loads for scoring "
                       "(one model on the device at a time)", flush=True)
                 self._close_generator()
-            self._scoring = load_scoring_model(self.model_path, self.device)
+            self._scoring = load_scoring_model(self.model_path, self.device, getattr(self.generation, "dtype", "auto"))
         return self._scoring
 
     def score(self, questions, completions, *, prompt_template: str = "{question}", system: str | None = None,

@@ -17,6 +17,7 @@ rule into the teacher's CoT.
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from .generation import StageModel
 from .grading import grade
 from .jsonl import read_jsonl, write_jsonl
 from .knobs import knob, validate
+from .numerics import NonFiniteError, degenerate_note
 from .records import Problem, Refinement, SFTExample, StudentAttempt
 from .rundir import RunDir
 from .stages import fingerprint
@@ -258,7 +260,10 @@ def select_candidate(candidates: Sequence[str], rule: str, nll: Optional[Sequenc
     if rule == "perplexity":
         if nll is None:
             raise ValueError("selection='perplexity' needs the student's NLL of each candidate")
-        return min(range(len(candidates)), key=lambda i: (nll[i], i))
+        scored = [i for i in range(len(candidates)) if nll[i] is not None and math.isfinite(nll[i])]
+        if not scored:  # NaN never wins a selection (completion_nll raises before, where it scores)
+            raise NonFiniteError(f"every candidate's NLL is NaN or infinite ({list(nll)}): nothing to select by")
+        return min(scored, key=lambda i: (nll[i], i))
     raise ValueError(f"unknown selection rule {rule!r}; choose one of {SELECTION_RULES}")
 
 
@@ -458,8 +463,9 @@ def _reflect(kind: str, base: StageModel, cfg: ReflectionConfig, prompting: tupl
             reflector.close()
     budget = _budget_note(reflector)
     rate = acceptance_rate(refinements)
+    texts = [c["text"] for r in refinements for c in r.meta.get("candidates", [])]  # numerics.is_degenerate
     print(f"[reflection] acceptance rate {rate:.1%} over {sum(bool(r.wrong_attempt) for r in refinements)} "
-          f"questions with a student error")
+          f"questions with a student error; {degenerate_note(texts, 'candidate rewrites')}")
     checks = acceptance_summary(refinements, cfg.mask_wrong_step)
     print(f"[reflection] {acceptance_line(checks)}")
     mechanism = mechanism_perplexity(refinements, {p.id: p.question for p in problems}, scorer)

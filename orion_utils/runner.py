@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import yaml
 
 from .config import ConfigError, Profile, load_profile
+from .generation import BackendUnavailableError
 from .methods import notebooks_run_when_evaluated
 from .processes import run_jobs
 from .rundir import RunDir
@@ -159,6 +160,7 @@ def run_pipeline(
     if log_output:  # papermill streams cell output through its logger
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     profile = load_profile(profile_name, overrides)
+    check_generation_backend(profile)
     run_path = Path(run_dir) if run_dir else NOTEBOOK_DIR.parent / "outputs" / profile.name  # whatever the cwd
     if profile.students:
         return run_students(profile_name, profile, run_path, force, overrides, only, log_output, jobs)
@@ -186,6 +188,17 @@ def run_pipeline(
                  run_path, analysis, force, log_output, "")
     print(f"[orion] finished in {time.time() - started:.0f}s; report: {run_path / 'report.md'}", flush=True)
     return run_path
+
+
+def check_generation_backend(profile: Profile) -> None:
+    """``generation.backend: vllm`` (the GPU profiles') that cannot run on this machine stops the run before
+    its first notebook, with the one error ``generation.select_backend`` gives (``BackendUnavailableError``:
+    install vLLM, or set generation.backend=transformers on purpose). The notebooks check it again when they
+    open a generator (and notebook 00's environment table), for a notebook run by hand."""
+    if profile.generation.backend == "vllm":
+        from .generation import select_backend
+
+        select_backend("vllm")
 
 
 def run_students(profile_name: str, profile: Profile, run_path: Path, force: bool = False,
@@ -362,7 +375,7 @@ COMMANDS = {
     "params": (_params, (ConfigError, ValueError)),
     "plan": (_plan, (ConfigError, ValueError, OSError)),
     "colab-links": (_colab_links, (ValueError,)),
-    "run": (_run, (ConfigError, NotebookFailed, FileNotFoundError)),
+    "run": (_run, (ConfigError, NotebookFailed, FileNotFoundError, BackendUnavailableError)),
 }
 
 

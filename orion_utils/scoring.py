@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from . import device as device_rules
 from .memory import release_memory, track_model
+from .numerics import check_finite_scores
 
 CPU_LOGIT_BYTES = 2**30  # on a CPU, the logits of one chunk of scored tokens take at most this
 GPU_LOGIT_SHARE = 0.5  # on CUDA, at most this share of the memory free when a batch's logits are computed
@@ -82,6 +83,10 @@ def completion_nll(
     sequence (32k tokens x a 152k vocabulary: 10 GB in bf16) never exist at once. A model whose logits
     are post-processed (soft-capping, scaling) is run whole instead.
 
+    A NaN or infinite score of a completion that has scored tokens (16-bit overflow) raises
+    ``numerics.NonFiniteError``, which names the dtype and the fix; a completion without scored tokens
+    scores NaN.
+
     ``model_path_or_model``: a checkpoint path (loaded on ``device`` by ``load_scoring_model``, for this
     call only; ``tokenizer`` may then be None), a loaded causal LM (used where it is; ``tokenizer``
     required; a ``TransformersBackend`` scores its own with ``score``). Scoring several times: load once,
@@ -112,6 +117,9 @@ def completion_nll(
                     nll[i] = score
     finally:
         model.train(was_training)
+    # a NaN/inf score of a completion with scored tokens (fp16 overflow) stops here, never reaches a selection
+    check_finite_scores(nll, [any(t != -100 for t in e["labels"][1:]) for e in encoded],
+                        next(model.parameters()).dtype, dev)
     return nll
 
 
@@ -185,9 +193,10 @@ def _mean_nll(states, targets, head, max_logit_bytes, F) -> float:
     return total / len(targets)
 
 
-def load_scoring_model(model_path, device: str = "auto"):
+def load_scoring_model(model_path, device: str = "auto", dtype: str = "auto"):
     """``(model, tokenizer)`` of a checkpoint as ``completion_nll`` loads a path: on ``device``
-    (``"auto"``: CUDA if available, else CPU) in ``device.resolve_dtype("auto", ...)``, in eval mode.
+    (``"auto"``: CUDA if available, else CPU) in ``device.resolve_dtype(dtype, ...)`` (a stage passes
+    ``generation.dtype``: the student is scored in the precision it generates in), in eval mode.
     A caller that scores several times (a stage) loads it once with this and passes both on."""
     from transformers import AutoTokenizer
 
@@ -195,6 +204,6 @@ def load_scoring_model(model_path, device: str = "auto"):
 
     dev = device_rules.resolve_device(device)
     release_memory(before=os.fspath(model_path))
-    model = load_causal_lm(os.fspath(model_path), dtype=device_rules.resolve_dtype("auto", dev))  # adapters merged in
+    model = load_causal_lm(os.fspath(model_path), dtype=device_rules.resolve_dtype(dtype, dev))  # adapters merged in
     model = track_model(model.to(dev).eval(), f"scoring {os.fspath(model_path)}")
     return model, AutoTokenizer.from_pretrained(os.fspath(model_path))

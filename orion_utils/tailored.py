@@ -32,6 +32,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from .config import TailoredConfig
 from .layouts import RoundDir, TailoredDir, is_saved_model
+from .numerics import degenerate_note, n_degenerate
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
 from .rundir import read_or_make
 from .tailored_training import (
@@ -62,6 +63,7 @@ class RoundResult:
     n_exam_wrong: int = 0  # finished with a wrong answer or none
     n_exam_unfinished: int = 0  # cut off at exam_max_new_tokens, whatever answer it states (apart from the wrong)
     n_wrong_rationales: int = 0
+    n_exam_degenerate: int = 0  # exam answers of one short string repeated to the end (numerics.is_degenerate)
     n_teacher_rationales: int = 0  # correct ones kept
     n_teacher_dropped: int = 0  # wrong ones dropped
     n_train: int = 0
@@ -194,7 +196,9 @@ class _Exam:
                 if hasattr(generator, "close"):
                     generator.close()
 
-        return read_or_make(rdir.exam, StudentAttempt, make)
+        attempts = read_or_make(rdir.exam, StudentAttempt, make)
+        print(f"[tailored] {rdir.root.name} exam ({model_name}): {degenerate_note([a.response for a in attempts], 'answers')}")
+        return attempts
 
 
 def exam_stats(attempts: Sequence[StudentAttempt], wrong: dict[str, list[str]]) -> dict:
@@ -209,6 +213,7 @@ def exam_stats(attempts: Sequence[StudentAttempt], wrong: dict[str, list[str]]) 
         "n_exam_wrong": counts["n_wrong"],
         "n_exam_unfinished": counts["n_unfinished"],
         "n_wrong_rationales": sum(len(v) for v in wrong.values()),
+        "n_exam_degenerate": n_degenerate(a.response for a in attempts),  # numerics: a float16 symptom
     }
 
 

@@ -20,18 +20,23 @@ class TransformersBackend(GenerationBackend):
     """Batched ``model.generate`` with left padding and the KV cache.
 
     Prompts are sorted by length (longest first, so an out-of-memory shows up in the first batch)
-    and cut into batches of at most ``batch_size`` sequences (a prompt with n samples takes n rows);
-    results come back in input order. ``num_threads`` (default ``"auto"``, see ``device.cpu_threads_for``)
+    and cut, in that order, into batches of at most ``batch_size`` sequences (a prompt with n samples
+    takes n rows) and at most ``batch_tokens`` tokens (``batch_plan``): a row costs its batch's longest
+    prompt (left padding) plus ``max_new_tokens``, what its KV cache may grow to; a row over the budget
+    alone gets a batch of its own. ``batch_tokens`` 0: ``batch_size`` x ``ROW_TOKENS``. Results come
+    back in input order. ``num_threads`` (default ``"auto"``, see ``device.cpu_threads_for``)
     sets torch's intra-op threads for the duration of each ``generate`` call only.
     """
 
     name = "transformers"
+    ROW_TOKENS = 2048  # batch_tokens 0: batch_size rows of this many tokens (the toy and smol profiles' calls fit)
 
     def __init__(
         self,
         model_path: str,
         *,
         batch_size: int = 32,
+        batch_tokens: int = 0,
         dtype: Any = "auto",
         device: str = "auto",
         progress: bool = True,
@@ -47,6 +52,7 @@ class TransformersBackend(GenerationBackend):
 
         self.model_path = os.fspath(model_path) if model_path is not None else getattr(model, "name_or_path", "")
         self.batch_size = int(batch_size)
+        self.batch_tokens = int(batch_tokens) or self.batch_size * self.ROW_TOKENS
         self.progress = progress
         if model is None:
             self.device = device_rules.resolve_device(device)
@@ -106,9 +112,7 @@ class TransformersBackend(GenerationBackend):
         if any(len(e) == 0 for e in encoded):
             raise ValueError("a prompt rendered to zero tokens")
         per_prompt = 1 if sampling.greedy else sampling.n
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # stable: ties keep input order
-        rows = [(i, j) for i in order for j in range(per_prompt)]
-        batches = [rows[k: k + self.batch_size] for k in range(0, len(rows), max(1, self.batch_size))]
+        batches = self.batch_plan([len(e) for e in encoded], per_prompt, sampling.max_new_tokens)
         results: list[list[Generation | None]] = [[None] * per_prompt for _ in encoded]
         stop_ids = set(self.eos_token_ids)
         gen_kwargs = self._generate_kwargs(sampling)
@@ -126,6 +130,24 @@ class TransformersBackend(GenerationBackend):
                 for (i, j), toks in zip(batch, new_tokens):
                     results[i][j] = finish_generation(toks, stop_ids, self.tokenizer)
         return results  # type: ignore[return-value]
+
+    def batch_plan(self, prompt_lengths: list[int], per_prompt: int, max_new_tokens: int) -> list[list[tuple]]:
+        """Batches of ``(prompt index, sample index)`` rows: prompts longest first (stable: ties keep input
+        order), each prompt's ``per_prompt`` rows in turn, a new batch when ``batch_size`` rows are in or
+        one more row would take the batch over ``batch_tokens`` (rows x (its longest prompt +
+        ``max_new_tokens``))."""
+        order = sorted(range(len(prompt_lengths)), key=lambda i: -prompt_lengths[i])
+        batches: list[list[tuple]] = []
+        width = 0  # the longest prompt of the current batch: its first row's, prompts coming longest first
+        for i in order:
+            for j in range(per_prompt):
+                cur = batches[-1] if batches else None
+                if cur and len(cur) < self.batch_size and (len(cur) + 1) * (width + max_new_tokens) <= self.batch_tokens:
+                    cur.append((i, j))
+                else:
+                    batches.append([(i, j)])
+                    width = prompt_lengths[i]
+        return batches
 
     can_score = True
 

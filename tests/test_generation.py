@@ -91,6 +91,66 @@ def test_n_samples_per_prompt_in_input_order(gen):
     assert any(len({s.text for s in r}) > 1 for r in hot)
 
 
+def _count_batches(lengths: list[int], per_prompt: int, batch_size: int) -> list[list[tuple]]:
+    """The batches before token budgets: longest prompt first, cut every ``batch_size`` rows."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows = [(i, j) for i in order for j in range(per_prompt)]
+    return [rows[k: k + batch_size] for k in range(0, len(rows), batch_size)]
+
+
+def test_batches_are_bounded_by_tokens_as_well_as_sequences(gen, tiny_model_dir):
+    # a row costs its batch's longest prompt (left padding) + max_new_tokens
+    gen.batch_size, gen.batch_tokens = 8, 200
+    try:
+        plan = gen.batch_plan([10, 50, 30], 2, 20)
+        assert plan == [[(1, 0), (1, 1)], [(2, 0), (2, 1), (0, 0), (0, 1)]]  # 2 x 70 <= 200 < 3 x 70; 4 x 50 <= 200
+        assert gen.batch_plan([300, 5], 1, 20) == [[(0, 0)], [(1, 0)]]  # over the budget alone: its own batch
+        lengths = [7, 93, 41, 41, 12, 60, 3, 88, 25]
+        for per_prompt, new in ((1, 16), (3, 40), (2, 120)):
+            plan = gen.batch_plan(lengths, per_prompt, new)
+            assert sorted(r for b in plan for r in b) == sorted((i, j) for i in range(len(lengths)) for j in range(per_prompt))
+            for b in plan:
+                assert len(b) <= 8 and (len(b) == 1 or len(b) * (max(lengths[i] for i, _ in b) + new) <= 200)
+        # the same greedy output whatever the batches; the same samples on a rerun with the same budget
+        greedy = SamplingConfig(max_new_tokens=16)
+        gen.batch_tokens = 10 ** 9
+        wide = gen.generate(QUESTIONS, greedy)
+        gen.batch_tokens = 60
+        lengths = [len(e) for e in generation.encode_prompts(gen.tokenizer, QUESTIONS)]
+        assert len(gen.batch_plan(lengths, 1, 16)) > 1  # one batch under the wide budget, several here
+        assert gen.generate(QUESTIONS, greedy) == wide
+        hot = SamplingConfig(n=2, temperature=1.0, max_new_tokens=16, seed=3)
+        assert gen.generate(QUESTIONS, hot) == gen.generate(QUESTIONS, hot)
+    finally:
+        gen.batch_size, gen.batch_tokens = 4, 4 * TransformersBackend.ROW_TOKENS
+
+
+def test_the_default_token_budget_keeps_the_batches_calls_under_row_tokens_had(tiny_model_dir):
+    """batch_tokens 0 is batch_size x ROW_TOKENS: a call whose longest prompt + max_new_tokens fits
+    ROW_TOKENS (every call of the toy, smoke and smol profiles: prompts of a few hundred tokens, at most
+    256 new) is batched as before token budgets, so its samples do not change."""
+    from orion_utils.config import GenerationConfig, load_profile
+
+    g = generation.open_generator(tiny_model_dir, GenerationConfig(batch_size=6), progress=False)
+    try:
+        assert g.batch_tokens == 6 * TransformersBackend.ROW_TOKENS
+        lengths = [5, 400, 120, 120, 33, 700, 1, 250, 80, 64, 300, 2]
+        for per_prompt in (1, 2, 4):
+            for new in (24, 256, 2048 - 700):
+                assert g.batch_plan(lengths, per_prompt, new) == _count_batches(lengths, per_prompt, 6)
+        assert g.batch_plan(lengths, 1, 2048) != _count_batches(lengths, 1, 6)  # past it, tokens bound
+    finally:
+        g.close()
+    g = generation.open_generator(tiny_model_dir, GenerationConfig(batch_size=6, batch_tokens=1000), progress=False)
+    assert g.batch_tokens == 1000
+    g.close()
+    for name in ("toy", "smoke", "smol", "smol_toy"):
+        p = load_profile(name)
+        exams = [p.tailored.exam_max_new_tokens] if "tailored" in p.evaluation.methods else []
+        assert max(p.exposure.max_new_tokens, p.reflection.max_new_tokens, p.evaluation.max_new_tokens,
+                   *exams) <= 256 and p.generation.batch_tokens == 0
+
+
 def test_max_new_tokens_gives_length(gen):
     for cfg in (SamplingConfig(max_new_tokens=3), SamplingConfig(n=2, temperature=1.0, max_new_tokens=3)):
         for row in gen.generate(QUESTIONS, cfg):
@@ -201,12 +261,63 @@ def test_select_backend_and_the_one_line(tiny_model_dir, monkeypatch, capsys):
     assert name == "transformers" and "import failed" in reason
 
 
-def test_requesting_vllm_without_it_is_a_clear_error(tiny_model_dir, monkeypatch):
+def test_requesting_vllm_on_a_gpu_without_it_stops_with_one_error_naming_the_fix(tiny_model_dir, monkeypatch, capsys):
+    """A GPU cannot run here: CUDA's availability and vLLM's import are faked (monkeypatch); the choice
+    and the error are what a GPU machine gets."""
     monkeypatch.setattr(generation, "vllm_status", lambda: (False, "not installed"))
-    with pytest.raises(RuntimeError, match=r"'vllm' was requested but vLLM is not installed"):
+    monkeypatch.setattr(device, "cuda_available", lambda: True)
+    with pytest.raises(generation.BackendUnavailableError) as info:
         select_backend("vllm")
-    with pytest.raises(RuntimeError, match="backend='transformers'"):
+    message = str(info.value)
+    assert "vLLM is not installed on this CUDA machine" in message
+    assert "pip install 'vllm>=" in message and '".[gpu]"' in message  # the gpu extra's own requirement
+    assert "--set generation.backend=transformers" in message and "gpu-cu12" in message
+    with pytest.raises(generation.BackendUnavailableError):  # and when a stage opens its generator
         load_generator(tiny_model_dir, backend="vllm")
+    # installed but broken: the import error is named, and it still stops
+    monkeypatch.setattr(generation, "vllm_status", lambda: (True, "installed"))
+    monkeypatch.setattr(generation, "try_import_vllm", lambda: "ImportError: libcudart.so.13: cannot open")
+    with pytest.raises(generation.BackendUnavailableError, match="`import vllm` fails here: ImportError: libcudart"):
+        select_backend("vllm")
+    # auto keeps falling back, and says so (a CPU profile that finds a GPU)
+    name, reason = select_backend("auto")
+    assert name == "transformers" and "import failed" in reason
+
+
+def test_requesting_vllm_without_cuda_or_vllm_runs_transformers_and_says_so(tiny_model_dir, monkeypatch, capsys):
+    """A GPU profile rehearsed on a CPU (tests/test_real_profiles.py) keeps running, on transformers."""
+    monkeypatch.setattr(generation, "vllm_status", lambda: (False, "not installed"))
+    monkeypatch.setattr(device, "cuda_available", lambda: False)
+    assert select_backend("vllm") == ("transformers", "vllm requested, but not installed and no CUDA device: a CPU run")
+    load_generator(tiny_model_dir, backend="vllm", progress=False).close()
+    assert "backend=transformers device=cpu" in capsys.readouterr().out
+    # a broken vLLM is an error even without CUDA (it was asked for)
+    monkeypatch.setattr(generation, "vllm_status", lambda: (True, "installed"))
+    monkeypatch.setattr(generation, "try_import_vllm", lambda: "ImportError: broken")
+    with pytest.raises(generation.BackendUnavailableError, match="broken"):
+        select_backend("vllm")
+
+
+@pytest.mark.parametrize("profile", ["colab", "paper"])
+def test_a_gpu_profile_names_vllm_and_orion_run_stops_at_its_start_without_it(profile, tmp_path, monkeypatch, capsys):
+    """``orion run`` on a CUDA machine (faked: no GPU here) whose vLLM is missing: one line, exit status 1,
+    before any notebook runs."""
+    from orion_utils import runner
+    from orion_utils.config import load_profile
+
+    assert load_profile(profile).generation.backend == "vllm"
+    monkeypatch.setattr(generation, "vllm_status", lambda: (False, "not installed"))
+    monkeypatch.setattr(device, "cuda_available", lambda: True)
+    ran = []
+    monkeypatch.setattr(runner, "_execute", lambda *a, **k: ran.append(a))
+    assert runner.main(["run", "--profile", profile, "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("[orion] error: generation.backend is 'vllm' but vLLM is not installed")
+    assert ran == [] and not (tmp_path / "run").exists()
+    # the slow path, asked for explicitly, is not stopped
+    runner.main(["run", "--profile", profile, "--run-dir", str(tmp_path / "run"), "--set",
+                 "generation.backend=transformers"])
+    assert ran
 
 
 def _fake_vllm(calls: dict, tokenizer):

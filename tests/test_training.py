@@ -236,7 +236,7 @@ def test_auto_dispatches_to_unsloth_when_available(monkeypatch, tiny_model_dir, 
 
     monkeypatch.setattr(training.selection, "unsloth_installed", lambda: True)
     monkeypatch.setattr(device, "cuda_available", lambda: True)
-    monkeypatch.setattr(device, "device_and_dtype", lambda: ("cuda", "bfloat16"))
+    monkeypatch.setattr(device, "device_and_dtype", lambda *args: ("cuda", "bfloat16"))
     monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))
     called = {}
 

@@ -149,7 +149,7 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
     backend, reason = select_training_backend(cfg.backend)
     if backend == "unsloth":
         unsloth_first(replace(cfg, backend="unsloth"))  # before anything below imports transformers
-    device, dtype = device_rules.device_and_dtype()
+    device, dtype = device_rules.device_and_dtype("auto", getattr(cfg, "dtype", "auto"))
     cfg = _fit_to_device(cfg, device)
     layout = TrainedDir(output_dir)
     layout.root.mkdir(parents=True, exist_ok=True)

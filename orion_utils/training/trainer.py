@@ -63,6 +63,20 @@ class OrionSFTTrainer:
             self.n_supervised += n
         return out
 
+    def training_step(self, model, inputs, *args, **kwargs):
+        """TRL's step, then its loss checked: a NaN or infinite loss (16-bit overflow) stops the run with
+        ``numerics.NonFiniteError`` naming the precision and ``training.dtype``. Here, not in
+        ``compute_loss``, so that every method's loss (EDIT's, Tailored Learning's) is checked too."""
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        value = float(loss.detach().float().mean()) if torch.is_tensor(loss) else float(loss)
+        if not math.isfinite(value):
+            from ..numerics import check_finite_loss
+
+            args = self.args
+            dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else next(model.parameters()).dtype
+            check_finite_loss(value, self.state.global_step + 1, dtype, args.device, type(self).__name__)
+        return loss
+
     # -- for the methods' trainers (EDIT, Tailored Learning), which override compute_loss --------
 
     def count_supervised(self, nll_sum: float, n_tokens: int) -> None:
