@@ -149,7 +149,8 @@ class VLLMBackend(GenerationBackend):
                 return tqdm(*args, **{**kwargs, "desc": desc})
 
         outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=use_tqdm, lora_request=self._lora
+            [{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=use_tqdm,
+            **({"lora_request": self._lora} if self._lora is not None else {})
         )
         # The text is decoded here from the token ids, as the transformers backend does (vLLM's
         # incremental detokenizer holds back a trailing incomplete UTF-8 sequence, so its text can differ).

@@ -369,7 +369,8 @@ def test_vllm_backend_maps_onto_the_same_interface(tiny_model_dir, tiny_tokenize
     assert line.startswith("[generation] backend=vllm device=cuda dtype=bfloat16 model=")
     assert line.endswith("(vllm: installed and CUDA available) [ignored by vllm: num_threads]")
     assert isinstance(g, VLLMBackend)
-    assert calls["init"] == {"model": tiny_model_dir, "dtype": "bfloat16", "seed": 3, "gpu_memory_utilization": 0.5}
+    assert calls["init"] == {"model": tiny_model_dir, "tokenizer": tiny_model_dir, "dtype": "bfloat16", "seed": 3,
+                             "gpu_memory_utilization": 0.5}
 
     qs = QUESTIONS[:3]
     out = g.generate(qs, SamplingConfig(n=3, temperature=0.8, top_p=0.9, max_new_tokens=50, seed=5),
