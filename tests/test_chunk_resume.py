@@ -122,8 +122,10 @@ def _killed_at(tmp_path: Path, what: str, root: Path, model_dir: str, wait_at: s
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, str(script), what, str(root), model_dir, wait_at], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = tmp_path / "child.err"  # a file, not a pipe: the stage's progress bars never fill a buffer and block it
+    with open(err, "w") as errors:
+        child = subprocess.Popen([sys.executable, str(script), what, str(root), model_dir, wait_at], env=env,
+                                 stdout=subprocess.PIPE, stderr=errors, text=True)
     timer = threading.Timer(300, child.kill)  # a child that never reaches its call fails the test, never hangs it
     timer.start()
     lines = []
@@ -134,8 +136,9 @@ def _killed_at(tmp_path: Path, what: str, root: Path, model_dir: str, wait_at: s
                 break
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
+    child.stdout.close()
     timer.cancel()
-    assert lines and lines[-1] == "waiting", child.stderr.read()[-3000:]
+    assert lines and lines[-1] == "waiting", err.read_text()[-3000:]
     assert child.returncode == -signal.SIGKILL
     return lines[:-1]
 
