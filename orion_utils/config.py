@@ -216,6 +216,8 @@ class TailoredConfig(TrainingConfig):
     exam_temperature: float = knob(1.0, "exam sampling temperature (paper: 1.0)", ge=0.0)
     exam_top_p: float = knob(1.0, "exam nucleus sampling", gt=0.0, le=1.0)
     exam_max_new_tokens: int = knob(1024, "longest exam answer, in tokens", ge=1)
+    # each finished chunk of an exam is saved (round_<r>/exam.partial.jsonl): a crash loses at most one
+    exam_chunk_questions: int = knob(32, "exam questions per generation call; each finished chunk is saved", ge=1)
     # teacher
     teacher_samples: int = knob(
         2, "round-1 rationales per question (>= 2 gives the triplet its positives)", ge=1)

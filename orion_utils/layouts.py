@@ -98,13 +98,17 @@ class EditDir(TrainedDir):
 
 
 class RoundDir(TrainedDir):
-    """One Tailored Learning round ``round_<r>/``: ``exam.jsonl`` (the student's graded attempts),
-    ``teacher.jsonl`` (the teacher's rationales), ``train.jsonl`` (the round's training set),
+    """One Tailored Learning round ``round_<r>/``: ``exam.jsonl`` (the student's graded attempts; while the
+    exam runs, its finished chunks in ``exam.partial.jsonl``), ``teacher.jsonl`` (the teacher's rationales), ``train.jsonl`` (the round's training set),
     ``result.json`` (the round's facts), and the trained folder's files."""
 
     @property
     def exam(self) -> Path:
         return self.root / "exam.jsonl"
+
+    @property
+    def exam_partial(self) -> Path:
+        return self.root / "exam.partial.jsonl"
 
     @property
     def teacher(self) -> Path:

@@ -20,10 +20,8 @@ from __future__ import annotations
 import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Protocol, Sequence
-
-from tqdm.auto import tqdm
 
 from .acceptance import acceptance_line, acceptance_summary, check_candidate, wrong_markers, wrong_step_span
 from .config import GenerationConfig, StudentConfig
@@ -33,7 +31,7 @@ from .jsonl import read_jsonl, write_jsonl
 from .knobs import knob, validate
 from .numerics import NonFiniteError, degenerate_note
 from .records import Problem, Refinement, SFTExample, StudentAttempt
-from .rundir import RunDir
+from .rundir import RunDir, chunk_seed, run_in_chunks
 from .stages import fingerprint
 
 SELECTION_RULES = ("perplexity", "shortest", "first")
@@ -66,6 +64,9 @@ class ReflectionConfig:
     selection: str = knob(
         "perplexity", "which accepted rewrite is kept: perplexity (lowest student NLL), shortest or first", choices=SELECTION_RULES)
     seed: int = knob(0, "sampling seed")
+    # items per generation call (and per scoring call); each finished chunk is saved, so a crash or a
+    # disconnect loses at most one (its samples do not depend on an interruption: rundir.chunk_seed)
+    chunk_questions: int = knob(64, "questions per generation (and scoring) call; each finished chunk is saved", ge=1)
     # A second reflector run on the same wrong attempts, measured beside the run's own and never trained on:
     # its acceptance rate, mechanism and rewrites go to the report (``data/refinements_compare.jsonl``).
     compare: str = knob(
@@ -103,8 +104,9 @@ class ReflectionItem:
 class Reflector(Protocol):
     name: str
 
-    def propose(self, items: Sequence[ReflectionItem], m: int) -> list[list[str]]:
-        """Up to m candidate rewritten CoTs per item."""
+    def propose(self, items: Sequence[ReflectionItem], m: int, seed: Optional[int] = None) -> list[list[str]]:
+        """Up to m candidate rewritten CoTs per item; one that samples draws them with ``seed`` (None: its
+        configured ``seed``), which ``refine`` makes per chunk (``rundir.chunk_seed``)."""
         ...
 
 
@@ -116,8 +118,8 @@ class RuleReflector:
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def propose(self, items: Sequence[ReflectionItem], m: int) -> list[list[str]]:
-        from .toy.reflect import rule_reflect
+    def propose(self, items: Sequence[ReflectionItem], m: int, seed: Optional[int] = None) -> list[list[str]]:
+        from .toy.reflect import rule_reflect  # written by rule: no sampling, nothing to seed
 
         out = []
         for item in items:
@@ -175,7 +177,7 @@ class StudentReflector:
             return []
         return [list(begin.wrong_span)]
 
-    def propose(self, items: Sequence[ReflectionItem], m: int) -> list[list[str]]:
+    def propose(self, items: Sequence[ReflectionItem], m: int, seed: Optional[int] = None) -> list[list[str]]:
         from .generation import SamplingConfig
 
         starts = [(k, self.start(i)) for k, i in enumerate(items)]
@@ -185,7 +187,7 @@ class StudentReflector:
             return out
         gen = self.generator()
         sampling = SamplingConfig(n=m, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                  max_new_tokens=self._room(gen, rows), seed=self.cfg.seed)
+                                  max_new_tokens=self._room(gen, rows), seed=self.cfg.seed if seed is None else seed)
         outputs = gen.generate([q for _, q, _ in rows], sampling, prompt_template=self.template, system=self.system,
                                desc="reflecting", assistant_prefix=[t for _, _, t in rows])
         for (k, _, text), gens in zip(rows, outputs):
@@ -212,32 +214,47 @@ class LLMReflector:
     Each prompt is fitted to the engine first (``orion_utils.budget``: its context less
     ``cfg.max_new_tokens``): the wrong attempt's middle is cut, never its ending; an item whose question
     and teacher CoT do not fit gets no candidate (the teacher's CoT is kept). ``budget_counts`` says how
-    many prompts fit as built, were cut, were left out."""
+    many prompts fit as built, were cut, were left out; ``outcomes`` each item's of the last call."""
 
     name = "llm"
 
     def __init__(self, generator, cfg: ReflectionConfig, system: Optional[str] = None, max_model_len: int = 0):
         self.generator, self.cfg, self.system = generator, cfg, system
         self.max_model_len, self.budget, self.budget_counts = max_model_len, None, None
+        self.outcomes: list[str] = []
+
+    def _fitting(self):
+        from .budget import generator_budget
+
+        if self.budget is None:
+            self.budget = generator_budget(self.generator, self.cfg.max_new_tokens, self.max_model_len)
+            self.budget_counts = self.budget.counts()
+        return self.budget
+
+    def recount(self, outcomes: Sequence[str]) -> None:
+        """``budget_counts`` over these items' outcomes: the stage's every item, those of chunks an earlier
+        attempt finished too (``refine`` keeps each item's outcome with its candidates)."""
+        if outcomes or self.budget_counts is not None:
+            self.budget_counts = self._fitting().counts()
+            for outcome in outcomes:
+                self.budget_counts.add(outcome)
 
     def _messages(self, item: ReflectionItem, wrong_attempt: str) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + [
             {"role": "user", "content": REFLECTION_PROMPT.format(
                 question=item.problem.question, teacher_cot=item.teacher_cot, wrong_attempt=wrong_attempt)}]
 
-    def propose(self, items: Sequence[ReflectionItem], m: int) -> list[list[str]]:
-        from .budget import generator_budget
+    def propose(self, items: Sequence[ReflectionItem], m: int, seed: Optional[int] = None) -> list[list[str]]:
         from .generation import SamplingConfig
 
-        if self.budget is None:
-            self.budget = generator_budget(self.generator, self.cfg.max_new_tokens, self.max_model_len)
-            self.budget_counts = self.budget.counts()
-        fitted = [self.budget.fit(lambda parts, i=i: self._messages(i, parts[0]), [i.wrong_attempt]) for i in items]
+        budget = self._fitting()
+        fitted = [budget.fit(lambda parts, i=i: self._messages(i, parts[0]), [i.wrong_attempt]) for i in items]
+        self.outcomes = [f.outcome for f in fitted]
         for f in fitted:
             self.budget_counts.add(f.outcome)
         keep = [k for k, f in enumerate(fitted) if f.messages is not None]
         sampling = SamplingConfig(n=m, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                  max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed)
+                                  max_new_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed if seed is None else seed)
         outputs = self.generator.generate([fitted[k].messages for k in keep], sampling, desc="reflecting") \
             if keep else []
         out: list[list[str]] = [[] for _ in items]
@@ -267,6 +284,21 @@ def select_candidate(candidates: Sequence[str], rule: str, nll: Optional[Sequenc
     raise ValueError(f"unknown selection rule {rule!r}; choose one of {SELECTION_RULES}")
 
 
+CHUNK_STEPS = ("candidates", "selected")  # what stage 03 saves chunk by chunk (RunDir.refinements_partial)
+
+
+@dataclass
+class Proposal:
+    """One item's distinct candidate rewrites, each one's verdict (``_check``) and how its prompt met the
+    prompt budget (``LLMReflector.outcomes``; '' for the other reflectors): a finished generation chunk's
+    record in stage 03's scratch."""
+
+    problem_id: str
+    candidates: list = field(default_factory=list)
+    verdicts: list = field(default_factory=list)
+    prompt: str = ""
+
+
 def refine(
     problems: Sequence[Problem],
     teacher_cots: dict,
@@ -274,16 +306,25 @@ def refine(
     reflector: Reflector,
     cfg: ReflectionConfig,
     scorer=None,
-    batch_size: int = 64,
+    partials: Optional[dict] = None,
 ) -> list[Refinement]:
     """ORION's refinement: candidates, acceptance (a verified answer and ``acceptance``'s checks, each
     candidate's statistics and first failed check in ``meta["candidates"]``), selection, fallback.
 
-    ``scorer(questions, completions) -> list[float]`` gives the student's NLL of each completion
-    (needed for selection='perplexity').
+    ``scorer(questions, completions) -> list[float]`` gives the student's NLL of each completion: of every
+    accepted candidate for selection='perplexity' (which needs it), else of the pick, and of the teacher CoT
+    it replaces, kept in ``meta`` (``nll``, ``teacher_nll``) for ``mechanism_perplexity``.
+
+    Two steps (``CHUNK_STEPS``), each in chunks of ``cfg.chunk_questions`` items (``rundir.run_in_chunks``):
+    the candidates, sampled with ``rundir.chunk_seed(cfg.seed, "reflection", the chunk's question ids)`` and
+    checked; then, once all are there (a stage that holds one model at a time switches from generating to
+    scoring once), the scores and the pick. ``partials`` ({step: path}): where each finished chunk is
+    appended and read back from on a retry, so the refinements are the same with or without an interruption.
     """
+    if cfg.selection == "perplexity" and scorer is None:
+        raise ValueError("selection='perplexity' needs a scorer giving the student's NLL of each candidate")
     rng = random.Random(cfg.seed)
-    items, item_problems = [], []
+    items = []
     refinements: dict[str, Refinement] = {}
     for p in problems:
         if p.id not in teacher_cots:
@@ -294,35 +335,60 @@ def refine(
                                            cfg.selection, reflector.name, {"reason": "no error"})
             continue
         items.append(ReflectionItem(p, teacher_cots[p.id], wrong.response))
-        item_problems.append(p)
-    proposals = []  # (item, distinct candidates, accepted candidates)
-    verdicts = []  # per proposal: every candidate, its extracted answer and each acceptance check's statistic
-    for start in tqdm(range(0, len(items), batch_size), desc="reflection", unit="batch"):
-        batch = items[start : start + batch_size]
-        for item, candidates in zip(batch, reflector.propose(batch, cfg.m)):
-            candidates = list(dict.fromkeys(candidates))  # identical rewrites count once
-            checked = [_check(item, c, cfg) for c in candidates]
-            proposals.append((item, candidates, [c for c, v in zip(candidates, checked) if v["rejected"] is None]))
-            verdicts.append(checked)
-    nll_by_item = _score_all(proposals, scorer) if cfg.selection == "perplexity" else {}
-    for index, (item, candidates, accepted) in enumerate(proposals):
-        pid = item.problem.id
-        if not accepted:
-            reason = "no candidate accepted" if any(v["verified"] for v in verdicts[index]) else "no candidate verified"
-            refinements[pid] = Refinement(pid, item.teacher_cot, item.teacher_cot, item.wrong_attempt, False,
-                                          len(candidates), 0, cfg.selection, reflector.name,
-                                          {"reason": reason, "candidates": verdicts[index]})
-            continue
-        nll = nll_by_item.get(index)
-        pick = select_candidate(accepted, cfg.selection, nll)
-        meta = {"reason": "accepted", "candidates": verdicts[index]}
-        if nll is not None:
-            meta["nll"] = float(nll[pick])
-        spans = _wrong_step_spans(reflector, item, accepted[pick], cfg)
-        refinements[pid] = Refinement(pid, item.teacher_cot, accepted[pick], item.wrong_attempt, True,
-                                      len(candidates), len(accepted), cfg.selection, reflector.name, meta,
-                                      wrong_step_spans=spans)
+    partials, desc = partials or {}, f"reflection/{reflector.name}"
+    proposals = run_in_chunks(items, cfg.chunk_questions, lambda _, chunk: _propose(reflector, chunk, cfg),
+                              partial=partials.get("candidates"), cls=Proposal, per_item=1,
+                              item_id=lambda item: item.problem.id, desc=desc)
+    recount = getattr(reflector, "recount", None)  # a prompt budget counts every item's prompt, read back too
+    if recount is not None:
+        recount([p.prompt for p in proposals if p.prompt])
+    picked = run_in_chunks(list(zip(items, proposals)), cfg.chunk_questions,
+                           lambda _, chunk: _select(chunk, reflector, cfg, scorer), partial=partials.get("selected"),
+                           cls=Refinement, per_item=1, item_id=lambda pair: pair[0].problem.id, desc=f"{desc} selection")
+    refinements.update((r.problem_id, r) for r in picked)
     return [refinements[p.id] for p in problems if p.id in refinements]
+
+
+def _propose(reflector: Reflector, chunk: list, cfg: ReflectionConfig) -> list[Proposal]:
+    """One chunk's candidates, sampled with the chunk's own seed, each put through ``_check``."""
+    proposed = reflector.propose(chunk, cfg.m, seed=chunk_seed(cfg.seed, "reflection", [i.problem.id for i in chunk]))
+    prompts = getattr(reflector, "outcomes", None) or [""] * len(chunk)
+    out = []
+    for item, candidates, prompt in zip(chunk, proposed, prompts):
+        candidates = list(dict.fromkeys(candidates))  # identical rewrites count once
+        out.append(Proposal(item.problem.id, candidates, [_check(item, c, cfg) for c in candidates], prompt))
+    return out
+
+
+def _select(pairs: list, reflector: Reflector, cfg: ReflectionConfig, scorer) -> list[Refinement]:
+    """One chunk's refinements from its (item, ``Proposal``) pairs: the pick among the accepted candidates by
+    ``cfg.selection``, else the teacher's CoT. With a scorer, one call scores what the rule needs (every
+    accepted candidate for perplexity, else the pick) and the teacher CoT of each item with a pick."""
+    accepted = [[c for c, v in zip(p.candidates, p.verdicts) if v["rejected"] is None] for _, p in pairs]
+    picks = {k: select_candidate(a, cfg.selection) for k, a in enumerate(accepted) if a and cfg.selection != "perplexity"}
+    scored = {k: (a if cfg.selection == "perplexity" else [a[picks[k]]]) + [pairs[k][0].teacher_cot]
+              for k, a in enumerate(accepted) if a and scorer is not None}
+    values = iter(scorer([pairs[k][0].problem.question for k, texts in scored.items() for _ in texts],
+                         [t for texts in scored.values() for t in texts]) if scored else [])
+    nll = {k: [next(values) for _ in texts] for k, texts in scored.items()}
+    out = []
+    for k, ((item, proposal), ok) in enumerate(zip(pairs, accepted)):
+        pid, verdicts, n = item.problem.id, proposal.verdicts, len(proposal.candidates)
+        if not ok:
+            reason = "no candidate accepted" if any(v["verified"] for v in verdicts) else "no candidate verified"
+            out.append(Refinement(pid, item.teacher_cot, item.teacher_cot, item.wrong_attempt, False, n, 0,
+                                  cfg.selection, reflector.name, {"reason": reason, "candidates": verdicts}))
+            continue
+        if cfg.selection == "perplexity":
+            picks[k] = select_candidate(ok, cfg.selection, nll[k][:-1])
+        meta = {"reason": "accepted", "candidates": verdicts}
+        if k in nll:
+            meta["nll"] = float(nll[k][picks[k] if cfg.selection == "perplexity" else 0])
+            meta["teacher_nll"] = float(nll[k][-1])
+        spans = _wrong_step_spans(reflector, item, ok[picks[k]], cfg)
+        out.append(Refinement(pid, item.teacher_cot, ok[picks[k]], item.wrong_attempt, True, n, len(ok),
+                              cfg.selection, reflector.name, meta, wrong_step_spans=spans))
+    return out
 
 
 def _check(item: ReflectionItem, candidate: str, cfg: ReflectionConfig) -> dict:
@@ -345,23 +411,6 @@ def _wrong_step_spans(reflector, item: ReflectionItem, text: str, cfg: Reflectio
     return [list(span)] if span else []
 
 
-def _score_all(proposals, scorer) -> dict:
-    """The student's NLL of every accepted candidate, in one batched call (one model load)."""
-    if scorer is None:
-        raise ValueError("selection='perplexity' needs a scorer giving the student's NLL of each candidate")
-    questions, completions, owners = [], [], []
-    for index, (item, _, accepted) in enumerate(proposals):
-        for c in accepted:
-            questions.append(item.problem.question)
-            completions.append(c)
-            owners.append(index)
-    scores = scorer(questions, completions) if completions else []
-    by_item: dict = {}
-    for owner, score in zip(owners, scores):
-        by_item.setdefault(owner, []).append(score)
-    return by_item
-
-
 def mechanism_perplexity(refinements: Sequence[Refinement], questions: dict, scorer) -> dict:
     """ORION's mechanism, measured: the student's perplexity (exp of the mean over CoTs of the per-token
     mean NLL, as ``analysis.cot_perplexity``) of the accepted rewrites and of the teacher CoTs they
@@ -372,7 +421,9 @@ def mechanism_perplexity(refinements: Sequence[Refinement], questions: dict, sco
     if not accepted:
         return {"n": 0, "refined": None, "teacher": None}
     qs = [questions[r.problem_id] for r in accepted]
-    if all("nll" in r.meta for r in accepted):  # selection by perplexity scored the picks already
+    if all("nll" in r.meta and "teacher_nll" in r.meta for r in accepted):  # ``refine`` scored both
+        nll = [float(r.meta["nll"]) for r in accepted] + [float(r.meta["teacher_nll"]) for r in accepted]
+    elif all("nll" in r.meta for r in accepted):  # selection by perplexity scored the picks already
         nll = [float(r.meta["nll"]) for r in accepted] + list(scorer(qs, [r.teacher_cot for r in accepted]))
     else:
         nll = list(scorer(qs + qs, [r.refined_cot for r in accepted] + [r.teacher_cot for r in accepted]))
@@ -407,7 +458,9 @@ def run_reflection(
     generation: Optional[GenerationConfig] = None,
     force: bool = False,
 ) -> dict:
-    """Write ``refinements.jsonl`` and the ORION training set ``training_set_orion.jsonl``."""
+    """Write ``refinements.jsonl`` and the ORION training set ``training_set_orion.jsonl``. Each reflector's
+    finished chunks (``refine``) are saved as the stage goes (``RunDir.refinements_partial``, its scratch):
+    a crash or a disconnect loses at most one, and a re-run gives the same files."""
     student, generation = student or StudentConfig(), generation or GenerationConfig()
     if cfg.selection not in SELECTION_RULES:
         raise ValueError(f"reflection.selection must be one of {SELECTION_RULES}, got {cfg.selection!r}")
@@ -417,6 +470,9 @@ def run_reflection(
     params, models = fingerprint(run, "reflection", cfg, student, generation)
     inputs = [run.train_problems, run.teacher_sft_set, run.error_attempts, *models]
     outputs = [run.refinements, run.orion_sft_set] + ([run.reflector_comparison] if cfg.compare else [])
+    partials = {k: {step: run.refinements_partial(k, step) for step in CHUNK_STEPS}
+                for k in [kind] + ([cfg.compare] if cfg.compare else [])}
+    scratch = [path for steps in partials.values() for path in steps.values()]
 
     def work() -> dict:
         problems, teacher_examples, teacher_cots, errors = _read_inputs(*inputs[:3])
@@ -431,7 +487,7 @@ def run_reflection(
             def scorer(questions, completions):
                 return base.score(questions, completions, prompt_template=template, system=system)
 
-            refinements, summary = _reflect(kind, base, cfg, prompting, data, scorer)
+            refinements, summary = _reflect(kind, base, cfg, prompting, data, scorer, partials[kind])
             write_jsonl(outputs[0], refinements)
             by_id = {e.problem_id: e for e in teacher_examples}
             write_jsonl(outputs[1], [
@@ -442,22 +498,27 @@ def run_reflection(
             ])
             if cfg.compare:  # the same wrong attempts (``refine`` draws them with the same seed), never trained on
                 print(f"[reflection] compare: reflector {cfg.compare} on the same wrong attempts (not trained on)")
-                compared, summary["compare"] = _reflect(cfg.compare, base, cfg, prompting, data, scorer)
+                compared, summary["compare"] = _reflect(cfg.compare, base, cfg, prompting, data, scorer,
+                                                        partials[cfg.compare])
                 write_jsonl(outputs[2], compared)
+        for path in scratch:
+            path.unlink(missing_ok=True)
         return summary
 
-    return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure")
+    return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure",
+                         scratch=scratch)
 
 
 def _reflect(kind: str, base: StageModel, cfg: ReflectionConfig, prompting: tuple, data: tuple,
-             scorer) -> tuple[list[Refinement], dict]:
+             scorer, partials: Optional[dict] = None) -> tuple[list[Refinement], dict]:
     """One reflector of ``kind`` over the stage's wrong attempts (``data``: questions, teacher CoTs by
     question, wrong attempts by question): its refinements, and what the manifest keeps of it (name,
-    acceptance rate, acceptance checks, mechanism, prompt budget), each printed as a stage line."""
+    acceptance rate, acceptance checks, mechanism, prompt budget), each printed as a stage line.
+    ``partials``: where ``refine`` saves its finished chunks ({step: path})."""
     problems, teacher_cots, errors = data
     reflector = _make_reflector(kind, base, cfg, *prompting)
     try:
-        refinements = refine(problems, teacher_cots, errors, reflector, cfg, scorer)
+        refinements = refine(problems, teacher_cots, errors, reflector, cfg, scorer, partials)
     finally:
         if isinstance(reflector, StudentReflector):
             reflector.close()

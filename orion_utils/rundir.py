@@ -148,7 +148,8 @@ def read_or_make(path: PathLike, cls, make: Callable[[], Any], usable: Optional[
 
 
 # --- long generation in chunks, saved as it goes ---------------------------------------------------
-# Stages that sample from a model for hours (exposure, evaluation) cut their questions into chunks of
+# Stages that sample from (or score with) a model for hours (exposure, reflection, Tailored Learning's
+# exams, evaluation) cut their questions into chunks of
 # ``chunk_questions``, in the order of the whole question list, and append each finished chunk's
 # records to a ``*.partial.jsonl`` file (``jsonl.JsonlAppender``), the stage's ``scratch``: a crash or a
 # Colab disconnect loses at most one chunk, and a retry with the same parameters and inputs reads back
@@ -267,6 +268,8 @@ class RunDir:
     ``error_attempts``             ``data/error_attempts.jsonl``        02 exposure (unique wrong)
     ``pass_rates``                 ``data/pass_rates.json``             02 exposure
     ``refinements``                ``data/refinements.jsonl``           03 reflection
+    ``refinements_partial(r, s)``  ``data/refinements_<r>_<s>.partial.jsonl``  03 reflection (resume
+                                                                        scratch: reflector r's step s)
     ``reflector_comparison``       ``data/refinements_compare.jsonl``   03 reflection (``compare``:
                                                                         never trained on)
     ``orion_sft_set``              ``data/training_set_orion.jsonl``    03 reflection
@@ -303,8 +306,8 @@ class RunDir:
 
     Resuming, one rule: the run directory decides. ``run_stage`` skips a stage when its outputs
     exist and the fingerprint of its parameters and the content of its inputs matches the
-    manifest. Work a stage keeps in flight is its ``scratch``: exposure's partial attempts and
-    evaluation's partial samples (finished chunks, :func:`run_in_chunks`), and
+    manifest. Work a stage keeps in flight is its ``scratch``: exposure's partial attempts, reflection's
+    partial candidates and picks, and evaluation's partial samples (finished chunks, :func:`run_in_chunks`), and
     EDIT's and Tailored Learning's method folders, whose inner steps read finished steps back
     through :func:`read_or_make` (their records, a round's result, a stage's model). ``run_stage``
     keeps scratch only for a re-run with the same fingerprint, so nothing made under other
@@ -405,6 +408,10 @@ class RunDir:
     @property
     def refinements(self) -> Path:
         return self.data("refinements.jsonl")
+
+    def refinements_partial(self, reflector: str, step: str) -> Path:
+        """Stage 03's finished chunks of ``reflector``'s ``step`` (``reflection.CHUNK_STEPS``) while it runs."""
+        return self.data(f"refinements_{reflector}_{step}.partial.jsonl")
 
     @property
     def reflector_comparison(self) -> Path:

@@ -46,6 +46,8 @@ NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
     # how many methods at a time, how many questions per saved chunk, which methods beside this one
     "evaluation": ("workers", "chunk_questions", "methods"),
     "exposure": ("chunk_questions",),
+    "reflection": ("chunk_questions",),
+    "tailored": ("exam_chunk_questions",),
 }
 # stage → the modules whose ``PROMPTS`` (the prompt texts, or a stand-in for texts written in code) it sends
 PROMPTS: dict[str, tuple[str, ...]] = {

@@ -34,7 +34,7 @@ from .config import TailoredConfig
 from .layouts import RoundDir, TailoredDir, is_saved_model
 from .numerics import degenerate_note, n_degenerate
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
-from .rundir import read_or_make
+from .rundir import chunk_seed, read_or_make, run_in_chunks
 from .tailored_training import (
     encode_triplet_example,
     train_tailored_round,
@@ -99,42 +99,37 @@ def run_exam(
     prompt_template: str = "{question}",
     system: Optional[str] = None,
     model_name: str = "student",
+    partial: Optional[Path] = None,
 ) -> list[StudentAttempt]:
     """The student answers every question ``exam_samples`` times; each answer is graded. One cut off at
     ``exam_max_new_tokens`` is unfinished (``sampling.is_unfinished``) whatever answer it states: not
-    correct, and not a wrong rationale either (``unique_wrong_rationales``)."""
-    from .generation import SamplingConfig
+    correct, and not a wrong rationale either (``unique_wrong_rationales``).
 
-    sampling = SamplingConfig(
-        n=cfg.exam_samples,
-        temperature=cfg.exam_temperature,
-        top_p=cfg.exam_top_p,
-        max_new_tokens=cfg.exam_max_new_tokens,
-        seed=cfg.seed,
-    )
-    outputs = generator.generate(
-        [p.question for p in problems], sampling, prompt_template=prompt_template, system=system
-    )
+    In chunks of ``cfg.exam_chunk_questions`` questions (``rundir.run_in_chunks``), each sampled with
+    ``rundir.chunk_seed(cfg.seed, "exam", its question ids)``; ``partial``: where each finished chunk is
+    appended and read back from on a retry, so the attempts are the same with or without an interruption."""
+    from .generation import SamplingConfig
     from .sampling import is_unfinished
 
-    attempts = []
-    for problem, generations in zip(problems, outputs):
-        for i, g in enumerate(generations):
-            result, cut_off = grader(g.text, problem.answer), is_unfinished(g.finish_reason)
-            attempts.append(
-                StudentAttempt(
-                    problem_id=problem.id,
-                    sample_index=i,
-                    response=g.text,
-                    answer=result.predicted,
-                    correct=result.correct and not cut_off,
-                    model=model_name,
-                    reason=result.reason,
-                    meta={"n_tokens": g.n_tokens, "finish_reason": g.finish_reason},
-                    unfinished=cut_off,
-                )
-            )
-    return attempts
+    def sit(index: int, chunk: list[Problem]) -> list[StudentAttempt]:
+        sampling = SamplingConfig(n=cfg.exam_samples, temperature=cfg.exam_temperature, top_p=cfg.exam_top_p,
+                                  max_new_tokens=cfg.exam_max_new_tokens,
+                                  seed=chunk_seed(cfg.seed, "exam", [p.id for p in chunk]))
+        outputs = generator.generate([p.question for p in chunk], sampling, prompt_template=prompt_template,
+                                     system=system)
+        attempts = []
+        for problem, generations in zip(chunk, outputs):
+            for i, g in enumerate(generations):
+                result, cut_off = grader(g.text, problem.answer), is_unfinished(g.finish_reason)
+                attempts.append(StudentAttempt(
+                    problem_id=problem.id, sample_index=i, response=g.text, answer=result.predicted,
+                    correct=result.correct and not cut_off, model=model_name, reason=result.reason,
+                    meta={"n_tokens": g.n_tokens, "finish_reason": g.finish_reason}, unfinished=cut_off,
+                ))
+        return attempts
+
+    return run_in_chunks(problems, cfg.exam_chunk_questions, sit, partial=partial, cls=StudentAttempt,
+                         per_item=cfg.exam_samples, desc=f"exam/{model_name}")
 
 
 def tailored_rationales(
@@ -183,22 +178,42 @@ class _Exam:
     system: Optional[str]
 
     def sit(self, rdir: RoundDir, model_dir: str, model_name: str) -> list[StudentAttempt]:
-        """The student in ``model_dir`` answers the exam (read back from ``rdir.exam`` when done)."""
-        def make() -> list[StudentAttempt]:
-            from .generation import release_memory
+        """The student in ``model_dir`` answers the exam (read back from ``rdir.exam`` when done; the chunks
+        an interrupted exam finished, from ``rdir.exam_partial``)."""
+        student = _OnFirstUse(self.generator_factory, model_dir)
 
-            release_memory(before=model_dir)  # the last round's trainer, before the exam's generator starts
-            generator = self.generator_factory(model_dir)
+        def make() -> list[StudentAttempt]:
             try:
-                return run_exam(generator, self.problems, self.cfg, self.grader, self.prompt_template, self.system,
-                                model_name)
+                return run_exam(student, self.problems, self.cfg, self.grader, self.prompt_template, self.system,
+                                model_name, partial=rdir.exam_partial)
             finally:
-                if hasattr(generator, "close"):
-                    generator.close()
+                student.close()
 
         attempts = read_or_make(rdir.exam, StudentAttempt, make)
+        rdir.exam_partial.unlink(missing_ok=True)
         print(f"[tailored] {rdir.root.name} exam ({model_name}): {degenerate_note([a.response for a in attempts], 'answers')}")
         return attempts
+
+
+class _OnFirstUse:
+    """The exam's generator, opened when a chunk is left to sample (not when every chunk is read back),
+    after the last round's trainer is released (``generation.release_memory``)."""
+
+    def __init__(self, factory: Callable, model_dir: str):
+        self.factory, self.model_dir, self.generator = factory, model_dir, None
+
+    def generate(self, *args, **kwargs):
+        if self.generator is None:
+            from .generation import release_memory
+
+            release_memory(before=self.model_dir)
+            self.generator = self.factory(self.model_dir)
+        return self.generator.generate(*args, **kwargs)
+
+    def close(self) -> None:
+        generator, self.generator = self.generator, None
+        if generator is not None and hasattr(generator, "close"):
+            generator.close()
 
 
 def exam_stats(attempts: Sequence[StudentAttempt], wrong: dict[str, list[str]]) -> dict:
@@ -238,7 +253,8 @@ def run_tailored(
     ``out_dir/round_<r>/``: ``exam.jsonl``, ``teacher.jsonl``, ``train.jsonl``,
     ``loss_history.json``, ``model/``, ``result.json``; the final student at ``out_dir/model``.
     Resumable, each step through ``rundir.read_or_make``: exams and teacher outputs already on disk
-    are read back, and a round whose ``result.json`` and model exist is not trained again.
+    are read back, and a round whose ``result.json`` and model exist is not trained again; an exam cut
+    off goes on from its last finished chunk (``run_exam``).
     """
     from .jsonl import write_json
 

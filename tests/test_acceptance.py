@@ -36,7 +36,7 @@ class Fixed:
     def __init__(self, texts):
         self.texts = texts
 
-    def propose(self, items, m):
+    def propose(self, items, m, seed=None):
         return [list(self.texts) for _ in items]
 
 

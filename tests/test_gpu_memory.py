@@ -119,8 +119,8 @@ def test_stage_03_with_the_llm_reflector_holds_one_model_at_a_time(engine_scores
     real_propose = LLMReflector.propose
     sampled = []
 
-    def propose_and_add_the_teacher_cot(self, items, m):
-        out = real_propose(self, items, m)
+    def propose_and_add_the_teacher_cot(self, items, m, seed=None):
+        out = real_propose(self, items, m, seed)
         sampled.append(sum(map(len, out)) + sum(1 for _ in items))
         return [cands + [i.teacher_cot] for cands, i in zip(out, items)]
 

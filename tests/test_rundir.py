@@ -132,6 +132,8 @@ def test_artifact_names_keep_the_on_disk_layout(tmp_path):
     assert [rel(p) for p in (rnd.exam, rnd.teacher, rnd.train, rnd.result)] == [
         f"models/tailored/round_2/{n}" for n in ("exam.jsonl", "teacher.jsonl", "train.jsonl", "result.json")]
     assert rel(run.tailored().rounds_summary) == "models/tailored/rounds.json"
+    assert rel(rnd.exam_partial) == "models/tailored/round_2/exam.partial.jsonl"
+    assert rel(run.refinements_partial("llm", "selected")) == "data/refinements_llm_selected.partial.jsonl"
     assert rel(run.eval_file("orion", "gsm8k")) == "eval/orion/gsm8k.jsonl"
     assert rel(run.eval_summary("orion")) == "eval/orion/summary.json"
     assert rel(run.metrics) == "metrics.json" and rel(run.analysis_file) == "analysis.json"

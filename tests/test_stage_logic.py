@@ -38,7 +38,7 @@ class ScriptedReflector:
     def __init__(self, by_question):
         self.by_question = by_question
 
-    def propose(self, items, m):
+    def propose(self, items, m, seed=None):
         return [self.by_question[i.problem.id][:m] for i in items]
 
 
@@ -50,7 +50,7 @@ def test_refine_accepts_verified_selects_and_falls_back():
         "a": ["r1 \\boxed{5}", "r2 longer \\boxed{5}", "bad \\boxed{4}", "r1 \\boxed{5}"],
         "b": ["nope \\boxed{8}"],
     })
-    scores = {"r1 \\boxed{5}": 2.0, "r2 longer \\boxed{5}": 1.0}
+    scores = {"r1 \\boxed{5}": 2.0, "r2 longer \\boxed{5}": 1.0, teacher["a"]: 3.0}  # + a's teacher CoT (mechanism)
     only_verification = {"reflect_window": None, "min_coverage": 0.0, "max_copy_similarity": None}  # test_acceptance
     out = refine(problems, teacher, errors, reflector,
                  ReflectionConfig(m=4, selection="perplexity", **only_verification),
@@ -59,6 +59,7 @@ def test_refine_accepts_verified_selects_and_falls_back():
     assert set(by_id) == {"a", "b", "c"}
     a = by_id["a"]
     assert a.accepted and a.refined_cot == "r2 longer \\boxed{5}" and (a.n_candidates, a.n_accepted) == (3, 2)
+    assert (a.meta["nll"], a.meta["teacher_nll"]) == (1.0, 3.0)
     assert not by_id["b"].accepted and by_id["b"].refined_cot == teacher["b"]  # fallback to the teacher
     assert by_id["c"].wrong_attempt == "" and by_id["c"].refined_cot == teacher["c"]  # nothing to reflect on
     assert acceptance_rate(out) == 0.5

@@ -101,7 +101,7 @@ def test_refine_records_the_wrong_step_spans(problems):
     teacher = format_cot(*write_cot(p))
 
     class Finisher(StudentReflector):  # the continuation a competent student writes: the teacher's rest
-        def propose(self, items, m):
+        def propose(self, items, m, seed=None):
             out = []
             for i in items:
                 b = self.start(i)
@@ -316,7 +316,7 @@ def test_stage_03_loads_the_student_once(problems, tiny_model_dir, tmp_path, mon
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(counting))
     given = []
 
-    def finishing(self, items, m):  # a competent student's continuation: the teacher's rest (verifies)
+    def finishing(self, items, m, seed=None):  # a competent student's continuation: the teacher's rest (verifies)
         given.append(self._generator is not None)  # the stage passed its open student
         out = []
         for i in items:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from orion_utils.layouts import TailoredDir
 from orion_utils.records import Problem, SFTExample, StudentAttempt, TeacherTrace
 from orion_utils.tailored import (
     TailoredConfig,
@@ -365,6 +366,7 @@ def test_multi_round_run_on_a_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
         history = json.loads((out / f"round_{r}" / "loss_history.json").read_text())
         assert len(history) == 2 and all("triplet" in h and "mle" in h for h in history)
     AutoModelForCausalLM.from_pretrained(out / "model")
+    assert not [r for r in TailoredDir(out).rounds() if r.exam_partial.exists()]  # the exams' chunks, once done
 
     # resumable: a second run reads everything back and trains nothing
     def no_training(*args, **kwargs):

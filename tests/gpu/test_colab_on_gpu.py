@@ -248,8 +248,8 @@ def add_the_teacher_cot(monkeypatch) -> None:
 
     real = LLMReflector.propose
 
-    def propose(self, items, m):
-        return [cands + [i.teacher_cot] for cands, i in zip(real(self, items, m), items)]
+    def propose(self, items, m, seed=None):
+        return [cands + [i.teacher_cot] for cands, i in zip(real(self, items, m, seed), items)]
 
     monkeypatch.setattr(LLMReflector, "propose", propose)
 

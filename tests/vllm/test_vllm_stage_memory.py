@@ -36,9 +36,9 @@ def test_stage_03_closes_the_engine_before_the_scorer_loads(tmp_path, monkeypatc
     real = LLMReflector.propose
     engines = []
 
-    def propose(self, items, m):
+    def propose(self, items, m, seed=None):
         engines.append(self.generator.name)
-        return [cands + [i.teacher_cot] for cands, i in zip(real(self, items, m), items)]
+        return [cands + [i.teacher_cot] for cands, i in zip(real(self, items, m, seed), items)]
 
     monkeypatch.setattr(LLMReflector, "propose", propose)
     # the teacher's CoT is a copy: acceptance by verification alone (the checks: tests/test_acceptance.py)
