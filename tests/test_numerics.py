@@ -144,8 +144,8 @@ def test_a_nan_scorer_stops_stage_03(tmp_path, tiny_model_dir, monkeypatch):
     run = _reflection_run(tmp_path, tiny_model_dir)
     real_propose, real_score = LLMReflector.propose, TransformersBackend.score
 
-    def propose_and_add_the_teacher_cot(self, items, m):  # a candidate that verifies, so selection scores
-        return [cands + [i.teacher_cot] for cands, i in zip(real_propose(self, items, m), items)]
+    def propose_and_add_the_teacher_cot(self, items, m, seed=None):  # a candidate that verifies, so selection scores
+        return [cands + [i.teacher_cot] for cands, i in zip(real_propose(self, items, m, seed=seed), items)]
 
     def score_with_nan_logits(self, *args, **kwargs):
         hook = nan_logits(self.model)

@@ -462,7 +462,7 @@ def test_the_exam_counts_cut_off_answers_apart_from_wrong_ones_whatever_they_sta
     assert {pid: len(v) for pid, v in wrong.items()} == {"p1": 1, "p2": 1}  # the finished wrong ones only
     stats = exam_stats(attempts, wrong)
     assert stats == {"n_exam_attempts": 8, "exam_accuracy": 0.25, "n_exam_wrong": 2, "n_exam_unfinished": 4,
-                     "n_wrong_rationales": 2}
+                     "n_wrong_rationales": 2, "n_exam_degenerate": 0}
     assert RoundResult(round=0, model_dir="m", trained=False, **stats).n_exam_unfinished == 4
 
 
