@@ -273,6 +273,8 @@ def run_collection(run: RunDir, teacher_cfg: TeacherConfig, data: Optional[DataC
         extra = {"filter": filter_stats(problems, traces, kept), "question_set": {"n": len(kept), "left_out": reasons}}
         if hasattr(teacher, "usage_summary"):
             extra["teacher_usage"] = teacher.usage_summary()
+        if teacher_cfg.kind == "api":
+            extra.update(served_models(teacher_cfg, traces))
         return extra
 
     # the student's tokenizer and chat format measure the CoTs only under the length rule
@@ -280,6 +282,18 @@ def run_collection(run: RunDir, teacher_cfg: TeacherConfig, data: Optional[DataC
     inputs = [problems_path] + models
     return run.run_stage("teacher_cots", params, inputs, [traces_path, sft_path, qs_path], work, force=force,
                          stage_hint="00_setup_and_data")
+
+
+def served_models(teacher_cfg: TeacherConfig, traces: list[TeacherTrace]) -> dict:
+    """The models the API server says served the CoTs (``served_models``: replies per model), and a
+    ``served_model_warning`` (printed as the stage's line, shown by the report) when one is not
+    ``teacher.model``."""
+    from .teachers.api.replies import served_model_check
+
+    served, warning = served_model_check(teacher_cfg.model, (t.meta for t in traces))
+    if warning:
+        print(f"[teacher] {warning}")
+    return {"served_models": served, "served_model_warning": warning, "configured_model": teacher_cfg.model}
 
 
 QUESTION_SET_RULE = ("a question is in every CoT-trained method's training set (sft, orion, edit, tailored) when it "

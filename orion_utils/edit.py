@@ -43,7 +43,7 @@ from .chat import encode_for_training
 from .config import EditConfig, TrainingConfig
 from .edit_pairs import build_dual_pairs, stage1_examples
 from .layouts import EditDir, KeyStepDir
-from .records import DualPair, Problem, StudentAttempt, TeacherTrace
+from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
 from .rundir import SavedModel, read_or_make
 from .training import (
     OrionSFTTrainer,
@@ -198,6 +198,20 @@ def encode_pair(
     if ops is None or (ops.len_chosen, ops.len_rejected) != (len(resp_c), len(resp_r)):
         ops = key_token_ops(resp_c, resp_r)  # missing, or aligned with another tokenizer/template
     return {"chosen": chosen, "rejected": rejected, "key_ops": ops.to_dict()}
+
+
+def measure_key_shares(tokenizer, pairs: Sequence[DualPair], prompt_template: str = "{question}",
+                       system: Optional[str] = None) -> list[DualPair]:
+    """The pairs with their key operations in this tokenizer (``meta["key_ops"]``, the alignment stage 2
+    uses: ``encode_pair``) and the share of each side's response tokens marked key: ``meta["key_share"]``
+    (the correct CoT's, weighted α in stage 2) and ``meta["key_share_rejected"]`` (the wrong CoT's)."""
+    out = []
+    for p in pairs:
+        ops = KeyOps.from_dict(encode_pair(tokenizer, p, prompt_template, system)["key_ops"])
+        out.append(replace(p, meta={**p.meta, "key_ops": ops.to_dict(),
+                                    "key_share": round(ops.n_key_chosen / max(1, ops.len_chosen), 6),
+                                    "key_share_rejected": round(ops.n_key_rejected / max(1, ops.len_rejected), 6)}))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,33 +437,55 @@ def run_edit(
     prompt_template: str = "{question}",
     system: Optional[str] = None,
     stage1_model_dir: Optional[PathLike] = None,
+    positives: Optional[Sequence[SFTExample]] = None,
 ) -> dict:
     """Dual pairs → stage 1 (``training.train_sft`` on D+ ∪ D−+) → stage 2; final model at ``out_dir/model``.
+
+    The pairs are measured in the student's tokenizer (``measure_key_shares``) and those whose correct CoT
+    is more than ``cfg.max_key_share`` key are dropped (kept in ``pairs.jsonl``, marked); their numbers,
+    with the teacher's replies rejected, are in ``out_dir/pairs_summary.json`` and the stage's line.
+    ``positives``: stage 1's D+ (``stage1_examples``; the ``sft`` baseline's set in a run).
 
     Resumable, each step through ``rundir.read_or_make``: the pairs are read back from
     ``out_dir/pairs.jsonl``, stage 1 is skipped when ``out_dir/stage1/model`` is saved (or
     ``stage1_model_dir`` is given, e.g. the ``sft`` baseline's model when the pairs come from error
     exposure), stage 2 when ``out_dir/model`` is.
     """
-    from .jsonl import write_jsonl
+    from .edit_pairs import key_share_summary, mark_key_share_drops, summary_line
+    from .jsonl import write_json, write_jsonl
 
     layout = EditDir(out_dir)
-    pairs = read_or_make(layout.pairs, DualPair, lambda: build_dual_pairs(
-        cfg.pair_source,
-        problems,
-        traces,
-        teacher=teacher,
-        attempts=attempts,
-        max_pairs_per_problem=cfg.max_pairs_per_problem,
-    ))
+    replies: dict = {}
+    made: list[bool] = []
+
+    def make_pairs() -> list[DualPair]:
+        from transformers import AutoTokenizer
+
+        built = build_dual_pairs(cfg.pair_source, problems, traces, teacher=teacher, attempts=attempts,
+                                 max_pairs_per_problem=cfg.max_pairs_per_problem, counts=replies)
+        tokenizer = AutoTokenizer.from_pretrained(str(student_dir))
+        made.append(True)
+        return mark_key_share_drops(measure_key_shares(tokenizer, built, prompt_template, system), cfg.max_key_share)
+
+    all_pairs = read_or_make(layout.pairs, DualPair, make_pairs)
+    if made or not layout.pair_summary.exists():  # made now; a resumed stage reads its summary back
+        write_json(layout.pair_summary, key_share_summary(all_pairs, cfg.max_key_share, replies or None))
+    pair_summary = json.loads(layout.pair_summary.read_text(encoding="utf-8"))
+    print(summary_line(pair_summary))
+    pairs = [p for p in all_pairs if not p.meta.get("dropped")]
+    if all_pairs and not pairs:
+        raise ValueError(f"every one of the {len(all_pairs)} dual pairs has more than edit.max_key_share = "
+                         f"{cfg.max_key_share} of its correct CoT marked key ({layout.pair_summary}): they are no "
+                         "near-copies, so stage 2 would be SFT reweighted; use pair_source: teacher, or raise the knob")
     summary: dict[str, Any] = {
         "n_pairs": len(pairs),
         "pair_source": cfg.pair_source,
         "pair_kinds": dict(_count(p.meta.get("kind", "") for p in pairs)),
+        "pairs": pair_summary,
     }
 
     def train_stage1() -> None:
-        examples = stage1_examples(problems, traces, pairs)
+        examples = stage1_examples(problems, traces, pairs, positives)
         write_jsonl(layout.stage1_examples, examples)
         train_sft(
             student_dir,
@@ -527,6 +563,7 @@ __all__ = [
     "build_dual_pairs",
     "stage1_examples",
     "encode_pair",
+    "measure_key_shares",
     "edit_loss",
     "EditCollator",
     "EditTrainer",

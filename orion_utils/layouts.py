@@ -69,13 +69,20 @@ class KeyStepDir(TrainedDir):
 
 
 class EditDir(TrainedDir):
-    """``models/edit/`` (``edit.run_edit``): ``pairs.jsonl`` (dual CoT pairs), ``stage1_examples.jsonl``
+    """``models/edit/`` (``edit.run_edit``): ``pairs.jsonl`` (dual CoT pairs), ``pairs_summary.json`` (their
+    kinds and key-token share), ``stage1_examples.jsonl``
     (stage 1's training set), ``stage1/`` and ``stage2/`` (trained folders), the final ``model/`` and
     the joined ``loss_history.json``."""
 
     @property
     def pairs(self) -> Path:
         return self.root / "pairs.jsonl"
+
+    @property
+    def pair_summary(self) -> Path:
+        """The pairs in numbers (``edit_pairs.key_share_summary``): kinds, the teacher's replies rejected, the
+        key-token share, the pairs dropped above ``edit.max_key_share``."""
+        return self.root / "pairs_summary.json"
 
     @property
     def stage1_examples(self) -> Path:

@@ -245,6 +245,34 @@ def budget_lines(run: RunDir, analysis: dict | None = None) -> list[str]:
             ""]
 
 
+def teacher_check_lines(run: RunDir) -> list[str]:
+    """Stage 01's check of the model the API server says served the teacher's CoTs (a warning when another
+    than ``teacher.model``), and the prices with the date they were read (``teacher.price_date``)."""
+    info, teacher = run.stage_info("teacher_cots") or {}, (run.config() or {}).get("teacher") or {}
+    lines = [f"> **Teacher**: {info['served_model_warning']}", ""] if info.get("served_model_warning") else []
+    served = ", ".join(f"`{m}` ({n})" for m, n in (info.get("served_models") or {}).items())
+    if served and not lines:
+        lines += [f"- teacher replies served by (the server's word): {served}", ""]
+    if teacher.get("kind") == "api" and (teacher.get("price_input_per_m") or teacher.get("price_output_per_m")):
+        lines += [f"- teacher prices (USD per million tokens, the provider's): input {teacher.get('price_input_per_m')}, "
+                  f"output {teacher.get('price_output_per_m')}, read on {teacher.get('price_date') or 'an unstated date'}", ""]
+    return lines
+
+
+def edit_pairs_section(run: RunDir) -> list[str]:
+    """EDIT's dual pairs (``models/edit/pairs_summary.json``): pairs of each kind, the teacher's replies
+    rejected, the key-token share EDIT's premise rests on (median, p90), the pairs dropped above it."""
+    from .edit_pairs import summary_text
+
+    summary = _read_json(run.edit().pair_summary, None)
+    if not summary:
+        return []
+    return ["## EDIT's dual pairs", "",
+            (summary_text(summary) + ". The key-token share of a CoT is the share of its tokens, in the student's "
+             "tokenizer, that the alignment of the pair marks key: EDIT's stage 2 trains on those (weight α in the "
+             "correct CoT, β in the wrong one); near 100%, it is SFT with a reweighting of every token."), ""]
+
+
 def _read_json(path: Path, default):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -502,13 +530,14 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     text = ["# Run report", ""]
     if toy:
         text += [f"> {TOY_CAVEAT}", ""]
-    text += ["## Run", "", *_metadata(run, analysis), ""]
+    text += ["## Run", "", *_metadata(run, analysis), ""] + teacher_check_lines(run)
     text += _results_section(run, analysis, table_metrics, figures, seeds_note)
     text += exposure_section(run)
     text += tailored_exam_section(run)
     text += reflection_section(run)
     text += acceptance_section(run)
     text += comparison_section(run)
+    text += edit_pairs_section(run)
     text += budget_lines(run, analysis)
     text += ["## Training", ""] + training_set_section(analysis)
     text += _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)

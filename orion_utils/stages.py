@@ -48,6 +48,7 @@ NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
     "exposure": ("chunk_questions",),
     "reflection": ("chunk_questions",),
     "tailored": ("exam_chunk_questions",),
+    "teacher": ("price_date",),  # the date the prices were read: the report says it, no stage reads it
 }
 # stage → the modules whose ``PROMPTS`` (the prompt texts, or a stand-in for texts written in code) it sends
 PROMPTS: dict[str, tuple[str, ...]] = {
@@ -212,7 +213,7 @@ def run_edit_stage(run: RunDir, cfg, training_cfg, teacher_cfg: Optional[Teacher
     from .edit import run_edit
     from .edit_pairs import resolve_pair_source
     from .jsonl import read_jsonl
-    from .records import Problem, StudentAttempt, TeacherTrace
+    from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
 
     student, teacher_cfg = student or StudentConfig(), teacher_cfg or TeacherConfig()
     folder = run.trained("edit")
@@ -220,7 +221,7 @@ def run_edit_stage(run: RunDir, cfg, training_cfg, teacher_cfg: Optional[Teacher
     cfg = replace(cfg, pair_source=source)
     params, models = fingerprint(run, "edit", cfg, training_cfg, teacher_cfg, data, student)
     inputs = [run.train_problems, run.teacher_traces] + ([run.error_attempts] if source == "exposure" else [])
-    inputs += question_set_inputs(run) + models
+    inputs += question_set_inputs(run) + [run.teacher_sft_set] + models  # the sft set: stage 1's D+
 
     def work() -> dict:
         print(f"[edit] dual pairs: {source} (edit.pair_source={cfg_source}, teacher.kind={teacher_cfg.kind})")
@@ -230,11 +231,12 @@ def run_edit_stage(run: RunDir, cfg, training_cfg, teacher_cfg: Optional[Teacher
         traces = read_jsonl(inputs[1], TeacherTrace)
         result = run_edit(run.student_model(), problems, traces, folder.root, cfg, training_cfg,
                           teacher=teacher, attempts=attempts, prompt_template=student.prompt_template,
-                          system=student.system_prompt or None)
+                          system=student.system_prompt or None,
+                          positives=read_jsonl(run.teacher_sft_set, SFTExample))
         join_phase_losses(folder)
         _copy_training_files(run, "edit")
         facts = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-        return {"edit": facts, **prompt_budget(teacher)}
+        return {"edit": facts, "pairs": result["pairs"], **prompt_budget(teacher)}
 
     # run_edit resumes from what it finds in its folder: kept only for a re-run with the same settings
     return run.run_stage("edit", params, inputs, [folder.model], work, force=force, scratch=[folder.root],

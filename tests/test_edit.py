@@ -394,6 +394,18 @@ def test_toy_teacher_pairs_differ_only_at_the_slip(tiny_tokenizer):
 # ------------------------------------------------------------------ the teacher is asked in batches
 
 
+def tagged_rewrite(messages) -> tuple[str, str]:
+    """The fake server's reply to a rectify/corrupt prompt as the prompt asks for it: the rewritten CoT between
+    the tags, with the given correct answer (rectify) or a wrong one (corrupt)."""
+    import re
+
+    prompt = messages[-1]["content"]
+    hint = re.search(r"The correct final answer to this question is: (\S+)", prompt)
+    answer = hint.group(1) if hint else "-999"
+    return ("I rewrite the one step.", f"<rewritten_reasoning>\nthe sum is {answer}\n</rewritten_reasoning>\n"
+            f"<rewritten_solution>\nSo \\boxed{{{answer}}}.\n</rewritten_solution>")
+
+
 def test_teacher_pairs_go_to_the_api_teacher_in_concurrent_batches(tmp_path):
     """Rectify and corrupt requests go out as one batched call each (corrupt_many / rectify_many),
     so the API teacher's concurrency applies: against the local fake OpenAI server they overlap."""
@@ -404,13 +416,13 @@ def test_teacher_pairs_go_to_the_api_teacher_in_concurrent_batches(tmp_path):
     problems = [Problem(f"p{i}", f"What is {i} + {i + 3}?", str(2 * i + 3)) for i in range(8)]
     traces = [_trace(p.id, f"{i} + {i + 3} = {2 * i + 3 + (i % 2)}", str(2 * i + 3 + (i % 2)), i % 2 == 0)
               for i, p in enumerate(problems)]  # even: correct (corrupted), odd: wrong (rectified)
-    with FakeOpenAIServer(latency_s=0.3) as server:
+    with FakeOpenAIServer(latency_s=0.3, answer_fn=tagged_rewrite) as server:
         teacher = APITeacher(server.base_url, "fake-reasoner", api_key_env=None, concurrency=4,
                              cache_dir=tmp_path / "cache", timeout_s=5.0, progress=False)
         pairs = pairs_from_teacher(problems, traces, teacher, max_pairs_per_problem=1)
         assert server.request_count == 8
         assert server.max_in_flight == 4  # four requests at once, the teacher's concurrency
-    assert any(p.meta["kind"] == "rectified" for p in pairs)
+    assert {p.meta["kind"] for p in pairs} == {"rectified", "corrupted"} and len(pairs) == 8
     assert [p.problem_id for p in pairs] == sorted((p.problem_id for p in pairs), key=lambda x: int(x[1:]))
 
 

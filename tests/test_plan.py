@@ -158,10 +158,11 @@ def test_colab_fits_one_session_on_a_t4_and_colab_full_needs_several():
 def test_no_paper_stage_over_80_gb_and_its_api_requests_by_hand():
     plan = make_plan("paper", "H100")
     assert all(r.peak_gib <= 80e9 / pm.GIB for r in plan.rows if r.peak_gib is not None)
-    # paid once: stage 01 1,000 questions x 1 CoT; EDIT's teacher pairs 1,000 x min(1, 1); Tailored round 1
-    # 1,000 x 2 rationales = 4,000. Per seed: round 2 tailors the 900 questions the student got wrong (90%),
-    # the judge 64 CoTs x 4 trained methods = 256: 1,156 x 3 seeds = 3,468. Total 7,468.
-    assert plan.total("requests") == 7468
+    # paid once: stage 01 1,000 questions x 4 CoTs (teacher.n_per_question); EDIT's teacher pairs
+    # 1,000 x min(4, max_pairs_per_problem 2); Tailored round 1 1,000 x 2 rationales = 8,000. Per seed: round 2
+    # tailors the 900 questions the student got wrong (90%), the judge 64 CoTs x 4 trained methods = 256:
+    # 1,156 x 3 seeds = 3,468. Total 11,468.
+    assert plan.total("requests") == 11468
     # the same plan on a T4 warns where the 7B does not fit
     small = make_plan("paper", "T4")
     assert any("peak" in w and "T4" in w for w in small.warnings)

@@ -146,14 +146,19 @@ def test_colab_profile_rehearsal(tmp_path):
 
 def r1_stand_in(messages: list):
     """The local server's arithmetic teacher, which also does what EDIT's contrastive prompt asks: a wrong
-    solution (the `paper` profile builds EDIT's dual CoTs from the teacher, `edit.pair_source: teacher`)."""
+    solution between the tags the prompt names (the `paper` profile builds EDIT's dual CoTs from the teacher,
+    `edit.pair_source: teacher`; a reply without the tags is rejected)."""
     asked = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
     corrupt = CORRUPT_TEMPLATE.split("\n", 1)[0][:60] in asked
-    return _default_answer(messages, corrupt, random.Random(0))
+    thinking, solution = _default_answer(messages, corrupt, random.Random(0))
+    if not corrupt:
+        return thinking, solution
+    return "I change one step.", (f"<rewritten_reasoning>\n{thinking}\n</rewritten_reasoning>\n"
+                                  f"<rewritten_solution>\n{solution}\n</rewritten_solution>")
 
 
 def test_paper_profile_rehearsal_with_the_api_teacher(tmp_path, monkeypatch):
-    monkeypatch.setenv("DEEPSEEK_API_KEY", SECRET)  # the profile's api_key_env, inherited by the kernels
+    monkeypatch.setenv("TOGETHER_API_KEY", SECRET)  # the profile's api_key_env, inherited by the kernels
     faults = ("429", "500", "truncated", "empty")
     with FakeOpenAIServer(api_key=SECRET, latency_s=0.01, fault_rate=0.2, faults=faults, seed=3,
                           answer_fn=r1_stand_in) as server:
@@ -161,15 +166,20 @@ def test_paper_profile_rehearsal_with_the_api_teacher(tmp_path, monkeypatch):
         run_dir = run_pipeline(str(rehearsal_profile(tmp_path, "paper", extra)), str(tmp_path / "run"))
         sent = server.request_count
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["teacher"]["kind"] == "api" and config["teacher"]["model"] == "deepseek-reasoner"
+    assert config["teacher"]["kind"] == "api" and config["teacher"]["model"] == "deepseek-ai/DeepSeek-R1"
     assert config["evaluation"]["methods"] == ["base", "sft", "orion", "edit", "tailored"]  # every baseline
     assert config["edit"]["pair_source"] == "teacher"
     manifest = check_common(run_dir, config)
     traces = read_jsonl(run_dir / "data" / "teacher_traces.jsonl", TeacherTrace)
-    assert len(traces) == 8 and all(t.correct for t in traces)  # the local server solves the arithmetic
+    n = config["teacher"]["n_per_question"]  # 4: EDIT's wrong CoTs to rectify (none here: the server never errs)
+    assert len(traces) == 8 * n and all(t.correct for t in traces)  # the local server solves the arithmetic
     usage = manifest["stages"]["teacher_cots"]["teacher_usage"]
-    assert usage["requests_succeeded"] == 8 and usage["failures"] == 0 and usage["cost_usd"] > 0
-    assert sent >= 8 and usage["retries"] > 0  # a fifth of the attempts were faulted, and retried
+    assert usage["requests_succeeded"] == 8 * n and usage["failures"] == 0 and usage["cost_usd"] > 0
+    assert sent >= 8 * n and usage["retries"] > 0  # a fifth of the attempts were faulted, and retried
+    assert manifest["stages"]["teacher_cots"]["served_model_warning"] == ""  # the server answers as the model asked
+    pairs = manifest["stages"]["edit"]["pairs"]  # EDIT's pairs: counted by kind, with their key-token share
+    assert pairs["kinds"]["corrupted"] > 0 and pairs["key_share"]["median"] is not None
+    assert "EDIT's dual pairs" in (run_dir / "report.md").read_text()
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), f"the key leaked into {path}"

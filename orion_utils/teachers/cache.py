@@ -10,6 +10,8 @@ again, and a ``kill -9`` at any moment loses only the requests in flight.
   the first reply stored for a key is kept.
 - ``failures`` records requests that failed after their last retry (reason, attempts, last error).
   It never blocks a request: the next run sends it again, and a success deletes the row.
+- Each reply records the model the server says served it (``served_model``: the reply's ``model``
+  field), beside the model asked for (``model``).
 - Nothing secret is stored: no API key, no headers; callers redact reply texts and errors.
 - Safe for the asyncio tasks of one process (all writes go through one lock-protected connection)
   and for several processes (SQLite locking, a busy timeout).
@@ -43,7 +45,8 @@ CREATE TABLE IF NOT EXISTS responses (
     meta TEXT NOT NULL DEFAULT '{}',
     attempts INTEGER NOT NULL DEFAULT 1,
     latency_s REAL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    served_model TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY,
@@ -71,6 +74,13 @@ def request_key(request: dict, sample_index: int) -> str:
     return hashlib.sha256(
         canonical_json({"v": SCHEMA_VERSION, "request": request, "sample_index": sample_index}).encode()
     ).hexdigest()
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """A cache written before ``served_model`` was recorded gets the column (empty: not recorded)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(responses)")}
+    if "served_model" not in columns:
+        conn.execute("ALTER TABLE responses ADD COLUMN served_model TEXT NOT NULL DEFAULT ''")
 
 
 class TeacherCache:
@@ -109,6 +119,7 @@ class TeacherCache:
             try:
                 for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                     self._conn.execute(statement)
+                _add_missing_columns(self._conn)
                 self._conn.execute(
                     "INSERT OR IGNORE INTO info (k, v) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
@@ -135,11 +146,11 @@ class TeacherCache:
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 cur = self._conn.execute(
-                    "SELECT key, thinking, solution, usage, finish_reason, meta, attempts FROM responses "
-                    f"WHERE key IN ({marks})",
+                    "SELECT key, thinking, solution, usage, finish_reason, meta, attempts, served_model FROM "
+                    f"responses WHERE key IN ({marks})",
                     chunk,
                 )
-                for key, thinking, solution, usage, finish_reason, meta, attempts in cur:
+                for key, thinking, solution, usage, finish_reason, meta, attempts, served in cur:
                     out[key] = {
                         "thinking": thinking,
                         "solution": solution,
@@ -147,6 +158,7 @@ class TeacherCache:
                         "finish_reason": finish_reason,
                         "meta": json.loads(meta),
                         "attempts": attempts,
+                        "served_model": served,
                     }
         return out
 
@@ -192,8 +204,10 @@ class TeacherCache:
         meta: Optional[dict] = None,
         attempts: int = 1,
         latency_s: Optional[float] = None,
+        served_model: str = "",
     ) -> bool:
-        """Store a reply and clear its failure record; True if stored, False if the key already had one."""
+        """Store a reply and clear its failure record; True if stored, False if the key already had one.
+        ``served_model``: the model the server says served it (the reply's ``model`` field)."""
         return self.put_successes(
             [
                 dict(
@@ -210,6 +224,7 @@ class TeacherCache:
                     meta=meta,
                     attempts=attempts,
                     latency_s=latency_s,
+                    served_model=served_model,
                 )
             ]
         )[0]
@@ -226,8 +241,8 @@ class TeacherCache:
                     cur = self._conn.execute(
                         "INSERT INTO responses (key, model, kind, problem_id, sample_index, request, "
                         "thinking, "
-                        "solution, usage, finish_reason, meta, attempts, latency_s, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+                        "solution, usage, finish_reason, meta, attempts, latency_s, created_at, served_model) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
                         (
                             r["key"],
                             r["model"],
@@ -243,6 +258,7 @@ class TeacherCache:
                             int(r.get("attempts", 1)),
                             r.get("latency_s"),
                             now,
+                            str(r.get("served_model") or ""),
                         ),
                     )
                     stored.append(cur.rowcount == 1)

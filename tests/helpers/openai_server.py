@@ -222,6 +222,7 @@ class FakeOpenAIServer:
     retry_after_s: the Retry-After header of 429 replies.
     stall_s: how long a "stall" or "drip" fault holds the connection (released by ``stop()``).
     fault_fn: ``fault_fn(body, attempt) -> fault name or None`` overrides ``fault_rate``.
+    served_model: the model the replies say served them (their ``model`` field); default: the one asked for.
     """
 
     def __init__(
@@ -242,6 +243,7 @@ class FakeOpenAIServer:
         model: str = "fake-reasoner",
         host: str = "127.0.0.1",
         port: int = 0,
+        served_model: Optional[str] = None,
     ):
         unknown = set(faults) - set(ALL_FAULTS)
         if unknown:
@@ -260,6 +262,7 @@ class FakeOpenAIServer:
         self.stall_s = stall_s
         self.fault_fn = fault_fn
         self.model = model
+        self.served_model = served_model
         self._host, self._port = host, port
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -477,7 +480,7 @@ class FakeOpenAIServer:
             "id": f"chatcmpl-fake-{body_hash}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": body.get("model") or self.model,
+            "model": self.served_model or body.get("model") or self.model,
             "choices": []
             if fault == "no_choices"
             else [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],

@@ -214,6 +214,7 @@ class _BatchSender:
                 meta=c.meta,
                 attempts=attempts,
                 latency_s=round(time.monotonic() - t_start, 3),
+                served_model=c.meta.get("served_model", ""),
             )
         )
 

@@ -1,4 +1,5 @@
-"""Reading a chat-completion reply: the thinking, the solution, the finish reason and the token usage.
+"""Reading a chat-completion reply: the thinking, the solution, the finish reason, the token usage, and
+the model the server says served it (``served_model_check`` compares it with the one asked for).
 
 The thinking comes from the message's ``reasoning_content`` (DeepSeek) or ``reasoning`` (recent
 vLLM) field, else from ``<think>`` tags in the content (``base.split_thinking``). A reply that
@@ -47,8 +48,10 @@ def parse_reply(data: Any) -> Completion:
             "empty content" + (f" (finish_reason={finish_reason})" if finish_reason else ""),
             usage=normalize_usage(data.get("usage")),
         )
-    meta = {f"response_{name}": data[name][:200] for name in ("id", "model", "system_fingerprint")
+    meta = {f"response_{name}": data[name][:200] for name in ("id", "system_fingerprint")
             if isinstance(data.get(name), str)}
+    if isinstance(data.get("model"), str):
+        meta["served_model"] = data["model"][:200]  # the model the server says served it
     return Completion(
         thinking=thinking,
         solution=solution,
@@ -126,3 +129,23 @@ def _count(value: Any) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return int(value) if math.isfinite(value) and value >= 0 else None
+
+
+def served_model_check(configured: str, metas) -> tuple[dict, str]:
+    """({served model: replies}, a warning or ''): the models the server says served the replies whose
+    ``meta`` are given (their ``served_model``; replies that record none are left out), and a warning when
+    any is not ``configured``, the model the profile asks for (``teacher.model``). A provider may answer a
+    model id with another model (an alias moved on, a fallback route): the CoTs are then not the named
+    teacher's."""
+    served: dict = {}
+    for meta in metas:
+        name = (meta or {}).get("served_model")
+        if name:
+            served[name] = served.get(name, 0) + 1
+    other = {m: n for m, n in served.items() if m != configured}
+    if not other:
+        return served, ""
+    total = sum(served.values())
+    named = ", ".join(f"{m!r} ({n})" for m, n in sorted(other.items(), key=lambda x: -x[1]))
+    return served, (f"WARNING: {sum(other.values())} of {total} teacher replies were served by another model "
+                    f"than the configured {configured!r}: {named}")

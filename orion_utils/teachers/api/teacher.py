@@ -257,9 +257,9 @@ class APITeacher(PromptedTeacher):
             if row is None:
                 pending.setdefault(key, []).append(i)
                 continue
-            results[i] = Completion(
-                row["thinking"], row["solution"], row["usage"], row["finish_reason"], row["meta"]
-            )
+            served = row["served_model"] or row["meta"].get("served_model") or row["meta"].get("response_model")
+            meta = {**row["meta"], **({"served_model": served} if served else {})}
+            results[i] = Completion(row["thinking"], row["solution"], row["usage"], row["finish_reason"], meta)
             notify(i, results[i])
             self.ledger.cache_hit(row["usage"])
         self.ledger.deduplicated += sum(len(v) - 1 for v in pending.values())
