@@ -203,7 +203,7 @@ class EditConfig(TrainingConfig):
     max_key_share: float = knob(
         0.5, "drop a pair whose correct CoT has more than this share of its tokens marked key (1: keep all)",
         ge=0.0, le=1.0)
-    # ours, not the paper's (it drops nothing): above half, a pair is no longer two near-copies differing at a
+    # ours (Dai et al. drop no pair): above half, a pair is no longer two near-copies differing at a
     # few steps, and stage 2 weights most of the CoT like SFT. Measured in the toy student's tokenizer (400 toy
     # questions, the toy profile's teacher): its corrupted / rectified pairs median 25% / 15%, p90 32% / 21%, max
     # 43%; exposure pairs with a stand-in student attempt (its own wording, one slip) median 23%, p90 31%: none
