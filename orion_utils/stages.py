@@ -46,6 +46,11 @@ NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
     # how many methods at a time, how many questions per saved chunk, which methods beside this one
     "evaluation": ("workers", "chunk_questions", "methods"),
     "exposure": ("chunk_questions",),
+    # where the loss curves are also sent (a tracker) changes no result; EDIT's and Tailored Learning's
+    # sections carry the training section's fields
+    "training": ("report_to",),
+    "edit": ("report_to",),
+    "tailored": ("report_to",),
 }
 # stage → the modules whose ``PROMPTS`` (the prompt texts, or a stand-in for texts written in code) it sends
 PROMPTS: dict[str, tuple[str, ...]] = {
