@@ -93,6 +93,9 @@ class TeacherConfig:
     price_input_per_m: float = knob(0.0, "api: price of a million prompt tokens (for the cost line)", ge=0.0)
     price_output_per_m: float = knob(0.0, "api: price of a million output tokens (for the cost line)", ge=0.0)
     seed: int = knob(0, "teacher sampling seed")
+    samples_per_seed: bool = knob(
+        False, "api: each seed of a run pays for its own teacher samples (the seed enters the cache key); "
+        "false: every seed and student of a run shares one paid reply per request (paper's 3 seeds pay once)")
     gpu_memory_utilization: float = knob(
         0.0, "local teacher on vLLM: share of GPU memory (0: vLLM's default)", ge=0.0, le=1.0)
     max_model_len: int = knob(

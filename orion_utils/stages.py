@@ -210,7 +210,7 @@ def run_edit_stage(run: RunDir, cfg, training_cfg, teacher_cfg: Optional[Teacher
     from dataclasses import replace
 
     from .budget import prompt_budget
-    from .collection import make_teacher, question_set_inputs, question_set_problems
+    from .collection import make_teacher, question_set_inputs, question_set_problems, teacher_usage
     from .config import StudentConfig, TeacherConfig
     from .edit import run_edit
     from .edit_pairs import resolve_pair_source
@@ -237,7 +237,7 @@ def run_edit_stage(run: RunDir, cfg, training_cfg, teacher_cfg: Optional[Teacher
         join_phase_losses(folder)
         _copy_training_files(run, "edit")
         facts = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-        return {"edit": facts, **prompt_budget(teacher)}
+        return {"edit": facts, **prompt_budget(teacher), **teacher_usage(teacher)}
 
     # run_edit resumes from what it finds in its folder: kept only for a re-run with the same settings
     return run.run_stage("edit", params, inputs, [folder.model], work, force=force, scratch=[folder.root],
@@ -259,6 +259,7 @@ def run_tailored_stage(run: RunDir, cfg, teacher_cfg: Optional[TeacherConfig] = 
         question_set_problems,
         read_question_set,
         stage01_traces,
+        teacher_usage,
     )
     from .config import GenerationConfig, StudentConfig, TeacherConfig
     from .jsonl import read_jsonl
@@ -293,7 +294,7 @@ def run_tailored_stage(run: RunDir, cfg, teacher_cfg: Optional[TeacherConfig] = 
                               system=student.system_prompt or None)
         join_phase_losses(folder)
         _copy_training_files(run, "tailored")
-        return {"rounds": len(rounds), **prompt_budget(teacher)}
+        return {"rounds": len(rounds), **prompt_budget(teacher), **teacher_usage(teacher)}
 
     return run.run_stage("tailored", params, inputs, [folder.model], work, force=force, scratch=[folder.root],
                          stage_hint="00_setup_and_data")
