@@ -265,9 +265,10 @@ def teacher_bill_lines(run: RunDir) -> list[str]:
             "| request | paid requests | prompt tokens | output tokens | USD |", "|---|---:|---:|---:|---:|",
             *[f"| {k} | {r['requests']} | {r['prompt_tokens']:,} | {r['completion_tokens']:,} | {usd(r['cost_usd'])} |"
               for k, r in rows], "",
-            (f"The latest run of stages 01, 05 and 06 in each took {st['cache_hits']} replies from the cache (paid for nothing) "
-             f"and {st['requests_succeeded']} from new requests ({st['requests_sent']} attempts, {st['failures']} failed "
-             f"after their last retry, {st['discarded_replies']} malformed replies billed and discarded)."), ""]
+            (f"The latest run of stages 01, 05 and 06 in each took {st['cache_hits']} replies from the cache "
+             f"(paid for nothing) and {st['requests_succeeded']} from new requests ({st['requests_sent']} attempts, "
+             f"{st['failures']} failed after their last retry, {st['discarded_replies']} malformed replies billed "
+             "and discarded)."), ""]
 
 
 def _read_json(path: Path, default):
