@@ -40,13 +40,15 @@ $(VLLM_VENV)/.installed: pyproject.toml
 setup-vllm: $(VLLM_VENV)/.installed
 
 # A GPU whose NVIDIA driver is older than 580 (CUDA 13): in the GPU environment (conda's `orion`, Colab),
-# the CUDA 12.6 build of the gpu extra's torch from PyTorch's index, then the gpu extra without vLLM
-# (pyproject.toml's gpu-cu12; README, GPU install). Never part of `make setup`.
+# the CUDA 12.6 build of the gpu extra's torch from PyTorch's index, with the CUDA builds of what Unsloth
+# needs beside it from the same index (torchvision, xformers, torchao: orion_utils.device.CUDA12_INDEX_PACKAGES),
+# then the gpu extra without vLLM (pyproject.toml's gpu-cu12; README, GPU install). Never part of `make setup`.
 GPU_PYTHON ?= python
 GPU_TORCH_VERSION ?= 2.14.0
+GPU_TORCHVISION_VERSION ?= 0.29.0
 CUDA12_TORCH_INDEX ?= https://download.pytorch.org/whl/cu126
 setup-gpu-cu12:
-	$(GPU_PYTHON) -m pip install torch==$(GPU_TORCH_VERSION) --index-url $(CUDA12_TORCH_INDEX)
+	$(GPU_PYTHON) -m pip install torch==$(GPU_TORCH_VERSION) torchvision==$(GPU_TORCHVISION_VERSION) xformers torchao --index-url $(CUDA12_TORCH_INDEX)
 	$(GPU_PYTHON) -m pip install -e ".[gpu-cu12]"
 
 # Test tiers: `make test` the fast tier (every test not marked `slow`: a few minutes on 2 cores);

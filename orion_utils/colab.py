@@ -15,7 +15,8 @@ parameters cell (``DRIVE_RUN_DIR``); the install cell mounts Drive for it (``mou
 
 ``install_on_colab`` is what that install cell calls once the repository is cloned: it must run
 before the toolkit's dependencies are installed, so this module imports only the standard library
-at import time.
+at import time. On a GPU runtime it reads the NVIDIA driver first (``nvidia_driver``): below 580 it
+takes the CUDA 12 route (``takes_cuda12_route``; README, GPU install), else the ``gpu`` extra.
 """
 from __future__ import annotations
 
@@ -114,10 +115,42 @@ def write_colab_links(repo: Optional[str] = None, branch: str = "main") -> str:
     return repo
 
 
-def colab_install_command(checkout: str, gpu: bool, python: str = sys.executable) -> list[str]:
-    """The pip command installing the cloned toolkit in editable mode, with the ``gpu`` extras (Unsloth
-    and vLLM, which need an NVIDIA GPU) on a GPU runtime."""
-    return [python, "-m", "pip", "install", "-q", "-e", f"{checkout}[gpu]" if gpu else checkout]
+def nvidia_driver(nvidia_smi: str = "nvidia-smi") -> Optional[str]:
+    """The NVIDIA driver version ``nvidia-smi --query-gpu=driver_version`` reports (its first GPU), or None
+    where it cannot say (not found, failed, no version in its answer)."""
+    try:
+        out = subprocess.run([nvidia_smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"\b\d{3,4}(?:\.\d+)+\b", out.stdout) if out.returncode == 0 else None
+    return found.group(0) if found else None
+
+
+def takes_cuda12_route(driver: Optional[str]) -> bool:
+    """Whether a GPU runtime installs the CUDA 12 route (README, GPU install): below the driver CUDA 13 needs
+    (580, ``device.CUDA_MIN_DRIVER``), and where the driver is unknown, since CUDA 12 runs on either."""
+    from .device import CUDA_MIN_DRIVER
+
+    def version(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", v))
+
+    return driver is None or version(driver) < version(CUDA_MIN_DRIVER[13])
+
+
+def colab_install_commands(checkout: str, gpu: bool, driver: Optional[str] = None,
+                           python: str = sys.executable) -> list[list[str]]:
+    """The pip commands installing the cloned toolkit in editable mode: on a GPU runtime with the ``gpu``
+    extra (Unsloth and vLLM, CUDA 13), or below driver 580 (``takes_cuda12_route``) torch and Unsloth's
+    CUDA packages from PyTorch's CUDA 12.6 index (``device.CUDA12_INDEX_PACKAGES``), then ``gpu-cu12``."""
+    from .device import CUDA12_INDEX_PACKAGES, CUDA12_TORCH_INDEX
+
+    pip = [python, "-m", "pip", "install", "-q"]
+    if not gpu:
+        return [pip + ["-e", checkout]]
+    if not takes_cuda12_route(driver):
+        return [pip + ["-e", f"{checkout}[gpu]"]]
+    return [pip + [*CUDA12_INDEX_PACKAGES, "--index-url", CUDA12_TORCH_INDEX], pip + ["-e", f"{checkout}[gpu-cu12]"]]
 
 
 def on_drive(run_dir) -> bool:
@@ -143,24 +176,32 @@ def mount_drive_for(run_dir, mount: Optional[Callable[[str], object]] = None) ->
 
 def install_on_colab(checkout: str = "/content/orion-toolkit", run_dir: Optional[str] = None,
                      gpu: Optional[bool] = None, run: Callable[[Sequence[str]], object] = subprocess.check_call,
-                     mount: Optional[Callable[[str], object]] = None) -> list[str]:
+                     mount: Optional[Callable[[str], object]] = None) -> list[list[str]]:
     """Install the cloned toolkit on Colab and work from its ``notebooks/`` folder, as the notebooks'
     relative ``run_dir`` expects; importable at once, without restarting the runtime. A ``run_dir`` on
     Google Drive (``DRIVE_RUN_DIR``) has Drive mounted (``mount_drive_for``).
 
-    ``gpu``: install the GPU extras (default: when ``nvidia-smi`` is found). pip runs once per checkout
-    (a notebook run later on the same VM, or by ``orion run``, finds it installed). Returns the pip command."""
+    ``gpu``: install the GPU extras (default: when ``nvidia-smi`` is found), by the route the driver takes
+    (``nvidia_driver``, ``takes_cuda12_route``). pip runs once per checkout (a notebook run later on the same
+    VM, or by ``orion run``, finds it installed). Returns the pip commands."""
     import os
 
     gpu = shutil.which("nvidia-smi") is not None if gpu is None else gpu
-    command = colab_install_command(checkout, gpu)
-    done = Path(checkout) / ".colab-installed"  # the command that installed this checkout
-    if not done.is_file() or done.read_text(encoding="utf-8") != " ".join(command):
-        run(command)
-        done.write_text(" ".join(command), encoding="utf-8")
+    driver = nvidia_driver() if gpu else None
+    commands = colab_install_commands(checkout, gpu, driver)
+    if gpu:
+        print(f"[colab] NVIDIA driver {driver or 'unknown'}: " + (
+            "the CUDA 12 route (torch from PyTorch's CUDA 12.6 index, no vLLM; README, GPU install)"
+            if takes_cuda12_route(driver) else "the gpu extra (CUDA 13: torch 2.14 and vLLM)"))
+    done = Path(checkout) / ".colab-installed"  # the commands that installed this checkout
+    said = "\n".join(" ".join(c) for c in commands)
+    if not done.is_file() or done.read_text(encoding="utf-8") != said:
+        for command in commands:
+            run(command)
+        done.write_text(said, encoding="utf-8")
     if checkout not in sys.path:
         sys.path.insert(0, checkout)
     os.chdir(Path(checkout) / "notebooks")
     if run_dir is not None and mount_drive_for(run_dir, mount):
         print(f"[colab] run_dir {run_dir} is on Google Drive: it outlives this VM")
-    return command
+    return commands

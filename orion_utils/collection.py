@@ -47,6 +47,7 @@ def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_di
             max_retries=cfg.max_retries, temperature=cfg.temperature, top_p=cfg.top_p,
             max_tokens=cfg.max_tokens, price_input_per_m=cfg.price_input_per_m,
             price_output_per_m=cfg.price_output_per_m,
+            key_seed=cfg.seed if cfg.samples_per_seed else None,  # the cache is shared by the run's seeds
         )
         teacher.max_context_tokens = cfg.max_context_tokens  # its prompt budget (orion_utils.budget)
         return teacher
@@ -63,6 +64,12 @@ def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_di
         return LocalTeacher(cfg.model, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                             seed=cfg.seed, **vllm_kwargs)
     raise ValueError(f"teacher.kind must be one of {TEACHER_KINDS}, got {cfg.kind!r}")
+
+
+def teacher_usage(teacher) -> dict:
+    """``{"teacher_usage": ...}`` for a stage's manifest entry: what a paid teacher sent and what the run's
+    cache answered (``usage_summary``; the report adds them up, ``report.teacher_bill_lines``); {} for a free one."""
+    return {"teacher_usage": teacher.usage_summary()} if hasattr(teacher, "usage_summary") else {}
 
 
 def first_correct(problems: list[Problem], traces: list[TeacherTrace]) -> list[SFTExample]:
@@ -271,11 +278,9 @@ def run_collection(run: RunDir, teacher_cfg: TeacherConfig, data: Optional[DataC
               + (f"; left out: {', '.join(f'{n} {why}' for why, n in reasons.items())}" if reasons else "")
               + ("" if same else " (same_questions off: each method keeps its own)"))
         extra = {"filter": filter_stats(problems, traces, kept), "question_set": {"n": len(kept), "left_out": reasons}}
-        if hasattr(teacher, "usage_summary"):
-            extra["teacher_usage"] = teacher.usage_summary()
         if teacher_cfg.kind == "api":
             extra.update(served_models(teacher_cfg, traces))
-        return extra
+        return {**extra, **teacher_usage(teacher)}
 
     # the student's tokenizer and chat format measure the CoTs only under the length rule
     params, models = fingerprint(run, "teacher_cots", teacher_cfg, data, training, student if by_length else None)

@@ -37,6 +37,9 @@ TRAINING_BACKENDS = ("auto", "trl", "unsloth")
 BATCHING_MODES = ("auto", "padding_free", "length_grouped", "padded")
 OVERLONG_MODES = ("truncate", "drop")
 PAIR_SOURCES = ("auto", "exposure", "teacher")
+# where TRL sends the loss curves besides our own loss_history.json (transformers' reporting integrations)
+REPORT_TO = ("none", "tensorboard", "wandb", "trackio", "mlflow", "comet_ml", "clearml", "dvclive", "swanlab",
+             "neptune", "azure_ml", "codecarbon", "dagshub", "flyte", "kubeflow", "all")
 
 
 @dataclass
@@ -92,6 +95,9 @@ class TeacherConfig:
     price_date: str = knob(
         "", "api: the date (YYYY-MM-DD) the prices were read from the provider's pricing page (for the report)")
     seed: int = knob(0, "teacher sampling seed")
+    samples_per_seed: bool = knob(
+        False, "api: each seed of a run pays for its own teacher samples (the seed enters the cache key); "
+        "false: every seed and student of a run shares one paid reply per request (paper's 3 seeds pay once)")
     gpu_memory_utilization: float = knob(
         0.0, "local teacher on vLLM: share of GPU memory (0: vLLM's default)", ge=0.0, le=1.0)
     max_model_len: int = knob(
@@ -165,6 +171,9 @@ class TrainingConfig:
     gradient_checkpointing: bool = knob(
         False, "recompute activations in the backward pass (less memory, slower)")
     logging_steps: int = knob(5, "log the loss every this many steps", ge=1)
+    report_to: str = knob(
+        "none", "also send the logged losses to a tracker (tensorboard: models/<m>/runs/; wandb, trackio: "
+        "their own settings); none: our machines are offline; bookkeeping, not in any fingerprint", choices=REPORT_TO)
     seed: int = knob(0, "training seed")
     # --- additions (flat as well) ---
     attn_implementation: str = knob(

@@ -104,6 +104,17 @@ CUDA_MIN_DRIVER = {12: "525.60.13", 13: "580.65.06"}
 # 13.2 wheels; 12.6 is the last CUDA 12 line). README "GPU install" and the Makefile's setup-gpu-cu12
 # name the same route; tests/test_packaging.py checks they agree.
 CUDA12_TORCH_INDEX = "https://download.pytorch.org/whl/cu126"
+# What the CUDA 12 route installs from that index, in one pip command: torch and every package Unsloth
+# (2026.10.9, and unsloth_zoo) requires that has CUDA builds there: torchvision (0.29.0 pins torch 2.14.0),
+# xformers, torchao; their PyPI wheels are CUDA 13 builds that pip would otherwise put beside a cu126 torch.
+# bitsandbytes' one PyPI wheel carries a library per CUDA version, and triton comes with torch.
+CUDA12_INDEX_PACKAGES = ("torch==2.14.0", "torchvision==0.29.0", "xformers", "torchao")
+
+
+def cuda12_install_command() -> str:
+    """The first step of the CUDA 12 route (README, GPU install; ``make setup-gpu-cu12``; the Colab cell)."""
+    return f"pip install {' '.join(CUDA12_INDEX_PACKAGES)} --index-url {CUDA12_TORCH_INDEX}"
+
 _NVIDIA_VERSION_FILE = "/proc/driver/nvidia/version"
 _NVIDIA_DEVICE = "/dev/nvidia0"
 
@@ -170,8 +181,8 @@ def gpu_problem(p: GPUProbe) -> str | None:
     if p.torch_cuda is None:
         return None  # a CPU build of torch is a choice (`make setup` installs one): check_gpu_usable notes it
     driver = p.driver or "unknown"
-    route = (f"install the CUDA 12 builds (README, GPU install: pip install torch=={p.torch_version} "
-             f"--index-url {CUDA12_TORCH_INDEX}, or make setup-gpu-cu12) or upgrade the driver")
+    route = (f"install the CUDA 12 builds (README, GPU install: {cuda12_install_command()}, then "
+             "pip install -e \".[gpu-cu12]\"; or make setup-gpu-cu12) or upgrade the driver")
     major = _version_tuple(p.torch_cuda)[0]
     needed = CUDA_MIN_DRIVER.get(major)
     if needed and p.driver and _version_tuple(p.driver) < _version_tuple(needed):

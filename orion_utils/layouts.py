@@ -49,6 +49,11 @@ class TrainedDir:
     def checkpoint_fingerprint(self) -> Path:
         return self.checkpoints / "fingerprint.json"
 
+    @property
+    def tracker_logs(self) -> Path:
+        """TensorBoard's event files under ``training.report_to: tensorboard`` (kept: not in ``checkpoints/``)."""
+        return self.root / "runs"
+
     def phases(self) -> list[TrainedDir]:
         """The trained folders of the phases, in order (their loss curves are joined into this
         folder's ``loss_history.json``); none for a method trained once."""

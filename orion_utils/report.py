@@ -273,6 +273,39 @@ def edit_pairs_section(run: RunDir) -> list[str]:
              "correct CoT, β in the wrong one); near 100%, it is SFT with a reweighting of every token."), ""]
 
 
+def teacher_bill_lines(run: RunDir) -> list[str]:
+    """What the teacher cost the whole run (``accounting.run_bill``): the replies in its one cache (the top
+    run's ``teacher_cache``, shared by every seed and student), each paid once, by request kind; and how
+    many requests of stages 01, 05 and 06 the cache answered instead. [] without a paid (api) teacher."""
+    from .teachers.api.accounting import Prices, run_bill
+    from .teachers.cache import CACHE_FILENAME, TeacherCache
+
+    top = run.top()
+    if not (top.teacher_cache / CACHE_FILENAME).is_file():
+        return []
+    teacher = (_read_json(run.config_file, {}) or _read_json(top.config_file, {})).get("teacher") or {}
+    prices = Prices(float(teacher.get("price_input_per_m") or 0), float(teacher.get("price_output_per_m") or 0))
+    with TeacherCache(top.teacher_cache) as cache:
+        paid = cache.paid_usage()
+    runs = top.runs_within()
+    bill = run_bill(paid, [s["teacher_usage"] for r in runs for s in r.manifest().get("stages", {}).values()
+                           if s.get("teacher_usage")], prices)
+    usd = (lambda x: f"{x:.2f}") if bill["priced"] else (lambda x: "– (no prices)")
+    rows = [(k, r) for k, r in sorted(bill["by_kind"].items())] + [("**total**", bill["total"])]
+    st = bill["stages"]
+    return ["### Teacher: requests and tokens paid", "",
+            (f"One cache of teacher replies for the whole run ({len(runs)} run(s): seeds and students), keyed by "
+             "the request (model, messages, sampling parameters, sample index): each request is paid once"
+             + (" per seed (`teacher.samples_per_seed`)." if teacher.get("samples_per_seed") else ".")), "",
+            "| request | paid requests | prompt tokens | output tokens | USD |", "|---|---:|---:|---:|---:|",
+            *[f"| {k} | {r['requests']} | {r['prompt_tokens']:,} | {r['completion_tokens']:,} | {usd(r['cost_usd'])} |"
+              for k, r in rows], "",
+            (f"The latest run of stages 01, 05 and 06 in each took {st['cache_hits']} replies from the cache "
+             f"(paid for nothing) and {st['requests_succeeded']} from new requests ({st['requests_sent']} attempts, "
+             f"{st['failures']} failed after their last retry, {st['discarded_replies']} malformed replies billed "
+             "and discarded)."), ""]
+
+
 def _read_json(path: Path, default):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -539,6 +572,7 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     text += comparison_section(run)
     text += edit_pairs_section(run)
     text += budget_lines(run, analysis)
+    text += teacher_bill_lines(run)
     text += ["## Training", ""] + training_set_section(analysis)
     text += _figure("loss_curves", figures, run) + _figure("pass_rates", figures, run)
     if analysis:
@@ -634,6 +668,6 @@ def write_students_report(run: RunDir, runs: dict) -> Path:
         lines.append(f"| {name} | {method} | " + " | ".join(
             cell_text((per.get(b) or {}).get("pass@1")) + interval_text((cells.get(b) or {}).get("pass@1"))
             for b in order) + " |")
-    text = lines + ["", "## Per student", ""] + verdicts + [""]
+    text = lines + ["", "## Per student", ""] + verdicts + [""] + teacher_bill_lines(run)
     run.report.write_text("\n".join(text), encoding="utf-8")
     return run.report

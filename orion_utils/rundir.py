@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from dataclasses import asdict, is_dataclass
@@ -283,7 +284,8 @@ class RunDir:
     ``loss_history(m)``            ``models/<m>/loss_history.json``     04/05/06
     ``phase_loss_histories(m)``    ``models/<m>/<phase>/loss_hist...``  05 edit, 06 tailored
     ``primed_model``               ``models/exposure_primed/``          02 exposure (source primed)
-    ``teacher_cache``              ``cache/teacher/``                   01/05/06 (teacher replies)
+    ``teacher_cache``              ``cache/teacher/`` (of ``top()``)    01/05/06/08 (teacher replies,
+                                                                        one per run: seeds, students)
     ``eval_file(m, b)``            ``eval/<m>/<b>.jsonl``               07 evaluation
     ``eval_partial(m, b)``         ``eval/<m>/<b>.partial.jsonl``       07 evaluation (resume scratch)
     ``eval_summary(m)``            ``eval/<m>/summary.json``            07 evaluation
@@ -472,7 +474,16 @@ class RunDir:
 
     @property
     def teacher_cache(self) -> Path:
-        return self.path("cache", "teacher")
+        """The teacher's replies, once per run: in the top run directory, whose seeds and students share them."""
+        return self.top().path("cache", "teacher")
+
+    def top(self) -> "RunDir":
+        """The run this one belongs to: a seed's run (``seed_dir``) and a student's (``student_dir``) are
+        inside their run's directory; any other run directory is its own top."""
+        root = self.root
+        while (root.parent.name == "seeds" and re.fullmatch(r"seed_\d+", root.name)) or root.parent.name == "students":
+            root = root.parent.parent
+        return self if root == self.root else RunDir(root)
 
     def eval_method_dir(self, method: str) -> Path:
         return self.eval_dir() / method
@@ -507,6 +518,11 @@ class RunDir:
     def seed_dirs(self) -> list[Path]:
         """The other seeds' run directories on disk (``seeds/seed_<k>``)."""
         return sorted(self.path("seeds").glob("seed_*"))
+
+    def runs_within(self) -> list["RunDir"]:
+        """This run and every run inside it: its seeds' (``seed_dir``), its students' (``student_dir``) and theirs."""
+        students = sorted(p for p in self.path("students").glob("*") if p.is_dir())
+        return [self, *map(RunDir, self.seed_dirs()), *(r for s in students for r in RunDir(s).runs_within())]
 
     def seed_dir(self, seed: int) -> Path:
         """Where the runner puts seed ``seed``'s run when it is not the run's first seed."""

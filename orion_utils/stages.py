@@ -47,8 +47,12 @@ NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
     "evaluation": ("workers", "chunk_questions", "methods"),
     "exposure": ("chunk_questions",),
     "reflection": ("chunk_questions",),
-    "tailored": ("exam_chunk_questions",),
     "teacher": ("price_date",),  # the date the prices were read: the report says it, no stage reads it
+    # where the loss curves are also sent (a tracker) changes no result; EDIT's and Tailored Learning's
+    # sections carry the training section's fields
+    "training": ("report_to",),
+    "edit": ("report_to",),
+    "tailored": ("exam_chunk_questions", "report_to"),
 }
 # stage → the modules whose ``PROMPTS`` (the prompt texts, or a stand-in for texts written in code) it sends
 PROMPTS: dict[str, tuple[str, ...]] = {
@@ -208,7 +212,7 @@ def run_edit_stage(run: RunDir, cfg, training_cfg, teacher_cfg: Optional[Teacher
     from dataclasses import replace
 
     from .budget import prompt_budget
-    from .collection import make_teacher, question_set_inputs, question_set_problems
+    from .collection import make_teacher, question_set_inputs, question_set_problems, teacher_usage
     from .config import StudentConfig, TeacherConfig
     from .edit import run_edit
     from .edit_pairs import resolve_pair_source
@@ -236,7 +240,7 @@ def run_edit_stage(run: RunDir, cfg, training_cfg, teacher_cfg: Optional[Teacher
         join_phase_losses(folder)
         _copy_training_files(run, "edit")
         facts = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
-        return {"edit": facts, "pairs": result["pairs"], **prompt_budget(teacher)}
+        return {"edit": facts, "pairs": result["pairs"], **prompt_budget(teacher), **teacher_usage(teacher)}
 
     # run_edit resumes from what it finds in its folder: kept only for a re-run with the same settings
     return run.run_stage("edit", params, inputs, [folder.model], work, force=force, scratch=[folder.root],
@@ -258,6 +262,7 @@ def run_tailored_stage(run: RunDir, cfg, teacher_cfg: Optional[TeacherConfig] = 
         question_set_problems,
         read_question_set,
         stage01_traces,
+        teacher_usage,
     )
     from .config import GenerationConfig, StudentConfig, TeacherConfig
     from .jsonl import read_jsonl
@@ -292,7 +297,7 @@ def run_tailored_stage(run: RunDir, cfg, teacher_cfg: Optional[TeacherConfig] = 
                               system=student.system_prompt or None)
         join_phase_losses(folder)
         _copy_training_files(run, "tailored")
-        return {"rounds": len(rounds), **prompt_budget(teacher)}
+        return {"rounds": len(rounds), **prompt_budget(teacher), **teacher_usage(teacher)}
 
     return run.run_stage("tailored", params, inputs, [folder.model], work, force=force, scratch=[folder.root],
                          stage_hint="00_setup_and_data")

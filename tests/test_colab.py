@@ -151,6 +151,18 @@ def test_the_colab_cell_takes_the_form_field_then_the_default_then_stops_naming_
     assert len(commands) == 1 and not installs
 
 
+def _fake_nvidia_smi(tmp_path, monkeypatch, answer=None, status: int = 0) -> None:
+    """PATH holds only a stand-in ``nvidia-smi`` that prints ``answer`` to the driver query (none: no GPU)."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir(exist_ok=True)
+    if answer is not None:
+        script = bin_dir / "nvidia-smi"
+        script.write_text('#!/bin/sh\n[ "$1" = --query-gpu=driver_version ] && [ "$2" = --format=csv,noheader ] '
+                          f"|| exit 2\nprintf '{answer}'\nexit {status}\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
 def test_install_on_colab_installs_the_checkout_and_works_from_its_notebooks(tmp_path, monkeypatch):
     import sys
 
@@ -158,15 +170,61 @@ def test_install_on_colab_installs_the_checkout_and_works_from_its_notebooks(tmp
     ran = []
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    command = colab.install_on_colab(str(tmp_path), gpu=True, run=ran.append)
-    assert ran == [command] and command[-2:] == ["-e", f"{tmp_path}[gpu]"]
-    assert command[1:4] == ["-m", "pip", "install"]
+    _fake_nvidia_smi(tmp_path, monkeypatch, "580.65.06\n")
+    commands = colab.install_on_colab(str(tmp_path), gpu=True, run=ran.append)
+    assert ran == commands and len(commands) == 1 and commands[0][-2:] == ["-e", f"{tmp_path}[gpu]"]
+    assert commands[0][1:4] == ["-m", "pip", "install"]
     assert str(tmp_path) in sys.path and (tmp_path / "notebooks").samefile(".")
-    assert colab.colab_install_command("/x", gpu=False)[-1] == "/x"
+    assert colab.colab_install_commands("/x", gpu=False) == [[sys.executable, "-m", "pip", "install", "-q", "-e", "/x"]]
     # the next notebook on the same VM (or under `orion run`) finds it installed; another command reinstalls
-    assert colab.install_on_colab(str(tmp_path), gpu=True, run=ran.append) == command and len(ran) == 1
+    assert colab.install_on_colab(str(tmp_path), gpu=True, run=ran.append) == commands and len(ran) == 1
     colab.install_on_colab(str(tmp_path), gpu=False, run=ran.append)
     assert len(ran) == 2
+
+
+@pytest.mark.parametrize("answer, status, driver, cuda12", [
+    ("550.54.15\n", 0, "550.54.15", True),  # Colab's T4 driver of 2025: CUDA 12
+    ("575.57.08\n575.57.08\n", 0, "575.57.08", True),  # two GPUs: one line each
+    ("580.65.06\n", 0, "580.65.06", False),  # CUDA 13's first driver
+    ("590.44.01\n", 0, "590.44.01", False),
+    ("NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.\n", 9, None, True),
+])
+def test_the_install_cell_reads_the_driver_and_takes_the_cuda12_route_below_580(
+        tmp_path, monkeypatch, capsys, answer, status, driver, cuda12):
+    """On CPU, with ``nvidia-smi`` faked: the driver it reports decides the route (an unknown one takes CUDA 12,
+    which runs on either)."""
+    import sys
+
+    from orion_utils import device
+
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    _fake_nvidia_smi(tmp_path, monkeypatch, answer, status)
+    assert colab.nvidia_driver() == driver and colab.takes_cuda12_route(driver) is cuda12
+    ran: list = []
+    commands = colab.install_on_colab(str(tmp_path), run=ran.append)  # gpu: nvidia-smi is found
+    pip = [sys.executable, "-m", "pip", "install", "-q"]
+    if cuda12:
+        assert ran == commands == [pip + [*device.CUDA12_INDEX_PACKAGES, "--index-url", device.CUDA12_TORCH_INDEX],
+                                   pip + ["-e", f"{tmp_path}[gpu-cu12]"]]
+        assert "the CUDA 12 route" in capsys.readouterr().out
+    else:
+        assert ran == commands == [pip + ["-e", f"{tmp_path}[gpu]"]]
+        assert f"NVIDIA driver {driver}: the gpu extra" in capsys.readouterr().out
+
+
+def test_the_install_cell_without_nvidia_smi_installs_for_the_cpu(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    _fake_nvidia_smi(tmp_path, monkeypatch, None)
+    assert colab.nvidia_driver() is None
+    ran: list = []
+    assert colab.install_on_colab(str(tmp_path), run=ran.append) == ran == [
+        [sys.executable, "-m", "pip", "install", "-q", "-e", str(tmp_path)]]
 
 
 def test_a_run_dir_on_drive_has_drive_mounted_once(tmp_path, monkeypatch):

@@ -168,7 +168,8 @@ def test_an_old_driver_stops_the_run_with_the_fix(monkeypatch):
     message = device.gpu_problem(_probe())
     assert message.startswith("torch 2.14.0 is built for CUDA 13.0, which needs NVIDIA driver >= 580 (580.65.06); "
                               "this machine has driver 550.54.15: install the CUDA 12 builds")
-    assert "pip install torch==2.14.0 --index-url https://download.pytorch.org/whl/cu126" in message
+    assert ("pip install torch==2.14.0 torchvision==0.29.0 xformers torchao "
+            "--index-url https://download.pytorch.org/whl/cu126") in message
     assert "make setup-gpu-cu12" in message
     monkeypatch.setattr(device, "cuda_available", lambda: False)
     monkeypatch.setattr(device, "gpu_probe", lambda: _probe())

@@ -165,14 +165,23 @@ def test_the_package_ships_no_test_helpers():
     assert (ROOT / "tests" / "helpers" / "openai_server.py").is_file()
 
 
+# Unsloth 2026.10.9's requirements (and unsloth_zoo's) that PyTorch's index publishes per CUDA version, read
+# from their wheels' METADATA: torchvision, xformers (Linux x86_64), torchao. Its others need no CUDA index:
+# bitsandbytes' one PyPI wheel carries a library per CUDA version, triton comes with torch.
+UNSLOTH_CUDA_BUILDS = {"torchvision", "xformers", "torchao"}
+
+
 def test_the_cuda12_route_for_older_drivers():
     """README's route for a driver older than CUDA 13 needs: the same torch as the gpu extra (the one vLLM
-    0.33 pins), from PyTorch's CUDA 12.6 index, then the gpu-cu12 extra = the gpu extra without vLLM, the
-    same bounds otherwise. The Makefile target, the README command, the error the run stops with
-    (orion_utils.device) and environment.yml's note name the same torch and index."""
+    0.33 pins), from PyTorch's CUDA 12.6 index, in the same pip command as the CUDA builds of what Unsloth
+    needs beside it (torchvision matching that torch, xformers, torchao), so pip cannot pull PyPI's CUDA 13
+    builds beside a cu126 torch; then the gpu-cu12 extra = the gpu extra without vLLM, naming that torchvision,
+    the same bounds otherwise. The Makefile target, the README command, the Colab cell's commands, the error the
+    run stops with (orion_utils.device) and environment.yml's note name the same packages and index."""
+    from packaging.requirements import Requirement
     from packaging.version import Version
 
-    from orion_utils import device
+    from orion_utils import colab, device
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
@@ -180,31 +189,42 @@ def test_the_cuda12_route_for_older_drivers():
     core = _specs(project["dependencies"])
     env = _specs(next(d["pip"] for d in yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
                       if isinstance(d, dict) and "pip" in d))
-    assert set(cu12) == set(gpu) - {"vllm"}, "gpu-cu12 is the gpu extra without vLLM"
+    assert set(cu12) == set(gpu) - {"vllm"} | {"torchvision"}, "gpu-cu12 is the gpu extra without vLLM, with torchvision"
     for name, spec in cu12.items():
-        if name != "torch":
+        if name not in ("torch", "torchvision"):
             assert spec == gpu[name], f"{name}: gpu-cu12 {spec} vs gpu {gpu[name]}"
     (pin,) = list(cu12["torch"])
     assert pin.operator == "==" and Version(pin.version) == Version("2.14.0")  # vLLM 0.33's torch
     for specs in (gpu, env, core):
         assert specs["torch"].contains(Version(pin.version)), specs["torch"]
 
+    # the first step: torch and every CUDA build Unsloth needs, from one index, in one pip command
     index = device.CUDA12_TORCH_INDEX
     assert index == "https://download.pytorch.org/whl/cu126"
+    first = {Requirement(r).name: Requirement(r).specifier for r in device.CUDA12_INDEX_PACKAGES}
+    assert set(first) == {"torch"} | UNSLOTH_CUDA_BUILDS
+    assert first["torch"] == cu12["torch"] and first["torchvision"] == cu12["torchvision"]  # the extra keeps them
+    (vision,) = list(first["torchvision"])  # torchvision 0.29.0 requires torch==2.14.0 (its wheel's METADATA)
+    assert vision.operator == "==" and Version(vision.version) == Version("0.29.0")
+    command = device.cuda12_install_command()
+    assert command == f"pip install {' '.join(device.CUDA12_INDEX_PACKAGES)} --index-url {index}"
     assert make_dry_run("setup-gpu-cu12", GPU_PYTHON="gpu-python") == [  # what `make setup-gpu-cu12` runs
-        f"gpu-python -m pip install torch=={pin.version} --index-url {index}",
+        f"gpu-python {command.replace('pip install', '-m pip install', 1)}",
         'gpu-python -m pip install -e ".[gpu-cu12]"']
+    assert colab.colab_install_commands("/c", gpu=True, driver="550.54.15", python="py") == [
+        ["py", "-m", "pip", "install", "-q", *device.CUDA12_INDEX_PACKAGES, "--index-url", index],
+        ["py", "-m", "pip", "install", "-q", "-e", "/c[gpu-cu12]"]]
 
     readme = (ROOT / "README.md").read_text()
     gpu_install = readme[readme.index("## GPU install"):readme.index("## Colab")]
-    assert f"pip install torch=={pin.version} --index-url {index}" in gpu_install
+    assert command in gpu_install
     assert 'pip install -e ".[gpu-cu12]"' in gpu_install and "make setup-gpu-cu12" in gpu_install
     assert f"driver >= {device.CUDA_MIN_DRIVER[13].split('.')[0]}" in gpu_install
     assert index in (ROOT / "environment.yml").read_text()
     # the error a run stops with names the same route
     probe = device.GPUProbe(gpu_present=True, driver="550.54.15", torch_version=pin.version, torch_cuda="13.0",
                             cuda_available=False)
-    assert f"pip install torch=={pin.version} --index-url {index}" in device.gpu_problem(probe)
+    assert command in device.gpu_problem(probe) and "make setup-gpu-cu12" in device.gpu_problem(probe)
 
 
 def test_demo_smol_seeds_runs_the_three_seed_smol_toy_profile():

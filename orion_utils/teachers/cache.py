@@ -69,11 +69,14 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def request_key(request: dict, sample_index: int) -> str:
-    """sha256 of the canonical request (model, messages, sampling parameters, extra body) + sample index."""
-    return hashlib.sha256(
-        canonical_json({"v": SCHEMA_VERSION, "request": request, "sample_index": sample_index}).encode()
-    ).hexdigest()
+def request_key(request: dict, sample_index: int, seed: Optional[int] = None) -> str:
+    """sha256 of the canonical request (model, messages, sampling parameters, extra body) + sample index;
+    ``seed``: a run's seed, for fresh samples per seed (``teacher.samples_per_seed``); None leaves it out,
+    so every seed and student of a run that sends the same request finds the same reply."""
+    keyed: dict = {"v": SCHEMA_VERSION, "request": request, "sample_index": sample_index}
+    if seed is not None:
+        keyed["seed"] = int(seed)
+    return hashlib.sha256(canonical_json(keyed).encode()).hexdigest()
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -172,6 +175,12 @@ class TeacherCache:
     def count(self) -> int:
         with self._lock:
             return self._conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def paid_usage(self) -> list[tuple[str, dict]]:
+        """(kind, usage) of every stored reply: each was paid for once (what a run's teacher cost)."""
+        with self._lock:
+            return [(kind, json.loads(usage)) for kind, usage in
+                    self._conn.execute("SELECT kind, usage FROM responses ORDER BY created_at")]
 
     def failures(self) -> list[dict]:
         with self._lock:

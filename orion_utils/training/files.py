@@ -2,6 +2,7 @@
 its checkpoints, the loss history, and a model folder published whole (by a rename, or by links)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -63,7 +64,7 @@ def check_base_model(base_model: Union[str, Path]) -> str:
 def training_fingerprint(base_model: str, cfg: TrainingConfig, rows: list, prompt_template: str, system: Optional[str],
                  method: str = "sft") -> str:
     # what changes the optimisation; bookkeeping fields may differ between a run and its resume
-    bookkeeping = ("progress_bar", "keep_checkpoints", "cpu_threads", "save_steps", "logging_steps")
+    bookkeeping = ("progress_bar", "keep_checkpoints", "cpu_threads", "save_steps", "logging_steps", "report_to")
     semantic = {k: v for k, v in asdict(cfg).items() if k not in bookkeeping}
     h = hashlib.sha256()
     head = {"base_model": base_model, "cfg": semantic, "template": prompt_template, "system": system}
@@ -73,6 +74,24 @@ def training_fingerprint(base_model: str, cfg: TrainingConfig, rows: list, promp
     for r in rows:
         h.update(json.dumps([r["input_ids"], r["labels"]] if method == "sft" else r, sort_keys=True).encode())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def tracker_logs(cfg: TrainingConfig, layout: TrainedDir):
+    """While the trainer is built and trains: TensorBoard's events go to ``layout.tracker_logs`` (transformers'
+    ``TENSORBOARD_LOGGING_DIR``), not to its default under ``checkpoints/``, which goes once the model is saved."""
+    if cfg.report_to not in ("tensorboard", "all"):
+        yield
+        return
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(layout.tracker_logs)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = before
 
 
 def _find_resumable(layout: TrainedDir, fingerprint: str) -> Optional[Path]:

@@ -21,6 +21,7 @@ from ..records import SFTExample
 from . import backends
 from ..adapters import model_source
 from .files import check_base_model, loss_history_from, prepare_checkpoints, publish_dir, training_fingerprint
+from .files import tracker_logs
 from .rows import build_sft_rows
 from .selection import (
     VARLEN_ATTENTION,
@@ -314,8 +315,9 @@ def _train_and_publish(layout: TrainedDir, train_fn, base_model, tokenizer, rows
         shutil.rmtree(stale, ignore_errors=True)  # left by a crashed run
     model_tmp = layout.root / f".model.tmp-{os.getpid()}"
     try:
-        trainer, seconds = train_fn(base_model, tokenizer, rows, cfg, layout.checkpoints, batching, attn, device, dtype,
-                                    resume_from, model_tmp, method, announce=announce)
+        with tracker_logs(cfg, layout):
+            trainer, seconds = train_fn(base_model, tokenizer, rows, cfg, layout.checkpoints, batching, attn, device,
+                                        dtype, resume_from, model_tmp, method, announce=announce)
         publish_dir(model_tmp, layout.model)
     finally:
         if model_tmp.exists():

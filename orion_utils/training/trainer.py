@@ -195,7 +195,7 @@ def sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, dt
         data_seed=cfg.seed,
         **device_rules.trainer_autocast(device, dtype),
         use_cpu=(device == "cpu"),
-        report_to="none",
+        report_to=cfg.report_to,  # a tracker besides loss_history.json (TensorBoard's folder: files.tracker_logs)
         disable_tqdm=not cfg.progress_bar,
         dataloader_num_workers=0,
         dataloader_pin_memory=(device == "cuda"),

@@ -110,6 +110,24 @@ class UsageLedger:
         }
 
 
+def run_bill(paid: list[tuple[str, dict]], stage_usages: list[dict], prices: Prices) -> dict:
+    """What a run's teacher cost: ``paid``, (kind, usage) of every reply in the run's cache (each paid once,
+    ``TeacherCache.paid_usage``), by kind and in total (requests, prompt and output tokens, USD at
+    ``prices``); ``stage_usages``, the ``usage_summary()`` of each stage's teacher, add how many requests
+    the cache answered instead and what the senders saw (attempts, failures, discarded replies)."""
+    kinds: dict = {}
+    for kind, usage in paid:
+        row = kinds.setdefault(kind or "?", {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+        row["requests"] += 1
+        row["prompt_tokens"] += usage.get("prompt_tokens", 0)
+        row["completion_tokens"] += usage.get("completion_tokens", 0)
+        row["cost_usd"] += prices.cost(usage)
+    total = {k: sum(r[k] for r in kinds.values()) for k in ("requests", "prompt_tokens", "completion_tokens", "cost_usd")}
+    stages = {k: sum(int(u.get(k, 0)) for u in stage_usages)
+              for k in ("requests_succeeded", "cache_hits", "requests_sent", "failures", "discarded_replies")}
+    return {"by_kind": kinds, "total": total, "stages": stages, "priced": prices.any}
+
+
 def _cached_tokens(usage: dict) -> int:
     """Prompt tokens the provider served from its own cache (DeepSeek's or OpenAI's spelling)."""
     return usage.get("prompt_cache_hit_tokens", usage.get("cached_tokens", 0))

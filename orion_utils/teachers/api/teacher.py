@@ -4,6 +4,8 @@ accounts and the manifest entry. Sending is ``engine``'s job."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -44,7 +46,10 @@ class APITeacher(PromptedTeacher):
     api_key_env: NAME of the environment variable holding the key; None (or "") for a server
         without authentication (a dummy key is sent). The key itself is never a parameter.
     concurrency: requests in flight at once.
-    cache_dir: directory of the SQLite cache (or a ``.sqlite`` path); None: in memory only.
+    cache_dir: directory of the SQLite cache (or a ``.sqlite`` path); None: in memory only. A run keeps one,
+        shared by its seeds and students (``RunDir.teacher_cache``); one process at a time sends for it.
+    key_seed: a run's seed, part of every cache key but never sent (``teacher.samples_per_seed``): each
+        seed then pays for its own samples. None: the same request finds the same reply, whoever sends it.
     timeout_s: total time allowed for one attempt (connect + wait + read).
     max_retries: retries after the first attempt (so ``max_retries + 1`` attempts at most), those of
         the openai client (HTTP failures) and the teacher's own (unusable replies) together.
@@ -89,6 +94,7 @@ class APITeacher(PromptedTeacher):
         progress: bool = True,
         name: Optional[str] = None,
         cache_synchronous: str = "FULL",
+        key_seed: Optional[int] = None,
     ):
         api_key_env = check_key_env_name(api_key_env)
         _check_limits(concurrency, max_retries, timeout_s)
@@ -100,6 +106,7 @@ class APITeacher(PromptedTeacher):
         # what is asked (part of each request body, so of its cache key)
         self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
         self.extra_body = dict(extra_body or {})
+        self.key_seed = key_seed
         self.prompt_template, self.system_prompt = prompt_template, system_prompt
         self.contrastive_demos, self.rectify_include_wrong = tuple(contrastive_demos), rectify_include_wrong
         self.progress, self.name = progress, name or model
@@ -155,7 +162,7 @@ class APITeacher(PromptedTeacher):
         return body
 
     def cache_key(self, messages: list[dict], sample_index: int = 0) -> str:
-        return request_key(self.request_body(messages, sample_index), sample_index)
+        return request_key(self.request_body(messages, sample_index), sample_index, self.key_seed)
 
     def usage_summary(self) -> dict:
         """Totals over this teacher's lifetime: requests, cache hits, failures, tokens, cost (USD)."""
@@ -221,17 +228,18 @@ class APITeacher(PromptedTeacher):
         notify = on_result or (lambda i, c: None)
         requests = list(requests)
         bodies = [self.request_body(r.messages, r.sample_index) for r in requests]
-        results, pending = self._from_cache(requests, bodies, notify)
-        self.last_failures = []
-        n_cached = len(requests) - sum(len(v) for v in pending.values())
-        if pending:
-            from .engine import Batch, send_batch  # loads openai: importing the teacher stays light
+        async with _one_sender(self.cache, self.name):  # another seed sending to this cache: wait, then read it
+            results, pending = self._from_cache(requests, bodies, notify)
+            self.last_failures = []
+            n_cached = len(requests) - sum(len(v) for v in pending.values())
+            if pending:
+                from .engine import Batch, send_batch  # loads openai: importing the teacher stays light
 
-            log.info(
-                "%s: %d requests, %d cached, %d to send", self.name, len(requests), n_cached, len(pending)
-            )
-            kind = "/".join(sorted({r.kind for r in requests}))
-            await send_batch(self, Batch(pending, bodies, requests, results, notify, kind, n_cached))
+                log.info(
+                    "%s: %d requests, %d cached, %d to send", self.name, len(requests), n_cached, len(pending)
+                )
+                kind = "/".join(sorted({r.kind for r in requests}))
+                await send_batch(self, Batch(pending, bodies, requests, results, notify, kind, n_cached))
         self.ledger.wall_s += time.monotonic() - t0
         if self.last_failures:
             self._warn_failures(len(pending))
@@ -248,7 +256,7 @@ class APITeacher(PromptedTeacher):
         """(results with the cached replies filled in, cache key -> indices of the requests to send).
 
         Identical requests in one batch share a key and are sent once."""
-        keys = [request_key(b, r.sample_index) for b, r in zip(bodies, requests, strict=True)]
+        keys = [request_key(b, r.sample_index, self.key_seed) for b, r in zip(bodies, requests, strict=True)]
         cached = self.cache.get_many(keys)
         results: list[Optional[Completion]] = [None] * len(requests)
         pending: dict[str, list[int]] = {}
@@ -283,6 +291,35 @@ def _open_cache(cache_dir, synchronous: str) -> TeacherCache:
     if cache_dir is None:
         log.warning("APITeacher without cache_dir: replies are kept in memory only and are paid again next run")
     return TeacherCache(cache_dir, synchronous=synchronous)
+
+
+@contextlib.asynccontextmanager
+async def _one_sender(cache: TeacherCache, name: str, poll_s: float = 0.5):
+    """Hold the cache's sender lock (``<cache>.lock``, POSIX ``flock``) while looking up and sending: seeds run
+    at once (``orion run --jobs``) share one cache, and the second waits for the first's replies instead of
+    paying for the same requests. Polled, so the event loop stays free and a cancelled wait leaves no lock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: seeds are not run at once there
+        fcntl = None
+    if cache.path is None or fcntl is None:
+        yield
+        return
+    with open(cache.path.with_name(cache.path.name + ".lock"), "a") as handle:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited:
+                    log.info("%s: another process is sending to %s; waiting for its replies", name, cache.path)
+                    waited = True
+                await asyncio.sleep(poll_s)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check_limits(concurrency: int, max_retries: int, timeout_s: float) -> None:
