@@ -24,7 +24,17 @@ from typing import Optional, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
-from .acceptance import acceptance_line, acceptance_summary, check_candidate, wrong_markers, wrong_step_span
+from .acceptance import (
+    Thresholds,
+    Unfinished,
+    acceptance_line,
+    acceptance_summary,
+    check_candidate,
+    prompt_scaffolding,
+    reference,
+    wrong_markers,
+    wrong_step_span,
+)
 from .config import GenerationConfig, StudentConfig
 from .generation import StageModel
 from .grading import grade
@@ -71,20 +81,37 @@ class ReflectionConfig:
     # Take the quoted wrong step (the student's own wrong line, which the refined CoT quotes before
     # checking it) out of the SFT loss, so the student is not trained to write it again.
     mask_wrong_step: bool = knob(True, "take the quoted wrong step out of the SFT loss")
-    # Acceptance beyond a verified answer (orion_utils.acceptance; the measurements behind each default are
-    # in the README's "Acceptance of a rewrite", from bench/acceptance_checks.py):
-    # reflects: a line/equation/number only the wrong attempt has, quoted within this many characters of
-    # reflection language (None: not checked). Toy quotes: 0-59 chars; smol: median 25, p90 127
+    # Acceptance beyond a verified answer (orion_utils.acceptance): the checks judge what the rewrite adds to or
+    # changes in the teacher's CoT (a diff of their sentences). The measurements behind each default are in the
+    # README's "Acceptance of a rewrite", from bench/acceptance_checks.py (real long CoTs, toy and smol runs).
+    # reflects and corrects: an added region quotes a line/equation/value only the wrong attempt has within this
+    # many characters of (non-negated) reflection language, and gives the teacher's right value within as many
+    # characters of it (None: neither checked). Real long CoTs, inserted reflections: cue at most 60 chars from
+    # the quote, right value at most 170; toy quotes: 0-59 chars
     reflect_window: Optional[int] = knob(
-        200, "acceptance: characters between the quoted error and reflection language (None: not checked)", ge=0)
-    # keeps the teacher's reasoning: share of the teacher CoT's derived numbers found in the rewrite (0: off).
-    # Another question's long CoT: median 0.24, p90 0.50; toy verified candidates: p10 1.0
+        200, "acceptance: characters between the quoted error and reflection language, and between it and the "
+             "right value (None: not checked)", ge=0)
+    # carries on to the end: share of the teacher CoT's derived numbers after the point where the rewrite departs
+    # from it that the rewrite's text after that point keeps (0: off). Real long CoTs: an inserted reflection
+    # keeps at least 0.86, the first half + box at most 0.34, a reflection then cut 400 characters later 0.05-0.5
     min_coverage: float = knob(
-        0.5, "acceptance: share of the teacher CoT's derived numbers the rewrite keeps (0: off)", ge=0.0, le=1.0)
-    # more than a copy: normalised similarity to the teacher CoT must stay below this (None: not checked).
-    # Toy rewrites (both reflectors) at most 0.943; a long CoT with one paragraph inserted at least 0.971
-    max_copy_similarity: Optional[float] = knob(
-        0.95, "acceptance: similarity to the teacher CoT must stay below this (None: not checked)", ge=0.0, le=1.0)
+        0.6, "acceptance: share of the teacher CoT's derived numbers after the rewrite's first change that it "
+             "keeps (0: off)", ge=0.0, le=1.0)
+    # more than a copy: non-blank characters the rewrite adds to or changes in the teacher's CoT (0: off). Copies
+    # and whitespace-changed copies add 0; the shortest inserted reflection on real long CoTs adds 60+
+    min_added_chars: int = knob(
+        20, "acceptance: fewest characters the rewrite must add to or change in the teacher's CoT (0: off)", ge=0)
+    # not an echo of the prompt: its headings or instruction sentences (read from REFLECTION_PROMPT) or the
+    # prompt's texts pasted whole, in what the rewrite adds
+    reject_echoes: bool = knob(True, "acceptance: reject rewrites that repeat the reflection prompt's headings, "
+                                     "instructions or texts")
+    # an optional judge on real runs: the teacher (an api or local teacher) is asked whether each rewrite that
+    # passed every other check reflects on the error and reasons validly; its calls are counted in the stage
+    judge: bool = knob(False, "real runs: the teacher judges each rewrite that passed the other checks (costs calls)")
+
+    def thresholds(self):
+        """The acceptance knobs, as ``acceptance.check_candidate`` takes them."""
+        return Thresholds(self.reflect_window, self.min_coverage, self.min_added_chars, self.reject_echoes)
 
     def __post_init__(self) -> None:
         same = self.compare and self.compare == self.reflector
@@ -136,7 +163,7 @@ class StudentReflector:
     It samples through a generation backend (``orion_utils.generation``, transformers or vLLM, each
     with its own thread and device rules): the question in the student's template, the beginning as the
     answer's start (``assistant_prefix``), which the model continues; a continuation that does not end
-    its turn within the context is dropped. ``generator``: an open backend (stage 03 passes the one its
+    its turn within the context is kept as ``acceptance.Unfinished`` and counted among the rejections. ``generator``: an open backend (stage 03 passes the one its
     ``StageModel`` holds, which also scores), or a model path, opened on first use with the transformers
     backend and closed by ``close()``."""
 
@@ -187,7 +214,7 @@ class StudentReflector:
         outputs = gen.generate([q for _, q, _ in rows], sampling, prompt_template=self.template, system=self.system,
                                desc="reflecting", assistant_prefix=[t for _, _, t in rows])
         for (k, _, text), gens in zip(rows, outputs):
-            out[k] = [text + g.text for g in gens if g.finish_reason == "stop"]
+            out[k] = [text + g.text if g.finish_reason == "stop" else Unfinished(text + g.text) for g in gens]
         return out
 
     def _room(self, gen, rows) -> int:
@@ -210,7 +237,8 @@ class LLMReflector:
     Each prompt is fitted to the engine first (``orion_utils.budget``: its context less
     ``cfg.max_new_tokens``): the wrong attempt's middle is cut, never its ending; an item whose question
     and teacher CoT do not fit gets no candidate (the teacher's CoT is kept). ``budget_counts`` says how
-    many prompts fit as built, were cut, were left out."""
+    many prompts fit as built, were cut, were left out. A rewrite cut off at ``max_new_tokens`` is
+    proposed as ``acceptance.Unfinished``: counted among the rejections ("unfinished"), never accepted."""
 
     name = "llm"
 
@@ -240,7 +268,7 @@ class LLMReflector:
             if keep else []
         out: list[list[str]] = [[] for _ in items]
         for k, gens in zip(keep, outputs):
-            out[k] = [g.text for g in gens if g.finish_reason == "stop"]
+            out[k] = [g.text if g.finish_reason == "stop" else Unfinished(g.text) for g in gens]
         return out
 
 
@@ -290,13 +318,15 @@ def refine(
             continue
         items.append(ReflectionItem(p, teacher_cots[p.id], wrong.response))
         item_problems.append(p)
+    scaffolding = prompt_scaffolding(REFLECTION_PROMPT)
     proposals = []  # (item, distinct candidates, accepted candidates)
     verdicts = []  # per proposal: every candidate, its extracted answer and each acceptance check's statistic
     for start in tqdm(range(0, len(items), batch_size), desc="reflection", unit="batch"):
         batch = items[start : start + batch_size]
         for item, candidates in zip(batch, reflector.propose(batch, cfg.m)):
             candidates = list(dict.fromkeys(candidates))  # identical rewrites count once
-            checked = [_check(item, c, cfg) for c in candidates]
+            ref = reference(item.teacher_cot, item.wrong_attempt, item.problem.question, scaffolding)
+            checked = [_check(item, c, cfg, ref) for c in candidates]
             proposals.append((item, candidates, [c for c, v in zip(candidates, checked) if v["rejected"] is None]))
             verdicts.append(checked)
     nll_by_item = _score_all(proposals, scorer) if cfg.selection == "perplexity" else {}
@@ -320,13 +350,13 @@ def refine(
     return [refinements[p.id] for p in problems if p.id in refinements]
 
 
-def _check(item: ReflectionItem, candidate: str, cfg: ReflectionConfig) -> dict:
-    """One candidate graded and put through the acceptance checks (``acceptance.check_candidate``)."""
+def _check(item: ReflectionItem, candidate: str, cfg: ReflectionConfig, ref=None) -> dict:
+    """One candidate graded and put through the acceptance checks (``acceptance.check_candidate``; ``ref``:
+    the item's ``acceptance.reference``, built once for its candidates)."""
     g = grade(candidate, item.problem.answer)
-    markers = wrong_markers(item.wrong_attempt, item.teacher_cot, item.problem.question)
-    stats = check_candidate(candidate, g.correct, item.teacher_cot, item.problem.question, markers,
-                            cfg.reflect_window, cfg.min_coverage, cfg.max_copy_similarity)
-    return {"answer": g.predicted, "verified": g.correct, **stats, "text": candidate}
+    ref = ref or reference(item.teacher_cot, item.wrong_attempt, item.problem.question)
+    stats = check_candidate(candidate, g.correct, ref, cfg.thresholds())
+    return {"answer": g.predicted, "verified": g.correct, **stats, "text": str(candidate)}
 
 
 def _wrong_step_spans(reflector, item: ReflectionItem, text: str, cfg: ReflectionConfig) -> list:
@@ -491,7 +521,7 @@ def _make_reflector(kind: str, base: StageModel, cfg: ReflectionConfig, template
         reflector = RuleReflector(cfg.seed)
     print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
           f"reflect_window={cfg.reflect_window} min_coverage={cfg.min_coverage} "
-          f"max_copy_similarity={cfg.max_copy_similarity}")
+          f"min_added_chars={cfg.min_added_chars} reject_echoes={cfg.reject_echoes} judge={cfg.judge}")
     return reflector
 
 
@@ -559,7 +589,8 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = Tru
         chosen = select_candidate([texts[i] for i in verified], r.selection_rule, [nll[i] for i in verified])
         pick = verified[chosen]
     rows = [{"candidate": i, "answer": g.predicted, "verified": g.correct,
-             "rejected": "unverified" if not g.correct else _after_verification(stored[i].get("rejected")),
+             "rejected": "unfinished" if stored[i].get("rejected") == "unfinished" else
+             "unverified" if not g.correct else _after_verification(stored[i].get("rejected")),
              "nll": None if v is None else round(float(v), 4), "picked": i == pick, "text": t}
             for i, (t, g, v) in enumerate(zip(texts, graded, nll))]
     look = {"problem_id": r.problem_id, "question": problem.question, "gold": problem.answer,
