@@ -81,7 +81,7 @@ def _norm(text: str) -> str:
 
 
 def _words(text: str) -> list:
-    return _WORD_RE.findall((text or "").lower())
+    return _WORD_RE.findall((text or "").lower().replace("\u2019", "'"))
 
 
 def _number_key(n: str) -> str:
@@ -226,12 +226,13 @@ def wrong_markers(wrong_attempt: str, teacher_cot: str, question: str = "") -> M
         t_words = _TOKEN_RE.findall(teacher_cot[ut[0][i1][0]:ut[0][i2 - 1][1]] if i2 > i1 else "")
         w_words = _TOKEN_RE.findall(wrong_attempt[uw[0][j1][0]:uw[0][j2 - 1][1]] if j2 > j1 else "")
         for sub, a1, a2, b1, b2 in SequenceMatcher(None, t_words, w_words).get_opcodes():
-            if sub != "equal":
-                right |= numbers(" ".join(t_words[a1:a2]))
-                said |= numbers(" ".join(w_words[b1:b2]))
+            if sub != "equal":  # the teacher's number here, where the attempt writes another (and vice versa)
+                t_nums, w_nums = numbers(" ".join(t_words[a1:a2])), numbers(" ".join(w_words[b1:b2]))
+                right |= t_nums - w_nums
+                said |= w_nums - t_nums
     asked = numbers(question)
     nums = (said - right - asked) | (numbers(wrong_attempt) - numbers(teacher_cot) - asked)
-    return Markers(lines, equations, nums, right - said)
+    return Markers(lines, equations, nums, right)
 
 
 @dataclass
