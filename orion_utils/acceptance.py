@@ -486,7 +486,7 @@ class Thresholds:
     0 "copy", ``reject_echoes`` False "echo"."""
 
     reflect_window: Optional[int] = 200
-    min_coverage: float = 0.6
+    min_coverage: float = 0.8
     min_added_chars: int = 20
     reject_echoes: bool = True
 

@@ -95,7 +95,7 @@ class ReflectionConfig:
     # from it that the rewrite's text after that point keeps (0: off). Real long CoTs: an inserted reflection
     # keeps at least 0.86, the first half + box at most 0.34, a reflection then cut 400 characters later 0.05-0.5
     min_coverage: float = knob(
-        0.6, "acceptance: share of the teacher CoT's derived numbers after the rewrite's first change that it "
+        0.8, "acceptance: share of the teacher CoT's derived numbers after the rewrite's first change that it "
              "keeps (0: off)", ge=0.0, le=1.0)
     # more than a copy: non-blank characters the rewrite adds to or changes in the teacher's CoT (0: off). Copies
     # and whitespace-changed copies add 0; the shortest inserted reflection on real long CoTs adds 60+

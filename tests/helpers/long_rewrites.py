@@ -22,7 +22,9 @@ TRACES = Path(__file__).resolve().parents[3] / "shared" / "data" / "traces" / "r
 
 # kind -> (lowest, highest) share of its candidates that should be accepted
 EXPECTED = {"inserted": (0.9, 1.0), "echo": (0.0, 0.0), "uncorrected": (0.0, 0.2), "copy": (0.0, 0.0),
-            "truncation": (0.0, 0.0), "other question": (0.0, 0.0)}
+            "truncation": (0.0, 0.0), "cut after reflection": (0.0, 0.1), "other question": (0.0, 0.0)}
+POSITIONS = ("after the sentence", "paragraph after the line", "paragraph before the line",
+             "wrong line, then the reflection")
 
 # A reflection at the wrong step, in several wordings: {quote} is the wrong attempt's words around the
 # wrong value, {wrong} the wrong value, {right} the teacher's.
@@ -130,14 +132,14 @@ def _box(text: str, gold: str) -> str:
     return text.rstrip() + f"\n\n**Final Answer**\n\\boxed{{{gold}}}"
 
 
-def inserted(case: Case, k: int) -> str:
-    """The CoT with reflection wording ``k`` inserted at the wrong step; the position cycles with ``k``:
-    after the sentence, as a paragraph after the line, as a paragraph before the line, or the line written
-    as the wrong attempt has it and the reflection right after it."""
+def inserted(case: Case, k: int, where: int = 0) -> str:
+    """The CoT with reflection wording ``k`` inserted at the wrong step, at position ``where``
+    (``POSITIONS``): after the sentence, as a paragraph after the line, as a paragraph before the line, or the
+    line written as the wrong attempt has it and the reflection right after it."""
     text = REFLECTIONS[k % len(REFLECTIONS)].format(quote=case.quote(), wrong=case.wrong, right=case.right)
     start, end = case.line
     cot = case.cot
-    where = k % 4
+    where = where % len(POSITIONS)
     if where == 0:
         at = case.sentence_end
         return cot[:at].rstrip() + " " + text + " " + cot[at:].lstrip(" ")
@@ -177,12 +179,16 @@ def copies(case: Case) -> list[str]:
 
 
 def truncations(case: Case) -> list[str]:
-    """The CoT's first half or quarter, then the box; the reflection inserted and the CoT cut soon after."""
-    cot = case.cot
-    with_reflection = inserted(case, 1)
+    """The CoT's first half or quarter, then the box."""
+    return [_box(case.cot[: len(case.cot) // 2], case.gold), _box(case.cot[: len(case.cot) // 4], case.gold)]
+
+
+def cut_after_reflection(case: Case) -> str:
+    """The reflection inserted (as a paragraph after the line), the CoT cut at the first line end 400
+    characters later, then the box."""
+    with_reflection = inserted(case, 1, 1)
     cut = with_reflection.find("\n", with_reflection.find(REFLECTIONS[1][:20]) + 400)
-    return [_box(cot[: len(cot) // 2], case.gold), _box(cot[: len(cot) // 4], case.gold),
-            _box(with_reflection[: cut if cut > 0 else len(with_reflection)], case.gold)]
+    return _box(with_reflection[: cut if cut > 0 else len(with_reflection)], case.gold)
 
 
 def other_question(case: Case, other: Case) -> str:
@@ -191,13 +197,15 @@ def other_question(case: Case, other: Case) -> str:
 
 
 def candidates(cases: list[Case]) -> dict[str, list[tuple[Case, str]]]:
-    """Every kind's candidates over the cases: (case, candidate text)."""
+    """Every kind's candidates over the cases: (case, candidate text). Each case gets every reflection
+    wording once, at positions that cycle with the case (every wording meets every position over 4 cases)."""
     out: dict[str, list] = {kind: [] for kind in EXPECTED}
     for i, case in enumerate(cases):
-        out["inserted"] += [(case, inserted(case, k)) for k in range(len(REFLECTIONS) * 2)]
+        out["inserted"] += [(case, inserted(case, k, i + k)) for k in range(len(REFLECTIONS))]
         out["echo"] += [(case, t) for t in echoes(case)]
         out["uncorrected"] += [(case, uncorrected(case, k)) for k in range(len(UNCORRECTED))]
         out["copy"] += [(case, t) for t in copies(case)]
         out["truncation"] += [(case, t) for t in truncations(case)]
+        out["cut after reflection"].append((case, cut_after_reflection(case)))
         out["other question"].append((case, other_question(case, cases[(i + 1) % len(cases)])))
     return out
