@@ -20,21 +20,25 @@ values* (``wrong_markers``). ``refine`` accepts a candidate only when it passes,
    sentences (both read from the prompt itself, ``prompt_scaffolding``), or the prompt's texts pasted
    whole (added units copied from the teacher's CoT or the wrong attempt, half the wrong attempt's length
    or more).
-4. ``copy``: it adds fewer than ``min_added_chars`` characters to the teacher's CoT (a verbatim or
+4. ``other problem`` (``foreign_share``): over half of the numbers its added text writes (at least five, of
+   two or more characters) are in none of the question, the teacher's CoT and the wrong attempt: another
+   problem's solution. Switched off with ``min_coverage`` 0.
+5. ``low coverage`` (``teacher_coverage``): it does not carry on to the end: of the numbers the teacher's
+   CoT derives after the point where the rewrite first departs from it (those not in the question, of two
+   or more characters where there are any), the rewrite's own text after that point holds less than
+   ``min_coverage``; a truncation stops here.
+6. ``copy``: it adds fewer than ``min_added_chars`` characters to the teacher's CoT (a verbatim or
    near-verbatim copy). The amount added is what counts, never the overall similarity: one paragraph
    inserted into a 9,000-character CoT is the normal case.
-5. ``no reflection`` (``reflection_evidence``): no added region quotes a *marker* of the wrong attempt
+7. ``no reflection`` (``reflection_evidence``): no added region quotes a *marker* of the wrong attempt
    (a sentence, a line, an equation or a wrong value that neither the teacher's CoT nor the question has
    there) within ``reflect_window`` characters of reflection language (``CUE_RE``: wait, check,
    mistake, wrong, not, instead, ...; a cue negated, as in "no mistake" or "nothing wrong", does not
    count).
-6. ``uncorrected``: that reflection gives no right value (a number the teacher's CoT has where the wrong
+8. ``uncorrected``: that reflection gives no right value (a number the teacher's CoT has where the wrong
    attempt differs) within ``reflect_window`` characters of the quoted marker: a quote followed by "I see
    no mistake" is not a correction.
-7. ``low coverage`` (``teacher_coverage``): it does not carry on to the end: of the numbers the teacher's
-   CoT derives after the point where the rewrite first departs from it (those not in the question), the
-   rewrite's own text after that point holds less than ``min_coverage``; a truncation stops here.
-8. ``judge``: with ``reflection.judge`` on, the judge model said the rewrite does not reflect on the
+9. ``judge``: with ``reflection.judge`` on, the judge model said the rewrite does not reflect on the
    error or does not reason validly (``reflection_judge``).
 
 The quoted marker the "reflects" check finds is also where the wrong step sits in the rewrite: the
@@ -50,8 +54,10 @@ from difflib import SequenceMatcher
 from typing import Optional
 
 # Checks in the order they are applied; a rejected candidate is counted under the first it fails.
-REASONS = ("unfinished", "unverified", "echo", "low coverage", "copy", "no reflection", "uncorrected", "judge")
+REASONS = ("unfinished", "unverified", "echo", "other problem", "low coverage", "copy", "no reflection", "uncorrected",
+           "judge")
 ECHO_NGRAM = 7  # words of an instruction sentence of the prompt that, found in the added text, make it an echo
+FOREIGN_MIN, MAX_FOREIGN = 5, 0.5  # "other problem": at least 5 added numbers, over half in none of the prompt's texts
 PASTED_SHARE = 0.5  # added units copied from the prompt's texts, as a share of the wrong attempt's length
 
 CUE_RE = re.compile(
@@ -410,6 +416,7 @@ class Reference:
     teacher_units: tuple
     shown: frozenset
     scaffolding: Scaffolding
+    known_numbers: frozenset = frozenset()  # every number the question, the teacher's CoT or the wrong attempt writes
 
 
 def reference(teacher_cot: str, wrong_attempt: str, question: str = "",
@@ -417,8 +424,19 @@ def reference(teacher_cot: str, wrong_attempt: str, question: str = "",
     """The ``Reference`` of one reflection item (``scaffolding``: ``prompt_scaffolding()`` by default)."""
     teacher_units = _normed(teacher_cot)
     shown = frozenset(teacher_units[1]) | frozenset(_normed(wrong_attempt or "")[1])
+    known = frozenset(numbers(question) | numbers(teacher_cot) | numbers(wrong_attempt))
     return Reference(question, teacher_cot, wrong_attempt or "", wrong_markers(wrong_attempt, teacher_cot, question),
-                     teacher_units, shown, scaffolding or prompt_scaffolding())
+                     teacher_units, shown, scaffolding or prompt_scaffolding(), known)
+
+
+def foreign_share(rewrite: str, diff: Diff, known: frozenset) -> Optional[float]:
+    """Share of the distinct numbers of two or more characters in the added regions that neither the question,
+    the teacher's CoT nor the wrong attempt writes; None under ``FOREIGN_MIN`` such numbers. Another
+    problem's CoT is mostly such numbers; a reflection or a paraphrase of the same solution hardly any."""
+    added = {n for lo, hi in diff.regions for n in numbers(rewrite[lo:hi]) if len(n) > 1}
+    if len(added) < FOREIGN_MIN:
+        return None
+    return len(added - known) / len(added)
 
 
 def echo_of_prompt(rewrite: str, diff: Diff, ref: Reference) -> str:
@@ -500,10 +518,12 @@ def check_candidate(text: str, verified: bool, ref: Reference, thresholds: Thres
     echo = echo_of_prompt(text, diff, ref) if t.reject_echoes else ""
     evidence = reflection_evidence(text, markers, diff.regions, t.reflect_window, ref.wrong_attempt, diff.unit_spans)
     coverage = teacher_coverage(text, ref.teacher_cot, ref.question, diff.departs)
+    foreign = foreign_share(text, diff, ref.known_numbers) if ref.known_numbers else None
     ok = {
         "unfinished": not isinstance(text, Unfinished),
         "unverified": verified,
         "echo": not echo,
+        "other problem": t.min_coverage == 0 or foreign is None or foreign <= MAX_FOREIGN,
         "low coverage": coverage is None or coverage >= t.min_coverage,
         "copy": added >= t.min_added_chars,
         "no reflection": t.reflect_window is None or evidence.distance is not None,
@@ -514,7 +534,7 @@ def check_candidate(text: str, verified: bool, ref: Reference, thresholds: Thres
     return {"finished": not isinstance(text, Unfinished), "reflect_distance": evidence.distance,
             "marker": evidence.kind, "correction_distance": evidence.correction, "echo": echo,
             "added_chars": added, "coverage": None if coverage is None else round(coverage, 4),
-            "rejected": failed[0] if failed else None}
+            "foreign": None if foreign is None else round(foreign, 4), "rejected": failed[0] if failed else None}
 
 
 def acceptance_summary(refinements, mask_wrong_step: bool = True) -> dict:
