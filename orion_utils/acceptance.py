@@ -38,8 +38,6 @@ values* (``wrong_markers``). ``refine`` accepts a candidate only when it passes,
 8. ``uncorrected``: that reflection gives no right value (a number the teacher's CoT has where the wrong
    attempt differs) within ``reflect_window`` characters of the quoted marker: a quote followed by "I see
    no mistake" is not a correction.
-9. ``judge``: with ``reflection.judge`` on, the judge model said the rewrite does not reflect on the
-   error or does not reason validly (``reflection_judge``).
 
 The quoted marker the "reflects" check finds is also where the wrong step sits in the rewrite: the
 longest quoted wrong line (else the quoted wrong equation) is the span ``mask_wrong_step`` takes out of
@@ -54,8 +52,7 @@ from difflib import SequenceMatcher
 from typing import Optional
 
 # Checks in the order they are applied; a rejected candidate is counted under the first it fails.
-REASONS = ("unfinished", "unverified", "echo", "other problem", "low coverage", "copy", "no reflection", "uncorrected",
-           "judge")
+REASONS = ("unfinished", "unverified", "echo", "other problem", "low coverage", "copy", "no reflection", "uncorrected")
 ECHO_NGRAM = 7  # words of an instruction sentence of the prompt that, found in the added text, make it an echo
 FOREIGN_MIN, MAX_FOREIGN = 5, 0.5  # "other problem": at least 5 added numbers, over half in none of the prompt's texts
 PASTED_SHARE = 0.5  # added units copied from the prompt's texts, as a share of the wrong attempt's length
@@ -78,7 +75,7 @@ _WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
 class Unfinished(str):
-    """A candidate rewrite cut off at ``max_new_tokens`` (``sampling.Generation.finish_reason`` "length"):
+    """A candidate rewrite cut off at ``max_new_tokens`` (a ``sampling.Generation`` whose ``finish_reason`` is "length"):
     counted as rejected ("unfinished"), never accepted, whatever an extractor can pull from it."""
 
 
@@ -511,7 +508,7 @@ class Thresholds:
 
 def check_candidate(text: str, verified: bool, ref: Reference, thresholds: Thresholds = Thresholds()) -> dict:
     """Every check's statistic and verdict for one candidate; ``rejected``: the first check it fails
-    (``REASONS``; "judge" is decided later, by ``reflection``), None when it passes them all."""
+    (``REASONS``), None when it passes them all."""
     t, markers = thresholds, ref.markers
     diff = diff_regions(text, ref.teacher_cot, ref.teacher_units)
     added = diff.added_chars(text)

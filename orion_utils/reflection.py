@@ -92,22 +92,20 @@ class ReflectionConfig:
         200, "acceptance: characters between the quoted error and reflection language, and between it and the "
              "right value (None: not checked)", ge=0)
     # carries on to the end: share of the teacher CoT's derived numbers after the point where the rewrite departs
-    # from it that the rewrite's text after that point keeps (0: off). Real long CoTs: an inserted reflection
-    # keeps at least 0.86, the first half + box at most 0.34, a reflection then cut 400 characters later 0.05-0.5
+    # from it that the rewrite's text after that point keeps (0: off; also switches off "other problem"). Real long
+    # CoTs: an inserted reflection keeps 0.864-1.0; a reflection then a cut 400 characters later median 0.20 (7 of
+    # 271 above 0.8); the first half or quarter + box at most 0.5
     min_coverage: float = knob(
         0.8, "acceptance: share of the teacher CoT's derived numbers after the rewrite's first change that it "
              "keeps (0: off)", ge=0.0, le=1.0)
     # more than a copy: non-blank characters the rewrite adds to or changes in the teacher's CoT (0: off). Copies
-    # and whitespace-changed copies add 0; the shortest inserted reflection on real long CoTs adds 60+
+    # and whitespace-changed copies add 0; inserted reflections on real long CoTs add 75-950 (median 120)
     min_added_chars: int = knob(
         20, "acceptance: fewest characters the rewrite must add to or change in the teacher's CoT (0: off)", ge=0)
     # not an echo of the prompt: its headings or instruction sentences (read from REFLECTION_PROMPT) or the
     # prompt's texts pasted whole, in what the rewrite adds
     reject_echoes: bool = knob(True, "acceptance: reject rewrites that repeat the reflection prompt's headings, "
                                      "instructions or texts")
-    # an optional judge on real runs: the teacher (an api or local teacher) is asked whether each rewrite that
-    # passed every other check reflects on the error and reasons validly; its calls are counted in the stage
-    judge: bool = knob(False, "real runs: the teacher judges each rewrite that passed the other checks (costs calls)")
 
     def thresholds(self):
         """The acceptance knobs, as ``acceptance.check_candidate`` takes them."""
@@ -521,7 +519,7 @@ def _make_reflector(kind: str, base: StageModel, cfg: ReflectionConfig, template
         reflector = RuleReflector(cfg.seed)
     print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
           f"reflect_window={cfg.reflect_window} min_coverage={cfg.min_coverage} "
-          f"min_added_chars={cfg.min_added_chars} reject_echoes={cfg.reject_echoes} judge={cfg.judge}")
+          f"min_added_chars={cfg.min_added_chars} reject_echoes={cfg.reject_echoes}")
     return reflector
 
 

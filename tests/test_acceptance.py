@@ -137,7 +137,7 @@ def test_summary_counts_reasons_and_never_claims_masking_it_did_not_do():
     r = _refine([TEACHER, REFLECTS, REFLECTS.replace("72", "70")])
     s = acceptance_summary([r])
     assert s["rejected"] == {"unfinished": 0, "unverified": 1, "echo": 0, "other problem": 0, "low coverage": 0, "copy": 1,
-                             "no reflection": 0, "uncorrected": 0, "judge": 0}
+                             "no reflection": 0, "uncorrected": 0}
     assert set(s["rejected"]) == set(REASONS) and s["masked"] == 1
     assert "masked in 1 of 1" in acceptance_line(s)
     off = acceptance_summary([r], mask_wrong_step=False)
@@ -158,7 +158,7 @@ def test_report_section_counts_rejections_masking_and_lengths(tmp_path):
     text = "\n".join(acceptance_section(run))
     assert "Of 3 candidates, 1 passed every check" in text
     assert ("unfinished **0**, unverified **1**, echo **0**, other problem **0**, low coverage **0**, copy **1**, no reflection **0**, "
-            "uncorrected **0**, judge **0**") in text
+            "uncorrected **0**") in text
     assert "in **1 of 1** chosen rewrites" in text
     assert f"{len(REFLECTS)} characters long on average, their teacher CoTs {len(TEACHER)}" in text
 
