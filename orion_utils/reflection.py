@@ -23,7 +23,17 @@ import random
 from dataclasses import dataclass, field
 from typing import Optional, Protocol, Sequence
 
-from .acceptance import acceptance_line, acceptance_summary, check_candidate, wrong_markers, wrong_step_span
+from .acceptance import (
+    Thresholds,
+    Unfinished,
+    acceptance_line,
+    acceptance_summary,
+    check_candidate,
+    prompt_scaffolding,
+    reference,
+    wrong_markers,
+    wrong_step_span,
+)
 from .config import GenerationConfig, StudentConfig
 from .generation import StageModel
 from .grading import grade
@@ -74,20 +84,35 @@ class ReflectionConfig:
     # Take the quoted wrong step (the student's own wrong line, which the refined CoT quotes before
     # checking it) out of the SFT loss, so the student is not trained to write it again.
     mask_wrong_step: bool = knob(True, "take the quoted wrong step out of the SFT loss")
-    # Acceptance beyond a verified answer (orion_utils.acceptance; the measurements behind each default are
-    # in the README's "Acceptance of a rewrite", from bench/acceptance_checks.py):
-    # reflects: a line/equation/number only the wrong attempt has, quoted within this many characters of
-    # reflection language (None: not checked). Toy quotes: 0-59 chars; smol: median 25, p90 127
+    # Acceptance beyond a verified answer (orion_utils.acceptance): the checks judge what the rewrite adds to or
+    # changes in the teacher's CoT (a diff of their sentences). The measurements behind each default are in the
+    # README's "Acceptance of a rewrite", from bench/acceptance_checks.py (real long CoTs, toy and smol runs).
+    # reflects and corrects: an added region quotes a line/equation/value only the wrong attempt has within this
+    # many characters of (non-negated) reflection language, and gives the teacher's right value within as many
+    # characters of it (None: neither checked). Real long CoTs, inserted reflections: cue at most 60 chars from
+    # the quote, right value at most 170; toy quotes: 0-59 chars
     reflect_window: Optional[int] = knob(
-        200, "acceptance: characters between the quoted error and reflection language (None: not checked)", ge=0)
-    # keeps the teacher's reasoning: share of the teacher CoT's derived numbers found in the rewrite (0: off).
-    # Another question's long CoT: median 0.24, p90 0.50; toy verified candidates: p10 1.0
+        200, "acceptance: characters between the quoted error and reflection language, and between it and the "
+             "right value (None: not checked)", ge=0)
+    # carries on to the end: share of the teacher CoT's derived numbers after the point where the rewrite departs
+    # from it that the rewrite's text after that point keeps (0: off; also switches off "other problem"). Real long
+    # CoTs: an inserted reflection keeps 0.864-1.0; a reflection then a cut 400 characters later median 0.20 (7 of
+    # 271 above 0.8); the first half or quarter + box at most 0.5
     min_coverage: float = knob(
-        0.5, "acceptance: share of the teacher CoT's derived numbers the rewrite keeps (0: off)", ge=0.0, le=1.0)
-    # more than a copy: normalised similarity to the teacher CoT must stay below this (None: not checked).
-    # Toy rewrites (both reflectors) at most 0.943; a long CoT with one paragraph inserted at least 0.971
-    max_copy_similarity: Optional[float] = knob(
-        0.95, "acceptance: similarity to the teacher CoT must stay below this (None: not checked)", ge=0.0, le=1.0)
+        0.8, "acceptance: share of the teacher CoT's derived numbers after the rewrite's first change that it "
+             "keeps (0: off)", ge=0.0, le=1.0)
+    # more than a copy: non-blank characters the rewrite adds to or changes in the teacher's CoT (0: off). Copies
+    # and whitespace-changed copies add 0; inserted reflections on real long CoTs add 75-950 (median 120)
+    min_added_chars: int = knob(
+        20, "acceptance: fewest characters the rewrite must add to or change in the teacher's CoT (0: off)", ge=0)
+    # not an echo of the prompt: its headings or instruction sentences (read from REFLECTION_PROMPT) or the
+    # prompt's texts pasted whole, in what the rewrite adds
+    reject_echoes: bool = knob(True, "acceptance: reject rewrites that repeat the reflection prompt's headings, "
+                                     "instructions or texts")
+
+    def thresholds(self):
+        """The acceptance knobs, as ``acceptance.check_candidate`` takes them."""
+        return Thresholds(self.reflect_window, self.min_coverage, self.min_added_chars, self.reject_echoes)
 
     def __post_init__(self) -> None:
         same = self.compare and self.compare == self.reflector
@@ -140,7 +165,7 @@ class StudentReflector:
     It samples through a generation backend (``orion_utils.generation``, transformers or vLLM, each
     with its own thread and device rules): the question in the student's template, the beginning as the
     answer's start (``assistant_prefix``), which the model continues; a continuation that does not end
-    its turn within the context is dropped. ``generator``: an open backend (stage 03 passes the one its
+    its turn within the context is kept as ``acceptance.Unfinished`` and counted among the rejections. ``generator``: an open backend (stage 03 passes the one its
     ``StageModel`` holds, which also scores), or a model path, opened on first use with the transformers
     backend and closed by ``close()``."""
 
@@ -191,7 +216,7 @@ class StudentReflector:
         outputs = gen.generate([q for _, q, _ in rows], sampling, prompt_template=self.template, system=self.system,
                                desc="reflecting", assistant_prefix=[t for _, _, t in rows])
         for (k, _, text), gens in zip(rows, outputs):
-            out[k] = [text + g.text for g in gens if g.finish_reason == "stop"]
+            out[k] = [text + g.text if g.finish_reason == "stop" else Unfinished(text + g.text) for g in gens]
         return out
 
     def _room(self, gen, rows) -> int:
@@ -214,7 +239,9 @@ class LLMReflector:
     Each prompt is fitted to the engine first (``orion_utils.budget``: its context less
     ``cfg.max_new_tokens``): the wrong attempt's middle is cut, never its ending; an item whose question
     and teacher CoT do not fit gets no candidate (the teacher's CoT is kept). ``budget_counts`` says how
-    many prompts fit as built, were cut, were left out; ``outcomes`` each item's of the last call."""
+    many prompts fit as built, were cut, were left out; ``outcomes`` each item's of the last call. A rewrite cut
+    off at ``max_new_tokens`` is proposed as ``acceptance.Unfinished``: counted among the rejections
+    ("unfinished"), never accepted."""
 
     name = "llm"
 
@@ -259,7 +286,7 @@ class LLMReflector:
             if keep else []
         out: list[list[str]] = [[] for _ in items]
         for k, gens in zip(keep, outputs):
-            out[k] = [g.text for g in gens if g.finish_reason == "stop"]
+            out[k] = [g.text if g.finish_reason == "stop" else Unfinished(g.text) for g in gens]
         return out
 
 
@@ -353,10 +380,12 @@ def _propose(reflector: Reflector, chunk: list, cfg: ReflectionConfig) -> list[P
     """One chunk's candidates, sampled with the chunk's own seed, each put through ``_check``."""
     proposed = reflector.propose(chunk, cfg.m, seed=chunk_seed(cfg.seed, "reflection", [i.problem.id for i in chunk]))
     prompts = getattr(reflector, "outcomes", None) or [""] * len(chunk)
-    out = []
+    scaffolding, out = prompt_scaffolding(REFLECTION_PROMPT), []
     for item, candidates, prompt in zip(chunk, proposed, prompts):
         candidates = list(dict.fromkeys(candidates))  # identical rewrites count once
-        out.append(Proposal(item.problem.id, candidates, [_check(item, c, cfg) for c in candidates], prompt))
+        ref = reference(item.teacher_cot, item.wrong_attempt, item.problem.question, scaffolding)  # once per item
+        out.append(Proposal(item.problem.id, [str(c) for c in candidates], [_check(item, c, cfg, ref) for c in candidates],
+                            prompt))
     return out
 
 
@@ -391,13 +420,13 @@ def _select(pairs: list, reflector: Reflector, cfg: ReflectionConfig, scorer) ->
     return out
 
 
-def _check(item: ReflectionItem, candidate: str, cfg: ReflectionConfig) -> dict:
-    """One candidate graded and put through the acceptance checks (``acceptance.check_candidate``)."""
+def _check(item: ReflectionItem, candidate: str, cfg: ReflectionConfig, ref=None) -> dict:
+    """One candidate graded and put through the acceptance checks (``acceptance.check_candidate``; ``ref``:
+    the item's ``acceptance.reference``, built once for its candidates)."""
     g = grade(candidate, item.problem.answer)
-    markers = wrong_markers(item.wrong_attempt, item.teacher_cot, item.problem.question)
-    stats = check_candidate(candidate, g.correct, item.teacher_cot, item.problem.question, markers,
-                            cfg.reflect_window, cfg.min_coverage, cfg.max_copy_similarity)
-    return {"answer": g.predicted, "verified": g.correct, **stats, "text": candidate}
+    ref = ref or reference(item.teacher_cot, item.wrong_attempt, item.problem.question)
+    stats = check_candidate(candidate, g.correct, ref, cfg.thresholds())
+    return {"answer": g.predicted, "verified": g.correct, **stats, "text": str(candidate)}
 
 
 def _wrong_step_spans(reflector, item: ReflectionItem, text: str, cfg: ReflectionConfig) -> list:
@@ -558,7 +587,7 @@ def _make_reflector(kind: str, base: StageModel, cfg: ReflectionConfig, template
         reflector = RuleReflector(cfg.seed)
     print(f"[reflection] reflector={reflector.name} m={cfg.m} selection={cfg.selection} "
           f"reflect_window={cfg.reflect_window} min_coverage={cfg.min_coverage} "
-          f"max_copy_similarity={cfg.max_copy_similarity}")
+          f"min_added_chars={cfg.min_added_chars} reject_echoes={cfg.reject_echoes}")
     return reflector
 
 
@@ -626,7 +655,8 @@ def look_inside(run: RunDir, problem_id: Optional[str] = None, score: bool = Tru
         chosen = select_candidate([texts[i] for i in verified], r.selection_rule, [nll[i] for i in verified])
         pick = verified[chosen]
     rows = [{"candidate": i, "answer": g.predicted, "verified": g.correct,
-             "rejected": "unverified" if not g.correct else _after_verification(stored[i].get("rejected")),
+             "rejected": "unfinished" if stored[i].get("rejected") == "unfinished" else
+             "unverified" if not g.correct else _after_verification(stored[i].get("rejected")),
              "nll": None if v is None else round(float(v), 4), "picked": i == pick, "text": t}
             for i, (t, g, v) in enumerate(zip(texts, graded, nll))]
     look = {"problem_id": r.problem_id, "question": problem.question, "gold": problem.answer,

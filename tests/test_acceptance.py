@@ -1,14 +1,18 @@
-"""Stage 03's acceptance checks (orion_utils.acceptance): a verified copy of the teacher's CoT is not a
-reflection; the toy reflectors' rewrites pass; masking comes from the quoted wrong step."""
+"""Stage 03's acceptance checks (orion_utils.acceptance) on short known texts: a verified copy of the
+teacher's CoT is not a reflection, nor is an echo of the prompt or a quote left uncorrected; a cut-off
+candidate is counted; the toy reflectors' rewrites pass; masking comes from the quoted wrong step.
+(Real long CoTs: tests/test_acceptance_long.py.)"""
 from __future__ import annotations
 
 import pytest
 
 from orion_utils.acceptance import (
     REASONS,
+    Unfinished,
     acceptance_line,
     acceptance_summary,
-    copy_similarity,
+    diff_regions,
+    prompt_scaffolding,
     reflection_evidence,
     teacher_coverage,
     wrong_markers,
@@ -55,29 +59,60 @@ def test_the_statistics_on_known_texts():
     assert ev.kind == "line" and ev.distance is not None and ev.distance <= 5
     start, end = wrong_step_span(REFLECTS, markers, 200)
     assert REFLECTS[start:end] == "In May she sold 48 * 2 = 96 clips."
+    assert ev.correction is not None and ev.correction <= 70  # "... so 48 / 2 = 24": the right value, 24
+    assert markers.fixes == {"24", "72"}  # what the teacher has where the attempt differs
     assert teacher_coverage(TEACHER, TEACHER, QUESTION) == 1.0
-    assert teacher_coverage("She sold \\boxed{72} clips.", TEACHER, QUESTION) == pytest.approx(1 / 3)  # {2, 24, 72}
-    assert copy_similarity(TEACHER, TEACHER) == 1.0 and copy_similarity(REFLECTS, TEACHER) < 0.9
+    assert teacher_coverage("She sold \\boxed{72} clips.", TEACHER, QUESTION) == pytest.approx(1 / 2)  # {24, 72}
+    assert diff_regions(TEACHER, TEACHER).regions == [] and diff_regions(TEACHER, TEACHER).added_chars(TEACHER) == 0
+    added = diff_regions(REFLECTS, TEACHER)
+    assert [REFLECTS[a:b] for a, b in added.regions] == [
+        "half as many as in April.\nIn May she sold 48 * 2 = 96 clips.\nWait, that is wrong: half as many means "
+        "dividing, so "]  # the teacher's own "48 / 2 = 24 clips." after it is kept, not added
 
 
 def test_a_verified_copy_is_rejected_and_a_reflection_accepted():
     r = _refine([TEACHER, REFLECTS])
     assert r.accepted and r.refined_cot == REFLECTS and r.n_accepted == 1
     copy, reflection = r.meta["candidates"]
-    assert copy["verified"] and copy["rejected"] == "no reflection"
+    assert copy["verified"] and copy["rejected"] == "copy" and copy["added_chars"] == 0
     assert reflection["rejected"] is None and reflection["marker"] == "line"
     assert [REFLECTS[a:b] for a, b in r.wrong_step_spans] == ["In May she sold 48 * 2 = 96 clips."]
 
 
+ECHO = ("## Your earlier attempt (wrong)\n" + WRONG + "\n\nWait, 96 is wrong: half is 48 / 2 = 24.\n" + TEACHER)
+UNCORRECTED = TEACHER.replace("In all", "Earlier I wrote 48 * 2 = 96 clips. Checking it again, I see no mistake.\nIn all")
+
+
 def test_each_check_rejects_its_case_and_can_be_switched_off():
-    truncated = "Wait, not 96: it is half. \\boxed{72}"  # reflects, verifies, keeps 1 of 3 derived values
+    truncated = "Wait, not 96: it is half. \\boxed{72}"  # reflects, verifies, keeps 1 of {24, 72}
     wrong_answer = REFLECTS.replace("\\boxed{72}", "\\boxed{70}")
-    near_copy = TEACHER.replace("</think>", "Wait, not 96.\n</think>")  # quotes 96 near "not", else a copy
-    r = _refine([truncated, wrong_answer, near_copy], min_coverage=0.6, max_copy_similarity=0.9)
-    assert [c["rejected"] for c in r.meta["candidates"]] == ["low coverage", "unverified", "copy"]
+    near_copy = TEACHER.replace("</think>", "Wait, not 96.\n</think>")  # adds 11 characters
+    cut = Unfinished(REFLECTS)  # what a reflector proposes for a generation cut off at max_new_tokens
+    r = _refine([truncated, wrong_answer, near_copy, ECHO, UNCORRECTED, cut], min_coverage=0.6)
+    assert [c["rejected"] for c in r.meta["candidates"]] == [
+        "low coverage", "unverified", "copy", "echo", "uncorrected", "unfinished"]
+    assert r.meta["candidates"][3]["echo"] == "heading: your earlier attempt wrong"
+    assert r.meta["candidates"][5]["verified"] and not r.meta["candidates"][5]["finished"]
     assert not r.accepted and r.refined_cot == TEACHER and r.meta["reason"] == "no candidate accepted"
-    off = _refine([TEACHER], reflect_window=None, min_coverage=0.0, max_copy_similarity=None)
-    assert off.accepted and off.wrong_step_spans == []  # a copy quotes no wrong step: nothing to mask
+    off = _refine([TEACHER, ECHO, UNCORRECTED], reflect_window=None, min_coverage=0.0, min_added_chars=0,
+                  reject_echoes=False)
+    assert off.n_accepted == 3 and off.wrong_step_spans == []  # a copy quotes no wrong step: nothing to mask
+
+
+def test_echo_detection_is_read_from_the_prompt():
+    """The headings and instruction sentences an echo repeats come from the prompt template itself."""
+    from orion_utils.reflection import REFLECTION_PROMPT
+
+    scaffold = prompt_scaffolding(REFLECTION_PROMPT)
+    assert ("your", "earlier", "attempt", "wrong") in scaffold.headings and ("problem",) in scaffold.headings
+    assert ("keep", "the", "expert's", "correct", "reasoning", "at", "the") in scaffold.ngrams
+    other = prompt_scaffolding("# Task\n{question}\n### Student draft\n{wrong_attempt}\nPlease fix the draft "
+                               "and explain the wrong step in detail.")
+    assert other.headings == (("task",), ("student", "draft")) and len(other.ngrams) == 5  # 11 words
+    # the prompt pasted back: rejected whatever the markup of its headings
+    echo = REFLECTION_PROMPT.format(question=QUESTION, teacher_cot=TEACHER, wrong_attempt=WRONG).replace("## ", "**")
+    r = _refine([echo + "\n\\boxed{72}"])
+    assert r.meta["candidates"][0]["rejected"] == "echo"
 
 
 def test_toy_rule_reflector_passes_the_default_checks_and_is_masked():
@@ -95,18 +130,19 @@ def test_toy_rule_reflector_passes_the_default_checks_and_is_masked():
         assert "=" in r.refined_cot[a:b] and r.refined_cot[a:b].replace(" ", "") in r.wrong_attempt.replace(" ", "")
     copies = refine(problems, {p: t.cot for p, t in traces.items()}, errors, Fixed([traces[problems[0].id].cot]),
                     ReflectionConfig(m=1, selection="first"))
-    assert acceptance_summary(copies)["rejected"]["no reflection"] >= 1
+    assert acceptance_summary(copies)["rejected"]["copy"] >= 1
 
 
 def test_summary_counts_reasons_and_never_claims_masking_it_did_not_do():
     r = _refine([TEACHER, REFLECTS, REFLECTS.replace("72", "70")])
     s = acceptance_summary([r])
-    assert s["rejected"] == {"unverified": 1, "no reflection": 1, "low coverage": 0, "copy": 0}
+    assert s["rejected"] == {"unfinished": 0, "unverified": 1, "echo": 0, "other problem": 0, "low coverage": 0, "copy": 1,
+                             "no reflection": 0, "uncorrected": 0}
     assert set(s["rejected"]) == set(REASONS) and s["masked"] == 1
     assert "masked in 1 of 1" in acceptance_line(s)
     off = acceptance_summary([r], mask_wrong_step=False)
     assert off["masked"] == 0 and "nothing masked" in acceptance_line(off)
-    unmasked = _refine([TEACHER], reflect_window=None, min_coverage=0.0, max_copy_similarity=None)
+    unmasked = _refine([TEACHER], reflect_window=None, min_coverage=0.0, min_added_chars=0)
     assert "masked in 0 of 1" in acceptance_line(acceptance_summary([unmasked]))
 
 
@@ -121,7 +157,8 @@ def test_report_section_counts_rejections_masking_and_lengths(tmp_path):
     write_jsonl(run.refinements, [_refine([TEACHER, REFLECTS, REFLECTS.replace("72", "70")])])
     text = "\n".join(acceptance_section(run))
     assert "Of 3 candidates, 1 passed every check" in text
-    assert "unverified **1**, no reflection **1**, low coverage **0**, copy **0**" in text
+    assert ("unfinished **0**, unverified **1**, echo **0**, other problem **0**, low coverage **0**, copy **1**, no reflection **0**, "
+            "uncorrected **0**") in text
     assert "in **1 of 1** chosen rewrites" in text
     assert f"{len(REFLECTS)} characters long on average, their teacher CoTs {len(TEACHER)}" in text
 

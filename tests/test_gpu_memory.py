@@ -127,7 +127,7 @@ def test_stage_03_with_the_llm_reflector_holds_one_model_at_a_time(engine_scores
     monkeypatch.setattr(LLMReflector, "propose", propose_and_add_the_teacher_cot)
     # the teacher's CoT is a copy: acceptance by verification alone (the checks: tests/test_acceptance.py)
     cfg = ReflectionConfig(reflector="llm", m=2, max_new_tokens=8, selection="perplexity",
-                           reflect_window=None, min_coverage=0.0, max_copy_similarity=None)
+                           reflect_window=None, min_coverage=0.0, min_added_chars=0, reject_echoes=False)
     with memory.watch_resident() as watch:
         stats = run_reflection(run, cfg, StudentConfig(model="toy-like"), GenerationConfig(backend="transformers"))
     refinements = read_jsonl(run.refinements, Refinement)

@@ -51,7 +51,7 @@ def test_refine_accepts_verified_selects_and_falls_back():
         "b": ["nope \\boxed{8}"],
     })
     scores = {"r1 \\boxed{5}": 2.0, "r2 longer \\boxed{5}": 1.0, teacher["a"]: 3.0}  # + a's teacher CoT (mechanism)
-    only_verification = {"reflect_window": None, "min_coverage": 0.0, "max_copy_similarity": None}  # test_acceptance
+    only_verification = {"reflect_window": None, "min_coverage": 0.0, "min_added_chars": 0, "reject_echoes": False}  # test_acceptance
     out = refine(problems, teacher, errors, reflector,
                  ReflectionConfig(m=4, selection="perplexity", **only_verification),
                  scorer=lambda qs, cs: [scores[c] for c in cs])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orion_utils.acceptance import Unfinished
 from orion_utils import analysis as A
 from orion_utils import claims as C
 from orion_utils.config import StudentConfig
@@ -85,10 +86,13 @@ def test_student_reflector_continues_with_the_student_model(problems, tiny_model
     cfg = ReflectionConfig(reflector="student", m=6, temperature=1.0, top_p=1.0, max_new_tokens=400, seed=0)
     reflector = StudentReflector(tiny_model_dir, cfg)
     begin = reflector.start(item)
-    # a random model stops (samples its end-of-turn token) at random: some of the 6 samples finish
+    # a random model stops (samples its end-of-turn token) at random: some of the 6 samples finish, the others
+    # are cut off at max_new_tokens and come back marked unfinished (counted among the rejections)
     out = reflector.propose([item, ReflectionItem(p, item.teacher_cot, item.teacher_cot)], 6)
     assert out[1] == []  # no error to reflect on: no candidates
-    assert 1 <= len(out[0]) < 6 and all(c.startswith(begin.text) and len(c) > len(begin.text) for c in out[0])
+    assert len(out[0]) == 6 and all(c.startswith(begin.text) and len(c) > len(begin.text) for c in out[0])
+    finished = [c for c in out[0] if not isinstance(c, Unfinished)]
+    assert 1 <= len(finished) < 6
     again = StudentReflector(tiny_model_dir, cfg).propose([item], 6)
     assert again[0] == out[0]  # seeded
     cand = begin.text + "whatever"
@@ -283,8 +287,9 @@ def test_an_assistant_prefix_is_continued_not_repeated(tmp_path):
     cfg = ReflectionConfig(reflector="student", m=2, temperature=0.0, max_new_tokens=24)
     out = Prefixed(gen, cfg).propose(items, 2)
     assert out == [[prefix + prefixed[0].text] * 2, []]
-    assert Prefixed(gen, ReflectionConfig(reflector="student", m=2, temperature=0.0, max_new_tokens=j)
-                    ).propose(items, 2) == [[], []]  # one token short of its end of turn: unfinished, dropped
+    short = Prefixed(gen, ReflectionConfig(reflector="student", m=2, temperature=0.0, max_new_tokens=j)).propose(items, 2)
+    assert short[1] == [] and len(short[0]) == 2  # one token short of its end of turn: unfinished, kept as such
+    assert all(isinstance(c, Unfinished) and c.startswith(prefix) for c in short[0])
     gen.close()
 
 

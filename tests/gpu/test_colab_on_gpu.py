@@ -83,7 +83,8 @@ reflection:
   # the test adds the teacher's CoT (a copy) as a candidate: acceptance by verification alone
   reflect_window: null
   min_coverage: 0.0
-  max_copy_similarity: null
+  min_added_chars: 0
+  reject_echoes: false
 training:
   max_seq_len: 1024
   max_steps: 2

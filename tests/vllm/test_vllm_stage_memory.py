@@ -43,7 +43,7 @@ def test_stage_03_closes_the_engine_before_the_scorer_loads(tmp_path, monkeypatc
     monkeypatch.setattr(LLMReflector, "propose", propose)
     # the teacher's CoT is a copy: acceptance by verification alone (the checks: tests/test_acceptance.py)
     cfg = ReflectionConfig(reflector="llm", m=2, max_new_tokens=8, selection="perplexity",
-                           reflect_window=None, min_coverage=0.0, max_copy_similarity=None)
+                           reflect_window=None, min_coverage=0.0, min_added_chars=0, reject_echoes=False)
     with memory.watch_resident() as watch:
         stats = run_reflection(run, cfg, StudentConfig(model="tiny"), GenerationConfig(backend="vllm"))
     out = capsys.readouterr().out
