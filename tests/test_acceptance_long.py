@@ -25,7 +25,7 @@ class Fixed:
     def __init__(self, by_id: dict):
         self.by_id = by_id
 
-    def propose(self, items, m):
+    def propose(self, items, m, seed=None):
         return [self.by_id[i.problem.id] for i in items]
 
 

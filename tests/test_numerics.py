@@ -157,7 +157,7 @@ def test_a_nan_scorer_stops_stage_03(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(LLMReflector, "propose", propose_and_add_the_teacher_cot)
     monkeypatch.setattr(TransformersBackend, "score", score_with_nan_logits)
     cfg = ReflectionConfig(reflector="llm", m=2, max_new_tokens=8, selection="perplexity",
-                           reflect_window=None, min_coverage=0.0, max_copy_similarity=None)
+                           reflect_window=None, min_coverage=0.0, min_added_chars=0, reject_echoes=False)
     with pytest.raises(NonFiniteError, match=r"computed in float16 on the CPU: .*generation\.dtype=float32"):
         run_reflection(run, cfg, StudentConfig(model="toy-like"),
                        GenerationConfig(backend="transformers", dtype="float16"))
