@@ -208,6 +208,21 @@ def _read_summary(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+NOT_MEASURED = {"pass@1": "Not measured in this run (`evaluation.n_samples: 0`: greedy decoding only)",
+                "greedy": "Not measured in this run (`evaluation.greedy: false`)"}
+"""What a report or notebook says in place of a metric the run did not measure (never a table of dashes or 0)."""
+
+
+def results_markdown(metrics: dict) -> str:
+    """pass@1 and greedy accuracy (%) as Markdown: a table of each metric the run measured, a "not measured"
+    line for the other (``metrics``: ``metrics.json``)."""
+    parts = []
+    for key, title in (("pass@1", "pass@1 (%)"), ("greedy", "greedy accuracy (%)")):
+        done = any(key in (cells or {}) for per in metrics.values() for cells in per.values())
+        parts.append(f"**{title}**\n\n" + (results_table(metrics, key) if done else NOT_MEASURED[key] + "."))
+    return "\n\n".join(parts)
+
+
 def results_table(metrics: dict, key: str = "pass@1") -> str:
     """A Markdown table: one row per method, one column per benchmark."""
     benchmarks = sorted({b for per in metrics.values() for b in per})

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from .evaluation import NOT_MEASURED as NOT_MEASURED_TEXT
 from .rundir import RunDir
 from .sft import load_loss_history
 
@@ -24,6 +25,56 @@ TOY_CAVEAT = ("Toy profile: synthetic arithmetic word problems, a programmatic t
               "reflection prompt): rules find the step where the student went wrong and phrase its check, and with "
               "`reflector: student` the student model writes the rest of the rewrite itself. Results here check the "
               "pipeline and the mechanism; they are not evidence for or against the paper.")
+
+# The report's opening paragraph follows the run's student and reflector (``run_introduction``): the scratch toy
+# student (TOY_CAVEAT above), a pretrained student on the toy domain, or real data.
+PRETRAINED_TOY_INTRO = ("Toy domain with a pretrained student: synthetic arithmetic word problems and a programmatic "
+                        "teacher; the student is `{model}`, a pretrained model (not the toy student trained from "
+                        "scratch). Reflector {reflector}.{compare} Results here check the pipeline and the mechanism "
+                        "on a synthetic task; they are not evidence for or against the paper.")
+REAL_INTRO = ("Real data: training questions from `{train_source}`, benchmarks {benchmarks}; the student is `{model}`, "
+              "the teacher {teacher}. Reflector {reflector}.{compare} How far these numbers speak to the paper "
+              "depends on the profile's sizes (`{profile}`: {description}).")
+REFLECTOR_TEXT = {
+    "student": "`student`: rules find the step where the student went wrong and write its check; the student "
+               "model (`{model}`) writes the rest of the rewrite itself",
+    "llm": "`llm`: the student model (`{model}`) writes the whole rewrite from the reflection prompt (free-form "
+           "reflection, as in the paper)",
+    "rule": "`rule`: rules write the whole rewrite (where the student went wrong, its check and the rest); no "
+            "model writes",
+}
+TEACHER_TEXT = {"toy": "a programmatic toy teacher", "dataset": "the training data's own worked solutions (`dataset`)",
+                "api": "the API model `{model}`", "local": "the local model `{model}`"}
+
+
+def run_introduction(config: dict) -> tuple[str, str]:
+    """The report's opening paragraph for a run's ``config.json`` (``Profile.to_dict()``): (which, text), which
+    being ``scratch toy`` (the toy student, TOY_CAVEAT), ``pretrained toy`` (a pretrained student on the
+    toy domain) or ``real`` (real training data and benchmarks). The reflector is the one the run resolves
+    (``reflection.resolve_reflector_kind``)."""
+    from types import SimpleNamespace
+
+    from .reflection import resolve_reflector_kind
+
+    student = config.get("student") or {}
+    model = student.get("model", "?")
+    if model == "toy":
+        return "scratch toy", TOY_CAVEAT
+    refl = config.get("reflection") or {}
+    kind = resolve_reflector_kind(SimpleNamespace(reflector=refl.get("reflector", "auto")), SimpleNamespace(model=model))
+    compare = (f" The report also measures the `{refl['compare']}` reflector on the same errors (never trained on)."
+               if refl.get("compare") else "")
+    fields = {"model": model, "reflector": REFLECTOR_TEXT[kind].format(model=model), "compare": compare}
+    data = config.get("data") or {}
+    if data.get("train_source") == "toy":
+        return "pretrained toy", PRETRAINED_TOY_INTRO.format(**fields)
+    teacher = config.get("teacher") or {}
+    benchmarks = ", ".join(data.get("benchmarks") or []) or "?"
+    return "real", REAL_INTRO.format(
+        **fields, train_source=data.get("train_source", "?"), benchmarks=benchmarks,
+        teacher=TEACHER_TEXT.get(teacher.get("kind"), "`{model}`").format(model=teacher.get("model") or "?"),
+        profile=config.get("profile", "?"), description=config.get("description", ""))
+
 
 FIGURE_CAPTIONS = {
     "accuracy_pass1": "pass@1 per method and benchmark",
@@ -354,6 +405,7 @@ def _has_key(metrics: dict, key: str) -> bool:
     return any(key in (cells or {}) for per in metrics.values() for cells in per.values())
 
 
+
 def analysis_table(analysis: dict) -> str:
     """Per method: training-CoT perplexity, lengths, step consistency, loss stability (seed cells)."""
     agg = (analysis.get("seeds") or {}).get("methods") or {}
@@ -521,11 +573,11 @@ def _basic_figures(run: RunDir, metrics: dict) -> dict:
     """The figures ``metrics.json`` and the loss logs alone give (report without analysis)."""
     import matplotlib.pyplot as plt
 
-    from .plots import accuracy_bars, loss_curves
+    from .plots import accuracy_bars, loss_curves, measured
 
     made = {}
     for key, name in (("pass@1", "accuracy_pass1"), ("greedy", "accuracy_greedy")):
-        if _has_key(metrics, key):
+        if measured(metrics, key):  # a metric the run did not measure gets no figure (never bars at 0)
             plt.close(accuracy_bars(metrics, key, run.figure(name)))
             made[name] = run.relative(run.figure(name))
     histories = {m: load_loss_history(run, m) for m in metrics if m != "base"}
@@ -553,8 +605,9 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     seeds_note = f" — mean ± std over {n_seeds} seeds" if n_seeds > 1 else ""
 
     text = ["# Run report", ""]
-    if toy:
-        text += [f"> {TOY_CAVEAT}", ""]
+    intro = run_introduction(config)[1] if config else (TOY_CAVEAT if toy else "")
+    if intro:
+        text += [f"> {intro}", ""]
     text += ["## Run", "", *_metadata(run, analysis), ""]
     text += _results_section(run, analysis, table_metrics, figures, seeds_note)
     text += exposure_section(run)
@@ -577,10 +630,13 @@ def _results_section(run: RunDir, analysis: dict | None, table_metrics: dict, fi
     """The report's Results: pass@1 (and greedy) per method and benchmark, the intervals, the accuracy figures."""
     cell_intervals = ((analysis or {}).get("intervals") or {}).get("cells")
     text = ["## Results", "", f"### pass@1 (%){seeds_note}", "",
-            "pass@1: mean over the sampled solutions of a problem, averaged over problems.", "",
-            metrics_table(table_metrics, "pass@1", cell_intervals), ""]
-    if _has_key(table_metrics, "greedy"):
-        text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy", cell_intervals), ""]
+            "pass@1: mean over the sampled solutions of a problem, averaged over problems.", ""]
+    # a metric the run did not measure is said to be so, never tabled as dashes or drawn as 0
+    text += ([metrics_table(table_metrics, "pass@1", cell_intervals), ""] if _has_key(table_metrics, "pass@1")
+             else [f"{NOT_MEASURED_TEXT['pass@1']}.", ""])
+    text += [f"### greedy accuracy (%){seeds_note}", ""]
+    text += ([metrics_table(table_metrics, "greedy", cell_intervals), ""] if _has_key(table_metrics, "greedy")
+             else [f"{NOT_MEASURED_TEXT['greedy']}.", ""])
     text += intervals_note(analysis)
     return text + _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)
 
