@@ -82,6 +82,14 @@ test-all: setup
 test-vllm: setup-vllm
 	$(VLLM_BIN)/python -m pytest -q tests/vllm
 
+# the gpu extra's library versions (.venv-gpustack) on the tests of the code that calls them: training (TRL,
+# PEFT, accelerate), generation (transformers), the datasets readers, the stages the notebooks call and the
+# notebooks themselves under papermill (the smoke pipeline); the versions head pytest's output
+GPUSTACK_TESTS ?= tests/test_training.py tests/test_generation.py tests/test_data.py tests/test_trace_datasets.py \
+	tests/test_smol_data.py tests/test_edit.py tests/test_tailored.py tests/test_notebooks.py tests/test_pipeline_smoke.py
+test-gpustack: setup-gpustack
+	$(GPUSTACK_BIN)/python -m pytest -q $(GPUSTACK_TESTS)
+
 # the GPU tier (tests/gpu/: the colab profile, shrunk, stage by stage), in an environment with the `gpu`
 # extra on a CUDA machine; elsewhere it is not collected (its tests are skipped when named)
 GPU_PYTHON ?= python3
