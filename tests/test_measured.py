@@ -16,7 +16,8 @@ from orion_utils.config import load_profile
 from orion_utils.evaluation import NOT_MEASURED, results_markdown
 from orion_utils.jsonl import read_jsonl, write_json, write_jsonl
 from orion_utils.records import EvalSample
-from orion_utils.report import TOY_CAVEAT, run_introduction, write_report
+from orion_utils.introduction import TOY_CAVEAT, run_introduction
+from orion_utils.report import write_report
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
