@@ -88,6 +88,7 @@ test-vllm: setup-vllm
 GPUSTACK_TESTS ?= tests/test_training.py tests/test_generation.py tests/test_data.py tests/test_trace_datasets.py \
 	tests/test_smol_data.py tests/test_edit.py tests/test_tailored.py tests/test_notebooks.py tests/test_pipeline_smoke.py
 test-gpustack: setup-gpustack
+	$(GPUSTACK_BIN)/python -c 'from importlib.metadata import version as v; print("gpu extra stack:", ", ".join(f"{p} {v(p)}" for p in ("torch", "transformers", "trl", "peft", "accelerate", "datasets")))'
 	$(GPUSTACK_BIN)/python -m pytest -q $(GPUSTACK_TESTS)
 
 # the GPU tier (tests/gpu/: the colab profile, shrunk, stage by stage), in an environment with the `gpu`
