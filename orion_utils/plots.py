@@ -1,6 +1,7 @@
 """Figures for the notebooks and the report (matplotlib, saved as PNG, returned for display)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -54,24 +55,47 @@ def loss_curves(histories: dict, path: Optional[PathLike] = None, extra_seeds: S
     return _save(fig, path)
 
 
+NOT_MEASURED = "not measured"
+
+
+def _label_bars(ax, bars, heights, fmt: str, fontsize: int = 7) -> None:
+    """Each bar's value above it; a cell the run did not measure (NaN height, no bar drawn) is labelled
+    "not measured" at the axis instead, so that it never reads as 0."""
+    ax.bar_label(bars, labels=["" if math.isnan(h) else fmt % h for h in heights], fontsize=fontsize)
+    for bar, h in zip(bars, heights):
+        if math.isnan(h):
+            ax.text(bar.get_x() + bar.get_width() / 2, 0.02, NOT_MEASURED, rotation=90, ha="center", va="bottom",
+                    fontsize=fontsize, color="0.4", transform=ax.get_xaxis_transform())
+
+
+def measured(metrics: dict, key: str) -> bool:
+    """Whether any method and benchmark of ``metrics`` ({method: {benchmark: {key: value}}}) has ``key``."""
+    return any((cells or {}).get(key) is not None for per in metrics.values() for cells in per.values())
+
+
 def accuracy_bars(metrics: dict, key: str = "pass@1", path: Optional[PathLike] = None, errors: Optional[dict] = None):
-    """Grouped bars: one group per benchmark, one bar per method.
+    """Grouped bars: one group per benchmark, one bar per method. A cell without ``key`` (not measured: e.g.
+    pass@1 of a greedy-only run) has no bar and is labelled "not measured"; with none measured at all there is
+    nothing to draw (ValueError).
 
     ``errors``: optional {method: {benchmark: {key: std}}} (fractions, like ``metrics``) drawn as
     error bars (the spread over seeds)."""
+    if not measured(metrics, key):
+        raise ValueError(f"{key} was not measured in this run: no figure to draw")
     methods = list(metrics)
     benchmarks = sorted({b for per in metrics.values() for b in per})
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(max(5.5, 2.4 + 1.8 * len(benchmarks)), 4.0))
     any_err = False
     for i, method in enumerate(methods):
-        values = [100 * metrics[method].get(b, {}).get(key, 0.0) for b in benchmarks]
+        cells = [(metrics[method].get(b) or {}).get(key) for b in benchmarks]
+        values = [float("nan") if v is None else 100 * v for v in cells]
         errs = [100 * ((errors or {}).get(method, {}).get(b, {}) or {}).get(key, 0.0) for b in benchmarks]
         any_err = any_err or any(errs)
         xs = [j + i * width - 0.4 + width / 2 for j in range(len(benchmarks))]
         bars = ax.bar(xs, values, width, label=method, color=_colour(method, i),
                       yerr=errs if any(errs) else None, capsize=3 if any(errs) else 0)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        _label_bars(ax, bars, values, "%.0f")
     ax.set_xticks(range(len(benchmarks)), benchmarks)
     ax.set_xlabel("benchmark")
     ax.set_ylabel(f"{key} (%)")
@@ -158,10 +182,11 @@ def metric_bars(values: dict, ylabel: str, title: str, path: Optional[PathLike] 
     fig, ax = plt.subplots(figsize=(max(5.0, 1.8 + 1.1 * len(methods)), 3.6))
     cells = [_cell(values[m]) for m in methods]
     errs = [scale * s for _, s in cells]
-    bars = ax.bar(range(len(methods)), [scale * v for v, _ in cells], 0.6,
+    heights = [scale * v for v, _ in cells]
+    bars = ax.bar(range(len(methods)), heights, 0.6,
                   color=[_colour(m, i) for i, m in enumerate(methods)], label=methods,
                   yerr=errs if any(errs) else None, capsize=3 if any(errs) else 0)
-    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    _label_bars(ax, bars, heights, "%.2f", fontsize=8)
     ax.set_xticks(range(len(methods)), methods)
     ax.set_xlabel("method")
     ax.set_ylabel(ylabel)
@@ -184,10 +209,11 @@ def grouped_metric_bars(values: dict, ylabel: str, title: str, path: Optional[Pa
         cells = [_cell(values[m].get(s)) for m in methods]
         xs = [j + i * width - 0.4 + width / 2 for j in range(len(methods))]
         errs = [scale * e for _, e in cells]
-        bars = ax.bar(xs, [scale * v for v, _ in cells], width, label=s, color="#9AB0D0" if i == 0 else "#E3A07A",
+        heights = [scale * v for v, _ in cells]
+        bars = ax.bar(xs, heights, width, label=s, color="#9AB0D0" if i == 0 else "#E3A07A",
                       hatch=hatches[i % len(hatches)], edgecolor="black", linewidth=0.5,
                       yerr=errs if any(errs) else None, capsize=3 if any(errs) else 0)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+        _label_bars(ax, bars, heights, "%.0f")
     ax.set_xticks(range(len(methods)), methods)
     ax.set_xlabel("method")
     ax.set_ylabel(ylabel)

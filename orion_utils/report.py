@@ -17,14 +17,10 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from .evaluation import NOT_MEASURED as NOT_MEASURED_TEXT
+from .introduction import TOY_CAVEAT, run_introduction  # noqa: F401 (TOY_CAVEAT: report.TOY_CAVEAT)
 from .rundir import RunDir
 from .sft import load_loss_history
-
-TOY_CAVEAT = ("Toy profile: synthetic arithmetic word problems, a programmatic teacher, a tiny student, and a "
-              "rule-assisted reflector standing in for free-form reflection (a tiny student cannot follow the "
-              "reflection prompt): rules find the step where the student went wrong and phrase its check, and with "
-              "`reflector: student` the student model writes the rest of the rewrite itself. Results here check the "
-              "pipeline and the mechanism; they are not evidence for or against the paper.")
 
 FIGURE_CAPTIONS = {
     "accuracy_pass1": "pass@1 per method and benchmark",
@@ -422,6 +418,7 @@ def _has_key(metrics: dict, key: str) -> bool:
     return any(key in (cells or {}) for per in metrics.values() for cells in per.values())
 
 
+
 def analysis_table(analysis: dict) -> str:
     """Per method: training-CoT perplexity, lengths, step consistency, loss stability (seed cells)."""
     agg = (analysis.get("seeds") or {}).get("methods") or {}
@@ -529,11 +526,11 @@ def _basic_figures(run: RunDir, metrics: dict) -> dict:
     """The figures ``metrics.json`` and the loss logs alone give (report without analysis)."""
     import matplotlib.pyplot as plt
 
-    from .plots import accuracy_bars, loss_curves
+    from .plots import accuracy_bars, loss_curves, measured
 
     made = {}
     for key, name in (("pass@1", "accuracy_pass1"), ("greedy", "accuracy_greedy")):
-        if _has_key(metrics, key):
+        if measured(metrics, key):  # a metric the run did not measure gets no figure (never bars at 0)
             plt.close(accuracy_bars(metrics, key, run.figure(name)))
             made[name] = run.relative(run.figure(name))
     histories = {m: load_loss_history(run, m) for m in metrics if m != "base"}
@@ -561,8 +558,9 @@ def write_report(run: RunDir, analysis: Optional[dict] = None) -> Path:
     seeds_note = f" — mean ± std over {n_seeds} seeds" if n_seeds > 1 else ""
 
     text = ["# Run report", ""]
-    if toy:
-        text += [f"> {TOY_CAVEAT}", ""]
+    intro = run_introduction(config)[1] if config else (TOY_CAVEAT if toy else "")
+    if intro:
+        text += [f"> {intro}", ""]
     text += ["## Run", "", *_metadata(run, analysis), ""] + teacher_check_lines(run)
     text += _results_section(run, analysis, table_metrics, figures, seeds_note)
     text += exposure_section(run)
@@ -589,10 +587,13 @@ def _results_section(run: RunDir, analysis: dict | None, table_metrics: dict, fi
     cell_intervals = ((analysis or {}).get("intervals") or {}).get("cells")
     text = ["## Results", "", f"### pass@1 (%){seeds_note}", "",
             "pass@1: mean over the sampled solutions of a problem, averaged over problems; an unfinished solution "
-            "(cut off at `evaluation.max_new_tokens`) counts as wrong.", "",
-            metrics_table(table_metrics, "pass@1", cell_intervals), ""]
-    if _has_key(table_metrics, "greedy"):
-        text += [f"### greedy accuracy (%){seeds_note}", "", metrics_table(table_metrics, "greedy", cell_intervals), ""]
+            "(cut off at `evaluation.max_new_tokens`) counts as wrong.", ""]
+    # a metric the run did not measure is said to be so, never tabled as dashes or drawn as 0
+    text += ([metrics_table(table_metrics, "pass@1", cell_intervals), ""] if _has_key(table_metrics, "pass@1")
+             else [f"{NOT_MEASURED_TEXT['pass@1']}.", ""])
+    text += [f"### greedy accuracy (%){seeds_note}", ""]
+    text += ([metrics_table(table_metrics, "greedy", cell_intervals), ""] if _has_key(table_metrics, "greedy")
+             else [f"{NOT_MEASURED_TEXT['greedy']}.", ""])
     text += intervals_note(analysis)
     text += unfinished_section(run, table_metrics, seeds_note)
     return text + _figure("accuracy_pass1", figures, run) + _figure("accuracy_greedy", figures, run)

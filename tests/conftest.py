@@ -33,8 +33,22 @@ def _cuda_available() -> bool:
 collect_ignore = [] if _cuda_available() else ["gpu"]
 
 
+STACK = ("torch", "transformers", "trl", "peft", "accelerate", "datasets")
+
+
 def pytest_report_header(config):
-    return None if _cuda_available() else "tests/gpu: not collected (the GPU tier needs CUDA)"
+    """The library stack the tests run on (`make test`: the base dependencies' newest; `make test-gpustack`: the
+    `gpu` extra's), and whether the GPU tier is collected."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    lines = ["library stack: " + ", ".join(f"{name} {installed(name)}" for name in STACK)]
+    return lines + ([] if _cuda_available() else ["tests/gpu: not collected (the GPU tier needs CUDA)"])
 
 QWEN_STYLE_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"

@@ -1,6 +1,6 @@
 """Every run-directory path, profile knob, section and `module.name` the docs name exists in the code.
 
-The docs: README.md, ARCHITECTURE.md, the notebooks (markdown and code) and every docstring and knob help
+The docs: README.md, ARCHITECTURE.md, docs/*.md, the notebooks (markdown and code) and every docstring and knob help
 text of the package. A fact has one source (a path: ``rundir.artifact_paths()``, read off ``RunDir``; a
 knob: its section dataclass; a stage: ``stages``); a doc that restates it and drifts fails here.
 """
@@ -53,6 +53,8 @@ def _notebook_cells(kind: str):
 def doc_pieces():
     for name in ("README.md", "ARCHITECTURE.md"):
         yield name, (ROOT / name).read_text(encoding="utf-8")
+    for path in sorted((ROOT / "docs").glob("*.md")):  # the lab record
+        yield str(path.relative_to(ROOT)), path.read_text(encoding="utf-8")
     yield from _notebook_cells("markdown")
     for path in sorted(PACKAGE.rglob("*.py")):
         yield from _docstrings(path)

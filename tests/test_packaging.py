@@ -141,6 +141,8 @@ def test_ci_runs_every_tier_and_only_readme_commands(tmp_path):
         "import pytest\n\npytestmark = pytest.mark.slow\n\ndef test_engine():\n    pass\n")
     ran: list = []
     for target in calls:
+        if target == "test-gpustack":  # tests of the tiers above again, on the gpu extra's library versions
+            continue
         for i, line in enumerate(c for c in make_dry_run(target) if " -m pytest" in c):
             report = tmp_path / f"{target}-{i}.xml"
             subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={report}",
@@ -238,3 +240,23 @@ def test_make_lint_passes():
     command = shlex.split(make_dry_run("lint", VENV=str(Path(sys.executable).parents[1]))[-1])
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_gpustack_tier_installs_the_gpu_extras_caps_on_cpu_torch_and_runs_in_ci(tmp_path):
+    """`make test-gpustack`: the libraries at the highest versions the `gpu` extra allows (its bounds read from
+    pyproject.toml, not restated), on the pinned CPU torch, in its own environment; CI runs it last."""
+    lines = make_dry_run("test-gpustack", GPUSTACK_VENV="venv-x", TORCH_VERSION="9.9.9")
+    pip = [line for line in lines if " -m pip " in line]
+    assert pip and all(line.startswith("venv-x/bin/python -m pip ") for line in pip)  # its own environment
+    torch = [line for line in pip if re.search(r"\btorch\b", line)]
+    assert torch and all("torch==9.9.9" in line for line in torch)  # never an unpinned (CUDA) torch
+    assert not [line for line in lines if "[gpu" in line]  # unsloth/vllm: never on a CPU machine
+    assert any('-e ".[dev]"' in line for line in pip)
+    code, libs = re.search(r"python -c '([^']+)' ([\w ]+)\)", "\n".join(lines)).groups()  # the caps, as pip gets them
+    bounds = subprocess.run([sys.executable, "-c", code, *libs.split()], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.split()
+    gpu = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    assert sorted(bounds) == sorted(r for r in gpu if _name(r) in ("transformers", "trl", "datasets"))
+    assert lines[-1].startswith("venv-x/bin/python -m pytest -q tests/")
+    calls = ci_make_calls(tmp_path)
+    assert calls.index("setup-gpustack") < calls.index("test-gpustack") and calls[-1] == "test-gpustack"

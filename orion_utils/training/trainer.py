@@ -55,7 +55,14 @@ class OrionSFTTrainer:
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         n = int((inputs["labels"][:, 1:] != -100).sum())
-        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if fused_head_needs_triton():  # the model's own loss, as transformers' Trainer computes it
+            from transformers import Trainer
+
+            out = Trainer.compute_loss(self, model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+        else:
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
         if model.training:
             loss = out[0] if return_outputs else out
             denom = n if num_items_in_batch is None else float(num_items_in_batch)
@@ -105,6 +112,18 @@ class OrionSFTTrainer:
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if folder.is_dir():
             write_json(folder / _COUNTERS_FILE, {"nll_sum": self.nll_sum, "n_supervised": self.n_supervised})
+
+
+def fused_head_needs_triton() -> bool:
+    """Whether TRL's ``SFTTrainer`` loss (its fused LM head) cannot run here: TRL 1.15 (the ``gpu`` extra's cap)
+    computes it with a Triton kernel only and leaves it None where Triton is absent (CPU torch); TRL 1.16 falls
+    back to torch. Then :class:`OrionSFTTrainer` takes the model's own loss (the same mean NLL of the supervised
+    tokens, without TRL's entropy and token-accuracy logs)."""
+    try:
+        from trl.trainer import utils
+    except ImportError:
+        return False
+    return hasattr(utils, "_ChunkedLogProbFunction") and utils._ChunkedLogProbFunction is None
 
 
 _ON_SFT_TRAINER: dict = {}  # (trainer class, TRL's SFTTrainer) -> the class a run instantiates
