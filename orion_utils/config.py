@@ -97,7 +97,7 @@ class TeacherConfig:
     seed: int = knob(0, "teacher sampling seed")
     samples_per_seed: bool = knob(
         False, "api: each seed of a run pays for its own teacher samples (the seed enters the cache key); "
-        "false: every seed and student of a run shares one paid reply per request (paper's 3 seeds pay once)")
+        "false: every seed and student of a run shares one paid reply per request (three seeds pay once)")
     gpu_memory_utilization: float = knob(
         0.0, "local teacher on vLLM: share of GPU memory (0: vLLM's default)", ge=0.0, le=1.0)
     max_model_len: int = knob(
@@ -245,7 +245,7 @@ class TailoredConfig(TrainingConfig):
     # loss
     prefix_weight: float = knob(
         0.0, "MLE weight of the prompt tokens; rationale tokens get 1 (paper: 0.1)", ge=0.0)
-    # the paper's 0.1 cost the toy student 13 points of exam accuracy after round 1 (docs/lab_record.md)
+    # the paper's prefix_weight 0.1 cost the toy student 13 points of exam accuracy after round 1 (docs/lab_record.md)
     lam: float = knob(0.5, "lambda, weight of the self-reflection (triplet) loss (paper: 0.5)", ge=0.0)
     margin: float = knob(1.0, "triplet margin; the distance is -cosine", ge=0.0)
     triplet_layer: int = knob(

@@ -128,7 +128,7 @@ def test_results_markdown_for_the_evaluation_notebook():
 
 SHIPPED = {"toy": "scratch toy", "toy3": "scratch toy", "smoke": "scratch toy",
            "smol_toy": "pretrained toy", "smol_toy3": "pretrained toy",
-           "smol": "real", "colab": "real", "colab_rehearsal": "real", "paper": "real"}
+           "smol": "real", "colab": "real", "colab_full": "real", "colab_rehearsal": "real", "paper": "real"}
 
 
 def test_every_shipped_profile_is_introduced_as_what_it_runs():
