@@ -21,7 +21,7 @@ from typing import Optional, Union
 
 METHODS = ("sft", "edit", "tailored")
 ROWS_PER_STEP = {"sft": 1, "edit": 2, "tailored": 3}  # sequences in one step's forward pass, batch size 1
-PROMPT_TOKENS = 64  # the synthetic prompt: its tokens are not supervised (Tailored: weighted prefix_weight)
+PROMPT_TOKENS = 64  # the synthetic prompt (not supervised; Tailored: weighted prefix_weight), at most
 EDITED_SHARE = 0.05  # EDIT: the share of the response replaced in the rejected side (its key tokens)
 
 
@@ -29,15 +29,21 @@ def _ids(rng: random.Random, n: int, vocab: range) -> list[int]:
     return [rng.randrange(vocab.start, vocab.stop) for _ in range(n)]
 
 
-def probe_rows(method: str, length: int, vocab_size: int, *, prompt_tokens: int = PROMPT_TOKENS,
+def prompt_tokens_for(length: int) -> int:
+    """The synthetic prompt's length: ``PROMPT_TOKENS``, or a quarter of a shorter sequence."""
+    return max(1, min(PROMPT_TOKENS, length // 4))
+
+
+def probe_rows(method: str, length: int, vocab_size: int, *, prompt_tokens: Optional[int] = None,
                seed: int = 0, avoid: tuple = ()) -> list[dict]:
     """One training row of ``method`` whose every sequence is ``length`` tokens long (random ids below
-    ``vocab_size``, none of ``avoid``, e.g. the special tokens): the prompt (``prompt_tokens``) is not
-    supervised, the rest is. EDIT's rejected side differs from the chosen one in one block of
+    ``vocab_size``, none of ``avoid``, e.g. the special tokens): the prompt (``prompt_tokens``; by default
+    ``prompt_tokens_for(length)``) is not supervised, the rest is. EDIT's rejected side differs from the chosen one in one block of
     ``EDITED_SHARE`` of the response (aligned by ``edit.key_token_ops``); Tailored Learning's positive and
     negative are other random sequences of the same length."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    prompt_tokens = prompt_tokens_for(length) if prompt_tokens is None else prompt_tokens
     if not 0 < prompt_tokens < length:
         raise ValueError(f"length ({length}) must exceed prompt_tokens ({prompt_tokens})")
     rng = random.Random(seed)
