@@ -16,8 +16,10 @@ the high-water mark (``VmHWM``). The step's peak is ``VmHWM - VmRSS before``: ev
 The target (issue 26): EDIT's and Tailored Learning's peaks grow no faster than SFT's with length, within
 a small constant factor: the ratio columns should stay flat as the length doubles.
 
-Run: ``nice python bench/bench_memory_length.py`` (about 15 minutes on one thread);
-options ``--lengths 512 1024 2048 4096 --methods sft edit tailored --threads 1``.
+Run: ``nice python bench/bench_memory_length.py`` (about half an hour on one free thread); options
+``--lengths 512 1024 2048 4096 --methods sft edit tailored --threads 1``, and ``--layers N`` to keep only the
+first N of the 30 decoder layers (less compute; the vocabulary and LM head, whose logits are what grows
+differently between the methods, stay as they are).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status (this bench needs Linux)")
 
 
-def one(method: str, length: int, threads: int) -> dict:
+def one(method: str, length: int, threads: int, layers: int = 0) -> dict:
     """One (method, length) in this process: build, collate, then measure the step."""
     import torch
     from peft import LoraConfig
@@ -59,6 +61,9 @@ def one(method: str, length: int, threads: int) -> dict:
     model_dir = resolve_student("smollm2-135m-instruct", progress=False)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if layers:  # the first `layers` decoder layers only: less compute, the same vocabulary and LM head
+        model.model.layers = model.model.layers[:layers]
+        model.config.num_hidden_layers = layers
     cfg = TrainingConfig(use_lora=True, gradient_checkpointing=True, max_seq_len=length)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                       bias="none", task_type="CAUSAL_LM")
@@ -82,17 +87,20 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     ap.add_argument("--methods", nargs="+", default=["sft", "edit", "tailored"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--layers", type=int, default=0,
+                    help="keep the first N of SmolLM2's 30 decoder layers (0: all); the vocabulary and LM head stay")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(one(args.one[0], int(args.one[1]), args.threads)), flush=True)
+        print("RESULT " + json.dumps(one(args.one[0], int(args.one[1]), args.threads, args.layers)), flush=True)
         return
 
     results = []
     for length in args.lengths:
         for method in args.methods:
-            proc = subprocess.run([sys.executable, __file__, "--one", method, str(length), "--threads", str(args.threads)],
+            proc = subprocess.run([sys.executable, __file__, "--one", method, str(length), "--threads", str(args.threads),
+                                   "--layers", str(args.layers)],
                                   capture_output=True, text=True, cwd=ROOT)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
@@ -105,8 +113,9 @@ def main() -> None:
                   f"({r['seconds']:.1f} s, loss {r['loss']:.3f})", flush=True)
 
     peak = {(r["method"], r["length"]): r.get("step_peak_bytes") for r in results}
+    depth = f"first {args.layers} of 30 decoder layers" if args.layers else "all 30 decoder layers"
     print("\nPeak memory of one training step (MiB above the process's resident set before the step), "
-          "SmolLM2-135M, CPU, float32, LoRA, gradient checkpointing")
+          f"SmolLM2-135M ({depth}, 49,152-token vocabulary), CPU, float32, LoRA, gradient checkpointing")
     head = f"{'tokens':>7} " + " ".join(f"{m:>10}" for m in args.methods)
     head += " " + " ".join(f"{m + '/sft':>13}" for m in args.methods if m != "sft")
     print(head)
