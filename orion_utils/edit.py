@@ -28,7 +28,8 @@ Pipeline (the paper's two stages, with prompts of our own; ``run_edit``):
 4. **Stage 2** key-reasoning-step learning from the stage-1 model (``train_edit_stage2``):
    α-weighted NLL of the chosen CoT's key tokens minus β-weighted NLL of the rejected CoT's key
    tokens, each normalised by its response length, with a guard on the unlikelihood term; both
-   sequences of a pair go through one forward pass (``EditTrainer``, ``edit_loss``).
+   sequences of a pair go through one forward pass (``EditTrainer``, ``edit_loss``), the LM head and the
+   cross-entropy on their labelled tokens only, in bounded memory (``lm_loss``).
 """
 
 from __future__ import annotations
@@ -222,9 +223,18 @@ def measure_key_shares(tokenizer, pairs: Sequence[DualPair], prompt_template: st
 def edit_loss(
     logits, labels, weights_chosen, weights_rejected, nll_guard: Optional[float] = 5.0
 ) -> tuple[Any, dict]:
-    """EDIT's stage-2 loss for B pairs in one batch of 2B sequences.
+    """``edit_loss_from_nll`` on the per-token NLL of ``logits`` (``token_nll``): the loss from logits
+    already made. ``EditTrainer`` computes the NLL in bounded memory instead (``labelled_nll``)."""
+    return edit_loss_from_nll(token_nll(logits, labels), labels, weights_chosen, weights_rejected, nll_guard)
 
-    Rows ``0..B-1`` of ``logits``/``labels`` are the chosen CoTs, rows ``B..2B-1`` the rejected
+
+def edit_loss_from_nll(
+    nll, labels, weights_chosen, weights_rejected, nll_guard: Optional[float] = 5.0
+) -> tuple[Any, dict]:
+    """EDIT's stage-2 loss for B pairs in one batch of 2B sequences, from their per-token NLL
+    (``nll``: [2B, T-1], float32, the NLL of ``labels[:, 1:]``, 0 where the label is -100).
+
+    Rows ``0..B-1`` of ``nll``/``labels`` are the chosen CoTs, rows ``B..2B-1`` the rejected
     ones (same pair order). ``weights_*`` are ``[B, T]`` per-token weights aligned with
     ``labels`` (already α/β-scaled: ``weights_from_ops``), 0 on the prompt and on padding.
 
@@ -238,7 +248,6 @@ def edit_loss(
     import torch
 
     n_pairs = weights_chosen.shape[0]
-    nll = token_nll(logits, labels)
     resp_len = (labels[:, 1:] != -100).sum(dim=1).clamp(min=1).to(nll.dtype)
     w_c = weights_chosen[:, 1:].to(nll.dtype)
     w_r = weights_rejected[:, 1:].to(nll.dtype)
@@ -326,16 +335,16 @@ class EditTrainer(OrionSFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels, key_weights = inputs["labels"], inputs["key_weights"]
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        nll, _ = self.labelled_nll(model, inputs)  # both rows of every pair, labelled positions only
         n_pairs = labels.shape[0] // 2
-        loss, stats = edit_loss(
-            outputs.logits, labels, key_weights[:n_pairs], key_weights[n_pairs:], nll_guard=self.nll_guard
+        loss, stats = edit_loss_from_nll(
+            nll, labels, key_weights[:n_pairs], key_weights[n_pairs:], nll_guard=self.nll_guard
         )
         nll_sum = stats.pop("chosen_nll_sum")
         if model.training:
             self.record_stats(stats)
             self.count_supervised(nll_sum, int((labels[:n_pairs, 1:] != -100).sum()))
-        return (loss, outputs) if return_outputs else loss
+        return (loss, {"token_nll": nll}) if return_outputs else loss
 
 
 def pair_rows(tokenizer, pairs: Sequence[DualPair], cfg: TrainingConfig, prompt_template: str = "{question}",
@@ -565,6 +574,7 @@ __all__ = [
     "encode_pair",
     "measure_key_shares",
     "edit_loss",
+    "edit_loss_from_nll",
     "EditCollator",
     "EditTrainer",
     "pair_rows",

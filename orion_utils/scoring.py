@@ -38,22 +38,16 @@ def logit_chunk_tokens(budget_bytes: int, vocab_size: int, dtype) -> int:
     return max(1, budget_bytes // per_token)
 
 
-_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-
-
 def _body_and_head(model):
-    """``(body, lm_head)`` of a causal LM whose logits are ``lm_head(body(...).last_hidden_state)`` (Llama,
-    Qwen2/3, Mistral, SmolLM2 ...), else None (scored through the whole model)."""
+    """``(body, lm_head)`` of a causal LM whose logits are ``lm_head(body(...).last_hidden_state)`` with a
+    plain ``Linear`` head (Llama, Qwen2/3, Mistral, SmolLM2 ...; ``lm_loss.causal_lm_parts``), else None
+    (scored through the whole model)."""
     import torch
 
-    config = getattr(model, "config", None)
-    if any(getattr(config, k, None) for k in _LOGIT_POSTPROCESSING):
-        return None
-    body = getattr(model, "base_model", None)
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if body is None or body is model or not isinstance(head, torch.nn.Linear):
-        return None
-    return body, head
+    from .lm_loss import causal_lm_parts
+
+    parts = causal_lm_parts(model)
+    return parts if parts is not None and isinstance(parts[1], torch.nn.Linear) else None
 
 
 def completion_nll(

@@ -279,20 +279,28 @@ class TailoredCollator:
 
 
 def tailored_loss(logits, hidden, batch: dict, lam: float = 0.5, margin: float = 1.0) -> tuple[Any, dict]:
-    """MLE on the anchor rows + λ · triplet loss on last-token hidden states (see ``TailoredCollator``).
-    ``hidden`` may be None when the batch has no triplet."""
+    """``tailored_loss_from_nll`` on the per-token NLL of the anchor rows' ``logits`` (``token_nll``): the
+    loss from logits already made. ``TailoredTrainer`` computes the NLL in bounded memory instead."""
+    n = int(batch["n_anchors"])
+    return tailored_loss_from_nll(token_nll(logits[:n], batch["labels"][:n]), hidden, batch, lam, margin)
+
+
+def tailored_loss_from_nll(nll, hidden, batch: dict, lam: float = 0.5, margin: float = 1.0) -> tuple[Any, dict]:
+    """MLE on the anchor rows + λ · triplet loss on last-token hidden states (see ``TailoredCollator``),
+    from the anchor rows' per-token NLL (``nll``: [n_anchors, T-1], float32, 0 where the label is -100).
+    ``hidden`` ([rows, T, H], every row of the batch) may be None when the batch has no triplet."""
     n = int(batch["n_anchors"])
     index = batch["triplet_index"]
     k = index.numel()
     labels, weights = batch["labels"][:n], batch["mle_weights"][:n]
-    nll = token_nll(logits[:n], labels)
+    nll = nll[:n]
     predicted = labels[:, 1:] != -100
     mle = (weights[:, 1:].to(nll.dtype) * nll).sum() / predicted.sum().clamp(min=1).to(nll.dtype)
     if k and hidden is not None:
         last = last_token_hidden(hidden, batch["attention_mask"])
         trip = triplet_loss(last[index], last[n : n + k], last[n + k : n + 2 * k], margin=margin)
     else:
-        trip = (logits[:0].sum() * 0.0).float()
+        trip = nll[:0].sum() * 0.0  # attached to the graph
     loss = mle + lam * trip if lam else mle
     stats = {"mle": mle.item(), "triplet": trip.item(), "n_triplets": float(k),
              "nll_sum": float((nll.detach() * predicted).sum())}
@@ -303,9 +311,11 @@ class TailoredTrainer(OrionSFTTrainer):
     """The project's SFT trainer with ``tailored_loss`` and batches from
     ``NoSameQuestionBatchSampler``; everything else is the SFT trainer's.
 
-    One forward pass over anchors, positives and negatives (``output_hidden_states=True``
-    only when the triplet term is on); the loss is a per-batch mean, so the Trainer divides it
-    by the accumulation steps."""
+    One forward pass over anchors, positives and negatives (``labelled_nll``): the LM head and the
+    cross-entropy run on the anchors' labelled tokens only, in bounded memory, and the triplet term
+    reads the hidden state ``triplet_layer`` (the last: the backbone's output, already there) only when
+    the batch has triplets. The loss is a per-batch mean, so the Trainer divides it by the accumulation
+    steps."""
 
     loss_is_scaled_for_ga = False
 
@@ -332,21 +342,15 @@ class TailoredTrainer(OrionSFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with_triplet = int(inputs["triplet_index"].numel()) > 0
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            output_hidden_states=with_triplet,
-            use_cache=False,
-        )
-        hidden = outputs.hidden_states[self.triplet_layer] if with_triplet else None
-        loss, stats = tailored_loss(outputs.logits, hidden, inputs, self.lam, self.margin)
+        nll, hidden = self.labelled_nll(model, inputs, hidden_layer=self.triplet_layer if with_triplet else None)
+        loss, stats = tailored_loss_from_nll(nll, hidden, inputs, self.lam, self.margin)
         if model.training:
             n = int(inputs["n_anchors"])
             self.count_supervised(stats.pop("nll_sum"), int((inputs["labels"][:n, 1:] != -100).sum()))
             self.record_stats(stats)
         else:
             stats.pop("nll_sum")
-        return (loss, outputs) if return_outputs else loss
+        return (loss, {"token_nll": nll}) if return_outputs else loss
 
 
 def tailored_rows(

@@ -31,7 +31,8 @@ def train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device
                announce=None):
     """TRL (+ PEFT): load the model, train (resuming from ``resume_from``), save it to ``model_tmp``."""
     model = load_model(base_model, cfg, attn, device, dtype)
-    liger = resolve_liger(device, "trl")[0] and method is None  # the methods' losses read the logits
+    # SFT only: the methods' losses run the backbone and the LM head themselves (lm_loss)
+    liger = resolve_liger(device, "trl")[0] and method is None
     lora = None if is_adapter(base_model) else _lora_config(cfg)  # an adapter base is trained as it is
     trainer = build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, lora, method,
                              liger=liger)

@@ -93,10 +93,11 @@ def resolve_attn(requested: str, device: str) -> str:
 
 
 def resolve_liger(device: str, backend: str = "trl") -> tuple[bool, str]:
-    """``(on, reason)``: Liger's fused kernels (RMSNorm, RoPE, SwiGLU, and the fused linear
-    cross-entropy that never materialises the logits of a long CoT) through TRL's
+    """``(on, reason)``: Liger's fused kernels (RMSNorm, RoPE, SwiGLU) through TRL's
     ``use_liger_kernel``, on CUDA with the TRL backend when ``liger_kernel`` is installed. Unsloth
-    brings its own kernels."""
+    brings its own kernels. The loss never materialises the logits of a long CoT either way: TRL >= 1.15
+    trains SFT through its own fused LM head (and turns Liger's fused linear cross-entropy off), and the
+    methods' losses go through ``lm_loss``."""
     if backend == "unsloth":
         return False, "unsloth uses its own kernels"
     if device != "cuda":

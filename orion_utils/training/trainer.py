@@ -1,8 +1,9 @@
 """The project's one trainer, :class:`OrionSFTTrainer` (TRL's ``SFTTrainer`` + length-grouped sampling +
 exact counts of the supervised tokens and their NLL), put on TRL's current ``SFTTrainer`` by
 :func:`sft_trainer_class`; a method's changes to it (:class:`TrainerMethod`); its arguments
-(``sft_args``) and how a run builds and runs it (``build_trainer``, ``run_trainer``); ``token_nll``
-for the methods' own losses."""
+(``sft_args``) and how a run builds and runs it (``build_trainer``, ``run_trainer``); ``token_nll``, the
+reference formula of the methods' per-token NLL (which ``OrionSFTTrainer.labelled_nll`` computes in
+bounded memory)."""
 from __future__ import annotations
 
 import contextlib
@@ -85,6 +86,16 @@ class OrionSFTTrainer:
         return loss
 
     # -- for the methods' trainers (EDIT, Tailored Learning), which override compute_loss --------
+
+    def labelled_nll(self, model, inputs: dict, hidden_layer: Optional[int] = None):
+        """One forward pass over a method's batch: ``(nll, hidden)``, the per-token NLL of
+        ``inputs["labels"][:, 1:]`` ([B, T-1], float32, 0 where -100) computed on the labelled positions
+        only, in bounded memory, and the hidden state ``hidden_layer`` (None: not asked for); see
+        ``lm_loss.forward_token_nll``. Under the run's mixed precision, as the model's own forward runs."""
+        from ..lm_loss import forward_token_nll
+
+        return forward_token_nll(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                                 hidden_layer=hidden_layer, autocast=self.accelerator.autocast())
 
     def count_supervised(self, nll_sum: float, n_tokens: int) -> None:
         """Add a training batch's summed NLL over its ``n_tokens`` likelihood tokens to the counters."""
@@ -308,7 +319,9 @@ def run_trainer(trainer, resume_from: Optional[Path]) -> float:
 
 def token_nll(logits, labels):
     """Per-token NLL (float32) of ``labels[:, 1:]`` under ``logits[:, :-1]``; 0 where the label is -100
-    (the methods' losses weight it: EDIT's key tokens, Tailored Learning's weighted MLE)."""
+    (the methods' losses weight it: EDIT's key tokens, Tailored Learning's weighted MLE). The reference
+    formula, on logits already made: the trainers compute the same values in bounded memory
+    (``OrionSFTTrainer.labelled_nll``, ``lm_loss``) without ever making the logits of a whole sequence."""
     import torch.nn.functional as F
 
     shift_logits = logits[:, :-1, :].float()

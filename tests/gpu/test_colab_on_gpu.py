@@ -58,9 +58,10 @@ QWEN25_05B = {
     "num_key_value_heads": 2, "max_position_embeddings": 32768, "vocab_size": 151936,
     "tie_word_embeddings": True, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
 }
-STAGES = ["prepare_data", "prepare_student", "teacher_cots", "error_exposure", "reflection", "sft",
-          "evaluation", "analysis"]
-GENERATING = {"error_exposure", "reflection", "evaluation"}
+STAGES = ["prepare_data", "prepare_student", "teacher_cots", "error_exposure", "reflection", "sft", "edit",
+          "tailored", "evaluation", "analysis"]
+GENERATING = {"error_exposure", "reflection", "tailored", "evaluation"}
+TRAINING = {"sft", "edit", "tailored"}
 NO_GPU = {"prepare_data", "prepare_student", "teacher_cots"}
 SLACK = 2 * GiB  # CUDA contexts (this process and the engine core's), allocator rounding
 
@@ -91,7 +92,15 @@ training:
   grad_accum: 1
   batch_size: 2
   save_steps: 1
+edit:
+  max_pairs_per_problem: 1
+tailored:
+  rounds: 1
+  exam_samples: 2
+  exam_max_new_tokens: 64
+  tailor_samples: 1
 evaluation:
+  methods: [base, sft, orion, edit, tailored]
   n_samples: 2
   max_new_tokens: 64
 analysis:
@@ -160,6 +169,9 @@ class StageMemory:
     device_peak: int = 0
     resident_peak: int = 0
     loads: list = field(default_factory=list)
+    seconds: float = 0.0
+    generated_tokens: int = 0  # completion tokens of every generation call of the stage
+    trained_tokens: int = 0  # supervised tokens of the training runs the stage finished (train_result.json)
     left_on_gpu: list = field(default_factory=list)  # (model about to load, models still on the GPU)
     engines: list = field(default_factory=list)  # what each vLLM engine reported
     output: str = ""
@@ -200,7 +212,10 @@ def colab_run(tmp_path_factory):
     cfg = load_profile(str(profile_path))
     run = RunDir(tmp / "run")
     run.write_config(cfg.to_dict())  # as `orion run` does: the analysis reads the student's prompt from it
-    return {"run": run, "cfg": cfg, "weights": weights, "done": [], "results": {}}
+    state = {"run": run, "cfg": cfg, "weights": weights, "done": [], "results": {}}
+    yield state
+    if state.get("teacher_server") is not None:
+        state["teacher_server"].stop()
 
 
 def torch_budget(stage: str, weights: int) -> int:
@@ -209,7 +224,7 @@ def torch_budget(stage: str, weights: int) -> int:
     QLoRA/LoRA training of 0.5 B parameters at 1,024 tokens x 2."""
     if stage in NO_GPU:
         return GiB // 4
-    if stage == "sft":
+    if stage in TRAINING:
         return weights + 6 * GiB
     return weights + 2 * GiB
 
@@ -231,17 +246,70 @@ def run_measured(stage: str, colab_run, monkeypatch, capsys) -> StageMemory:
             record.engines.append(engine_numbers(self))
         real_close(self)
 
+    from orion_utils import sampling
+
+    real_generate = sampling.GenerationBackend.generate
+
+    def counting_generate(self, *args, **kwargs):
+        out = real_generate(self, *args, **kwargs)
+        record.generated_tokens += sum(g.n_tokens for gens in out for g in gens)
+        return out
+
     monkeypatch.setattr(generation, "release_memory", reporting_release)
     monkeypatch.setattr(generation.VLLMBackend, "close", reporting_close)
+    monkeypatch.setattr(sampling.GenerationBackend, "generate", counting_generate)
     real_release()
     torch.cuda.reset_peak_memory_stats()
+    started, cfg = time.time(), stage_config(stage, colab_run)
     with memory.watch_resident() as watch, DeviceMemory() as device:
-        getattr(stages, stage)(colab_run["run"], colab_run["cfg"])
+        getattr(stages, stage)(colab_run["run"], cfg)
+    record.seconds = time.time() - started
+    record.trained_tokens = sum(json.loads(f.read_text()).get("n_tokens", 0)
+                                for f in colab_run["run"].root.rglob("train_result.json") if f.stat().st_mtime >= started)
     record.torch_peak = torch.cuda.max_memory_allocated()
     record.device_before, record.device_peak = device.before, device.peak
     record.resident_peak, record.loads = watch.peak, watch.loads
     record.output = capsys.readouterr().out
     return record
+
+
+def stage_config(stage: str, colab_run):
+    """The profile a stage runs with: the shrunk `colab` one; for Tailored Learning, whose teacher must
+    explain the student's mistakes (a dataset cannot), an API teacher: a local stand-in server
+    (``helpers.FakeOpenAIServer``) answering each question with the dataset's verified CoT (stage 01)."""
+    import dataclasses
+
+    cfg = colab_run["cfg"]
+    if stage != "tailored":
+        return cfg
+    server = colab_run["teacher_server"] = dataset_teacher_server(colab_run["run"])
+    teacher = dataclasses.replace(cfg.teacher, kind="api", base_url=server.base_url, model="dataset-cots",
+                                  api_key_env="", concurrency=2, timeout_s=30.0)
+    return dataclasses.replace(cfg, sections={**cfg.sections, "teacher": teacher})
+
+
+def dataset_teacher_server(run):
+    """A started ``FakeOpenAIServer`` whose reply to a prompt holding a training question is that
+    question's stage-01 CoT (thinking, solution); stopped by the module's fixture."""
+    from helpers import FakeOpenAIServer
+
+    from orion_utils.jsonl import read_jsonl
+    from orion_utils.records import Problem, TeacherTrace
+
+    question = {p.id: p.question for p in read_jsonl(run.train_problems, Problem)}
+    cots = [(question[t.problem_id], t.thinking, t.solution) for t in read_jsonl(run.teacher_traces, TeacherTrace)
+            if t.correct and t.problem_id in question]
+
+    def answer(messages):
+        text = "\n".join(str(m.get("content", "")) for m in messages)
+        for q, thinking, solution in cots:
+            if q in text:
+                return thinking, solution
+        return "no CoT for this question", "\\boxed{0}"
+
+    server = FakeOpenAIServer(answer_fn=answer)
+    server.start()
+    return server
 
 
 def add_the_teacher_cot(monkeypatch) -> None:
@@ -272,6 +340,10 @@ def test_colab_stage_on_gpu(stage, colab_run, monkeypatch, capsys):
               f"{gib(torch_budget(stage, weights))}), device peak {gib(record.device_peak)} GiB from "
               f"{gib(record.device_before)}, models at once {record.resident_peak} (loads: {record.loads}), "
               f"engines {json.dumps(record.engines)}", flush=True)
+        print(f"[gpu-tier] {stage}: {record.seconds:.1f} s, {record.generated_tokens} tokens generated "
+              f"({record.generated_tokens / max(record.seconds, 1e-9):.0f} tokens/s), {record.trained_tokens} tokens "
+              f"trained ({record.trained_tokens / max(record.seconds, 1e-9):.0f} tokens/s, load and save included)",
+              flush=True)
 
     # one model at a time, and nothing left on the GPU when a model loads
     assert record.resident_peak <= 1, record.loads
@@ -285,13 +357,15 @@ def test_colab_stage_on_gpu(stage, colab_run, monkeypatch, capsys):
     # the precision line, and the backends that are installed
     lines = [ln for ln in record.output.splitlines() if ln.startswith(("[generation] backend=", "[training] backend="))]
     dtypes = set(re.findall(r" dtype=(\w+)", "\n".join(lines)))
-    if stage in GENERATING or stage == "sft":
+    if stage in GENERATING or stage in TRAINING:
         assert lines and dtypes == {expected_dtype()}, lines
     if stage in GENERATING and VLLM:
         assert all("backend=vllm" in ln for ln in lines if ln.startswith("[generation]")), lines
         assert record.engines and all(e["dtype"] == expected_dtype() for e in record.engines)
-    if stage == "sft" and UNSLOTH:
-        assert all("backend=unsloth" in ln for ln in lines), lines
+    if stage in TRAINING and UNSLOTH:
+        assert all("backend=unsloth" in ln for ln in lines if ln.startswith("[training]")), lines
+    if stage in TRAINING:
+        assert record.trained_tokens > 0, f"{stage} trained nothing"
     if stage == "reflection":  # the scorer ran, after the engine (or with the transformers generator's model)
         refinements = [json.loads(x) for x in colab_run["run"].refinements.read_text().splitlines()]
         assert refinements and all(r["accepted"] for r in refinements if r["wrong_attempt"])
