@@ -38,6 +38,8 @@ values* (``wrong_markers``). ``refine`` accepts a candidate only when it passes,
 8. ``uncorrected``: that reflection gives no right value (a number the teacher's CoT has where the wrong
    attempt differs) within ``reflect_window`` characters of the quoted marker: a quote followed by "I see
    no mistake" is not a correction.
+9. ``judge`` (only with ``reflection.judge`` on, ``rewrite_judge``): a candidate that passed every check
+   above is shown to the teacher, which did not answer that it reflects on the error and reasons validly.
 
 The quoted marker the "reflects" check finds is also where the wrong step sits in the rewrite: the
 longest quoted wrong line (else the quoted wrong equation) is the span ``mask_wrong_step`` takes out of
@@ -52,7 +54,10 @@ from difflib import SequenceMatcher
 from typing import Optional
 
 # Checks in the order they are applied; a rejected candidate is counted under the first it fails.
-REASONS = ("unfinished", "unverified", "echo", "other problem", "low coverage", "copy", "no reflection", "uncorrected")
+# "judge": the teacher, asked about a candidate that passed every rule (``reflection.judge``, ``rewrite_judge``),
+# did not answer yes; never set by ``check_candidate``
+REASONS = ("unfinished", "unverified", "echo", "other problem", "low coverage", "copy", "no reflection", "uncorrected",
+           "judge")
 ECHO_NGRAM = 7  # words of an instruction sentence of the prompt that, found in the added text, make it an echo
 FOREIGN_MIN, MAX_FOREIGN = 5, 0.5  # "other problem": at least 5 added numbers, over half in none of the prompt's texts
 PASTED_SHARE = 0.5  # added units copied from the prompt's texts, as a share of the wrong attempt's length

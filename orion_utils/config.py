@@ -455,6 +455,9 @@ def cross_section_problems(sections: dict) -> list[str]:
     if getattr(sections.get("analysis"), "judge", False) and kind not in ("api", "local"):
         problems.append(f"analysis.judge: needs a prompted teacher (teacher.kind 'api' or 'local'), "
                         f"not teacher.kind={kind!r}")
+    if getattr(sections.get("reflection"), "judge", False) and kind not in ("api", "local"):
+        problems.append(f"reflection.judge: the judge of the rewrites needs a prompted teacher (teacher.kind 'api' "
+                        f"or 'local'), not teacher.kind={kind!r}")
     return problems
 
 

@@ -41,6 +41,7 @@ from .jsonl import read_jsonl, write_jsonl
 from .knobs import knob, validate
 from .numerics import NonFiniteError, degenerate_note
 from .records import Problem, Refinement, SFTExample, StudentAttempt
+from .rewrite_judge import judge_candidates, judge_line, judge_summary, make_rewrite_judge
 from .rundir import RunDir, chunk_seed, run_in_chunks
 from .stages import fingerprint
 
@@ -109,6 +110,10 @@ class ReflectionConfig:
     # prompt's texts pasted whole, in what the rewrite adds
     reject_echoes: bool = knob(True, "acceptance: reject rewrites that repeat the reflection prompt's headings, "
                                      "instructions or texts")
+
+    # after the rules: the profile's teacher is asked about each candidate that passed them all (rewrite_judge)
+    judge: bool = knob(False, "ask the teacher whether each rewrite that passed every rule reflects on the student's "
+                              "error and reasons validly; costs one request per such candidate")
 
     def thresholds(self):
         """The acceptance knobs, as ``acceptance.check_candidate`` takes them."""
@@ -334,6 +339,7 @@ def refine(
     cfg: ReflectionConfig,
     scorer=None,
     partials: Optional[dict] = None,
+    judge=None,
 ) -> list[Refinement]:
     """ORION's refinement: candidates, acceptance (a verified answer and ``acceptance``'s checks, each
     candidate's statistics and first failed check in ``meta["candidates"]``), selection, fallback.
@@ -347,6 +353,8 @@ def refine(
     checked; then, once all are there (a stage that holds one model at a time switches from generating to
     scoring once), the scores and the pick. ``partials`` ({step: path}): where each finished chunk is
     appended and read back from on a retry, so the refinements are the same with or without an interruption.
+    ``judge``: a teacher with ``judge_rewrites_many`` (``reflection.judge``, ``rewrite_judge``), asked in the
+    candidate step about each candidate that passed every rule; None: no judge.
     """
     if cfg.selection == "perplexity" and scorer is None:
         raise ValueError("selection='perplexity' needs a scorer giving the student's NLL of each candidate")
@@ -363,7 +371,7 @@ def refine(
             continue
         items.append(ReflectionItem(p, teacher_cots[p.id], wrong.response))
     partials, desc = partials or {}, f"reflection/{reflector.name}"
-    proposals = run_in_chunks(items, cfg.chunk_questions, lambda _, chunk: _propose(reflector, chunk, cfg),
+    proposals = run_in_chunks(items, cfg.chunk_questions, lambda _, chunk: _propose(reflector, chunk, cfg, judge),
                               partial=partials.get("candidates"), cls=Proposal, per_item=1,
                               item_id=lambda item: item.problem.id, desc=desc)
     recount = getattr(reflector, "recount", None)  # a prompt budget counts every item's prompt, read back too
@@ -376,8 +384,9 @@ def refine(
     return [refinements[p.id] for p in problems if p.id in refinements]
 
 
-def _propose(reflector: Reflector, chunk: list, cfg: ReflectionConfig) -> list[Proposal]:
-    """One chunk's candidates, sampled with the chunk's own seed, each put through ``_check``."""
+def _propose(reflector: Reflector, chunk: list, cfg: ReflectionConfig, judge=None) -> list[Proposal]:
+    """One chunk's candidates, sampled with the chunk's own seed, each put through ``_check``; those that pass
+    every check then go to the ``judge`` when there is one (``rewrite_judge.judge_candidates``)."""
     proposed = reflector.propose(chunk, cfg.m, seed=chunk_seed(cfg.seed, "reflection", [i.problem.id for i in chunk]))
     prompts = getattr(reflector, "outcomes", None) or [""] * len(chunk)
     scaffolding, out = prompt_scaffolding(REFLECTION_PROMPT), []
@@ -386,6 +395,8 @@ def _propose(reflector: Reflector, chunk: list, cfg: ReflectionConfig) -> list[P
         ref = reference(item.teacher_cot, item.wrong_attempt, item.problem.question, scaffolding)  # once per item
         out.append(Proposal(item.problem.id, [str(c) for c in candidates], [_check(item, c, cfg, ref) for c in candidates],
                             prompt))
+    if judge is not None:
+        judge_candidates(judge, chunk, [p.verdicts for p in out])
     return out
 
 
@@ -485,18 +496,22 @@ def run_reflection(
     cfg: ReflectionConfig,
     student: Optional[StudentConfig] = None,
     generation: Optional[GenerationConfig] = None,
+    teacher_cfg=None,
+    data=None,
     force: bool = False,
 ) -> dict:
     """Write ``refinements.jsonl`` and the ORION training set ``training_set_orion.jsonl``. Each reflector's
     finished chunks (``refine``) are saved as the stage goes (``RunDir.refinements_partial``, its scratch):
-    a crash or a disconnect loses at most one, and a re-run gives the same files."""
+    a crash or a disconnect loses at most one, and a re-run gives the same files. ``teacher_cfg``, ``data``:
+    the profile's teacher, the judge of the rewrites when ``cfg.judge`` is on (``rewrite_judge``); read only then."""
     student, generation = student or StudentConfig(), generation or GenerationConfig()
     if cfg.selection not in SELECTION_RULES:
         raise ValueError(f"reflection.selection must be one of {SELECTION_RULES}, got {cfg.selection!r}")
     kind = resolve_reflector_kind(cfg, student)
     if cfg.compare == kind:
         raise ValueError(f"reflection.compare: {cfg.compare!r} is this run's reflector already; name another one or ''")
-    params, models = fingerprint(run, "reflection", cfg, student, generation)
+    judged_by = (teacher_cfg, data) if cfg.judge else (None, None)  # in the fingerprint only when asked
+    params, models = fingerprint(run, "reflection", cfg, student, generation, *judged_by)
     inputs = [run.train_problems, run.teacher_sft_set, run.error_attempts, *models]
     outputs = [run.refinements, run.orion_sft_set] + ([run.reflector_comparison] if cfg.compare else [])
     partials = {k: {step: run.refinements_partial(k, step) for step in CHUNK_STEPS}
@@ -505,18 +520,19 @@ def run_reflection(
 
     def work() -> dict:
         problems, teacher_examples, teacher_cots, errors = _read_inputs(*inputs[:3])
+        judge = make_rewrite_judge(cfg, teacher_cfg, data, str(run.teacher_cache))
         model_path = run.student_model()
         template, system = student.prompt_template, student.system_prompt or None
         # One model at a time (`generation.StageModel`): the `llm` reflector's generator, then the scorer
         # (selection, mechanism), which shares a transformers generator's model and otherwise closes the
         # engine before the student loads; the toy `student` reflector samples with the same generator.
         with StageModel(model_path, generation, seed=cfg.seed) as base:
-            prompting, data = (template, system, generation.max_model_len), (problems, teacher_cots, errors)
+            prompting, inputs_ = (template, system, generation.max_model_len), (problems, teacher_cots, errors)
 
             def scorer(questions, completions):
                 return base.score(questions, completions, prompt_template=template, system=system)
 
-            refinements, summary = _reflect(kind, base, cfg, prompting, data, scorer, partials[kind])
+            refinements, summary = _reflect(kind, base, cfg, prompting, inputs_, scorer, partials[kind], judge)
             write_jsonl(outputs[0], refinements)
             by_id = {e.problem_id: e for e in teacher_examples}
             write_jsonl(outputs[1], [
@@ -527,11 +543,17 @@ def run_reflection(
             ])
             if cfg.compare:  # the same wrong attempts (``refine`` draws them with the same seed), never trained on
                 print(f"[reflection] compare: reflector {cfg.compare} on the same wrong attempts (not trained on)")
-                compared, summary["compare"] = _reflect(cfg.compare, base, cfg, prompting, data, scorer,
-                                                        partials[cfg.compare])
+                compared, summary["compare"] = _reflect(cfg.compare, base, cfg, prompting, inputs_, scorer,
+                                                        partials[cfg.compare], judge)
                 write_jsonl(outputs[2], compared)
         for path in scratch:
             path.unlink(missing_ok=True)
+        if judge is not None:  # what the judge's requests cost: the report's teacher bill adds it up
+            from .budget import prompt_budget
+            from .collection import teacher_usage
+
+            budgets = {**summary.get("prompt_budget", {}), **prompt_budget(judge).get("prompt_budget", {})}
+            summary.update({"prompt_budget": budgets, **teacher_usage(judge)})
         return summary
 
     return run.run_stage("reflection", params, inputs, outputs, work, force=force, stage_hint="02_error_exposure",
@@ -539,15 +561,15 @@ def run_reflection(
 
 
 def _reflect(kind: str, base: StageModel, cfg: ReflectionConfig, prompting: tuple, data: tuple,
-             scorer, partials: Optional[dict] = None) -> tuple[list[Refinement], dict]:
+             scorer, partials: Optional[dict] = None, judge=None) -> tuple[list[Refinement], dict]:
     """One reflector of ``kind`` over the stage's wrong attempts (``data``: questions, teacher CoTs by
     question, wrong attempts by question): its refinements, and what the manifest keeps of it (name,
     acceptance rate, acceptance checks, mechanism, prompt budget), each printed as a stage line.
-    ``partials``: where ``refine`` saves its finished chunks ({step: path})."""
+    ``partials``: where ``refine`` saves its finished chunks ({step: path}); ``judge``: the rewrite judge or None."""
     problems, teacher_cots, errors = data
     reflector = _make_reflector(kind, base, cfg, *prompting)
     try:
-        refinements = refine(problems, teacher_cots, errors, reflector, cfg, scorer, partials)
+        refinements = refine(problems, teacher_cots, errors, reflector, cfg, scorer, partials, judge)
     finally:
         if isinstance(reflector, StudentReflector):
             reflector.close()
@@ -558,10 +580,11 @@ def _reflect(kind: str, base: StageModel, cfg: ReflectionConfig, prompting: tupl
           f"questions with a student error; {degenerate_note(texts, 'candidate rewrites')}")
     checks = acceptance_summary(refinements, cfg.mask_wrong_step)
     print(f"[reflection] {acceptance_line(checks)}")
+    print(f"[reflection] {judge_line(judge_summary(refinements), judge is not None)}")
     mechanism = mechanism_perplexity(refinements, {p.id: p.question for p in problems}, scorer)
     _print_mechanism(mechanism)
     return refinements, {"reflector": reflector.name, "acceptance_rate": rate, "mechanism": mechanism,
-                         "acceptance": checks, **budget}
+                         "acceptance": checks, **budget, **({"judge": judge_summary(refinements)} if judge is not None else {})}
 
 
 def _read_inputs(problems_path, teacher_set_path, errors_path) -> tuple:

@@ -272,7 +272,8 @@ def edit_pairs_section(run: RunDir) -> list[str]:
 def teacher_bill_lines(run: RunDir) -> list[str]:
     """What the teacher cost the whole run (``accounting.run_bill``): the replies in its one cache (the top
     run's ``teacher_cache``, shared by every seed and student), each paid once, by request kind; and how
-    many requests of stages 01, 05 and 06 the cache answered instead. [] without a paid (api) teacher."""
+    many requests of stages 01, 03 (reflection.judge), 05 and 06 the cache answered instead. [] without a paid
+    (api) teacher."""
     from .teachers.api.accounting import Prices, run_bill
     from .teachers.cache import CACHE_FILENAME, TeacherCache
 
@@ -296,7 +297,8 @@ def teacher_bill_lines(run: RunDir) -> list[str]:
             "| request | paid requests | prompt tokens | output tokens | USD |", "|---|---:|---:|---:|---:|",
             *[f"| {k} | {r['requests']} | {r['prompt_tokens']:,} | {r['completion_tokens']:,} | {usd(r['cost_usd'])} |"
               for k, r in rows], "",
-            (f"The latest run of stages 01, 05 and 06 in each took {st['cache_hits']} replies from the cache "
+            (f"The latest run of stages 01, 03 (with `reflection.judge`), 05 and 06 in each took {st['cache_hits']} "
+             "replies from the cache "
              f"(paid for nothing) and {st['requests_succeeded']} from new requests ({st['requests_sent']} attempts, "
              f"{st['failures']} failed after their last retry, {st['discarded_replies']} malformed replies billed "
              "and discarded)."), ""]

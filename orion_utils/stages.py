@@ -26,7 +26,7 @@ READS: dict[str, tuple[str, ...]] = {
     "prepare_student": ("student", "toy_student", "toy_pretrain", "toy_domain", "data"),
     "teacher_cots": ("teacher", "data", "training", "student"),
     "error_exposure": ("exposure", "generation", "student", "training"),
-    "reflection": ("reflection", "student", "generation"),
+    "reflection": ("reflection", "student", "generation", "teacher", "data"),  # teacher, data: reflection.judge
     "sft": ("training", "student"),
     "edit": ("edit", "training", "teacher", "data", "student"),
     "tailored": ("tailored", "teacher", "data", "generation", "student"),
@@ -57,16 +57,30 @@ NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
 # stage → the modules whose ``PROMPTS`` (the prompt texts, or a stand-in for texts written in code) it sends
 PROMPTS: dict[str, tuple[str, ...]] = {
     "teacher_cots": ("teachers.prompts",),
-    "reflection": ("reflection", "toy.reflect"),
+    "reflection": ("reflection", "toy.reflect", "teachers.prompts"),  # teachers.prompts: the rewrite judge's
     "edit": ("teachers.prompts",),
     "tailored": ("teachers.prompts", "toy.reflect"),
     "analysis": ("teachers.prompts",),  # the step-consistency judge's
 }
 
 
-def prompts_hash(stage: str) -> dict:
-    """One hash per module listed in ``PROMPTS[stage]``: editing a prompt reruns the stages that send it."""
-    return {name: stable_hash(importlib.import_module(f"{__package__}.{name}").PROMPTS) for name in PROMPTS.get(stage, ())}
+# (stage, module of PROMPTS) → the section that sends that module's prompts: they count only when the stage
+# is given that section (a stage passes None for one it does not read under its settings)
+PROMPTS_SENT_WITH: dict[tuple[str, str], str] = {
+    ("reflection", "teachers.prompts"): "teacher",  # reflection.judge on: the teacher judges the rewrites
+}
+
+
+def prompts_hash(stage: str, given: Optional[dict] = None) -> dict:
+    """One hash per module listed in ``PROMPTS[stage]``: editing a prompt reruns the stages that send it.
+    ``given``: the sections the stage was given (None: all); a module of ``PROMPTS_SENT_WITH`` counts only
+    when its section is there."""
+    def sent(name: str) -> bool:
+        section = PROMPTS_SENT_WITH.get((stage, name))
+        return given is None or section is None or given.get(section) is not None
+
+    names = [name for name in PROMPTS.get(stage, ()) if sent(name)]
+    return {name: stable_hash(importlib.import_module(f"{__package__}.{name}").PROMPTS) for name in names}
 
 
 def _section_params(stage: str, name: str, section: Any) -> Any:
@@ -89,7 +103,7 @@ def fingerprint(run: Optional[RunDir], stage: str, *sections: Any) -> tuple[dict
         raise ValueError(f"stage {stage!r} reads {names}; got {len(sections)} sections")
     given = dict(zip(names, sections))
     params = {name: _section_params(stage, name, given.get(name)) for name in names}
-    params["prompts"] = prompts_hash(stage)
+    params["prompts"] = prompts_hash(stage, given)
     models = run.student_inputs() if run is not None and given.get("student") is not None and stage != "prepare_student" else []
     return params, models
 

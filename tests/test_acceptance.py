@@ -137,7 +137,7 @@ def test_summary_counts_reasons_and_never_claims_masking_it_did_not_do():
     r = _refine([TEACHER, REFLECTS, REFLECTS.replace("72", "70")])
     s = acceptance_summary([r])
     assert s["rejected"] == {"unfinished": 0, "unverified": 1, "echo": 0, "other problem": 0, "low coverage": 0, "copy": 1,
-                             "no reflection": 0, "uncorrected": 0}
+                             "no reflection": 0, "uncorrected": 0, "judge": 0}
     assert set(s["rejected"]) == set(REASONS) and s["masked"] == 1
     assert "masked in 1 of 1" in acceptance_line(s)
     off = acceptance_summary([r], mask_wrong_step=False)

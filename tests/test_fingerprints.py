@@ -89,7 +89,9 @@ CASES = {
     "reflection": ([("model",), ("set", {"reflection": {"m": 3}}), ("set", {"generation": {"batch_size": 3}}),
                     ("prompt", "reflection"), ("prompt", "toy.reflect")],
                    [("set", {"exposure": {"k": 3}}), ("set", {"training": {"max_steps": 9}}),
-                    ("set", {"reflection": {"chunk_questions": 5}})]),
+                    ("set", {"reflection": {"chunk_questions": 5}}),
+                    # the teacher and its prompts count only with reflection.judge on (tests/test_rewrite_judge.py)
+                    ("set", {"teacher": {"error_rate": 0.3}}), ("prompt", "teachers.prompts")]),
     "sft": ([("model",), ("set", {"training": {"max_steps": 9}}), ("set", {"student": {"system_prompt": "x"}})],
             [("set", {"reflection": {"m": 3}}), ("set", {"generation": {"batch_size": 3}}),
              ("set", {"training": {"report_to": "tensorboard"}})]),

@@ -330,13 +330,48 @@ def parse_judge_score(text: str) -> Optional[float]:
     return min(k, n) / n if n else None
 
 
+REWRITE_JUDGE_TEMPLATE = """A student attempted a math problem and made a mistake. It then rewrote a correct worked solution so that it reflects on its own mistake. Judge the rewrite.
+
+## Problem
+{question}
+
+## The student's wrong attempt
+{wrong_attempt}
+
+## The rewrite to judge
+{rewrite}
+
+Answer two questions about the rewrite. Does it reflect on the student's error: does it point to the wrong step of the attempt, say why that step is wrong and give the correct step? Is its reasoning valid from start to end: right arithmetic, no contradiction, no unjustified jump, the final answer following from it?
+Write <verdict>yes</verdict> if both answers are yes, else <verdict>no</verdict>, then one sentence saying why inside <reason></reason>."""
+
+_VERDICT = re.compile(r"<verdict>\s*(yes|no)\s*</verdict>", re.IGNORECASE)
+_REASON = re.compile(r"<reason>(.*?)</reason>", re.IGNORECASE | re.DOTALL)
+
+
+def rewrite_judge_messages(question: str, wrong_attempt: str, rewrite: str,
+                           system: Optional[str] = None) -> list[dict]:
+    """The rewrite judge (``reflection.judge``): does a stage-03 rewrite reflect on the error and reason validly?"""
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": REWRITE_JUDGE_TEMPLATE.format(
+        question=question, wrong_attempt=wrong_attempt, rewrite=rewrite)}]
+
+
+def parse_verdict(text: str) -> tuple[Optional[str], str]:
+    """("yes" | "no", reason) from the judge's last verdict tag and last reason tag; (None, "") without a verdict."""
+    verdicts = _VERDICT.findall(text or "")
+    if not verdicts:
+        return None, ""
+    reasons = _REASON.findall(text or "")
+    return verdicts[-1].lower(), (reasons[-1].strip() if reasons else "")
+
+
 @dataclass
 class CompletionRequest:
     """One chat request; ``sample_index`` makes the n samples of one prompt distinct requests."""
 
     messages: list[dict]
     sample_index: int = 0
-    kind: str = "collect"  # collect | rectify | corrupt | tailor
+    kind: str = "collect"  # collect | rectify | corrupt | tailor | judge | judge_rewrite
     problem_id: str = ""
 
 
@@ -546,6 +581,26 @@ class PromptedTeacher:
                 scores[keep[j]] = score if score is not None else parse_judge_score(completion.thinking)
         return scores
 
+    def judge_rewrites_many(self, items: Sequence[tuple[str, str, str]]) -> list[dict]:
+        """The rewrite judge over (question, wrong attempt, rewrite) triples: per item ``{"verdict", "reason"}``,
+        the verdict "yes" or "no" as the teacher wrote it, else "unparseable" (no verdict tag), "failed"
+        (the request failed after every retry) or "left out" (the prompt does not fit the teacher's budget;
+        the wrong attempt's middle is cut first, the rewrite never)."""
+        fitted = [self._fit("judge_rewrite", lambda shown, q=q, r=r: rewrite_judge_messages(
+            q, shown[0], r, self.system_prompt), [w]) for q, w, r in items]
+        keep = [i for i, f in enumerate(fitted) if f.messages is not None]
+        requests = [CompletionRequest(fitted[i].messages, 0, "judge_rewrite") for i in keep]
+        out = [{"verdict": "left out", "reason": ""} for _ in items]
+        for i in keep:
+            out[i] = {"verdict": "failed", "reason": ""}
+        for j, completion in (self._iter_complete(requests) if requests else ()):
+            if completion is not None:
+                verdict, reason = parse_verdict(completion.solution)
+                if verdict is None:
+                    verdict, reason = parse_verdict(completion.thinking)
+                out[keep[j]] = {"verdict": verdict or "unparseable", "reason": reason}
+        return out
+
     def _one(self, traces: list[Optional[TeacherTrace]], what: str, problem: Problem) -> TeacherTrace:
         if traces and traces[0] is LEFT_OUT:
             raise TeacherRequestFailed(f"{what} prompt for problem {problem.id!r} does not fit the teacher's "
@@ -573,4 +628,5 @@ class PromptedTeacher:
 # Every text above that a teacher is sent: its hash is in the fingerprint of each stage that prompts a
 # teacher (``stages.PROMPTS``), so editing one reruns them.
 PROMPTS = (COLLECT_TEMPLATE, BOXED_INSTRUCTION, RECTIFY_TEMPLATE, RECTIFY_TEMPLATE_NO_WRONG, CORRUPT_TEMPLATE,
-           DEMONSTRATION_TEMPLATE, DEFAULT_CONTRASTIVE_DEMOS, TAILOR_TEMPLATE, ATTEMPT_TEMPLATE, JUDGE_TEMPLATE)
+           DEMONSTRATION_TEMPLATE, DEFAULT_CONTRASTIVE_DEMOS, TAILOR_TEMPLATE, ATTEMPT_TEMPLATE, JUDGE_TEMPLATE,
+           REWRITE_JUDGE_TEMPLATE)
