@@ -26,7 +26,7 @@ from orion_utils.records import Problem, StudentAttempt
 from orion_utils.reflection import ReflectionConfig, refine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers.long_rewrites import EXPECTED, candidates, load_cases  # noqa: E402
+from helpers.long_rewrites import EXPECTED, Fixed, candidates, load_cases  # noqa: E402
 
 
 def quantiles(xs) -> str:
@@ -36,18 +36,6 @@ def quantiles(xs) -> str:
     def q(p):
         return xs[min(len(xs) - 1, int(p * len(xs)))]
     return f"n={len(xs)} min {xs[0]:.3f} p10 {q(.1):.3f} median {statistics.median(xs):.3f} p90 {q(.9):.3f} max {xs[-1]:.3f}"
-
-
-class Fixed:
-    """A reflector proposing given texts per question (the candidates of one kind)."""
-
-    name = "llm"
-
-    def __init__(self, by_id: dict):
-        self.by_id = by_id
-
-    def propose(self, items, m, seed=None):
-        return [self.by_id[i.problem.id] for i in items]
 
 
 def judge_kind(cases, items, cfg: ReflectionConfig) -> list[dict]:

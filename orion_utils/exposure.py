@@ -12,7 +12,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from .config import GenerationConfig, StudentConfig, TrainingConfig
 from .grading import grade
@@ -110,21 +110,26 @@ def sample_and_grade(
                                   seed=chunk_seed(cfg.seed, "exposure", [p.id for p in chunk]))
         outputs = generator.generate([p.question for p in chunk], sampling, prompt_template=student.prompt_template,
                                      system=student.system_prompt or None, desc="sampling")
-        attempts = []
-        for problem, generations in zip(chunk, outputs):
-            for i, g in enumerate(generations):
-                result, cut_off = grade(g.text, problem.answer), is_unfinished(g.finish_reason)
-                attempts.append(StudentAttempt(
-                    problem_id=problem.id, sample_index=i, response=g.text, answer=result.predicted,
-                    correct=result.correct and not cut_off, model=model_name, reason=result.reason,
-                    meta={"n_tokens": g.n_tokens, "finish_reason": g.finish_reason},
-                    unfinished=cut_off,
-                ))
-        return attempts
+        return graded_attempts(chunk, outputs, model_name)
 
     with StageModel(model_path, generation, seed=cfg.seed) as student_model:
         return run_in_chunks(problems, cfg.chunk_questions, sample, partial=partial_path, cls=StudentAttempt,
                              per_item=cfg.k, desc="error exposure")
+
+
+def graded_attempts(problems: Sequence[Problem], outputs, model_name: str, grader=grade) -> list[StudentAttempt]:
+    """Each problem's sampled generations graded as ``StudentAttempt`` records (exposure and Tailored Learning's
+    exams): one cut off at the token limit is unfinished (``sampling.is_unfinished``) and never correct."""
+    attempts = []
+    for problem, generations in zip(problems, outputs):
+        for i, g in enumerate(generations):
+            result, cut_off = grader(g.text, problem.answer), is_unfinished(g.finish_reason)
+            attempts.append(StudentAttempt(
+                problem_id=problem.id, sample_index=i, response=g.text, answer=result.predicted,
+                correct=result.correct and not cut_off, model=model_name, reason=result.reason,
+                meta={"n_tokens": g.n_tokens, "finish_reason": g.finish_reason}, unfinished=cut_off,
+            ))
+    return attempts
 
 
 def run_error_exposure(

@@ -108,8 +108,8 @@ def run_exam(
     In chunks of ``cfg.exam_chunk_questions`` questions (``rundir.run_in_chunks``), each sampled with
     ``rundir.chunk_seed(cfg.seed, "exam", its question ids)``; ``partial``: where each finished chunk is
     appended and read back from on a retry, so the attempts are the same with or without an interruption."""
+    from .exposure import graded_attempts
     from .generation import SamplingConfig
-    from .sampling import is_unfinished
 
     def sit(index: int, chunk: list[Problem]) -> list[StudentAttempt]:
         sampling = SamplingConfig(n=cfg.exam_samples, temperature=cfg.exam_temperature, top_p=cfg.exam_top_p,
@@ -117,16 +117,7 @@ def run_exam(
                                   seed=chunk_seed(cfg.seed, "exam", [p.id for p in chunk]))
         outputs = generator.generate([p.question for p in chunk], sampling, prompt_template=prompt_template,
                                      system=system)
-        attempts = []
-        for problem, generations in zip(chunk, outputs):
-            for i, g in enumerate(generations):
-                result, cut_off = grader(g.text, problem.answer), is_unfinished(g.finish_reason)
-                attempts.append(StudentAttempt(
-                    problem_id=problem.id, sample_index=i, response=g.text, answer=result.predicted,
-                    correct=result.correct and not cut_off, model=model_name, reason=result.reason,
-                    meta={"n_tokens": g.n_tokens, "finish_reason": g.finish_reason}, unfinished=cut_off,
-                ))
-        return attempts
+        return graded_attempts(chunk, outputs, model_name, grader)
 
     return run_in_chunks(problems, cfg.exam_chunk_questions, sit, partial=partial, cls=StudentAttempt,
                          per_item=cfg.exam_samples, desc=f"exam/{model_name}")

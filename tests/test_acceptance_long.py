@@ -8,25 +8,13 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers.long_rewrites import EXPECTED, TRACES, candidates, load_cases
+from helpers.long_rewrites import EXPECTED, TRACES, Fixed, candidates, load_cases
 
 from orion_utils.acceptance import REASONS
 from orion_utils.records import Problem, StudentAttempt
 from orion_utils.reflection import ReflectionConfig, refine
 
 N_TRACES = 40
-
-
-class Fixed:
-    """A reflector proposing given texts per question (the candidates under test), as ``reflection.Reflector``."""
-
-    name = "llm"
-
-    def __init__(self, by_id: dict):
-        self.by_id = by_id
-
-    def propose(self, items, m, seed=None):
-        return [self.by_id[i.problem.id] for i in items]
 
 
 @pytest.fixture(scope="module")

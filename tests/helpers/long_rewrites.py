@@ -209,3 +209,15 @@ def candidates(cases: list[Case]) -> dict[str, list[tuple[Case, str]]]:
         out["cut after reflection"].append((case, cut_after_reflection(case)))
         out["other question"].append((case, other_question(case, cases[(i + 1) % len(cases)])))
     return out
+
+
+class Fixed:
+    """A reflector proposing given texts per question (the candidates under test), as ``reflection.Reflector``."""
+
+    name = "llm"
+
+    def __init__(self, by_id: dict):
+        self.by_id = by_id
+
+    def propose(self, items, m, seed=None):
+        return [self.by_id[i.problem.id] for i in items]
