@@ -278,16 +278,29 @@ def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log
             continue
         print(f"[orion] ({i}/{total}) {nb.stem} ...", flush=True)
         try:
-            pm.execute_notebook(
-                str(nb), str(out), parameters=notebook_parameters(profile, run_path.resolve(), force),
-                kernel_name="python3", progress_bar=False, log_output=log_output, cwd=str(nb.parent),
-            )
+            for attempt in range(1, KERNEL_START_TRIES + 1):
+                try:
+                    pm.execute_notebook(
+                        str(nb), str(out), parameters=notebook_parameters(profile, run_path.resolve(), force),
+                        kernel_name="python3", progress_bar=False, log_output=log_output, cwd=str(nb.parent),
+                    )
+                    break
+                except RuntimeError as exc:  # the kernel never started: no cell ran, so starting again is safe
+                    if "Kernel died before replying to kernel_info" not in str(exc) or attempt == KERNEL_START_TRIES:
+                        raise
+                    print(f"[orion] ({i}/{total}) {nb.stem}: its kernel did not start ({exc}); starting it again",
+                          flush=True)
         except pm.PapermillExecutionError as exc:
             raise NotebookFailed(
                 f"{nb.name} failed in cell {exc.cell_index} (execution count {exc.exec_count}): "
                 f"{exc.ename}: {exc.evalue}\nthe executed notebook with the traceback is {out}"
             ) from None
         print(f"[orion] ({i}/{total}) {nb.stem} done in {time.time() - t0:.0f}s", flush=True)
+
+
+# A kernel whose ports another process took between jupyter_client choosing and binding them dies before it
+# answers ("Address already in use"): with notebooks or seeds run side by side this happens now and then.
+KERNEL_START_TRIES = 3
 
 
 def _parser() -> argparse.ArgumentParser:

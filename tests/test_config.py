@@ -247,3 +247,33 @@ def test_paper_profile_compares_every_method_on_the_same_questions():
     # the baselines inherit the training stack's length rule, so the question set holds for them too
     assert cfg.edit.max_seq_len == cfg.tailored.max_seq_len == cfg.training.max_seq_len
     assert cfg.analysis.bootstrap_resamples > 0 and cfg.analysis.decide_max_width_points > cfg.analysis.margin_points
+
+
+def test_a_kernel_that_does_not_start_is_started_again(tmp_path, monkeypatch, capsys):
+    """Notebooks and seeds run side by side: a kernel whose ports another process took dies before it
+    answers ("Kernel died before replying to kernel_info"); no cell ran, so the runner starts it again
+    (up to KERNEL_START_TRIES), and any other error is raised at once."""
+    import papermill as pm
+
+    from orion_utils import runner
+
+    calls = []
+
+    def flaky(path, out, **kwargs):
+        calls.append(Path(path).name)
+        if len(calls) == 1:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(pm, "execute_notebook", flaky)
+    nb = Path(runner.__file__).resolve().parents[1] / "notebooks" / "00_setup_and_data.ipynb"
+    runner._execute(load_profile("smoke"), tmp_path, [nb], False, False, "")
+    assert calls == [nb.name, nb.name] and "starting it again" in capsys.readouterr().out
+
+    def broken(path, out, **kwargs):
+        calls.append("broken")
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(pm, "execute_notebook", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        runner._execute(load_profile("smoke"), tmp_path, [nb], False, False, "")
+    assert calls.count("broken") == 1

@@ -682,7 +682,7 @@ def test_method_sections_extend_the_sft_section():
     assert prof.edit.lora_r == 8 and prof.tailored.lora_r == 8 and prof.tailored.learning_rate == 1e-3
     assert prof.edit.learning_rate == 2e-3 and prof.training.learning_rate == 1e-3  # a method's own value wins
     assert {f for f in EditConfig.__dataclass_fields__} - set(TrainingConfig.__dataclass_fields__) == {
-        "pair_source", "max_pairs_per_problem", "alpha", "beta", "nll_guard"}
+        "pair_source", "max_pairs_per_problem", "alpha", "beta", "nll_guard", "max_key_share"}
     assert {f for f in TailoredConfig.__dataclass_fields__} - set(TrainingConfig.__dataclass_fields__) == {
         "rounds", "exam_samples", "exam_temperature", "exam_top_p", "exam_max_new_tokens", "teacher_samples",
-        "tailor_samples", "max_wrong_shown", "prefix_weight", "lam", "margin", "triplet_layer"}
+        "tailor_samples", "max_wrong_shown", "prefix_weight", "lam", "margin", "triplet_layer", "exam_chunk_questions"}
