@@ -127,7 +127,8 @@ def check_common(run_dir: Path, profile: dict) -> dict:
     for method in ("sft", "orion"):
         result = json.loads((run_dir / "models" / method / "train_result.json").read_text())
         assert result["config"]["use_lora"] and result["config"]["overlong"] == "drop"
-        assert (run_dir / "models" / method / "model" / "config.json").is_file()
+        model = run_dir / "models" / method / "model"  # LoRA: the adapter, not a merged copy (training.merge_lora)
+        assert (model / "adapter_config.json").is_file() and not (model / "config.json").exists()
     assert "report.md" in {p.name for p in run_dir.iterdir()}
     return manifest
 

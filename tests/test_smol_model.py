@@ -117,7 +117,8 @@ def test_short_pipeline_on_gsm8k(smol_dir, tmp_path, monkeypatch):
     run_prepare_student(run, student)
     assert run.student_model() == smol_dir
     run_collection(run, TeacherConfig(kind="dataset"), data)
-    run_error_exposure(run, ExposureConfig(k=2, max_new_tokens=48), gen, student)
+    # 48 tokens cut most attempts off: they are the errors reflected on here (exposure.unfinished_as_errors)
+    run_error_exposure(run, ExposureConfig(k=2, max_new_tokens=48, unfinished_as_errors=True), gen, student)
     attempts, errors, _ = load_exposure(run)
     assert len(attempts) == 6 and errors, "a 135M student should get some GSM8K question wrong"
     run_reflection(run, ReflectionConfig(reflector="llm", m=2, max_new_tokens=64, selection="shortest"), student, gen)
