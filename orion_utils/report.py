@@ -146,8 +146,10 @@ def acceptance_section(run: RunDir) -> list[str]:
     length = (f" The chosen rewrites are {s['chosen_chars']:.0f} characters long on average, their teacher CoTs "
               f"{s['teacher_chars']:.0f}." if s["chosen"] else "")
     return ["### Acceptance checks", "",
-            ("A candidate is accepted when its answer verifies, it quotes the wrong attempt near reflection "
-             "language, it keeps the teacher's derived values and it is not a near-copy of the teacher's CoT "
+            ("A candidate is judged by what it adds to or changes in the teacher's CoT: it is accepted when it "
+             "finished, its answer verifies, the added text is no echo of the prompt nor another problem's "
+             "solution, it carries on to the end with the teacher's derived values, it adds more than a copy "
+             "would, and it quotes the wrong step near reflection language and gives the correction "
              "(README, \"Acceptance of a rewrite\"). "
              f"Of {s['candidates']} candidates, {s['accepted_candidates']} passed every check; rejected, by the "
              f"first check failed: {rejected}. {masked}.{length}"), ""]
