@@ -188,6 +188,7 @@ def test_an_assistant_prefix_is_continued_as_on_transformers(engine, hf, model):
     rule-written beginning there, gives the same rewrites through vLLM as through transformers."""
     from types import SimpleNamespace
 
+    from orion_utils.acceptance import Unfinished
     from orion_utils.records import Problem
     from orion_utils.reflection import ReflectionConfig, ReflectionItem, StudentReflector
 
@@ -210,7 +211,9 @@ def test_an_assistant_prefix_is_continued_as_on_transformers(engine, hf, model):
     on_vllm = Prefixed(engine, reflection).propose(items, 2)
     assert on_vllm == Prefixed(hf, reflection).propose(items, 2)
     assert on_vllm[0] == [engine.tokenizer.decode(ref[:j])] * 2
-    assert on_vllm[1] == [prefixes[1] + g.text for g in got[1] * 2 if g.finish_reason == "stop"]
+    # a rewrite cut off at max_new_tokens is kept, marked unfinished (counted among stage 03's rejections)
+    assert on_vllm[1] == [prefixes[1] + g.text for g in got[1] * 2]
+    assert [isinstance(c, Unfinished) for c in on_vllm[1]] == [g.finish_reason == "length" for g in got[1] * 2]
 
 
 def test_close_frees_the_engine(engine):
