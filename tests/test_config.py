@@ -110,7 +110,12 @@ def _seed_notebook(path, fail_on_seed=None):
             "seed = overrides['training']['seed']\n"
             f"if seed == {fail_on_seed!r}:\n    raise RuntimeError('seed failed')\n"
             "Path(run_dir, 'seed.txt').write_text(f\"{seed} {os.getpid()} {time.time()}\")\n"
-            "time.sleep(2)\nPath(run_dir, 'done.txt').write_text(str(time.time()))")
+            # seeds 1 and 2 end only once the other has started: they finish only if they ran at the same time
+            "other, t0 = Path(run_dir).parent / f'seed_{3 - seed}' / 'seed.txt', time.time()\n"
+            "while not other.exists():\n"
+            "    assert time.time() - t0 < 120, 'not run at the same time as the other seed'\n"
+            "    time.sleep(0.1)\n"
+            "Path(run_dir, 'done.txt').write_text(str(time.time()))")
     nb = nbformat.v4.new_notebook(cells=[params, nbformat.v4.new_code_cell(body)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
