@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from helpers import FakeOpenAIServer
-from test_acceptance import _stage_03_inputs
+from test_acceptance import QUESTION, REFLECTS, TEACHER, WRONG, Fixed, _stage_03_inputs  # the same short case
 from test_fingerprints import _small_run
 
 from orion_utils import stages
@@ -23,13 +23,6 @@ from orion_utils.rundir import RunDir
 from orion_utils.teachers.api import APITeacher
 from orion_utils.teachers.prompts import parse_verdict, rewrite_judge_messages
 
-QUESTION = "Natalia sold 48 clips in April and half as many in May. How many clips did she sell in all?"
-TEACHER = ("<think>\nIn May she sold 48 / 2 = 24 clips.\nIn all she sold 48 + 24 = 72 clips.\n</think>\n\n"
-           "She sold \\boxed{72} clips.")
-WRONG = "In May she sold 48 * 2 = 96 clips.\nIn all she sold 48 + 96 = 144 clips.\nThe answer is \\boxed{144}."
-REFLECTS = ("<think>\nIn May she sold half as many as in April.\nIn May she sold 48 * 2 = 96 clips.\n"
-            "Wait, that is wrong: half as many means dividing, so 48 / 2 = 24 clips.\n"
-            "In all she sold 48 + 24 = 72 clips.\n</think>\n\nShe sold \\boxed{72} clips.")
 # passes every rule too, but the judge is told to say no to it
 DOUBTFUL = REFLECTS.replace("Wait, that is wrong: half as many means dividing",
                             "Wait, that is wrong: I simply feel it should be smaller")
@@ -44,18 +37,6 @@ def _judge_reply(messages):
     if "Hmm, let me check" in text:
         return "read it", "Looks fine to me."
     return "read it", "<verdict>yes</verdict><reason>It quotes 48 * 2 and corrects it to 48 / 2.</reason>"
-
-
-class Fixed:
-    """A reflector proposing given texts (the candidates under test), as ``reflection.Reflector``."""
-
-    name = "llm"
-
-    def __init__(self, texts):
-        self.texts = texts
-
-    def propose(self, items, m, seed=None):
-        return [list(self.texts) for _ in items]
 
 
 def _teacher(server, tmp_path) -> APITeacher:
