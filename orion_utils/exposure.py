@@ -21,7 +21,7 @@ from .knobs import knob, validate
 from .numerics import degenerate_note, n_degenerate
 from .records import Problem, SFTExample, StudentAttempt, text_key
 from .rundir import RunDir, chunk_seed, run_in_chunks
-from .sampling import is_unfinished  # the one cut-off rule; importable from here too
+from .sampling import is_unfinished  # the one cut-off rule
 from .stages import fingerprint
 
 EXPOSURE_SOURCES = ("base", "primed")
