@@ -1,6 +1,6 @@
 """Stage 03's acceptance checks: does a candidate rewrite reflect on the student's error, or only echo?
 
-The reflection prompt (``reflection.REFLECTION_PROMPT``) shows the question, the teacher's CoT (which
+The reflection prompt (``reflection_prompt.REFLECTION_PROMPT``) shows the question, the teacher's CoT (which
 ends in ``\\boxed{gold}``) and the student's wrong attempt, and asks for the teacher's CoT rewritten
 with, at the wrong step, an explicit reflection on the mistake. The normal good answer on a long CoT is
 the teacher's CoT with one reflection paragraph inserted (or a line replaced); so the checks judge
@@ -377,9 +377,9 @@ class Scaffolding:
 
 def prompt_scaffolding(template: Optional[str] = None) -> Scaffolding:
     """The headings and instruction word runs of a prompt template (its literal text, placeholders left
-    out); the default is ``reflection.REFLECTION_PROMPT``, so editing the prompt keeps detection right."""
+    out); the default is ``reflection_prompt.REFLECTION_PROMPT``, so editing the prompt keeps detection right."""
     if template is None:
-        from .reflection import REFLECTION_PROMPT as template
+        from .reflection_prompt import REFLECTION_PROMPT as template
     literal = [text for text, _, _, _ in string.Formatter().parse(template)]
     headings, grams = [], set()
     for part in literal:

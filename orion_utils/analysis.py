@@ -78,7 +78,7 @@ from .numerics import NonFiniteError
 from .records import EvalSample
 from .report import DEFINITIONS, write_report
 from .rundir import RunDir
-from .stages import fingerprint
+from .stage_specs import fingerprint
 from .stats import (
     INTERVAL_METRICS,
     aggregate_metrics,
@@ -314,6 +314,13 @@ def make_judge(cfg: AnalysisConfig, teacher_cfg, data_cfg, run: RunDir):
     if not hasattr(teacher, "judge_many"):
         raise ValueError(f"analysis.judge needs a prompted teacher (api or local), not teacher.kind={teacher_cfg.kind!r}")
     return teacher
+
+
+def run_analysis(run: RunDir, cfg: AnalysisConfig, teacher_cfg=None, data_cfg=None, force: bool = False) -> dict:
+    """Stage 08 on a run with its profile's sections: ``analyse_run``, with the profile's teacher as the judge
+    when ``analysis.judge`` is on (``make_judge``)."""
+    return analyse_run(run, cfg=cfg, judge=make_judge(cfg, teacher_cfg, data_cfg, run), judge_from=(teacher_cfg, data_cfg),
+                       force=force)
 
 
 # --- per method: one row of numbers, step by step ---------------------------------------------------

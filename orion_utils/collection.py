@@ -27,7 +27,7 @@ from .config import TEACHER_KINDS, DataConfig, StudentConfig, TeacherConfig, Tra
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .records import Problem, SFTExample, TeacherTrace
 from .rundir import RunDir
-from .stages import fingerprint
+from .stage_specs import fingerprint
 
 
 def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_dir: Optional[str] = None):

@@ -23,7 +23,7 @@ import yaml
 
 from .device import DTYPE_CHOICES as DTYPES
 from .jsonl import matches_type
-from .knobs import ConfigError, knob, validate
+from .knobs import SAVED_CHUNKS, ConfigError, knob, validate
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -31,6 +31,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # help text and the stage that acts on it: training, edit, collection, generation import them from here).
 TEACHER_KINDS = ("toy", "api", "dataset", "local")
 FEEDBACK_TEACHER_KINDS = ("toy", "api", "local")  # teacher kinds whose teacher can rectify and corrupt (edit)
+PROMPTED_TEACHER_KINDS = ("api", "local")  # teacher kinds that are sent the texts of teachers.prompts
 TEACHER_WORDINGS = ("fixed", "varied")
 GENERATION_BACKENDS = ("auto", "transformers", "hf", "vllm")  # hf: transformers
 TRAINING_BACKENDS = ("auto", "trl", "unsloth")
@@ -83,17 +84,22 @@ class TeacherConfig:
         "fixed", "toy teacher only: fixed (one wording per CoT) or varied (drawn line by line, as R1 does)", choices=TEACHER_WORDINGS)
     base_url: str = knob("", "api: the server's base URL")
     model: str = knob("", "api: the model name; local: the model path")
-    api_key_env: str = knob("", "api: name of the environment variable holding the key (never the key)")
-    concurrency: int = knob(8, "api: requests in flight at once", ge=1)
-    timeout_s: float = knob(600.0, "api: seconds before a request is retried", gt=0)
-    max_retries: int = knob(6, "api: retries of a failed request", ge=0)
+    api_key_env: str = knob("", "api: name of the environment variable holding the key (never the key)",
+                            bookkeeping="where the key is read from, not what is asked")
+    concurrency: int = knob(8, "api: requests in flight at once", ge=1,
+                            bookkeeping="how many requests at once; each request and its reply are the same")
+    timeout_s: float = knob(600.0, "api: seconds before a request is retried", gt=0,
+                            bookkeeping="when a request is retried; a failed one is recorded and sent again later")
+    max_retries: int = knob(6, "api: retries of a failed request", ge=0,
+                            bookkeeping="how often a request is retried; a failed one is recorded and sent again later")
     temperature: float = knob(0.6, "teacher sampling temperature", ge=0.0)
     top_p: float = knob(0.95, "teacher nucleus sampling", gt=0.0, le=1.0)
     max_tokens: int = knob(16384, "longest teacher output, in tokens", ge=1)
     price_input_per_m: float = knob(0.0, "api: price of a million prompt tokens (for the cost line)", ge=0.0)
     price_output_per_m: float = knob(0.0, "api: price of a million output tokens (for the cost line)", ge=0.0)
     price_date: str = knob(
-        "", "api: the date (YYYY-MM-DD) the prices were read from the provider's pricing page (for the report)")
+        "", "api: the date (YYYY-MM-DD) the prices were read from the provider's pricing page (for the report)",
+        bookkeeping="the report says it; no stage reads it")
     seed: int = knob(0, "teacher sampling seed")
     samples_per_seed: bool = knob(
         False, "api: each seed of a run pays for its own teacher samples (the seed enters the cache key); "
@@ -170,10 +176,12 @@ class TrainingConfig:
         "auto", "how sequences are batched (auto: see training.resolve_batching)", choices=BATCHING_MODES)
     gradient_checkpointing: bool = knob(
         False, "recompute activations in the backward pass (less memory, slower)")
-    logging_steps: int = knob(5, "log the loss every this many steps", ge=1)
+    logging_steps: int = knob(5, "log the loss every this many steps", ge=1,
+                              bookkeeping="how often the loss is logged, not what is trained")
     report_to: str = knob(
         "none", "also send the logged losses to a tracker (tensorboard: models/<m>/runs/; wandb, trackio: "
-        "their own settings); none: our machines are offline; bookkeeping, not in any fingerprint", choices=REPORT_TO)
+        "their own settings); none: our machines are offline; bookkeeping, not in any fingerprint", choices=REPORT_TO,
+        bookkeeping="where the loss curves are also sent")
     seed: int = knob(0, "training seed")
     # --- additions (flat as well) ---
     attn_implementation: str = knob(
@@ -181,11 +189,15 @@ class TrainingConfig:
     length_group_window: int = knob(64, "length_grouped: sort within windows of this many batches", ge=1)
     max_grad_norm: float = knob(1.0, "gradient clipping norm", ge=0.0)
     optim: str = knob("adamw_torch", "optimizer (a transformers optim name)")
-    save_steps: int = knob(0, "checkpoint every N optimizer steps; 0: every epoch; < 0: never")
-    keep_checkpoints: bool = knob(False, "keep output_dir/checkpoints after the final model is written")
-    progress_bar: bool = knob(False, "show the Trainer's progress bar and log table")
+    save_steps: int = knob(0, "checkpoint every N optimizer steps; 0: every epoch; < 0: never",
+                           bookkeeping="when checkpoints are saved, not what is trained")
+    keep_checkpoints: bool = knob(False, "keep output_dir/checkpoints after the final model is written",
+                                  bookkeeping="whether checkpoints are kept after the final model is written")
+    progress_bar: bool = knob(False, "show the Trainer's progress bar and log table",
+                              bookkeeping="what is printed while training")
     cpu_threads: int = knob(
-        0, "CPU only: torch threads while training (0: auto, 1 for a small local model)", ge=0)
+        0, "CPU only: torch threads while training (0: auto, 1 for a small local model)", ge=0,
+        bookkeeping="how fast a CPU trains")
     dtype: str = knob(
         "auto", "compute dtype of training: auto (bf16 on CUDA >= 8.0, fp16 on older CUDA, float32 on a CPU)",
         choices=DTYPES)
@@ -236,7 +248,8 @@ class TailoredConfig(TrainingConfig):
     exam_top_p: float = knob(1.0, "exam nucleus sampling", gt=0.0, le=1.0)
     exam_max_new_tokens: int = knob(1024, "longest exam answer, in tokens", ge=1)
     # each finished chunk of an exam is saved (round_<r>/exam.partial.jsonl): a crash loses at most one
-    exam_chunk_questions: int = knob(32, "exam questions per generation call; each finished chunk is saved", ge=1)
+    exam_chunk_questions: int = knob(32, "exam questions per generation call; each finished chunk is saved", ge=1,
+                                     bookkeeping=SAVED_CHUNKS)
     # teacher
     teacher_samples: int = knob(
         2, "round-1 rationales per question (>= 2 gives the triplet its positives)", ge=1)
@@ -452,10 +465,10 @@ def cross_section_problems(sections: dict) -> list[str]:
         problems.append("evaluation.methods: 'tailored' with tailored.rounds >= 2 asks the teacher for tailored "
                         "rationales, which teacher.kind='dataset' cannot write; set tailored.rounds: 1, "
                         "another teacher.kind, or leave 'tailored' out")
-    if getattr(sections.get("analysis"), "judge", False) and kind not in ("api", "local"):
+    if getattr(sections.get("analysis"), "judge", False) and kind not in PROMPTED_TEACHER_KINDS:
         problems.append(f"analysis.judge: needs a prompted teacher (teacher.kind 'api' or 'local'), "
                         f"not teacher.kind={kind!r}")
-    if getattr(sections.get("reflection"), "judge", False) and kind not in ("api", "local"):
+    if getattr(sections.get("reflection"), "judge", False) and kind not in PROMPTED_TEACHER_KINDS:
         problems.append(f"reflection.judge: the judge of the rewrites needs a prompted teacher (teacher.kind 'api' "
                         f"or 'local'), not teacher.kind={kind!r}")
     return problems

@@ -83,6 +83,16 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def vllm_device() -> str:
+    """The device the installed vLLM runs on: its platform's device type ("cuda", "cpu", ...)."""
+    try:
+        from vllm.platforms import current_platform
+
+        return str(current_platform.device_type)
+    except (ImportError, AttributeError):  # a vLLM without this API: it runs where torch sees CUDA
+        return "cuda" if cuda_available() else "cpu"
+
+
 def resolve_device(device: str | None = "auto") -> str:
     """``"auto"``: cuda if available, else cpu (after ``check_gpu_usable``: an NVIDIA GPU torch cannot
     use raises :class:`GPUUnusableError`); anything else is passed through."""

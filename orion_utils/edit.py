@@ -41,11 +41,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from .chat import encode_for_training
-from .config import EditConfig, TrainingConfig
+from .config import DataConfig, EditConfig, StudentConfig, TeacherConfig, TrainingConfig
 from .edit_pairs import build_dual_pairs, stage1_examples
 from .layouts import EditDir, KeyStepDir
 from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
-from .rundir import SavedModel, read_or_make
+from .rundir import RunDir, SavedModel, read_or_make
+from .stage_specs import fingerprint
 from .training import (
     OrionSFTTrainer,
     TrainerMethod,
@@ -583,3 +584,48 @@ __all__ = [
     "run_edit",
     "look_inside",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 05: EDIT on the run's data
+# --------------------------------------------------------------------------------------------
+
+
+def run_edit_stage(run: RunDir, cfg: EditConfig, training_cfg: TrainingConfig,
+                   teacher_cfg: Optional[TeacherConfig] = None, data: Optional[DataConfig] = None,
+                   student: Optional[StudentConfig] = None, force: bool = False) -> dict:
+    """Stage 05, EDIT on the run's data: dual CoT pairs → stage-1 SFT on correct + rectified CoTs →
+    key-reasoning-step learning. Starts from the same base student, training questions and teacher CoTs as
+    the stage-04 methods; the model lands in ``models/edit/model``."""
+    from .budget import prompt_budget
+    from .collection import make_teacher, question_set_inputs, question_set_problems, teacher_usage
+    from .edit_pairs import resolve_pair_source
+    from .jsonl import read_jsonl
+    from .training_sets import join_phase_losses, write_method_training_set
+
+    student, teacher_cfg = student or StudentConfig(), teacher_cfg or TeacherConfig()
+    folder = run.trained("edit")
+    cfg_source, source = cfg.pair_source, resolve_pair_source(cfg.pair_source, teacher_cfg.kind)
+    cfg = replace(cfg, pair_source=source)
+    params, models = fingerprint(run, "edit", cfg, training_cfg, teacher_cfg, data, student)
+    inputs = [run.train_problems, run.teacher_traces] + ([run.error_attempts] if source == "exposure" else [])
+    inputs += question_set_inputs(run) + [run.teacher_sft_set] + models  # the sft set: stage 1's D+
+
+    def work() -> dict:
+        print(f"[edit] dual pairs: {source} (edit.pair_source={cfg_source}, teacher.kind={teacher_cfg.kind})")
+        problems = question_set_problems(run, read_jsonl(inputs[0], Problem))  # the question set (stage 01)
+        attempts = read_jsonl(inputs[2], StudentAttempt) if source == "exposure" else None
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
+        traces = read_jsonl(inputs[1], TeacherTrace)
+        result = run_edit(run.student_model(), problems, traces, folder.root, cfg, training_cfg,
+                          teacher=teacher, attempts=attempts, prompt_template=student.prompt_template,
+                          system=student.system_prompt or None,
+                          positives=read_jsonl(run.teacher_sft_set, SFTExample))
+        join_phase_losses(folder)
+        write_method_training_set(run, "edit")
+        facts = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+        return {"edit": facts, "pairs": result["pairs"], **prompt_budget(teacher), **teacher_usage(teacher)}
+
+    # run_edit resumes from what it finds in its folder: kept only for a re-run with the same settings
+    return run.run_stage("edit", params, inputs, [folder.model], work, force=force, scratch=[folder.root],
+                         stage_hint="02_error_exposure")

@@ -19,14 +19,14 @@ from typing import Optional, Sequence
 from .config import GenerationConfig, StudentConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
-from .knobs import knob, validate
+from .knobs import SAVED_CHUNKS, knob, validate
 from .methods import METHODS as _REGISTRY
 from .numerics import degenerate_note, n_degenerate
 from .processes import run_jobs
 from .records import EvalSample, Problem
 from .rundir import RunDir, chunk_seed, run_in_chunks
 from .sampling import is_unfinished
-from .stages import fingerprint
+from .stage_specs import fingerprint
 
 METHODS = tuple(_REGISTRY)  # every method a run can evaluate (orion_utils.methods)
 
@@ -34,7 +34,8 @@ METHODS = tuple(_REGISTRY)  # every method a run can evaluate (orion_utils.metho
 @dataclass
 class EvaluationConfig:
     methods: list = knob(
-        factory=lambda: list(METHODS), help="methods evaluated (the registry: orion_utils.methods)", each=METHODS)
+        factory=lambda: list(METHODS), help="methods evaluated (the registry: orion_utils.methods)", each=METHODS,
+        bookkeeping="which methods a run trains and evaluates: each has its own stages, which it leaves unchanged")
     n_samples: int = knob(4, "samples per problem for pass@1 (0: greedy decoding only)", ge=0)
     temperature: float = knob(0.6, "sampling temperature for pass@1", ge=0.0)
     top_p: float = knob(0.95, "nucleus sampling for pass@1", gt=0.0, le=1.0)
@@ -43,10 +44,12 @@ class EvaluationConfig:
     seed: int = knob(0, "sampling seed")
     # methods evaluated at once, each in its own process (a CPU core each for a small student; on one
     # GPU keep 1); the samples do not depend on it
-    workers: int = knob(1, "methods evaluated at once, one process each (on one GPU keep 1)", ge=1)
+    workers: int = knob(1, "methods evaluated at once, one process each (on one GPU keep 1)", ge=1,
+                        bookkeeping="how many methods at a time; each method's samples are its own")
     # questions per generation call; each finished chunk is saved (eval/<method>/<benchmark>.partial.jsonl),
     # so a crash or a disconnect loses at most one; the samples do not depend on an interruption
-    chunk_questions: int = knob(64, "questions per generation call; each finished chunk is saved", ge=1)
+    chunk_questions: int = knob(64, "questions per generation call; each finished chunk is saved", ge=1,
+                                bookkeeping=SAVED_CHUNKS)
 
     def __post_init__(self) -> None:
         nothing = ["n_samples: 0 with greedy: false decodes nothing"] if self.n_samples == 0 and not self.greedy else []
@@ -207,7 +210,7 @@ def evaluate_method(root: str, method: str, cfg: EvaluationConfig, generation: G
             path.unlink(missing_ok=True)
         return {"backend": backend}
 
-    # stages.NOT_IN_FINGERPRINT: neither the methods evaluated beside this one nor how many at a time change its samples
+    # evaluation.methods, workers and chunk_questions are bookkeeping knobs: none changes this method's samples
     params, models = fingerprint(run, "evaluation", cfg, generation, student)
     inputs += [m for m in models if m not in inputs]
     return run.run_stage(f"evaluation/{method}", params, inputs, outputs, work, force=force,

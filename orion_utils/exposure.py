@@ -17,12 +17,12 @@ from typing import Optional, Sequence
 from .config import GenerationConfig, StudentConfig, TrainingConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
-from .knobs import knob, validate
+from .knobs import SAVED_CHUNKS, knob, validate
 from .numerics import degenerate_note, n_degenerate
 from .records import Problem, SFTExample, StudentAttempt, text_key
 from .rundir import RunDir, chunk_seed, run_in_chunks
 from .sampling import is_unfinished  # the one cut-off rule
-from .stages import fingerprint
+from .stage_specs import fingerprint
 
 EXPOSURE_SOURCES = ("base", "primed")
 
@@ -37,7 +37,8 @@ class ExposureConfig:
     priming_epochs: float = knob(1.0, "source=primed only: epochs of that short SFT", gt=0.0)
     # questions per generation call; each finished chunk is saved, so a crash or a disconnect loses at most
     # one (its samples do not depend on an interruption: rundir.chunk_seed)
-    chunk_questions: int = knob(32, "questions per generation call; each finished chunk is saved", ge=1)
+    chunk_questions: int = knob(32, "questions per generation call; each finished chunk is saved", ge=1,
+                                bookkeeping=SAVED_CHUNKS)
     # an attempt cut off at max_new_tokens is "unfinished", counted apart from the wrong ones whatever answer
     # it states; False: it is not an error to reflect on (it shows no mistake, only that the budget ran out)
     unfinished_as_errors: bool = knob(

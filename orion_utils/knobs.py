@@ -2,7 +2,9 @@
 
 As in TRL's config classes, a field is declared with ``metadata``: ``help`` (one line, shown by
 ``display.profile_table``) and, where the value is restricted, ``choices`` (a tuple, declared once and read
-by both the check and the help), ``ge``/``gt``/``le`` (a range) or ``each`` (the allowed items of a list).
+by both the check and the help), ``ge``/``gt``/``le`` (a range) or ``each`` (the allowed items of a list),
+and ``bookkeeping`` (why the knob changes how a stage works, not what it writes: such a knob is in no stage's
+fingerprint, ``stage_specs.fingerprint``, so changing it re-runs nothing).
 A section's ``__post_init__`` calls ``validate(self)``, which raises one ``ConfigError`` listing every
 problem of the section, one line per knob. Imports nothing heavy (a profile loads without torch).
 """
@@ -38,11 +40,20 @@ profile or a comment may label "paper" or "as published" (``tests/test_paper_lab
 paper (arXiv 2505.22131) publishes only its abstract: ORION's prompts and hyperparameters are ours."""
 
 
+# The reason of every chunk-size knob (``bookkeeping=SAVED_CHUNKS``): how often finished work is saved, so a
+# crash loses at most one chunk. Finished outputs stand under another size (its chunks' seeds name their
+# questions, ``rundir.chunk_seed``, so a fresh run under another size draws other, equally valid, samples).
+SAVED_CHUNKS = "how often finished work is saved; what is finished stands under another size"
+
+
 def knob(default: Any = dataclasses.MISSING, help: str = "", *, factory: Optional[Callable[[], Any]] = None,
          choices: Optional[Sequence] = None, each: Optional[Sequence] = None, ge: Optional[float] = None,
-         gt: Optional[float] = None, le: Optional[float] = None) -> Any:
-    """A section field: ``dataclasses.field`` with its help text and its allowed values in ``metadata``."""
+         gt: Optional[float] = None, le: Optional[float] = None, bookkeeping: str = "") -> Any:
+    """A section field: ``dataclasses.field`` with its help text and its allowed values in ``metadata``;
+    ``bookkeeping``: the reason the knob changes no stage's output (it is then in no fingerprint)."""
     meta = {"help": help}
+    if bookkeeping:
+        meta["bookkeeping"] = bookkeeping
     meta.update({k: v for k, v in (("choices", choices), ("each", each), ("ge", ge), ("gt", gt), ("le", le))
                  if v is not None})
     if factory is not None:
@@ -102,3 +113,9 @@ def help_text(f: dataclasses.Field) -> str:
     text = f.metadata.get("help", "")
     limits = allowed(f)
     return f"{text} [{limits}]" if limits and text else text or limits
+
+
+def bookkeeping(f: dataclasses.Field) -> str:
+    """Why a field changes no stage's output ("" when it may: then it is in the fingerprint of each stage that
+    reads its section)."""
+    return f.metadata.get("bookkeeping", "")

@@ -34,6 +34,24 @@ _TRL_KERNEL_ARGS = ["ctx", "hidden", "weight", "bias", "targets", "temperature",
                     "final_logit_softcapping", "logit_scale", "outputs"]
 
 
+def token_nll(logits, labels):
+    """Per-token NLL (float32) of ``labels[:, 1:]`` under ``logits[:, :-1]``; 0 where the label is -100
+    (the methods' losses weight it: EDIT's key tokens, Tailored Learning's weighted MLE). The reference
+    formula, on logits already made: the trainers compute the same values in bounded memory
+    (``OrionSFTTrainer.labelled_nll``, ``lm_loss``) without ever making the logits of a whole sequence."""
+    import torch.nn.functional as F
+
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    )
+    return nll.view(shift_labels.shape)
+
+
 def causal_lm_parts(model):
     """``(backbone, head)`` of a causal LM whose logits are ``head(backbone(...).last_hidden_state)``
     (Llama, Qwen2/3, Mistral, SmolLM2 ...), looked through a PEFT wrapper (the backbone then carries the
@@ -89,7 +107,7 @@ def labelled_token_nll(hidden, head, labels, chunk_tokens: int = CHUNK_TOKENS, k
     """Per-token NLL (float32) of ``labels[:, 1:]`` given the hidden states ``hidden[:, :-1]`` through
     ``head``; 0 where the label is -100, and only the labelled positions ever reach the head.
     ``kernel``: ``auto`` (TRL's where it runs, else ``torch``), ``trl`` or ``torch`` (``chunked_nll``).
-    The same values as ``training.token_nll(head(hidden), labels)``, to float32 rounding."""
+    The same values as ``token_nll(head(hidden), labels)``, to float32 rounding."""
     mask = labels[:, 1:] != -100
     rows, targets = hidden[:, :-1][mask], labels[:, 1:][mask]
     if kernel not in ("auto", "trl", "torch"):
@@ -118,9 +136,7 @@ def forward_token_nll(model, input_ids, attention_mask, labels, *, hidden_layer:
     Trainer's ``accelerator.autocast()``), since the backbone is called past that forward.
 
     A model without the backbone/head split (``causal_lm_parts``) runs whole: its logits, then
-    ``training.token_nll`` on them."""
-    from .training.trainer import token_nll
-
+    ``token_nll`` on them."""
     parts = causal_lm_parts(model)
     want_states = hidden_layer is not None and hidden_layer != -1
     with autocast if autocast is not None else contextlib.nullcontext():

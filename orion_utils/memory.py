@@ -64,7 +64,7 @@ def live_models(device: str | None = None) -> list[str]:
     on a GPU only. Each as "class (N M parameters on device)"."""
     import sys
 
-    from .vllm_backend import vllm_device
+    from .device import vllm_device
 
     gc.collect()
     modeling = sys.modules.get("transformers.modeling_utils")

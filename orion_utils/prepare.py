@@ -16,7 +16,7 @@ from .config import DataConfig, GenerationConfig, StudentConfig
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .records import Problem
 from .rundir import RunDir, package_versions
-from .stages import fingerprint
+from .stage_specs import fingerprint
 
 TOY_BENCHMARKS = {"toy_test": "test", "toy_hard": "hard"}
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Protocol, Sequence
 
 from .acceptance import (
@@ -38,30 +38,17 @@ from .config import GenerationConfig, StudentConfig
 from .generation import StageModel
 from .grading import grade
 from .jsonl import read_jsonl, write_jsonl
-from .knobs import knob, validate
+from .knobs import SAVED_CHUNKS, knob, validate
 from .numerics import NonFiniteError, degenerate_note
 from .records import Problem, Refinement, SFTExample, StudentAttempt
 from .rewrite_judge import judge_candidates, judge_line, judge_summary, make_rewrite_judge
+from .reflection_prompt import REFLECTION_PROMPT
 from .rundir import RunDir, chunk_seed, run_in_chunks
-from .stages import fingerprint
+from .stage_specs import fingerprint
 
 SELECTION_RULES = ("perplexity", "shortest", "first")
 REFLECTORS = ("student", "rule", "llm")
 
-REFLECTION_PROMPT = """You are given a math problem, an expert's worked solution, and your own earlier attempt, which reached a wrong answer.
-
-## Problem
-{question}
-
-## Expert solution
-{teacher_cot}
-
-## Your earlier attempt (wrong)
-{wrong_attempt}
-
-Rewrite the expert solution into one you can follow step by step. Keep the expert's correct reasoning. At the step where your earlier attempt went wrong, stop and reflect explicitly on that mistake: say what you did before, why it is wrong, and what the correct step is. Then continue to the end.
-Write your reasoning inside <think> </think>, then give the final solution with the answer in \\boxed{{}}."""
-PROMPTS = (REFLECTION_PROMPT,)  # in stage 03's fingerprint (stages.PROMPTS)
 
 
 @dataclass
@@ -77,7 +64,8 @@ class ReflectionConfig:
     seed: int = knob(0, "sampling seed")
     # items per generation call (and per scoring call); each finished chunk is saved, so a crash or a
     # disconnect loses at most one (its samples do not depend on an interruption: rundir.chunk_seed)
-    chunk_questions: int = knob(64, "questions per generation (and scoring) call; each finished chunk is saved", ge=1)
+    chunk_questions: int = knob(64, "questions per generation (and scoring) call; each finished chunk is saved",
+                                ge=1, bookkeeping=SAVED_CHUNKS)
     # A second reflector run on the same wrong attempts, measured beside the run's own and never trained on:
     # its acceptance rate, mechanism and rewrites go to the report (``data/refinements_compare.jsonl``).
     compare: str = knob(
@@ -511,7 +499,8 @@ def run_reflection(
     if cfg.compare == kind:
         raise ValueError(f"reflection.compare: {cfg.compare!r} is this run's reflector already; name another one or ''")
     judged_by = (teacher_cfg, data) if cfg.judge else (None, None)  # in the fingerprint only when asked
-    params, models = fingerprint(run, "reflection", cfg, student, generation, *judged_by)
+    # the reflector resolved: what it sends (stage_specs.SENDS), and "auto" and the kind it means are one setting
+    params, models = fingerprint(run, "reflection", replace(cfg, reflector=kind), student, generation, *judged_by)
     inputs = [run.train_problems, run.teacher_sft_set, run.error_attempts, *models]
     outputs = [run.refinements, run.orion_sft_set] + ([run.reflector_comparison] if cfg.compare else [])
     partials = {k: {step: run.refinements_partial(k, step) for step in CHUNK_STEPS}

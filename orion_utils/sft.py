@@ -23,7 +23,7 @@ from .methods import cot_methods, set_builder
 from .methods import method as registered
 from .records import Problem, SFTExample, TeacherTrace
 from .rundir import RunDir
-from .stages import fingerprint
+from .stage_specs import fingerprint
 
 
 def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,

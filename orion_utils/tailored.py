@@ -30,11 +30,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from .config import TailoredConfig
+from .config import DataConfig, GenerationConfig, StudentConfig, TailoredConfig, TeacherConfig
 from .layouts import RoundDir, TailoredDir, is_saved_model
 from .numerics import degenerate_note, n_degenerate
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
-from .rundir import chunk_seed, read_or_make, run_in_chunks
+from .rundir import RunDir, chunk_seed, read_or_make, run_in_chunks
+from .stage_specs import fingerprint
 from .tailored_training import (
     encode_triplet_example,
     train_tailored_round,
@@ -77,7 +78,6 @@ def default_generator_factory(generation=None):
     ``generation`` section (a ``config.GenerationConfig``; None: its defaults)."""
 
     def factory(model_dir: PathLike):
-        from .config import GenerationConfig
         from .generation import open_generator
 
         return open_generator(str(model_dir), generation or GenerationConfig())
@@ -403,3 +403,64 @@ __all__ = [
     "run_tailored",
     "look_inside",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 06: Tailored Learning on the run's data
+# --------------------------------------------------------------------------------------------
+
+
+def run_tailored_stage(run: RunDir, cfg: TailoredConfig, teacher_cfg: Optional[TeacherConfig] = None,
+                       data: Optional[DataConfig] = None, generation: Optional[GenerationConfig] = None,
+                       student: Optional[StudentConfig] = None, force: bool = False) -> dict:
+    """Stage 06, Tailored Learning on the run's data: exam → teacher feedback on the student's mistakes →
+    training, for several rounds. Starts from the same base student and training questions as the
+    stage-04 methods; the model lands in ``models/tailored/model``."""
+    from .budget import prompt_budget
+    from .collection import (
+        QuestionSetTeacher,
+        TokenCounter,
+        fitter,
+        length_rule_applies,
+        make_teacher,
+        question_set_inputs,
+        question_set_problems,
+        read_question_set,
+        stage01_traces,
+        teacher_usage,
+    )
+    from .jsonl import read_jsonl
+    from .teachers.base import FeedbackTeacher
+    from .training_sets import join_phase_losses, write_method_training_set
+
+    student, teacher_cfg = student or StudentConfig(), teacher_cfg or TeacherConfig()
+    generation, folder = generation or GenerationConfig(), run.trained("tailored")
+    inputs = [run.train_problems]
+    # the question set, and the stage-01 CoTs a question without a usable rationale falls back to
+    if question_set_inputs(run):
+        inputs += question_set_inputs(run) + [run.teacher_sft_set, run.teacher_traces]
+    params, models = fingerprint(run, "tailored", cfg, teacher_cfg, data, generation, student)
+    inputs += models
+
+    def work() -> dict:
+        problems = question_set_problems(run, read_jsonl(inputs[0], Problem))  # the question set (stage 01)
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
+        if not isinstance(teacher, FeedbackTeacher):
+            raise ValueError(
+                f"Tailored Learning asks the teacher to explain the student's wrong answers, which a "
+                f"teacher.kind={teacher_cfg.kind!r} teacher cannot do; use kind 'api', 'local' or 'toy', "
+                f"or leave 'tailored' out of evaluation.methods"
+            )
+        if read_question_set(run) is not None:
+            count = TokenCounter(run.student_model(), student.prompt_template, student.system_prompt or None)
+            fits = fitter(count, cfg.max_seq_len) if length_rule_applies(cfg) else None
+            teacher = QuestionSetTeacher(teacher, stage01_traces(run), fits)
+        rounds = run_tailored(run.student_model(), problems, teacher, default_generator_factory(generation),
+                              cfg.rounds, cfg, folder.root, prompt_template=student.prompt_template,
+                              system=student.system_prompt or None)
+        join_phase_losses(folder)
+        write_method_training_set(run, "tailored")
+        return {"rounds": len(rounds), **prompt_budget(teacher), **teacher_usage(teacher)}
+
+    return run.run_stage("tailored", params, inputs, [folder.model], work, force=force, scratch=[folder.root],
+                         stage_hint="00_setup_and_data")

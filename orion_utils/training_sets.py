@@ -111,3 +111,29 @@ def training_set_table(run: RunDir, methods: Sequence[str], tokenizer: Any = Non
             "counted_in": ("student tokens (prompt + assistant turn)" if count is not None
                            else "response words"),
             "methods": rows}
+
+
+# --- stages 05 and 06: a method trained in phases (EDIT's two stages, Tailored Learning's rounds) ---------
+# Their final models land in models/<method>/model (RunDir.trained) so evaluation treats every method alike;
+# their phases' loss curves are joined into the folder's loss_history.json and their training files into one set.
+
+def join_phase_losses(folder) -> None:
+    """One loss curve across a method's phases (``TrainedDir.phases``: EDIT's two stages, Tailored
+    Learning's rounds), steps running on, each point labelled with its phase's folder name."""
+    history, offset = [], 0
+    for phase in folder.phases():
+        if not phase.loss_history.exists():
+            continue
+        for h in json.loads(phase.loss_history.read_text()):
+            history.append({**h, "step": h.get("step", 0) + offset, "phase": phase.root.name})
+        offset = history[-1]["step"] if history else offset
+    folder.loss_history.write_text(json.dumps(history, indent=1))
+
+
+def write_method_training_set(run: RunDir, method: str) -> None:
+    """``data/training_set_<method>.jsonl``: every example the method's folder trained on, in one file."""
+    from .jsonl import write_jsonl
+
+    files = run.training_files(method)
+    if files:
+        write_jsonl(run.training_set(method), [e for path in files for e in read_jsonl(path, SFTExample)])

@@ -25,16 +25,6 @@ def quiet_vllm_logs() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 
-def vllm_device() -> str:
-    """The device the installed vLLM runs on: its platform's device type ("cuda", "cpu", ...)."""
-    try:
-        from vllm.platforms import current_platform
-
-        return str(current_platform.device_type)
-    except (ImportError, AttributeError):  # a vLLM without this API: it runs where torch sees CUDA
-        return "cuda" if device_rules.cuda_available() else "cpu"
-
-
 CPU_KV_CACHE_BYTES = 2 * 2**30  # vLLM on CPU: KV cache size when neither the caller nor VLLM_CPU_KVCACHE_SPACE sets one
 
 
@@ -89,7 +79,7 @@ class VLLMBackend(GenerationBackend):
             gen_config = None
         self.eos_token_ids = end_of_turn_token_ids(self.tokenizer, gen_config)
         self._SamplingParams = vllm.SamplingParams
-        self.device = vllm_device()
+        self.device = device_rules.vllm_device()
         _, dtype = device_rules.device_and_dtype("cpu" if self.device == "cpu" else "cuda", dtype)
         if self.device == "cpu":
             context = llm_kwargs.get("max_model_len") or getattr(

@@ -474,8 +474,8 @@ def test_training_cots_discovery_for_edit_and_tailored(tmp_path):
     write_json(run.model("edit") / "stage2" / "loss_history.json", [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}])
     segments = A.loss_segments(run, "edit")
     assert len(segments) == 2
-    # stage 05 also writes the joined curve (stages.join_phase_losses): the phases are still two segments
-    from orion_utils.stages import join_phase_losses
+    # stage 05 also writes the joined curve (training_sets.join_phase_losses): the phases are still two segments
+    from orion_utils.training_sets import join_phase_losses
 
     join_phase_losses(run.trained("edit"))
     assert run.loss_history("edit").is_file() and A.loss_segments(run, "edit") == segments

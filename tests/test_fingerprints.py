@@ -1,4 +1,4 @@
-"""Derived stage fingerprints (``stages.fingerprint``): what each stage hashes for the resume rule.
+"""Derived stage fingerprints (``stage_specs.fingerprint``): what each stage hashes for the resume rule.
 
 Each stage is called as a notebook calls it (``stages.<stage>(run, cfg)``) on a small run directory,
 with ``RunDir.run_stage`` replaced by a recorder that keeps the params and input digests the real
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from orion_utils import stages
+from orion_utils import stage_specs, stages
 from orion_utils.config import load_profile
 from orion_utils.jsonl import write_json, write_jsonl
 from orion_utils.records import Problem
@@ -71,7 +71,8 @@ def _fingerprint(record, run, stage, overrides=None):
 
 
 # stage → (changes upstream, changes elsewhere). A change is ("set", {section: {key: value}}),
-# ("model",) or ("prompt", module of stages.PROMPTS).
+# ("model",) or ("prompt", a name of stage_specs.prompt_texts()). The smoke profile's toy teacher is sent no
+# prompt and its toy student reflects by rule (tests/test_stage_table.py: the prompted settings).
 CASES = {
     "prepare_data": ([("set", {"data": {"n_train": 7}}), ("set", {"toy_domain": {"max_steps": 3}})],
                      [("set", {"training": {"max_steps": 9}}), ("set", {"toy_pretrain": {"max_steps": 7}})]),
@@ -79,37 +80,48 @@ CASES = {
                          ("set", {"toy_student": {"num_layers": 1}})],
                         [("set", {"data": {"n_train": 7}}), ("set", {"exposure": {"k": 3}})]),
     "teacher_cots": ([("set", {"teacher": {"error_rate": 0.3}}), ("set", {"data": {"n_train": 7}}),
-                      ("set", {"training": {"max_seq_len": 100}}), ("prompt", "teachers.prompts")],
+                      ("set", {"training": {"max_seq_len": 100}})],
                      [("set", {"training": {"learning_rate": 0.5}}), ("set", {"exposure": {"k": 3}}),
-                      ("prompt", "reflection")]),
+                      ("prompt", "reflection"), ("prompt", "collect")]),
     "error_exposure": ([("model",), ("set", {"exposure": {"k": 3}}), ("set", {"generation": {"batch_size": 3}}),
                         ("set", {"student": {"system_prompt": "Be brief."}})],
                        [("set", {"exposure": {"chunk_questions": 5}}), ("set", {"reflection": {"m": 3}}),
-                        ("set", {"training": {"learning_rate": 0.5}}), ("prompt", "teachers.prompts")]),
+                        ("set", {"training": {"learning_rate": 0.5}}), ("prompt", "collect")]),
     "reflection": ([("model",), ("set", {"reflection": {"m": 3}}), ("set", {"generation": {"batch_size": 3}}),
-                    ("prompt", "reflection"), ("prompt", "toy.reflect")],
+                    ("prompt", "toy_rules")],
                    [("set", {"exposure": {"k": 3}}), ("set", {"training": {"max_steps": 9}}),
                     ("set", {"reflection": {"chunk_questions": 5}}),
                     # the teacher and its prompts count only with reflection.judge on (tests/test_rewrite_judge.py)
-                    ("set", {"teacher": {"error_rate": 0.3}}), ("prompt", "teachers.prompts")]),
+                    ("set", {"teacher": {"error_rate": 0.3}}), ("prompt", "rewrite_judge"),
+                    ("prompt", "reflection")]),  # the toy student's reflector writes by rule
     "sft": ([("model",), ("set", {"training": {"max_steps": 9}}), ("set", {"student": {"system_prompt": "x"}})],
             [("set", {"reflection": {"m": 3}}), ("set", {"generation": {"batch_size": 3}}),
              ("set", {"training": {"report_to": "tensorboard"}})]),
-    "edit": ([("model",), ("set", {"edit": {"max_steps": 9}}), ("set", {"teacher": {"error_rate": 0.3}}),
-              ("prompt", "teachers.prompts")],
+    "edit": ([("model",), ("set", {"edit": {"max_steps": 9}}), ("set", {"teacher": {"error_rate": 0.3}})],
              [("set", {"reflection": {"m": 3}}), ("set", {"exposure": {"k": 3}}),
-              ("set", {"edit": {"report_to": "tensorboard"}})]),
+              ("set", {"edit": {"report_to": "tensorboard"}}), ("prompt", "rectify"), ("prompt", "judge")]),
     "tailored": ([("model",), ("set", {"tailored": {"rounds": 3}}), ("set", {"generation": {"batch_size": 3}}),
-                  ("prompt", "teachers.prompts"), ("prompt", "toy.reflect")],
+                  ("prompt", "toy_rules")],
                  [("set", {"reflection": {"m": 3}}), ("set", {"training": {"max_steps": 9}}),
                   ("set", {"tailored": {"exam_chunk_questions": 5}}),
-                  ("set", {"tailored": {"report_to": "tensorboard"}})]),
+                  ("set", {"tailored": {"report_to": "tensorboard"}}), ("prompt", "tailor")]),
     "evaluation": ([("model",), ("set", {"evaluation": {"n_samples": 3}}), ("set", {"generation": {"batch_size": 3}})],
                    [("set", {"evaluation": {"workers": 2}}), ("set", {"evaluation": {"chunk_questions": 5}}),
                     ("set", {"training": {"max_steps": 9}}), ("prompt", "reflection")]),
-    "analysis": ([("model",), ("set", {"analysis": {"max_cots": 3}}), ("prompt", "teachers.prompts")],
-                 [("set", {"training": {"max_steps": 9}}), ("set", {"exposure": {"k": 3}})]),
+    "analysis": ([("model",), ("set", {"analysis": {"max_cots": 3}})],
+                 [("set", {"training": {"max_steps": 9}}), ("set", {"exposure": {"k": 3}}),
+                  ("prompt", "judge")]),  # the judge is off
 }
+
+
+def edit_prompt(monkeypatch, name: str) -> None:
+    """Edit one prompt where it is declared (the ``PROMPTS`` dict of its module), as a developer would."""
+    for texts in (stage_specs.TEACHER_PROMPTS, stage_specs.STUDENT_PROMPTS, stage_specs.TOY_RULES):
+        if name in texts:
+            text = texts[name]
+            monkeypatch.setitem(texts, name, text + (({"edited": "1"},) if isinstance(text, tuple) else "edited"))
+            return
+    raise KeyError(name)
 
 
 def _changed(record, run, stage, change, monkeypatch) -> bool:
@@ -120,10 +132,7 @@ def _changed(record, run, stage, change, monkeypatch) -> bool:
     elif change[0] == "model":
         (run.root / "models" / "base" / "model.safetensors").write_bytes(b"weights v2")
     else:
-        import importlib
-
-        module = importlib.import_module(f"orion_utils.{change[1]}")
-        monkeypatch.setattr(module, "PROMPTS", module.PROMPTS + ("edited",))
+        edit_prompt(monkeypatch, change[1])
     after = _fingerprint(record, run, stage, overrides)[:2]
     if change[0] == "model":
         (run.root / "models" / "base" / "model.safetensors").write_bytes(b"weights v1")
@@ -151,21 +160,23 @@ def test_a_change_upstream_reruns_the_stage_and_one_elsewhere_does_not(stage, tm
 
 
 def test_every_stage_is_covered_and_its_params_are_its_sections():
-    assert set(CASES) == set(stages.READS)
+    assert set(CASES) == set(stages.READS) == set(stage_specs.READS)
     cfg = load_profile("smoke")
-    for stage, names in stages.READS.items():
-        params, _ = stages.fingerprint(None, stage, *[getattr(cfg, n) for n in names])
+    for stage, names in stage_specs.READS.items():
+        given = {n: getattr(cfg, n) for n in names}
+        params, _ = stage_specs.fingerprint(None, stage, *given.values())
         assert set(params) == set(names) | {"prompts"}, stage
-        assert set(params["prompts"]) == set(stages.PROMPTS.get(stage, ())), stage
+        sent = stage_specs.SENDS[stage](given) if stage in stage_specs.SENDS else ()
+        assert set(params["prompts"]) == set(sent) <= set(stage_specs.prompt_texts()), stage
 
 
 def test_a_section_added_to_reads_is_fingerprinted(tmp_path, monkeypatch):
     run = _small_run(tmp_path / "run")
     cfg = load_profile("smoke")
-    monkeypatch.setitem(stages.READS, "sft", stages.READS["sft"] + ("reflection",))
-    one, models = stages.fingerprint(run, "sft", cfg.training, cfg.student, cfg.reflection)
+    monkeypatch.setitem(stage_specs.READS, "sft", stage_specs.READS["sft"] + ("reflection",))
+    one, models = stage_specs.fingerprint(run, "sft", cfg.training, cfg.student, cfg.reflection)
     cfg2 = load_profile("smoke", {"reflection": {"m": 3}})
-    two, _ = stages.fingerprint(run, "sft", cfg2.training, cfg2.student, cfg2.reflection)
+    two, _ = stage_specs.fingerprint(run, "sft", cfg2.training, cfg2.student, cfg2.reflection)
     assert stable_hash(one) != stable_hash(two)
     assert models == [run.student_info, run.root / "models" / "base"]
 

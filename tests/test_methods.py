@@ -14,6 +14,7 @@ from orion_utils.layouts import TailoredDir, TrainedDir
 from orion_utils.methods import METHODS, Method, cot_methods, notebooks_run_when_evaluated
 from orion_utils.records import Problem, SFTExample, TeacherTrace
 from orion_utils.rundir import RunDir
+from orion_utils.training_sets import join_phase_losses
 
 
 def test_every_module_reads_its_method_list_from_the_registry():
@@ -94,7 +95,7 @@ def test_phase_losses_are_joined_in_the_layouts_order(tmp_path):
     for phase, losses in ((folder.stage2, [1.0, 0.5]), (folder.stage1, [3.0, 2.0])):
         phase.root.mkdir(parents=True)
         phase.loss_history.write_text(json.dumps([{"step": i + 1, "loss": x} for i, x in enumerate(losses)]))
-    stages.join_phase_losses(folder)
+    join_phase_losses(folder)
     joined = json.loads(folder.loss_history.read_text())
     assert [(h["phase"], h["step"], h["loss"]) for h in joined] == [
         ("stage1", 1, 3.0), ("stage1", 2, 2.0), ("stage2", 3, 1.0), ("stage2", 4, 0.5)]

@@ -126,8 +126,6 @@ def test_stages_take_the_sections_reads_names_in_their_modules_order():
     for stage, sections in READS.items():
         wrapper = getattr(stages, stage)
         assert list(inspect.signature(wrapper).parameters) == ["run", "cfg", "force"]
-        if stage == "analysis":
-            continue  # analyse_run and make_judge take its sections by keyword
         received = [(p, section_of[id(v)]) for p, v in _called_with(wrapper, cfg) if id(v) in section_of]
         assert [s for _, s in received] == list(sections), (stage, received)
         names = [sections[0] if p == "cfg" else p.removesuffix("_cfg") for p, _ in received]

@@ -162,7 +162,7 @@ def test_the_judge_and_its_teacher_are_in_the_fingerprint_only_when_on(tmp_path,
     api = {"kind": "api", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
 
     def fingerprint(judge: bool, temperature: float = 0.6, prompt: str = "") -> str:
-        monkeypatch.setattr(prompts, "PROMPTS", prompts.PROMPTS[:-1] + (prompts.PROMPTS[-1] + prompt,))
+        monkeypatch.setitem(prompts.PROMPTS, "rewrite_judge", prompts.REWRITE_JUDGE_TEMPLATE + prompt)
         stages.reflection(run, load_profile("smoke", {"teacher": {**api, "temperature": temperature},
                                                       "reflection": {"judge": judge}}))
         return seen[-1]

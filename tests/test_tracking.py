@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from orion_utils import device, stages
+from orion_utils import device, stage_specs
 from orion_utils.config import load_profile
 from orion_utils.layouts import TrainedDir
 from orion_utils.records import SFTExample
@@ -80,14 +80,14 @@ def test_report_to_is_checked_at_load():
 
 
 def test_report_to_is_bookkeeping_in_every_fingerprint():
-    """Neither a stage's fingerprint (``stages.fingerprint``) nor the checkpoints' (``training_fingerprint``)
+    """Neither a stage's fingerprint (``stage_specs.fingerprint``) nor the checkpoints' (``training_fingerprint``)
     changes with it, so switching a tracker on never re-trains or drops a resumable checkpoint."""
     plain = load_profile("smoke")
     tracked = load_profile("smoke", {"training": {"report_to": "tensorboard"}})
     assert tracked.edit.report_to == tracked.tailored.report_to == "tensorboard"
-    for stage, names in stages.READS.items():
-        one, _ = stages.fingerprint(None, stage, *[getattr(plain, n) for n in names])
-        two, _ = stages.fingerprint(None, stage, *[getattr(tracked, n) for n in names])
+    for stage, names in stage_specs.READS.items():
+        one, _ = stage_specs.fingerprint(None, stage, *[getattr(plain, n) for n in names])
+        two, _ = stage_specs.fingerprint(None, stage, *[getattr(tracked, n) for n in names])
         assert stable_hash(one) == stable_hash(two), stage
     rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]
     for a, b in ((plain.training, tracked.training), (plain.edit, tracked.edit), (plain.tailored, tracked.tailored)):

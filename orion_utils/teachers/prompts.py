@@ -625,8 +625,10 @@ class PromptedTeacher:
         return self._one(traces, "tailor", problem)
 
 
-# Every text above that a teacher is sent: its hash is in the fingerprint of each stage that prompts a
-# teacher (``stages.PROMPTS``), so editing one reruns them.
-PROMPTS = (COLLECT_TEMPLATE, BOXED_INSTRUCTION, RECTIFY_TEMPLATE, RECTIFY_TEMPLATE_NO_WRONG, CORRUPT_TEMPLATE,
-           DEMONSTRATION_TEMPLATE, DEFAULT_CONTRASTIVE_DEMOS, TAILOR_TEMPLATE, ATTEMPT_TEMPLATE, JUDGE_TEMPLATE,
-           REWRITE_JUDGE_TEMPLATE)
+# Every text above that a teacher is sent, by name: each is hashed into the fingerprint of the stages that send
+# it, under the settings they send it (``stage_specs.SENDS``), so editing one reruns exactly those.
+# BOXED_INSTRUCTION is part of the collect, rectify and tailor texts.
+PROMPTS = {"collect": COLLECT_TEMPLATE, "rectify": RECTIFY_TEMPLATE, "rectify_no_wrong": RECTIFY_TEMPLATE_NO_WRONG,
+           "corrupt": CORRUPT_TEMPLATE, "demonstration": DEMONSTRATION_TEMPLATE,
+           "contrastive_demos": DEFAULT_CONTRASTIVE_DEMOS, "tailor": TAILOR_TEMPLATE, "attempt": ATTEMPT_TEMPLATE,
+           "judge": JUDGE_TEMPLATE, "rewrite_judge": REWRITE_JUDGE_TEMPLATE}

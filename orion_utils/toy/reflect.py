@@ -33,8 +33,9 @@ _BOXED_RE = re.compile(r"\\boxed\{\s*(-?\d+)\s*\}")
 
 KINDS = ("start", "carry", "operation", "operand", "arithmetic", "missing", "extra", "answer")
 # The reflection texts are written in code below: this module's own source stands for them in the
-# fingerprint of the stages that write them (``stages.PROMPTS``), so any edit here reruns those stages.
-PROMPTS = (hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),)
+# fingerprint of the stages that write them (``stage_specs.SENDS``: the toy reflectors, the toy teacher's
+# tailored rationales), so any edit here reruns those stages.
+PROMPTS = {"toy_rules": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ the supervised tokens of an optimizer step divided by their number (see ``bench/
 """
 from __future__ import annotations
 
+from ..lm_loss import token_nll  # the methods' per-token NLL, as the trainers' users import it
 from .files import link_or_copy_tree, looks_like_local_path
 from .rows import LengthGroupedSampler, build_sft_rows, length_grouped_batches, pad_rows
 from .selection import (
@@ -63,7 +64,6 @@ from .trainer import (
     build_trainer,
     optimizer_steps,
     sft_trainer_class,
-    token_nll,
     warmup_steps,
 )
 

@@ -1,9 +1,9 @@
 """The project's one trainer, :class:`OrionSFTTrainer` (TRL's ``SFTTrainer`` + length-grouped sampling +
 exact counts of the supervised tokens and their NLL), put on TRL's current ``SFTTrainer`` by
 :func:`sft_trainer_class`; a method's changes to it (:class:`TrainerMethod`); its arguments
-(``sft_args``) and how a run builds and runs it (``build_trainer``, ``run_trainer``); ``token_nll``, the
-reference formula of the methods' per-token NLL (which ``OrionSFTTrainer.labelled_nll`` computes in
-bounded memory)."""
+(``sft_args``) and how a run builds and runs it (``build_trainer``, ``run_trainer``). The methods' per-token
+NLL is ``lm_loss``'s (``OrionSFTTrainer.labelled_nll`` computes it in bounded memory; ``lm_loss.token_nll``
+is its reference formula)."""
 from __future__ import annotations
 
 import contextlib
@@ -315,21 +315,3 @@ def run_trainer(trainer, resume_from: Optional[Path]) -> float:
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     return time.perf_counter() - t0
-
-
-def token_nll(logits, labels):
-    """Per-token NLL (float32) of ``labels[:, 1:]`` under ``logits[:, :-1]``; 0 where the label is -100
-    (the methods' losses weight it: EDIT's key tokens, Tailored Learning's weighted MLE). The reference
-    formula, on logits already made: the trainers compute the same values in bounded memory
-    (``OrionSFTTrainer.labelled_nll``, ``lm_loss``) without ever making the logits of a whole sequence."""
-    import torch.nn.functional as F
-
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    nll = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=-100,
-        reduction="none",
-    )
-    return nll.view(shift_labels.shape)

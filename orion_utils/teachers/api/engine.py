@@ -20,20 +20,36 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
+from ..cache import TeacherCache
 from ..prompts import Completion, CompletionRequest
+from .accounting import UsageLedger
 from .client import attempt_log, httpx_module, make_client
 from .commit import GroupCommitter
 from .credentials import TeacherAPIError, read_key
 from .redact import Redactor
 from .replies import MalformedResponse, parse_reply
-from .retry import Failure, classify
-
-if TYPE_CHECKING:
-    from .teacher import APITeacher
+from .retry import Failure, RetryPolicy, classify
 
 log = logging.getLogger(__name__)
+
+
+class APITeacher(Protocol):
+    """What the engine reads of the teacher it sends for (``teacher.APITeacher``, which imports this module
+    when it has requests to send): its server settings, its cache, its ledger and its failures."""
+
+    name: str
+    model: str
+    base_url: str
+    api_key_env: Optional[str]
+    concurrency: int
+    timeout_s: float
+    retry_policy: RetryPolicy
+    cache: TeacherCache
+    ledger: UsageLedger
+    progress: bool
+    last_failures: list[dict]
 
 
 @dataclass
