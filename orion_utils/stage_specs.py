@@ -45,6 +45,19 @@ FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
+
+def _dataset_teacher(g: dict) -> bool:
+    teacher = g.get("teacher")
+    return teacher is not None and teacher.kind == "dataset"
+
+
+# (stage, section) → when the stage's output depends on that section at all; otherwise the section is left out
+# of its fingerprint. The data section reaches these stages only to build a dataset teacher (``make_teacher``).
+READ_WHEN: dict[tuple[str, str], Callable[[dict], bool]] = {
+    (stage, "data"): _dataset_teacher for stage in ("teacher_cots", "reflection", "edit", "tailored", "analysis")
+}
+
+
 def prompt_texts() -> dict[str, Any]:
     """Every prompt a stage may send, by name: the teacher's (``teachers.prompts.PROMPTS``), the student's
     reflection prompt (``reflection_prompt.PROMPTS``) and the toy rules' source, which stands for the texts
@@ -88,6 +101,8 @@ def _tailored_sends(g: dict) -> tuple[str, ...]:
 
 # stage → the prompts it sends, given the sections it was given (None: one it does not read under its settings)
 SENDS: dict[str, Callable[[dict], tuple[str, ...]]] = {
+    # the toy student's pre-training CoTs catch slips in the toy reflector's idiom (``toy.teacher.caught_slip_lines``)
+    "prepare_student": lambda g: ("toy_rules",) if getattr(g.get("toy_pretrain"), "caught_slip_rate", 0) > 0 else (),
     "teacher_cots": lambda g: ("collect",) if _prompted(g.get("teacher")) else (),
     "reflection": _reflection_sends,
     "edit": _edit_sends,
@@ -118,8 +133,8 @@ def section_params(stage: str, name: str, section: Any) -> Any:
 
 
 def fingerprint(run: Optional[RunDir], stage: str, *sections: Any) -> tuple[dict, list[Path]]:
-    """A stage's params and the models it loads, derived from its declaration (READS, FIELDS, the knobs'
-    ``bookkeeping``, SENDS). ``sections``: the sections of ``READS[stage]`` in that order, as the stage
+    """A stage's params and the models it loads, derived from its declaration (READS, READ_WHEN, FIELDS, the
+    knobs' ``bookkeeping``, SENDS). ``sections``: the sections of ``READS[stage]`` in that order, as the stage
     module's function takes them; None for one it does not read under these settings (a trailing one may
     be left out). The base student (``RunDir.student_inputs``) is an input of every stage that reads the
     ``student`` section, except the stage that writes it."""
@@ -127,6 +142,8 @@ def fingerprint(run: Optional[RunDir], stage: str, *sections: Any) -> tuple[dict
     if len(sections) > len(names):
         raise ValueError(f"stage {stage!r} reads {names}; got {len(sections)} sections")
     given = dict(zip(names, sections))
+    given = {name: None if not READ_WHEN.get((stage, name), lambda g: True)(given) else section
+             for name, section in given.items()}
     params: dict = {name: section_params(stage, name, given.get(name)) for name in names}
     params["prompts"] = prompts_hash(stage, given)
     models = run.student_inputs() if run is not None and given.get("student") is not None and stage != "prepare_student" else []

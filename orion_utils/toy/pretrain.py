@@ -73,7 +73,8 @@ class PretrainConfig:
     seed: int = knob(0, "pre-training seed")
     threads: int = knob(1, "torch intra-op threads (1 is fastest for a ~1M-parameter model)", ge=1)
     prompt_template: str = knob("{question}", "how a question becomes the prompt")
-    log_every: int = knob(25, "log the loss every this many steps (0: never)", ge=0)
+    log_every: int = knob(25, "log the loss every this many steps (0: never)", ge=0,
+                          bookkeeping="how often the loss is printed, not what is trained")
 
     def __post_init__(self) -> None:
         validate(self)
