@@ -623,7 +623,7 @@ class RunDir:
         """Run ``work`` unless the stage is up to date; record it in the manifest either way.
 
         A pipeline stage's ``params`` and the models among its ``inputs`` come from its declaration
-        (``stages.fingerprint``), never written by hand.
+        (``stage_specs.fingerprint``), never written by hand.
         ``work`` writes the outputs and returns extra facts for the manifest (e.g. the backend).
         On failure the stage is marked failed and outputs it had written are removed, so nothing
         half-finished looks finished. ``scratch``: paths where ``work`` keeps progress to resume

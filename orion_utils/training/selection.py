@@ -57,7 +57,7 @@ def unsloth_first(*sections) -> bool:
     """Import Unsloth now if any of ``sections`` (profile sections; the ``TrainingConfig`` ones count)
     will train with it (``select_training_backend``), so that it comes before transformers, TRL and PEFT
     in this process: Unsloth patches them on import and warns that its patches may not apply when they
-    came first. Called by the stage entry points (``stages._sections``) and by every training run, before
+    came first. Called by the stage entry points (``stages.py``) and by every training run, before
     either imports transformers. Returns whether Unsloth is (now) imported for a run."""
     import sys
 
