@@ -79,9 +79,10 @@ CASES = {
     "prepare_student": ([("set", {"toy_pretrain": {"max_steps": 40}}), ("set", {"data": {"seed": 3}}),
                          ("set", {"toy_student": {"num_layers": 1}})],
                         [("set", {"data": {"n_train": 7}}), ("set", {"exposure": {"k": 3}})]),
-    "teacher_cots": ([("set", {"teacher": {"error_rate": 0.3}}), ("set", {"data": {"n_train": 7}}),
-                      ("set", {"training": {"max_seq_len": 100}})],
+    "teacher_cots": ([("set", {"teacher": {"error_rate": 0.3}}), ("set", {"training": {"max_seq_len": 100}})],
                      [("set", {"training": {"learning_rate": 0.5}}), ("set", {"exposure": {"k": 3}}),
+                      # the data section builds only a dataset teacher; the questions are stage 00's file, an input
+                      ("set", {"data": {"n_train": 7}}),
                       ("prompt", "reflection"), ("prompt", "collect")]),
     "error_exposure": ([("model",), ("set", {"exposure": {"k": 3}}), ("set", {"generation": {"batch_size": 3}}),
                         ("set", {"student": {"system_prompt": "Be brief."}})],

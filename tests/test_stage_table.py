@@ -234,3 +234,17 @@ def test_the_table_covers_every_knob():
     every = {f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(section_class(s))}
     assert set(KNOB_TABLE) <= every and NOT_CHANGED_ALONE <= every
     assert set(SECTION_TABLE) == set(SECTIONS)
+
+
+def test_the_data_section_counts_where_it_builds_a_dataset_teacher():
+    for stage in ("teacher_cots", "edit", "tailored"):
+        names = stage_specs.READS[stage]
+        hashes = {}
+        for kind in ("toy", "dataset"):
+            for n_train in (7, 8):
+                cfg = load_profile("smoke", {"data": {"n_train": n_train}, "teacher": {"kind": kind},
+                                             "tailored": {"rounds": 1}})
+                params, _ = stage_specs.fingerprint(None, stage, *[getattr(cfg, n) for n in names])
+                hashes[kind, n_train] = stable_hash(params)
+        assert hashes["toy", 7] == hashes["toy", 8], stage
+        assert hashes["dataset", 7] != hashes["dataset", 8], stage

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class APITeacher(Protocol):
-    """What the engine reads of the teacher it sends for (``teacher.APITeacher``, which imports this module
+    """What the engine reads of the teacher it sends for (``teachers.api.APITeacher``, which imports this module
     when it has requests to send): its server settings, its cache, its ledger and its failures."""
 
     name: str
