@@ -329,6 +329,8 @@ def _parser() -> argparse.ArgumentParser:
     links = sub.add_parser("colab-links", help="write the README's Colab links and the install cell's default repository")
     links.add_argument("--repo", default=None, help="OWNER/NAME on GitHub (default: [project.urls] Repository)")
     links.add_argument("--branch", default="main")
+    links.add_argument("--cells", action="store_true",
+                       help="only rewrite every notebook's install cell from colab.install_cell, keeping its default")
     doctor = sub.add_parser("doctor", help="what this machine runs (device, dtype, backends and why) and how fast")
     doctor.add_argument("--profile", default="toy", help="the profile whose student and settings to check")
     doctor.add_argument("--model", default=None, help="measure this model (local path or hub id) instead")
@@ -367,8 +369,12 @@ def _params(args) -> int:
 
 
 def _colab_links(args) -> int:
-    from .colab import write_colab_links
+    from .colab import write_colab_links, write_install_cells
 
+    if args.cells:
+        changed = write_install_cells()
+        print(f"[orion] Colab install cell written into {len(changed)} notebook(s): {', '.join(changed) or 'none'}")
+        return 0
     repo = write_colab_links(args.repo, args.branch)
     print(f"[orion] Colab links written for github.com/{repo} ({args.branch})")
     return 0
