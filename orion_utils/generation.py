@@ -102,7 +102,7 @@ def vllm_missing_message(problem: str) -> str:
     """Why a requested vLLM cannot run here (``problem``) and the two ways on: install it, or accept
     transformers explicitly."""
     return (f"generation.backend is 'vllm' but {problem}. Install it: pip install '{_gpu_extra_vllm()}' (what "
-            "the gpu extra installs: pip install -e \".[gpu]\"; README, GPU install); or generate with "
+            "the gpu extra installs: pip install -e \".[gpu]\"; docs/gpu.md); or generate with "
             "transformers on purpose (much slower, and the only way on the CUDA 12 route, gpu-cu12, which has no vLLM): "
             "--set generation.backend=transformers (in a notebook: overrides = {\"generation\": "
             "{\"backend\": \"transformers\"}})")

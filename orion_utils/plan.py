@@ -30,12 +30,12 @@ from .methods import methods_to_train
 # --- the assumptions --------------------------------------------------------------------------------
 # Median length, in tokens, of a teacher CoT (thinking + solution) per trace source, and where it comes from.
 COT_MEDIAN: dict[str, tuple[int, str]] = {
-    "limo": (3723, "measured here: the 291 LIMO CoTs of R1-Distill-Qwen-32B, SmolLM2 tokens (README)"),
+    "limo": (3723, "measured here: the 291 LIMO CoTs of R1-Distill-Qwen-32B, SmolLM2 tokens (docs/lab_record.md)"),
     "s1k-1.1": (7000, "assumed: DeepSeek-R1 on s1K's questions, chosen for long traces (s1.1 trains at 32k); "
                       "not measurable offline, about twice the LIMO median measured here"),
     "openr1-math-220k": (4000, "assumed: R1 on NuminaMath problems, about the LIMO median measured here"),
     "r1-samples": (3000, "assumed: the five DeepSeek-R1 samples of ../shared/data"),
-    "toy": (157, "measured here: the toy teacher's CoTs in SmolLM2 tokens (README, SmolLM2 on the toy domain)"),
+    "toy": (157, "measured here: the toy teacher's CoTs in SmolLM2 tokens (docs/profiles.md, SmolLM2 on the toy domain)"),
 }
 DEFAULT_COT_MEDIAN = (2000, "assumed: an unknown trace source")
 

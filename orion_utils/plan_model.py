@@ -341,7 +341,7 @@ class Measured:
 # --- lengths ------------------------------------------------------------------------------------------
 # Lengths of long CoTs are close to log-normal. Fitted on the one set measured here: the 291 LIMO CoTs of
 # R1-Distill-Qwen-32B run from 1,231 to 16,418 SmolLM2 tokens, median 3,723, and 167 of them are within
-# 4,096 (README, "The smol profile"): P(X <= 4096) = 0.574 gives sigma = ln(4096/3723) / 0.187 = 0.51, and
+# 4,096 (docs/lab_record.md, "Real long CoTs in SmolLM2's tokens"): P(X <= 4096) = 0.574 gives sigma = ln(4096/3723) / 0.187 = 0.51, and
 # a sample of 291 then reaches about median x e^(2.7 sigma) = 14,700 tokens, as the measured 16,418 does.
 LENGTH_SIGMA = 0.5
 

@@ -75,7 +75,7 @@ class ReflectionConfig:
     mask_wrong_step: bool = knob(True, "take the quoted wrong step out of the SFT loss")
     # Acceptance beyond a verified answer (orion_utils.acceptance): the checks judge what the rewrite adds to or
     # changes in the teacher's CoT (a diff of their sentences). The measurements behind each default are in the
-    # README's "Acceptance of a rewrite", from bench/acceptance_checks.py (real long CoTs, toy and smol runs).
+    # docs/lab_record.md, "Stage 03's acceptance defaults", from bench/acceptance_checks.py (real long CoTs, toy and smol runs).
     # reflects and corrects: an added region quotes a line/equation/value only the wrong attempt has within this
     # many characters of (non-negated) reflection language, and gives the teacher's right value within as many
     # characters of it (None: neither checked). Real long CoTs, inserted reflections: cue at most 60 chars from

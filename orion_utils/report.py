@@ -150,7 +150,7 @@ def acceptance_section(run: RunDir) -> list[str]:
              "finished, its answer verifies, the added text is no echo of the prompt nor another problem's "
              "solution, it carries on to the end with the teacher's derived values, it adds more than a copy "
              "would, and it quotes the wrong step near reflection language and gives the correction "
-             "(README, \"Acceptance of a rewrite\"). "
+             "(docs/lab_record.md, \"Stage 03's acceptance defaults\"). "
              f"Of {s['candidates']} candidates, {s['accepted_candidates']} passed every check; rejected, by the "
              f"first check failed: {rejected}. {masked}.{length}"), ""]
 

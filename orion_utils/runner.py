@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from .config import ConfigError, Profile, load_profile
+from .config import ConfigError, Profile, deep_merge, load_profile
 from .generation import BackendUnavailableError
 from .methods import notebooks_run_when_evaluated
 from .processes import run_jobs
@@ -39,6 +39,10 @@ NOTEBOOKS: tuple[str, ...] = (
     "07_evaluation",
     "08_analysis",
 )
+
+# the profile `make demo`, `orion run` and the notebooks' committed parameters cells name when none is given:
+# SmolLM2-135M-Instruct learning the toy teacher's CoTs in 15 minutes on 2 CPU cores (configs/smol_demo.yaml)
+DEFAULT_PROFILE = "smol_demo"
 
 # the first code cell of every notebook (tagged `parameters`): papermill replaces these values
 PARAMETERS_HEADER = (
@@ -126,7 +130,7 @@ def selected_notebooks(only: Optional[Sequence[str]] = None) -> list[Path]:
 def parameters_cell(profile_name: str, notebook_prefix: str, run_dir: Optional[str] = None,
                     overrides: Optional[dict] = None) -> str:
     """A notebook's parameters cell for a profile, as Python source to paste (every notebook has the
-    same one: the toy profile's is committed in each)."""
+    same one: ``DEFAULT_PROFILE``'s is committed in each)."""
     names = [name for name in NOTEBOOKS if name.startswith(notebook_prefix)]
     if len(names) != 1:
         raise ValueError(f"--notebook {notebook_prefix!r} matches {names or 'no notebook'}; give a unique prefix")
@@ -248,15 +252,71 @@ def _upstream(name: str) -> set:
     return seen
 
 
+def early_jobs(methods: Sequence[str], notebooks: Sequence[str]) -> dict[str, tuple[str, list[str]]]:
+    """Work of notebooks 04 and 07 that can start before them, one method at a time: ``{job: (stage, needs)}``.
+
+    A stage-04 method whose CoTs come from a notebook before 04's own inputs (``sft``: stage 01's) trains as
+    soon as they are there, beside exposure and reflection; every evaluated method is evaluated as soon as
+    its model is there (``base``: the prepared student; ``orion``: notebook 04). Notebooks 04 and 07 then
+    find that work up to date and show it. Only when every notebook upstream of 04 (or 07) is among the
+    ``notebooks`` run (``--only 07`` starts nothing early). The base student's evaluation waits for stage 01,
+    queued behind the early training that notebook 04 waits for."""
+    from .methods import method as registered
+    from .methods import methods_to_train
+
+    selected, work = set(notebooks), {}
+    for m in methods_to_train("04_sft", methods) if _upstream("04_sft") | {"04_sft"} <= selected else ():
+        source = registered(m).cots_from
+        if source not in NEEDS["04_sft"]:
+            work[f"04_sft:{m}"] = ("sft", [source])
+    for m in methods if _upstream("07_evaluation") | {"07_evaluation"} <= selected else ():
+        trained_in = registered(m).trained_in
+        after = (f"04_sft:{m}" if f"04_sft:{m}" in work else trained_in) if trained_in else "01_teacher_cots"
+        work[f"07_evaluation:{m}"] = ("evaluation", [after])
+    return work
+
+
 def _execute_graph(profile: Profile, run_path: Path, notebooks: list, force: bool, log_output: bool, label: str,
                    jobs: int) -> None:
     """``_execute`` one run's notebooks, up to ``jobs`` at once in separate processes, each started when
-    the selected notebooks upstream of it (``NEEDS``) have finished (``processes.run_jobs``). After a
+    the selected notebooks upstream of it (``NEEDS``) have finished (``processes.run_jobs``), with the
+    ``early_jobs`` between them (not under ``force``, which redoes every stage in its notebook). After a
     failure nothing new starts; the first failure is raised once the running notebooks have finished."""
     names = [nb.stem for nb in notebooks]
-    work = {nb.stem: (profile, run_path, [nb], force, log_output, label, i, len(notebooks))
-            for i, nb in enumerate(notebooks, start=1)}
-    run_jobs(_execute, work, jobs, needs={name: _upstream(name) & set(names) for name in names}, label="orion")
+    needs = {name: _upstream(name) & set(names) for name in names}
+    early = {} if force else early_jobs(profile.evaluation.methods, names)
+    for job, (_, before) in early.items():
+        needs[job] = set(before)
+        needs[job.split(":")[0]].add(job)  # the notebook shows what the job did
+    # the order a job is picked in when several may start: the early training before the baselines' notebooks
+    # (notebook 04 waits for it), the early evaluations last
+    order = [n for n in names if n <= "04_sft"] + [j for j in early if j.startswith("04")]
+    order += [n for n in names if n > "04_sft"] + [j for j in early if not j.startswith("04")]
+    work = {name: ("notebook", profile, run_path, [notebooks[names.index(name)]], force, log_output, label,
+                   names.index(name) + 1, len(notebooks)) if name in names else
+            ("stage", profile, run_path, early[name][0], name.split(":")[1], label) for name in order}
+    run_jobs(_run_job, work, jobs, needs=needs, label="orion")
+
+
+def _run_job(kind: str, *args) -> None:
+    """One job of ``_execute_graph``: a notebook (``_execute``) or one method's part of a stage (``_execute_stage``)."""
+    return (_execute if kind == "notebook" else _execute_stage)(*args)
+
+
+def _execute_stage(profile: Profile, run_path: Path, stage: str, method: str, label: str) -> None:
+    """Stage 04's or 07's work for one ``method`` (``early_jobs``), what it prints kept in
+    ``notebooks/<stage>_<method>.log`` beside the executed notebooks."""
+    import contextlib
+
+    from . import stages
+
+    cfg = load_profile(profile.source or profile.name,
+                       deep_merge(profile.overrides, {"evaluation": {"methods": [method]}}))
+    log = run_path / "notebooks" / f"{stage}_{method}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[orion] {stage} of {method}{label} started early (its inputs are there); output: {log}", flush=True)
+    with open(log, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        {"sft": stages.sft, "evaluation": stages.evaluation}[stage](RunDir(run_path), cfg)
 
 
 def _execute(profile: Profile, run_path: Path, notebooks: list, force: bool, log_output: bool, label: str,
@@ -308,7 +368,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orion", description="Reasoning-distillation pipeline runner")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the numbered notebooks for a profile with papermill")
-    run.add_argument("--profile", default="toy", help="smoke | toy | colab | paper | path to a YAML profile")
+    run.add_argument("--profile", default=DEFAULT_PROFILE, help="smol_demo | smoke | toy | colab | paper | ... | path to a YAML profile")
     run.add_argument("--run-dir", default=None, help="default: outputs/<profile> in the checkout")
     run.add_argument("--force", action="store_true", help="re-run every stage even if it is up to date")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -321,7 +381,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="run N seeds at once in separate processes; with one seed, N independent notebooks "
                           "at once (toy: N = CPU cores)")
     params = sub.add_parser("params", help="print a notebook's parameters cell for a profile (to paste in Jupyter/Colab)")
-    params.add_argument("--profile", default="toy", help="smoke | toy | colab | paper | path to a YAML profile")
+    params.add_argument("--profile", default=DEFAULT_PROFILE, help="smol_demo | smoke | toy | colab | paper | ... | path to a YAML profile")
     params.add_argument("--notebook", required=True, metavar="PREFIX", help="e.g. 03")
     params.add_argument("--run-dir", default=None, help="default: ../outputs/<profile>")
     params.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -329,6 +389,8 @@ def _parser() -> argparse.ArgumentParser:
     links = sub.add_parser("colab-links", help="write the README's Colab links and the install cell's default repository")
     links.add_argument("--repo", default=None, help="OWNER/NAME on GitHub (default: [project.urls] Repository)")
     links.add_argument("--branch", default="main")
+    links.add_argument("--cells", action="store_true",
+                       help="only rewrite every notebook's install cell from colab.install_cell, keeping its default")
     doctor = sub.add_parser("doctor", help="what this machine runs (device, dtype, backends and why) and how fast")
     doctor.add_argument("--profile", default="toy", help="the profile whose student and settings to check")
     doctor.add_argument("--model", default=None, help="measure this model (local path or hub id) instead")
@@ -337,7 +399,7 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--no-benchmark", action="store_true", help="only say what loads; measure nothing")
     doctor.add_argument("--json", default=None, metavar="PATH", help="also write the table and numbers as JSON")
     plan = sub.add_parser("plan", help="each stage's tokens, time, peak GPU memory, disk and API cost on a card")
-    plan.add_argument("--profile", default="toy", help="smoke | toy | colab | paper | path to a YAML profile")
+    plan.add_argument("--profile", default=DEFAULT_PROFILE, help="smol_demo | smoke | toy | colab | paper | ... | path to a YAML profile")
     plan.add_argument("--gpu", default=None, help="T4 | L4 | A10G | A100-40 | A100-80 | H100 | H200 "
                                                   "(default: the profile's card in the README's table, else T4)")
     plan.add_argument("--doctor", default=None, metavar="JSON", help="`orion doctor --json` output: its tokens/s")
@@ -367,8 +429,12 @@ def _params(args) -> int:
 
 
 def _colab_links(args) -> int:
-    from .colab import write_colab_links
+    from .colab import write_colab_links, write_install_cells
 
+    if args.cells:
+        changed = write_install_cells()
+        print(f"[orion] Colab install cell written into {len(changed)} notebook(s): {', '.join(changed) or 'none'}")
+        return 0
     repo = write_colab_links(args.repo, args.branch)
     print(f"[orion] Colab links written for github.com/{repo} ({args.branch})")
     return 0

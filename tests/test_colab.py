@@ -89,6 +89,38 @@ def test_every_notebook_has_the_same_short_colab_cell_calling_the_package():
     cell = cells["00_setup_and_data"]
     assert len(cell.splitlines()) <= 15 and "install_on_colab(" in cell
     assert 'if "google.colab" in sys.modules' in cell
+    # one source: every copy is colab.install_cell's text, with the fallback the notebooks hold
+    assert colab.install_cell_problems() == []
+    assert cell == colab.install_cell(colab.notebook_default_repo(cell))
+
+
+def test_a_notebook_whose_colab_cell_drifts_is_named_and_rewritten(tmp_path, capsys, monkeypatch):
+    notebooks = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOK_DIR, notebooks)
+    path = notebooks / "05_edit.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "ORION_REPO = " in c.source)
+    cell.source = cell.source.replace("git clone -q --depth 1", "git clone -q")  # a hand edit of one copy
+    nbformat.write(nb, path)
+    assert colab.install_cell_problems(notebooks) == [
+        "05_edit: its Colab cell differs from colab.install_cell (run `orion colab-links --cells`)"]
+    assert colab.write_install_cells(notebook_dir=notebooks) == ["05_edit"]
+    assert colab.install_cell_problems(notebooks) == []
+    colab.set_notebook_repo("me/orion", notebooks)  # every copy gets the same fallback
+    assert colab.install_cell_problems(notebooks) == []
+    assert colab.notebook_default_repo(_colab_cell("08_analysis", notebooks)) == "https://github.com/me/orion"
+    assert colab.write_install_cells(notebook_dir=notebooks) == []  # keeps each one's fallback
+    nb = nbformat.read(path, as_version=4)  # one fallback differs: named
+    cell = next(c for c in nb.cells if "ORION_REPO = " in c.source)
+    cell.source = colab.install_cell("https://github.com/you/fork")
+    nbformat.write(nb, path)
+    assert colab.install_cell_problems(notebooks) == [
+        "the notebooks' install cells fall back to different repositories: "
+        "['https://github.com/me/orion', 'https://github.com/you/fork']"]
+    monkeypatch.setattr(colab, "NOTEBOOK_DIR", notebooks)
+    monkeypatch.setattr(colab.write_install_cells, "__defaults__", (None, notebooks))
+    assert main(["colab-links", "--cells"]) == 0  # the command: nothing to change, each keeps its own
+    assert "written into 0 notebook(s)" in capsys.readouterr().out
 
 
 def test_colab_cell_does_nothing_outside_colab(tmp_path):

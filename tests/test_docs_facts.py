@@ -285,3 +285,104 @@ def test_the_checks_catch_drift(text, check):
 def test_the_checks_pass_true_facts(text):
     pieces = [("doc", text)]
     assert path_problems(pieces) + name_problems(pieces) + section_problems(pieces) + default_problems(pieces) == []
+
+
+# --- each measured number in one place, every link to a heading that exists --------------------------------
+STATED = re.compile(r"(?<![\w.\-/])(\d+ min \d+ s|\d[\d,]*\.\d+|\d[\d,]*(?=%))"
+                    r"(?:\s?(%|×|h\b|min(?:utes)?\b|s\b|points\b))?(?![\w.]*\d)")
+NOT_A_MEASUREMENT = re.compile(r"`[^`\n]*`|\]\([^)\s]*\)|\barXiv \d+\.\d+|\b\d+\.\d+\.\d+\b"
+                               r"|\b\d+% (?=(?:\w+ )?(?:bootstrap|interval|percentile))")  # a version; the interval's level
+CODE_FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+
+
+def stated_measurements(text: str) -> set:
+    """The measured numbers ``text`` states, each with its unit (``9 min 36 s``, ``7.3 h``, ``25%``, ``34.0``):
+    decimals, percentages and durations, outside code spans, link targets, fenced code, versions and citations."""
+    text = NOT_A_MEASUREMENT.sub(" ", CODE_FENCE.sub(" ", text))
+    return {f"{m.group(1)} {unit}".replace("minutes", "min").replace(" %", "%").strip() if (unit := m.group(2))
+            else m.group(1) for m in STATED.finditer(text)}
+
+
+def restated_numbers(readme: str, others: dict) -> list[str]:
+    """Each measured number the README states that another doc states too: it has one place, and the other links."""
+    mine = stated_measurements(readme)
+    return [f"{where} restates the README's {n}" for where, text in others.items()
+            for n in sorted(mine & stated_measurements(text))]
+
+
+def _other_docs() -> dict:
+    docs = {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md"))}
+    return {**docs, "ARCHITECTURE.md": (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8"),
+            **dict(_notebook_cells("markdown"))}
+
+
+def test_a_number_the_readme_states_is_stated_nowhere_else():
+    assert restated_numbers((ROOT / "README.md").read_text(encoding="utf-8"), _other_docs()) == []
+
+
+def test_restated_numbers_are_caught_and_versions_are_not_numbers():
+    readme = ("took 9 min 36 s; 7.3 h on a T4; sft 34.0 [22.2, 45.9], 25% accepted, 1.5 minutes; torch 2.14.0; "
+              "`--set a.b=0.5`; a 95% bootstrap interval")
+    assert stated_measurements(readme) == {"9 min 36 s", "7.3 h", "34.0", "22.2", "45.9", "25%", "1.5 min"}
+    assert stated_measurements("a target of 1.5×, Qwen2.5-1.5B") == {"1.5 ×"}  # not the README's 1.5 min
+    assert restated_numbers(readme, {"docs/x.md": "the toy took 9 min 36 s, sft 34.0", "docs/y.md": "torch 2.14.0, 0.5"}) \
+        == ["docs/x.md restates the README's 34.0", "docs/x.md restates the README's 9 min 36 s"]
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped (hyphens and underscores kept), spaces
+    to hyphens."""
+    text = re.sub(r"`|\*\*?|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set:
+    text = CODE_FENCE.sub("", path.read_text(encoding="utf-8"))
+    return {github_slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, re.M)}
+
+
+LINK = re.compile(r"\]\(([^)\s#]*\.md)?(?:#([\w\-]+))?\)")
+
+
+def link_problems(pieces) -> list[str]:
+    """Each relative link to a markdown file, or an anchor in one, that names no file or no heading there."""
+    problems = []
+    for where, base, text in pieces:
+        for m in LINK.finditer(text):
+            target, anchor = m.groups()
+            if not target and not anchor:
+                continue
+            path = (base / target).resolve() if target else ROOT / where.split(" cell ")[0]
+            if not path.is_file():
+                problems.append(f"{where}: link to {target}: no such file")
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+                problems.append(f"{where}: link to {target or ''}#{anchor}: no such heading")
+    return problems
+
+
+def _linking_pieces():
+    for path in [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        yield str(path.relative_to(ROOT)), path.parent, path.read_text(encoding="utf-8")
+    for where, text in _notebook_cells("markdown"):
+        yield where, ROOT / "notebooks", text
+
+
+def test_every_link_between_the_docs_reaches_a_heading():
+    assert link_problems(_linking_pieces()) == []
+
+
+def test_a_link_to_a_moved_section_is_caught():
+    assert github_slug("SmolLM2 on the toy domain (smol_toy)") == "smollm2-on-the-toy-domain-smol_toy"
+    assert github_slug("Stage 03's acceptance defaults") == "stage-03s-acceptance-defaults"
+    pieces = [("notebooks/x.ipynb cell 0", ROOT / "notebooks", "[a](../README.md#what-the-toy-demo-gives)"),
+              ("README.md", ROOT, "[b](docs/no_such_page.md)"), ("README.md", ROOT, "[c](docs/results.md#results)")]
+    assert link_problems(pieces) == ["notebooks/x.ipynb cell 0: link to ../README.md#what-the-toy-demo-gives: no "
+                                     "such heading", "README.md: link to docs/no_such_page.md: no such file"]
+
+
+def test_the_readme_lists_every_shipped_profile():
+    """The README's profile table has a row for each profile in configs/ (its hardware and time)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| profile | hardware | what it runs | time |", 1)[1].split("\n\n", 1)[0]
+    rows = set(re.findall(r"^\| `(\w+)` \|", table, re.M))
+    assert {p.stem for p in (ROOT / "configs").glob("*.yaml")} - rows == set()

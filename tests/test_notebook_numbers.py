@@ -1,6 +1,6 @@
 """A notebook teaches with its own run's numbers: its markdown states no measured number. A measurement is
-shown by a cell that computes it from the run, or kept in the record the markdown links to (the README's
-toy and SmolLM2 sections, docs/lab_record.md), never copied into the prose, where it goes stale.
+shown by a cell that computes it from the run, or kept in the record the markdown links to (docs/results.md,
+docs/lab_record.md), never copied into the prose, where it goes stale.
 
 What a notebook's markdown may hold, and nothing else, is listed once, in ALLOWED."""
 from __future__ import annotations

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from orion_utils.config import SECTIONS, load_profile
-from orion_utils.runner import NOTEBOOK_DIR, NOTEBOOKS, notebook_parameters, parameters_cell
+from orion_utils.runner import DEFAULT_PROFILE, NOTEBOOK_DIR, NOTEBOOKS, notebook_parameters, parameters_cell
 from orion_utils.stages import READS
 
 
@@ -37,12 +37,12 @@ def test_notebook_is_clean_and_parameterised(name):
     assert all(len(c.source.splitlines()) <= 25 for c in code), "long cells belong in orion_utils"
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {name[:2]}")
     # the parameters cell is the profile's name and overrides (every knob lives in configs/<profile>.yaml),
-    # exactly what `orion params --profile toy` prints, and the names the runner passes
-    assert code[0].source == parameters_cell("toy", name[:2])
+    # exactly what `orion params --profile smol_demo` (the default profile) prints, and the names the runner passes
+    assert code[0].source == parameters_cell(DEFAULT_PROFILE, name[:2])
     values: dict = {}
     exec(code[0].source, {}, values)
-    assert values == {"profile": "toy", "overrides": {}, "run_dir": "../outputs/toy", "force": False}
-    assert set(values) == set(notebook_parameters(load_profile("toy"), Path("../outputs/toy"), False))
+    assert values == {"profile": "smol_demo", "overrides": {}, "run_dir": "../outputs/smol_demo", "force": False}
+    assert set(values) == set(notebook_parameters(load_profile("smol_demo"), Path("../outputs/smol_demo"), False))
 
 
 @pytest.mark.parametrize("name", list(NOTEBOOKS))

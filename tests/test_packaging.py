@@ -174,11 +174,11 @@ UNSLOTH_CUDA_BUILDS = {"torchvision", "xformers", "torchao"}
 
 
 def test_the_cuda12_route_for_older_drivers():
-    """README's route for a driver older than CUDA 13 needs: the same torch as the gpu extra (the one vLLM
+    """docs/gpu.md's route for a driver older than CUDA 13 needs: the same torch as the gpu extra (the one vLLM
     0.33 pins), from PyTorch's CUDA 12.6 index, in the same pip command as the CUDA builds of what Unsloth
     needs beside it (torchvision matching that torch, xformers, torchao), so pip cannot pull PyPI's CUDA 13
     builds beside a cu126 torch; then the gpu-cu12 extra = the gpu extra without vLLM, naming that torchvision,
-    the same bounds otherwise. The Makefile target, the README command, the Colab cell's commands, the error the
+    the same bounds otherwise. The Makefile target, the docs' command, the Colab cell's commands, the error the
     run stops with (orion_utils.device) and environment.yml's note name the same packages and index."""
     from packaging.requirements import Requirement
     from packaging.version import Version
@@ -217,8 +217,8 @@ def test_the_cuda12_route_for_older_drivers():
         ["py", "-m", "pip", "install", "-q", *device.CUDA12_INDEX_PACKAGES, "--index-url", index],
         ["py", "-m", "pip", "install", "-q", "-e", "/c[gpu-cu12]"]]
 
-    readme = (ROOT / "README.md").read_text()
-    gpu_install = readme[readme.index("## GPU install"):readme.index("## Colab")]
+    gpu_doc = (ROOT / "docs" / "gpu.md").read_text()
+    gpu_install = gpu_doc[gpu_doc.index("## GPU install"):gpu_doc.index("## Colab")]
     assert command in gpu_install
     assert 'pip install -e ".[gpu-cu12]"' in gpu_install and "make setup-gpu-cu12" in gpu_install
     assert f"driver >= {device.CUDA_MIN_DRIVER[13].split('.')[0]}" in gpu_install

@@ -1,4 +1,6 @@
-"""The whole notebook pipeline under papermill on the `smoke` profile, then a re-run that skips."""
+"""The whole notebook pipeline under papermill on the `smoke` profile, run as `make demo` runs it (``--jobs 2``:
+independent notebooks at once, each method trained and evaluated as soon as its inputs are there), then a
+re-run that skips."""
 import json
 import subprocess
 import sys
@@ -16,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    return run_pipeline("smoke", str(tmp_path_factory.mktemp("runs") / "smoke"))
+    return run_pipeline("smoke", str(tmp_path_factory.mktemp("runs") / "smoke"), jobs=2)
 
 
 def test_every_notebook_executed_and_saved(smoke_run):
@@ -28,6 +30,23 @@ def test_every_notebook_executed_and_saved(smoke_run):
         assert not errors, f"{name}: {errors[0]}"
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert injected and 'profile = "smoke"' in injected[0].source
+
+
+def _printed(nb_path) -> str:
+    nb = nbformat.read(nb_path, as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_work_started_early_is_not_done_again(smoke_run):
+    """``runner.early_jobs``: sft trained beside exposure and reflection and every method evaluated as soon as
+    its model was there; notebooks 04 and 07 found that work up to date (one training, one evaluation each)."""
+    from orion_utils.runner import early_jobs
+
+    early = early_jobs(METHODS, NOTEBOOKS)
+    assert "04_sft:sft" in early and {f"07_evaluation:{m}" for m in METHODS} <= set(early)
+    assert (smoke_run / "notebooks" / "sft_sft.log").read_text().count("[train/sft]") >= 1
+    assert _printed(smoke_run / "notebooks" / "04_sft.ipynb").count("up to date: skipped") == 1  # train/sft
+    assert _printed(smoke_run / "notebooks" / "07_evaluation.ipynb").count("up to date: skipped") == len(METHODS)
 
 
 def test_artifacts_are_well_formed(smoke_run):

@@ -57,7 +57,7 @@ class PretrainConfig:
     # idiom that corrects it, as R1-style CoTs do): the base student then knows that idiom.
     caught_slip_rate: float = knob(
         0.2, "share of pre-training CoTs with a slip caught in the toy reflector's idiom (a design knob of the "
-        "scratch toy: it teaches the base student the idiom the rewrites use; README, the toy profile)", ge=0.0, le=1.0)
+        "scratch toy: it teaches the base student the idiom the rewrites use; docs/profiles.md, the toy profile)", ge=0.0, le=1.0)
     # The student's own wording. A real student's pre-training is not its teacher's CoTs: it has seen
     # some text worded like an R1 teacher's, far more worded its own way. ``own_variant`` (a toy teacher
     # wording, 0-3; None: all pre-training CoTs in the teacher's fixed wording, as before) is the wording of
@@ -65,7 +65,7 @@ class PretrainConfig:
     # (``teacher.wording: varied``) writes: each line's wording drawn.
     own_variant: Optional[int] = knob(
         None, "the student's own wording, a toy teacher wording 0-3 (None: the teacher's fixed wording; a design "
-        "knob of the scratch toy, set so the teacher's CoTs are foreign to it; README, the toy profile)", ge=0, le=3)
+        "knob of the scratch toy, set so the teacher's CoTs are foreign to it; docs/profiles.md, the toy profile)", ge=0, le=3)
     teacher_wording_share: float = knob(
         1.0, "with own_variant: share of CoTs worded as the varied (R1-style) toy teacher (a design knob of the "
         "scratch toy, like own_variant)", ge=0.0, le=1.0)
