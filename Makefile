@@ -59,7 +59,7 @@ setup-gpustack: $(GPUSTACK_VENV)/.installed
 # A GPU whose NVIDIA driver is older than 580 (CUDA 13): in the GPU environment (conda's `orion`, Colab),
 # the CUDA 12.6 build of the gpu extra's torch from PyTorch's index, with the CUDA builds of what Unsloth
 # needs beside it from the same index (torchvision, xformers, torchao: orion_utils.device.CUDA12_INDEX_PACKAGES),
-# then the gpu extra without vLLM (pyproject.toml's gpu-cu12; README, GPU install). Never part of `make setup`.
+# then the gpu extra without vLLM (pyproject.toml's gpu-cu12; docs/gpu.md, "GPU install"). Never part of `make setup`.
 GPU_PYTHON ?= python
 GPU_TORCH_VERSION ?= 2.14.0
 GPU_TORCHVISION_VERSION ?= 0.29.0
@@ -112,13 +112,13 @@ demo: setup
 demo-full: setup
 	$(BIN)/orion run --profile smol_full --jobs $(JOBS)
 
-# The toy demo over seeds 0, 1, 2 (configs/toy3.yaml), two seeds at a time in separate processes (a toy
-# seed uses one core: on 2 cores about twice `make demo`): outputs/toy3/report.md
+# The scratch toy over seeds 0, 1, 2 (configs/toy3.yaml), two seeds at a time in separate processes (a toy
+# seed uses one core): outputs/toy3/report.md (docs/results.md, "The scratch toy over three seeds")
 demo-seeds: setup
 	$(BIN)/orion run --profile toy3 --jobs 2
 
 # SmolLM2-135M-Instruct on the toy domain over seeds 0, 1, 2 (configs/smol_toy3.yaml), two seeds at a time:
-# outputs/smol_toy3/report.md (README, "SmolLM2 on the toy domain")
+# outputs/smol_toy3/report.md (docs/results.md, "SmolLM2 on the toy domain over three seeds")
 demo-smol-seeds: setup
 	$(BIN)/orion run --profile smol_toy3 --jobs 2
 

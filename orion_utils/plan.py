@@ -204,8 +204,9 @@ class _Planner:
         return seconds, batch, mem
 
     def generation(self, row: Row, n_seq: float, prompt: float, lengths: pm.Lengths, max_new: int, runaway: float,
-                   group: int = 1, note: bool = True) -> None:
-        """``n_seq`` generations of ``lengths`` cut at ``max_new``, ``group`` per prompt (read once)."""
+                   group: int = 1, note: bool = True) -> int:
+        """``n_seq`` generations of ``lengths`` cut at ``max_new``, ``group`` per prompt (read once); returns how
+        many run at once."""
         expected = lengths.expected_capped(max_new, runaway)
         row.generate += n_seq * expected
         row.generate_max += n_seq * max_new
@@ -223,6 +224,7 @@ class _Planner:
         if note:
             row.notes.append(f"{n_seq:,.0f} generations x {expected:,.0f} tokens expected (max {max_new:,}), "
                              f"{batch} at once")
+        return batch
 
     def _gen_peak_text(self, mem: dict, batch: int, prompt: float, expected: float) -> str:
         if self.backend == "vllm":
@@ -392,13 +394,21 @@ def _stages(pl: _Planner) -> list[Row]:
     problems = sum(sizes.values())
     per_problem = ev.n_samples + (1 if ev.greedy else 0)
     r = Row("07", f"evaluation ({len(evaluated)} methods)")
+    at_once = 0
     for method in evaluated:
         trained = method != "base"
         for bench, count in sizes.items():
             effort = BENCHMARK_EFFORT.get(bench, 1.0)
             median = (pl.cot.median if trained else pl.base_len.median) * effort
-            pl.generation(r, count * per_problem, t.prompt_tokens, pm.Lengths(median), ev.max_new_tokens,
-                          t.trained_runaway if trained else t.base_runaway, group=per_problem, note=False)
+            at_once = max(at_once, pl.generation(r, count * per_problem, t.prompt_tokens, pm.Lengths(median),
+                                                 ev.max_new_tokens, t.trained_runaway if trained else t.base_runaway,
+                                                 group=per_problem, note=False))
+    chunk_seqs = ev.chunk_questions * per_problem
+    if pl.backend == "vllm" and chunk_seqs < 2 * at_once and problems > ev.chunk_questions:
+        # each chunk ends in a part-full batch: a chunk of at least two full batches keeps that tail under a third
+        pl.warnings.append(f"07 evaluation: a chunk of {ev.chunk_questions} questions sends {chunk_seqs} sequences, "
+                           f"fewer than twice the {at_once} vLLM runs at once; evaluation.chunk_questions >= "
+                           f"{-(-2 * at_once // per_problem)} keeps its batches full (a crash loses one chunk)")
     r.notes = [f"{problems:,} problems ({', '.join(f'{k} {v}' for k, v in sizes.items())}) x {per_problem} "
                f"generations x {len(evaluated)} methods, answers as long as the training CoTs x "
                f"{BENCHMARK_EFFORT} (assumed; base: {t.base_answer} tokens x the same); resumes per chunk of "

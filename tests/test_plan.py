@@ -155,6 +155,16 @@ def test_colab_fits_one_session_on_a_t4_and_colab_full_needs_several():
     assert full.hours > 12 and any("sessions" in w for w in full.warnings)
 
 
+def test_an_evaluation_chunk_smaller_than_two_vllm_batches_is_a_warning():
+    """colab: 3 generations per question (greedy + 2 samples), 256 sequences at once on a T4 (KV room for 256
+    of 514 tokens): 64 questions send 192 < 512; the profile's 192 send 576."""
+    small = make_plan("colab", "T4", overrides={"evaluation": {"chunk_questions": 64}})
+    assert [w for w in small.warnings if w.startswith("07")] == [
+        "07 evaluation: a chunk of 64 questions sends 192 sequences, fewer than twice the 256 vLLM runs at once; "
+        "evaluation.chunk_questions >= 171 keeps its batches full (a crash loses one chunk)"]
+    assert not [w for w in make_plan("colab", "T4").warnings if w.startswith("07")]
+
+
 def test_no_paper_stage_over_80_gb_and_its_api_requests_by_hand():
     plan = make_plan("paper", "H100")
     assert all(r.peak_gib <= 80e9 / pm.GIB for r in plan.rows if r.peak_gib is not None)
