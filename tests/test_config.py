@@ -282,3 +282,22 @@ def test_a_kernel_that_does_not_start_is_started_again(tmp_path, monkeypatch, ca
     with pytest.raises(RuntimeError, match="something else"):
         runner._execute(load_profile("smoke"), tmp_path, [nb], False, False, "")
     assert calls.count("broken") == 1
+
+
+def test_early_jobs_start_each_methods_work_when_its_inputs_are_there():
+    """``orion run --jobs N``: sft (its CoTs from stage 01) trains beside exposure and reflection; each method is
+    evaluated once its model is there; nothing starts early when a notebook upstream is not run (``--only``)."""
+    from orion_utils.runner import NOTEBOOKS, early_jobs
+
+    assert early_jobs(["base", "sft", "orion", "edit", "tailored"], NOTEBOOKS) == {
+        "04_sft:sft": ("sft", ["01_teacher_cots"]),
+        "07_evaluation:base": ("evaluation", ["01_teacher_cots"]),
+        "07_evaluation:sft": ("evaluation", ["04_sft:sft"]),
+        "07_evaluation:orion": ("evaluation", ["04_sft"]),
+        "07_evaluation:edit": ("evaluation", ["05_edit"]),
+        "07_evaluation:tailored": ("evaluation", ["06_tailored_learning"]),
+    }
+    assert early_jobs(["base", "orion"], NOTEBOOKS) == {
+        "07_evaluation:base": ("evaluation", ["01_teacher_cots"]), "07_evaluation:orion": ("evaluation", ["04_sft"])}
+    assert early_jobs(["base", "sft", "orion"], [n for n in NOTEBOOKS if n != "02_error_exposure"]) == {}
+    assert early_jobs(["base", "sft"], ["07_evaluation"]) == {}

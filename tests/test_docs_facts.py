@@ -316,8 +316,14 @@ def _other_docs() -> dict:
             **dict(_notebook_cells("markdown"))}
 
 
+# the same value measured by different runs, each stated once: docs/results.md's smol_toy3 table and the README's
+# demo table (accuracies out of 24 and 48 questions coincide: 7/24 = 14/48 = 29.2%, 6/24 = 12/48 = 25.0%; 0.0)
+COINCIDENCES = {("docs/results.md", "0.0"), ("docs/results.md", "25.0"), ("docs/results.md", "29.2")}
+
+
 def test_a_number_the_readme_states_is_stated_nowhere_else():
-    assert restated_numbers((ROOT / "README.md").read_text(encoding="utf-8"), _other_docs()) == []
+    restated = restated_numbers((ROOT / "README.md").read_text(encoding="utf-8"), _other_docs())
+    assert [r for r in restated if (r.split(" restates")[0], r.rsplit(" ", 1)[1]) not in COINCIDENCES] == []
 
 
 def test_restated_numbers_are_caught_and_versions_are_not_numbers():

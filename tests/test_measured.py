@@ -127,7 +127,8 @@ def test_results_markdown_for_the_evaluation_notebook():
 # --- the report's introduction ------------------------------------------------------------------
 
 SHIPPED = {"toy": "scratch toy", "toy3": "scratch toy", "smoke": "scratch toy",
-           "smol_toy": "pretrained toy", "smol_toy3": "pretrained toy",
+           "smol_toy": "pretrained toy", "smol_toy3": "pretrained toy", "smol_demo": "pretrained toy",
+           "smol_full": "pretrained toy",
            "smol": "real", "colab": "real", "colab_full": "real", "colab_rehearsal": "real", "paper": "real"}
 
 

@@ -260,3 +260,11 @@ def test_gpustack_tier_installs_the_gpu_extras_caps_on_cpu_torch_and_runs_in_ci(
     assert lines[-1].startswith("venv-x/bin/python -m pytest -q tests/")
     calls = ci_make_calls(tmp_path)
     assert calls.index("setup-gpustack") < calls.index("test-gpustack") and calls[-1] == "test-gpustack"
+
+
+def test_make_demo_runs_the_default_profile_and_demo_full_the_five_methods():
+    from orion_utils.runner import DEFAULT_PROFILE
+
+    assert make_dry_run("demo", VENV="venv-x")[-1] == f"venv-x/bin/orion run --profile {DEFAULT_PROFILE} --jobs 2"
+    assert make_dry_run("demo", VENV="venv-x", PROFILE="toy")[-1] == "venv-x/bin/orion run --profile toy --jobs 2"
+    assert make_dry_run("demo-full", VENV="venv-x")[-1] == "venv-x/bin/orion run --profile smol_full --jobs 2"
