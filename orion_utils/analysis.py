@@ -49,7 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import mean
@@ -58,7 +58,6 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .claims import CLAIM_MARGIN_POINTS, assess_claims, assess_own, look_inside
 from .figures import write_figures
 from .jsonl import read_jsonl, write_json
-from .knobs import knob, validate
 from .measures import (
     CONSISTENCY_KINDS,
     DEFAULT_BUCKETS,
@@ -78,6 +77,7 @@ from .numerics import NonFiniteError
 from .records import EvalSample
 from .report import DEFINITIONS, write_report
 from .rundir import RunDir
+from .sections import STEP_CONSISTENCY, AnalysisConfig  # the section: analysis.AnalysisConfig
 from .stage_specs import fingerprint
 from .stats import (
     INTERVAL_METRICS,
@@ -94,7 +94,6 @@ Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 """``scorer(questions, completions) -> per-completion mean token NLL`` under the base student."""
 
 TOKEN_KEYS = ("cot_perplexity", "cot_tokens_mean", "response_tokens_mean", "loss_delta_std")
-STEP_CONSISTENCY = ("auto", "on", "off")  # analysis.step_consistency
 ANALYSIS_VERSION = 3  # 3: the paper's three claims, own_measurements apart, coherence by the judge first
 
 # the stage's own names, and those it uses from the modules it is made of
@@ -258,36 +257,6 @@ def _aggregate_method_scalars(per_seed: Sequence[dict]) -> dict:
 # =============================================================================================
 # One run
 # =============================================================================================
-
-
-@dataclass
-class AnalysisConfig:
-    """Parameters of the analysis stage (named, so a notebook can show and change them)."""
-
-    max_cots: Optional[int] = knob(
-        512, "training CoTs scored per method for cot_perplexity (None: all)", ge=1)
-    batch_size: int = knob(16, "completion_nll batch size", ge=1)
-    buckets: list = knob(
-        factory=lambda: [list(b) for b in DEFAULT_BUCKETS], help="difficulty buckets of the base student's pass rate, [low, high] pairs")
-    step_consistency: str = knob(
-        "auto", "check the steps of training CoTs: auto (toy runs only), on or off", choices=STEP_CONSISTENCY)
-    consistency_kinds: list = knob(
-        factory=lambda: list(CONSISTENCY_KINDS), help="which step-consistency measures are computed", each=CONSISTENCY_KINDS)
-    margin_points: float = knob(CLAIM_MARGIN_POINTS, "the headline claim's margin, in points", ge=0.0)
-    judge: bool = knob(
-        False, "real runs: the teacher judges the step consistency of training CoTs (costs calls)")
-    judge_max_cots: int = knob(64, "training CoTs judged per method", ge=1)
-    # intervals (every benchmark cell, and the headline's paired ORION − baseline differences)
-    bootstrap_resamples: int = knob(2000, "bootstrap resamples per interval", ge=1)
-    bootstrap_seed: int = knob(0, "bootstrap seed: the same run gives the same intervals")
-    interval_level: float = knob(0.95, "confidence level of every interval", gt=0.0, le=1.0)
-    decide_max_width_points: float = knob(
-        8.0, "headline: a paired interval wider than this is too small to decide", gt=0.0)
-    # (4 × the 2-point margin) cannot tell "beats by the margin" from "no difference". AIME24's 30 problems give
-    #   ~15-25 points, AMC23's 40 ~15-20; MATH500 ~5, GSM-Hard ~3 (one problem: 3.3, 2.5, 0.2, 0.08 points)
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 def judge_consistency(judge, cots: Sequence[tuple[str, str]]) -> dict:

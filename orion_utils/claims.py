@@ -21,9 +21,9 @@ from typing import Any, Optional, Sequence
 from .claim_words import claim_entry, own_entry
 from .report import cell_text
 from .rundir import RunDir
+from .sections import CLAIM_MARGIN_POINTS  # the analysis section's default margin
 from .stats import headline_status
 
-CLAIM_MARGIN_POINTS = 2.0
 PAPER_CLAIMS = ("headline", "coherence", "stability")  # the paper's three claims, in its order
 OWN_MEASUREMENTS = ("verbosity", "unfinished")  # ours, reported apart from the paper's claims
 # coherence measures that did not select ORION's rewrites (perplexity, ``cot_perplexity``, may have)

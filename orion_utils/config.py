@@ -3,7 +3,9 @@
 A profile is a set of sections; each section is a flat dataclass owned by the stage that uses it
 (``exposure`` → ``orion_utils.exposure.ExposureConfig`` ...), or defined here when several stages
 share it or when its stage's module imports torch: the training sections (``training``, ``edit``,
-``tailored``: ``TrainingConfig`` and the methods' extensions of it). Loading a profile imports no
+``tailored``: ``TrainingConfig`` and the methods' extensions of it). ``SECTIONS`` names each section's
+class itself, imported here: the stage sections whose module imports this one are ``orion_utils.sections``'s
+(each stage module imports its own from there). Loading a profile imports no
 torch, transformers or TRL. A profile may start from another (``base: toy``) and override some keys.
 Unknown sections, unknown keys, wrong types, values outside a knob's choices or range (each section's
 ``__post_init__``, ``orion_utils.knobs``) and knobs that do not fit together (``cross_section_problems``) are
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,10 @@ import yaml
 from .device import DTYPE_CHOICES as DTYPES
 from .jsonl import matches_type
 from .knobs import SAVED_CHUNKS, ConfigError, knob, validate
+from .lengths import LongCotsConfig
+from .sections import AnalysisConfig, EvaluationConfig, ExposureConfig, PretrainConfig, ReflectionConfig
+from .toy.domain import ToyDomainConfig
+from .toy.student import ToyStudentConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -269,22 +274,22 @@ class TailoredConfig(TrainingConfig):
     batch_size: int = knob(4, "rationales per step, all of different questions", ge=1)
 
 
-SECTIONS: dict[str, str] = {
-    "student": "orion_utils.config:StudentConfig",
-    "toy_student": "orion_utils.toy.student:ToyStudentConfig",
-    "toy_domain": "orion_utils.toy.domain:ToyDomainConfig",
-    "toy_pretrain": "orion_utils.toy.pretrain:PretrainConfig",
-    "data": "orion_utils.config:DataConfig",
-    "teacher": "orion_utils.config:TeacherConfig",
-    "generation": "orion_utils.config:GenerationConfig",
-    "exposure": "orion_utils.exposure:ExposureConfig",
-    "reflection": "orion_utils.reflection:ReflectionConfig",
-    "training": "orion_utils.config:TrainingConfig",
-    "edit": "orion_utils.config:EditConfig",
-    "tailored": "orion_utils.config:TailoredConfig",
-    "evaluation": "orion_utils.evaluation:EvaluationConfig",
-    "analysis": "orion_utils.analysis:AnalysisConfig",
-    "long_cots": "orion_utils.lengths:LongCotsConfig",
+SECTIONS: dict[str, type] = {
+    "student": StudentConfig,
+    "toy_student": ToyStudentConfig,
+    "toy_domain": ToyDomainConfig,
+    "toy_pretrain": PretrainConfig,
+    "data": DataConfig,
+    "teacher": TeacherConfig,
+    "generation": GenerationConfig,
+    "exposure": ExposureConfig,
+    "reflection": ReflectionConfig,
+    "training": TrainingConfig,
+    "edit": EditConfig,
+    "tailored": TailoredConfig,
+    "evaluation": EvaluationConfig,
+    "analysis": AnalysisConfig,
+    "long_cots": LongCotsConfig,
 }
 TOP_LEVEL = {"profile": str, "description": str, "base": str, "seeds": list, "students": list}
 # One training stack: a method's section is the shared training config plus the method's own fields,
@@ -296,8 +301,8 @@ RENAMED = {"sft": "training", "warmup": "toy_pretrain"}
 
 
 def section_class(name: str) -> type:
-    module, cls = SECTIONS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The dataclass of section ``name`` (``SECTIONS[name]``)."""
+    return SECTIONS[name]
 
 
 def build_section(cls: type, values: dict, where: str) -> Any:

@@ -11,7 +11,6 @@ A benchmark is generated in chunks of ``evaluation.chunk_questions`` problems, e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Optional, Sequence
@@ -19,42 +18,13 @@ from typing import Optional, Sequence
 from .config import GenerationConfig, StudentConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
-from .knobs import SAVED_CHUNKS, knob, validate
-from .methods import METHODS as _REGISTRY
 from .numerics import degenerate_note, n_degenerate
 from .processes import run_jobs
 from .records import EvalSample, Problem
 from .rundir import RunDir, chunk_seed, run_in_chunks
 from .sampling import is_unfinished
+from .sections import METHODS, EvaluationConfig  # the section: evaluation.EvaluationConfig
 from .stage_specs import fingerprint
-
-METHODS = tuple(_REGISTRY)  # every method a run can evaluate (orion_utils.methods)
-
-
-@dataclass
-class EvaluationConfig:
-    methods: list = knob(
-        factory=lambda: list(METHODS), help="methods evaluated (the registry: orion_utils.methods)", each=METHODS,
-        bookkeeping="which methods a run trains and evaluates: each has its own stages, which it leaves unchanged")
-    n_samples: int = knob(4, "samples per problem for pass@1 (0: greedy decoding only)", ge=0)
-    temperature: float = knob(0.6, "sampling temperature for pass@1", ge=0.0)
-    top_p: float = knob(0.95, "nucleus sampling for pass@1", gt=0.0, le=1.0)
-    max_new_tokens: int = knob(256, "longest answer, in tokens", ge=1)
-    greedy: bool = knob(True, "also decode greedily once per problem")
-    seed: int = knob(0, "sampling seed")
-    # methods evaluated at once, each in its own process (a CPU core each for a small student; on one
-    # GPU keep 1); the samples do not depend on it
-    workers: int = knob(1, "methods evaluated at once, one process each (on one GPU keep 1)", ge=1,
-                        bookkeeping="how many methods at a time; each method's samples are its own")
-    # questions per generation call; each finished chunk is saved (eval/<method>/<benchmark>.partial.jsonl),
-    # so a crash or a disconnect loses at most one; the samples do not depend on an interruption
-    chunk_questions: int = knob(64, "questions per generation call; each finished chunk is saved", ge=1,
-                                bookkeeping=SAVED_CHUNKS)
-
-    def __post_init__(self) -> None:
-        nothing = ["n_samples: 0 with greedy: false decodes nothing"] if self.n_samples == 0 and not self.greedy else []
-        validate(self, nothing)
-
 
 def grade_generations(method: str, benchmark: str, problems: Sequence[Problem], outputs, decoding: str) -> list[EvalSample]:
     samples = []

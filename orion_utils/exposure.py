@@ -10,43 +10,18 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import GenerationConfig, StudentConfig, TrainingConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
-from .knobs import SAVED_CHUNKS, knob, validate
 from .numerics import degenerate_note, n_degenerate
 from .records import Problem, SFTExample, StudentAttempt, text_key
 from .rundir import RunDir, chunk_seed, run_in_chunks
 from .sampling import is_unfinished  # the one cut-off rule
+from .sections import EXPOSURE_SOURCES, ExposureConfig  # the section: exposure.ExposureConfig
 from .stage_specs import fingerprint
-
-EXPOSURE_SOURCES = ("base", "primed")
-
-@dataclass
-class ExposureConfig:
-    source: str = knob(
-        "base", "who makes the errors: base (the student as it is) or primed (after a short SFT on the teacher CoTs)", choices=EXPOSURE_SOURCES)
-    k: int = knob(4, "student samples per question", ge=1)
-    temperature: float = knob(0.8, "sampling temperature of the student's attempts", ge=0.0)
-    top_p: float = knob(0.9, "nucleus sampling of the student's attempts", gt=0.0, le=1.0)
-    max_new_tokens: int = knob(256, "longest student attempt, in tokens", ge=1)
-    priming_epochs: float = knob(1.0, "source=primed only: epochs of that short SFT", gt=0.0)
-    # questions per generation call; each finished chunk is saved, so a crash or a disconnect loses at most
-    # one (its samples do not depend on an interruption: rundir.chunk_seed)
-    chunk_questions: int = knob(32, "questions per generation call; each finished chunk is saved", ge=1,
-                                bookkeeping=SAVED_CHUNKS)
-    # an attempt cut off at max_new_tokens is "unfinished", counted apart from the wrong ones whatever answer
-    # it states; False: it is not an error to reflect on (it shows no mistake, only that the budget ran out)
-    unfinished_as_errors: bool = knob(
-        False, "an attempt cut off at max_new_tokens counts as an error to reflect on")
-    seed: int = knob(0, "sampling seed")
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 def dedupe_errors(attempts: list[StudentAttempt], unfinished_as_errors: bool = False) -> list[StudentAttempt]:

@@ -8,9 +8,9 @@ the code that makes its data (ARCHITECTURE.md, "A method"). Imports nothing heav
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Optional
 
 from .layouts import EditDir, TailoredDir, TrainedDir
 
@@ -22,9 +22,9 @@ class Method:
     trained_in: str = ""  # the notebook that trains it ("": not trained, the base student)
     # stage 04's methods: the notebook whose outputs its set (data/training_set_<name>.jsonl) comes from
     cots_from: str = ""
-    # "module:function" in orion_utils that stage 04 calls to make that set from stage 01's outputs:
-    # (problems, teacher traces, a count of the student's tokens) -> SFTExamples; "": an earlier stage writes it
-    builds_set: str = ""
+    # the function stage 04 calls to make that set from stage 01's outputs, imported here plainly:
+    # (problems, teacher traces, a count of the student's tokens) -> SFTExamples; None: an earlier stage writes it
+    builds_set: Optional[Callable[..., list]] = None
     only_when_evaluated: bool = False  # its notebook runs only when evaluation.methods lists it
     folder: type = TrainedDir  # the layout of models/<name>/ (orion_utils.layouts): phases, training files
     colour: str = "#DD8452"
@@ -59,12 +59,6 @@ def methods_to_train(notebook: str, evaluated: Sequence[str]) -> list[str]:
     """What ``notebook`` trains in a run that evaluates ``evaluated``: its methods that are evaluated,
     in registry order (a model nobody evaluates is not trained)."""
     return [name for name in cot_methods(notebook) if name in evaluated]
-
-
-def set_builder(name: str) -> Callable:
-    """The function that makes ``name``'s training set (its ``builds_set``), imported when asked for."""
-    module, function = method(name).builds_set.split(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), function)
 
 
 def notebooks_run_when_evaluated() -> dict[str, str]:

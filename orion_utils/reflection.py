@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from typing import Optional, Protocol, Sequence
 
 from .acceptance import (
-    Thresholds,
     Unfinished,
     acceptance_line,
     acceptance_summary,
@@ -38,78 +37,13 @@ from .config import GenerationConfig, StudentConfig
 from .generation import StageModel
 from .grading import grade
 from .jsonl import read_jsonl, write_jsonl
-from .knobs import SAVED_CHUNKS, knob, validate
 from .numerics import NonFiniteError, degenerate_note
 from .records import Problem, Refinement, SFTExample, StudentAttempt
 from .rewrite_judge import judge_candidates, judge_line, judge_summary, make_rewrite_judge
 from .reflection_prompt import REFLECTION_PROMPT
 from .rundir import RunDir, chunk_seed, run_in_chunks
+from .sections import REFLECTORS, SELECTION_RULES, ReflectionConfig  # the section: reflection.ReflectionConfig
 from .stage_specs import fingerprint
-
-SELECTION_RULES = ("perplexity", "shortest", "first")
-REFLECTORS = ("student", "rule", "llm")
-
-
-
-@dataclass
-class ReflectionConfig:
-    reflector: str = knob(
-        "auto", "who rewrites the teacher CoT around the error: auto (student for the toy student, llm otherwise)", choices=("auto",) + REFLECTORS)
-    m: int = knob(4, "candidate rewrites per (question, wrong attempt)", ge=1)
-    temperature: float = knob(0.7, "sampling temperature of the rewrites", ge=0.0)
-    top_p: float = knob(0.95, "nucleus sampling of the rewrites", gt=0.0, le=1.0)
-    max_new_tokens: int = knob(4096, "longest rewrite, in tokens", ge=1)
-    selection: str = knob(
-        "perplexity", "which accepted rewrite is kept: perplexity (lowest student NLL), shortest or first", choices=SELECTION_RULES)
-    seed: int = knob(0, "sampling seed")
-    # items per generation call (and per scoring call); each finished chunk is saved, so a crash or a
-    # disconnect loses at most one (its samples do not depend on an interruption: rundir.chunk_seed)
-    chunk_questions: int = knob(64, "questions per generation (and scoring) call; each finished chunk is saved",
-                                ge=1, bookkeeping=SAVED_CHUNKS)
-    # A second reflector run on the same wrong attempts, measured beside the run's own and never trained on:
-    # its acceptance rate, mechanism and rewrites go to the report (``data/refinements_compare.jsonl``).
-    compare: str = knob(
-        "", "also run this reflector on the same errors, for the report only ('' none)", choices=("",) + REFLECTORS)
-    # Take the quoted wrong step (the student's own wrong line, which the refined CoT quotes before
-    # checking it) out of the SFT loss, so the student is not trained to write it again.
-    mask_wrong_step: bool = knob(True, "take the quoted wrong step out of the SFT loss")
-    # Acceptance beyond a verified answer (orion_utils.acceptance): the checks judge what the rewrite adds to or
-    # changes in the teacher's CoT (a diff of their sentences). The measurements behind each default are in the
-    # docs/lab_record.md, "Stage 03's acceptance defaults", from bench/acceptance_checks.py (real long CoTs, toy and smol runs).
-    # reflects and corrects: an added region quotes a line/equation/value only the wrong attempt has within this
-    # many characters of (non-negated) reflection language, and gives the teacher's right value within as many
-    # characters of it (None: neither checked). Real long CoTs, inserted reflections: cue at most 60 chars from
-    # the quote, right value at most 170; toy quotes: 0-59 chars
-    reflect_window: Optional[int] = knob(
-        200, "acceptance: characters between the quoted error and reflection language, and between it and the "
-             "right value (None: not checked)", ge=0)
-    # carries on to the end: share of the teacher CoT's derived numbers after the point where the rewrite departs
-    # from it that the rewrite's text after that point keeps (0: off; also switches off "other problem"). Real long
-    # CoTs: an inserted reflection keeps 0.864-1.0; a reflection then a cut 400 characters later median 0.20 (7 of
-    # 271 above 0.8); the first half or quarter + box at most 0.5
-    min_coverage: float = knob(
-        0.8, "acceptance: share of the teacher CoT's derived numbers after the rewrite's first change that it "
-             "keeps (0: off)", ge=0.0, le=1.0)
-    # more than a copy: non-blank characters the rewrite adds to or changes in the teacher's CoT (0: off). Copies
-    # and whitespace-changed copies add 0; inserted reflections on real long CoTs add 75-950 (median 120)
-    min_added_chars: int = knob(
-        20, "acceptance: fewest characters the rewrite must add to or change in the teacher's CoT (0: off)", ge=0)
-    # not an echo of the prompt: its headings or instruction sentences (read from REFLECTION_PROMPT) or the
-    # prompt's texts pasted whole, in what the rewrite adds
-    reject_echoes: bool = knob(True, "acceptance: reject rewrites that repeat the reflection prompt's headings, "
-                                     "instructions or texts")
-
-    # after the rules: the profile's teacher is asked about each candidate that passed them all (rewrite_judge)
-    judge: bool = knob(False, "ask the teacher whether each rewrite that passed every rule reflects on the student's "
-                              "error and reasons validly; costs one request per such candidate")
-
-    def thresholds(self):
-        """The acceptance knobs, as ``acceptance.check_candidate`` takes them."""
-        return Thresholds(self.reflect_window, self.min_coverage, self.min_added_chars, self.reject_echoes)
-
-    def __post_init__(self) -> None:
-        same = self.compare and self.compare == self.reflector
-        validate(self, [f"compare: {self.compare!r} is the reflector itself; name another one or ''"] if same else [])
 
 
 @dataclass

@@ -19,7 +19,7 @@ from .collection import (
 )
 from .config import StudentConfig
 from .jsonl import read_jsonl, write_jsonl
-from .methods import cot_methods, set_builder
+from .methods import cot_methods
 from .methods import method as registered
 from .records import Problem, SFTExample, TeacherTrace
 from .rundir import RunDir
@@ -36,7 +36,7 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
     for method in known if methods is None else methods:
         if method not in known:
             raise ValueError(f"no training set for method {method!r}; known: {list(known)}")
-        if registered(method).builds_set:
+        if registered(method).builds_set is not None:
             _build_set(run, method, cfg, student, force)
         entries[method] = _train(run, method, cfg, student, force)
     return entries
@@ -45,13 +45,13 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
 def _build_set(run: RunDir, method: str, cfg, student: StudentConfig, force: bool) -> dict:
     """A method's training set made by its registry entry's ``builds_set`` from stage 01's questions and
     teacher traces, lengths in the student's tokens; its own stage ``set/<method>``."""
+    build = registered(method).builds_set
     params, models = fingerprint(run, "sft", None, student)  # the builder reads no training knob
-    params["builds_set"] = registered(method).builds_set
+    params["builds_set"] = f"{build.__module__}.{build.__qualname__}"
     inputs = [run.train_problems, run.teacher_traces, *models]
 
     def work() -> dict:
         count = TokenCounter(run.student_model(), student.prompt_template, student.system_prompt or None)
-        build = set_builder(method)
         examples = build(read_jsonl(inputs[0], Problem), read_jsonl(inputs[1], TeacherTrace), count)
         write_jsonl(run.training_set(method), examples)
         return {"n_examples": len(examples)}

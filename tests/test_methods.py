@@ -114,15 +114,12 @@ def _shortest_correct(problems, traces, count):
 
 
 def test_a_method_with_a_set_builder_is_built_and_trained_by_stage_04(tmp_path, monkeypatch, tiny_model_dir):
-    """A registry entry naming a ``builds_set`` is all stage 04 needs: its set is made from stage 01's traces
-    (its own stage ``set/<m>``) and a model is trained on it into ``models/<m>/``."""
-    from orion_utils import collection
+    """A registry entry naming a ``builds_set`` function is all stage 04 needs: its set is made from stage 01's
+    traces (its own stage ``set/<m>``) and a model is trained on it into ``models/<m>/``."""
     from orion_utils.sft import run_sft
 
-    monkeypatch.setattr(collection, "shortest_correct", _shortest_correct, raising=False)
     monkeypatch.setitem(METHODS, "shortest", Method("shortest", "SFT on the shortest correct CoT", "04_sft",
-                                                    "01_teacher_cots", "collection:shortest_correct",
-                                                    colour="#000003"))
+                                                    "01_teacher_cots", _shortest_correct, colour="#000003"))
     run = RunDir(tmp_path / "run")
     shutil.copytree(tiny_model_dir, run.toy_student)
     write_json(run.student_info, {"model": "models/base", "in_run_dir": True})

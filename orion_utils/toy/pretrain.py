@@ -17,70 +17,15 @@ keeps the base model the same on a fast or a busy machine; ``time_budget_s`` is 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..device import torch_threads
-from ..knobs import knob, validate
 from ..records import Problem, format_cot
-
-LR_SCHEDULES = ("wsd", "constant", "cosine")
-STYLES = ("full", "terse")  # teacher CoT styles (toy.teacher)
-
-@dataclass
-class PretrainConfig:
-    """Pre-training of the toy student (simple types: a profile section)."""
-
-    max_steps: int = knob(850, "optimizer steps (the stopping rule; deterministic)", ge=1)
-    time_budget_s: float = knob(
-        900.0, "safety cap: stop early if a step would start after this many seconds", ge=0.0)
-    batch_size: int = knob(12, "sequences per step", ge=1)
-    lr: float = knob(3e-3, "peak learning rate", gt=0.0)
-    lr_schedule: str = knob(
-        "wsd", "wsd (ramp, constant, linear decay), constant or cosine", choices=LR_SCHEDULES)
-    ramp_steps: int = knob(50, "linear learning-rate ramp from 0, in steps", ge=0)
-    decay_frac: float = knob(
-        0.3, "wsd: the last this fraction of the steps decays the learning rate", ge=0.0, le=1.0)
-    final_lr_frac: float = knob(
-        0.25, "wsd, cosine: the learning rate decays to this fraction of lr", ge=0.0, le=1.0)
-    weight_decay: float = knob(0.0, "AdamW weight decay", ge=0.0)
-    max_grad_norm: float = knob(1.0, "gradient clipping norm", ge=0.0)
-    n_problems: int = knob(4000, "training problems generated for pre-training", ge=1)
-    style: str = knob(
-        "full", "teacher CoT style to pre-train on: full (with self-checks) or terse", choices=STYLES)
-    # Share of pre-training CoTs with a caught slip (a wrong step, then a check in the toy reflector's
-    # idiom that corrects it, as R1-style CoTs do): the base student then knows that idiom.
-    caught_slip_rate: float = knob(
-        0.2, "share of pre-training CoTs with a slip caught in the toy reflector's idiom (a design knob of the "
-        "scratch toy: it teaches the base student the idiom the rewrites use; docs/profiles.md, the toy profile)", ge=0.0, le=1.0)
-    # The student's own wording. A real student's pre-training is not its teacher's CoTs: it has seen
-    # some text worded like an R1 teacher's, far more worded its own way. ``own_variant`` (a toy teacher
-    # wording, 0-3; None: all pre-training CoTs in the teacher's fixed wording, as before) is the wording of
-    # all pre-training CoTs but a ``teacher_wording_share`` of them, worded as the R1-style toy teacher
-    # (``teacher.wording: varied``) writes: each line's wording drawn.
-    own_variant: Optional[int] = knob(
-        None, "the student's own wording, a toy teacher wording 0-3 (None: the teacher's fixed wording; a design "
-        "knob of the scratch toy, set so the teacher's CoTs are foreign to it; docs/profiles.md, the toy profile)", ge=0, le=3)
-    teacher_wording_share: float = knob(
-        1.0, "with own_variant: share of CoTs worded as the varied (R1-style) toy teacher (a design knob of the "
-        "scratch toy, like own_variant)", ge=0.0, le=1.0)
-    max_seq_len: int = knob(384, "longest pre-training sequence, in tokens", ge=1)
-    seed: int = knob(0, "pre-training seed")
-    threads: int = knob(1, "torch intra-op threads (1 is fastest for a ~1M-parameter model)", ge=1)
-    prompt_template: str = knob("{question}", "how a question becomes the prompt")
-    log_every: int = knob(25, "log the loss every this many steps (0: never)", ge=0,
-                          bookkeeping="how often the loss is printed, not what is trained")
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+from ..sections import PretrainConfig  # the section: toy.pretrain.PretrainConfig
 
 
 def _pretrain_wording(cfg: PretrainConfig, problem: Problem) -> tuple[Optional[int], Optional[str]]:
