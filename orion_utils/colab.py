@@ -247,7 +247,7 @@ def mount_drive_for(run_dir, mount: Optional[Callable[[str], object]] = None) ->
     return True
 
 
-def install_on_colab(checkout: str = "/content/orion-toolkit", run_dir: Optional[str] = None,
+def install_on_colab(checkout: str = CHECKOUT, run_dir: Optional[str] = None,
                      gpu: Optional[bool] = None, run: Callable[[Sequence[str]], object] = subprocess.check_call,
                      mount: Optional[Callable[[str], object]] = None) -> list[list[str]]:
     """Install the cloned toolkit on Colab and work from its ``notebooks/`` folder, as the notebooks'

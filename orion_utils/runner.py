@@ -290,8 +290,9 @@ def _execute_graph(profile: Profile, run_path: Path, notebooks: list, force: boo
         needs[job.split(":")[0]].add(job)  # the notebook shows what the job did
     # the order a job is picked in when several may start: the early training before the baselines' notebooks
     # (notebook 04 waits for it), the early evaluations last
-    order = [n for n in names if n <= "04_sft"] + [j for j in early if j.startswith("04")]
-    order += [n for n in names if n > "04_sft"] + [j for j in early if not j.startswith("04")]
+    up_to_04 = [n for n in names if NOTEBOOKS.index(n) <= NOTEBOOKS.index("04_sft")]
+    order = up_to_04 + [j for j in early if j.startswith("04")]
+    order += [n for n in names if n not in up_to_04] + [j for j in early if not j.startswith("04")]
     work = {name: ("notebook", profile, run_path, [notebooks[names.index(name)]], force, log_output, label,
                    names.index(name) + 1, len(notebooks)) if name in names else
             ("stage", profile, run_path, early[name][0], name.split(":")[1], label) for name in order}
