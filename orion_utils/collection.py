@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import Callable, Optional
 
-from .config import TEACHER_KINDS, DataConfig, StudentConfig, TeacherConfig, TrainingConfig
+from .config import TEACHER_KINDS, DataConfig, StudentConfig, TeacherConfig, TrainingConfig, ParallelConfig
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .records import Problem, SFTExample, TeacherTrace
 from .rundir import RunDir
@@ -236,7 +236,7 @@ def filter_stats(problems: list[Problem], traces: list[TeacherTrace], kept: list
 
 def run_collection(run: RunDir, teacher_cfg: TeacherConfig, data: Optional[DataConfig] = None,
                    training: Optional[TrainingConfig] = None, student: Optional[StudentConfig] = None,
-                   force: bool = False) -> dict:
+                   force: bool = False, parallel: Optional[ParallelConfig] = None) -> dict:
     """Write ``teacher_traces.jsonl`` (all), ``training_set_sft.jsonl`` (verified, one per question) and
     ``question_set.json`` (the questions every method trains on, and why the others are left out; see the
     module's docstring). ``training``: its ``same_questions``, ``max_seq_len`` and ``overlong`` decide the

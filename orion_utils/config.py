@@ -141,6 +141,37 @@ class GenerationConfig:
         validate(self)
 
 
+# How the stages that generate or train spread their work over devices (``orion run --gpus N``). The results do
+# not depend on it (docs/parallel.md: what is exact, what holds within float tolerance), so no knob here is in
+# a fingerprint: a run under another N finds its finished stages up to date.
+PARALLEL_TRAINING = ("ddp", "zero2", "zero3", "fsdp2")  # configs/accelerate/<mode>.yaml
+PARALLEL_GENERATION = ("data", "tensor")
+SAME_WHATEVER_N = "how many devices share the work, not what it writes (docs/parallel.md)"
+
+
+@dataclass
+class ParallelConfig:
+    gpus: int = knob(
+        1, "devices the generating and training stages use: GPUs, or processes sharing the cores on a machine "
+        "without one (a CPU rehearsal); 1: one process, as before", ge=1, bookkeeping=SAME_WHATEVER_N)
+    training: str = knob(
+        "ddp", "how training spreads over the devices: ddp (a whole copy on each), zero2, zero3 or fsdp2 "
+        "(sharded, for a student that does not fit one device)", choices=PARALLEL_TRAINING,
+        bookkeeping=SAME_WHATEVER_N)
+    generation: str = knob(
+        "data", "how generation spreads: data (one engine per device, the prompts split between them) or tensor "
+        "(one vLLM engine over all devices, for a model that does not fit one)", choices=PARALLEL_GENERATION,
+        bookkeeping=SAME_WHATEVER_N)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def active(self) -> bool:
+        """More than one device: the stages spread their work."""
+        return self.gpus > 1
+
+
 # --- the training sections: `training` trains with them (EDIT's stage 2 and Tailored Learning's rounds
 # through their trainers in `edit` and `tailored_training`), which imports torch and TRL; here they cost nothing.
 
@@ -290,6 +321,7 @@ SECTIONS: dict[str, type] = {
     "evaluation": EvaluationConfig,
     "analysis": AnalysisConfig,
     "long_cots": LongCotsConfig,
+    "parallel": ParallelConfig,
 }
 TOP_LEVEL = {"profile": str, "description": str, "base": str, "seeds": list, "students": list}
 # One training stack: a method's section is the shared training config plus the method's own fields,

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from .chat import encode_for_training
-from .config import DataConfig, EditConfig, StudentConfig, TeacherConfig, TrainingConfig
+from .config import DataConfig, EditConfig, StudentConfig, TeacherConfig, TrainingConfig, ParallelConfig
 from .edit_pairs import build_dual_pairs, stage1_examples
 from .layouts import EditDir, KeyStepDir
 from .records import DualPair, Problem, SFTExample, StudentAttempt, TeacherTrace
@@ -593,7 +593,7 @@ __all__ = [
 
 def run_edit_stage(run: RunDir, cfg: EditConfig, training_cfg: TrainingConfig,
                    teacher_cfg: Optional[TeacherConfig] = None, data: Optional[DataConfig] = None,
-                   student: Optional[StudentConfig] = None, force: bool = False) -> dict:
+                   student: Optional[StudentConfig] = None, force: bool = False, parallel: Optional[ParallelConfig] = None) -> dict:
     """Stage 05, EDIT on the run's data: dual CoT pairs → stage-1 SFT on correct + rectified CoTs →
     key-reasoning-step learning. Starts from the same base student, training questions and teacher CoTs as
     the stage-04 methods; the model lands in ``models/edit/model``."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Optional, Sequence
 
-from .config import GenerationConfig, StudentConfig
+from .config import GenerationConfig, StudentConfig, ParallelConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .numerics import degenerate_note, n_degenerate
@@ -126,7 +126,7 @@ def run_evaluation(
     cfg: EvaluationConfig,
     generation: Optional[GenerationConfig] = None,
     student: Optional[StudentConfig] = None,
-    force: bool = False,
+    force: bool = False, parallel: Optional[ParallelConfig] = None,
 ) -> dict:
     """Evaluate each method (one stage per method, so a new method does not re-run the others).
 

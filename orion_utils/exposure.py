@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import GenerationConfig, StudentConfig, TrainingConfig
+from .config import GenerationConfig, StudentConfig, TrainingConfig, ParallelConfig
 from .grading import grade
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .numerics import degenerate_note, n_degenerate
@@ -114,7 +114,7 @@ def run_error_exposure(
     generation: Optional[GenerationConfig] = None,
     student: Optional[StudentConfig] = None,
     training=None,
-    force: bool = False,
+    force: bool = False, parallel: Optional[ParallelConfig] = None,
 ) -> dict:
     """Write ``student_attempts.jsonl``, ``error_attempts.jsonl`` and ``pass_rates.json``."""
     generation = generation or GenerationConfig()

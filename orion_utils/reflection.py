@@ -33,7 +33,7 @@ from .acceptance import (
     wrong_markers,
     wrong_step_span,
 )
-from .config import GenerationConfig, StudentConfig
+from .config import GenerationConfig, StudentConfig, ParallelConfig
 from .generation import StageModel
 from .grading import grade
 from .jsonl import read_jsonl, write_jsonl
@@ -420,7 +420,7 @@ def run_reflection(
     generation: Optional[GenerationConfig] = None,
     teacher_cfg=None,
     data=None,
-    force: bool = False,
+    force: bool = False, parallel: Optional[ParallelConfig] = None,
 ) -> dict:
     """Write ``refinements.jsonl`` and the ORION training set ``training_set_orion.jsonl``. Each reflector's
     finished chunks (``refine``) are saved as the stage goes (``RunDir.refinements_partial``, its scratch):

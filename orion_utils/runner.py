@@ -381,6 +381,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=1, metavar="N",
                      help="run N seeds at once in separate processes; with one seed, N independent notebooks "
                           "at once (toy: N = CPU cores)")
+    run.add_argument("--gpus", type=int, default=None, metavar="N",
+                     help="spread the generating and training stages over N devices (parallel.gpus; on a machine "
+                          "without GPUs, N processes share the cores: a rehearsal); docs/parallel.md")
     params = sub.add_parser("params", help="print a notebook's parameters cell for a profile (to paste in Jupyter/Colab)")
     params.add_argument("--profile", default=DEFAULT_PROFILE, help="smol_demo | smoke | toy | colab | paper | ... | path to a YAML profile")
     params.add_argument("--notebook", required=True, metavar="PREFIX", help="e.g. 03")
@@ -444,8 +447,12 @@ def _colab_links(args) -> int:
 def _run(args) -> int:
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-    run_pipeline(args.profile, args.run_dir, args.force, parse_overrides(args.overrides), args.only,
-                 args.log_output, args.jobs)
+    overrides = parse_overrides(args.overrides)
+    if args.gpus is not None:
+        if args.gpus < 1:
+            raise ConfigError(f"--gpus must be at least 1, got {args.gpus}")
+        overrides = _merge(overrides, {"parallel": {"gpus": args.gpus}})
+    run_pipeline(args.profile, args.run_dir, args.force, overrides, args.only, args.log_output, args.jobs)
     return 0
 
 

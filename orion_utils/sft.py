@@ -17,7 +17,7 @@ from .collection import (
     question_set_inputs,
     read_question_set,
 )
-from .config import StudentConfig
+from .config import StudentConfig, ParallelConfig
 from .jsonl import read_jsonl, write_jsonl
 from .methods import cot_methods
 from .methods import method as registered
@@ -27,7 +27,7 @@ from .stage_specs import fingerprint
 
 
 def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
-            methods: Optional[Sequence[str]] = None, force: bool = False) -> dict:
+            methods: Optional[Sequence[str]] = None, force: bool = False, parallel: Optional[ParallelConfig] = None) -> dict:
     """Train each of ``methods`` (default: every method stage 04 trains, ``methods.cot_methods``) on its
     training set; returns {method: manifest entry}. ``stages.sft`` passes the methods that are evaluated
     (``methods.methods_to_train``)."""

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from .config import DataConfig, GenerationConfig, StudentConfig, TailoredConfig, TeacherConfig
+from .config import DataConfig, GenerationConfig, StudentConfig, TailoredConfig, TeacherConfig, ParallelConfig
 from .layouts import RoundDir, TailoredDir, is_saved_model
 from .numerics import degenerate_note, n_degenerate
 from .records import Problem, SFTExample, StudentAttempt, TeacherTrace
@@ -412,7 +412,7 @@ __all__ = [
 
 def run_tailored_stage(run: RunDir, cfg: TailoredConfig, teacher_cfg: Optional[TeacherConfig] = None,
                        data: Optional[DataConfig] = None, generation: Optional[GenerationConfig] = None,
-                       student: Optional[StudentConfig] = None, force: bool = False) -> dict:
+                       student: Optional[StudentConfig] = None, force: bool = False, parallel: Optional[ParallelConfig] = None) -> dict:
     """Stage 06, Tailored Learning on the run's data: exam → teacher feedback on the student's mistakes →
     training, for several rounds. Starts from the same base student and training questions as the
     stage-04 methods; the model lands in ``models/tailored/model``."""

@@ -110,7 +110,10 @@ def _called_with(wrapper, cfg) -> list:
         tb = tb.tb_next
     frame = tb.tb_next.tb_frame
     code = frame.f_code
-    return [(name, frame.f_locals[name]) for name in code.co_varnames[:code.co_argcount]]
+    return [(name, frame.f_locals[name]) for name in code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]]
+
+
+PARALLEL_STAGES = {"teacher_cots", "error_exposure", "reflection", "sft", "edit", "tailored", "evaluation"}
 
 
 def test_stages_take_the_sections_reads_names_in_their_modules_order():
@@ -126,7 +129,10 @@ def test_stages_take_the_sections_reads_names_in_their_modules_order():
     for stage, sections in READS.items():
         wrapper = getattr(stages, stage)
         assert list(inspect.signature(wrapper).parameters) == ["run", "cfg", "force"]
-        received = [(p, section_of[id(v)]) for p, v in _called_with(wrapper, cfg) if id(v) in section_of]
+        called = _called_with(wrapper, cfg)
+        # ``parallel`` (how many devices share the work) goes, by keyword, to the stages that generate or train
+        assert (dict(called).get("parallel") is cfg.parallel) == (stage in PARALLEL_STAGES), stage
+        received = [(p, section_of[id(v)]) for p, v in called if id(v) in section_of and p != "parallel"]
         assert [s for _, s in received] == list(sections), (stage, received)
         names = [sections[0] if p == "cfg" else p.removesuffix("_cfg") for p, _ in received]
         assert names == list(sections), (stage, received)

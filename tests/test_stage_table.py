@@ -130,6 +130,7 @@ SECTION_TABLE = {
     "evaluation": {"evaluation"},
     "analysis": {"analysis"},
     "long_cots": set(),  # read by the long-CoT notebooks' SFT, no stage of the pipeline
+    "parallel": set(),  # how many devices share a stage's work, not what it writes: in no fingerprint
 }
 KNOB_TABLE = {
     "data.seed": {"prepare_data", "prepare_student"},  # the toy student's own seed
