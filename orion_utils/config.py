@@ -172,6 +172,23 @@ class ParallelConfig:
         return self.gpus > 1
 
 
+def split_global_batch(batch_size: int, grad_accum: int, ranks: int) -> tuple[int, int]:
+    """``(sequences per device per micro-batch, micro-batches each rank accumulates)`` that keep a training
+    section's global batch, ``batch_size`` x ``grad_accum`` sequences a step, on ``ranks`` devices: the ranks
+    share the accumulation when ``ranks`` divides ``grad_accum`` (each a whole micro-batch), else each
+    micro-batch when it divides ``batch_size``. Otherwise the global batch cannot stay the profile's:
+    ``ValueError`` naming both knobs."""
+    if ranks <= 1:
+        return batch_size, grad_accum
+    if grad_accum % ranks == 0:
+        return batch_size, grad_accum // ranks
+    if batch_size % ranks == 0:
+        return batch_size // ranks, grad_accum
+    raise ValueError(f"{ranks} devices cannot share a step of batch_size={batch_size} x grad_accum={grad_accum} "
+                     f"sequences: one of the two must be a multiple of {ranks} (parallel.gpus), so that the "
+                     "global batch stays the profile's")
+
+
 # --- the training sections: `training` trains with them (EDIT's stage 2 and Tailored Learning's rounds
 # through their trainers in `edit` and `tailored_training`), which imports torch and TRL; here they cost nothing.
 
@@ -489,6 +506,7 @@ def cross_section_problems(sections: dict) -> list[str]:
     something of another section (the teacher a method needs, the student a reflector works for)."""
     problems = token_budget_problems(sections)
     kind = getattr(sections.get("teacher"), "kind", "toy")
+    methods = getattr(sections.get("evaluation"), "methods", []) or []
     for key in ("reflector", "compare"):
         if getattr(sections.get("reflection"), key, "") == "student" and kind != "toy":
             problems.append(f"reflection.{key}: 'student' continues a rewrite begun by the toy domain's rules, "
@@ -497,7 +515,6 @@ def cross_section_problems(sections: dict) -> list[str]:
         problems.append(f"edit.pair_source: 'teacher' needs a teacher that can rectify and corrupt "
                         f"(teacher.kind one of {FEEDBACK_TEACHER_KINDS}), not teacher.kind={kind!r}; use 'auto'")
     tailored = sections.get("tailored")
-    methods = getattr(sections.get("evaluation"), "methods", []) or []
     if "tailored" in methods and kind == "dataset" and getattr(tailored, "rounds", 1) >= 2:
         problems.append("evaluation.methods: 'tailored' with tailored.rounds >= 2 asks the teacher for tailored "
                         "rationales, which teacher.kind='dataset' cannot write; set tailored.rounds: 1, "
@@ -505,6 +522,14 @@ def cross_section_problems(sections: dict) -> list[str]:
     if getattr(sections.get("analysis"), "judge", False) and kind not in PROMPTED_TEACHER_KINDS:
         problems.append(f"analysis.judge: needs a prompted teacher (teacher.kind 'api' or 'local'), "
                         f"not teacher.kind={kind!r}")
+    ranks = getattr(sections.get("parallel"), "gpus", 1)
+    for name in ("training", "edit", "tailored"):  # each trainer a run trains, its global batch kept on N devices
+        section = sections.get(name)
+        if ranks > 1 and section is not None and (name == "training" or name in methods):
+            try:
+                split_global_batch(section.batch_size, section.grad_accum, ranks)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
     if getattr(sections.get("reflection"), "judge", False) and kind not in PROMPTED_TEACHER_KINDS:
         problems.append(f"reflection.judge: the judge of the rewrites needs a prompted teacher (teacher.kind 'api' "
                         f"or 'local'), not teacher.kind={kind!r}")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import plan_model as pm
-from .config import Profile, load_profile
+from .config import Profile, load_profile, split_global_batch
 from .methods import methods_to_train
 
 # --- the assumptions --------------------------------------------------------------------------------
@@ -163,6 +163,8 @@ class _Planner:
         self.arch, self.arch_source = pm.find_arch(profile.student.model, toy)
         self.cot, self.cot_source = cot_lengths(profile, cot_median)
         self.dtype_bytes = 4 if profile.generation.dtype in ("float32", "fp32") else 2
+        self.par = profile.parallel  # N GPUs: each row's peak is one GPU's, its hours the whole node's
+        self.ranks = profile.parallel.gpus
         backend = profile.generation.backend
         self.backend = "vllm" if backend in ("auto", "vllm") else "transformers"
         self.warnings: list[str] = []
@@ -186,10 +188,23 @@ class _Planner:
         a, g = self.arch, self.p.generation
         if a is None:
             return 0.0, 0, None
+        ranks, mode = self.ranks, self.par.generation
+        if ranks > 1 and mode == "data":  # one engine per GPU, each with 1/N of the prompts
+            seconds, batch, mem = self._gen_time_one(a, g, n_seq / ranks, prompt, expected, max_new, prefill / ranks,
+                                                     group, tensor=1)
+            return seconds / pm.PARALLEL_EFFICIENCY["data"], batch, mem
+        tensor = ranks if ranks > 1 and mode == "tensor" else 1
+        seconds, batch, mem = self._gen_time_one(a, g, n_seq, prompt, expected, max_new, prefill, group, tensor)
+        return (seconds / (tensor * pm.PARALLEL_EFFICIENCY["tensor"]) if tensor > 1 else seconds), batch, mem
+
+    def _gen_time_one(self, a, g, n_seq: float, prompt: float, expected: float, max_new: int, prefill: float,
+                      group: int, tensor: int) -> tuple:
+        """``gen_time`` on one engine; ``tensor`` > 1: its weights and KV cache split over that many GPUs (the
+        memory is one GPU's; the seconds those of one GPU, which the caller divides)."""
         if self.backend == "vllm":
             util = g.gpu_memory_utilization or 0.9
             mem = pm.vllm_memory(a, self.card, utilization=util, dtype_bytes=self.dtype_bytes,
-                                 max_model_len=g.max_model_len or (prompt + max_new))
+                                 max_model_len=g.max_model_len or (prompt + max_new), tensor=tensor)
             per_seq = prompt / max(1, group) + expected
             batch = int(min(pm.MAX_NUM_SEQS, max(1, n_seq), max(1, mem["kv_tokens"] // max(1, per_seq))))
             share = 1.0
@@ -274,14 +289,20 @@ class _Planner:
         rate = self.measured.train_rate(a, seq=seq_mean, grad_ckpt=cfg.gradient_checkpointing) if self.measured else None
         rate = rate or pm.train_tokens_per_s(a, self.card, seq=seq_mean, lora=cfg.use_lora,
                                              grad_ckpt=cfg.gradient_checkpointing)
-        row.seconds += tokens / rate
+        ranks, mode = self.ranks, self.par.training
+        per_device, _accum = split_global_batch(cfg.batch_size, cfg.grad_accum, ranks)
+        row.seconds += tokens / (rate * (ranks * pm.PARALLEL_EFFICIENCY[mode] if ranks > 1 else 1))
         mem = pm.training_memory(a, dtype_bytes=self.dtype_bytes, four_bit=cfg.load_in_4bit and cfg.use_lora,
                                  lora_r=cfg.lora_r if cfg.use_lora else 0, lora_targets=cfg.lora_target_modules,
-                                 rows=cfg.batch_size * rows_per_example, seq=cfg.max_seq_len,
+                                 rows=per_device * rows_per_example, seq=cfg.max_seq_len,
                                  grad_ckpt=cfg.gradient_checkpointing, logits=logits, hidden_rows=hidden_rows)
+        trainable = a.lora_params(cfg.lora_r, cfg.lora_target_modules) if cfg.use_lora else a.params
+        mem = pm.shard_training_memory(mem, a, ranks=ranks, mode=mode, trainable_params=trainable,
+                                       lora=cfg.use_lora, dtype_bytes=self.dtype_bytes)
         parts = ", ".join(f"{k} {v / pm.GIB:.1f}" for k, v in mem.items() if k not in ("total", "context"))
-        self._peak(row, mem["total"], f"{label}training {cfg.batch_size * rows_per_example} x {cfg.max_seq_len} "
-                                      f"tokens, logits {logits}: {parts} GiB")
+        where = f" per GPU ({mode}, {ranks} GPUs)" if ranks > 1 else ""
+        self._peak(row, mem["total"], f"{label}training {per_device * rows_per_example} x {cfg.max_seq_len} "
+                                      f"tokens{where}, logits {logits}: {parts} GiB")
         ckpt = (a.lora_params(cfg.lora_r, cfg.lora_target_modules) * (4 + pm.ADAMW_BYTES) if cfg.use_lora
                 else a.params * (2 + pm.ADAMW_BYTES)) / pm.GB
         if cfg.save_steps >= 0 and steps:
@@ -494,7 +515,11 @@ def _header(plan: Plan, profile: Profile, pl: _Planner, measured, doctor) -> lis
     rate = (f"tokens/s measured by orion doctor ({doctor}: {measured.gpu})" if measured else
             f"tokens/s from a roofline of the card's data sheet (bandwidth x {pm.DECODE_BANDWIDTH_SHARE}, "
             f"training MFU {pm.T4_TRAIN_MFU if c.name == 'T4' else pm.TRAIN_MFU}; plan_model)")
-    return [f"orion plan: profile {plan.profile} on {c.name} ({c.memory_gib:.1f} GiB, disk {plan.disk_gb:.0f} GB"
+    par = profile.parallel
+    cards = (f"{par.gpus} x {c.name} (parallel: training {par.training}, generation {par.generation}; peak GiB "
+             f"per GPU, hours of the whole node, speed-ups assumed: plan_model.PARALLEL_EFFICIENCY)"
+             if par.gpus > 1 else c.name)
+    return [f"orion plan: profile {plan.profile} on {cards} ({c.memory_gib:.1f} GiB, disk {plan.disk_gb:.0f} GB"
             f"{f', {c.session_h:.0f} h session' if c.session_h else ''}), {plan.seeds} seed(s)",
             f"student {profile.student.model} ({shape}; {plan.arch_source}); generation {plan.backend}; {rate}",
             f"models kept as: {pl.model_gb()[1]} (training.merge_lora)"]

@@ -227,14 +227,50 @@ def training_memory(arch: Arch, *, dtype_bytes: int, four_bit: bool, lora_r: int
     return {**parts, "total": sum(parts.values())}
 
 
-def vllm_memory(arch: Arch, card: Card, *, utilization: float, dtype_bytes: int, max_model_len: int) -> dict:
+# --- more than one GPU (parallel.gpus) ------------------------------------------------------------------
+# Share of N cards' ideal speed-up a parallel mode reaches on one node (assumptions, not measured: no more than
+# one GPU has run this code). Data-parallel generation runs N independent engines; the trainers exchange
+# gradients (DDP, ZeRO-2) or also gather weights every layer (ZeRO-3, FSDP2); a tensor-parallel engine
+# all-reduces twice per layer.
+PARALLEL_EFFICIENCY = {"data": 1.0, "tensor": 0.8, "ddp": 0.9, "zero2": 0.85, "zero3": 0.75, "fsdp2": 0.75}
+GATHERED_LAYERS = 2  # ZeRO-3/FSDP2: whole layers held at once, the one computing and the one prefetched
+
+
+def shard_training_memory(parts: dict, arch: Arch, *, ranks: int, mode: str, trainable_params: int,
+                          lora: bool, dtype_bytes: int) -> dict:
+    """One GPU's part of ``training_memory``'s ``parts`` (computed for that GPU's micro-batch) when ``ranks``
+    GPUs train in ``mode``. ``parts['trainable']`` is the trainable parameters' own copy (LoRA's float32
+    adapters; full fine-tuning's parameters are the weights), their gradients (float32 for LoRA, the compute
+    dtype otherwise) and AdamW's states. ``ddp`` keeps all of it on each GPU and adds the reducer's buckets (a
+    copy of the gradients); ``zero2`` shards gradients and optimizer states; ``zero3`` and ``fsdp2`` shard the
+    weights too, holding ``GATHERED_LAYERS`` whole layers at a time."""
+    if ranks <= 1:
+        return parts
+    out = {k: v for k, v in parts.items() if k != "total"}
+    own = trainable_params * 4 if lora else 0
+    grads = trainable_params * (4 if lora else dtype_bytes)
+    if mode == "ddp":
+        out["buckets"] = grads
+    elif mode == "zero2":
+        out["trainable"] = own + (parts["trainable"] - own) / ranks
+    elif mode in ("zero3", "fsdp2"):
+        out["weights"] = parts["weights"] / ranks + GATHERED_LAYERS * parts["weights"] / max(1, arch.layers)
+        out["trainable"] = parts["trainable"] / ranks
+    else:
+        raise ValueError(f"unknown parallel training mode {mode!r}")
+    return {**out, "total": sum(out.values())}
+
+
+def vllm_memory(arch: Arch, card: Card, *, utilization: float, dtype_bytes: int, max_model_len: int,
+                tensor: int = 1) -> dict:
     """vLLM takes ``utilization`` x the card up front; what is left after the weights and its overhead is
     KV cache. ``kv_tokens``: tokens it holds; ``fits_one``: a sequence of ``max_model_len`` fits (vLLM
-    refuses to start otherwise)."""
+    refuses to start otherwise). ``tensor`` > 1: one GPU of a tensor-parallel engine, which holds 1/tensor of
+    the weights and of each token's KV (KV heads split, at least one each: fewer heads than GPUs are copied)."""
     reserved = utilization * card.memory_gib * GIB
-    weights = weight_bytes(arch, dtype_bytes)
+    weights = weight_bytes(arch, dtype_bytes) / tensor
     kv_room = max(0.0, reserved - weights - VLLM_OVERHEAD_GIB * GIB)
-    kv_tokens = int(kv_room // arch.kv_bytes_per_token(dtype_bytes))
+    kv_tokens = int(kv_room // (arch.kv_bytes_per_token(dtype_bytes) / min(tensor, max(1, arch.kv_heads))))
     return {"total": reserved, "weights": weights, "kv_room": kv_room, "kv_tokens": kv_tokens,
             "fits_one": kv_tokens >= max_model_len}
 

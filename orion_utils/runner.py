@@ -409,6 +409,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--doctor", default=None, metavar="JSON", help="`orion doctor --json` output: its tokens/s")
     plan.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="plan with a profile value changed, e.g. --set data.benchmark_limit=100")
+    plan.add_argument("--gpus", type=int, default=None, metavar="N",
+                      help="plan for N GPUs of the card (parallel.gpus): peak memory per GPU")
     plan.add_argument("--disk-gb", type=float, default=None, help="disk available (default: the card's, Colab ~100)")
     plan.add_argument("--cot-median", type=int, default=None, metavar="TOKENS",
                       help="median teacher CoT length (default: plan.COT_MEDIAN for the profile's data.train_source)")
@@ -424,7 +426,12 @@ def _doctor(args) -> int:
 def _plan(args) -> int:
     from .plan import main_plan
 
-    return main_plan(args, parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
+    if args.gpus is not None:
+        if args.gpus < 1:
+            raise ConfigError(f"--gpus must be at least 1, got {args.gpus}")
+        overrides = _merge(overrides, {"parallel": {"gpus": args.gpus}})
+    return main_plan(args, overrides)
 
 
 def _params(args) -> int:

@@ -228,3 +228,62 @@ def test_every_profile_plans(capsys):
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         plan = make_plan(path.stem)
         assert plan.rows and math.isfinite(plan.hours)
+
+
+# --- more than one GPU (parallel.gpus) -------------------------------------------------------------------------
+
+
+def test_per_gpu_training_memory_by_hand():
+    # the paper step above (27.7 GiB on one GPU): weights 15,231,233,024; trainable 2,583,691,264 = LoRA's own
+    # float32 copy 161,480,704 * 4 = 645,922,816 + gradients (float32) 645,922,816 + AdamW 1,291,845,632
+    one = pm.training_memory(QWEN7, dtype_bytes=2, four_bit=False, lora_r=64, lora_targets="all-linear", rows=1,
+                             seq=16384, grad_ckpt=True, logits="chunked")
+    kw = dict(trainable_params=161_480_704, lora=True, dtype_bytes=2)
+    assert pm.shard_training_memory(one, QWEN7, ranks=1, mode="ddp", **kw) == one
+    # ddp: everything on each GPU, + the reducer's buckets, a copy of the gradients: 29,757,156,352 + 645,922,816
+    ddp = pm.shard_training_memory(one, QWEN7, ranks=4, mode="ddp", **kw)
+    assert ddp["buckets"] == 645_922_816 and ddp["total"] == 30_403_079_168
+    # zero2 on 4: the own copy stays, gradients + AdamW (1,937,768,448) / 4 = 484,442,112 -> trainable 1,130,364,928
+    z2 = pm.shard_training_memory(one, QWEN7, ranks=4, mode="zero2", **kw)
+    assert z2["trainable"] == 1_130_364_928 and z2["weights"] == one["weights"]
+    # zero3 on 4: weights / 4 = 3,807,808,256 + two whole layers 2 * 15,231,233,024 / 28 = 1,087,945,216
+    z3 = pm.shard_training_memory(one, QWEN7, ranks=4, mode="zero3", **kw)
+    assert z3["weights"] == pytest.approx(3_807_808_256 + 1_087_945_216)
+    assert z3["trainable"] == 2_583_691_264 / 4
+    assert z3["total"] < z2["total"] < one["total"] < ddp["total"]
+
+
+def test_a_tensor_parallel_engine_holds_a_share_of_the_weights_and_the_kv():
+    t4 = pm.CARDS["T4"]
+    one = pm.vllm_memory(QWEN15, t4, utilization=0.85, dtype_bytes=2, max_model_len=8192)
+    two = pm.vllm_memory(QWEN15, t4, utilization=0.85, dtype_bytes=2, max_model_len=8192, tensor=2)
+    assert two["weights"] == one["weights"] / 2
+    # Qwen2.5-1.5B has 2 KV heads: each GPU holds one, half of each token's 28,672 bytes
+    assert two["kv_tokens"] == int(two["kv_room"] // (28_672 / 2))
+    assert two["kv_tokens"] > 2 * one["kv_tokens"]
+
+
+def test_plan_for_n_gpus_per_gpu_peaks_and_shorter_hours(capsys):
+    one = make_plan("paper", "H100")
+    four = make_plan("paper", "H100", overrides={"parallel": {"gpus": 4}})
+    rows1, rows4 = {(r.stage, r.what): r for r in one.rows}, {(r.stage, r.what): r for r in four.rows}
+    sft1, sft4 = rows1["04", "train sft"], rows4["04", "train sft"]
+    # paper: batch_size 1 x grad_accum 16: each of 4 GPUs accumulates 4 whole micro-batches (the same rows as one GPU),
+    # so its peak is one GPU's plus DDP's buckets; the hours are the tokens over 4 x 0.9 of one GPU's rate
+    assert sft4.peak_gib == pytest.approx(sft1.peak_gib + 645_922_816 / pm.GIB)
+    assert sft4.seconds == pytest.approx(sft1.seconds / (4 * pm.PARALLEL_EFFICIENCY["ddp"]))
+    ev1, ev4 = rows1["07", "evaluation (5 methods)"], rows4["07", "evaluation (5 methods)"]
+    assert ev4.peak_gib == ev1.peak_gib and ev4.seconds < ev1.seconds / 3  # one engine per GPU, a quarter of the prompts
+    assert main(["plan", "--profile", "paper", "--gpu", "H100", "--gpus", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "4 x H100" in out and "per GPU (ddp, 4 GPUs)" in out
+
+
+def test_a_global_batch_n_gpus_cannot_share_is_refused_at_load():
+    from orion_utils.config import ConfigError, load_profile, split_global_batch
+
+    assert split_global_batch(1, 16, 4) == (1, 4)  # the ranks share the accumulation
+    assert split_global_batch(8, 1, 2) == (4, 1)  # each micro-batch
+    assert split_global_batch(8, 3, 1) == (8, 3)
+    with pytest.raises(ConfigError, match=r"training: 4 devices cannot share a step of batch_size=2 x grad_accum=1"):
+        load_profile("smol_demo", {"parallel": {"gpus": 4}})
