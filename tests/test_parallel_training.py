@@ -114,8 +114,13 @@ def test_a_failed_rank_is_named_with_its_exit_code_and_last_lines(tmp_path):
     msg = failure_message(tmp_path, torchrun, 2, 1)
     assert msg.startswith("data-parallel training failed: rank 1 of 2 ended with exit code -9 (SIGKILL)")
     assert "step 39" in msg and "step 24" not in msg  # its last lines only
-    (tmp_path / "rank_0.exit").write_text("1")  # a rank that raised says so itself
-    assert "rank 0 of 2 ended with exit code 1" in failure_message(tmp_path, torchrun, 2, 1)
+    (tmp_path / "rank_0.exit").write_text("1")  # rank 0 then failed in a collective: rank 1's kill comes first
+    assert "rank 1 of 2 ended with exit code -9" in failure_message(tmp_path, torchrun, 2, 1)
+    # a rank that raised says so itself; the peer the launcher then stopped (SIGTERM) is not the cause
+    stopped = torchrun.replace("rank      : 1", "rank      : 0").replace("exitcode  : -9", "exitcode  : -15")
+    (tmp_path / "rank_0.exit").unlink()
+    (tmp_path / "rank_1.exit").write_text("1")
+    assert "rank 1 of 2 ended with exit code 1;" in failure_message(tmp_path, stopped, 2, 1)
 
 
 def test_tailored_refuses_to_cut_its_batches_before_anything_trains(tiny_model_dir, tmp_path):
@@ -188,11 +193,12 @@ def test_edit_stage2_two_ranks_train_as_one(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_tailored_round_two_ranks_train_as_one(tiny_model_dir, tmp_path):
-    """Tailored Learning's own sampler: each rank takes whole batches (its batches differ in size by one)."""
+    """Tailored Learning's own sampler: each rank takes whole batches (here 4 batches of 3, 3, 3 and 2 rows: an
+    epoch of whole steps; an odd number of batches would repeat one under accelerate's even_batches)."""
     from orion_utils.tailored_training import train_tailored_round
 
     examples = [SFTExample(f"q{i % 4}", f"What is {i % 4}?", f"answer {i} " * (1 + i % 3), "teacher",
-                           meta={"positive": f"also {i}", "negative": f"wrong {i}"}) for i in range(14)]
+                           meta={"positive": f"also {i}", "negative": f"wrong {i}"}) for i in range(11)]
     cfg = TailoredConfig(batch_size=3, grad_accum=2, num_epochs=1, learning_rate=1e-3, lr_scheduler="constant",
                          max_seq_len=256, logging_steps=1, warmup_ratio=0.0, save_steps=-1)
     one = train_tailored_round(tiny_model_dir, examples, tmp_path / "n1", cfg)

@@ -99,7 +99,7 @@ def _find_resumable(layout: TrainedDir, fingerprint: str) -> Optional[Path]:
     leaves an incomplete one) made from ``fingerprint``."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    from .trainer import _COUNTERS_FILE
+    from .trainer import COUNTERS_FILE
 
     ckpt_dir = layout.checkpoints
     if not ckpt_dir.is_dir():
@@ -109,7 +109,7 @@ def _find_resumable(layout: TrainedDir, fingerprint: str) -> Optional[Path]:
     if saved != fingerprint:
         return None
     done = [p for p in ckpt_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-            if p.name.rsplit("-", 1)[1].isdigit() and (p / _COUNTERS_FILE).is_file()]
+            if p.name.rsplit("-", 1)[1].isdigit() and (p / COUNTERS_FILE).is_file()]
     return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1])) if done else None
 
 

@@ -160,7 +160,7 @@ def _free_port() -> int:
 
 
 def run_ranks(call: dict, ranks: int, training: str, cuda: bool) -> None:
-    """Train ``call`` (``train._train_prepared``'s argument) on ``ranks`` processes; returns when rank 0 has
+    """Train ``call`` (``train.train_prepared``'s argument) on ``ranks`` processes; returns when rank 0 has
     written the results, raises :class:`RanksFailed` when a rank fails."""
     work = Path(tempfile.mkdtemp(prefix="orion-ranks-"))
     call_file = work / CALL_FILE
@@ -188,6 +188,7 @@ def run_ranks(call: dict, ranks: int, training: str, cuda: bool) -> None:
         _stop(proc)
         raise
     if proc.returncode != 0:
+        (work / "launcher.log").write_text("".join(launcher_out), encoding="utf-8")
         raise RanksFailed(failure_message(work, "".join(launcher_out), ranks, proc.returncode)) from None
     shutil.rmtree(work, ignore_errors=True)
 
@@ -227,20 +228,25 @@ class _Tail:
             print(line, flush=True)
 
 
-_ROOT_CAUSE = re.compile(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", re.S)
+_FAILURE = re.compile(r"^\s*rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-?\d+)", re.M)
 
 
 def failure_message(work: Path, launcher_out: str, ranks: int, returncode: int) -> str:
-    """One paragraph: the rank that failed first, its exit code (a signal named), the last lines of its output."""
+    """One paragraph: the rank that failed first, its exit code (a signal named), the last lines of its output.
+    First: a rank the launcher saw killed by a signal (not its own SIGTERM to the others), which could say
+    nothing; else the first rank that wrote its error (``rank_<r>.exit``; its peers then fail in a collective
+    after it); else the launcher's root cause."""
     failed, code = None, returncode
+    reported = [(int(r), int(c)) for r, c in _FAILURE.findall(launcher_out)]
+    killed = [(r, c) for r, c in reported if c < 0 and c != -signal.SIGTERM]
     exits = sorted(work.glob("rank_*.exit"), key=lambda p: p.stat().st_mtime)
-    if exits:
+    if killed:
+        failed, code = killed[0]
+    elif exits:
         failed, code = int(exits[0].stem.split("_")[1]), int(exits[0].read_text().strip() or 1)
-    else:
-        cause = launcher_out.split("Root Cause", 1)[-1]
-        m = _ROOT_CAUSE.search(cause)
-        if m:
-            failed, code = int(m.group(1)), int(m.group(2))
+    elif reported:
+        root = _FAILURE.findall(launcher_out.split("Root Cause", 1)[-1]) or reported
+        failed, code = int(root[0][0]), int(root[0][1])
     what = f"exit code {code}"
     if code < 0:
         with contextlib.suppress(ValueError):
@@ -277,9 +283,8 @@ def main(argv: list[str]) -> int:
     r = rank()
     _redirect_output(call_file.parent / f"rank_{r}.log")
     try:
-        from .train import _train_prepared
-
-        _train_prepared(pickle.loads(call_file.read_bytes()))
+        call = pickle.loads(call_file.read_bytes())
+        call["train"](call)  # train.train_prepared, by reference: this module imports no training step
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():

@@ -180,14 +180,15 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
     call = {"base_model": base_model, "output_dir": str(layout.root), "cfg": cfg, "rows": rows, "stats": stats,
             "method": method, "prompt_template": prompt_template, "system": system, "backend": backend,
             "reason": reason, "device": device, "dtype": dtype, "attn": attn, "batching": batching,
-            "resume_from": resume_from, "split": split, "model_tmp": f".model.tmp-{os.getpid()}"}
+            "resume_from": resume_from, "split": split, "model_tmp": f".model.tmp-{os.getpid()}",
+            "train": train_prepared}
     if split.ranks > 1 and not launch.in_rank():
         launch.run_ranks(call, split.ranks, getattr(parallel, "training", "ddp"), device == "cuda")
         return TrainResult.load(layout.root)
-    return _train_prepared(call, tokenizer)
+    return train_prepared(call, tokenizer)
 
 
-def _train_prepared(call: dict, tokenizer=None) -> TrainResult:
+def train_prepared(call: dict, tokenizer=None) -> TrainResult:
     """Train a prepared run (``_train_rows``'s ``call``) in this process, a rank of a launch or the only one;
     rank 0 alone publishes the model and writes the results. The counters count every rank's tokens."""
     cfg, method, layout = call["cfg"], call["method"], TrainedDir(call["output_dir"])

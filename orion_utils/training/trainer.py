@@ -22,7 +22,7 @@ from ..config import TrainingConfig
 from ..jsonl import write_json
 from .rows import LengthGroupedSampler
 
-_COUNTERS_FILE = "orion_counters.json"
+COUNTERS_FILE = "orion_counters.json"
 
 
 class OrionSFTTrainer:
@@ -140,7 +140,7 @@ class OrionSFTTrainer:
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         nll_sum, n_supervised = sum_over_ranks(self.nll_sum, self.n_supervised)  # every rank's, written last
         if self.args.should_save and folder.is_dir():
-            write_json(folder / _COUNTERS_FILE, {"nll_sum": nll_sum, "n_supervised": int(n_supervised)})
+            write_json(folder / COUNTERS_FILE, {"nll_sum": nll_sum, "n_supervised": int(n_supervised)})
 
 
 def fused_head_needs_triton() -> bool:
@@ -336,7 +336,7 @@ def epoch_nll(trainer) -> tuple[float, int]:
 
 def run_trainer(trainer, resume_from: Optional[Path]) -> float:
     if resume_from is not None and trainer.args.process_index == 0:  # the checkpoint's counters are every rank's
-        counters = resume_from / _COUNTERS_FILE
+        counters = resume_from / COUNTERS_FILE
         if counters.is_file():
             c = json.loads(counters.read_text())
             trainer.nll_sum, trainer.n_supervised = float(c["nll_sum"]), int(c["n_supervised"])
