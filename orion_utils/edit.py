@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -379,19 +380,25 @@ def pair_rows(tokenizer, pairs: Sequence[DualPair], cfg: TrainingConfig, prompt_
     return rows, stats, annotated
 
 
-def edit_method(cfg: EditConfig) -> TrainerMethod:
-    """EDIT stage 2 as a method of the SFT stack (``training.train_method``)."""
-    def batching(mode: str) -> tuple[str, str]:
-        if mode == "padding_free":  # a pair's two sides must stay separate rows of one padded batch
-            return "length_grouped", "EDIT pairs are padded batches"
-        return mode, "as sft"
+def _edit_batching(mode: str) -> tuple[str, str]:
+    if mode == "padding_free":  # a pair's two sides must stay separate rows of one padded batch
+        return "length_grouped", "EDIT pairs are padded batches"
+    return mode, "as sft"
 
+
+def _edit_collator(tokenizer, cfg: EditConfig) -> "EditCollator":
+    return EditCollator(tokenizer.pad_token_id, cfg.alpha, cfg.beta, cfg.max_seq_len)
+
+
+def edit_method(cfg: EditConfig) -> TrainerMethod:
+    """EDIT stage 2 as a method of the SFT stack (``training.train_method``); module-level callables only, so
+    that it pickles for the ranks of a data-parallel run."""
     return TrainerMethod(
         name="edit stage 2",
         trainer_class=EditTrainer,
-        collator=lambda tok: EditCollator(tok.pad_token_id, cfg.alpha, cfg.beta, cfg.max_seq_len),
+        collator=partial(_edit_collator, cfg=cfg),
         trainer_kwargs={"nll_guard": cfg.nll_guard},
-        batching=batching,
+        batching=_edit_batching,
         log_keys=("chosen_term", "rejected_term", "chosen_key_nll", "rejected_key_nll", "guard_kept"),
     )
 
@@ -404,6 +411,7 @@ def train_edit_stage2(
     prompt_template: str = "{question}",
     system: Optional[str] = None,
     resume: bool = True,
+    parallel: Optional[ParallelConfig] = None,
 ) -> TrainResult:
     """Stage 2: key-reasoning-step learning from the stage-1 model, on the one SFT training stack
     (``training.train_method``: same backend, precision, resume and files as ``sft``); full model
@@ -426,7 +434,7 @@ def train_edit_stage2(
         return rows, stats
 
     return train_method(stage1_model_dir, output_dir, cfg, rows_for, len(pairs), edit_method(cfg),
-                        prompt_template=prompt_template, system=system, resume=resume)
+                        prompt_template=prompt_template, system=system, resume=resume, parallel=parallel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,6 +456,7 @@ def run_edit(
     system: Optional[str] = None,
     stage1_model_dir: Optional[PathLike] = None,
     positives: Optional[Sequence[SFTExample]] = None,
+    parallel: Optional[ParallelConfig] = None,
 ) -> dict:
     """Dual pairs → stage 1 (``training.train_sft`` on D+ ∪ D−+) → stage 2; final model at ``out_dir/model``.
 
@@ -504,11 +513,13 @@ def run_edit(
             sft_cfg or TrainingConfig(),
             prompt_template=prompt_template,
             system=system,
+            parallel=parallel,
         )
         summary["n_stage1_examples"] = len(examples)
 
     def train_stage2() -> None:
-        stage2 = train_edit_stage2(stage1_model_dir, pairs, layout.stage2.root, cfg, prompt_template, system)
+        stage2 = train_edit_stage2(stage1_model_dir, pairs, layout.stage2.root, cfg, prompt_template, system,
+                                   parallel=parallel)
         link_or_copy_tree(Path(stage2.model_dir), layout.model)
 
     if stage1_model_dir is None:
@@ -620,7 +631,7 @@ def run_edit_stage(run: RunDir, cfg: EditConfig, training_cfg: TrainingConfig,
         result = run_edit(run.student_model(), problems, traces, folder.root, cfg, training_cfg,
                           teacher=teacher, attempts=attempts, prompt_template=student.prompt_template,
                           system=student.system_prompt or None,
-                          positives=read_jsonl(run.teacher_sft_set, SFTExample))
+                          positives=read_jsonl(run.teacher_sft_set, SFTExample), parallel=parallel)
         join_phase_losses(folder)
         write_method_training_set(run, "edit")
         facts = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}

@@ -132,7 +132,7 @@ def run_error_exposure(
         problems = read_jsonl(problems_path, Problem)
         model_path, model_name = run.student_model(), "base"
         if cfg.source == "primed":
-            model_path, model_name = _primed_student(run, cfg, training, student, cots_path), "primed"
+            model_path, model_name = _primed_student(run, cfg, training, student, cots_path, parallel), "primed"
         attempts = sample_and_grade(model_path, problems, cfg, generation, student, partial, model_name)
         errors = dedupe_errors(attempts, cfg.unfinished_as_errors)
         write_jsonl(attempts_path, attempts)
@@ -149,7 +149,8 @@ def run_error_exposure(
                          work, force=force, stage_hint="01_teacher_cots", scratch=[partial])
 
 
-def _primed_student(run: RunDir, cfg: ExposureConfig, training, student: StudentConfig, cots_path: Path) -> str:
+def _primed_student(run: RunDir, cfg: ExposureConfig, training, student: StudentConfig, cots_path: Path,
+                    parallel: Optional[ParallelConfig] = None) -> str:
     """One reading of the paper's two-stage strategy: expose the errors of a briefly fine-tuned student.
     The trainer's memory is released before the student samples (``generation.release_memory``)."""
     from dataclasses import replace
@@ -159,7 +160,8 @@ def _primed_student(run: RunDir, cfg: ExposureConfig, training, student: Student
 
     train_cfg = replace(training or TrainingConfig(), num_epochs=cfg.priming_epochs)
     result = train_sft(run.student_model(), read_jsonl(cots_path, SFTExample), run.primed_model,
-                       train_cfg, prompt_template=student.prompt_template, system=student.system_prompt or None)
+                       train_cfg, prompt_template=student.prompt_template, system=student.system_prompt or None,
+                       parallel=parallel)
     release_memory(before=result.model_dir)
     return result.model_dir
 

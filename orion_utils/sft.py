@@ -38,7 +38,7 @@ def run_sft(run: RunDir, cfg, student: Optional[StudentConfig] = None,
             raise ValueError(f"no training set for method {method!r}; known: {list(known)}")
         if registered(method).builds_set is not None:
             _build_set(run, method, cfg, student, force)
-        entries[method] = _train(run, method, cfg, student, force)
+        entries[method] = _train(run, method, cfg, student, force, parallel)
     return entries
 
 
@@ -60,7 +60,8 @@ def _build_set(run: RunDir, method: str, cfg, student: StudentConfig, force: boo
                          stage_hint=registered(method).cots_from)
 
 
-def _train(run: RunDir, method: str, cfg, student: StudentConfig, force: bool) -> dict:
+def _train(run: RunDir, method: str, cfg, student: StudentConfig, force: bool,
+           parallel: Optional[ParallelConfig] = None) -> dict:
     """One method fine-tuned on ``RunDir.training_set(method)``: stage ``train/<method>``."""
     from .training import train_sft
 
@@ -84,7 +85,7 @@ def _train(run: RunDir, method: str, cfg, student: StudentConfig, force: bool) -
                 print(f"[{method}] question set: {kept['replaced_by_teacher_cot']} examples longer than "
                       f"max_seq_len replaced by the teacher CoT, {kept['outside_question_set']} outside the set")
         result = train_sft(run.student_model(), examples, out_dir, cfg, prompt_template=student.prompt_template,
-                           system=student.system_prompt or None)
+                           system=student.system_prompt or None, parallel=parallel)
         return {"backend": result.backend, "train_seconds": result.train_seconds,
                 "n_examples": result.n_examples, "n_tokens": result.n_tokens, "question_set": kept}
 

@@ -235,6 +235,7 @@ def run_tailored(
     grader: Optional[Callable] = None,
     prompt_template: str = "{question}",
     system: Optional[str] = None,
+    parallel: Optional[ParallelConfig] = None,
 ) -> list[RoundResult]:
     """Run the exam → feedback → training loop for ``rounds`` learning rounds (default ``cfg.rounds``).
 
@@ -243,6 +244,7 @@ def run_tailored(
     ``grader(response, gold)`` defaults to ``grading.grade``. Artefacts per round under
     ``out_dir/round_<r>/``: ``exam.jsonl``, ``teacher.jsonl``, ``train.jsonl``,
     ``loss_history.json``, ``model/``, ``result.json``; the final student at ``out_dir/model``.
+    ``parallel``: each round trains on ``parallel.gpus`` ranks (``training.launch``).
     Resumable, each step through ``rundir.read_or_make``: exams and teacher outputs already on disk
     are read back, and a round whose ``result.json`` and model exist is not trained again; an exam cut
     off goes on from its last finished chunk (``run_exam``).
@@ -267,7 +269,8 @@ def run_tailored(
             wrong = unique_wrong_rationales(attempts)
             stats = exam_stats(attempts, wrong)
         traces, source = _round_rationales(r, rdir, problems, teacher, wrong, cfg)
-        result = _learning_round(r, rdir, model_dir, problems, traces, source, positive_pool, wrong, exam, stats)
+        result = _learning_round(r, rdir, model_dir, problems, traces, source, positive_pool, wrong, exam, stats,
+                                 parallel)
         results.append(result)
         model_dir = result.model_dir
     _publish_student(layout, model_dir, results)
@@ -287,7 +290,7 @@ def _round_rationales(r: int, rdir: RoundDir, problems: Sequence[Problem], teach
 
 def _learning_round(r: int, rdir: RoundDir, model_dir: str, problems: Sequence[Problem], traces: list[TeacherTrace],
                     source: str, positive_pool: dict, wrong: dict[str, list[str]], exam: _Exam,
-                    stats: dict) -> RoundResult:
+                    stats: dict, parallel: Optional[ParallelConfig] = None) -> RoundResult:
     """Round ``r``'s training set (``train.jsonl``: the correct rationales as anchors, their positives from
     ``positive_pool``, which they join, and negatives from ``wrong``), then its training from ``model_dir``;
     a finished round's result is read back instead while its model is there."""
@@ -303,7 +306,8 @@ def _learning_round(r: int, rdir: RoundDir, model_dir: str, problems: Sequence[P
     return read_or_make(
         rdir.result,
         RoundResult,
-        lambda: _train_round(r, rdir, model_dir, examples, exam.cfg, exam.prompt_template, exam.system, counts),
+        lambda: _train_round(r, rdir, model_dir, examples, exam.cfg, exam.prompt_template, exam.system, counts,
+                             parallel),
         usable=lambda done: not done.trained or is_saved_model(done.model_dir),  # its model is still there
     )
 
@@ -327,6 +331,7 @@ def _train_round(
     prompt_template: str,
     system: Optional[str],
     counts: dict,
+    parallel: Optional[ParallelConfig] = None,
 ) -> RoundResult:
     """Train round ``r`` from ``model_dir`` (``run_tailored`` reads a finished round's result back instead)."""
     if not examples:  # nothing new to learn (no mistakes, or no verified rationale): keep the student
@@ -337,7 +342,7 @@ def _train_round(
             **counts,
             meta={"init_model": model_dir, "skipped": "no training examples"},
         )
-    trained = train_tailored_round(model_dir, examples, rdir.root, cfg, prompt_template, system)
+    trained = train_tailored_round(model_dir, examples, rdir.root, cfg, prompt_template, system, parallel=parallel)
     n_triplets = sum(1 for ex in examples if ex.meta.get("positive") and ex.meta.get("negative"))
     return RoundResult(
         round=r,
@@ -457,7 +462,7 @@ def run_tailored_stage(run: RunDir, cfg: TailoredConfig, teacher_cfg: Optional[T
             teacher = QuestionSetTeacher(teacher, stage01_traces(run), fits)
         rounds = run_tailored(run.student_model(), problems, teacher, default_generator_factory(generation),
                               cfg.rounds, cfg, folder.root, prompt_template=student.prompt_template,
-                              system=student.system_prompt or None)
+                              system=student.system_prompt or None, parallel=parallel)
         join_phase_losses(folder)
         write_method_training_set(run, "tailored")
         return {"rounds": len(rounds), **prompt_budget(teacher), **teacher_usage(teacher)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -127,6 +128,26 @@ class NoSameQuestionBatchSampler:
 
     def __len__(self) -> int:
         return self.n_batches if self.question_ids else 0
+
+
+class WholeBatches:
+    """A batch sampler's batches as batches of any length (``batch_size`` None), so that accelerate deals them
+    whole to the data-parallel ranks, round-robin: it holds back a round whose last batch is short of a
+    ``batch_size`` it knows (``NoSameQuestionBatchSampler``'s batches differ by one)."""
+
+    batch_size = None
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +354,7 @@ class TailoredTrainer(OrionSFTTrainer):
         )
         loader = DataLoader(
             self.train_dataset,
-            batch_sampler=sampler,
+            batch_sampler=sampler if self.args.world_size == 1 else WholeBatches(sampler),
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
@@ -393,16 +414,27 @@ def tailored_rows(
     return rows, stats
 
 
+def _tailored_batching(mode: str) -> tuple[str, str]:
+    return "no_same_question", "Tailored Learning's own batch sampler"
+
+
+def _tailored_collator(tokenizer, cfg: TailoredConfig) -> TailoredCollator:
+    return TailoredCollator(tokenizer.pad_token_id, cfg.prefix_weight, cfg.max_seq_len, use_triplet=cfg.lam > 0)
+
+
 def tailored_method(cfg: TailoredConfig) -> TrainerMethod:
-    """Tailored Learning's round training as a method of the SFT stack (``training.train_method``)."""
+    """Tailored Learning's round training as a method of the SFT stack (``training.train_method``); module-level
+    callables only (it pickles for the ranks of a data-parallel run). On N ranks each takes whole batches of its
+    sampler, ``grad_accum / N`` of them a step; a batch is never cut (its triplet term is a mean over the batch)."""
     return TrainerMethod(
         name="tailored",
         trainer_class=TailoredTrainer,
-        collator=lambda tok: TailoredCollator(tok.pad_token_id, cfg.prefix_weight, cfg.max_seq_len,
-                                              use_triplet=cfg.lam > 0),
+        collator=partial(_tailored_collator, cfg=cfg),
         trainer_kwargs={"lam": cfg.lam, "margin": cfg.margin, "triplet_layer": cfg.triplet_layer},
-        batching=lambda mode: ("no_same_question", "Tailored Learning's own batch sampler"),
+        batching=_tailored_batching,
         log_keys=("mle", "triplet", "n_triplets"),
+        refuse_batch_split="Tailored Learning's batches (no two rationales of a question together, a triplet term "
+                           "averaged over the batch) are not cut between ranks",
     )
 
 
@@ -414,6 +446,7 @@ def train_tailored_round(
     prompt_template: str = "{question}",
     system: Optional[str] = None,
     resume: bool = True,
+    parallel=None,
 ) -> TrainResult:
     """One round of training from ``init_model_dir`` on the one SFT training stack
     (``training.train_method``); full model saved to ``output_dir/model`` with ``loss_history.json``
@@ -427,4 +460,4 @@ def train_tailored_round(
         return tailored_rows(tokenizer, examples, cfg, prompt_template, system)
 
     return train_method(init_model_dir, output_dir, cfg, rows_for, len(examples), tailored_method(cfg),
-                        prompt_template=prompt_template, system=system, resume=resume)
+                        prompt_template=prompt_template, system=system, resume=resume, parallel=parallel)

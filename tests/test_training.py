@@ -240,7 +240,7 @@ def test_auto_dispatches_to_unsloth_when_available(monkeypatch, tiny_model_dir, 
     monkeypatch.setitem(sys.modules, "unsloth", types.ModuleType("unsloth"))
     called = {}
 
-    def fake_unsloth(base_model, tokenizer, rows, cfg, *rest, announce=None):
+    def fake_unsloth(base_model, tokenizer, rows, cfg, *rest, announce=None, split=None):
         called["rows"] = len(rows)
         args = SimpleNamespace(padding_free=False, bf16=True, fp16=False, use_liger_kernel=False)
         announce(SimpleNamespace(args=args, batching="padding_free", model=None))

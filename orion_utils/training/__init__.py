@@ -17,6 +17,7 @@ The package, one concern per module (what the other stages use is importable fro
 * ``backends``: loading, precision and saving under TRL (+PEFT) or Unsloth.
 * ``files``: base model checks, the resume fingerprint, checkpoints, publishing a model folder.
 * ``train``: the entry points and the run step by step, with its [training] line.
+* ``launch``: a run on N data-parallel ranks (``parallel.gpus``): the global batch split, one error for a failed rank.
 
 Backends (:func:`select_training_backend`):
 

@@ -28,19 +28,31 @@ def _lora_targets(spec: str, unsloth: bool = False):
 
 
 def train_trl(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None,
-               announce=None):
-    """TRL (+ PEFT): load the model, train (resuming from ``resume_from``), save it to ``model_tmp``."""
+               announce=None, split=None):
+    """TRL (+ PEFT): load the model, train (resuming from ``resume_from``), save it to ``model_tmp`` (rank 0 of a
+    data-parallel run: ``split``, a ``launch.RankSplit``)."""
     model = load_model(base_model, cfg, attn, device, dtype)
     # SFT only: the methods' losses run the backbone and the LM head themselves (lm_loss)
     liger = resolve_liger(device, "trl")[0] and method is None
     lora = None if is_adapter(base_model) else _lora_config(cfg)  # an adapter base is trained as it is
     trainer = build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, lora, method,
-                             liger=liger)
+                             liger=liger, split=split)
     if announce is not None:
         announce(trainer)  # the [training] line, from the trainer as built
     seconds = run_trainer(trainer, resume_from)
-    _save(trainer.model, tokenizer, cfg, ckpt_dir, device, dtype, model_tmp)
+    if _sharded(trainer):  # ZeRO-3 / FSDP: the ranks gather the weights together, rank 0 writes them
+        trainer.save_model(str(model_tmp))
+        if trainer.args.should_save:
+            tokenizer.save_pretrained(str(model_tmp))
+    elif trainer.args.process_index == 0:
+        _save(trainer.model, tokenizer, cfg, ckpt_dir, device, dtype, model_tmp)
     return trainer, seconds
+
+
+def _sharded(trainer) -> bool:
+    """Whether the trained weights are sharded over the ranks (DeepSpeed ZeRO-3, FSDP)."""
+    return bool(getattr(trainer, "is_fsdp_enabled", False)) or bool(getattr(trainer, "is_deepspeed_enabled", False) and
+                                                                   trainer.accelerator.state.deepspeed_plugin.zero_stage == 3)
 
 
 def load_model(base_model: str, cfg: TrainingConfig, attn: str, device: str, dtype: str):
@@ -108,7 +120,7 @@ def _save(trained, tokenizer, cfg: TrainingConfig, ckpt_dir: Path, device: str, 
 
 
 def train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, device, dtype, resume_from, model_tmp, method=None,
-                   announce=None):
+                   announce=None, split=None):
     """Unsloth: FastLanguageModel (4-bit/16-bit LoRA or full fine-tuning) + the same TRL trainer; a LoRA model
     saved as its adapter (``save_pretrained``), or merged with ``save_pretrained_merged(..., save_method=
     "merged_16bit")`` under ``training.merge_lora``. An adapter base loads as base + adapter (Unsloth reads
@@ -143,7 +155,7 @@ def train_unsloth(base_model, tokenizer, rows, cfg, ckpt_dir, batching, attn, de
     # Gradient checkpointing is Unsloth's own (set above), not the Trainer's on top of it.
     trainer = build_trainer(
         model, u_tokenizer, rows, dataclasses.replace(cfg, gradient_checkpointing=False), ckpt_dir, batching, device, dtype,
-        method=method,
+        method=method, split=split,
     )
     if announce is not None:
         announce(trainer)  # the [training] line, from the trainer as built

@@ -95,17 +95,22 @@ def tracker_logs(cfg: TrainingConfig, layout: TrainedDir):
 
 
 def _find_resumable(layout: TrainedDir, fingerprint: str) -> Optional[Path]:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The last complete checkpoint (the trainer's counters, written last, are in it: a run killed while saving
+    leaves an incomplete one) made from ``fingerprint``."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from .trainer import COUNTERS_FILE
 
     ckpt_dir = layout.checkpoints
     if not ckpt_dir.is_dir():
         return None
     fp_file = layout.checkpoint_fingerprint
     saved = json.loads(fp_file.read_text()).get("fingerprint") if fp_file.is_file() else None
-    last = get_last_checkpoint(str(ckpt_dir))
-    if last is None or saved != fingerprint:
+    if saved != fingerprint:
         return None
-    return Path(last)
+    done = [p for p in ckpt_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+            if p.name.rsplit("-", 1)[1].isdigit() and (p / COUNTERS_FILE).is_file()]
+    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1])) if done else None
 
 
 def loss_history_from(log_history: list, extra_keys: Sequence[str] = ()) -> list:
@@ -127,6 +132,10 @@ def prepare_checkpoints(layout: TrainedDir, fingerprint: str, resume: bool) -> O
     resume_from = _find_resumable(layout, fingerprint) if resume else None
     if resume_from is None and layout.checkpoints.exists():
         shutil.rmtree(layout.checkpoints)  # stale (other data/config) or resume=False
+    elif resume_from is not None:  # an incomplete checkpoint after it (a run killed while saving) goes
+        for other in layout.checkpoints.glob("checkpoint-*"):
+            if other != resume_from and other.is_dir():
+                shutil.rmtree(other)
     layout.checkpoints.mkdir(parents=True, exist_ok=True)
     write_json(layout.checkpoint_fingerprint, {"fingerprint": fingerprint})
     return resume_from

@@ -18,7 +18,7 @@ from ..config import TrainingConfig
 from ..jsonl import write_json
 from ..layouts import TrainedDir
 from ..records import SFTExample
-from . import backends
+from . import backends, launch
 from ..adapters import model_source
 from .files import check_base_model, loss_history_from, prepare_checkpoints, publish_dir, training_fingerprint
 from .files import tracker_logs
@@ -46,6 +46,8 @@ class TrainResult:
     dtype: str = ""
     resumed_from: Optional[str] = None
     n_steps: int = 0  # optimizer steps taken
+    nll_sum: float = 0.0  # summed per-token NLL of the supervised tokens seen (n_tokens), every rank's
+    ranks: int = 1  # processes that trained (parallel.gpus; 1: this one)
 
     @classmethod
     def load(cls, output_dir: Union[str, Path]) -> "TrainResult":
@@ -92,6 +94,7 @@ def train_sft(
     prompt_template: str = "{question}",
     system: Optional[str] = None,
     resume: bool = True,
+    parallel=None,
 ) -> TrainResult:
     """Fine-tune ``base_model`` on ``examples`` (loss on the assistant turn only) and write
 
@@ -102,6 +105,8 @@ def train_sft(
     ``resume=True`` continues from the last checkpoint in ``output_dir/checkpoints`` when it was made
     by the same base model, data and config (a fingerprint is stored next to the checkpoints).
     Prints one line: ``[training] backend=... (reason) device=... dtype=... lora=... examples=N batching=...``.
+    ``parallel`` (a ``ParallelConfig``): with ``gpus`` > 1 the run trains on that many ranks (``training.launch``),
+    the global batch and the results as with one.
     """
     cfg = cfg or TrainingConfig()
     examples = list(examples)
@@ -117,7 +122,8 @@ def train_sft(
             overlong=cfg.overlong,
         )
 
-    return _train_rows(base_model, output_dir, cfg, rows_for, len(examples), None, prompt_template, system, resume)
+    return _train_rows(base_model, output_dir, cfg, rows_for, len(examples), None, prompt_template, system, resume,
+                       parallel)
 
 
 def train_method(
@@ -131,6 +137,7 @@ def train_method(
     prompt_template: str = "{question}",
     system: Optional[str] = None,
     resume: bool = True,
+    parallel=None,
 ) -> TrainResult:
     """Train with a method's own trainer on the one SFT stack: what :func:`train_sft` does (backend,
     precision, batching rule, ``overlong``, resume, files and the [training] line) with ``method``'s
@@ -140,18 +147,27 @@ def train_method(
     of the ``n_items`` given."""
     if not isinstance(cfg, TrainingConfig):
         raise TypeError(f"train_method: cfg must be a TrainingConfig (or a method's subclass of it), got {type(cfg).__name__}")
-    return _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_template, system, resume)
+    return _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_template, system, resume,
+                       parallel)
 
 
-def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_template, system, resume) -> TrainResult:
-    """The one training run behind :func:`train_sft` and :func:`train_method`, step by step."""
+def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_template, system, resume,
+                parallel=None) -> TrainResult:
+    """The one training run behind :func:`train_sft` and :func:`train_method`, step by step: prepared here
+    (tokenizer, rows, attention and batching, checkpoints), trained in this process or, under
+    ``parallel.gpus`` > 1, on that many ranks (``launch``), which each train the same rows."""
     who = "train_sft" if method is None else method.name
     base_model = check_base_model(base_model)
     backend, reason = select_training_backend(cfg.backend)
+    ranks, note = launch.training_ranks(parallel, backend)
+    if note:
+        print(note, flush=True)
     if backend == "unsloth":
         unsloth_first(replace(cfg, backend="unsloth"))  # before anything below imports transformers
     device, dtype = device_rules.device_and_dtype("auto", getattr(cfg, "dtype", "auto"))
     cfg = _fit_to_device(cfg, device)
+    split = launch.split_batch(cfg.batch_size, cfg.grad_accum, ranks, who,
+                               method.refuse_batch_split if method is not None else None)
     layout = TrainedDir(output_dir)
     layout.root.mkdir(parents=True, exist_ok=True)
 
@@ -161,32 +177,62 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
         attn, batching = _attention_and_batching(cfg, backend, device, method, who)
         fingerprint = training_fingerprint(base_model, cfg, rows, prompt_template, system, "sft" if method is None else method.name)
         resume_from = prepare_checkpoints(layout, fingerprint, resume)
+    call = {"base_model": base_model, "output_dir": str(layout.root), "cfg": cfg, "rows": rows, "stats": stats,
+            "method": method, "prompt_template": prompt_template, "system": system, "backend": backend,
+            "reason": reason, "device": device, "dtype": dtype, "attn": attn, "batching": batching,
+            "resume_from": resume_from, "split": split, "model_tmp": f".model.tmp-{os.getpid()}",
+            "train": train_prepared}
+    if split.ranks > 1 and not launch.in_rank():
+        launch.run_ranks(call, split.ranks, getattr(parallel, "training", "ddp"), device == "cuda")
+        return TrainResult.load(layout.root)
+    return train_prepared(call, tokenizer)
+
+
+def train_prepared(call: dict, tokenizer=None) -> TrainResult:
+    """Train a prepared run (``_train_rows``'s ``call``) in this process, a rank of a launch or the only one;
+    rank 0 alone publishes the model and writes the results. The counters count every rank's tokens."""
+    cfg, method, layout = call["cfg"], call["method"], TrainedDir(call["output_dir"])
+    device, dtype, batching, rows = call["device"], call["dtype"], call["batching"], call["rows"]
+    who = "train_sft" if method is None else method.name
+    if call["split"].ranks > 1 and device == "cuda":
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    main_rank = launch.is_main_rank()
+    with quiet(not cfg.progress_bar), device_rules.torch_threads(_cpu_threads(cfg, call["base_model"], device)):
+        tokenizer = tokenizer if tokenizer is not None else _load_tokenizer(call["base_model"], who)
         ran: dict = {}
 
         def announce(trainer) -> None:
             """The [training] line, read back from the built trainer: what runs, not what was asked."""
             ran.update(what_ran(trainer, batching, dtype))
-            print(_training_line(backend, reason, device, ran["dtype"], cfg, rows, ran["batching"], attn, method,
-                                 stats, resume_from, liger=ran["liger"]), flush=True)
+            if main_rank:
+                print(_training_line(call["backend"], call["reason"], device, ran["dtype"], cfg, rows, ran["batching"],
+                                     call["attn"], method, call["stats"], call["resume_from"], liger=ran["liger"])
+                      + call["split"].describe(), flush=True)
 
-        train_fn = backends.train_unsloth if backend == "unsloth" else backends.train_trl
-        trainer, seconds = _train_and_publish(layout, train_fn, base_model, tokenizer, rows, cfg, batching, attn,
-                                              device, dtype, resume_from, method, announce)
+        train_fn = backends.train_unsloth if call["backend"] == "unsloth" else backends.train_trl
+        trainer, seconds = _train_and_publish(layout, train_fn, call, tokenizer, announce)
+        n_tokens, nll_sum = launch.sum_over_ranks(trainer.n_supervised, trainer.nll_sum)
 
     result = TrainResult(
         model_dir=str(layout.model),
-        backend=backend,
+        backend=call["backend"],
         loss_history=loss_history_from(trainer.state.log_history, method.log_keys if method is not None else ()),
         train_seconds=round(seconds, 3),
         n_examples=len(rows),
-        n_tokens=int(trainer.n_supervised),
+        n_tokens=int(n_tokens),
         batching=ran.get("batching", batching),
         device=device,
         dtype=ran.get("dtype", dtype),
-        resumed_from=resume_from.name if resume_from is not None else None,
+        resumed_from=call["resume_from"].name if call["resume_from"] is not None else None,
         n_steps=int(trainer.state.global_step),
+        nll_sum=float(nll_sum),
+        ranks=call["split"].ranks,
     )
-    _write_results(layout, result, cfg, base_model, prompt_template, system, attn, stats, method)
+    if main_rank:
+        _write_results(layout, result, cfg, call["base_model"], call["prompt_template"], call["system"], call["attn"],
+                       call["stats"], method)
     return result
 
 
@@ -205,8 +251,12 @@ def _cpu_threads(cfg: TrainingConfig, base_model: str, device: str) -> Optional[
     """torch's intra-op threads while training on CPU (``cpu_threads``; auto: ``device.cpu_threads_for``)."""
     if device != "cpu":
         return None
-    return device_rules.cpu_threads_for(model_source(base_model), device,
-                                        cfg.cpu_threads if cfg.cpu_threads > 0 else "auto")
+    threads = device_rules.cpu_threads_for(model_source(base_model), device,
+                                           cfg.cpu_threads if cfg.cpu_threads > 0 else "auto")
+    if launch.in_rank():  # the ranks share the cores
+        share = max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"]))
+        threads = min(threads, share) if threads else share
+    return threads
 
 
 def _load_tokenizer(base_model: str, who: str):
@@ -307,20 +357,25 @@ def _training_line(backend, reason, device, dtype, cfg, rows, batching, attn, me
     return line
 
 
-def _train_and_publish(layout: TrainedDir, train_fn, base_model, tokenizer, rows, cfg, batching, attn, device, dtype,
-                       resume_from, method, announce=None):
+def _train_and_publish(layout: TrainedDir, train_fn, call: dict, tokenizer, announce=None):
     """Train with the backend's ``train_fn`` (``train_trl``/``train_unsloth``), which saves the model to
-    a temporary folder, then publish it as ``layout.model`` by a rename. Returns ``(trainer, seconds)``."""
-    for stale in [*layout.root.glob(".model.tmp-*"), *layout.root.glob(".model.old-*")]:
-        shutil.rmtree(stale, ignore_errors=True)  # left by a crashed run
-    model_tmp = layout.root / f".model.tmp-{os.getpid()}"
+    a temporary folder (rank 0), then publish it as ``layout.model`` by a rename. Returns ``(trainer, seconds)``."""
+    main_rank = launch.is_main_rank()
+    if main_rank:
+        for stale in [*layout.root.glob(".model.tmp-*"), *layout.root.glob(".model.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # left by a crashed run
+    launch.barrier()
+    model_tmp = layout.root / call["model_tmp"]
     try:
-        with tracker_logs(cfg, layout):
-            trainer, seconds = train_fn(base_model, tokenizer, rows, cfg, layout.checkpoints, batching, attn, device,
-                                        dtype, resume_from, model_tmp, method, announce=announce)
-        publish_dir(model_tmp, layout.model)
+        with tracker_logs(call["cfg"], layout):
+            trainer, seconds = train_fn(call["base_model"], tokenizer, call["rows"], call["cfg"], layout.checkpoints,
+                                        call["batching"], call["attn"], call["device"], call["dtype"],
+                                        call["resume_from"], model_tmp, call["method"], announce=announce,
+                                        split=call["split"])
+        if main_rank:
+            publish_dir(model_tmp, layout.model)
     finally:
-        if model_tmp.exists():
+        if main_rank and model_tmp.exists():
             shutil.rmtree(model_tmp, ignore_errors=True)
     return trainer, seconds
 

@@ -22,7 +22,7 @@ from ..config import TrainingConfig
 from ..jsonl import write_json
 from .rows import LengthGroupedSampler
 
-_COUNTERS_FILE = "orion_counters.json"
+COUNTERS_FILE = "orion_counters.json"
 
 
 class OrionSFTTrainer:
@@ -67,6 +67,9 @@ class OrionSFTTrainer:
         if model.training:
             loss = out[0] if return_outputs else out
             denom = n if num_items_in_batch is None else float(num_items_in_batch)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                # num_items_in_batch counts every rank's tokens and the loss was scaled by the ranks (DDP averages)
+                denom /= self.accelerator.num_processes
             self.nll_sum += float(loss.detach()) * float(denom)
             self.n_supervised += n
         return out
@@ -111,8 +114,20 @@ class OrionSFTTrainer:
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         buf = self.__dict__.get("_stat_buffer")
-        if buf and "loss" in logs:
-            logs = {**logs, **{k: sum(v) / len(v) for k, v in buf.items() if v}}
+        if "loss" in logs and (buf or self.args.world_size > 1):
+            buf = buf if buf is not None else {}
+            if self.args.world_size > 1:  # every rank's micro-batches (each rank logs this step: a collective)
+                import torch.distributed as dist
+
+                every: list = [None] * self.args.world_size
+                dist.all_gather_object(every, buf)
+                merged: dict = {}
+                for part in every:
+                    for k, v in part.items():
+                        merged.setdefault(k, []).extend(v)
+            else:
+                merged = buf
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in sorted(merged.items()) if v}}
             buf.clear()
         super().log(logs, *args, **kwargs)
 
@@ -120,9 +135,12 @@ class OrionSFTTrainer:
         super()._save_checkpoint(model, trial)
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+        from .launch import sum_over_ranks
+
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if folder.is_dir():
-            write_json(folder / _COUNTERS_FILE, {"nll_sum": self.nll_sum, "n_supervised": self.n_supervised})
+        nll_sum, n_supervised = sum_over_ranks(self.nll_sum, self.n_supervised)  # every rank's, written last
+        if self.args.should_save and folder.is_dir():
+            write_json(folder / COUNTERS_FILE, {"nll_sum": nll_sum, "n_supervised": int(n_supervised)})
 
 
 def fused_head_needs_triton() -> bool:
@@ -172,6 +190,8 @@ class TrainerMethod:
     trainer_kwargs: dict = dataclasses.field(default_factory=dict)
     batching: Optional[Callable[[str], tuple[str, str]]] = None  # resolved mode -> (mode, reason)
     log_keys: tuple = ()  # loss components kept in loss_history.json
+    # why the method cannot cut a micro-batch between data-parallel ranks (None: it can; launch.split_batch)
+    refuse_batch_split: Optional[str] = None
 
 
 def optimizer_steps(cfg, n_rows: int) -> int:
@@ -200,14 +220,21 @@ def checkpointing_argument(args_class) -> str:
 
 
 def sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, dtype: str, n_rows: int,
-              liger: bool = False):
+              liger: bool = False, split=None):
+    """The trainer's arguments; ``split`` (a ``launch.RankSplit``): a rank's share of the profile's global batch
+    (the warm-up, in optimizer steps, is the profile's whatever the split)."""
     from trl import SFTConfig
 
+    ranks: dict = {}
+    if split is not None and split.ranks > 1:
+        ranks = {"accelerator_config": {"split_batches": split.split_batches},
+                 "ddp_find_unused_parameters": False,  # every weight trains in every step
+                 **({"ddp_backend": "gloo"} if device == "cpu" else {})}
     return SFTConfig(
         **{checkpointing_argument(SFTConfig): cfg.gradient_checkpointing},
         output_dir=str(ckpt_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=split.loader_batch if split is not None else cfg.batch_size,
+        gradient_accumulation_steps=split.grad_accum if split is not None else cfg.grad_accum,
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_epochs,
         max_steps=cfg.max_steps,
@@ -235,15 +262,16 @@ def sft_args(cfg: TrainingConfig, ckpt_dir: Path, batching: str, device: str, dt
         padding_free=(batching == "padding_free"),
         completion_only_loss=None,
         use_liger_kernel=liger,
+        **ranks,
     )
 
 
 def build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype, peft_config=None, method=None,
-                   liger=False):
+                   liger=False, split=None):
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    args = sft_args(cfg, ckpt_dir, batching, device, dtype, len(rows), liger=liger)
+    args = sft_args(cfg, ckpt_dir, batching, device, dtype, len(rows), liger=liger, split=split)
     extra: dict = {}
     if method is not None:
         args.remove_unused_columns = False  # the method's collator reads its own columns
@@ -307,8 +335,8 @@ def epoch_nll(trainer) -> tuple[float, int]:
 
 
 def run_trainer(trainer, resume_from: Optional[Path]) -> float:
-    if resume_from is not None:
-        counters = resume_from / _COUNTERS_FILE
+    if resume_from is not None and trainer.args.process_index == 0:  # the checkpoint's counters are every rank's
+        counters = resume_from / COUNTERS_FILE
         if counters.is_file():
             c = json.loads(counters.read_text())
             trainer.nll_sum, trainer.n_supervised = float(c["nll_sum"]), int(c["n_supervised"])
