@@ -523,7 +523,9 @@ def cross_section_problems(sections: dict) -> list[str]:
         problems.append(f"analysis.judge: needs a prompted teacher (teacher.kind 'api' or 'local'), "
                         f"not teacher.kind={kind!r}")
     ranks = getattr(sections.get("parallel"), "gpus", 1)
-    for name in ("training", "edit", "tailored"):  # each trainer a run trains, its global batch kept on N devices
+    # each trainer a run trains keeps its global batch on N devices (Tailored Learning, whose micro-batches are
+    # not cut, trains in one process when the ranks cannot share its accumulation: training.launch.split_batch)
+    for name in ("training", "edit"):
         section = sections.get(name)
         if ranks > 1 and section is not None and (name == "training" or name in methods):
             try:

@@ -80,10 +80,11 @@ def test_the_global_batch_is_the_profiles_whatever_n():
     assert cut == RankSplit(2, 2, 3, True) and cut.loader_batch == 4  # the sampler still groups whole micro-batches
     for s in (accum, cut):
         assert s.batch_size * s.grad_accum * s.ranks == 4 * (4 if s is accum else 3)
-    with pytest.raises(ValueError, match=r"parallel.gpus=2 divides neither grad_accum=3 nor batch_size=5"):
+    with pytest.raises(ValueError, match=r"training: 2 devices cannot share a step of batch_size=5 x grad_accum=3"):
         split_batch(5, 3, 2)
-    with pytest.raises(ValueError, match=r"does not divide grad_accum=1, and Tailored"):
-        split_batch(4, 1, 2, "tailored", "Tailored Learning's batches are not cut")
+    # a method whose micro-batches are not cut: the ranks share its accumulation, or it trains in one process
+    assert split_batch(4, 2, 2, "tailored", "Tailored Learning's batches are not cut") == RankSplit(2, 4, 1, False)
+    assert split_batch(4, 1, 2, "tailored", "Tailored Learning's batches are not cut") == RankSplit(1, 4, 1, False)
     assert "ranks=2 (per rank: batch=2 accum=3; micro-batches cut" in cut.describe()
 
 
@@ -123,14 +124,10 @@ def test_a_failed_rank_is_named_with_its_exit_code_and_last_lines(tmp_path):
     assert "rank 1 of 2 ended with exit code 1;" in failure_message(tmp_path, stopped, 2, 1)
 
 
-def test_tailored_refuses_to_cut_its_batches_before_anything_trains(tiny_model_dir, tmp_path):
-    from orion_utils.tailored_training import train_tailored_round
-
-    examples = [SFTExample(f"q{i % 3}", f"Q{i % 3}", f"answer {i}", "teacher") for i in range(6)]
-    with pytest.raises(ValueError, match="Tailored Learning's batches"):
-        train_tailored_round(tiny_model_dir, examples, tmp_path / "t", TailoredConfig(batch_size=2, grad_accum=1),
-                             parallel=ParallelConfig(gpus=2))
-    assert not (tmp_path / "t" / "model").exists()
+def test_tailored_trains_in_one_process_when_the_ranks_cannot_share_its_accumulation(capsys):
+    split_batch(2, 1, 2, "tailored", "Tailored Learning's batches are not cut between ranks")
+    out = capsys.readouterr().out
+    assert "parallel.gpus=2 does not divide grad_accum=1" in out and "it trains in one process" in out
 
 
 # -- two real ranks ----------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..config import CHECKOUT_DIR
+from ..config import CHECKOUT_DIR, split_global_batch
 
 ACCELERATE_CONFIGS = CHECKOUT_DIR / "configs" / "accelerate"
 CALL_FILE = "call.pkl"
@@ -66,23 +66,20 @@ class RankSplit:
 
 def split_batch(batch_size: int, grad_accum: int, ranks: int, who: str = "training",
                 refuse_batch_split: Optional[str] = None) -> RankSplit:
-    """The :class:`RankSplit` keeping ``batch_size x grad_accum`` as the global batch on ``ranks`` processes;
-    one clear error naming both knobs when N divides neither (or when a method cannot cut a micro-batch:
-    ``refuse_batch_split`` says why)."""
-    if ranks <= 1:
-        return RankSplit(1, batch_size, grad_accum, False)
-    if grad_accum % ranks == 0:
-        return RankSplit(ranks, batch_size, grad_accum // ranks, False)
-    if refuse_batch_split is not None:
-        raise ValueError(
-            f"{who}: parallel.gpus={ranks} does not divide grad_accum={grad_accum}, and {refuse_batch_split}: "
-            f"set grad_accum to a multiple of {ranks} (the global batch is batch_size x grad_accum), or parallel.gpus: 1")
-    if batch_size % ranks == 0:
-        return RankSplit(ranks, batch_size // ranks, grad_accum, True)
-    raise ValueError(
-        f"{who}: parallel.gpus={ranks} divides neither grad_accum={grad_accum} nor batch_size={batch_size}: the global "
-        f"batch (batch_size x grad_accum = {batch_size * grad_accum}) cannot be the same on {ranks} ranks; make one "
-        f"of the two a multiple of {ranks}")
+    """The :class:`RankSplit` keeping ``batch_size x grad_accum`` as the global batch on ``ranks`` processes
+    (the rule is ``config.split_global_batch``'s, which a profile is checked against when it loads). A method
+    whose micro-batches cannot be cut (``refuse_batch_split`` says why) and whose ``grad_accum`` the ranks
+    cannot share trains in one process, said in one line; N dividing neither knob is one clear error."""
+    if ranks > 1 and refuse_batch_split is not None and grad_accum % ranks:
+        print(f"[training] {who}: parallel.gpus={ranks} does not divide grad_accum={grad_accum}, and "
+              f"{refuse_batch_split}: it trains in one process (a grad_accum that is a multiple of {ranks} spreads "
+              "it over the ranks, with the same global batch)", flush=True)
+        ranks = 1
+    try:
+        per_rank, accum = split_global_batch(batch_size, grad_accum, ranks)
+    except ValueError as exc:
+        raise ValueError(f"{who}: {exc}") from None
+    return RankSplit(ranks, per_rank, accum, per_rank != batch_size)
 
 
 def training_ranks(parallel, backend: str) -> tuple[int, Optional[str]]:
