@@ -206,7 +206,7 @@ def load_generator(
 
             return ParallelGenerator(model_path, parallel.gpus, dict(
                 backend=backend, batch_size=batch_size, dtype=dtype, device=device, seed=seed,
-                batch_tokens=batch_tokens, **backend_kwargs))
+                batch_tokens=batch_tokens, **backend_kwargs), load_generator)
         backend_kwargs["tensor_parallel_size"] = tensor_parallel_size(backend, device, parallel.gpus)
     name, reason = select_backend(backend, device=device)
     if backend_kwargs.get("model") is None:

@@ -39,9 +39,10 @@ import os
 import signal
 import traceback
 import weakref
+from collections.abc import Callable
 from typing import Any
 
-from .sampling import GenerationBackend, SamplingConfig, encode_prompts, expand_greedy
+from .sampling import GenerationBackend, SamplingConfig, context_facts, encode_prompts, expand_greedy
 
 __all__ = ["GenerationWorkerError", "ParallelGenerator", "rank_environment"]
 
@@ -84,13 +85,14 @@ def _core_list(cores: list[int]) -> str:
 
 
 class ParallelGenerator(GenerationBackend):
-    """``world`` worker processes, each with ``load_generator(model_path, **load_kwargs)`` on its own device;
+    """``world`` worker processes, each with ``loader(model_path, **load_kwargs)`` (``generation.load_generator``,
+    handed in: this module imports no generation module above it) on its own device;
     the ``GenerationBackend`` interface (``generate``, ``generate_groups``, ``close``, ``with``), as the module
     docstring says. ``name`` is the workers' backend (``"transformers"`` or ``"vllm"``)."""
 
     can_score = False  # scoring stays in the main process (StageModel)
 
-    def __init__(self, model_path: str, world: int, load_kwargs: dict[str, Any]):
+    def __init__(self, model_path: str, world: int, load_kwargs: dict[str, Any], loader: Callable):
         import multiprocessing
 
         from transformers import AutoTokenizer
@@ -117,7 +119,7 @@ class ParallelGenerator(GenerationBackend):
                 parent_end, child_end = context.Pipe()
                 # not a daemon: a vLLM engine starts its own engine-core process
                 proc = context.Process(target=_worker, name=f"generation-rank-{rank}", daemon=False,
-                                       args=(rank, self.world, child_end, self.model_path, load_kwargs, threads))
+                                       args=(rank, self.world, child_end, loader, self.model_path, load_kwargs, threads))
                 with _environment(env):  # the child's environment from its first instruction
                     proc.start()
                 child_end.close()
@@ -130,7 +132,7 @@ class ParallelGenerator(GenerationBackend):
             raise
         info = ready[0]
         self.name, self.device, self.dtype = info["name"], info["device"], info["dtype"]
-        self._context = int(info["context"] or 0)
+        self.context_facts = tuple(info["context"])  # what budget.context_length reads (sampling.context_facts)
         where = ", ".join(f"rank {r}: {ready[r]['device']}" + (f" [{ready[r]['where']}]" if ready[r]["where"] else "")
                           for r in range(self.world))
         print(f"[generation] data-parallel over {self.world} worker processes ({where}); each loaded: "
@@ -173,14 +175,6 @@ class ParallelGenerator(GenerationBackend):
         if missing:
             raise RuntimeError(f"data-parallel generation: {missing} of {total} rows came back from no worker")
         return results
-
-    def context_length(self, max_model_len: int = 0) -> int:
-        """What ``budget.context_length`` gives for the workers' backend: a vLLM engine's own limit, else the
-        smaller of ``max_model_len`` and the model's positions that are known (0 when neither is)."""
-        if self.name == "vllm" and self._context:
-            return self._context
-        known = [int(n) for n in (max_model_len, self._context) if n]
-        return min(known) if known else 0
 
     # -- the workers ------------------------------------------------------------------------------
     def _send(self, rank: int, message) -> None:
@@ -304,7 +298,8 @@ def _environment(env: dict):
 # in a worker process
 
 
-def _worker(rank: int, world: int, conn, model_path: str, load_kwargs: dict, threads: int | None) -> None:
+def _worker(rank: int, world: int, conn, loader: Callable, model_path: str, load_kwargs: dict,
+            threads: int | None) -> None:
     """Load the backend once, say ``ready``, then run each call's share until told to close (or the parent
     is gone: its end of the pipe closes)."""
     try:
@@ -312,19 +307,17 @@ def _worker(rank: int, world: int, conn, model_path: str, load_kwargs: dict, thr
             import torch
 
             torch.set_num_threads(threads)
-        from .budget import context_length
         from .device import dtype_name
-        from .generation import load_generator
 
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):  # the parent prints one line for all ranks
-            backend = load_generator(model_path, progress=False, **load_kwargs)
+            backend = loader(model_path, progress=False, **load_kwargs)
         line = next((x for x in printed.getvalue().splitlines() if x.startswith("[generation]")), "")
         where = os.environ.get("CUDA_VISIBLE_DEVICES", "") if str(backend.device).startswith("cuda") else \
             f"cores {os.environ.get('VLLM_CPU_OMP_THREADS_BIND', '')}"
         conn.send(("ready", {"name": backend.name, "device": str(backend.device), "where": where,
                              "dtype": backend.dtype if isinstance(backend.dtype, str) else dtype_name(backend.dtype),
-                             "context": context_length(backend), "line": line}))
+                             "context": context_facts(backend), "line": line}))
     except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it naming this rank
         conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return

@@ -123,7 +123,7 @@ class TransformersBackend(GenerationBackend):
                        desc: str = "generating", on_batch=None) -> list[tuple[tuple[int, int], Generation]]:
         """``((prompt index, sample index), Generation)`` of one rank's share of the call: the batches of
         ``batch_plan`` (over every prompt of the call) whose index is ``rank`` modulo ``world``, each sampled
-        with its own seed, ``batch_seed(sampling.seed, its index)``. So a batch's samples do not depend on the
+        with its own seed, ``batch_seed(SamplingConfig.seed, its index)``. So a batch's samples do not depend on the
         batches before it, nor on which process runs it: the shares of ``world`` ranks together are the whole
         call's generations, byte for byte (``parallel_generation``). ``on_batch(rows)`` after each batch."""
         from tqdm.auto import tqdm

@@ -194,3 +194,27 @@ def test_the_evaluation_stage_at_two_workers_resumes_after_a_kill_and_writes_the
     assert run_evaluation(run2, cfg, gen, student, parallel=TWO) == metrics
     assert "resumed: 1 of 3 chunks read back" in capsys.readouterr().out
     assert [f.read_bytes() for f in run2.eval_files("base")] == [f.read_bytes() for f in files]
+
+
+# ------------------------------------------------------------------------------------------------
+# the real student
+
+
+@pytest.mark.slow
+def test_smollm2_sampled_at_two_workers_equals_one_process():
+    """SmolLM2-135M-Instruct (converted once from the packaged GGUF file): 4 real questions, 3 samples each."""
+    from orion_utils.students import resolve_student
+
+    smol = resolve_student("smollm2-135m-instruct")
+    questions = ["Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                 "How many clips did Natalia sell altogether in April and May?", "What is 7 * 8?",
+                 "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+                 "How much did she earn?", "Hi"]
+    sampling = SamplingConfig(n=3, temperature=0.7, top_p=0.95, max_new_tokens=16, seed=4)
+    gen = GenerationConfig(backend="transformers", batch_size=4)
+    with open_generator(smol, gen, progress=False) as one:
+        alone = one.generate(questions, sampling)
+    with open_generator(smol, gen, parallel=TWO) as two:
+        assert isinstance(two, ParallelGenerator)
+        assert two.generate(questions, sampling) == alone
+    assert len({g.text for row in alone for g in row}) > 4  # real, varied samples
