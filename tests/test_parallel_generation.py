@@ -163,6 +163,7 @@ def _smoke_run(root, student_dir):
     return run, evaluation, dataclasses.replace(cfg.generation, backend="transformers", batch_size=8)
 
 
+@pytest.mark.slow  # three generators opened, two of them spawning workers: about 20-30 s on 2 busy cores
 def test_the_evaluation_stage_at_two_workers_resumes_after_a_kill_and_writes_the_same_files(
         tmp_path, toy_student, monkeypatch, capsys):
     from orion_utils.evaluation import run_evaluation
