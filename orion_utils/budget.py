@@ -243,12 +243,14 @@ class PromptBudget:
 
 def context_length(generator, max_model_len: int = 0) -> int:
     """The context of an open generation backend: vLLM's engine (what it enforces), else the smaller of
-    ``max_model_len`` and the model's ``max_position_embeddings`` that are known (0 when neither is)."""
-    engine = getattr(getattr(getattr(generator, "llm", None), "llm_engine", None), "model_config", None)
-    if getattr(engine, "max_model_len", None):
-        return int(engine.max_model_len)
-    config = getattr(getattr(generator, "model", None), "config", None)
-    known = [int(n) for n in (max_model_len, getattr(config, "max_position_embeddings", 0)) if n]
+    ``max_model_len`` and the model's ``max_position_embeddings`` that are known (0 when neither is). A
+    data-parallel generator (``parallel_generation``) answers for its workers' backend (``sampling.context_facts``)."""
+    from .sampling import context_facts
+
+    engine, positions = context_facts(generator)
+    if engine:
+        return engine
+    known = [int(n) for n in (max_model_len, positions) if n]
     return min(known) if known else 0
 
 

@@ -30,8 +30,9 @@ from .rundir import RunDir
 from .stage_specs import fingerprint
 
 
-def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_dir: Optional[str] = None):
-    """Build the teacher a profile names."""
+def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_dir: Optional[str] = None,
+                 parallel: Optional[ParallelConfig] = None):
+    """Build the teacher a profile names (``parallel``: the devices a local teacher generates on)."""
     if cfg.kind == "toy":
         from .teachers.toy import ToyTeacher
 
@@ -62,7 +63,7 @@ def make_teacher(cfg: TeacherConfig, data: Optional[DataConfig] = None, cache_di
         vllm_kwargs = {k: v for k, v in (("gpu_memory_utilization", cfg.gpu_memory_utilization),
                                          ("max_model_len", cfg.max_model_len)) if v}
         return LocalTeacher(cfg.model, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                            seed=cfg.seed, **vllm_kwargs)
+                            seed=cfg.seed, parallel=parallel, **vllm_kwargs)
     raise ValueError(f"teacher.kind must be one of {TEACHER_KINDS}, got {cfg.kind!r}")
 
 
@@ -249,7 +250,7 @@ def run_collection(run: RunDir, teacher_cfg: TeacherConfig, data: Optional[DataC
 
     def work() -> dict:
         problems = read_jsonl(problems_path, Problem)
-        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache), parallel=parallel)
         print(f"[teacher] {teacher_cfg.kind} teacher: {getattr(teacher, 'name', type(teacher).__name__)}")
         traces = teacher.collect(problems, n=teacher_cfg.n_per_question)
         if by_length:

@@ -72,6 +72,7 @@ def evaluate_model(
     generation: GenerationConfig,
     student: StudentConfig,
     partials: Optional[dict] = None,
+    parallel: Optional[ParallelConfig] = None,
 ) -> tuple[dict, str]:
     """Generate, grade and return ({benchmark: [EvalSample, ...]}, backend name) for one model.
 
@@ -79,7 +80,8 @@ def evaluate_model(
     ``rundir.chunk_seed(cfg.seed, benchmark, its problem ids)``, both submitted in one ``generate_groups``
     call); ``partials`` ({benchmark: path}): where
     each finished chunk is appended and read back from on a retry. A benchmark's samples: the greedy
-    ones, then the sampled ones, each in problem order."""
+    ones, then the sampled ones, each in problem order. ``parallel``: the devices it generates on
+    (``generation.StageModel``)."""
     from .generation import SamplingConfig, StageModel
 
     template, system = student.prompt_template, student.system_prompt or None
@@ -107,7 +109,7 @@ def evaluate_model(
 
     per_problem = int(cfg.greedy) + max(cfg.n_samples, 0)
     results = {}
-    with StageModel(model_path, generation, seed=cfg.seed) as model:
+    with StageModel(model_path, generation, seed=cfg.seed, parallel=parallel) as model:
         for name, problems in benchmarks.items():
             samples = run_in_chunks(problems, cfg.chunk_questions, chunk_of(name), partial=(partials or {}).get(name),
                                     cls=EvalSample, per_item=per_problem, desc=f"evaluation/{method}/{name}")
@@ -148,7 +150,7 @@ def run_evaluation(
             raise FileNotFoundError(
                 f"no trained model for method '{method}' at {model_path}: run its training notebook first, "
                 f"or leave it out of evaluation.methods")
-    jobs = {method: (str(run.root), method, cfg, generation, student, force) for method in cfg.methods}
+    jobs = {method: (str(run.root), method, cfg, generation, student, force, parallel) for method in cfg.methods}
     if cfg.workers > 1 and len(jobs) > 1:  # each method in its own process; what it prints is shown here
         run_jobs(evaluate_method, jobs, cfg.workers, capture=True, keep_going=True, label="evaluation")
     else:
@@ -160,8 +162,9 @@ def run_evaluation(
 
 
 def evaluate_method(root: str, method: str, cfg: EvaluationConfig, generation: GenerationConfig,
-                    student: StudentConfig, force: bool = False) -> dict:
-    """The stage ``evaluation/<method>``: one method's model on every benchmark of the run."""
+                    student: StudentConfig, force: bool = False, parallel: Optional[ParallelConfig] = None) -> dict:
+    """The stage ``evaluation/<method>``: one method's model on every benchmark of the run (``parallel``: the
+    devices it generates on)."""
     run = RunDir(root)
     benchmarks = load_benchmarks(run)
     model_path = run.method_model(method)
@@ -171,7 +174,7 @@ def evaluate_method(root: str, method: str, cfg: EvaluationConfig, generation: G
     partials = {name: run.eval_partial(method, name) for name in benchmarks}  # chunks saved so far
 
     def work() -> dict:
-        results, backend = evaluate_model(model_path, method, benchmarks, cfg, generation, student, partials)
+        results, backend = evaluate_model(model_path, method, benchmarks, cfg, generation, student, partials, parallel)
         for name, samples in results.items():
             write_jsonl(run.eval_file(method, name), samples)
         write_json(run.eval_summary(method), {name: summarise(s) for name, s in results.items()})

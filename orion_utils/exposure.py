@@ -69,13 +69,14 @@ def sample_and_grade(
     student: StudentConfig,
     partial_path: Optional[Path],
     model_name: str,
+    parallel: Optional[ParallelConfig] = None,
 ) -> list[StudentAttempt]:
     """Sample k solutions per problem, grade them, append each graded chunk of ``cfg.chunk_questions``
     problems to ``partial_path``.
 
     Chunks complete in ``partial_path`` (from a crashed run) are not sampled again; each chunk is sampled
     with ``rundir.chunk_seed(cfg.seed, "exposure", its problem ids)``, so the attempts are the same
-    with or without an interruption.
+    with or without an interruption. ``parallel``: the devices the student samples on (``generation.StageModel``).
     """
     from .generation import SamplingConfig, StageModel
 
@@ -88,7 +89,7 @@ def sample_and_grade(
                                      system=student.system_prompt or None, desc="sampling")
         return graded_attempts(chunk, outputs, model_name)
 
-    with StageModel(model_path, generation, seed=cfg.seed) as student_model:
+    with StageModel(model_path, generation, seed=cfg.seed, parallel=parallel) as student_model:
         return run_in_chunks(problems, cfg.chunk_questions, sample, partial=partial_path, cls=StudentAttempt,
                              per_item=cfg.k, desc="error exposure")
 
@@ -133,7 +134,7 @@ def run_error_exposure(
         model_path, model_name = run.student_model(), "base"
         if cfg.source == "primed":
             model_path, model_name = _primed_student(run, cfg, training, student, cots_path, parallel), "primed"
-        attempts = sample_and_grade(model_path, problems, cfg, generation, student, partial, model_name)
+        attempts = sample_and_grade(model_path, problems, cfg, generation, student, partial, model_name, parallel)
         errors = dedupe_errors(attempts, cfg.unfinished_as_errors)
         write_jsonl(attempts_path, attempts)
         write_jsonl(errors_path, errors)

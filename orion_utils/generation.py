@@ -21,13 +21,22 @@ with ``temperature``/``top_p`` and no top-k or repetition penalty, whatever the 
 Generation stops at any end-of-turn token: the tokenizer's EOS, the model's generation-config EOS and
 the token that ends an assistant turn in the chat template (``end_of_turn_token_ids``).
 
-Reproducibility: the transformers backend seeds a forked torch RNG with ``SamplingConfig.seed`` on each
-call (the caller's global RNG is left untouched); a rerun with the same prompts, ``batch_size``,
-``batch_tokens`` and device gives the same samples. Samples are drawn batch-wise, so changing either
-bound, ``max_new_tokens`` (a batch's token cost) or the prompt set changes which sample a prompt gets
-(greedy output does not change). vLLM seeds each request with
-``SamplingConfig.seed`` (its n samples with seed, seed+1, ...), so a prompt's samples there do not depend on
-the batch.
+Reproducibility: the transformers backend cuts a call's prompts into its batch plan (``batch_plan``, over
+the whole call) and samples batch ``b`` with its own seed, ``transformers_backend.batch_seed(SamplingConfig.seed,
+b)``, in a forked torch RNG (the caller's global RNG is left untouched): a batch's samples depend only on
+the call's prompts, ``SamplingConfig``, ``batch_size``, ``batch_tokens`` and the device, not on the batches
+run before it nor on the process that runs it, so the plan's batches can be shared between processes
+(``parallel_generation``) and give the same samples. Changing a bound, ``max_new_tokens`` (a batch's token
+cost) or the prompt set changes the plan, hence which sample a prompt gets (greedy output does not
+change). vLLM seeds each request with ``SamplingConfig.seed`` (its n samples with seed, seed+1, ...), so a
+prompt's samples there do not depend on the batch.
+
+Parallel generation (``parallel``, a ``config.ParallelConfig`` with ``gpus`` > 1): ``generation: data``
+gives a ``parallel_generation.ParallelGenerator``, one worker process per device, each holding the same
+backend, sharing every call's work and merging it in input order, byte-identical to one process;
+``generation: tensor`` gives one vLLM engine with ``tensor_parallel_size=gpus`` here (the transformers
+backend has no tensor parallelism: a ``ConfigError``). Scoring (``StageModel.score``, ``completion_nll``)
+always runs in the main process.
 """
 from __future__ import annotations
 
@@ -170,6 +179,7 @@ def load_generator(
     device: str = "auto",
     seed: int = 0,
     batch_tokens: int = 0,
+    parallel=None,
     **backend_kwargs,
 ) -> GenerationBackend:
     """Load a generator and print one line saying which backend runs, where, and why.
@@ -181,8 +191,23 @@ def load_generator(
     ``vllm.LLM`` (``gpu_memory_utilization``, ``max_model_len``, ``tensor_parallel_size`` ...).
     Keyword arguments the chosen backend does not take are dropped and named at the end of the line,
     so one call works whichever backend "auto" picks.
+
+    ``parallel`` (a ``config.ParallelConfig``; None or one device: this process): ``generation: data`` loads
+    the same generator in one worker process per device (``parallel_generation.ParallelGenerator``);
+    ``generation: tensor``, one vLLM engine over every device (``tensor_parallel_size``).
     """
     model_path = os.fspath(model_path)
+    if parallel is not None and parallel.active:
+        if backend_kwargs.get("model") is not None:
+            raise ValueError("parallel generation loads the model in each worker process: pass a model path, "
+                             "not a loaded model")
+        if parallel.generation == "data":
+            from .parallel_generation import ParallelGenerator
+
+            return ParallelGenerator(model_path, parallel.gpus, dict(
+                backend=backend, batch_size=batch_size, dtype=dtype, device=device, seed=seed,
+                batch_tokens=batch_tokens, **backend_kwargs), load_generator)
+        backend_kwargs["tensor_parallel_size"] = tensor_parallel_size(backend, device, parallel.gpus)
     name, reason = select_backend(backend, device=device)
     if backend_kwargs.get("model") is None:
         release_memory(before=model_path)  # what a trainer or a closed model left: before the new one loads
@@ -203,16 +228,29 @@ def load_generator(
     return gen
 
 
-def open_generator(model_path: str, generation, *, seed: int = 0, **backend_kwargs) -> GenerationBackend:
-    """``load_generator`` with the settings of a profile's ``generation`` section (a GenerationConfig)."""
+def tensor_parallel_size(backend: str, device: str, gpus: int) -> int:
+    """``gpus``, the engine's ``tensor_parallel_size`` under ``parallel.generation: tensor``, once the backend is
+    known to be vLLM; a ``ConfigError`` otherwise (transformers has no tensor-parallel generation here)."""
+    from .knobs import ConfigError
+
+    name, reason = select_backend(backend, device=device)
+    if name != "vllm":
+        raise ConfigError(f"parallel.generation: tensor needs the vLLM backend (one engine over {gpus} devices), but "
+                          f"generation runs on {name} here ({reason}); use parallel.generation: data, or install vLLM")
+    return int(gpus)
+
+
+def open_generator(model_path: str, generation, *, seed: int = 0, parallel=None, **backend_kwargs) -> GenerationBackend:
+    """``load_generator`` with the settings of a profile's ``generation`` section (a GenerationConfig) and, when
+    more than one device is given, its ``parallel`` section (``config.ParallelConfig``)."""
     vllm_kwargs = {}
     if generation.gpu_memory_utilization:
         vllm_kwargs["gpu_memory_utilization"] = float(generation.gpu_memory_utilization)
     if generation.max_model_len:
         vllm_kwargs["max_model_len"] = int(generation.max_model_len)
     return load_generator(model_path, backend=generation.backend, batch_size=generation.batch_size,
-                          batch_tokens=generation.batch_tokens, dtype=generation.dtype, seed=seed, **vllm_kwargs,
-                          **backend_kwargs)
+                          batch_tokens=generation.batch_tokens, dtype=generation.dtype, seed=seed, parallel=parallel,
+                          **vllm_kwargs, **backend_kwargs)
 
 
 _TRANSFORMERS_KWARGS = {"progress", "num_threads", "attn_implementation", "model", "tokenizer"}
@@ -235,10 +273,15 @@ class StageModel:
     scores with its own model (``can_score``: transformers) is shared; otherwise asking for the one
     closes the other first (said in one line), so the stage never holds two. ``close()`` (the ``with``
     block's end) releases whatever is open.
+
+    ``parallel`` (``config.ParallelConfig``): the generator spreads over its devices (``open_generator``);
+    scoring stays in this, the main process: a data-parallel generator's workers are closed before the
+    scoring model loads, as a vLLM engine is.
     """
 
-    def __init__(self, model_path, generation=None, *, seed: int = 0, device: str = "auto"):
+    def __init__(self, model_path, generation=None, *, seed: int = 0, device: str = "auto", parallel=None):
         self.model_path, self.generation, self.seed, self.device = os.fspath(model_path), generation, seed, device
+        self.parallel = parallel
         self._generator: GenerationBackend | None = None
         self._scoring = None  # (model, tokenizer) from load_scoring_model
 
@@ -247,7 +290,8 @@ class StageModel:
             from .config import GenerationConfig
 
             self._drop_scoring()
-            self._generator = open_generator(self.model_path, self.generation or GenerationConfig(), seed=self.seed)
+            self._generator = open_generator(self.model_path, self.generation or GenerationConfig(), seed=self.seed,
+                                             parallel=self.parallel)
         return self._generator
 
     def scoring(self):

@@ -449,7 +449,7 @@ def run_reflection(
         # One model at a time (`generation.StageModel`): the `llm` reflector's generator, then the scorer
         # (selection, mechanism), which shares a transformers generator's model and otherwise closes the
         # engine before the student loads; the toy `student` reflector samples with the same generator.
-        with StageModel(model_path, generation, seed=cfg.seed) as base:
+        with StageModel(model_path, generation, seed=cfg.seed, parallel=parallel) as base:
             prompting, inputs_ = (template, system, generation.max_model_len), (problems, teacher_cots, errors)
 
             def scorer(questions, completions):

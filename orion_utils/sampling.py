@@ -133,6 +133,18 @@ def _template_end_of_turn(tokenizer) -> int | None:
         return None
 
 
+def context_facts(generator) -> tuple[int, int]:
+    """``(the engine's own context limit, the model's max_position_embeddings)`` of an open backend, 0 where
+    unknown: a vLLM engine's ``max_model_len``, a transformers model's config. A data-parallel generator
+    (``parallel_generation``) holds what its workers' backend reported (its ``context_facts``)."""
+    reported = getattr(generator, "context_facts", None)
+    if isinstance(reported, tuple):
+        return reported
+    engine = getattr(getattr(getattr(generator, "llm", None), "llm_engine", None), "model_config", None)
+    config = getattr(getattr(generator, "model", None), "config", None)
+    return int(getattr(engine, "max_model_len", 0) or 0), int(getattr(config, "max_position_embeddings", 0) or 0)
+
+
 # --------------------------------------------------------------------------------------------------
 # the interface
 

@@ -73,14 +73,14 @@ class RoundResult:
     meta: dict = field(default_factory=dict)
 
 
-def default_generator_factory(generation=None):
+def default_generator_factory(generation=None, parallel: Optional[ParallelConfig] = None):
     """``model_dir → generator`` through ``generation.open_generator`` with a profile's
-    ``generation`` section (a ``config.GenerationConfig``; None: its defaults)."""
+    ``generation`` section (a ``config.GenerationConfig``; None: its defaults) on ``parallel``'s devices."""
 
     def factory(model_dir: PathLike):
         from .generation import open_generator
 
-        return open_generator(str(model_dir), generation or GenerationConfig())
+        return open_generator(str(model_dir), generation or GenerationConfig(), parallel=parallel)
 
     return factory
 
@@ -449,7 +449,7 @@ def run_tailored_stage(run: RunDir, cfg: TailoredConfig, teacher_cfg: Optional[T
 
     def work() -> dict:
         problems = question_set_problems(run, read_jsonl(inputs[0], Problem))  # the question set (stage 01)
-        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache))
+        teacher = make_teacher(teacher_cfg, data, cache_dir=str(run.teacher_cache), parallel=parallel)
         if not isinstance(teacher, FeedbackTeacher):
             raise ValueError(
                 f"Tailored Learning asks the teacher to explain the student's wrong answers, which a "
@@ -460,7 +460,7 @@ def run_tailored_stage(run: RunDir, cfg: TailoredConfig, teacher_cfg: Optional[T
             count = TokenCounter(run.student_model(), student.prompt_template, student.system_prompt or None)
             fits = fitter(count, cfg.max_seq_len) if length_rule_applies(cfg) else None
             teacher = QuestionSetTeacher(teacher, stage01_traces(run), fits)
-        rounds = run_tailored(run.student_model(), problems, teacher, default_generator_factory(generation),
+        rounds = run_tailored(run.student_model(), problems, teacher, default_generator_factory(generation, parallel),
                               cfg.rounds, cfg, folder.root, prompt_template=student.prompt_template,
                               system=student.system_prompt or None, parallel=parallel)
         join_phase_losses(folder)

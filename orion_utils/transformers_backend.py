@@ -7,6 +7,7 @@ from typing import Any
 
 from . import device as device_rules
 from .memory import release_memory, track_model
+from .rundir import chunk_seed
 from .sampling import (
     Generation,
     GenerationBackend,
@@ -16,6 +17,11 @@ from .sampling import (
 )
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """The sampling seed of batch ``index`` of a call's ``batch_plan`` (``SamplingConfig.seed`` ``seed``)."""
+    return chunk_seed(seed, "batch", index)
+
+
 class TransformersBackend(GenerationBackend):
     """Batched ``model.generate`` with left padding and the KV cache.
 
@@ -23,8 +29,9 @@ class TransformersBackend(GenerationBackend):
     and cut, in that order, into batches of at most ``batch_size`` sequences (a prompt with n samples
     takes n rows) and at most ``batch_tokens`` tokens (``batch_plan``): a row costs its batch's longest
     prompt (left padding) plus ``max_new_tokens``, what its KV cache may grow to; a row over the budget
-    alone gets a batch of its own. ``batch_tokens`` 0: ``batch_size`` x ``ROW_TOKENS``. Results come
-    back in input order. ``num_threads`` (default ``"auto"``, see ``device.cpu_threads_for``)
+    alone gets a batch of its own. ``batch_tokens`` 0: ``batch_size`` x ``ROW_TOKENS``. Each batch samples
+    with its own seed (``batch_seed``), so any of the plan's batches can run alone (``generate_share``). Results
+    come back in input order. ``num_threads`` (default ``"auto"``, see ``device.cpu_threads_for``)
     sets torch's intra-op threads for the duration of each ``generate`` call only.
     """
 
@@ -106,14 +113,28 @@ class TransformersBackend(GenerationBackend):
         return ids.to(self.device), mask.to(self.device)
 
     def _generate(self, encoded: list[list[int]], sampling: SamplingConfig, desc: str) -> list[list[Generation]]:
+        per_prompt = 1 if sampling.greedy else sampling.n
+        results: list[list[Generation | None]] = [[None] * per_prompt for _ in encoded]
+        for (i, j), generation in self.generate_share(encoded, sampling, desc=desc):
+            results[i][j] = generation
+        return results  # type: ignore[return-value]
+
+    def generate_share(self, encoded: list[list[int]], sampling: SamplingConfig, *, rank: int = 0, world: int = 1,
+                       desc: str = "generating", on_batch=None) -> list[tuple[tuple[int, int], Generation]]:
+        """``((prompt index, sample index), Generation)`` of one rank's share of the call: the batches of
+        ``batch_plan`` (over every prompt of the call) whose index is ``rank`` modulo ``world``, each sampled
+        with its own seed, ``batch_seed(SamplingConfig.seed, its index)``. So a batch's samples do not depend on the
+        batches before it, nor on which process runs it: the shares of ``world`` ranks together are the whole
+        call's generations, byte for byte (``parallel_generation``). ``on_batch(rows)`` after each batch."""
         from tqdm.auto import tqdm
 
         torch = self._torch
         if any(len(e) == 0 for e in encoded):
             raise ValueError("a prompt rendered to zero tokens")
         per_prompt = 1 if sampling.greedy else sampling.n
-        batches = self.batch_plan([len(e) for e in encoded], per_prompt, sampling.max_new_tokens)
-        results: list[list[Generation | None]] = [[None] * per_prompt for _ in encoded]
+        plan = self.batch_plan([len(e) for e in encoded], per_prompt, sampling.max_new_tokens)
+        mine = [(b, batch) for b, batch in enumerate(plan) if b % world == rank]
+        out: list[tuple[tuple[int, int], Generation]] = []
         stop_ids = set(self.eos_token_ids)
         gen_kwargs = self._generate_kwargs(sampling)
         devices = []
@@ -122,14 +143,15 @@ class TransformersBackend(GenerationBackend):
             devices = [index if index is not None else torch.cuda.current_device()]
         threads = device_rules.torch_threads(self.num_threads)
         with torch.random.fork_rng(devices=devices), torch.inference_mode(), threads:
-            torch.manual_seed(sampling.seed)
-            for batch in tqdm(batches, desc=desc, unit="batch", disable=not self.progress):
+            for b, batch in tqdm(mine, desc=desc, unit="batch", disable=not self.progress):
+                torch.manual_seed(batch_seed(sampling.seed, b))
                 input_ids, attention_mask = self._left_pad([encoded[i] for i, _ in batch])
-                out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
-                new_tokens = out[:, input_ids.shape[1]:].tolist()
-                for (i, j), toks in zip(batch, new_tokens):
-                    results[i][j] = finish_generation(toks, stop_ids, self.tokenizer)
-        return results  # type: ignore[return-value]
+                generated = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
+                new_tokens = generated[:, input_ids.shape[1]:].tolist()
+                out += [(row, finish_generation(toks, stop_ids, self.tokenizer)) for row, toks in zip(batch, new_tokens)]
+                if on_batch is not None:
+                    on_batch(len(batch))
+        return out
 
     def batch_plan(self, prompt_lengths: list[int], per_prompt: int, max_new_tokens: int) -> list[list[tuple]]:
         """Batches of ``(prompt index, sample index)`` rows: prompts longest first (stable: ties keep input

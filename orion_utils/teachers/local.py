@@ -16,23 +16,24 @@ class LocalTeacher(PromptedTeacher):
 
     def __init__(self, model: str, *, backend: str = "auto", temperature: float = 0.6, top_p: float = 0.95,
                  max_tokens: int = 16384, seed: int = 0, batch_size: int = 64, generator=None,
-                 name: Optional[str] = None, **backend_kwargs):
+                 name: Optional[str] = None, parallel=None, **backend_kwargs):
         """``backend_kwargs`` go to ``generation.load_generator`` (for vLLM: ``gpu_memory_utilization``,
-        ``max_model_len``, ``tensor_parallel_size`` ...)."""
+        ``max_model_len``, ``tensor_parallel_size`` ...); ``parallel`` (``config.ParallelConfig``) too: the
+        devices it generates on."""
         if not model and generator is None:
             raise ValueError("LocalTeacher needs a model path or hub id (teacher.model)")
         self.model, self.backend, self.batch_size = model, backend, batch_size
         self.temperature, self.top_p, self.max_tokens, self.seed = temperature, top_p, max_tokens, seed
         self.name = name or f"local:{model}"
         self._generator = generator
-        self.backend_kwargs = backend_kwargs
+        self.backend_kwargs, self.parallel = backend_kwargs, parallel
 
     def _generator_or_load(self):
         if self._generator is None:
             from ..generation import load_generator
 
             self._generator = load_generator(self.model, backend=self.backend, batch_size=self.batch_size,
-                                             seed=self.seed, **self.backend_kwargs)
+                                             seed=self.seed, parallel=self.parallel, **self.backend_kwargs)
         return self._generator
 
     def prompt_budget(self):
