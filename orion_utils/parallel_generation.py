@@ -100,8 +100,8 @@ class ParallelGenerator(GenerationBackend):
         from . import device as device_rules
         from .memory import release_memory
 
-        if world < 2:
-            raise ValueError(f"a data-parallel generator needs at least 2 workers, got {world}")
+        if world < 1:  # one worker: the GPU tier's check that a worker samples as the stage's process does
+            raise ValueError(f"a data-parallel generator needs at least 1 worker, got {world}")
         self.model_path, self.world = os.fspath(model_path), int(world)
         load_kwargs = dict(load_kwargs)
         self.progress = bool(load_kwargs.pop("progress", True))

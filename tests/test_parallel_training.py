@@ -134,22 +134,24 @@ def test_tailored_trains_in_one_process_when_the_ranks_cannot_share_its_accumula
 
 
 def test_two_ranks_train_as_one_accumulation_split(tiny_model_dir, tmp_path):
-    """grad_accum 2 on 2 ranks: each rank 1 micro-batch of 2 a step; 8 micro-batches, 4 steps."""
+    """grad_accum 2 on 2 ranks: each rank 1 micro-batch of 2 a step. 17 rows: 9 micro-batches, the last of one
+    row, so the 5th step has one micro-batch: rank 1 takes a batch of the null row (no label), not rows again."""
     cfg = _cfg(grad_accum=2)
-    one = train_sft(tiny_model_dir, _examples(), tmp_path / "n1", cfg)
-    two = train_sft(tiny_model_dir, _examples(), tmp_path / "n2", cfg, parallel=ParallelConfig(gpus=2))
-    assert one.n_steps == 4
+    one = train_sft(tiny_model_dir, _examples(17), tmp_path / "n1", cfg)
+    two = train_sft(tiny_model_dir, _examples(17), tmp_path / "n2", cfg, parallel=ParallelConfig(gpus=2))
+    assert one.n_steps == 5
     _same_run(one, two, tmp_path / "n1", tmp_path / "n2")
     assert json.loads((tmp_path / "n2" / "train_result.json").read_text())["config"]["grad_accum"] == 2  # the profile's
 
 
 @pytest.mark.slow
 def test_two_ranks_train_as_one_micro_batch_cut(tiny_model_dir, tmp_path):
-    """grad_accum 1, batch_size 2 on 2 ranks: each rank takes one row of every length-grouped micro-batch."""
-    cfg = _cfg(grad_accum=1)
-    one = train_sft(tiny_model_dir, _examples(), tmp_path / "n1", cfg)
-    two = train_sft(tiny_model_dir, _examples(), tmp_path / "n2", cfg, parallel=ParallelConfig(gpus=2))
-    assert one.n_steps == 8
+    """grad_accum 1, batch_size 4 on 2 ranks: each rank takes two rows of every length-grouped micro-batch. 15 rows:
+    the last micro-batch has 3, filled up to 4 with the null row (no label), not with a row again."""
+    cfg = _cfg(grad_accum=1, batch_size=4)
+    one = train_sft(tiny_model_dir, _examples(15), tmp_path / "n1", cfg)
+    two = train_sft(tiny_model_dir, _examples(15), tmp_path / "n2", cfg, parallel=ParallelConfig(gpus=2))
+    assert one.n_steps == 4
     _same_run(one, two, tmp_path / "n1", tmp_path / "n2")
 
 
@@ -250,3 +252,37 @@ def test_a_killed_rank_fails_the_launch_and_a_rerun_resumes(tiny_model_dir, tmp_
     assert again.n_steps == whole.n_steps == 48 and again.n_tokens == whole.n_tokens
     assert again.nll_sum == pytest.approx(whole.nll_sum, rel=1e-5)
     assert _max_weight_diff(whole.model_dir, again.model_dir) <= WEIGHT_TOL
+
+
+@pytest.mark.slow
+def test_one_launched_rank_trains_as_this_process(tiny_model_dir, tmp_path):
+    """The launch itself changes nothing: one torchrun rank gives this process's run to the last bit (the GPU
+    tier asks the same of one `accelerate launch` process on CUDA: tests/gpu/test_parallel_on_gpu.py)."""
+    from orion_utils.training.rows import build_sft_rows
+    from orion_utils.training.train import launch_prepared, prepare_run
+
+    cfg = _cfg()
+    one = train_sft(tiny_model_dir, _examples(), tmp_path / "here", cfg)
+    call, _ = prepare_run(tiny_model_dir, tmp_path / "launched", cfg,
+                          lambda tok: build_sft_rows(tok, _examples(), max_seq_len=cfg.max_seq_len), len(_examples()))
+    launched = launch_prepared(call, 1)
+    assert launched.n_steps == one.n_steps and launched.n_tokens == one.n_tokens
+    assert [h["loss"] for h in launched.loss_history] == [h["loss"] for h in one.loss_history]
+    assert _max_weight_diff(one.model_dir, launched.model_dir) == 0.0
+
+
+def test_the_ranks_last_steps_are_filled_with_the_null_row_not_rows_again():
+    from orion_utils.training.rows import LengthGroupedSampler, pad_for_ranks
+
+    batches = [[0, 1, 2], [3, 4, 5], [6]]
+    assert pad_for_ranks(batches, 3, 1, False, 9) == batches  # one process: as they are
+    # each rank takes whole batches: every batch full, and as many as the ranks can share
+    assert pad_for_ranks(batches, 3, 2, False, 9) == [[0, 1, 2], [3, 4, 5], [6, 9, 9], [9, 9, 9]]
+    # each micro-batch cut between the ranks: filled up to the micro-batch
+    assert pad_for_ranks(batches, 3, 3, True, 9) == [[0, 1, 2], [3, 4, 5], [6, 9, 9]]
+    lengths = [5, 3, 8, 1, 9, 4, 2]
+    one = list(LengthGroupedSampler(lengths, 2, seed=3))
+    two = list(LengthGroupedSampler(lengths, 2, seed=3, ranks=2, null=7))
+    assert [i for i in two if i != 7] == one and len(two) == 8  # 4 batches of 2: the last is the null row's
+    shuffled = list(LengthGroupedSampler(lengths, 2, seed=3, shuffle=True, ranks=2, split_batches=True, null=7))
+    assert sorted(i for i in shuffled if i != 7) == list(range(7)) and len(shuffled) == 8

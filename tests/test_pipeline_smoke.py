@@ -11,7 +11,7 @@ import pytest
 from orion_utils.evaluation import METHODS
 from orion_utils.jsonl import read_jsonl
 from orion_utils.records import EvalSample, Refinement, StudentAttempt, TeacherTrace
-from orion_utils.runner import NOTEBOOKS, run_pipeline
+from orion_utils.runner import NOTEBOOKS, main, run_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -107,3 +107,26 @@ def test_every_method_trains_on_the_same_questions(smoke_run):
     analysis = json.loads((smoke_run / "analysis.json").read_text())
     assert analysis["training_sets"]["same_question_ids"] is True
     assert "same question ids: **yes**" in (smoke_run / "report.md").read_text()
+
+
+def test_two_processes_give_the_metrics_of_one(smoke_run, tmp_path, capfd):
+    """`orion run --gpus 2` on CPU (issue #28): every generating stage on two worker processes, every training
+    stage on two gloo ranks (Tailored Learning, whose accumulation of 1 two ranks cannot share, in one process,
+    said), and the same `metrics.json` to the byte; the fingerprints hold no N, so at one process the two-process
+    run is up to date."""
+    two = tmp_path / "two"
+    assert main(["run", "--profile", "smoke", "--run-dir", str(two), "--gpus", "2", "--log-output"]) == 0
+    out = "".join(capfd.readouterr())  # the notebooks' output, streamed (--log-output)
+    assert "data-parallel over 2 worker processes" in out
+    assert "ranks=2 (per rank: batch=4 accum=1; micro-batches cut between ranks)" in out
+    assert "it trains in one process" in out
+    assert (two / "metrics.json").read_bytes() == (smoke_run / "metrics.json").read_bytes()
+    for name in ("data/student_attempts.jsonl", "data/refinements.jsonl"):
+        assert (two / name).read_bytes() == (smoke_run / name).read_bytes(), name
+    one_sft = json.loads((smoke_run / "models" / "sft" / "train_result.json").read_text())
+    two_sft = json.loads((two / "models" / "sft" / "train_result.json").read_text())
+    assert (two_sft["ranks"], two_sft["config"]["batch_size"]) == (2, 8)  # the profile's batch, not the rank's
+    assert two_sft["n_tokens"] == one_sft["n_tokens"]  # no row counted twice at an epoch's end
+    finished = {k: s["finished_at"] for k, s in json.loads((two / "manifest.json").read_text())["stages"].items()}
+    assert main(["run", "--profile", "smoke", "--run-dir", str(two)]) == 0
+    assert {k: s["finished_at"] for k, s in json.loads((two / "manifest.json").read_text())["stages"].items()} == finished

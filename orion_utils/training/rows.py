@@ -94,26 +94,58 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, *, seed: int
     return full + partial
 
 
-class LengthGroupedSampler(torch.utils.data.Sampler):
-    """Index sampler yielding :func:`length_grouped_batches` flattened; reshuffled per epoch
-    (``set_epoch`` is called by the Trainer/accelerate, which keeps resume deterministic)."""
+def shuffled_batches(n: int, batch_size: int, *, seed: int = 0) -> list[list[int]]:
+    """Batches of indices in a random order (``padded`` and ``padding_free`` batching), the partial one last."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[b : b + batch_size] for b in range(0, n, batch_size)]
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0, window: int = 64):
+
+def pad_for_ranks(batches: list[list[int]], batch_size: int, ranks: int, split_batches: bool,
+                  null: Optional[int]) -> list[list[int]]:
+    """``batches`` as ``ranks`` data-parallel ranks take them without a row counted twice: each batch filled up to
+    ``batch_size`` with ``null`` (a row whose labels are all -100: no loss, no token, no gradient) and, when each
+    rank takes whole batches (not ``split_batches``), their number up to a multiple of ``ranks`` with batches of
+    ``null``. So accelerate (``even_batches``) never fills an epoch's last step with rows from its start, and every
+    step holds the rows one process would take (``launch``). One process, or no ``null``: ``batches`` as they are."""
+    if ranks <= 1 or null is None:
+        return batches
+    out = [b + [null] * (batch_size - len(b)) for b in batches]
+    return out + [[null] * batch_size for _ in range(-len(out) % ranks)] if not split_batches else out
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """Index sampler yielding :func:`length_grouped_batches` (``shuffle`` only: :func:`shuffled_batches`)
+    flattened, for ``ranks`` data-parallel ranks padded with the ``null`` row (:func:`pad_for_ranks`);
+    reshuffled per epoch (``set_epoch`` is called by the Trainer/accelerate, which keeps resume deterministic)."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0, window: int = 64,
+                 shuffle: bool = False, ranks: int = 1, split_batches: bool = False, null: Optional[int] = None):
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.window = window
+        self.shuffle = shuffle
+        self.ranks, self.split_batches, self.null = ranks, split_batches, null
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self._order())
 
     def __iter__(self):
-        batches = length_grouped_batches(self.lengths, self.batch_size, seed=self.seed + self.epoch, window=self.window)
-        return iter([i for b in batches for i in b])
+        return iter(self._order())
+
+    def _order(self) -> list[int]:
+        seed = self.seed + self.epoch
+        if self.shuffle:
+            batches = shuffled_batches(len(self.lengths), self.batch_size, seed=seed)
+        else:
+            batches = length_grouped_batches(self.lengths, self.batch_size, seed=seed, window=self.window)
+        batches = pad_for_ranks(batches, self.batch_size, self.ranks, self.split_batches, self.null)
+        return [i for b in batches for i in b]
 
 
 def pad_rows(rows: list[list], value, length: int) -> list[list]:

@@ -156,6 +156,27 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
     """The one training run behind :func:`train_sft` and :func:`train_method`, step by step: prepared here
     (tokenizer, rows, attention and batching, checkpoints), trained in this process or, under
     ``parallel.gpus`` > 1, on that many ranks (``launch``), which each train the same rows."""
+    call, tokenizer = prepare_run(base_model, output_dir, cfg, rows_for, n_items, method, prompt_template, system,
+                                  resume, parallel)
+    split = call["split"]
+    if split.ranks > 1 and not launch.in_rank():
+        return launch_prepared(call, split.ranks, getattr(parallel, "training", "ddp"))
+    return train_prepared(call, tokenizer)
+
+
+def launch_prepared(call: dict, ranks: int, training: str = "ddp") -> TrainResult:
+    """Train a prepared run (:func:`prepare_run`) on ``ranks`` launched processes (``launch.run_ranks``: torchrun
+    on CPU, ``accelerate launch`` on CUDA) and read back its result. ``_train_rows`` launches only for more than
+    one rank; the GPU tier launches one, which must train as this process does."""
+    launch.run_ranks(call, ranks, training, call["device"] == "cuda")
+    return TrainResult.load(call["output_dir"])
+
+
+def prepare_run(base_model, output_dir, cfg, rows_for, n_items, method=None, prompt_template="{question}",
+                system=None, resume=True, parallel=None) -> tuple[dict, object]:
+    """``(call, tokenizer)``: everything a training run needs, decided once in this process (backend, device and
+    precision, the ranks' split of the global batch, rows, attention and batching, the checkpoint to resume
+    from), for :func:`train_prepared` here or on each launched rank."""
     who = "train_sft" if method is None else method.name
     base_model = check_base_model(base_model)
     backend, reason = select_training_backend(cfg.backend)
@@ -182,10 +203,7 @@ def _train_rows(base_model, output_dir, cfg, rows_for, n_items, method, prompt_t
             "reason": reason, "device": device, "dtype": dtype, "attn": attn, "batching": batching,
             "resume_from": resume_from, "split": split, "model_tmp": f".model.tmp-{os.getpid()}",
             "train": train_prepared}
-    if split.ranks > 1 and not launch.in_rank():
-        launch.run_ranks(call, split.ranks, getattr(parallel, "training", "ddp"), device == "cuda")
-        return TrainResult.load(layout.root)
-    return train_prepared(call, tokenizer)
+    return call, tokenizer
 
 
 def train_prepared(call: dict, tokenizer=None) -> TrainResult:

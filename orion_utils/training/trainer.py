@@ -36,22 +36,30 @@ class OrionSFTTrainer:
     trainers cost no TRL import where they are defined, and an Unsloth run trains on Unsloth's
     trainer whatever was imported before it."""
 
-    def __init__(self, *args, batching: str = "padded", lengths=None, length_group_window: int = 64, **kwargs):
+    def __init__(self, *args, batching: str = "padded", lengths=None, length_group_window: int = 64,
+                 null_row: Optional[int] = None, **kwargs):
         self.batching = batching
         self.lengths = lengths
         self.length_group_window = length_group_window
+        self.null_row = null_row  # data-parallel ranks: the dataset's row that fills their last steps (rows.pad_for_ranks)
         self.nll_sum = 0.0  # sum of per-token NLL of the supervised tokens seen in training
         self.n_supervised = 0
         super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
-        if self.batching == "length_grouped":
+        """The rows' order: length-grouped batches, or under data-parallel ranks with a null row (plain SFT) a
+        seeded shuffle in the other modes too; both padded for the ranks (``rows.pad_for_ranks``), so that N ranks
+        take exactly the rows of one process's steps. Otherwise transformers' random sampler."""
+        ranked = self.null_row is not None and self.args.world_size > 1
+        if self.batching == "length_grouped" or ranked:
             lengths = self.lengths
             if lengths is None:
                 lengths = [len(ids) for ids in (train_dataset or self.train_dataset)["input_ids"]]
+            split = bool(getattr(self.args.accelerator_config, "split_batches", False))
             return LengthGroupedSampler(
-                lengths, self.args.per_device_train_batch_size, seed=self.args.seed, window=self.length_group_window
-            )
+                lengths, self.args.per_device_train_batch_size, seed=self.args.seed, window=self.length_group_window,
+                shuffle=self.batching != "length_grouped", ranks=self.args.world_size if ranked else 1,
+                split_batches=split, null=self.null_row if ranked else None)
         return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -276,6 +284,12 @@ def build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype
     if method is not None:
         args.remove_unused_columns = False  # the method's collator reads its own columns
         extra = {"data_collator": method.collator(tokenizer), **method.trainer_kwargs}
+    lengths = [int(r.get("length", len(r["input_ids"]))) for r in rows]
+    null_row = None
+    if method is None and split is not None and split.ranks > 1:
+        # the row that fills the ranks' last steps: the shortest one, with no label (no loss, no token, no gradient)
+        shortest = min(range(len(rows)), key=lambda i: lengths[i])
+        null_row, rows = len(rows), [*rows, dict(rows[shortest], labels=[-100] * len(rows[shortest]["labels"]))]
     trainer = sft_trainer_class(method.trainer_class if method is not None else OrionSFTTrainer)(
         model=model,
         args=args,
@@ -283,8 +297,9 @@ def build_trainer(model, tokenizer, rows, cfg, ckpt_dir, batching, device, dtype
         processing_class=tokenizer,
         peft_config=peft_config,
         batching=batching,
-        lengths=[int(r.get("length", len(r["input_ids"]))) for r in rows],
+        lengths=lengths,
         length_group_window=cfg.length_group_window,
+        null_row=null_row,
         **extra,
     )
     if method is None:
