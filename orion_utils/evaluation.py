@@ -151,8 +151,13 @@ def run_evaluation(
                 f"no trained model for method '{method}' at {model_path}: run its training notebook first, "
                 f"or leave it out of evaluation.methods")
     jobs = {method: (str(run.root), method, cfg, generation, student, force, parallel) for method in cfg.methods}
-    if cfg.workers > 1 and len(jobs) > 1:  # each method in its own process; what it prints is shown here
-        run_jobs(evaluate_method, jobs, cfg.workers, capture=True, keep_going=True, label="evaluation")
+    workers = cfg.workers
+    if workers > 1 and parallel is not None and parallel.active:
+        print(f"[evaluation] evaluation.workers={workers} with parallel.gpus={parallel.gpus}: the methods are evaluated "
+              "one at a time, each on every device", flush=True)
+        workers = 1
+    if workers > 1 and len(jobs) > 1:  # each method in its own process; what it prints is shown here
+        run_jobs(evaluate_method, jobs, workers, capture=True, keep_going=True, label="evaluation")
     else:
         for job in jobs.values():
             evaluate_method(*job)

@@ -165,6 +165,10 @@ def run_pipeline(
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     profile = load_profile(profile_name, overrides)
     check_generation_backend(profile)
+    if jobs > 1 and profile.parallel.active:  # each stage already uses every device
+        print(f"[orion] --jobs {jobs} with parallel.gpus={profile.parallel.gpus}: the notebooks run one at a time, "
+              "each on every device", flush=True)
+        jobs = 1
     run_path = Path(run_dir) if run_dir else NOTEBOOK_DIR.parent / "outputs" / profile.name  # whatever the cwd
     if profile.students:
         return run_students(profile_name, profile, run_path, force, overrides, only, log_output, jobs)
