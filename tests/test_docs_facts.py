@@ -317,8 +317,10 @@ def _other_docs() -> dict:
 
 
 # the same value measured by different runs, each stated once: docs/results.md's smol_toy3 table and the README's
-# demo table (accuracies out of 24 and 48 questions coincide: 7/24 = 14/48 = 29.2%, 6/24 = 12/48 = 25.0%; 0.0)
-COINCIDENCES = {("docs/results.md", "0.0"), ("docs/results.md", "25.0"), ("docs/results.md", "29.2")}
+# demo table (accuracies out of 24 and 48 questions coincide: 7/24 = 14/48 = 29.2%, 6/24 = 12/48 = 25.0%; 0.0; and
+# an interval's bound, 9/24 = 18/48 = 37.5%)
+COINCIDENCES = {("docs/results.md", "0.0"), ("docs/results.md", "25.0"), ("docs/results.md", "29.2"),
+                ("docs/results.md", "37.5")}
 
 
 def test_a_number_the_readme_states_is_stated_nowhere_else():
