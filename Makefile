@@ -89,9 +89,13 @@ test-vllm: setup-vllm
 # notebooks themselves under papermill (the smoke pipeline); the versions head pytest's output
 GPUSTACK_TESTS ?= tests/test_training.py tests/test_generation.py tests/test_data.py tests/test_trace_datasets.py \
 	tests/test_smol_data.py tests/test_edit.py tests/test_tailored.py tests/test_notebooks.py tests/test_pipeline_smoke.py
+# data-parallel training and generation (two gloo ranks, two workers): their fast tier; the smoke pipeline at
+# --gpus 2 is in test_pipeline_smoke.py above
+GPUSTACK_FAST_TESTS ?= tests/test_parallel_training.py tests/test_parallel_generation.py
 test-gpustack: setup-gpustack
 	$(GPUSTACK_BIN)/python -c 'from importlib.metadata import version as v; print("gpu extra stack:", ", ".join(f"{p} {v(p)}" for p in ("torch", "transformers", "trl", "peft", "accelerate", "datasets")))'
 	$(GPUSTACK_BIN)/python -m pytest -q $(GPUSTACK_TESTS)
+	$(GPUSTACK_BIN)/python -m pytest -q -m "not slow" $(GPUSTACK_FAST_TESTS)
 
 # the GPU tier (tests/gpu/: the colab profile, shrunk, stage by stage), in an environment with the `gpu`
 # extra on a CUDA machine; elsewhere it is not collected (its tests are skipped when named)

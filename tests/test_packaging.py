@@ -257,7 +257,8 @@ def test_gpustack_tier_installs_the_gpu_extras_caps_on_cpu_torch_and_runs_in_ci(
                             check=True).stdout.split()
     gpu = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
     assert sorted(bounds) == sorted(r for r in gpu if _name(r) in ("transformers", "trl", "datasets"))
-    assert lines[-1].startswith("venv-x/bin/python -m pytest -q tests/")
+    assert lines[-2].startswith("venv-x/bin/python -m pytest -q tests/")
+    assert lines[-1].startswith('venv-x/bin/python -m pytest -q -m "not slow" tests/test_parallel_')  # their fast tier
     calls = ci_make_calls(tmp_path)
     assert calls.index("setup-gpustack") < calls.index("test-gpustack") and calls[-1] == "test-gpustack"
 
