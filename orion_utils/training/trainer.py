@@ -139,6 +139,26 @@ class OrionSFTTrainer:
             buf.clear()
         super().log(logs, *args, **kwargs)
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        """transformers' own, except that a CPU rehearsal on several ranks loads the optimizer state onto "cpu":
+        transformers up to 5.17 (the gpu extra's cap) maps it to ``args.device``, an indexed "cpu:0" there, which
+        torch cannot restore (later releases use "cpu" themselves)."""
+        device = self.args.device
+        if checkpoint is None or self.args.world_size <= 1 or device.type != "cpu" or device.index is None:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        load = torch.load
+
+        def load_on_cpu(*args, map_location=None, **kwargs):
+            if isinstance(map_location, torch.device) and map_location.type == "cpu":
+                map_location = "cpu"
+            return load(*args, map_location=map_location, **kwargs)
+
+        torch.load = load_on_cpu
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        finally:
+            torch.load = load
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
