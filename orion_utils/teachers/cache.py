@@ -86,6 +86,19 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE responses ADD COLUMN served_model TEXT NOT NULL DEFAULT ''")
 
 
+
+def _when_unlocked(step, timeout_s: float):
+    """``step()``, tried again while SQLite answers "database is locked" at once (as it may to a journal-mode
+    switch racing another connection's), for at most ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
 class TeacherCache:
     """SQLite store of teacher replies keyed by ``request_key``.
 
@@ -113,7 +126,9 @@ class TeacherCache:
         )
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
         if self.path is not None:
-            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            # two processes (seeds run at once) opening a new cache together: the one that does not switch it to
+            # WAL first may be told "database is locked" at once, without the busy timeout; it tries again
+            mode = _when_unlocked(lambda: self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0], busy_timeout_s)
             if str(mode).lower() != "wal":  # e.g. a filesystem without shared memory
                 self._conn.execute("PRAGMA journal_mode = DELETE")
         self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
