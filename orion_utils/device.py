@@ -334,6 +334,21 @@ def n_parameters(model) -> int | None:
     return total or None
 
 
+def allowed_cores() -> list[int]:
+    """The CPU cores this process may run on (its affinity; elsewhere than Linux, every core)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(os.cpu_count() or 1))
+
+
+def cores_per_rank(ranks: int) -> int:
+    """The cores each of ``ranks`` processes sharing this machine gets (at least one): the one split of the
+    cores between data-parallel ranks, for training (``training.launch``) and generation
+    (``parallel_generation``)."""
+    return max(1, len(allowed_cores()) // max(1, ranks))
+
+
 def cpu_threads_for(model, device: str, requested: int | str | None = "auto") -> int | None:
     """Torch intra-op threads to run ``model`` (a loaded model or a local model directory) on ``device``
     with; None leaves torch's setting alone. An int or None in ``requested`` is returned as is;

@@ -42,6 +42,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from . import device as device_rules
 from .sampling import GenerationBackend, SamplingConfig, context_facts, encode_prompts, expand_greedy
 
 __all__ = ["GenerationWorkerError", "ParallelGenerator", "rank_environment"]
@@ -64,17 +65,10 @@ def rank_environment(rank: int, world: int, cuda: bool, cores: list[int] | None 
     if cuda:
         visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         return {"CUDA_VISIBLE_DEVICES": visible[rank] if visible else str(rank)}, None
-    cores = sorted(cores if cores is not None else _allowed_cores())
+    cores = sorted(cores if cores is not None else device_rules.allowed_cores())
     per = max(1, len(cores) // world)
     mine = cores[rank * per: (rank + 1) * per] or [cores[rank % len(cores)]]  # more ranks than cores: shared
     return {"OMP_NUM_THREADS": str(len(mine)), "VLLM_CPU_OMP_THREADS_BIND": _core_list(mine)}, len(mine)
-
-
-def _allowed_cores() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return list(range(os.cpu_count() or 1))
 
 
 def _core_list(cores: list[int]) -> str:
@@ -97,7 +91,6 @@ class ParallelGenerator(GenerationBackend):
 
         from transformers import AutoTokenizer
 
-        from . import device as device_rules
         from .memory import release_memory
 
         if world < 1:  # one worker: the GPU tier's check that a worker samples as the stage's process does

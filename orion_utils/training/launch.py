@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import CHECKOUT_DIR, split_global_batch
+from ..device import cores_per_rank
 
 ACCELERATE_CONFIGS = CHECKOUT_DIR / "configs" / "accelerate"
 CALL_FILE = "call.pkl"
@@ -168,7 +169,7 @@ def run_ranks(call: dict, ranks: int, training: str, cuda: bool) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT_DIR), *filter(None, [env.get("PYTHONPATH")])])
     if not cuda:  # the cores shared between the ranks
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // ranks))
+        env["OMP_NUM_THREADS"] = str(cores_per_rank(ranks))
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(work),
                             start_new_session=True, text=True, errors="replace")
     launcher_out: list[str] = []

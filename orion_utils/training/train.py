@@ -272,7 +272,7 @@ def _cpu_threads(cfg: TrainingConfig, base_model: str, device: str) -> Optional[
     threads = device_rules.cpu_threads_for(model_source(base_model), device,
                                            cfg.cpu_threads if cfg.cpu_threads > 0 else "auto")
     if launch.in_rank():  # the ranks share the cores
-        share = max(1, (os.cpu_count() or 1) // int(os.environ["WORLD_SIZE"]))
+        share = device_rules.cores_per_rank(int(os.environ["WORLD_SIZE"]))
         threads = min(threads, share) if threads else share
     return threads
 
