@@ -1,5 +1,6 @@
-"""The transformers generation backend: batched ``model.generate`` (``orion_utils.generation`` says how
-both backends sample, stop and seed)."""
+"""The transformers generation backend: batched decoding that drops a row once it has ended
+(``decode_batch``, what ``model.generate`` writes, token for token); ``orion_utils.generation`` says how both
+backends sample, stop and seed."""
 from __future__ import annotations
 
 import os
@@ -17,13 +18,79 @@ from .sampling import (
 )
 
 
+def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, eos_token_ids, pad_token_id: int,
+                 temperature: float = 0.0, top_p: float = 1.0) -> list[list[int]]:
+    """``model.generate`` for one left-padded batch (greedy at ``temperature`` 0, else sampled with
+    temperature and top-p), that stops computing a row once it has ended: each row's new tokens, cut after
+    its end-of-turn token.
+
+    ``generate`` runs every row of a batch until the last one ends, a finished row carrying padding; its
+    forward passes are wasted (a third of a toy evaluation's, ``bench/bench_decode.py``). Here a finished
+    row leaves the batch and its slice of the KV cache (``Cache.batch_select_indices``). Every other step is
+    ``generate``'s: the same forward arguments, the same logits processors (temperature, then top-p) and the
+    same draw (``torch.multinomial`` over the whole batch's width, a finished row given all its mass on the
+    padding token as ``generate`` gives it), so it samples what ``generate`` samples with the same seed, token
+    for token (``tests/test_transformers_backend.py`` checks both against ``generate``)."""
+    import inspect
+
+    import torch
+    from transformers import DynamicCache
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    greedy = not temperature or temperature <= 0
+    if not greedy:
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(float(temperature)))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p=float(top_p), min_tokens_to_keep=1))
+    # transformers >= 5.20 names the cache `cache` (`past_key_values` a deprecated alias), earlier releases
+    # `past_key_values`
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    width = input_ids.shape[0]
+    eos = torch.tensor(sorted(set(eos_token_ids)), device=input_ids.device)
+    rows: list[list[int]] = [[] for _ in range(width)]
+    active = torch.arange(width, device=input_ids.device)  # the batch rows still running, in batch order
+    step_ids, mask = input_ids, attention_mask
+    seen = input_ids  # generate's logits processors see the ids so far (top-p and temperature ignore them)
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=step_ids, attention_mask=mask, use_cache=True, return_dict=True,
+                       **{cache_arg: cache}).logits[:, -1].to(copy=True, dtype=torch.float32)
+        if greedy:
+            new = torch.argmax(logits, dim=-1)
+        else:
+            probs = torch.nn.functional.softmax(processors(seen, logits), dim=-1)
+            full = torch.zeros((width, probs.shape[-1]), dtype=probs.dtype, device=probs.device)
+            full[:, pad_token_id] = 1.0  # a finished row, as generate has it: all its mass on padding
+            full[active] = probs
+            new = torch.multinomial(full, num_samples=1).squeeze(1)[active]
+        for r, t in zip(active.tolist(), new.tolist()):
+            rows[r].append(t)
+        going = ~torch.isin(new, eos)
+        seen = torch.cat([seen, new[:, None]], dim=-1)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+        step_ids = new[:, None]
+        if not bool(going.all()):
+            if not bool(going.any()):
+                break
+            keep = going.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            active, seen, mask, step_ids = active[keep], seen[keep], mask[keep], step_ids[keep]
+    return rows
+
+
 def batch_seed(seed: int, index: int) -> int:
     """The sampling seed of batch ``index`` of a call's ``batch_plan`` (``SamplingConfig.seed`` ``seed``)."""
     return chunk_seed(seed, "batch", index)
 
 
 class TransformersBackend(GenerationBackend):
-    """Batched ``model.generate`` with left padding and the KV cache.
+    """Batched decoding (``decode_batch``) with left padding and the KV cache.
 
     Prompts are sorted by length (longest first, so an out-of-memory shows up in the first batch)
     and cut, in that order, into batches of at most ``batch_size`` sequences (a prompt with n samples
@@ -84,21 +151,12 @@ class TransformersBackend(GenerationBackend):
 
     # -- generation -------------------------------------------------------------------------------
     def _generate_kwargs(self, sampling: SamplingConfig) -> dict:
-        # every knob explicit: the checkpoint's generation_config.json (e.g. Qwen's top_k=20,
-        # repetition_penalty=1.05) must not change what SamplingConfig asks for.
-        kw: dict[str, Any] = {
-            "max_new_tokens": sampling.max_new_tokens,
-            "eos_token_id": self.eos_token_ids,
-            "pad_token_id": self.pad_token_id,
-            "num_beams": 1,
-            "num_return_sequences": 1,
-            "repetition_penalty": 1.0,
-            "use_cache": True,
-        }
-        if sampling.greedy:
-            kw.update(do_sample=False)
-        else:
-            kw.update(do_sample=True, temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=0)
+        # every knob explicit (``decode_batch`` reads nothing from the checkpoint's generation_config.json,
+        # e.g. Qwen's top_k=20 or repetition_penalty=1.05): what SamplingConfig asks for, and only that
+        kw: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "eos_token_ids": self.eos_token_ids,
+                              "pad_token_id": self.pad_token_id}
+        if not sampling.greedy:
+            kw.update(temperature=float(sampling.temperature), top_p=float(sampling.top_p))
         return kw
 
     def _left_pad(self, rows: list[list[int]]):
@@ -146,8 +204,7 @@ class TransformersBackend(GenerationBackend):
             for b, batch in tqdm(mine, desc=desc, unit="batch", disable=not self.progress):
                 torch.manual_seed(batch_seed(sampling.seed, b))
                 input_ids, attention_mask = self._left_pad([encoded[i] for i, _ in batch])
-                generated = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **gen_kwargs)
-                new_tokens = generated[:, input_ids.shape[1]:].tolist()
+                new_tokens = decode_batch(self.model, input_ids, attention_mask, **gen_kwargs)
                 out += [(row, finish_generation(toks, stop_ids, self.tokenizer)) for row, toks in zip(batch, new_tokens)]
                 if on_batch is not None:
                     on_batch(len(batch))
