@@ -87,7 +87,7 @@ test-vllm: setup-vllm
 # the gpu extra's library versions (.venv-gpustack) on the tests of the code that calls them: training (TRL,
 # PEFT, accelerate), generation (transformers), the datasets readers, the stages the notebooks call and the
 # notebooks themselves under papermill (the smoke pipeline); the versions head pytest's output
-GPUSTACK_TESTS ?= tests/test_training.py tests/test_generation.py tests/test_data.py tests/test_trace_datasets.py \
+GPUSTACK_TESTS ?= tests/test_training.py tests/test_generation.py tests/test_transformers_backend.py tests/test_data.py tests/test_trace_datasets.py \
 	tests/test_smol_data.py tests/test_edit.py tests/test_tailored.py tests/test_notebooks.py tests/test_pipeline_smoke.py
 # data-parallel training and generation (two gloo ranks, two workers): their fast tier; the smoke pipeline at
 # --gpus 2 is in test_pipeline_smoke.py above

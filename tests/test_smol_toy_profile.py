@@ -24,7 +24,7 @@ def test_the_demo_is_smol_toy_cut_to_size_and_smol_full_adds_the_baselines():
     """smol_demo changes only sizes from smol_toy (configs/smol_demo.yaml says how they were fixed): fewer
     questions, a batch of 2 for at least smol_toy's 18 optimizer steps, no LLM reflector comparison."""
     toy, demo, full = load_profile("smol_toy"), load_profile("smol_demo"), load_profile("smol_full")
-    assert (demo.data.n_train, demo.data.toy_test_size, demo.data.toy_hard_size) == (16, 24, 24)
+    assert (demo.data.n_train, demo.data.toy_test_size, demo.data.toy_hard_size) == (16, 32, 32)
     assert demo.training.batch_size == 2 and demo.reflection.compare == "" and demo.analysis.max_cots == 8
     changed = {(name, k) for name in ("student", "teacher", "exposure", "reflection", "training", "evaluation",
                                       "generation", "toy_domain")
