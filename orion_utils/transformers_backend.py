@@ -48,7 +48,7 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, eos_t
             processors.append(TemperatureLogitsWarper(float(temperature)))
         if top_p < 1.0:
             processors.append(TopPLogitsWarper(top_p=float(top_p), min_tokens_to_keep=1))
-    # transformers >= 5.20 names the cache `cache` (`past_key_values` a deprecated alias), earlier releases
+    # transformers 5.25 names the cache `cache` (`past_key_values` a deprecated alias); 5.19 and earlier
     # `past_key_values`
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     cache = DynamicCache(config=model.config)
