@@ -342,11 +342,11 @@ def allowed_cores() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def cores_per_rank(ranks: int) -> int:
-    """The cores each of ``ranks`` processes sharing this machine gets (at least one): the one split of the
-    cores between data-parallel ranks, for training (``training.launch``) and generation
-    (``parallel_generation``)."""
-    return max(1, len(allowed_cores()) // max(1, ranks))
+def cores_per_rank(ranks: int, cores: list[int] | None = None) -> int:
+    """The cores each of ``ranks`` processes sharing ``cores`` (default: this machine's, ``allowed_cores``) gets,
+    at least one: the one split of the cores between data-parallel ranks, for training (``training.launch``)
+    and generation (``parallel_generation``)."""
+    return max(1, len(cores if cores is not None else allowed_cores()) // max(1, ranks))
 
 
 def cpu_threads_for(model, device: str, requested: int | str | None = "auto") -> int | None:

@@ -66,7 +66,7 @@ def rank_environment(rank: int, world: int, cuda: bool, cores: list[int] | None 
         visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         return {"CUDA_VISIBLE_DEVICES": visible[rank] if visible else str(rank)}, None
     cores = sorted(cores if cores is not None else device_rules.allowed_cores())
-    per = max(1, len(cores) // world)
+    per = device_rules.cores_per_rank(world, cores)
     mine = cores[rank * per: (rank + 1) * per] or [cores[rank % len(cores)]]  # more ranks than cores: shared
     return {"OMP_NUM_THREADS": str(len(mine)), "VLLM_CPU_OMP_THREADS_BIND": _core_list(mine)}, len(mine)
 

@@ -19,9 +19,9 @@ from .sampling import (
 
 
 def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, eos_token_ids, pad_token_id: int,
-                 temperature: float = 0.0, top_p: float = 1.0) -> list[list[int]]:
-    """``model.generate`` for one left-padded batch (greedy at ``temperature`` 0, else sampled with
-    temperature and top-p), that stops computing a row once it has ended: each row's new tokens, cut after
+                 temperature: float | None = None, top_p: float = 1.0) -> list[list[int]]:
+    """``model.generate`` for one left-padded batch (greedy when ``temperature`` is None, the caller having
+    decided it by ``SamplingConfig.greedy``; else sampled with temperature and top-p), that stops computing a row once it has ended: each row's new tokens, cut after
     its end-of-turn token.
 
     ``generate`` runs every row of a batch until the last one ends, a finished row carrying padding; its
@@ -42,7 +42,7 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, eos_t
     )
 
     processors = LogitsProcessorList()
-    greedy = not temperature or temperature <= 0
+    greedy = temperature is None
     if not greedy:
         if temperature != 1.0:
             processors.append(TemperatureLogitsWarper(float(temperature)))
@@ -57,14 +57,14 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, eos_t
     rows: list[list[int]] = [[] for _ in range(width)]
     active = torch.arange(width, device=input_ids.device)  # the batch rows still running, in batch order
     step_ids, mask = input_ids, attention_mask
-    seen = input_ids  # generate's logits processors see the ids so far (top-p and temperature ignore them)
     for _ in range(max_new_tokens):
         logits = model(input_ids=step_ids, attention_mask=mask, use_cache=True, return_dict=True,
                        **{cache_arg: cache}).logits[:, -1].to(copy=True, dtype=torch.float32)
         if greedy:
             new = torch.argmax(logits, dim=-1)
         else:
-            probs = torch.nn.functional.softmax(processors(seen, logits), dim=-1)
+            # the processors' ids argument: temperature and top-p never read it
+            probs = torch.nn.functional.softmax(processors(step_ids, logits), dim=-1)
             full = torch.zeros((width, probs.shape[-1]), dtype=probs.dtype, device=probs.device)
             full[:, pad_token_id] = 1.0  # a finished row, as generate has it: all its mass on padding
             full[active] = probs
@@ -72,7 +72,6 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, eos_t
         for r, t in zip(active.tolist(), new.tolist()):
             rows[r].append(t)
         going = ~torch.isin(new, eos)
-        seen = torch.cat([seen, new[:, None]], dim=-1)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
         step_ids = new[:, None]
         if not bool(going.all()):
@@ -80,7 +79,7 @@ def decode_batch(model, input_ids, attention_mask, *, max_new_tokens: int, eos_t
                 break
             keep = going.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
-            active, seen, mask, step_ids = active[keep], seen[keep], mask[keep], step_ids[keep]
+            active, mask, step_ids = active[keep], mask[keep], step_ids[keep]
     return rows
 
 
